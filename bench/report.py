@@ -1,0 +1,193 @@
+"""The printed tables and goal checks, and the --json document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.results import MB, Measurement, MiB
+from bench.studies import Study
+
+RSS_LIMIT_MIB = 250.0
+RSS_GROWTH_LIMIT = 1.20
+DISK_RATIO_GOAL = 0.8
+
+
+@dataclass
+class StudyResult:
+    study: Study
+    repeat: int
+    rows: list[Measurement] = field(default_factory=list)
+
+    def best(self, kind: str) -> Measurement | None:
+        done = [m for m in self.rows if m.kind == kind and m.ok]
+        return max(done, key=lambda m: m.mb_per_s, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        disk, tus = self.best("disk"), self.best("tus")
+        return {
+            "study": self.study.to_dict(),
+            "repeat": self.repeat,
+            "disk_limit": disk.name if disk else None,
+            "tus_best": tus.name if tus else None,
+            "rows": [m.to_dict() for m in self.rows],
+        }
+
+
+@dataclass
+class Check:
+    goal: str
+    passed: bool | None  # None: could not be evaluated
+    detail: str
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "MISS", None: "N/A "}[self.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"goal": self.goal, "verdict": self.verdict.strip(), "detail": self.detail}
+
+
+def _mib(value: int | None) -> str:
+    return "-" if not value else f"{value / MiB:.0f} MiB"
+
+
+def _ratio(value: float, base: Measurement | None) -> str:
+    if base is None:
+        return "-"
+    return f"{value / base.mb_per_s:.2f}x"
+
+
+def table(result: StudyResult) -> list[str]:
+    study = result.study
+    disk, tus = result.best("disk"), result.best("tus")
+    head = (
+        f"{study.spec.key}: {study.spec.title} -- {study.instances} files, "
+        f"{study.total_bytes / MB:.1f} MB ({study.total_bytes / MiB:.1f} MiB), "
+        f"median of {result.repeat} run{'s' if result.repeat > 1 else ''}"
+    )
+    cols = (
+        f"{'':28}{'seconds':>8}{'MB/s':>8}{'inst/s':>8}{'vs disk':>9}{'vs tus':>8}"
+        f"{'peak RSS':>10}{'+children':>11}"
+    )
+    lines = [head, "-" * len(cols), cols]
+    for m in result.rows:
+        if not m.ok:
+            lines.append(f"{m.name:28}  FAILED: {m.error or 'no run'}")
+            continue
+        lines.append(
+            f"{m.name:28}{m.median_seconds:8.2f}{m.mb_per_s:8.1f}{m.files_per_s:8.1f}"
+            f"{_ratio(m.mb_per_s, disk):>9}{_ratio(m.mb_per_s, tus):>8}"
+            f"{_mib(m.peak_rss):>10}{_mib(m.peak_rss_tree):>11}"
+        )
+    lines.append("-" * len(cols))
+    if disk:
+        lines.append(
+            f"disk limit = {disk.name} ({disk.mb_per_s:.1f} MB/s); "
+            f"tus peer = {tus.name + f' ({tus.mb_per_s:.1f} MB/s)' if tus else '-'}"
+        )
+    for m in result.rows:
+        notes = [m.note] if m.note else []
+        if m.ok and len(m.seconds) > 1:
+            notes.append("runs " + ", ".join(f"{s:.2f}" for s in m.seconds) + " s")
+        for key, value in m.extra.items():
+            notes.append(f"{key} {_fmt(key, value)}")
+        if notes:
+            lines.append(f"  {m.name}: " + "; ".join(notes))
+    return lines
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(key, v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.2f}" + (" s" if "seconds" in key else "")
+    if isinstance(value, int) and "rss" in key:
+        return _mib(value)
+    return str(value)
+
+
+def _gateway(result: StudyResult) -> Measurement | None:
+    return next((m for m in result.rows if m.kind == "gateway" and m.ok), None)
+
+
+def checks(results: Sequence[StudyResult]) -> list[Check]:
+    out: list[Check] = []
+    for r in results:
+        key = r.study.spec.key
+        gw, disk, tus = _gateway(r), r.best("disk"), r.best("tus")
+        if gw is None:
+            why = "gateway not measured"
+            out.append(Check(f"[{key}] gateway >= tus peer (MB/s)", None, why))
+            out.append(Check(f"[{key}] gateway >= {DISK_RATIO_GOAL}x disk limit", None, why))
+            out.append(Check(f"[{key}] gateway main peak RSS < {RSS_LIMIT_MIB:.0f} MiB", None, why))
+            continue
+        if tus is None:
+            out.append(Check(f"[{key}] gateway >= tus peer (MB/s)", None, "tus peer not measured"))
+        else:
+            ratio = gw.mb_per_s / tus.mb_per_s
+            out.append(
+                Check(
+                    f"[{key}] gateway >= tus peer (MB/s)",
+                    ratio >= 1.0,
+                    f"{gw.mb_per_s:.1f} vs {tus.mb_per_s:.1f} MB/s ({tus.name}) = {ratio:.2f}x",
+                )
+            )
+        if disk is None:
+            out.append(
+                Check(
+                    f"[{key}] gateway >= {DISK_RATIO_GOAL}x disk limit", None, "disk not measured"
+                )
+            )
+        else:
+            ratio = gw.mb_per_s / disk.mb_per_s
+            out.append(
+                Check(
+                    f"[{key}] gateway >= {DISK_RATIO_GOAL}x disk limit",
+                    ratio >= DISK_RATIO_GOAL,
+                    f"{gw.mb_per_s:.1f} vs {disk.mb_per_s:.1f} MB/s ({disk.name}) = {ratio:.2f}x",
+                )
+            )
+        for label, value in (("main", gw.peak_rss), ("incl. workers", gw.peak_rss_tree)):
+            if value:
+                out.append(
+                    Check(
+                        f"[{key}] gateway {label} peak RSS < {RSS_LIMIT_MIB:.0f} MiB",
+                        value / MiB < RSS_LIMIT_MIB,
+                        _mib(value),
+                    )
+                )
+    measured = [(r, _gateway(r)) for r in results]
+    done = [(r, g) for r, g in measured if g is not None]
+    if len(done) >= 2:
+        (small_r, small), (large_r, large) = (
+            min(done, key=lambda x: x[0].study.total_bytes),
+            max(done, key=lambda x: x[0].study.total_bytes),
+        )
+        for label, attr in (("main", "peak_rss"), ("incl. workers", "peak_rss_tree")):
+            a, b = getattr(small, attr), getattr(large, attr)
+            if a and b:
+                growth = b / a
+                out.append(
+                    Check(
+                        f"gateway {label} peak RSS {large_r.study.spec.key} <= "
+                        f"{RSS_GROWTH_LIMIT:.2f}x {small_r.study.spec.key}",
+                        growth <= RSS_GROWTH_LIMIT,
+                        f"{_mib(b)} vs {_mib(a)} = {growth:.2f}x",
+                    )
+                )
+    elif results:
+        out.append(
+            Check(
+                "gateway peak RSS growth small -> large",
+                None,
+                "needs the gateway measured on two study sizes",
+            )
+        )
+    return out
+
+
+def check_lines(found: Sequence[Check]) -> list[str]:
+    width = max((len(c.goal) for c in found), default=0)
+    return [f"{c.verdict}  {c.goal:{width}}  {c.detail}" for c in found]

@@ -1,0 +1,98 @@
+"""Peak resident-set-size sampling of a process (and its descendants) in a background thread."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+MiB = 1 << 20
+
+
+def vm_hwm(pid: int) -> int | None:
+    """The kernel's exact peak RSS (VmHWM) of a live process, in bytes (Linux only)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+class RssSampler:
+    """Sample the RSS of `pid` and of its whole process tree every `interval` seconds.
+
+    `peak_main` is the highest RSS of the process itself; `peak_tree` the highest sum, in one
+    sample, of the process and all its descendants (e.g. validator worker processes).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_main = 0
+        self.peak_tree = 0
+        self.peak_children = 0
+        self.max_descendants = 0
+        self.samples = 0
+        self.hwm_main: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+        try:
+            self._proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            self._proc = None
+
+    def sample(self) -> None:
+        """Take one sample now (also called by the thread)."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            main = proc.memory_info().rss
+            children = proc.children(recursive=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return
+        kids = 0
+        for child in children:
+            try:
+                kids += child.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        self.samples += 1
+        hwm = vm_hwm(self.pid)
+        if hwm is not None:
+            self.hwm_main = max(self.hwm_main or 0, hwm)
+        self.peak_main = max(self.peak_main, main)
+        self.peak_children = max(self.peak_children, kids)
+        self.peak_tree = max(self.peak_tree, main + kids)
+        self.max_descendants = max(self.max_descendants, len(children))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.sample()
+
+    def __enter__(self) -> RssSampler:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

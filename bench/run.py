@@ -1,0 +1,287 @@
+"""The benchmark driver: generate or reuse the studies, measure every contender, print tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import disk, gateway, machine, studies, tus_peer
+from bench.report import StudyResult, check_lines, checks, table
+from bench.results import Measurement
+
+BENCH_DIR = Path(__file__).resolve().parent
+WORK = BENCH_DIR / ".work"
+PARTS = ("disk", "tus", "gateway")
+PARALLEL = 4  # files in flight: the CLI's --parallel and the tus feeder's threads
+CHUNK = 8 << 20  # the gateway's default chunk size and the tus PATCH size
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _csv(choices: Sequence[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad)} (choose from {', '.join(choices)})"
+            )
+        return items
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="RelayPACS ingest benchmark: gateway vs disk fsync vs a tus peer.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small studies, one run each: a smoke run of about a minute",
+    )
+    parser.add_argument(
+        "--only",
+        type=_csv(PARTS),
+        default=list(PARTS),
+        help="comma list of parts to run: disk,tus,gateway (default: all)",
+    )
+    parser.add_argument(
+        "--studies",
+        type=_csv(tuple(studies.FULL)),
+        default=list(studies.DEFAULT_KEYS),
+        help="comma list of studies: small,large,large-mf (default: small,large)",
+    )
+    parser.add_argument(
+        "--study-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="benchmark this existing directory of DICOM files instead "
+        "(repeatable; replaces --studies)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per contender, median reported (default: 3 for studies "
+        "under 500 MB, else 1; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--tus-clients",
+        type=_csv(("tuspy", "httpx")),
+        default=["tuspy", "httpx"],
+        help="tus feeders to run (default: tuspy,httpx)",
+    )
+    parser.add_argument(
+        "--dicom-workers",
+        type=int,
+        default=None,
+        help="RELAYPACS_DICOM_WORKERS for the gateway (default: its own)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK,
+        help="studies cache and scratch space, on the disk being measured "
+        f"(default: {WORK.relative_to(BENCH_DIR.parent)})",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write every figure to PATH as JSON",
+    )
+    return parser.parse_args(argv)
+
+
+def _repeat(args: argparse.Namespace, total_bytes: int) -> int:
+    if args.repeat is not None:
+        return max(1, int(args.repeat))
+    if args.quick:
+        return 1
+    return 3 if total_bytes < 500_000_000 else 1
+
+
+def _custom_study(directory: Path) -> studies.Study:
+    directory = directory.resolve()
+    files = studies.list_files(directory)
+    if not files:
+        raise SystemExit(f"--study-dir {directory}: no files")
+    spec = studies.StudySpec(
+        key=directory.name,
+        title=f"existing study {directory}",
+        instances=len(files),
+        why="given with --study-dir",
+    )
+    total = sum(p.stat().st_size for p in files)
+    return studies.Study(spec, directory, files, total, False, None)
+
+
+def measure_study(
+    study: studies.Study,
+    args: argparse.Namespace,
+    parts: Sequence[str],
+    unavailable: dict[str, str],
+) -> StudyResult:
+    repeat = _repeat(args, study.total_bytes)
+    result = StudyResult(study, repeat)
+    scratch = args.work_dir / "scratch" / study.spec.key
+    disk.settle(scratch)
+    scratch.mkdir(parents=True)
+    files, total = study.files, study.total_bytes
+    studies.warm_cache(study)
+
+    def settle(*paths: Path) -> None:
+        disk.settle(*paths)
+
+    def skipped(name: str, kind: str, why: str) -> None:
+        result.rows.append(Measurement(name, kind, total, len(files), error=why))
+
+    if "disk" in parts:
+        for name, mode, parallel in (
+            ("disk fsync/file x1", "file", 1),
+            (f"disk fsync/file x{PARALLEL}", "file", PARALLEL),
+            ("disk fsync/8MiB x1", "block", 1),
+        ):
+            log(f"  {study.spec.key}: {name} ...")
+            result.rows.append(
+                disk.measure(
+                    name, files, total, scratch, mode=mode, parallel=parallel, repeat=repeat
+                )
+            )
+    if "tus" in parts:
+        for impl in args.tus_clients:
+            name = f"tus peer ({impl})"
+            if "tus" in unavailable:
+                skipped(name, "tus", unavailable["tus"])
+                continue
+            log(f"  {study.spec.key}: {name} ...")
+            result.rows.append(
+                tus_peer.measure(
+                    name,
+                    files,
+                    total,
+                    scratch,
+                    impl=impl,
+                    parallel=PARALLEL,
+                    chunk_size=CHUNK,
+                    repeat=repeat,
+                    settle=settle,
+                )
+            )
+    if "gateway" in parts:
+        name = "gateway (relaypacs upload)"
+        if "gateway" in unavailable:
+            skipped(name, "gateway", unavailable["gateway"])
+        else:
+            log(f"  {study.spec.key}: {name} ...")
+            result.rows.append(
+                gateway.measure(
+                    name,
+                    study.directory,
+                    len(files),
+                    total,
+                    scratch,
+                    parallel=PARALLEL,
+                    repeat=repeat,
+                    workers=args.dicom_workers,
+                    settle=settle,
+                    log=log,
+                )
+            )
+    disk.settle(scratch)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work_dir = args.work_dir.resolve()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    parts = [p for p in PARTS if p in args.only]
+    started = time.perf_counter()
+    host = machine.describe(args.work_dir)
+    log(
+        f"RelayPACS ingest benchmark{' (--quick)' if args.quick else ''} -- "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+    for line in host.lines():
+        log(f"  {line}")
+    log(f"  work dir: {args.work_dir} (studies, scratch, logs; all writes on this filesystem)")
+    log("  MB = 10^6 bytes, MiB = 2^20 bytes; rates are payload bytes over wall time")
+
+    unavailable: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    if "tus" in parts:
+        try:
+            versions["tus"] = tus_peer.ensure_installed(log)
+            log(f"  tus peer: {versions['tus']}")
+        except tus_peer.TusUnavailable as exc:
+            unavailable["tus"] = str(exc)
+            log(f"  tus peer unavailable: {exc}")
+    if "gateway" in parts:
+        try:
+            gateway.check_ready()
+        except gateway.GatewayUnavailable as exc:
+            unavailable["gateway"] = str(exc)
+            log(f"  GATEWAY UNAVAILABLE: {exc}")
+
+    specs = studies.QUICK if args.quick else studies.FULL
+    log("")
+    results: list[StudyResult] = []
+    keys: list[str | Path] = list(args.study_dir) or list(args.studies)
+    for key in keys:
+        if isinstance(key, Path):
+            study = _custom_study(key)
+        else:
+            try:
+                study = studies.prepare(specs[key], args.work_dir / "studies", log=log)
+            except studies.SynthUnavailable as exc:
+                log(f"cannot generate the {key!r} study: {exc}")
+                return 2
+        log(
+            f"{study.spec.key}: {study.instances} files, {study.total_bytes / 1e6:.1f} MB "
+            f"({study.directory})"
+        )
+        result = measure_study(study, args, parts, unavailable)
+        results.append(result)
+        log("")
+        for line in table(result):
+            log(line)
+        log("")
+
+    found = checks(results)
+    log("Goals (gateway: verified + durable ingest; not an exit status):")
+    for line in check_lines(found):
+        log(f"  {line}")
+    elapsed = time.perf_counter() - started
+    log(f"\nbenchmark wall time {elapsed:.0f} s")
+
+    if args.json:
+        doc = {
+            "when": datetime.now(UTC).isoformat(),
+            "quick": args.quick,
+            "machine": host.to_dict(),
+            "versions": versions,
+            "argv": list(sys.argv if argv is None else argv),
+            "unavailable": unavailable,
+            "studies": [r.to_dict() for r in results],
+            "checks": [c.to_dict() for c in found],
+            "wall_seconds": elapsed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    os.sync()
+    return 0
