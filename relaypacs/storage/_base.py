@@ -1,0 +1,181 @@
+"""The object-storage interface, its exception tree and the key rules shared by every backend."""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "MAX_KEY_LENGTH",
+    "ObjectNotFound",
+    "ObjectStorage",
+    "StorageError",
+    "StorageUnavailable",
+    "require_delete_prefix",
+    "validate_key",
+    "validate_prefix",
+]
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+# S3 limits keys to 1024 bytes of UTF-8; every allowed character is one byte.
+MAX_KEY_LENGTH = 1024
+# Most filesystems limit one path component to 255 bytes.
+MAX_SEGMENT_LENGTH = 255
+
+# One segment: allowed characters only, and never starting with "." (this excludes "." and "..",
+# and keeps names starting with a dot free for the filesystem backend's temporary files).
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+_KEY_RE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+
+
+class StorageError(Exception):
+    """Base of every storage error. Messages never carry credentials, object bytes or PHI."""
+
+
+class ObjectNotFound(StorageError):
+    """The key does not name a stored object."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend is unreachable or failing (after retries); the API answers 503."""
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe object key, else raise ``ValueError``.
+
+    A key is one or more ``/``-separated segments of ``[A-Za-z0-9._-]``; no segment is empty or
+    starts with ``.`` (so no ``.``/``..`` segments, no absolute path, no trailing slash). Keys are
+    built by our own code; this is the guard that stops a bug from escaping the storage root.
+    The message never echoes the key (it might carry a file name, which can carry PHI).
+    """
+    if not isinstance(key, str):
+        raise TypeError("storage key must be a str")
+    if not key:
+        raise ValueError("invalid storage key: empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"invalid storage key: longer than {MAX_KEY_LENGTH} characters")
+    # fullmatch, not match: "$" would accept a trailing newline.
+    if _KEY_RE.fullmatch(key) is None:
+        raise ValueError(
+            "invalid storage key: only [A-Za-z0-9._-] segments separated by '/', "
+            "none empty or starting with '.'"
+        )
+    if any(len(segment) > MAX_SEGMENT_LENGTH for segment in key.split("/")):
+        raise ValueError(
+            f"invalid storage key: a segment is longer than {MAX_SEGMENT_LENGTH} characters"
+        )
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid listing prefix, else raise ``ValueError``.
+
+    A prefix is ``""`` (everything), a valid key (a string prefix, as on S3: ``"uploads/a"``
+    also matches ``"uploads/ab/0"``), or a valid key followed by ``/`` (one "directory").
+    """
+    if not isinstance(prefix, str):
+        raise TypeError("storage prefix must be a str")
+    if prefix:
+        validate_key(prefix.removesuffix("/"))
+    return prefix
+
+
+class ObjectStorage(abc.ABC):
+    """Flat key -> bytes store.
+
+    Keys follow :func:`validate_key`; every method validates its key before any I/O.
+    Failures raise :class:`StorageError` subclasses: :class:`ObjectNotFound` for a missing key,
+    :class:`StorageUnavailable` when the backend cannot be reached or keeps failing.
+
+    Use as ``async with storage:`` or call :meth:`open` and :meth:`close`.
+    """
+
+    async def open(self) -> None:  # noqa: B027 - optional hook, a no-op where nothing is needed
+        """Acquire resources (network clients). Call once before use."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release resources. The store is unusable afterwards."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store ``data`` under ``key``, replacing any previous object.
+
+        Returns only once the bytes are durable. Atomic: a reader sees the old object or the new
+        one, never a partial one; a failed put leaves the previous object (or nothing).
+        """
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes:
+        """Return the whole object. Raises :class:`ObjectNotFound`."""
+
+    @abc.abstractmethod
+    def stream(self, key: str, *, block_size: int = DEFAULT_BLOCK_SIZE) -> AsyncIterator[bytes]:
+        """Yield the object in blocks of at most ``block_size`` bytes.
+
+        :class:`ObjectNotFound` is raised on the first iteration, not by the call. Close an
+        abandoned iterator (``contextlib.aclosing``) to release its file or connection promptly.
+        """
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` names a stored object."""
+
+    @abc.abstractmethod
+    async def size(self, key: str) -> int:
+        """Size of the object in bytes. Raises :class:`ObjectNotFound`."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete the object; a missing key is not an error."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix``; return how many were deleted.
+
+        ``prefix`` must not be empty (use a trailing ``/`` to mean one "directory").
+        """
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> AsyncIterator[str]:
+        """Yield the keys starting with ``prefix`` (a string prefix, as on S3), sorted.
+
+        The order is the string order of the keys (``"0/10-x"`` before ``"0/2-x"``): callers that
+        need numeric order (chunks) sort themselves.
+        """
+
+    @abc.abstractmethod
+    def local_path(self, key: str) -> Path | None:
+        """The object's file for zero-copy reads (``sendfile``), or ``None`` if not on a local disk.
+
+        No I/O: the file may not exist.
+        """
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Readiness probe: return if the backend can serve, else raise StorageUnavailable."""
+
+
+def require_delete_prefix(prefix: str) -> str:
+    """Validate a prefix for ``delete_prefix``: like :func:`validate_prefix`, but never empty."""
+    validate_prefix(prefix)
+    if not prefix:
+        raise ValueError("delete_prefix needs a non-empty prefix")
+    return prefix
