@@ -1,0 +1,3 @@
+"""RelayPACS Gateway."""
+
+__version__ = "0.1.0"

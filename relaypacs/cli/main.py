@@ -1,0 +1,151 @@
+"""The `relaypacs` command: serve, users, db, upload."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import secrets
+import sys
+
+import click
+
+from relaypacs import __version__
+from relaypacs.config import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        click.echo(f"relaypacs: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="relaypacs")
+def cli() -> None:
+    """RelayPACS Gateway: resumable, verified DICOM study uploads relayed to a PACS."""
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address (default RELAYPACS_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default RELAYPACS_PORT or 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the gateway (HTTP API and background work) in this process."""
+    import uvicorn
+
+    from relaypacs.main import create_app
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    host = host or settings.host
+    port = port or settings.port
+    click.echo(
+        f"relaypacs {__version__}: data in {settings.data_dir.resolve()}, "
+        f"database {'SQLite' if settings.is_sqlite else 'PostgreSQL'}, "
+        f"storage {settings.storage}; listening on http://{host}:{port}",
+        err=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all database migrations."""
+    from relaypacs.schema import upgrade
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    click.echo("database schema is up to date", err=True)
+
+
+@cli.group()
+def users() -> None:
+    """User accounts."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option(
+    "--role",
+    type=click.Choice(["clinician", "radiologist", "admin"]),
+    default="clinician",
+    show_default=True,
+)
+@click.option("--email", default=None)
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (scripts)."
+)
+@click.option(
+    "--generate-password", is_flag=True, help="Generate a random password and print it once."
+)
+def users_create(
+    username: str, role: str, email: str | None, password_stdin: bool, generate_password: bool
+) -> None:
+    """Create a user account."""
+    from relaypacs.auth.models import Role
+    from relaypacs.auth.service import UsernameTaken, create_user
+    from relaypacs.db import create_engine, create_sessionmaker
+    from relaypacs.schema import upgrade
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif generate_password:
+        password = secrets.token_urlsafe(18)
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise click.ClickException("the passwords differ")
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:
+        upgrade(settings.resolved_database_url)
+
+    async def _create() -> None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            async with create_sessionmaker(engine)() as session, session.begin():
+                await create_user(
+                    session, username=username, password=password, role=Role(role), email=email
+                )
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(_create())
+    except UsernameTaken:
+        raise click.ClickException(f"the username {username!r} is taken") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {role} {username!r}", err=True)
+    if generate_password:
+        click.echo(password)
+
+
+def _register_optional_commands() -> None:
+    try:
+        from relaypacs.cli.upload import upload
+    except ImportError:  # the client is optional while it is being built
+        return
+    cli.add_command(upload)
+
+
+_register_optional_commands()

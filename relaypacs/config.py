@@ -1,0 +1,160 @@
+"""One settings object for the gateway: environment (RELAYPACS_*) and an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1 << 20
+CONFIG_FILE_ENV = "RELAYPACS_CONFIG_FILE"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message lists every bad value, one per line."""
+
+
+class Settings(BaseSettings):
+    """Gateway configuration.
+
+    Every field can be set as an environment variable `RELAYPACS_<FIELD>` (upper case) or in the
+    TOML file named by `RELAYPACS_CONFIG_FILE`; the environment wins over the file.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAYPACS_", extra="forbid", case_sensitive=False, validate_default=True
+    )
+
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Directory for the embedded database, the filesystem store and secrets.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = Field(default=None, description="URL users reach the gateway at.")
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default: SQLite (WAL) under data_dir. "
+        "Production: postgresql+asyncpg://user:pass@host/db",
+    )
+    auto_migrate: bool = Field(default=True, description="Apply database migrations at start.")
+
+    storage: Literal["fs", "s3"] = "fs"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = ""
+    s3_create_bucket: bool = False
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs access tokens (at least 32 characters). Default: generated "
+        "once and kept in data_dir/secret_key. Set it explicitly when running several replicas.",
+    )
+    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+
+    chunk_size: int = Field(default=8 * MiB, ge=64 * 1024, le=64 * MiB)
+    max_files_per_upload: int = Field(default=20_000, ge=1)
+    max_file_size: int = Field(default=8 * 1024 * MiB, ge=1)
+
+    dicom_workers: int = Field(default=2, ge=1, le=64)
+    dicom_timeout_seconds: float = Field(default=30.0, gt=0)
+    dicom_memory_mb: int = Field(default=1024, ge=128)
+    dicom_max_inflated_mb: int = Field(default=1024, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with 'postgresql+asyncpg://' (production) or 'sqlite+aiosqlite://'"
+            )
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters long")
+        return value
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage is 's3' but RELAYPACS_S3_BUCKET is not set")
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'relaypacs.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def storage_root(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    def signing_key(self) -> str:
+        """The token signing key: configured, or generated once and kept (0600) in data_dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate the settings; raise ConfigError with one clear line per bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "configuration"
+            variable = f"RELAYPACS_{field.upper()}" if error["loc"] else field
+            lines.append(f"{variable}: {error['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

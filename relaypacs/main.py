@@ -1,0 +1,186 @@
+"""create_app(): the FastAPI application, its lifespan (engines, storage, validator) and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from relaypacs import __version__
+from relaypacs.auth.router import router as auth_router
+from relaypacs.auth.service import ensure_first_admin
+from relaypacs.config import Settings, load_settings
+from relaypacs.db import create_engine, create_sessionmaker
+from relaypacs.dicom import DicomLimits, DicomValidator
+from relaypacs.errors import GatewayError
+from relaypacs.schema import upgrade_async
+from relaypacs.storage import FilesystemStorage, ObjectStorage, S3Storage, StorageError
+from relaypacs.uploads.router import router as uploads_router
+from relaypacs.uploads.service import CompleteContext, UploadLimits
+
+logger = logging.getLogger("relaypacs")
+
+API_PREFIX = "/api/v1"
+
+
+async def open_storage(settings: Settings) -> ObjectStorage:
+    if settings.storage == "s3":
+        assert settings.s3_bucket is not None
+        s3 = S3Storage(
+            endpoint_url=settings.s3_endpoint_url,
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id.get_secret_value()
+            if settings.s3_access_key_id
+            else None,
+            secret_access_key=settings.s3_secret_access_key.get_secret_value()
+            if settings.s3_secret_access_key
+            else None,
+            prefix=settings.s3_prefix,
+            create_bucket=settings.s3_create_bucket,
+        )
+        await s3.open()
+        return s3
+    return FilesystemStorage(settings.storage_root)
+
+
+def announce_first_admin(password: str) -> None:
+    """Printed once, on the console only (never through logging)."""
+    print(
+        "\n"
+        "  RelayPACS created the first administrator account.\n"
+        "    username: admin\n"
+        f"    password: {password}\n"
+        "  This password is shown only this once: keep it now.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:
+        await upgrade_async(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url)
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.read_sessionmaker = create_sessionmaker(engine, readonly=True)
+    app.state.signing_key = settings.signing_key()
+    app.state.upload_limits = UploadLimits(
+        chunk_size=settings.chunk_size,
+        max_files=settings.max_files_per_upload,
+        max_file_size=settings.max_file_size,
+    )
+    app.state.chunk_slots = asyncio.Semaphore(16)
+    storage = await open_storage(settings)
+    app.state.storage = storage
+    validator = DicomValidator(
+        DicomLimits(
+            max_inflated_bytes=settings.dicom_max_inflated_mb << 20,
+            timeout_seconds=settings.dicom_timeout_seconds,
+            memory_bytes=settings.dicom_memory_mb << 20,
+        ),
+        workers=settings.dicom_workers,
+    )
+    app.state.complete_context = CompleteContext(
+        sessionmaker=app.state.sessionmaker,
+        storage=storage,
+        validator=validator,
+        spool_dir=settings.spool_dir,
+        concurrency=settings.dicom_workers * 2,
+    )
+    password = await ensure_first_admin(app.state.sessionmaker)
+    if password is not None:
+        announce_first_admin(password)
+    try:
+        yield
+    finally:
+        await validator.close()
+        await storage.close()
+        await engine.dispose()
+
+
+def _error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(
+            _error_body(exc.code, exc.message, exc.details),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(
+            _error_body("invalid_request", "The request is not valid.", {"problems": problems}),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return JSONResponse(
+            _error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_request: Request, exc: StorageError) -> JSONResponse:
+        logger.warning("object storage error: %s", type(exc).__name__)
+        return JSONResponse(
+            _error_body(
+                "storage_unavailable",
+                "The gateway's storage is unavailable; nothing was lost, try again shortly.",
+            ),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # The type only: messages of unexpected errors may carry data we must not log.
+        logger.error("unexpected error: %s", type(exc).__name__)
+        return JSONResponse(
+            _error_body("internal_error", "An unexpected error occurred; it has been logged."),
+            status_code=500,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="RelayPACS Gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=f"{API_PREFIX}/docs",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings or load_settings()
+    install_error_handlers(app)
+
+    @app.get(f"{API_PREFIX}/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(auth_router, prefix=API_PREFIX)
+    app.include_router(uploads_router, prefix=API_PREFIX)
+    return app

@@ -1,0 +1,23 @@
+"""Imports every table so that the metadata is complete (Alembic, create_all in tests)."""
+
+from relaypacs.audit.models import AuditEvent
+from relaypacs.auth.models import Role, User
+from relaypacs.db import Base
+from relaypacs.notifications.models import Notification
+from relaypacs.reports.models import Report, ReportStatus
+from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "FileStatus",
+    "Notification",
+    "Report",
+    "ReportStatus",
+    "Role",
+    "Upload",
+    "UploadChunk",
+    "UploadFile",
+    "UploadStatus",
+    "User",
+]

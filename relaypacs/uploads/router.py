@@ -1,0 +1,110 @@
+"""HTTP endpoints of the upload domain: parse, call one service function, return a schema."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from relaypacs.auth.dependencies import CurrentUser
+from relaypacs.db import ReadSessionDep, SessionDep
+from relaypacs.uploads import service
+from relaypacs.uploads.models import UploadStatus
+from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
+
+router = APIRouter(prefix="/uploads", tags=["uploads"])
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+@router.post("", response_model=UploadRead, status_code=status.HTTP_201_CREATED)
+async def start_upload(
+    body: UploadCreate, request: Request, response: Response, user: CurrentUser, session: SessionDep
+) -> UploadRead:
+    upload, created = await service.start_upload(
+        session,
+        user=user,
+        body=body,
+        limits=request.app.state.upload_limits,
+        client_ip=client_ip(request),
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return await service.read_upload(session, upload)
+
+
+@router.get("", response_model=UploadList)
+async def list_uploads(
+    user: CurrentUser,
+    session: ReadSessionDep,
+    upload_status: Annotated[UploadStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> UploadList:
+    items, total = await service.list_uploads(
+        session, user=user, status=upload_status, limit=limit, offset=offset
+    )
+    return UploadList(items=items, total=total)
+
+
+@router.get("/{upload_id}", response_model=UploadRead)
+async def get_upload(
+    upload_id: uuid.UUID, user: CurrentUser, session: ReadSessionDep
+) -> UploadRead:
+    upload = await service.get_upload(session, upload_id=upload_id, user=user)
+    return await service.read_upload(session, upload)
+
+
+@router.put("/{upload_id}/files/{file_index}/chunks/{chunk_index}", response_model=ChunkStored)
+async def put_chunk(
+    upload_id: uuid.UUID, file_index: int, chunk_index: int, request: Request, user: CurrentUser
+) -> ChunkStored:
+    state = request.app.state
+    declared_md5 = service.parse_content_md5(request.headers.get("content-md5"))
+    length_header = request.headers.get("content-length")
+    async with state.read_sessionmaker() as session, session.begin():
+        target = await service.prepare_chunk(
+            session,
+            user=user,
+            upload_id=upload_id,
+            file_index=file_index,
+            chunk_index=chunk_index,
+            content_length=int(length_header)
+            if length_header and length_header.isdigit()
+            else None,
+        )
+    # Bounded memory: at most `chunk_slots` chunk bodies are held at once.
+    slots: asyncio.Semaphore = state.chunk_slots
+    async with slots:
+        data = await request.body()
+        return await service.store_chunk(
+            state.sessionmaker, state.storage, target=target, declared_md5=declared_md5, data=data
+        )
+
+
+@router.post(
+    "/{upload_id}/complete", response_model=UploadRead, status_code=status.HTTP_202_ACCEPTED
+)
+async def complete_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
+    return await service.complete_upload(
+        request.app.state.complete_context,
+        user=user,
+        upload_id=upload_id,
+        client_ip=client_ip(request),
+    )
+
+
+@router.delete("/{upload_id}", response_model=UploadRead)
+async def cancel_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
+    state = request.app.state
+    return await service.cancel_upload(
+        state.sessionmaker,
+        state.storage,
+        user=user,
+        upload_id=upload_id,
+        client_ip=client_ip(request),
+    )

@@ -1,0 +1,107 @@
+"""Request and response shapes of the upload API (see docs/api.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from relaypacs.uploads.models import FileStatus, UploadStatus
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+Uid = Annotated[str, StringConstraints(max_length=64, pattern=UID_PATTERN)]
+Sha256Hex = Annotated[
+    str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-fA-F]{64}$")
+]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+
+
+class StudyMetadata(BaseModel):
+    """Study details read by the client from the files (PHI: stored, never logged)."""
+
+    model_config = ConfigDict(extra="forbid")
+    patient_name: ShortText | None = None
+    patient_id: ShortText | None = None
+    study_date: ShortText | None = None
+    modality: ShortText | None = None
+    study_description: ShortText | None = None
+    accession_number: ShortText | None = None
+
+
+class ManifestFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255)
+    size: int = Field(ge=1)
+    sha256: Sha256Hex
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("the file name must not contain control characters")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    study_instance_uid: Uid
+    metadata: StudyMetadata = Field(default_factory=StudyMetadata)
+    files: list[ManifestFile] = Field(min_length=1)
+
+
+class FileError(BaseModel):
+    code: str
+    message: str
+
+
+class UploadFileRead(BaseModel):
+    index: int
+    name: str
+    size: int
+    sha256: str
+    chunk_count: int
+    missing_chunks: list[int]
+    status: FileStatus
+    kind: str | None
+    preamble: str | None
+    sop_instance_uid: str | None
+    error: FileError | None
+
+
+class UploadSummary(BaseModel):
+    id: uuid.UUID
+    status: UploadStatus
+    study_instance_uid: str
+    study_hash: str
+    chunk_size: int
+    file_count: int
+    instance_count: int | None
+    total_bytes: int
+    received_bytes: int
+    metadata: StudyMetadata
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    completed_at: dt.datetime | None
+
+
+class UploadRead(UploadSummary):
+    files: list[UploadFileRead]
+
+
+class UploadList(BaseModel):
+    items: list[UploadSummary]
+    total: int
+
+
+class ChunkStored(BaseModel):
+    file_index: int
+    chunk_index: int
+    size: int
+    already_stored: bool

@@ -1,0 +1,794 @@
+"""The rules of study uploads: start or resume, store chunks durably, verify, list, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relaypacs.audit.service import record_event
+from relaypacs.auth.models import Role, User
+from relaypacs.db import utcnow
+from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
+from relaypacs.errors import Conflict, GatewayError, NotFound
+from relaypacs.storage import ObjectStorage
+from relaypacs.uploads.models import (
+    ACCEPTED_STATUSES,
+    IN_PROGRESS_STATUSES,
+    FileStatus,
+    Upload,
+    UploadChunk,
+    UploadFile,
+    UploadStatus,
+)
+from relaypacs.uploads.schemas import (
+    ChunkStored,
+    FileError,
+    StudyMetadata,
+    UploadCreate,
+    UploadFileRead,
+    UploadRead,
+    UploadSummary,
+)
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class UploadNotFound(NotFound):
+    code = "upload_not_found"
+    message = "No such upload."
+
+
+class StudyAlreadyDelivered(Conflict):
+    code = "study_already_delivered"
+    message = "This study was already uploaded and accepted."
+
+
+class ChunkOutOfRange(NotFound):
+    code = "chunk_out_of_range"
+    message = "That file or chunk index is outside the upload's manifest."
+
+
+class ChunkConflict(Conflict):
+    code = "chunk_conflict"
+    message = "That chunk is already stored with different bytes."
+
+
+class UploadNotWritable(Conflict):
+    code = "upload_not_writable"
+    message = "This upload no longer takes chunks."
+
+
+class UploadNotCancellable(Conflict):
+    code = "upload_not_cancellable"
+    message = "This upload was accepted and can no longer be cancelled."
+
+
+class UploadIncomplete(Conflict):
+    code = "upload_incomplete"
+    message = "Some chunks are still missing."
+
+
+class UploadRejected(GatewayError):
+    status_code = 422
+    code = "upload_rejected"
+    message = "Some files of the upload failed verification."
+
+
+class InvalidManifest(GatewayError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class ContentMd5Required(GatewayError):
+    code = "content_md5_required"
+    message = "The Content-MD5 header (base64 of the chunk's MD5 digest) is required."
+
+
+class ContentMd5Mismatch(GatewayError):
+    code = "content_md5_mismatch"
+    message = "The chunk's bytes do not match its Content-MD5; nothing was kept."
+
+
+class ChunkSizeMismatch(GatewayError):
+    code = "chunk_size_mismatch"
+
+
+class ChunkTooLarge(GatewayError):
+    status_code = 413
+    code = "chunk_too_large"
+
+
+class ContentLengthRequired(GatewayError):
+    status_code = 411
+    code = "content_length_required"
+    message = "The Content-Length header is required."
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def study_hash(sha256s: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return -(-size // chunk_size)
+
+
+def expected_chunk_size(file_size: int, chunk_size: int, chunk_index: int) -> int:
+    return min(chunk_size, file_size - chunk_index * chunk_size)
+
+
+def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, md5_hex: str) -> str:
+    # The MD5 is part of the key: two racing writers of different bytes never overwrite each
+    # other's object; the database row decides which one is the chunk.
+    return f"{upload_prefix(upload_id)}{file_index}/{chunk_index}-{md5_hex}"
+
+
+def upload_prefix(upload_id: uuid.UUID) -> str:
+    return f"uploads/{upload_id}/"
+
+
+def parse_content_md5(header: str | None) -> str:
+    if not header:
+        raise ContentMd5Required()
+    try:
+        digest = base64.b64decode(header.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ContentMd5Required("Content-MD5 is not valid base64.") from None
+    if len(digest) != 16:
+        raise ContentMd5Required("Content-MD5 must be the base64 of a 16-byte MD5 digest.")
+    return digest.hex()
+
+
+def can_see(user: User, upload: Upload) -> bool:
+    return upload.user_id == user.id or user.role == Role.ADMIN
+
+
+def summary_of(upload: Upload, received_bytes: int) -> UploadSummary:
+    return UploadSummary(
+        id=upload.id,
+        status=upload.status,
+        study_instance_uid=upload.study_instance_uid,
+        study_hash=upload.study_hash,
+        chunk_size=upload.chunk_size,
+        file_count=upload.file_count,
+        instance_count=upload.instance_count,
+        total_bytes=upload.total_bytes,
+        received_bytes=received_bytes,
+        metadata=StudyMetadata.model_validate(upload.study_metadata),
+        created_at=upload.created_at,
+        updated_at=upload.updated_at,
+        completed_at=upload.completed_at,
+    )
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+async def get_upload(session: AsyncSession, *, upload_id: uuid.UUID, user: User) -> Upload:
+    """The upload if this user may see it; otherwise the same 404 as a missing one."""
+    upload = await session.get(Upload, upload_id)
+    if upload is None or not can_see(user, upload):
+        raise UploadNotFound()
+    return upload
+
+
+async def _stored_chunks(session: AsyncSession, upload_id: uuid.UUID) -> dict[int, set[int]]:
+    rows = await session.execute(
+        select(UploadChunk.file_index, UploadChunk.chunk_index).where(
+            UploadChunk.upload_id == upload_id
+        )
+    )
+    stored: dict[int, set[int]] = defaultdict(set)
+    for file_index, chunk_index in rows:
+        stored[file_index].add(chunk_index)
+    return stored
+
+
+async def _received_bytes(session: AsyncSession, upload_id: uuid.UUID) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(UploadChunk.size), 0)).where(
+            UploadChunk.upload_id == upload_id
+        )
+    )
+    return int(total or 0)
+
+
+async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
+    files = (
+        await session.scalars(
+            select(UploadFile).where(UploadFile.upload_id == upload.id).order_by(UploadFile.index)
+        )
+    ).all()
+    stored = await _stored_chunks(session, upload.id)
+    received = await _received_bytes(session, upload.id)
+    file_reads = [
+        UploadFileRead(
+            index=f.index,
+            name=f.name,
+            size=f.size,
+            sha256=f.sha256,
+            chunk_count=f.chunk_count,
+            missing_chunks=[i for i in range(f.chunk_count) if i not in stored.get(f.index, ())],
+            status=f.status,
+            kind=f.kind,
+            preamble=f.preamble,
+            sop_instance_uid=f.sop_instance_uid,
+            error=FileError(code=f.error_code, message=f.error_message or "")
+            if f.error_code
+            else None,
+        )
+        for f in files
+    ]
+    return UploadRead(**summary_of(upload, received).model_dump(), files=file_reads)
+
+
+async def list_uploads(
+    session: AsyncSession,
+    *,
+    user: User,
+    status: UploadStatus | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[UploadSummary], int]:
+    query = select(Upload).where(Upload.user_id == user.id)
+    if status is not None:
+        query = query.where(Upload.status == status)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    uploads = (
+        await session.scalars(
+            query.order_by(Upload.created_at.desc(), Upload.id).limit(limit).offset(offset)
+        )
+    ).all()
+    received: dict[uuid.UUID, int] = {}
+    if uploads:
+        rows = await session.execute(
+            select(UploadChunk.upload_id, func.sum(UploadChunk.size))
+            .where(UploadChunk.upload_id.in_([u.id for u in uploads]))
+            .group_by(UploadChunk.upload_id)
+        )
+        received = {upload_id: int(size) for upload_id, size in rows}
+    return [summary_of(u, received.get(u.id, 0)) for u in uploads], int(total or 0)
+
+
+# --- starting -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    chunk_size: int
+    max_files: int
+    max_file_size: int
+
+
+async def start_upload(
+    session: AsyncSession,
+    *,
+    user: User,
+    body: UploadCreate,
+    limits: UploadLimits,
+    client_ip: str | None,
+) -> tuple[Upload, bool]:
+    """Create the upload, or return the user's upload of the same study still in progress.
+
+    Returns (upload, created).
+    """
+    if len(body.files) > limits.max_files:
+        raise InvalidManifest(f"An upload may list at most {limits.max_files} files.")
+    too_big = [i for i, f in enumerate(body.files) if f.size > limits.max_file_size]
+    if too_big:
+        raise InvalidManifest(
+            f"File {too_big[0]} is larger than the limit of {limits.max_file_size} bytes."
+        )
+    hashes = [f.sha256 for f in body.files]
+    if len(set(hashes)) != len(hashes):
+        raise InvalidManifest("The manifest lists the same file content more than once.")
+    digest = study_hash(hashes)
+
+    accepted = await session.scalar(
+        select(Upload)
+        .where(Upload.study_hash == digest, Upload.status.in_(ACCEPTED_STATUSES))
+        .order_by(Upload.user_id != user.id, Upload.created_at)
+        .limit(1)
+    )
+    if accepted is not None:
+        details: dict[str, Any] = {"status": accepted.status.value}
+        if can_see(user, accepted):
+            received = await _received_bytes(session, accepted.id)
+            details["upload"] = summary_of(accepted, received).model_dump(mode="json")
+        raise StudyAlreadyDelivered(details=details)
+
+    existing = await session.scalar(
+        select(Upload)
+        .where(
+            Upload.user_id == user.id,
+            Upload.study_hash == digest,
+            Upload.status.in_(IN_PROGRESS_STATUSES),
+        )
+        .order_by(Upload.created_at)
+        .limit(1)
+    )
+    if existing is not None:
+        await record_event(
+            session,
+            action="upload.resume",
+            actor_id=user.id,
+            actor_role=user.role.value,
+            object_type="upload",
+            object_id=existing.id,
+            study_instance_uid=existing.study_instance_uid,
+            client_ip=client_ip,
+        )
+        return existing, False
+
+    upload = Upload(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        study_instance_uid=body.study_instance_uid,
+        study_hash=digest,
+        status=UploadStatus.PENDING,
+        study_metadata=body.metadata.model_dump(exclude_none=True),
+        chunk_size=limits.chunk_size,
+        file_count=len(body.files),
+        total_bytes=sum(f.size for f in body.files),
+    )
+    session.add(upload)
+    await session.flush()
+    await session.execute(
+        UploadFile.__table__.insert(),
+        [
+            {
+                "upload_id": upload.id,
+                "index": index,
+                "name": f.name,
+                "size": f.size,
+                "sha256": f.sha256,
+                "chunk_count": chunk_count(f.size, limits.chunk_size),
+                "status": FileStatus.PENDING,
+            }
+            for index, f in enumerate(body.files)
+        ],
+    )
+    await record_event(
+        session,
+        action="upload.start",
+        actor_id=user.id,
+        actor_role=user.role.value,
+        object_type="upload",
+        object_id=upload.id,
+        study_instance_uid=upload.study_instance_uid,
+        client_ip=client_ip,
+        details={"files": upload.file_count, "bytes": upload.total_bytes},
+    )
+    return upload, True
+
+
+# --- chunks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkTarget:
+    upload_id: uuid.UUID
+    file_index: int
+    chunk_index: int
+    expected_size: int
+    stored_md5: str | None
+
+
+async def prepare_chunk(
+    session: AsyncSession,
+    *,
+    user: User,
+    upload_id: uuid.UUID,
+    file_index: int,
+    chunk_index: int,
+    content_length: int | None,
+) -> ChunkTarget:
+    """Every check that can be made before the body is read."""
+    upload = await get_upload(session, upload_id=upload_id, user=user)
+    if content_length is None:
+        raise ContentLengthRequired()
+    if content_length > upload.chunk_size:
+        raise ChunkTooLarge(
+            f"A chunk is at most {upload.chunk_size} bytes; this one declares {content_length}."
+        )
+    file = await session.get(UploadFile, (upload_id, file_index)) if file_index >= 0 else None
+    if file is None or not 0 <= chunk_index < file.chunk_count:
+        raise ChunkOutOfRange()
+    if upload.status != UploadStatus.PENDING:
+        raise UploadNotWritable(f"This upload is {upload.status.value} and takes no more chunks.")
+    expected = expected_chunk_size(file.size, upload.chunk_size, chunk_index)
+    if content_length != expected:
+        raise ChunkSizeMismatch(
+            f"Chunk {chunk_index} of file {file_index} must be exactly {expected} bytes; "
+            f"this one is {content_length}."
+        )
+    stored = await session.get(UploadChunk, (upload_id, file_index, chunk_index))
+    return ChunkTarget(
+        upload_id=upload_id,
+        file_index=file_index,
+        chunk_index=chunk_index,
+        expected_size=expected,
+        stored_md5=stored.md5 if stored else None,
+    )
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+async def store_chunk(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    storage: ObjectStorage,
+    *,
+    target: ChunkTarget,
+    declared_md5: str,
+    data: bytes,
+) -> ChunkStored:
+    """Verify the bytes, make them durable, then record the chunk. Idempotent."""
+    if len(data) != target.expected_size:
+        raise ChunkSizeMismatch(
+            f"The body has {len(data)} bytes; chunk {target.chunk_index} of file "
+            f"{target.file_index} must have exactly {target.expected_size}."
+        )
+    actual_md5 = await asyncio.to_thread(_md5_hex, data) if len(data) > 65536 else _md5_hex(data)
+    if actual_md5 != declared_md5:
+        raise ContentMd5Mismatch()
+
+    def result(already: bool) -> ChunkStored:
+        return ChunkStored(
+            file_index=target.file_index,
+            chunk_index=target.chunk_index,
+            size=len(data),
+            already_stored=already,
+        )
+
+    if target.stored_md5 is not None:
+        if target.stored_md5 != actual_md5:
+            raise ChunkConflict()
+        return result(True)
+
+    key = chunk_key(target.upload_id, target.file_index, target.chunk_index, actual_md5)
+    await storage.put(key, data)
+    try:
+        async with sessionmaker() as session, session.begin():
+            status = await session.scalar(
+                select(Upload.status).where(Upload.id == target.upload_id)
+            )
+            if status != UploadStatus.PENDING:
+                raise UploadNotWritable()
+            session.add(
+                UploadChunk(
+                    upload_id=target.upload_id,
+                    file_index=target.file_index,
+                    chunk_index=target.chunk_index,
+                    size=len(data),
+                    md5=actual_md5,
+                )
+            )
+    except IntegrityError:
+        # Another request stored this chunk meanwhile: same bytes is success, else conflict.
+        async with sessionmaker() as session, session.begin():
+            stored = await session.get(
+                UploadChunk, (target.upload_id, target.file_index, target.chunk_index)
+            )
+        if stored is None or stored.md5 != actual_md5:
+            await storage.delete(key)
+            raise ChunkConflict() from None
+        return result(True)
+    except UploadNotWritable:
+        await storage.delete(key)
+        raise
+    return result(False)
+
+
+# --- completing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    index: int
+    summary: DicomSummary | None
+    error: FileError | None
+
+
+def _sha256_of_path(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def _materialise(storage: ObjectStorage, keys: list[str], spool: Path) -> tuple[Path, str]:
+    """A local path holding the file's bytes, and their SHA-256 as read from storage."""
+    if len(keys) == 1:
+        local = storage.local_path(keys[0])
+        if local is not None:
+            return local, await asyncio.to_thread(_sha256_of_path, local)
+    digest = hashlib.sha256()
+    handle = await asyncio.to_thread(spool.open, "wb")
+    try:
+        for key in keys:
+            async for block in storage.stream(key):
+                digest.update(block)
+                await asyncio.to_thread(handle.write, block)
+    finally:
+        await asyncio.to_thread(handle.close)
+    return spool, digest.hexdigest()
+
+
+async def _verify_file(
+    storage: ObjectStorage,
+    validator: DicomValidator,
+    *,
+    file: UploadFile,
+    keys: list[str],
+    spool_dir: Path,
+) -> FileVerdict:
+    spool = spool_dir / f"{file.index}.dcm"
+    try:
+        path, sha256 = await _materialise(storage, keys, spool)
+        if sha256 != file.sha256:
+            return FileVerdict(
+                file.index,
+                None,
+                FileError(
+                    code="sha256_mismatch",
+                    message="The file's SHA-256 does not match the one in the manifest.",
+                ),
+            )
+        try:
+            summary = await validator.inspect(path)
+        except DicomRejected as exc:
+            return FileVerdict(file.index, None, FileError(code=exc.code, message=exc.message))
+        return FileVerdict(file.index, summary, None)
+    finally:
+        await asyncio.to_thread(spool.unlink, missing_ok=True)
+
+
+def _judge_study(declared_uid: str, verdicts: list[FileVerdict]) -> list[FileVerdict]:
+    """Study-level rules: every instance of the declared study, no SOP instance twice."""
+    seen: dict[str, int] = {}
+    judged = []
+    for verdict in verdicts:
+        summary = verdict.summary
+        if summary is not None and summary.kind == "instance":
+            if summary.study_instance_uid != declared_uid:
+                verdict = FileVerdict(
+                    verdict.index,
+                    summary,
+                    FileError(
+                        code="study_uid_mismatch",
+                        message="This file belongs to another study than the one declared.",
+                    ),
+                )
+            elif summary.sop_instance_uid in seen:
+                verdict = FileVerdict(
+                    verdict.index,
+                    summary,
+                    FileError(
+                        code="duplicate_sop_instance",
+                        message="Another file of this upload (index "
+                        f"{seen[summary.sop_instance_uid]}) has the same SOP Instance UID.",
+                    ),
+                )
+            else:
+                seen[summary.sop_instance_uid or ""] = verdict.index
+        judged.append(verdict)
+    return judged
+
+
+@dataclass(frozen=True)
+class CompleteContext:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    storage: ObjectStorage
+    validator: DicomValidator
+    spool_dir: Path
+    concurrency: int
+
+
+async def complete_upload(
+    ctx: CompleteContext, *, user: User, upload_id: uuid.UUID, client_ip: str | None
+) -> UploadRead:
+    """Check that all chunks are there, verify every file, and accept or reject the study.
+
+    No transaction is held while the files are verified. A crash during verification leaves the
+    upload `received`; completing it again verifies it again.
+    """
+    async with ctx.sessionmaker() as session, session.begin():
+        upload = await get_upload(session, upload_id=upload_id, user=user)
+        if upload.status == UploadStatus.VALIDATED:
+            return await read_upload(session, upload)
+        if upload.status == UploadStatus.REJECTED:
+            raise _rejection(await read_upload(session, upload))
+        if upload.status == UploadStatus.CANCELLED:
+            raise UploadNotWritable("This upload was cancelled.")
+        view = await read_upload(session, upload)
+        missing = [
+            {"file_index": f.index, "missing_chunks": f.missing_chunks}
+            for f in view.files
+            if f.missing_chunks
+        ]
+        if missing:
+            raise UploadIncomplete(
+                f"{sum(len(m['missing_chunks']) for m in missing)} chunks are missing.",
+                details={"missing": missing},
+            )
+        upload.status = UploadStatus.RECEIVED
+        files = list(
+            (
+                await session.scalars(
+                    select(UploadFile)
+                    .where(UploadFile.upload_id == upload_id)
+                    .order_by(UploadFile.index)
+                )
+            ).all()
+        )
+        chunk_rows = await session.execute(
+            select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.md5)
+            .where(UploadChunk.upload_id == upload_id)
+            .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
+        )
+        keys: dict[int, list[str]] = defaultdict(list)
+        for file_index, chunk_index, md5 in chunk_rows:
+            keys[file_index].append(chunk_key(upload_id, file_index, chunk_index, md5))
+        declared_uid = upload.study_instance_uid
+
+    spool_dir = ctx.spool_dir / str(upload_id)
+    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+    semaphore = asyncio.Semaphore(ctx.concurrency)
+
+    async def verify(file: UploadFile) -> FileVerdict:
+        async with semaphore:
+            return await _verify_file(
+                ctx.storage, ctx.validator, file=file, keys=keys[file.index], spool_dir=spool_dir
+            )
+
+    try:
+        verdicts = _judge_study(declared_uid, await asyncio.gather(*map(verify, files)))
+    finally:
+        await asyncio.to_thread(shutil.rmtree, spool_dir, ignore_errors=True)
+
+    rejected = [v for v in verdicts if v.error is not None]
+    instances = sum(1 for v in verdicts if v.summary is not None and v.summary.kind == "instance")
+    if not rejected and instances == 0:
+        rejected = [
+            FileVerdict(
+                verdicts[0].index,
+                verdicts[0].summary,
+                FileError(code="no_instances", message="The upload holds no DICOM instance."),
+            )
+        ]
+        verdicts = [rejected[0], *verdicts[1:]]
+    final = UploadStatus.REJECTED if rejected else UploadStatus.VALIDATED
+
+    async with ctx.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(UploadFile),
+            [_file_update(upload_id, v) for v in verdicts],
+        )
+        moved = await session.execute(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.status == UploadStatus.RECEIVED)
+            .values(
+                status=final,
+                instance_count=instances,
+                completed_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        audit = {
+            "actor_id": user.id,
+            "actor_role": user.role.value,
+            "object_type": "upload",
+            "object_id": upload_id,
+            "study_instance_uid": declared_uid,
+            "client_ip": client_ip,
+        }
+        if moved.rowcount:  # type: ignore[attr-defined]
+            for v in verdicts:
+                if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:
+                    await record_event(
+                        session,
+                        action="dicom.preamble_nonzero",
+                        details={"file_index": v.index, "handling": "zeroed_on_forward"},
+                        **audit,
+                    )
+            await record_event(
+                session,
+                action="upload.complete",
+                outcome="success" if final == UploadStatus.VALIDATED else "rejected",
+                details={
+                    "instances": instances,
+                    "rejected_files": len(rejected),
+                    "codes": sorted({v.error.code for v in rejected if v.error}),
+                },
+                **audit,
+            )
+        upload = await session.get(Upload, upload_id, populate_existing=True)
+        assert upload is not None
+        view = await read_upload(session, upload)
+    if view.status == UploadStatus.REJECTED:
+        raise _rejection(view)
+    if view.status != UploadStatus.VALIDATED:
+        raise UploadNotWritable(f"This upload is {view.status.value}.")
+    return view
+
+
+def _file_update(upload_id: uuid.UUID, verdict: FileVerdict) -> dict[str, Any]:
+    summary = verdict.summary
+    return {
+        "upload_id": upload_id,
+        "index": verdict.index,
+        "status": FileStatus.REJECTED if verdict.error else FileStatus.VALID,
+        "kind": summary.kind if summary else None,
+        "preamble": summary.preamble if summary else None,
+        "sop_instance_uid": summary.sop_instance_uid if summary else None,
+        "sop_class_uid": summary.sop_class_uid if summary else None,
+        "series_instance_uid": summary.series_instance_uid if summary else None,
+        "transfer_syntax_uid": summary.transfer_syntax_uid if summary else None,
+        "error_code": verdict.error.code if verdict.error else None,
+        "error_message": verdict.error.message if verdict.error else None,
+    }
+
+
+def _rejection(view: UploadRead) -> UploadRejected:
+    files = [
+        {"index": f.index, "name": f.name, "code": f.error.code, "message": f.error.message}
+        for f in view.files
+        if f.error is not None
+    ]
+    return UploadRejected(
+        f"{len(files)} of {view.file_count} files failed verification.",
+        details={"files": files, "upload": view.model_dump(mode="json", exclude={"files"})},
+    )
+
+
+# --- cancelling -----------------------------------------------------------------------------
+
+
+async def cancel_upload(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    storage: ObjectStorage,
+    *,
+    user: User,
+    upload_id: uuid.UUID,
+    client_ip: str | None,
+) -> UploadRead:
+    async with sessionmaker() as session, session.begin():
+        upload = await get_upload(session, upload_id=upload_id, user=user)
+        if upload.status in ACCEPTED_STATUSES:
+            raise UploadNotCancellable()
+        if upload.status != UploadStatus.CANCELLED:
+            upload.status = UploadStatus.CANCELLED
+            await session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload_id))
+            await record_event(
+                session,
+                action="upload.cancel",
+                actor_id=user.id,
+                actor_role=user.role.value,
+                object_type="upload",
+                object_id=upload_id,
+                study_instance_uid=upload.study_instance_uid,
+                client_ip=client_ip,
+            )
+        await session.flush()
+        view = await read_upload(session, upload)
+    # After the commit: a chunk written concurrently finds the upload cancelled and removes itself.
+    await storage.delete_prefix(upload_prefix(upload_id))
+    return view

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install what is needed and run the whole suite: format, lint, types, migrations and tests
+# against real PostgreSQL, a real S3 server (moto) and real gateway processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+scripts/services.sh
+if [ -f .tools/test.env ]; then . .tools/test.env; fi
+
+echo "== ruff format --check" && .venv/bin/ruff format --check .
+echo "== ruff check" && .venv/bin/ruff check .
+echo "== mypy --strict" && .venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/pytest "$@"

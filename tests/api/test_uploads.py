@@ -1,0 +1,514 @@
+"""The upload API end to end, on SQLite and on PostgreSQL, with the filesystem store."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from relaypacs.devtools import synth
+from sqlalchemy import select, text
+
+from relaypacs.audit.models import AuditEvent
+from relaypacs.auth.models import Role
+from relaypacs.uploads.service import chunk_key
+from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
+from tests.api.uploading import (
+    API,
+    Study,
+    chunk_url,
+    chunks_of,
+    complete,
+    content_md5,
+    error_code,
+    init,
+    make_study,
+    put_chunk,
+    read_uid,
+    send_all,
+    sha256_hex,
+    upload_study,
+)
+
+
+async def audit_actions(app: FastAPI, object_id: str) -> list[str]:
+    async with app.state.read_sessionmaker() as session, session.begin():
+        rows = await session.scalars(
+            select(AuditEvent.action)
+            .where(AuditEvent.object_id == object_id)
+            .order_by(AuditEvent.id)
+        )
+        return list(rows)
+
+
+class TestStartUpload:
+    async def test_new_study_lists_every_chunk_missing(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2, rows=512, columns=512)  # ~512 KiB each: 2 chunks per file
+        response = await init(client, clinician, study)
+        assert response.status_code == 201
+        body = response.json()
+        assert body["status"] == "pending"
+        assert body["chunk_size"] == CHUNK_SIZE
+        assert body["study_hash"] == study.hash
+        assert [f["missing_chunks"] for f in body["files"]] == [
+            list(range(len(chunks_of(data)))) for data in study.files
+        ]
+
+    async def test_same_study_in_progress_resumes_the_same_upload(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2)
+        first = await init(client, clinician, study)
+        upload_id = first.json()["id"]
+        await put_chunk(client, clinician, upload_id, 0, 0, study.files[0])
+        again = await init(client, clinician, study)
+        assert again.status_code == 200
+        assert again.json()["id"] == upload_id
+        assert [f["missing_chunks"] for f in again.json()["files"]] == [[], [0]]
+
+    async def test_same_study_of_another_user_is_a_separate_upload(
+        self, client: httpx.AsyncClient, make_account: MakeAccount
+    ) -> None:
+        study = make_study(1)
+        alice, bob = await make_account(), await make_account()
+        a = await init(client, alice, study)
+        b = await init(client, bob, study)
+        assert (a.status_code, b.status_code) == (201, 201)
+        assert a.json()["id"] != b.json()["id"]
+
+    async def test_study_already_accepted_is_409_with_the_existing_upload(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2)
+        done = await upload_study(client, clinician, study)
+        assert done.status_code == 202, done.text
+        again = await init(client, clinician, study)
+        assert again.status_code == 409
+        assert error_code(again) == "study_already_delivered"
+        assert again.json()["error"]["details"]["upload"]["id"] == done.json()["id"]
+
+    @pytest.mark.parametrize(
+        ("mutate", "field"),
+        [
+            (lambda m: m["files"][0].update(sha256="xyz"), "sha256"),
+            (lambda m: m["files"][0].update(size=0), "size"),
+            (lambda m: m["files"][0].update(name="a\x00b"), "name"),
+            (lambda m: m.update(study_instance_uid="1.2.abc"), "study_instance_uid"),
+            (lambda m: m.update(files=[]), "files"),
+            (lambda m: m["files"][0].update(role="admin"), "role"),
+            (lambda m: m.update(status="validated"), "status"),
+        ],
+    )
+    async def test_invalid_manifest_is_422(
+        self, client: httpx.AsyncClient, clinician: Account, mutate: object, field: str
+    ) -> None:
+        manifest = make_study(1).manifest()
+        mutate(manifest)  # type: ignore[operator]
+        response = await client.post(f"{API}/uploads", json=manifest, headers=clinician.headers)
+        assert response.status_code == 422
+        assert error_code(response) == "invalid_request"
+        assert field in str(response.json()["error"]["details"])
+
+    async def test_same_content_twice_in_a_manifest_is_422(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(1)
+        study = Study(study.uid, study.files * 2, ["a", "b"])
+        response = await init(client, clinician, study)
+        assert response.status_code == 422
+        assert "same file content" in response.json()["error"]["message"]
+
+    async def test_path_like_names_are_display_names_only(
+        self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2)
+        study.names = ["../../../etc/passwd", "/abs/../../x\\..\\y"]
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert [f["name"] for f in body["files"]] == study.names
+        root: Path = app.state.settings.storage_root
+        stored = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+        mine = [p for p in stored if p.parts[1] == body["id"]]
+        assert len(mine) == 2
+        assert all(p.parts[0] == "uploads" for p in mine)
+        assert not (root.parent / "etc").exists()
+
+
+class TestChunks:
+    @pytest.fixture
+    async def upload(self, client: httpx.AsyncClient, clinician: Account) -> tuple[str, Study]:
+        study = make_study(2, rows=512, columns=512)
+        response = await init(client, clinician, study)
+        return response.json()["id"], study
+
+    async def test_same_chunk_again_succeeds_and_changes_nothing(
+        self, client: httpx.AsyncClient, clinician: Account, upload: tuple[str, Study]
+    ) -> None:
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        first = await put_chunk(client, clinician, upload_id, 0, 0, chunk)
+        second = await put_chunk(client, clinician, upload_id, 0, 0, chunk)
+        assert first.json()["already_stored"] is False
+        assert second.status_code == 200
+        assert second.json()["already_stored"] is True
+
+    async def test_different_bytes_for_a_stored_chunk_is_409_and_keeps_the_original(
+        self, client: httpx.AsyncClient, clinician: Account, upload: tuple[str, Study]
+    ) -> None:
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        await put_chunk(client, clinician, upload_id, 0, 0, chunk)
+        forged = bytes(len(chunk))
+        response = await put_chunk(client, clinician, upload_id, 0, 0, forged)
+        assert response.status_code == 409
+        assert error_code(response) == "chunk_conflict"
+        await send_all(client, clinician, upload_id, study)
+        done = await complete(client, clinician, upload_id)
+        assert done.status_code == 202, done.text
+
+    async def test_bad_md5_is_rejected_and_nothing_is_kept(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+    ) -> None:
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        response = await put_chunk(
+            client, clinician, upload_id, 0, 0, chunk, md5=content_md5(b"other")
+        )
+        assert response.status_code == 400
+        assert error_code(response) == "content_md5_mismatch"
+        status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert status.json()["files"][0]["missing_chunks"][0] == 0
+        assert status.json()["received_bytes"] == 0
+        assert not await app.state.storage.exists(
+            chunk_key(uuid.UUID(upload_id), 0, 0, sha256_hex(b"")[:32])
+        )
+        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == []
+
+    @pytest.mark.parametrize("header", [None, "not base64!", "AAAA"])
+    async def test_missing_or_malformed_md5_is_400(
+        self,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+        header: str | None,
+    ) -> None:
+        upload_id, study = upload
+        headers = dict(clinician.headers)
+        if header is not None:
+            headers["Content-MD5"] = header
+        response = await client.put(
+            chunk_url(upload_id, 0, 0), content=chunks_of(study.files[0])[0], headers=headers
+        )
+        assert response.status_code == 400
+        assert error_code(response) == "content_md5_required"
+
+    @pytest.mark.parametrize(("file_index", "chunk_index"), [(0, 2), (2, 0), (-1, 0), (0, -1)])
+    async def test_out_of_range_indexes_are_404(
+        self,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+        file_index: int,
+        chunk_index: int,
+    ) -> None:
+        upload_id, _ = upload
+        response = await put_chunk(client, clinician, upload_id, file_index, chunk_index, b"x")
+        assert response.status_code == 404
+        assert error_code(response) == "chunk_out_of_range"
+
+    async def test_chunk_larger_than_the_chunk_size_is_413(
+        self, client: httpx.AsyncClient, clinician: Account, upload: tuple[str, Study]
+    ) -> None:
+        upload_id, _ = upload
+        response = await put_chunk(client, clinician, upload_id, 0, 0, bytes(CHUNK_SIZE + 1))
+        assert response.status_code == 413
+        assert error_code(response) == "chunk_too_large"
+
+    async def test_chunk_of_the_wrong_size_is_400(
+        self, client: httpx.AsyncClient, clinician: Account, upload: tuple[str, Study]
+    ) -> None:
+        upload_id, study = upload
+        short = chunks_of(study.files[0])[0][:-1]
+        response = await put_chunk(client, clinician, upload_id, 0, 0, short)
+        assert response.status_code == 400
+        assert error_code(response) == "chunk_size_mismatch"
+
+    async def test_chunks_in_any_order_and_in_parallel(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(6, rows=512, columns=512)
+        upload_id = (await init(client, clinician, study)).json()["id"]
+        jobs = [
+            (f, c, chunk)
+            for f, data in enumerate(study.files)
+            for c, chunk in enumerate(chunks_of(data))
+        ]
+        jobs.reverse()
+        responses = await asyncio.gather(
+            *(put_chunk(client, clinician, upload_id, f, c, chunk) for f, c, chunk in jobs),
+            # the same chunks twice at once: both succeed, one of them stored it
+            *(put_chunk(client, clinician, upload_id, f, c, chunk) for f, c, chunk in jobs[:3]),
+        )
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        done = await complete(client, clinician, upload_id)
+        assert done.status_code == 202, done.text
+        assert done.json()["instance_count"] == 6
+        assert done.json()["received_bytes"] == sum(len(f) for f in study.files)
+
+
+class TestComplete:
+    async def test_valid_study_is_validated_and_audited(
+        self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(3)
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert body["status"] == "validated"
+        assert body["instance_count"] == 3
+        assert {f["status"] for f in body["files"]} == {"valid"}
+        assert {f["kind"] for f in body["files"]} == {"instance"}
+        assert body["completed_at"] is not None
+        assert await audit_actions(app, body["id"]) == ["upload.start", "upload.complete"]
+        again = await complete(client, clinician, body["id"])
+        assert again.status_code == 202
+        assert again.json()["status"] == "validated"
+
+    async def test_missing_chunks_are_409_with_the_list(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2)
+        upload_id = (await init(client, clinician, study)).json()["id"]
+        await put_chunk(client, clinician, upload_id, 0, 0, study.files[0])
+        response = await complete(client, clinician, upload_id)
+        assert response.status_code == 409
+        assert error_code(response) == "upload_incomplete"
+        assert response.json()["error"]["details"]["missing"] == [
+            {"file_index": 1, "missing_chunks": [0]}
+        ]
+
+    async def test_wrong_sha256_rejects_that_file(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2)
+        manifest = study.manifest()
+        manifest["files"][1]["sha256"] = sha256_hex(b"something else")
+        upload_id = (
+            await client.post(f"{API}/uploads", json=manifest, headers=clinician.headers)
+        ).json()["id"]
+        await send_all(client, clinician, upload_id, study)
+        response = await complete(client, clinician, upload_id)
+        assert response.status_code == 422
+        assert error_code(response) == "upload_rejected"
+        files = response.json()["error"]["details"]["files"]
+        assert [(f["index"], f["code"]) for f in files] == [(1, "sha256_mismatch")]
+
+    @pytest.mark.parametrize(
+        ("make_bad", "code"),
+        [
+            (lambda s: b"%PDF-1.7 this is not dicom" * 50, "not_dicom"),
+            (
+                lambda s: synth.make_truncated(s.files[0], keep=len(s.files[0]) // 2),
+                "dicom_truncated",
+            ),
+            (lambda s: synth.make_preamble_executable(), "dicom_preamble_executable"),
+            (lambda s: synth.make_deflate_bomb(), "dicom_inflate_too_large"),
+            (lambda s: synth.make_deep_nesting(), "dicom_too_deep"),
+            (lambda s: synth.make_missing_uid(), "dicom_missing_uid"),
+            (lambda s: make_study(1).files[0], "study_uid_mismatch"),
+        ],
+        ids=[
+            "not_dicom",
+            "truncated",
+            "exe_preamble",
+            "deflate_bomb",
+            "deep",
+            "no_uid",
+            "other_study",
+        ],
+    )
+    async def test_bad_files_get_their_code_and_the_rest_is_kept(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        make_bad: object,
+        code: str,
+    ) -> None:
+        good = make_study(2, rows=512, columns=512)
+        bad: bytes = make_bad(good)  # type: ignore[operator]
+        study = Study(good.uid, [*good.files, bad], ["a.dcm", "b.dcm", "bad.dcm"])
+        upload_id = (await init(client, clinician, study)).json()["id"]
+        await send_all(client, clinician, upload_id, study)
+        response = await complete(client, clinician, upload_id)
+        assert response.status_code == 422, response.text
+        files = response.json()["error"]["details"]["files"]
+        assert [(f["index"], f["name"], f["code"]) for f in files] == [(2, "bad.dcm", code)]
+        assert "TEST^PATIENT" not in response.text
+        status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert status.json()["status"] == "rejected"
+        # Every stored chunk is still there and intact.
+        keys = [k async for k in app.state.storage.list(f"uploads/{upload_id}/")]
+        assert len(keys) == sum(len(chunks_of(f)) for f in study.files)
+        first = b"".join(
+            [await app.state.storage.get(k) for k in sorted(keys) if k.split("/")[2] == "0"]
+        )
+        assert first == good.files[0]
+        # The process is healthy and takes the next upload.
+        assert (await client.get(f"{API}/health")).status_code == 200
+        assert (await upload_study(client, clinician, make_study(1))).status_code == 202
+        again = await complete(client, clinician, upload_id)
+        assert again.status_code == 422
+
+    async def test_dicomdir_is_accepted_but_not_an_instance(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        good = make_study(2)
+        study = Study(good.uid, [*good.files, synth.make_dicomdir_bytes()], ["a", "b", "DICOMDIR"])
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 202, response.text
+        assert response.json()["instance_count"] == 2
+        assert response.json()["files"][2]["kind"] == "dicomdir"
+
+    async def test_non_executable_preamble_is_accepted_and_audited(
+        self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        tiff = synth.make_tiff_preamble()
+        uid = read_uid(tiff, "StudyInstanceUID")
+        study = Study(uid, [tiff], ["tiff.dcm"])
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 202, response.text
+        assert response.json()["files"][0]["preamble"] == "nonzero"
+        assert "dicom.preamble_nonzero" in await audit_actions(app, response.json()["id"])
+
+    async def test_duplicate_sop_instance_in_one_upload_is_rejected(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        good = make_study(1)
+        sop = read_uid(good.files[0], "SOPInstanceUID")
+        twin = synth.make_instance(
+            study_uid=good.uid, series_uid="1.2.3", sop_uid=sop, rows=64, columns=64, seed=99
+        )
+        study = Study(good.uid, [good.files[0], twin], ["a", "b"])
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 422
+        files = response.json()["error"]["details"]["files"]
+        assert [(f["index"], f["code"]) for f in files] == [(1, "duplicate_sop_instance")]
+
+
+class TestOwnership:
+    async def test_another_users_upload_is_404_on_every_endpoint(
+        self, client: httpx.AsyncClient, make_account: MakeAccount
+    ) -> None:
+        owner, other = await make_account(), await make_account()
+        study = make_study(1)
+        upload_id = (await init(client, owner, study)).json()["id"]
+        chunk = study.files[0]
+        attempts = [
+            await client.get(f"{API}/uploads/{upload_id}", headers=other.headers),
+            await put_chunk(client, other, upload_id, 0, 0, chunk),
+            await complete(client, other, upload_id),
+            await client.delete(f"{API}/uploads/{upload_id}", headers=other.headers),
+        ]
+        assert [r.status_code for r in attempts] == [404] * 4
+        assert {error_code(r) for r in attempts} == {"upload_not_found"}
+        missing = await client.get(f"{API}/uploads/{uuid.uuid4()}", headers=other.headers)
+        assert missing.json() == attempts[0].json()
+        listing = await client.get(f"{API}/uploads", headers=other.headers)
+        assert listing.json() == {"items": [], "total": 0}
+        # The owner's upload is untouched.
+        mine = await client.get(f"{API}/uploads/{upload_id}", headers=owner.headers)
+        assert mine.json()["status"] == "pending"
+        assert mine.json()["received_bytes"] == 0
+
+    async def test_admin_sees_any_upload(
+        self, client: httpx.AsyncClient, make_account: MakeAccount
+    ) -> None:
+        owner, admin = await make_account(), await make_account(Role.ADMIN)
+        upload_id = (await init(client, owner, make_study(1))).json()["id"]
+        response = await client.get(f"{API}/uploads/{upload_id}", headers=admin.headers)
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("GET", "/uploads"),
+            ("POST", "/uploads"),
+            ("GET", "/uploads/00000000-0000-0000-0000-000000000000"),
+            ("PUT", "/uploads/00000000-0000-0000-0000-000000000000/files/0/chunks/0"),
+            ("POST", "/uploads/00000000-0000-0000-0000-000000000000/complete"),
+            ("DELETE", "/uploads/00000000-0000-0000-0000-000000000000"),
+            ("GET", "/auth/me"),
+        ],
+    )
+    async def test_every_endpoint_but_login_and_health_needs_a_token(
+        self, client: httpx.AsyncClient, method: str, path: str
+    ) -> None:
+        response = await client.request(method, API + path)
+        assert response.status_code == 401
+        assert error_code(response) == "not_authenticated"
+
+
+class TestListAndCancel:
+    async def test_list_shows_my_uploads_newest_first_with_status_filter(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        first = (await upload_study(client, clinician, make_study(1))).json()["id"]
+        second = (await init(client, clinician, make_study(1))).json()["id"]
+        listing = (await client.get(f"{API}/uploads", headers=clinician.headers)).json()
+        assert [u["id"] for u in listing["items"]] == [second, first]
+        assert listing["total"] == 2
+        assert "files" not in listing["items"][0]
+        pending = await client.get(
+            f"{API}/uploads", params={"status": "pending"}, headers=clinician.headers
+        )
+        assert [u["id"] for u in pending.json()["items"]] == [second]
+        page = await client.get(
+            f"{API}/uploads", params={"limit": 1, "offset": 1}, headers=clinician.headers
+        )
+        assert [u["id"] for u in page.json()["items"]] == [first]
+
+    async def test_cancel_removes_the_chunks_and_closes_the_upload(
+        self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(2)
+        upload_id = (await init(client, clinician, study)).json()["id"]
+        await put_chunk(client, clinician, upload_id, 0, 0, study.files[0])
+        response = await client.delete(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == []
+        late = await put_chunk(client, clinician, upload_id, 1, 0, study.files[1])
+        assert late.status_code == 409
+        assert error_code(late) == "upload_not_writable"
+        # A cancelled study can be uploaded again from scratch.
+        again = await init(client, clinician, study)
+        assert again.status_code == 201
+        assert again.json()["id"] != upload_id
+
+    async def test_an_accepted_upload_cannot_be_cancelled(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        upload_id = (await upload_study(client, clinician, make_study(1))).json()["id"]
+        response = await client.delete(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert response.status_code == 409
+        assert error_code(response) == "upload_not_cancellable"
+
+
+class TestAuditLog:
+    async def test_the_database_refuses_to_change_audit_records(self, app: FastAPI) -> None:
+        for statement in ("UPDATE audit_event SET outcome = 'x'", "DELETE FROM audit_event"):
+            async with app.state.sessionmaker() as session:
+                with pytest.raises(Exception, match="append-only"):
+                    async with session.begin():
+                        await session.execute(text(statement))

@@ -1,0 +1,64 @@
+"""Shared fixtures: databases (SQLite and a PostgreSQL database per run), apps, users."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RELAYPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432"
+)
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", f"{POSTGRES_ADMIN_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    name = f"relaypacs_test_{secrets.token_hex(4)}"
+    _psql(f'CREATE DATABASE "{name}"')
+    try:
+        host = POSTGRES_ADMIN_URL.removeprefix("postgresql://")
+        yield f"postgresql+asyncpg://{host}/{name}"
+    finally:
+        _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "relaypacs.db"
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def unique_name(prefix: str = "user") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None] | None:
+    for key in list(os.environ):
+        if key.startswith("RELAYPACS_") and not key.startswith("RELAYPACS_TEST_"):
+            monkeypatch.delenv(key)
+    return None
