@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,7 @@ class GatewayUnavailable(RuntimeError):
 
 
 def relaypacs_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "relaypacs"
-    if script.exists():
-        return [str(script)]
+    """`relaypacs` run by this interpreter from this tree (works without the console script)."""
     return [sys.executable, "-c", "import sys; from relaypacs.cli.main import cli; sys.exit(cli())"]
 
 
@@ -49,7 +48,12 @@ def check_ready() -> None:
             "the gateway is not in this tree yet (missing " + ", ".join(missing) + ")"
         )
     done = subprocess.run(
-        [*relaypacs_cmd(), "--help"], capture_output=True, text=True, check=False, cwd=REPO
+        [*relaypacs_cmd(), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env=_clean_env(),
     )
     if done.returncode != 0:
         raise GatewayUnavailable(f"`relaypacs --help` failed:\n{done.stderr.strip()[-1500:]}")
@@ -58,28 +62,43 @@ def check_ready() -> None:
         raise GatewayUnavailable("`relaypacs` has no command " + ", ".join(absent))
 
 
-def _env(data_dir: Path, state_dir: Path, port: int, workers: int | None) -> dict[str, str]:
+def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYPACS_")}
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{path}" if path else str(REPO)
+    return env
+
+
+def server_env(data_dir: Path, port: int, workers: int | None) -> dict[str, str]:
+    """The gateway's embedded defaults (SQLite + filesystem store under data_dir) on loopback."""
+    env = _clean_env()
     env.update(
         RELAYPACS_DATA_DIR=str(data_dir),
         RELAYPACS_HOST=LOOPBACK,
         RELAYPACS_PORT=str(port),
         RELAYPACS_STORAGE="fs",
         RELAYPACS_LOG_LEVEL="warning",
-        # The client: a fresh hash cache per run, so every run hashes the study.
-        RELAYPACS_STATE_DIR=str(state_dir),
-        XDG_STATE_HOME=str(state_dir / "xdg-state"),
-        XDG_CONFIG_HOME=str(state_dir / "xdg-config"),
-        RELAYPACS_URL=f"http://{LOOPBACK}:{port}",
-        RELAYPACS_USERNAME=USERNAME,
-        RELAYPACS_PASSWORD=PASSWORD,
     )
     if workers is not None:
         env["RELAYPACS_DICOM_WORKERS"] = str(workers)
     return env
 
 
-def _run(cmd: Sequence[str], env: Mapping[str, str], what: str) -> str:
+def client_env(state_dir: Path, port: int) -> dict[str, str]:
+    """The CLI: a fresh state dir (hash cache) per run, so that every run hashes the study."""
+    env = _clean_env()
+    env.update(
+        RELAYPACS_STATE_DIR=str(state_dir),
+        XDG_STATE_HOME=str(state_dir / "xdg-state"),
+        XDG_CONFIG_HOME=str(state_dir / "xdg-config"),
+        RELAYPACS_SERVER=f"http://{LOOPBACK}:{port}",
+        RELAYPACS_USERNAME=USERNAME,
+        RELAYPACS_PASSWORD=PASSWORD,
+    )
+    return env
+
+
+def _run(cmd: Sequence[str], env: Mapping[str, str], what: str, stdin: str = "") -> str:
     done = subprocess.run(
         list(cmd),
         env=dict(env),
@@ -87,7 +106,7 @@ def _run(cmd: Sequence[str], env: Mapping[str, str], what: str) -> str:
         capture_output=True,
         text=True,
         check=False,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
         timeout=300,
     )
     if done.returncode != 0:
@@ -131,54 +150,92 @@ def _upload_report(stdout: str) -> dict[str, Any]:
     return doc
 
 
-def _find(doc: Any, *keys: str) -> Any:
-    """The first value under any of `keys`, searched depth-first in `doc`."""
-    if isinstance(doc, dict):
-        for key in keys:
-            if key in doc:
-                return doc[key]
-        for value in doc.values():
-            found = _find(value, *keys)
-            if found is not None:
-                return found
+def _check_report(doc: dict[str, Any], files: int, total_bytes: int) -> str | None:
+    """Why the CLI's summary is not a full, validated upload of the study (None: it is)."""
+    if doc.get("exit_code") not in (None, 0):
+        return f"exit_code {doc.get('exit_code')}: {doc.get('error')}"
+    found = doc.get("studies") or []
+    statuses = [s.get("status") for s in found if isinstance(s, dict)]
+    if statuses != ["validated"]:
+        return f"study statuses {statuses}, expected ['validated']"
+    totals = doc.get("totals") or {}
+    if totals.get("bytes_sent") not in (None, total_bytes):
+        return (
+            f"bytes_sent {totals.get('bytes_sent')}, expected {total_bytes} (not a fresh upload?)"
+        )
+    if totals.get("files") not in (None, files):
+        return f"{totals.get('files')} files uploaded, expected {files}"
+    if totals.get("hash_cache_hits"):
+        return f"{totals['hash_cache_hits']} hash cache hits: the client state was not fresh"
     return None
+
+
+def _hash_seconds(doc: dict[str, Any]) -> float | None:
+    """The CLI's own hashing time, if its --json summary gives one."""
+    for where in (doc, doc.get("totals") or {}, doc.get("timings") or {}):
+        for key in ("hash_seconds", "hashing_seconds", "hash"):
+            value = where.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+def hashing_seconds(files: Sequence[Path]) -> tuple[float, int]:
+    """SHA-256 of the study with the client's own code (relaypacs.client.hashing.hash_file)
+    in as many threads as the CLI uses, in this process: the CLI's hashing cost."""
+    from relaypacs.client.hashing import hash_file
+
+    threads = max(1, min(4, os.cpu_count() or 1))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(hash_file, files))
+    return time.perf_counter() - started, threads
 
 
 def measure(
     name: str,
     study_dir: Path,
-    files: int,
+    files: Sequence[Path],
     total_bytes: int,
     scratch: Path,
+    logs: Path,
     *,
     parallel: int,
     repeat: int,
     workers: int | None,
     settle: Callable[[Path], None],
-    log: Callable[[str], None] = print,
 ) -> Measurement:
-    """Upload the study with the CLI to a fresh gateway `repeat` times."""
-    result = Measurement(name=name, kind="gateway", bytes=total_bytes, files=files)
+    """Upload the study with the CLI to a fresh gateway (new data dir) `repeat` times."""
+    result = Measurement(name=name, kind="gateway", bytes=total_bytes, files=len(files))
     result.note = (
-        f"`relaypacs upload --json --parallel {parallel}`, CLI start to exit; "
-        "fresh gateway + client state per run"
+        f"`relaypacs upload --json --parallel {parallel}`, CLI start to exit "
+        "(after `complete` answered); fresh gateway and client state per run"
     )
-    hashing: list[float] = []
-    client_rss = 0
-    peak = peak_tree = 0
+    cli_hash: list[float] = []
+    client_rss = peak = peak_tree = children = 0
+    logs.mkdir(parents=True, exist_ok=True)
     for i in range(repeat):
         run_dir = scratch / f"gateway-{i}"
         settle(run_dir)
-        data_dir, state_dir, logs = run_dir / "data", run_dir / "client-state", scratch / "logs"
+        data_dir, state_dir = run_dir / "data", run_dir / "client-state"
         data_dir.mkdir(parents=True)
         state_dir.mkdir(parents=True, mode=0o700)
-        logs.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        env = _env(data_dir, state_dir, port, workers)
+        senv, cenv = server_env(data_dir, port, workers), client_env(state_dir, port)
+        try:
+            _run(
+                [*relaypacs_cmd(), "users", "create", USERNAME, "--password-stdin"],
+                senv,
+                "`relaypacs users create`",
+                stdin=PASSWORD + "\n",
+            )
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            result.error = str(exc)
+            break
         with (logs / f"gateway-{i}.log").open("wb") as server_log:
             proc = subprocess.Popen(
                 [*relaypacs_cmd(), "serve"],
-                env=env,
+                env=senv,
                 cwd=REPO,
                 stdout=server_log,
                 stderr=subprocess.STDOUT,
@@ -187,51 +244,49 @@ def measure(
         sampler = RssSampler(proc.pid).start()
         try:
             _wait_healthy(port, proc, 60.0)
-            _run(
-                [*relaypacs_cmd(), "users", "create", USERNAME, "--password", PASSWORD],
-                env,
-                "`relaypacs users create`",
-            )
             run = run_timed(
                 [*relaypacs_cmd(), "upload", str(study_dir), "--json", "--parallel", str(parallel)],
-                env=env,
+                env=cenv,
                 cwd=REPO,
                 log_dir=logs,
                 name=f"upload-{i}",
             )
             sampler.sample()
-        except Exception as exc:
-            result.error = f"{type(exc).__name__}: {exc}"
+        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+            server_log_tail = (logs / f"gateway-{i}.log").read_text(errors="replace")[-1500:]
+            result.error = f"{type(exc).__name__}: {exc}; server log ends:\n{server_log_tail}"
             break
         finally:
-            stop(proc, timeout=30.0)
+            code = stop(proc, timeout=30.0)
             sampler.stop()
         peak = max(peak, sampler.hwm_main or sampler.peak_main)
         peak_tree = max(peak_tree, sampler.peak_tree)
+        children = max(children, sampler.max_descendants)
         client_rss = max(client_rss, run.peak_rss)
         if run.returncode != 0:
-            result.error = (
-                f"`relaypacs upload` exited {run.returncode}: "
-                f"{(run.stderr or run.stdout).strip()[-800:]}"
-            )
+            tail = (run.stderr or run.stdout).strip()[-800:]
+            result.error = f"`relaypacs upload` exited {run.returncode}: {tail}"
             break
         try:
             doc = _upload_report(run.stdout)
         except RuntimeError as exc:
             result.error = str(exc)
             break
-        status = _find(doc, "status")
-        if status not in (None, "validated"):
-            result.error = f"upload ended with status {status!r}, not 'validated'"
+        problem = _check_report(doc, len(files), total_bytes)
+        if problem:
+            result.error = f"upload not complete: {problem}"
             break
-        seconds = _find(doc, "hash_seconds", "hashing_seconds")
-        if isinstance(seconds, int | float):
-            hashing.append(float(seconds))
+        if code not in (0, -15):
+            result.extra["server_exit"] = code
+        seconds = _hash_seconds(doc)
+        if seconds is not None:
+            cli_hash.append(seconds)
         result.seconds.append(run.seconds)
         settle(run_dir)
     result.peak_rss = peak or None
     result.peak_rss_tree = peak_tree or None
-    result.extra = {"client_peak_rss": client_rss}
-    if hashing:
-        result.extra["cli_hashing_seconds"] = hashing
+    result.extra["worker_processes"] = children
+    result.extra["client_peak_rss"] = client_rss
+    if cli_hash:
+        result.extra["cli_hashing_seconds"] = cli_hash
     return result

@@ -98,6 +98,7 @@ def measure(
     files: Sequence[Path],
     total_bytes: int,
     scratch: Path,
+    logs: Path,
     *,
     impl: str,
     parallel: int,
@@ -116,7 +117,7 @@ def measure(
     inner: list[float] = []
     for i in range(repeat):
         store = scratch / f"tus-store-{impl}-{i}"
-        with TusServer(store, scratch / "logs") as server:
+        with TusServer(store, logs) as server:
             run = run_timed(
                 [
                     sys.executable,
@@ -134,7 +135,7 @@ def measure(
                     impl,
                 ],
                 cwd=Path(__file__).resolve().parent.parent,
-                log_dir=scratch / "logs",
+                log_dir=logs,
                 name=f"tus-client-{impl}-{i}",
             )
         assert server.sampler is not None
