@@ -1,0 +1,264 @@
+"""Find the DICOM instances in what the user named: folders, files and ZIP archives, mixed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+
+from relaypacs.client.archive import ArchiveLimits, extract_zip, looks_like_zip
+from relaypacs.client.errors import InputError
+from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_header
+
+__all__ = [
+    "DiscoveredFile",
+    "Discovery",
+    "SkipReason",
+    "SkippedFile",
+    "discover",
+    "display_name",
+    "extraction_workspace",
+]
+
+MAX_NAME_LENGTH = 255
+
+
+class SkipReason(StrEnum):
+    NOT_DICOM = "not_dicom"
+    DICOMDIR = "dicomdir"
+    UNREADABLE = "unreadable"
+    NESTED_ARCHIVE = "nested_archive"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredFile:
+    """A DICOM instance found on disk (or extracted from an archive)."""
+
+    path: Path  # the bytes to send
+    name: str  # display name: the path inside the folder or archive the user named
+    size: int
+    mtime_ns: int  # of ``path``; checked again before each chunk is read
+    cache_key: str  # origin of the bytes, for the hash cache (stable across runs)
+    cache_mtime_ns: int  # mtime of the origin (the archive for an extracted member)
+    header: StudyHeader
+    from_archive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    name: str
+    reason: SkipReason
+
+
+@dataclass(slots=True)
+class Discovery:
+    files: list[DiscoveredFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    archives: list[str] = field(default_factory=list)
+
+    def skipped_count(self, reason: SkipReason) -> int:
+        return sum(1 for item in self.skipped if item.reason is reason)
+
+
+def display_name(raw: str) -> str:
+    """A manifest name: '/'-separated, no control characters, at most 255 characters."""
+    cleaned = "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in raw)
+    cleaned = cleaned.replace("\\", "/").lstrip("/") or "unnamed"
+    if len(cleaned) > MAX_NAME_LENGTH:
+        # Keep the end: the file name is more telling than the leading folders.
+        cleaned = "..." + cleaned[-(MAX_NAME_LENGTH - 3) :]
+    return cleaned
+
+
+@contextlib.contextmanager
+def extraction_workspace(state_dir: Path) -> Iterator[Path]:
+    """A private directory for extracted archives, removed on exit.
+
+    Directories left by runs that were killed (their process is gone) are removed first:
+    extracted studies are PHI and must not pile up in the state directory.
+    """
+    root = state_dir / "extract"
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in root.glob("run-*"):
+        pid_text = stale.name.split("-")[1] if stale.name.count("-") >= 2 else ""
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(stale, ignore_errors=True)
+    workspace = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=root))
+    try:
+        yield workspace
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    path: Path
+    name: str
+    cache_key: str
+    cache_mtime_ns: int | None  # None: use the file's own mtime
+    in_archive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Classified:
+    candidate: _Candidate
+    header: StudyHeader | None
+    size: int
+    mtime_ns: int
+    reason: SkipReason | None
+    archive: bool
+
+
+def _classify(candidate: _Candidate) -> _Classified:
+    """Runs in a worker thread: stat and header read of one file."""
+    path = candidate.path
+    try:
+        st = path.stat()
+    except OSError:
+        return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
+    if not stat.S_ISREG(st.st_mode):
+        return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
+    if not os.access(path, os.R_OK):
+        return _Classified(
+            candidate, None, st.st_size, st.st_mtime_ns, SkipReason.UNREADABLE, archive=False
+        )
+    header = read_header(path)
+    if header is not None:
+        return _Classified(candidate, header, st.st_size, st.st_mtime_ns, None, archive=False)
+    if looks_like_zip(path):
+        if candidate.in_archive:
+            reason = SkipReason.NESTED_ARCHIVE
+            return _Classified(candidate, None, st.st_size, st.st_mtime_ns, reason, archive=False)
+        return _Classified(candidate, None, st.st_size, st.st_mtime_ns, None, archive=True)
+    reason = SkipReason.DICOMDIR if is_dicomdir(path) else SkipReason.NOT_DICOM
+    return _Classified(candidate, None, st.st_size, st.st_mtime_ns, reason, archive=False)
+
+
+def _walk(top: Path) -> Iterator[Path]:
+    """Regular files under ``top``, sorted, without following directory symlinks."""
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            yield Path(dirpath) / filename
+    if errors:
+        first = errors[0]
+        raise InputError(f"cannot read folder {first.filename}: {first.strerror}")
+
+
+class _Collector:
+    """The files to classify, each real path once."""
+
+    def __init__(self) -> None:
+        self.candidates: list[_Candidate] = []
+        self._seen: set[str] = set()
+
+    def collect_inputs(self, paths: Sequence[Path]) -> None:
+        """Runs in a worker thread: list the files under the paths the user named."""
+        for raw in paths:
+            path = Path(raw).expanduser().absolute()
+            if path.is_dir():
+                for file_path in _walk(path):
+                    self.add_file(file_path, file_path.relative_to(path).as_posix())
+            elif path.exists():
+                self.add_file(path, path.name)
+            else:
+                raise InputError(f"no such file or folder: {raw}")
+
+    def add_file(self, path: Path, name: str) -> None:
+        real = os.path.realpath(path)
+        if real not in self._seen:
+            self._seen.add(real)
+            self.candidates.append(
+                _Candidate(path, display_name(name), real, None, in_archive=False)
+            )
+
+    def add_member(self, path: Path, name: str, key: str, archive_mtime_ns: int) -> _Candidate:
+        candidate = _Candidate(path, display_name(name), key, archive_mtime_ns, in_archive=True)
+        self.candidates.append(candidate)
+        return candidate
+
+
+async def discover(
+    paths: Sequence[Path],
+    *,
+    workspace: Path,
+    archive_limits: ArchiveLimits | None = None,
+    workers: int = 8,
+) -> Discovery:
+    """Classify every file under ``paths``; extract archives into ``workspace``.
+
+    Raises InputError for a path that does not exist or a folder that cannot be listed, and
+    UnsafeArchiveError for an archive that must not be extracted: nothing is uploaded then.
+    """
+    collector = _Collector()
+    await asyncio.to_thread(collector.collect_inputs, paths)
+    candidates = collector.candidates
+    result = Discovery()
+    semaphore = asyncio.Semaphore(max(1, workers))
+
+    async def classify(candidate: _Candidate) -> _Classified:
+        async with semaphore:
+            return await asyncio.to_thread(_classify, candidate)
+
+    pending = candidates
+    archive_number = 0
+    while pending:
+        classified = await asyncio.gather(*(classify(c) for c in pending))
+        pending = []
+        for item in classified:
+            candidate = item.candidate
+            if item.archive:
+                archive_number += 1
+                target = workspace / f"archive-{archive_number}"
+                members = await asyncio.to_thread(
+                    extract_zip, candidate.path, target, archive_limits
+                )
+                result.archives.append(candidate.name)
+                archive_key = candidate.cache_key  # the archive's real path
+                for member in members:
+                    # Named as the member inside the archive, prefixed by the archive's
+                    # folder when the archive was found inside a folder the user named.
+                    parent = str(PurePosixPath(candidate.name).parent)
+                    name = member.name if parent == "." else f"{parent}/{member.name}"
+                    pending.append(
+                        collector.add_member(
+                            member.path, name, f"{archive_key}!{member.name}", item.mtime_ns
+                        )
+                    )
+            elif item.reason is not None:
+                result.skipped.append(SkippedFile(candidate.name, item.reason))
+            elif item.header is not None:
+                cache_mtime = (
+                    item.mtime_ns if candidate.cache_mtime_ns is None else candidate.cache_mtime_ns
+                )
+                result.files.append(
+                    DiscoveredFile(
+                        path=candidate.path,
+                        name=candidate.name,
+                        size=item.size,
+                        mtime_ns=item.mtime_ns,
+                        cache_key=candidate.cache_key,
+                        cache_mtime_ns=cache_mtime,
+                        header=item.header,
+                        from_archive=candidate.in_archive,
+                    )
+                )
+    return result

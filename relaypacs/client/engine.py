@@ -1,0 +1,616 @@
+"""The upload engine: discover, hash, then for each study init, send missing chunks, complete.
+
+The server's ``missing_chunks`` is the truth: a run killed at any point and started again sends
+exactly the chunks the server does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from relaypacs.client.api import GatewayClient, RemoteUpload, StartOutcome
+from relaypacs.client.archive import ArchiveLimits
+from relaypacs.client.discovery import Discovery, SkipReason, discover, extraction_workspace
+from relaypacs.client.errors import ApiError, AuthenticationError, ServerUnreachableError
+from relaypacs.client.hashing import HashCache, hash_files
+from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_studies, hash_jobs
+from relaypacs.client.state import ensure_state_dir
+
+__all__ = [
+    "ExitCode",
+    "NullProgress",
+    "ProgressListener",
+    "RunSummary",
+    "StudyResult",
+    "StudyStatus",
+    "UploadOptions",
+    "prepare_studies",
+    "run_upload",
+    "upload_study",
+]
+
+
+class ExitCode:
+    OK = 0
+    REJECTED = 1
+    USAGE = 2
+    UNREACHABLE = 3
+    AUTH = 4
+
+
+class StudyStatus(StrEnum):
+    VALIDATED = "validated"  # complete answered 202: accepted for forwarding
+    ALREADY_DELIVERED = "already_delivered"  # 409 study_already_delivered at init
+    REJECTED = "rejected"  # the server's validation refused files (422 upload_rejected)
+    FAILED = "failed"  # a permanent error here or on a chunk; not completed
+    INTERRUPTED = "interrupted"  # gave up after retries or lost the upload: run again
+    NOT_STARTED = "not_started"  # the run stopped before this study
+
+
+# Chunk errors that are worth a few more tries (nothing was kept by the server).
+_TRANSIENT_CHUNK_CODES = frozenset({"content_md5_mismatch"})
+
+
+@dataclass(slots=True)
+class UploadOptions:
+    parallel: int = 4
+    hash_workers: int = max(1, min(4, os.cpu_count() or 1))
+    state_dir: Path | None = None
+    archive_limits: ArchiveLimits | None = None
+    # How many times ``complete`` may answer upload_incomplete before giving up.
+    complete_rounds: int = 3
+    # How long to poll an upload still being validated after ``complete``.
+    validation_wait_seconds: float = 600.0
+
+
+class ProgressListener(Protocol):
+    """What the engine tells a progress display; every call happens on the event loop."""
+
+    def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None: ...
+    def hashing(self, total_bytes: int) -> None: ...
+    def hashed(self, n_bytes: int) -> None: ...
+    def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None: ...
+    def sent(self, n_bytes: int) -> None: ...
+    def study_finished(self, result: StudyResult) -> None: ...
+
+
+class NullProgress:
+    def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None:
+        pass
+
+    def hashing(self, total_bytes: int) -> None:
+        pass
+
+    def hashed(self, n_bytes: int) -> None:
+        pass
+
+    def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
+        pass
+
+    def sent(self, n_bytes: int) -> None:
+        pass
+
+    def study_finished(self, result: StudyResult) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class StudyResult:
+    study_instance_uid: str
+    status: StudyStatus
+    upload_id: str | None = None
+    files: int = 0
+    instances: int = 0
+    total_bytes: int = 0
+    bytes_sent: int = 0
+    bytes_skipped: int = 0  # already on the server
+    chunks_sent: int = 0
+    chunks_already_stored: int = 0  # sent, but the server said it had them already
+    duplicates_skipped: int = 0
+    modalities: list[str] = field(default_factory=list)
+    study_date: str = ""
+    errors: list[FileProblem] = field(default_factory=list)
+    message: str | None = None
+    # Set when this study stopped the whole run: "auth" or "unreachable".
+    abort: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "upload_id": self.upload_id,
+            "status": self.status.value,
+            "files": self.files,
+            "instances": self.instances,
+            "total_bytes": self.total_bytes,
+            "bytes_sent": self.bytes_sent,
+            "bytes_skipped": self.bytes_skipped,
+            "chunks_sent": self.chunks_sent,
+            "chunks_already_stored": self.chunks_already_stored,
+            "duplicates_skipped": self.duplicates_skipped,
+            "modalities": list(self.modalities),
+            "study_date": self.study_date,
+            "errors": [e.as_dict() for e in self.errors],
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class RunSummary:
+    studies: list[StudyResult] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    archives: int = 0
+    hash_cache_hits: int = 0
+    error: str | None = None  # why the run stopped early, if it did
+    error_kind: str | None = None  # "auth", "unreachable", "input"
+
+    @property
+    def exit_code(self) -> int:
+        """4 auth failed, else 3 gave up (resumable), else 1 rejected/failed, else 0; 2 when
+        there was nothing to upload or the input was refused."""
+        if self.error_kind == "auth":
+            return ExitCode.AUTH
+        if self.error_kind == "input":
+            return ExitCode.USAGE
+        statuses = {s.status for s in self.studies}
+        if self.error_kind == "unreachable" or statuses & {
+            StudyStatus.INTERRUPTED,
+            StudyStatus.NOT_STARTED,
+        }:
+            return ExitCode.UNREACHABLE
+        if statuses & {StudyStatus.REJECTED, StudyStatus.FAILED}:
+            return ExitCode.REJECTED
+        if not self.studies:
+            return ExitCode.USAGE
+        return ExitCode.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        def count(status: StudyStatus) -> int:
+            return sum(1 for s in self.studies if s.status is status)
+
+        return {
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "studies": [s.as_dict() for s in self.studies],
+            "skipped": dict(self.skipped),
+            "archives": self.archives,
+            "totals": {
+                "studies": len(self.studies),
+                **{status.value: count(status) for status in StudyStatus},
+                "files": sum(s.files for s in self.studies),
+                "instances": sum(s.instances for s in self.studies),
+                "total_bytes": sum(s.total_bytes for s in self.studies),
+                "bytes_sent": sum(s.bytes_sent for s in self.studies),
+                "bytes_skipped": sum(s.bytes_skipped for s in self.studies),
+                "chunks_sent": sum(s.chunks_sent for s in self.studies),
+                "chunks_already_stored": sum(s.chunks_already_stored for s in self.studies),
+                "hash_cache_hits": self.hash_cache_hits,
+            },
+        }
+
+
+# -- preparation (no network) -------------------------------------------------------------
+
+
+async def prepare_studies(
+    discovery: Discovery,
+    *,
+    cache: HashCache | None,
+    options: UploadOptions,
+    progress: ProgressListener,
+) -> list[StudyPlan]:
+    """Hash every discovered instance (cache first) and group them into studies."""
+    jobs = hash_jobs(discovery.files)
+    progress.hashing(sum(job.size for job in jobs))
+    hashes = await hash_files(
+        jobs, cache=cache, workers=options.hash_workers, on_bytes=progress.hashed
+    )
+    return group_studies(discovery.files, hashes)
+
+
+# -- one study ----------------------------------------------------------------------------
+
+
+class _FileChangedError(Exception):
+    pass
+
+
+def _read_chunk(file: StudyFile, offset: int, length: int) -> bytes:
+    """Runs in a worker thread: read one chunk by offset, checking the file did not change."""
+    fd = os.open(file.path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if st.st_size != file.size or st.st_mtime_ns != file.mtime_ns:
+            raise _FileChangedError
+        parts: list[bytes] = []
+        done = 0
+        while done < length:
+            block = os.pread(fd, length - done, offset + done)
+            if not block:
+                raise _FileChangedError
+            parts.append(block)
+            done += len(block)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+    finally:
+        os.close(fd)
+
+
+def _chunk_length(size: int, chunk_size: int, chunk_index: int) -> int:
+    return max(0, min(chunk_size, size - chunk_index * chunk_size))
+
+
+class _StopSending(Exception):
+    """The upload no longer takes chunks (completed or cancelled elsewhere)."""
+
+
+class _UploadLost(Exception):
+    """The upload disappeared on the server (cancelled or cleaned up)."""
+
+
+@dataclass(slots=True)
+class _StudyRun:
+    client: GatewayClient
+    plan: StudyPlan
+    options: UploadOptions
+    progress: ProgressListener
+    result: StudyResult
+    upload: RemoteUpload | None = None
+    by_index: dict[int, StudyFile] = field(default_factory=dict)
+    failed_files: set[int] = field(default_factory=set)
+
+    def map_files(self, upload: RemoteUpload) -> str | None:
+        """Match the server's file indexes to our files by content; an error text if not."""
+        by_hash = {f.sha256: f for f in self.plan.files}
+        if len(upload.files) != len(self.plan.files):
+            return f"the server lists {len(upload.files)} files, we have {len(self.plan.files)}"
+        for remote in upload.files:
+            local = by_hash.get(remote.sha256)
+            if local is None or local.size != remote.size:
+                return f"the server's file {remote.index} is not one of ours"
+            self.by_index[remote.index] = local
+        return None
+
+    def chunk_bytes(self, chunks: Sequence[tuple[int, int]]) -> int:
+        assert self.upload is not None
+        return sum(
+            _chunk_length(self.by_index[f].size, self.upload.chunk_size, c) for f, c in chunks
+        )
+
+    async def send_chunks(self, chunks: Sequence[tuple[int, int]]) -> None:
+        """Send ``chunks`` with up to ``parallel`` requests in flight."""
+        assert self.upload is not None
+        upload = self.upload
+        pending: Iterator[tuple[int, int]] = iter(sorted(chunks))
+        stop = asyncio.Event()
+
+        async def send_one(file_index: int, chunk_index: int) -> None:
+            file = self.by_index[file_index]
+            length = _chunk_length(file.size, upload.chunk_size, chunk_index)
+            if length <= 0:
+                self.fail(file_index, "chunk_out_of_range", f"no chunk {chunk_index} here")
+                return
+            try:
+                data = await asyncio.to_thread(
+                    _read_chunk, file, chunk_index * upload.chunk_size, length
+                )
+            except _FileChangedError:
+                self.fail(file_index, "file_changed", "modified since it was hashed; run again")
+                return
+            except OSError as exc:
+                self.fail(file_index, "file_unreadable", exc.strerror or str(exc))
+                return
+            for attempt in range(3):
+                try:
+                    receipt = await self.client.put_chunk(upload.id, file_index, chunk_index, data)
+                except ApiError as exc:
+                    if exc.code in _TRANSIENT_CHUNK_CODES and attempt < 2:
+                        continue
+                    if exc.code == "upload_not_writable":
+                        raise _StopSending from exc
+                    if exc.code == "upload_not_found":
+                        raise _UploadLost from exc
+                    self.fail(file_index, exc.code, f"chunk {chunk_index}: {exc.message}")
+                    return
+                break
+            self.result.chunks_sent += 1
+            self.result.bytes_sent += length
+            if receipt.already_stored:
+                self.result.chunks_already_stored += 1
+            self.progress.sent(length)
+
+        async def worker() -> None:
+            while not stop.is_set():
+                item = next(pending, None)
+                if item is None:
+                    return
+                if item[0] in self.failed_files:
+                    continue
+                try:
+                    await send_one(*item)
+                except _StopSending:
+                    stop.set()
+                    return
+
+        workers = max(1, min(self.options.parallel, len(chunks)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        except BaseExceptionGroup as group_error:
+            raise _most_serious(group_error) from None
+
+    def fail(self, file_index: int, code: str, message: str) -> None:
+        if file_index in self.failed_files:
+            return
+        self.failed_files.add(file_index)
+        self.result.errors.append(FileProblem(self.by_index[file_index].name, code, message))
+
+    async def complete(self) -> None:
+        assert self.upload is not None
+        for _ in range(self.options.complete_rounds):
+            try:
+                final = await self.client.complete_upload(self.upload.id)
+            except ApiError as exc:
+                if exc.code == "upload_incomplete":
+                    missing = _missing_from_details(exc.details)
+                    if not missing:
+                        missing = (await self.client.get_upload(self.upload.id)).missing_chunks
+                    await self.send_chunks(missing)
+                    if self.failed_files:
+                        self.result.status = StudyStatus.FAILED
+                        return
+                    continue
+                if exc.code == "upload_rejected":
+                    self.reject(exc.details)
+                    return
+                if exc.code == "upload_not_found":
+                    raise _UploadLost from exc
+                self.result.status = StudyStatus.FAILED
+                self.result.message = f"complete refused: {exc.message} ({exc.code})"
+                return
+            await self.settle(final)
+            return
+        self.result.status = StudyStatus.INTERRUPTED
+        self.result.message = "the server still misses chunks after several rounds; run again"
+
+    async def settle(self, upload: RemoteUpload) -> None:
+        """Turn the upload's status after ``complete`` into ours."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.validation_wait_seconds
+        delay = 0.5
+        while upload.status in ("received", "pending") and loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            upload = await self.client.get_upload(upload.id)
+        if upload.instance_count is not None:
+            self.result.instances = upload.instance_count
+        if upload.status == "rejected":
+            self.result.status = StudyStatus.REJECTED
+            self.result.errors.extend(
+                FileProblem(f.name, _error_code(f.error), _error_message(f.error))
+                for f in upload.files
+                if f.status == "rejected"
+            )
+        elif upload.status in ("received", "pending"):
+            self.result.status = StudyStatus.INTERRUPTED
+            self.result.message = "the server is still validating; run again to see the result"
+        elif upload.status == "cancelled":
+            self.result.status = StudyStatus.FAILED
+            self.result.message = "the upload was cancelled on the server"
+        else:
+            # validated, or any later delivery status.
+            self.result.status = StudyStatus.VALIDATED
+
+    def reject(self, details: dict[str, Any]) -> None:
+        self.result.status = StudyStatus.REJECTED
+        for item in details.get("files") or ():
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index")
+            local = self.by_index.get(index) if isinstance(index, int) else None
+            name = local.name if local is not None else str(item.get("name", f"#{index}"))
+            self.result.errors.append(
+                FileProblem(name, str(item.get("code", "rejected")), str(item.get("message", "")))
+            )
+        if not self.result.errors:
+            self.result.message = "the server rejected the study"
+
+
+# When several workers fail at once, the error that says most about what to do next.
+_SERIOUSNESS: tuple[type[BaseException], ...] = (
+    AuthenticationError,
+    ServerUnreachableError,
+    _UploadLost,
+)
+
+
+def _most_serious(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def flatten(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                flatten(inner)
+        else:
+            leaves.append(error)
+
+    flatten(group)
+    for kind in _SERIOUSNESS:
+        for error in leaves:
+            if isinstance(error, kind):
+                return error
+    return leaves[0]
+
+
+def _missing_from_details(details: dict[str, Any]) -> list[tuple[int, int]]:
+    missing: list[tuple[int, int]] = []
+    for item in details.get("missing") or ():
+        if isinstance(item, dict) and isinstance(item.get("file_index"), int):
+            missing.extend((item["file_index"], int(c)) for c in item.get("missing_chunks") or ())
+    return missing
+
+
+def _error_code(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("code", "rejected"))
+    return "rejected"
+
+
+def _error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message", ""))
+    return "" if error is None else str(error)
+
+
+async def upload_study(
+    client: GatewayClient,
+    plan: StudyPlan,
+    *,
+    options: UploadOptions | None = None,
+    progress: ProgressListener | None = None,
+) -> StudyResult:
+    """Upload one study and complete it.
+
+    Never raises for the server's answers: giving up after retries or an authentication
+    failure gives an INTERRUPTED result whose ``abort`` says the run should stop. A later
+    ``--wait`` (PACS delivery) step plugs in after this returns VALIDATED: the result carries
+    the upload id.
+    """
+    options = options or UploadOptions()
+    progress = progress or NullProgress()
+    result = StudyResult(
+        study_instance_uid=plan.study_instance_uid,
+        status=StudyStatus.NOT_STARTED,
+        files=len(plan.files),
+        instances=len(plan.files),
+        total_bytes=plan.total_bytes,
+        duplicates_skipped=len(plan.duplicates),
+        modalities=list(plan.modalities),
+        study_date=plan.study_date,
+    )
+    if plan.conflicts:
+        result.status = StudyStatus.FAILED
+        result.errors.extend(plan.conflicts)
+        result.message = "two files have the same SOP Instance UID and different content"
+        return result
+    run = _StudyRun(client, plan, options, progress, result)
+    try:
+        await _upload(run)
+    except _UploadLost:
+        result.status = StudyStatus.INTERRUPTED
+        result.message = "the upload was removed on the server; run again to start it anew"
+    except ServerUnreachableError as exc:
+        result.status = StudyStatus.INTERRUPTED
+        result.message = str(exc)
+        result.abort = "unreachable"
+    except AuthenticationError as exc:
+        result.status = StudyStatus.INTERRUPTED
+        result.message = str(exc)
+        result.abort = "auth"
+    except ApiError as exc:
+        result.status = StudyStatus.FAILED
+        result.message = f"{exc.message} ({exc.code})"
+    return result
+
+
+async def _upload(run: _StudyRun) -> None:
+    plan, result = run.plan, run.result
+    start = await run.client.start_upload(plan.manifest())
+    result.upload_id = start.upload.id
+    if start.outcome is StartOutcome.ALREADY_DELIVERED:
+        result.status = StudyStatus.ALREADY_DELIVERED
+        result.bytes_skipped = plan.total_bytes
+        if start.upload.instance_count is not None:
+            result.instances = start.upload.instance_count
+        run.progress.study_started(plan, plan.total_bytes, plan.total_bytes)
+        return
+    run.upload = start.upload
+    problem = run.map_files(start.upload)
+    if problem is not None:
+        result.status = StudyStatus.FAILED
+        result.message = f"server manifest mismatch: {problem}"
+        return
+    missing = start.upload.missing_chunks if start.upload.status == "pending" else []
+    missing_bytes = run.chunk_bytes(missing)
+    result.bytes_skipped = plan.total_bytes - missing_bytes
+    run.progress.study_started(plan, plan.total_bytes, result.bytes_skipped)
+    await run.send_chunks(missing)
+    if run.failed_files:
+        result.status = StudyStatus.FAILED
+        result.message = "some chunks were refused; the study was not completed"
+        return
+    await run.complete()
+
+
+# -- a whole run --------------------------------------------------------------------------
+
+
+async def run_upload(
+    paths: Sequence[Path],
+    client: GatewayClient,
+    *,
+    options: UploadOptions | None = None,
+    progress: ProgressListener | None = None,
+) -> RunSummary:
+    """Discover, hash, log in and upload every study under ``paths``, one after the other.
+
+    Raises InputError (a missing path, an unsafe archive) before anything is sent. Other
+    failures end up in the summary, whose ``exit_code`` the CLI returns.
+    """
+    options = options or UploadOptions()
+    progress = progress or NullProgress()
+    state_dir = ensure_state_dir(options.state_dir)
+    summary = RunSummary()
+    with extraction_workspace(state_dir) as workspace:
+        discovery = await discover(
+            paths, workspace=workspace, archive_limits=options.archive_limits
+        )
+        summary.archives = len(discovery.archives)
+        summary.skipped = {
+            reason.value: discovery.skipped_count(reason)
+            for reason in SkipReason
+            if discovery.skipped_count(reason)
+        }
+        if not discovery.files:
+            summary.error = "no DICOM instance found in the given paths"
+            summary.error_kind = "input"
+            progress.discovered(discovery, [])
+            return summary
+        with HashCache(state_dir / "hashes.sqlite3") as cache:
+            studies = await prepare_studies(
+                discovery, cache=cache, options=options, progress=progress
+            )
+            summary.hash_cache_hits = cache.hits
+        progress.discovered(discovery, studies)
+        results = [
+            StudyResult(
+                study_instance_uid=plan.study_instance_uid,
+                status=StudyStatus.NOT_STARTED,
+                files=len(plan.files),
+                instances=len(plan.files),
+                total_bytes=plan.total_bytes,
+                modalities=list(plan.modalities),
+                study_date=plan.study_date,
+            )
+            for plan in studies
+        ]
+        summary.studies = results
+        try:
+            await client.login()
+            for position, plan in enumerate(studies):
+                result = await upload_study(client, plan, options=options, progress=progress)
+                results[position] = result
+                progress.study_finished(result)
+                if result.abort is not None:
+                    summary.error, summary.error_kind = result.message, result.abort
+                    break
+        except AuthenticationError as exc:
+            summary.error, summary.error_kind = str(exc), "auth"
+        except ServerUnreachableError as exc:
+            summary.error, summary.error_kind = str(exc), "unreachable"
+    return summary

@@ -1,0 +1,58 @@
+"""The exception tree of the upload client, documented in one place.
+
+ClientError
+ +-- InputError             an input path or archive cannot be used (usage error)
+ |    +-- UnsafeArchiveError   zip-slip, zip bomb, encrypted or malformed archive
+ +-- AuthenticationError    login refused, or the token refused again after a fresh login
+ +-- ServerUnreachableError network errors, timeouts or 5xx until the retries ran out
+ +-- ApiError               any other error answer of the gateway (status + stable code)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "ClientError",
+    "InputError",
+    "ServerUnreachableError",
+    "UnsafeArchiveError",
+]
+
+
+class ClientError(Exception):
+    """Base class of every error raised by relaypacs.client."""
+
+
+class InputError(ClientError):
+    """An input path cannot be used."""
+
+
+class UnsafeArchiveError(InputError):
+    """A ZIP archive was refused before anything was written outside its directory."""
+
+
+class AuthenticationError(ClientError):
+    """The gateway refused our credentials (or our fresh token)."""
+
+
+class ServerUnreachableError(ClientError):
+    """The gateway could not be reached, or kept failing, until the retries ran out.
+
+    Everything the server acknowledged is durable there: running the upload again resumes.
+    """
+
+
+class ApiError(ClientError):
+    """An error answer of the gateway: ``{"error": {"code", "message", "details"}}``."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{status_code} {code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = details or {}

@@ -1,0 +1,189 @@
+"""SHA-256 of local files: streaming, in worker threads, cached across runs.
+
+The cache is a small SQLite file in the state directory keyed by (absolute path or archive
+member, size, mtime_ns): a re-run over an unchanged 2 GB study hashes nothing. It holds file
+paths and hashes, no other PHI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from relaypacs.client.errors import InputError
+
+__all__ = ["HashCache", "HashJob", "hash_file", "hash_files", "study_hash"]
+
+_READ_SIZE = 1024 * 1024
+# Entries not used for this long are dropped, so the cache does not grow for ever.
+_PRUNE_AFTER_S = 90 * 24 * 3600
+
+
+def study_hash(file_hashes: Iterable[str]) -> str:
+    """SHA-256 (hex) of the sorted per-file SHA-256 hex strings joined with ``\\n``."""
+    joined = "\n".join(sorted(file_hashes))
+    return hashlib.sha256(joined.encode("ascii")).hexdigest()
+
+
+def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """Stream ``path`` through SHA-256 with a bounded buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_READ_SIZE)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as stream:
+        while True:
+            n = stream.readinto(view)
+            if not n:
+                break
+            digest.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class HashJob:
+    """One file to hash.
+
+    ``key`` identifies the content's origin across runs: the absolute path for a plain file,
+    ``<zip path>!<member>`` for a file extracted from an archive (whose temporary path changes
+    every run). ``size`` and ``mtime_ns`` are those of the origin. When ``path`` is the origin
+    (``same_file``), a file modified while it was hashed is not cached.
+    """
+
+    path: Path
+    key: str
+    size: int
+    mtime_ns: int
+    same_file: bool = True
+
+
+class HashCache:
+    """SHA-256 per (key, size, mtime_ns) in a SQLite file; safe against concurrent runs."""
+
+    def __init__(self, db_path: Path) -> None:
+        self._db_path = db_path
+        db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db_path.touch(mode=0o600, exist_ok=True)
+        self._conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS file_hash ("
+            " key TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+            " sha256 TEXT NOT NULL, used_at REAL NOT NULL)"
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str, size: int, mtime_ns: int) -> str | None:
+        row = self._conn.execute(
+            "SELECT sha256 FROM file_hash WHERE key = ? AND size = ? AND mtime_ns = ?",
+            (key, size, mtime_ns),
+        ).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return str(row[0])
+
+    def put(self, key: str, size: int, mtime_ns: int, sha256: str) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO file_hash (key, size, mtime_ns, sha256, used_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, size, mtime_ns, sha256, time.time()),
+        )
+
+    def touch(self, keys: Sequence[str]) -> None:
+        """Mark entries as used now, and drop the ones unused for months."""
+        now = time.time()
+        with self._transaction():
+            self._conn.executemany(
+                "UPDATE file_hash SET used_at = ? WHERE key = ?", [(now, k) for k in keys]
+            )
+            self._conn.execute("DELETE FROM file_hash WHERE used_at < ?", (now - _PRUNE_AFTER_S,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> HashCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def hash_files(
+    jobs: Sequence[HashJob],
+    *,
+    cache: HashCache | None = None,
+    workers: int = 4,
+    on_bytes: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """SHA-256 of every job (by key), cache first, the rest in up to ``workers`` threads.
+
+    Each result is written to the cache as soon as it is known, so a run killed half-way keeps
+    what it hashed.
+    """
+    results: dict[str, str] = {}
+    todo: list[HashJob] = []
+    for job in jobs:
+        cached = cache.get(job.key, job.size, job.mtime_ns) if cache is not None else None
+        if cached is None:
+            todo.append(job)
+        else:
+            results[job.key] = cached
+            if on_bytes is not None:
+                on_bytes(job.size)
+    semaphore = asyncio.Semaphore(max(1, workers))
+    loop = asyncio.get_running_loop()
+    report: Callable[[int], None] | None = None
+    if on_bytes is not None:
+        callback = on_bytes
+
+        def report(n: int) -> None:
+            # Called from a worker thread: hand the count to the event loop's thread.
+            loop.call_soon_threadsafe(callback, n)
+
+    async def one(job: HashJob) -> None:
+        async with semaphore:
+            digest = await asyncio.to_thread(hash_file, job.path, report)
+        results[job.key] = digest
+        if cache is not None and (not job.same_file or _unchanged(job)):
+            cache.put(job.key, job.size, job.mtime_ns, digest)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in todo:
+                group.create_task(one(job))
+    except BaseExceptionGroup as errors:
+        first = errors.exceptions[0]
+        if isinstance(first, OSError):
+            raise InputError(f"cannot read {first.filename}: {first.strerror}") from first
+        raise first from None
+    if cache is not None:
+        cache.touch([job.key for job in jobs])
+    return results
+
+
+def _unchanged(job: HashJob) -> bool:
+    try:
+        st = job.path.stat()
+    except OSError:
+        return False
+    return st.st_size == job.size and st.st_mtime_ns == job.mtime_ns

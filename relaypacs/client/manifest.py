@@ -1,0 +1,153 @@
+"""Group discovered instances into studies and build each study's upload manifest."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relaypacs.client.discovery import DiscoveredFile
+from relaypacs.client.hashing import HashJob, study_hash
+
+__all__ = ["FileProblem", "StudyFile", "StudyPlan", "group_studies", "hash_jobs"]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFile:
+    """One file of a study's manifest, and where its bytes are on disk."""
+
+    name: str
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+    sop_instance_uid: str
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """An error about one file, local or reported by the server."""
+
+    name: str
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.name, "code": self.code, "message": self.message}
+
+
+@dataclass(slots=True)
+class StudyPlan:
+    """What will be uploaded for one StudyInstanceUID."""
+
+    study_instance_uid: str
+    metadata: dict[str, str]
+    files: list[StudyFile]
+    modalities: list[str]
+    study_date: str
+    # Exact copies (same SOP Instance UID, same bytes) sent only once.
+    duplicates: list[str] = field(default_factory=list)
+    # Same SOP Instance UID with different bytes: the study is not uploaded.
+    conflicts: list[FileProblem] = field(default_factory=list)
+
+    @property
+    def study_hash(self) -> str:
+        return study_hash(f.sha256 for f in self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def manifest(self) -> dict[str, Any]:
+        """The body of ``POST /uploads``."""
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "metadata": dict(self.metadata),
+            "files": [f.manifest_entry() for f in self.files],
+        }
+
+
+def hash_jobs(files: Sequence[DiscoveredFile]) -> list[HashJob]:
+    return [
+        HashJob(
+            path=f.path,
+            key=f.cache_key,
+            size=f.size,
+            mtime_ns=f.cache_mtime_ns,
+            same_file=not f.from_archive,
+        )
+        for f in files
+    ]
+
+
+def _metadata(files: Sequence[DiscoveredFile], modality: str) -> dict[str, str]:
+    header = files[0].header
+    values = {
+        "patient_name": header.patient_name,
+        "patient_id": header.patient_id,
+        "study_date": header.study_date,
+        "modality": modality,
+        "study_description": header.study_description,
+        "accession_number": header.accession_number,
+    }
+    return {key: value for key, value in values.items() if value}
+
+
+def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) -> list[StudyPlan]:
+    """One plan per StudyInstanceUID, in order of first appearance; files sorted by name.
+
+    ``hashes`` maps each file's ``cache_key`` to its SHA-256.
+    """
+    by_study: dict[str, list[DiscoveredFile]] = {}
+    for f in files:
+        by_study.setdefault(f.header.study_instance_uid, []).append(f)
+
+    plans: list[StudyPlan] = []
+    for uid, members in by_study.items():
+        members = sorted(members, key=lambda f: (f.name, f.cache_key))
+        kept: dict[str, StudyFile] = {}
+        duplicates: list[str] = []
+        conflicts: list[FileProblem] = []
+        for f in members:
+            sop = f.header.sop_instance_uid
+            entry = StudyFile(
+                name=f.name,
+                path=f.path,
+                size=f.size,
+                mtime_ns=f.mtime_ns,
+                sha256=hashes[f.cache_key],
+                sop_instance_uid=sop,
+            )
+            previous = kept.get(sop)
+            if previous is None:
+                kept[sop] = entry
+            elif previous.sha256 == entry.sha256:
+                duplicates.append(entry.name)
+            else:
+                conflicts.append(
+                    FileProblem(
+                        entry.name,
+                        "duplicate_sop_instance",
+                        f"same SOP Instance UID as {previous.name} but different content",
+                    )
+                )
+        modality_counts = Counter(f.header.modality for f in members if f.header.modality)
+        modalities = [m for m, _ in modality_counts.most_common()]
+        dates = sorted({f.header.study_date for f in members if f.header.study_date})
+        plans.append(
+            StudyPlan(
+                study_instance_uid=uid,
+                metadata=_metadata(members, modalities[0] if modalities else ""),
+                files=list(kept.values()),
+                modalities=modalities,
+                study_date=dates[0] if dates else "",
+                duplicates=duplicates,
+                conflicts=conflicts,
+            )
+        )
+    return plans
