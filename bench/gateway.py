@@ -60,6 +60,17 @@ def check_ready() -> None:
     absent = [c for c in ("serve", "users", "upload") if c not in done.stdout]
     if absent:
         raise GatewayUnavailable("`relaypacs` has no command " + ", ".join(absent))
+    done = subprocess.run(
+        [sys.executable, "-c", "import relaypacs.main, relaypacs.cli.upload"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env=_clean_env(),
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise GatewayUnavailable(f"the gateway does not import yet: {last}")
 
 
 def _clean_env() -> dict[str, str]:
@@ -212,6 +223,8 @@ def measure(
         "(after `complete` answered); fresh gateway and client state per run"
     )
     cli_hash: list[float] = []
+    server_cpu: list[float] = []
+    client_cpu: list[float] = []
     client_rss = peak = peak_tree = children = 0
     logs.mkdir(parents=True, exist_ok=True)
     for i in range(repeat):
@@ -244,6 +257,7 @@ def measure(
         sampler = RssSampler(proc.pid).start()
         try:
             _wait_healthy(port, proc, 60.0)
+            cpu_before = sampler.cpu_seconds()
             run = run_timed(
                 [*relaypacs_cmd(), "upload", str(study_dir), "--json", "--parallel", str(parallel)],
                 env=cenv,
@@ -252,6 +266,7 @@ def measure(
                 name=f"upload-{i}",
             )
             sampler.sample()
+            server_cpu.append(sampler.cpu_seconds() - cpu_before)
         except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
             server_log_tail = (logs / f"gateway-{i}.log").read_text(errors="replace")[-1500:]
             result.error = f"{type(exc).__name__}: {exc}; server log ends:\n{server_log_tail}"
@@ -263,6 +278,7 @@ def measure(
         peak_tree = max(peak_tree, sampler.peak_tree)
         children = max(children, sampler.max_descendants)
         client_rss = max(client_rss, run.peak_rss)
+        client_cpu.append(run.cpu_seconds)
         if run.returncode != 0:
             tail = (run.stderr or run.stdout).strip()[-800:]
             result.error = f"`relaypacs upload` exited {run.returncode}: {tail}"
@@ -286,6 +302,8 @@ def measure(
     result.peak_rss = peak or None
     result.peak_rss_tree = peak_tree or None
     result.extra["worker_processes"] = children
+    result.extra["server_cpu_seconds"] = server_cpu
+    result.extra["client_cpu_seconds"] = client_cpu
     result.extra["client_peak_rss"] = client_rss
     if cli_hash:
         result.extra["cli_hashing_seconds"] = cli_hash

@@ -71,6 +71,7 @@ class TimedRun:
     stderr: str
     peak_rss: int
     peak_rss_tree: int
+    cpu_seconds: float  # of the process itself, as of its last sample (within ~50 ms of exit)
 
 
 def run_timed(
@@ -119,4 +120,5 @@ def run_timed(
         stderr=(stderr_b or b"").decode(errors="replace"),
         peak_rss=sampler.hwm_main or sampler.peak_main,
         peak_rss_tree=sampler.peak_tree,
+        cpu_seconds=sampler.last_cpu,
     )

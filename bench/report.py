@@ -74,12 +74,16 @@ def table(result: StudyResult) -> list[str]:
     lines = [head, "-" * len(cols), cols]
     for m in result.rows:
         if not m.ok:
-            lines.append(f"{m.name:28}  FAILED: {m.error or 'no run'}")
+            error = (m.error or "no run").strip().splitlines()
+            if len(error) > 12:
+                error = [*error[:2], "...", *error[-9:]]
+            lines.append(f"{m.name:28}  FAILED: {error[0]}")
+            lines.extend(f"{'':30}{line}" for line in error[1:])
             continue
         lines.append(
             f"{m.name:28}{m.median_seconds:8.2f}{m.mb_per_s:8.1f}{m.files_per_s:8.1f}"
             f"{_ratio(m.mb_per_s, disk):>9}{_ratio(m.mb_per_s, tus):>8}"
-            f"{_mib(m.peak_rss):>10}{_mib(m.peak_rss_tree):>11}"
+            f"{_mib(m.peak_rss):>10}{_mib(m.peak_rss_tree if m.kind == 'gateway' else None):>11}"
         )
     lines.append("-" * len(cols))
     if disk:

@@ -39,6 +39,7 @@ class RssSampler:
         self.max_descendants = 0
         self.samples = 0
         self.hwm_main: int | None = None
+        self.last_cpu = 0.0  # CPU seconds of the process alone at the last sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
         try:
@@ -53,6 +54,7 @@ class RssSampler:
             return
         try:
             main = proc.memory_info().rss
+            times = proc.cpu_times()
             children = proc.children(recursive=True)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return
@@ -63,6 +65,7 @@ class RssSampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         self.samples += 1
+        self.last_cpu = times.user + times.system
         hwm = vm_hwm(self.pid)
         if hwm is not None:
             self.hwm_main = max(self.hwm_main or 0, hwm)
@@ -70,6 +73,26 @@ class RssSampler:
         self.peak_children = max(self.peak_children, kids)
         self.peak_tree = max(self.peak_tree, main + kids)
         self.max_descendants = max(self.max_descendants, len(children))
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the process and its live descendants."""
+        proc = self._proc
+        if proc is None:
+            return 0.0
+        total = 0.0
+        try:
+            procs = [proc, *proc.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return 0.0
+        for p in procs:
+            try:
+                times = p.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            total += times.user + times.system
+            if p is proc:  # reaped children (e.g. recycled workers) are counted here
+                total += times.children_user + times.children_system
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -25,6 +25,7 @@ class StudySpec:
     rows: int = 512
     columns: int = 512
     frames: int = 1
+    series: int = 1
     why: str = ""
 
     @property
@@ -33,7 +34,9 @@ class StudySpec:
 
     @property
     def dirname(self) -> str:
-        return f"{self.key}-{self.instances}i-{self.frames}f-{self.rows}x{self.columns}"
+        return (
+            f"{self.key}-{self.instances}i-{self.series}s-{self.frames}f-{self.rows}x{self.columns}"
+        )
 
     def params(self) -> dict[str, int]:
         return {
@@ -41,6 +44,7 @@ class StudySpec:
             "rows": self.rows,
             "columns": self.columns,
             "frames": self.frames,
+            "series": self.series,
         }
 
 
@@ -60,9 +64,10 @@ FULL: dict[str, StudySpec] = {
     ),
     "large": StudySpec(
         "large",
-        "CT 4000 x 512x512 (~2 GiB)",
+        "CT 4 x 1000 x 512x512 (~2 GiB)",
         instances=4000,
-        why="thin-slice multi-phase CT: thousands of single-frame instances",
+        series=4,
+        why="thin-slice multi-phase CT: 4 series of 1000 single-frame instances",
     ),
     "large-mf": StudySpec(
         "large-mf",
@@ -76,7 +81,9 @@ FULL: dict[str, StudySpec] = {
 # --quick: the same shapes, small enough for a smoke run of about a minute.
 QUICK: dict[str, StudySpec] = {
     "small": StudySpec("small", "CT 40 x 512x512 (~20 MiB)", instances=40, why="smoke"),
-    "large": StudySpec("large", "CT 240 x 512x512 (~120 MiB)", instances=240, why="smoke"),
+    "large": StudySpec(
+        "large", "CT 4 x 60 x 512x512 (~120 MiB)", instances=240, series=4, why="smoke"
+    ),
     "large-mf": StudySpec(
         "large-mf", "2 x 60-frame 512x512 (~60 MiB)", instances=2, frames=60, why="smoke"
     ),

@@ -115,9 +115,13 @@ def measure(
     peak = peak_tree = 0
     client_peak = 0
     inner: list[float] = []
+    server_cpu: list[float] = []
+    client_cpu: list[float] = []
     for i in range(repeat):
         store = scratch / f"tus-store-{impl}-{i}"
         with TusServer(store, logs) as server:
+            assert server.sampler is not None
+            cpu_before = server.sampler.cpu_seconds()
             run = run_timed(
                 [
                     sys.executable,
@@ -138,10 +142,12 @@ def measure(
                 log_dir=logs,
                 name=f"tus-client-{impl}-{i}",
             )
+            server_cpu.append(server.sampler.cpu_seconds() - cpu_before)
         assert server.sampler is not None
         peak = max(peak, server.sampler.hwm_main or server.sampler.peak_main)
         peak_tree = max(peak_tree, server.sampler.peak_tree)
         client_peak = max(client_peak, run.peak_rss)
+        client_cpu.append(run.cpu_seconds)
         settle(store)
         if run.returncode != 0:
             result.error = f"tus client exited {run.returncode}: {run.stderr.strip()[-800:]}"
@@ -154,5 +160,10 @@ def measure(
         inner.append(float(report["seconds"]))
     result.peak_rss = peak or None
     result.peak_rss_tree = peak_tree or None
-    result.extra = {"client_loop_seconds": inner, "client_peak_rss": client_peak}
+    result.extra = {
+        "client_loop_seconds": inner,
+        "server_cpu_seconds": server_cpu,
+        "client_cpu_seconds": client_cpu,
+        "client_peak_rss": client_peak,
+    }
     return result
