@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -148,6 +149,8 @@ class RunSummary:
     hash_cache_hits: int = 0
     error: str | None = None  # why the run stopped early, if it did
     error_kind: str | None = None  # "auth", "unreachable", "input"
+    # Wall-clock seconds per phase: discover_seconds, hash_seconds, upload_seconds.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -179,6 +182,7 @@ class RunSummary:
             "studies": [s.as_dict() for s in self.studies],
             "skipped": dict(self.skipped),
             "archives": self.archives,
+            "timings": {key: round(value, 3) for key, value in self.timings.items()},
             "totals": {
                 "studies": len(self.studies),
                 **{status.value: count(status) for status in StudyStatus},
@@ -515,6 +519,11 @@ async def upload_study(
     except ApiError as exc:
         result.status = StudyStatus.FAILED
         result.message = f"{exc.message} ({exc.code})"
+        problems = exc.details.get("problems")
+        if isinstance(problems, list) and problems:
+            result.message += ": " + "; ".join(
+                f"{p.get('field')}: {p.get('message')}" for p in problems if isinstance(p, dict)
+            )
     return result
 
 
@@ -566,10 +575,13 @@ async def run_upload(
     progress = progress or NullProgress()
     state_dir = ensure_state_dir(options.state_dir)
     summary = RunSummary()
+    clock = time.perf_counter
+    started = clock()
     with extraction_workspace(state_dir) as workspace:
         discovery = await discover(
             paths, workspace=workspace, archive_limits=options.archive_limits
         )
+        summary.timings["discover_seconds"] = clock() - started
         summary.archives = len(discovery.archives)
         summary.skipped = {
             reason.value: discovery.skipped_count(reason)
@@ -581,11 +593,13 @@ async def run_upload(
             summary.error_kind = "input"
             progress.discovered(discovery, [])
             return summary
+        started = clock()
         with HashCache(state_dir / "hashes.sqlite3") as cache:
             studies = await prepare_studies(
                 discovery, cache=cache, options=options, progress=progress
             )
             summary.hash_cache_hits = cache.hits
+        summary.timings["hash_seconds"] = clock() - started
         progress.discovered(discovery, studies)
         results = [
             StudyResult(
@@ -600,6 +614,7 @@ async def run_upload(
             for plan in studies
         ]
         summary.studies = results
+        started = clock()
         try:
             await client.login()
             for position, plan in enumerate(studies):
@@ -613,4 +628,5 @@ async def run_upload(
             summary.error, summary.error_kind = str(exc), "auth"
         except ServerUnreachableError as exc:
             summary.error, summary.error_kind = str(exc), "unreachable"
+        summary.timings["upload_seconds"] = clock() - started
     return summary

@@ -23,7 +23,7 @@ class StudyFile:
     size: int
     mtime_ns: int
     sha256: str
-    sop_instance_uid: str
+    sop_instance_uid: str | None
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
@@ -95,7 +95,8 @@ def _metadata(files: Sequence[DiscoveredFile], modality: str) -> dict[str, str]:
         "study_description": header.study_description,
         "accession_number": header.accession_number,
     }
-    return {key: value for key, value in values.items() if value}
+    # The server takes at most 256 characters per value.
+    return {key: value[:256] for key, value in values.items() if value}
 
 
 def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) -> list[StudyPlan]:
@@ -114,14 +115,16 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
         duplicates: list[str] = []
         conflicts: list[FileProblem] = []
         for f in members:
-            sop = f.header.sop_instance_uid
+            # Without a SOP Instance UID a file cannot be a duplicate of another (the
+            # server's validation will have its say on it).
+            sop = f.header.sop_instance_uid or f"\0{f.cache_key}"
             entry = StudyFile(
                 name=f.name,
                 path=f.path,
                 size=f.size,
                 mtime_ns=f.mtime_ns,
                 sha256=hashes[f.cache_key],
-                sop_instance_uid=sop,
+                sop_instance_uid=f.header.sop_instance_uid,
             )
             previous = kept.get(sop)
             if previous is None:
