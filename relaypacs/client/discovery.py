@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import stat
@@ -12,10 +13,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from relaypacs.client.archive import ArchiveLimits, extract_zip, looks_like_zip
 from relaypacs.client.errors import InputError
-from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_header
+
+if TYPE_CHECKING:
+    # Imported when files are classified: pydicom takes seconds to import, which
+    # `relaypacs --help` and the other commands should not pay.
+    from relaypacs.dicom.header import StudyHeader
 
 __all__ = [
     "DiscoveredFile",
@@ -128,6 +134,8 @@ class _Classified:
 
 def _classify(candidate: _Candidate) -> _Classified:
     """Runs in a worker thread: stat and header read of one file."""
+    from relaypacs.dicom.header import is_dicomdir, read_header
+
     path = candidate.path
     try:
         st = path.stat()
@@ -210,6 +218,8 @@ async def discover(
     """
     collector = _Collector()
     await asyncio.to_thread(collector.collect_inputs, paths)
+    # Import pydicom once here, rather than racing to in every worker thread.
+    await asyncio.to_thread(importlib.import_module, "relaypacs.dicom.header")
     candidates = collector.candidates
     result = Discovery()
     semaphore = asyncio.Semaphore(max(1, workers))
