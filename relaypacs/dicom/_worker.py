@@ -1,0 +1,59 @@
+"""Worker process of :class:`relaypacs.dicom.validate.DicomValidator`.
+
+``python -m relaypacs.dicom._worker '<DicomLimits as JSON>'``: caps its own address space
+first, says ``"ready"``, then reads one JSON string (a path) per line on stdin and answers
+one JSON object per line on stdout: ``{"ok": summary}``, ``{"rejected": [code, message]}``
+or ``{"error": [exception type, errno, message]}``. Exits at EOF on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+
+
+def main() -> int:
+    settings = json.loads(sys.argv[1])
+    memory = int(settings["memory_bytes"])
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    # The protocol gets the real stdout; anything printed by accident goes to stderr.
+    channel = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from relaypacs.dicom.validate import (
+        RESOURCE_LIMIT,
+        DicomLimits,
+        DicomRejected,
+        inspect_file,
+    )
+
+    limits = DicomLimits(**settings)
+
+    def answer(message: object) -> None:
+        channel.write(json.dumps(message).encode() + b"\n")
+
+    answer("ready")
+    while line := requests.readline():
+        reply: dict[str, object]
+        try:
+            reply = {"ok": asdict(inspect_file(Path(json.loads(line)), limits))}
+        except DicomRejected as exc:
+            reply = {"rejected": [exc.code, exc.message]}
+        except MemoryError:
+            reply = {"rejected": [RESOURCE_LIMIT, "Inspecting the file exceeded the memory limit."]}
+        except Exception as exc:
+            errno = exc.errno if isinstance(exc, OSError) else None
+            reply = {"error": [type(exc).__name__, errno, str(exc)]}
+        answer(reply)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
