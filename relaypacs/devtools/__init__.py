@@ -1,0 +1,1 @@
+"""Developer tools: synthetic DICOM studies and hostile files (:mod:`relaypacs.devtools.synth`)."""

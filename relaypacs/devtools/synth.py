@@ -1,0 +1,681 @@
+"""Synthetic DICOM studies for tests, benchmarks and demos, and hostile or broken files.
+
+Everything here is fake: the patient name, id and birth date are fake PHI that tests grep
+for in logs and responses. Pixel data is deterministic pseudo-random 12-bit noise
+(``seed``), generated in chunks so that a multi-gigabyte instance can be written in
+seconds without holding it in memory (:func:`write_instance`).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final, TypedDict
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.fileset import FileSet
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
+
+__all__ = [
+    "CT_IMAGE_STORAGE",
+    "MULTIFRAME_SC_STORAGE",
+    "SynthStudy",
+    "make_big_endian",
+    "make_deep_nesting",
+    "make_deflate_bomb",
+    "make_dicomdir_bytes",
+    "make_instance",
+    "make_jpeg_compressed",
+    "make_many_fragments",
+    "make_missing_uid",
+    "make_no_preamble",
+    "make_preamble_executable",
+    "make_tiff_preamble",
+    "make_truncated",
+    "write_instance",
+    "write_study",
+]
+
+CT_IMAGE_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.2"
+MULTIFRAME_SC_STORAGE: Final = "1.2.840.10008.5.1.4.1.1.7.3"
+"""Multi-frame Grayscale Word Secondary Capture Image Storage."""
+
+_PIXEL_CHUNK: Final = 8 << 20
+_MAX_PIXEL_BYTES: Final = 0xFFFFFFFE
+_UNDEFINED: Final = 0xFFFFFFFF
+
+# A DOS/PE stub: "MZ", e_lfanew (0x3C) -> 0x40 where the "PE\0\0" signature and a COFF
+# header (x86-64, 0 sections) follow. Enough for `file` and for AV signatures to say PE.
+_PE_PREAMBLE: Final = (
+    b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00"
+    + b"\xb8"
+    + bytes(7)
+    + b"\x40"
+    + bytes(35)
+    + struct.pack("<I", 0x40)
+    + b"PE\x00\x00"
+    + struct.pack("<HHIIIHH", 0x8664, 0, 0, 0, 0, 0, 0x22)
+).ljust(128, b"\x00")
+# A little-endian TIFF header whose first IFD is right after the preamble area.
+_TIFF_PREAMBLE: Final = (b"II*\x00" + struct.pack("<I", 0x80)).ljust(128, b"\x00")
+
+
+class _Patient(TypedDict):
+    patient_name: str
+    patient_id: str
+    birth_date: str
+    study_date: str
+    accession_number: str
+    study_description: str
+
+
+_DEFAULT_PATIENT: Final[_Patient] = {
+    "patient_name": "TEST^PATIENT",
+    "patient_id": "TEST0001",
+    "birth_date": "19700101",
+    "study_date": "20240102",
+    "accession_number": "ACC0001",
+    "study_description": "SYNTHETIC STUDY",
+}
+
+
+@dataclass(frozen=True)
+class SynthStudy:
+    study_uid: str
+    paths: list[Path]
+    sop_uids: list[str]
+    total_bytes: int
+    dicomdir: Path | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------
+
+
+def _header(
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    rows: int,
+    columns: int,
+    frames: int,
+    instance_number: int,
+    patient_name: str,
+    patient_id: str,
+    birth_date: str,
+    modality: str,
+    transfer_syntax: str,
+    sop_class_uid: str | None,
+    series_number: int,
+    study_date: str,
+    accession_number: str,
+    study_description: str,
+) -> Dataset:
+    """The data set of an image without its pixel data, with its file meta."""
+    ts = UID(transfer_syntax)
+    sop_class = sop_class_uid or (CT_IMAGE_STORAGE if frames == 1 else MULTIFRAME_SC_STORAGE)
+    bits = 8 if ts == JPEGBaseline8Bit else 16
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = study_date
+    ds.SeriesDate = study_date
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = accession_number
+    ds.Modality = modality
+    ds.Manufacturer = "RelayPACS synthetic"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = f"SYNTHETIC SERIES {series_number}"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = birth_date
+    ds.PatientSex = "O"
+    ds.SliceThickness = "1.0"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = [0, 0, float(instance_number)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.FrameOfReferenceUID = study_uid + ".1" if len(study_uid) <= 62 else study_uid
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+        ds.FrameTime = 40.0
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.BitsAllocated = bits
+    ds.BitsStored = 8 if bits == 8 else 12
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = 40
+    ds.WindowWidth = 400
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ts
+    ds.file_meta = meta
+    return ds
+
+
+def _encode(ds: Dataset, *, implicit: bool, little_endian: bool) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = implicit
+    fp.is_little_endian = little_endian
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _encode_meta(ds: Dataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = False
+    fp.is_little_endian = True
+    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    return fp.getvalue()
+
+
+def _element_header(
+    group: int, element: int, vr: bytes, length: int, *, implicit: bool, little_endian: bool
+) -> bytes:
+    """Header of an element with a 32-bit length (OB, OW, SQ, UN...)."""
+    order = "<" if little_endian else ">"
+    if implicit:
+        return struct.pack(order + "HHI", group, element, length)
+    return struct.pack(order + "HH2sHI", group, element, vr, 0, length)
+
+
+def _noise(n_bytes: int, seed: int, *, little_endian: bool = True) -> Iterator[bytes]:
+    """``n_bytes`` of deterministic 12-bit noise as 16-bit words, in chunks."""
+    rng = np.random.default_rng(seed)
+    dtype = "<u2" if little_endian else ">u2"
+    left = n_bytes
+    while left > 0:
+        n = min(left, _PIXEL_CHUNK)
+        yield rng.integers(0, 4096, size=n // 2, dtype=np.uint16).astype(dtype).tobytes()
+        left -= n
+
+
+def _fake_frames(frames: int, rows: int, columns: int, seed: int) -> list[bytes]:
+    """Frames that look like JPEG streams (SOI ... EOI) but are not decodable images."""
+    rng = np.random.default_rng(seed)
+    size = max(16, rows * columns // 8) & ~1  # even: fragments have even lengths
+    return [b"\xff\xd8\xff\xdb" + rng.bytes(size) + b"\xff\xd9" for _ in range(frames)]
+
+
+def _emit(
+    out: BinaryIO,
+    ds: Dataset,
+    *,
+    preamble: bytes | None,
+    with_meta: bool,
+    frames: int,
+    seed: int,
+    sparse: bool = False,
+) -> int:
+    """Write the file for ``ds`` (a header from :func:`_header`) and its pixel data."""
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    implicit = ts == ImplicitVRLittleEndian
+    little_endian = ts != ExplicitVRBigEndian
+    written = 0
+    if with_meta:
+        head = (preamble if preamble is not None else bytes(128)) + b"DICM" + _encode_meta(ds)
+        out.write(head)
+        written += len(head)
+    body = _encode(ds, implicit=implicit, little_endian=little_endian)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+
+    if ts.is_encapsulated:
+        pixels = encapsulate(_fake_frames(frames, rows, columns, seed), has_bot=True)
+        pixels += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)  # sequence delimiter
+        pixel_header = _element_header(
+            0x7FE0, 0x0010, b"OB", _UNDEFINED, implicit=False, little_endian=True
+        )
+        data = body + pixel_header + pixels
+        out.write(data)
+        return written + len(data)
+
+    n_bytes = rows * columns * frames * 2
+    if n_bytes > _MAX_PIXEL_BYTES:
+        raise ValueError(f"{n_bytes} bytes of pixel data do not fit in one element")
+    pixel_header = _element_header(
+        0x7FE0, 0x0010, b"OW", n_bytes, implicit=implicit, little_endian=little_endian
+    )
+    if ts.is_deflated:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        for block in (body + pixel_header, *_noise(n_bytes, seed)):
+            data = compressor.compress(block)
+            out.write(data)
+            written += len(data)
+        data = compressor.flush()
+        out.write(data)
+        return written + len(data)
+
+    out.write(body + pixel_header)
+    written += len(body) + len(pixel_header)
+    if sparse:
+        # A hole instead of the pixel data: instant, takes no disk space, reads as zeros.
+        out.seek(n_bytes - 2, 1)
+        out.write(b"\x01\x00")
+        return written + n_bytes
+    for chunk in _noise(n_bytes, seed, little_endian=little_endian):
+        out.write(chunk)
+        written += len(chunk)
+    return written
+
+
+# --------------------------------------------------------------------------------------
+# Valid instances and studies
+# --------------------------------------------------------------------------------------
+
+
+def make_instance(
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    rows: int = 512,
+    columns: int = 512,
+    frames: int = 1,
+    instance_number: int = 1,
+    patient_name: str = "TEST^PATIENT",
+    patient_id: str = "TEST0001",
+    birth_date: str = "19700101",
+    modality: str = "CT",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    seed: int = 0,
+    sop_class_uid: str | None = None,
+    series_number: int = 1,
+    study_date: str = "20240102",
+    accession_number: str = "ACC0001",
+    study_description: str = "SYNTHETIC STUDY",
+    preamble: bytes | None = None,
+) -> bytes:
+    """A valid Part-10 file (128-byte preamble, ``DICM``, file meta, data set) of a CT
+    image (a multi-frame grayscale word secondary capture when ``frames > 1``) with 16-bit
+    pixel data. Any transfer syntax: native (implicit/explicit little endian, explicit big
+    endian), deflated, or encapsulated (JPEG, JPEG 2000, RLE, JPEG-LS: fake frames that are
+    correctly encapsulated but not decodable)."""
+    ds = _header(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        instance_number=instance_number,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        birth_date=birth_date,
+        modality=modality,
+        transfer_syntax=transfer_syntax,
+        sop_class_uid=sop_class_uid,
+        series_number=series_number,
+        study_date=study_date,
+        accession_number=accession_number,
+        study_description=study_description,
+    )
+    out = io.BytesIO()
+    _emit(out, ds, preamble=preamble, with_meta=True, frames=frames, seed=seed)
+    return out.getvalue()
+
+
+def write_instance(
+    path: Path,
+    *,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    rows: int = 512,
+    columns: int = 512,
+    frames: int = 1,
+    instance_number: int = 1,
+    patient_name: str = "TEST^PATIENT",
+    patient_id: str = "TEST0001",
+    birth_date: str = "19700101",
+    modality: str = "CT",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    seed: int = 0,
+    sop_class_uid: str | None = None,
+    series_number: int = 1,
+    study_date: str = "20240102",
+    accession_number: str = "ACC0001",
+    study_description: str = "SYNTHETIC STUDY",
+    sparse: bool = False,
+) -> int:
+    """Like :func:`make_instance` but streamed to ``path`` (bounded memory whatever the
+    size); returns the file size. With ``sparse`` (native transfer syntaxes only), the
+    pixel data is a hole in the file: a 2 GB multi-frame file is written instantly."""
+    ds = _header(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        instance_number=instance_number,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        birth_date=birth_date,
+        modality=modality,
+        transfer_syntax=transfer_syntax,
+        sop_class_uid=sop_class_uid,
+        series_number=series_number,
+        study_date=study_date,
+        accession_number=accession_number,
+        study_description=study_description,
+    )
+    ts = UID(transfer_syntax)
+    if sparse and (ts.is_deflated or ts.is_encapsulated):
+        raise ValueError("sparse pixel data needs a native transfer syntax")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        return _emit(
+            out, ds, preamble=None, with_meta=True, frames=frames, seed=seed, sparse=sparse
+        )
+
+
+def write_study(
+    directory: Path,
+    *,
+    instances: int,
+    rows: int = 512,
+    columns: int = 512,
+    frames: int = 1,
+    study_uid: str | None = None,
+    with_dicomdir: bool = False,
+    nested: bool = False,
+    seed: int = 0,
+    series: int = 1,
+    modality: str = "CT",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    **patient: str,
+) -> SynthStudy:
+    """Write a study of ``instances`` images in ``series`` series under ``directory``.
+
+    Layouts: flat ``IM000001.dcm`` files (default); ``nested``: files without extension
+    under ``DICOM/ST000001/SE000001/IM000001``; ``with_dicomdir``: a CD export made by
+    pydicom's :class:`~pydicom.fileset.FileSet` (``DICOMDIR`` at the root, files without
+    extension under ``PT000000/ST000000/SE000000/IM000000``). ``patient`` may set
+    ``patient_name``, ``patient_id``, ``birth_date``, ``study_date``,
+    ``accession_number``, ``study_description``.
+    """
+    if unknown := set(patient) - set(_DEFAULT_PATIENT):
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    fields: _Patient = {
+        "patient_name": patient.get("patient_name", _DEFAULT_PATIENT["patient_name"]),
+        "patient_id": patient.get("patient_id", _DEFAULT_PATIENT["patient_id"]),
+        "birth_date": patient.get("birth_date", _DEFAULT_PATIENT["birth_date"]),
+        "study_date": patient.get("study_date", _DEFAULT_PATIENT["study_date"]),
+        "accession_number": patient.get("accession_number", _DEFAULT_PATIENT["accession_number"]),
+        "study_description": patient.get(
+            "study_description", _DEFAULT_PATIENT["study_description"]
+        ),
+    }
+    if instances < 1 or series < 1:
+        raise ValueError("instances and series must be >= 1")
+    study = study_uid or generate_uid()
+    series_uids = [generate_uid() for _ in range(series)]
+    directory.mkdir(parents=True, exist_ok=True)
+
+    specs = []
+    for i in range(instances):
+        s = i * series // instances
+        specs.append((i, s, generate_uid()))
+
+    def target(i: int, s: int) -> Path:
+        if nested:
+            return directory / "DICOM" / "ST000001" / f"SE{s + 1:06d}" / f"IM{i + 1:06d}"
+        return directory / f"IM{i + 1:06d}.dcm"
+
+    if not with_dicomdir:
+        paths: list[Path] = []
+        total = 0
+        for i, s, sop in specs:
+            path = target(i, s)
+            total += write_instance(
+                path,
+                study_uid=study,
+                series_uid=series_uids[s],
+                sop_uid=sop,
+                rows=rows,
+                columns=columns,
+                frames=frames,
+                instance_number=i + 1,
+                series_number=s + 1,
+                modality=modality,
+                transfer_syntax=transfer_syntax,
+                seed=seed + i,
+                **fields,
+            )
+            paths.append(path)
+        return SynthStudy(study, paths, [sop for _, _, sop in specs], total)
+
+    # CD export: stage the files, let pydicom's FileSet lay them out and write DICOMDIR.
+    with tempfile.TemporaryDirectory(prefix=".synth-", dir=directory) as staging:
+        fs = FileSet()
+        for i, s, sop in specs:
+            path = Path(staging) / f"{i:06d}"
+            write_instance(
+                path,
+                study_uid=study,
+                series_uid=series_uids[s],
+                sop_uid=sop,
+                rows=rows,
+                columns=columns,
+                frames=frames,
+                instance_number=i + 1,
+                series_number=s + 1,
+                modality=modality,
+                transfer_syntax=transfer_syntax,
+                seed=seed + i,
+                **fields,
+            )
+            fs.add(path)
+        fs.write(directory)
+    by_sop = {instance.SOPInstanceUID: Path(instance.path) for instance in fs}
+    paths = [by_sop[sop] for _, _, sop in specs]
+    total = sum(p.stat().st_size for p in paths)
+    return SynthStudy(study, paths, [sop for _, _, sop in specs], total, directory / "DICOMDIR")
+
+
+# --------------------------------------------------------------------------------------
+# Unusual, hostile and broken files
+# --------------------------------------------------------------------------------------
+
+
+class _Uids(TypedDict):
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+
+def _uids() -> _Uids:
+    return {"study_uid": generate_uid(), "series_uid": generate_uid(), "sop_uid": generate_uid()}
+
+
+def make_preamble_executable(*, rows: int = 16, columns: int = 16) -> bytes:
+    """A valid instance whose preamble is a PE executable header (CVE-2019-11687)."""
+    return make_instance(**_uids(), rows=rows, columns=columns, preamble=_PE_PREAMBLE)
+
+
+def make_tiff_preamble(*, rows: int = 16, columns: int = 16) -> bytes:
+    """A valid instance with a non-zero but harmless preamble: a TIFF header, as in a
+    dual-personality DICOM/TIFF file."""
+    return make_instance(**_uids(), rows=rows, columns=columns, preamble=_TIFF_PREAMBLE)
+
+
+def make_truncated(data: bytes, keep: int) -> bytes:
+    """The first ``keep`` bytes of ``data``."""
+    return data[:keep]
+
+
+def make_no_preamble(*, rows: int = 16, columns: int = 16) -> bytes:
+    """A raw data set: no preamble, no ``DICM``, no file meta, implicit VR little endian
+    (valid; starts with group 0008)."""
+    ds = _header(
+        **_uids(),
+        rows=rows,
+        columns=columns,
+        frames=1,
+        instance_number=1,
+        modality="CT",
+        transfer_syntax=ImplicitVRLittleEndian,
+        sop_class_uid=None,
+        series_number=1,
+        **_DEFAULT_PATIENT,
+    )
+    out = io.BytesIO()
+    _emit(out, ds, preamble=None, with_meta=False, frames=1, seed=0)
+    return out.getvalue()
+
+
+def make_big_endian(*, rows: int = 16, columns: int = 16) -> bytes:
+    """A valid instance in explicit VR big endian (retired but found on old media)."""
+    return make_instance(**_uids(), rows=rows, columns=columns, transfer_syntax=ExplicitVRBigEndian)
+
+
+def make_jpeg_compressed(
+    *, transfer_syntax: str = JPEGBaseline8Bit, rows: int = 64, columns: int = 64, frames: int = 1
+) -> bytes:
+    """An instance with encapsulated pixel data (basic offset table + one fragment per
+    frame) in a compressed transfer syntax; the fragments are not decodable images."""
+    return make_instance(
+        **_uids(), rows=rows, columns=columns, frames=frames, transfer_syntax=transfer_syntax
+    )
+
+
+def make_missing_uid(missing: str = "SeriesInstanceUID") -> bytes:
+    """A valid instance but for the absence of one UID element (``SeriesInstanceUID``,
+    ``StudyInstanceUID``, ``SOPInstanceUID`` or ``SOPClassUID``)."""
+    ds = _header(
+        **_uids(),
+        rows=16,
+        columns=16,
+        frames=1,
+        instance_number=1,
+        modality="CT",
+        transfer_syntax=ExplicitVRLittleEndian,
+        sop_class_uid=None,
+        series_number=1,
+        **_DEFAULT_PATIENT,
+    )
+    delattr(ds, missing)
+    out = io.BytesIO()
+    _emit(out, ds, preamble=None, with_meta=True, frames=1, seed=0)
+    return out.getvalue()
+
+
+def _small_header(transfer_syntax: str) -> Dataset:
+    return _header(
+        **_uids(),
+        rows=16,
+        columns=16,
+        frames=1,
+        instance_number=1,
+        modality="CT",
+        transfer_syntax=transfer_syntax,
+        sop_class_uid=None,
+        series_number=1,
+        **_DEFAULT_PATIENT,
+    )
+
+
+def make_deflate_bomb(inflated_bytes: int = 2 << 30) -> bytes:
+    """A deflated-transfer-syntax file whose data set inflates to about
+    ``inflated_bytes`` (default 2 GiB) of zeros from about ``inflated_bytes / 1000`` bytes.
+
+    Built without ever holding the inflated data: one deflate segment compressing 1 MiB of
+    zeros is made once and repeated (each segment is byte-aligned by a full flush and
+    refers to nothing before it, so concatenated segments form one valid stream).
+    """
+    ds = _small_header(DeflatedExplicitVRLittleEndian)
+    body = _encode(ds, implicit=False, little_endian=True)
+    pixel_bytes = inflated_bytes - len(body) - 12
+    pixel_bytes -= pixel_bytes % 2
+    if not 0 < pixel_bytes <= _MAX_PIXEL_BYTES:
+        raise ValueError("inflated_bytes out of range")
+    header = body + _element_header(
+        0x7FE0, 0x0010, b"OW", pixel_bytes, implicit=False, little_endian=True
+    )
+
+    def segment(data: bytes, mode: int) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return c.compress(data) + c.flush(mode)
+
+    block = 1 << 20
+    full, rest = divmod(pixel_bytes, block)
+    zeros = segment(bytes(block), zlib.Z_FULL_FLUSH)
+    stream = segment(header, zlib.Z_FULL_FLUSH) + zeros * full + segment(bytes(rest), zlib.Z_FINISH)
+    return bytes(128) + b"DICM" + _encode_meta(ds) + stream
+
+
+def _nested_sequences(depth: int) -> bytes:
+    """``depth`` Content Sequences (0040,A730) of undefined length, each holding one item
+    of undefined length that holds the next one."""
+    opening = _element_header(
+        0x0040, 0xA730, b"SQ", _UNDEFINED, implicit=False, little_endian=True
+    ) + struct.pack("<HHI", 0xFFFE, 0xE000, _UNDEFINED)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opening * depth + closing * depth
+
+
+def make_deep_nesting(depth: int = 5000) -> bytes:
+    """A file whose sequences are nested ``depth`` deep (written as raw bytes: pydicom
+    itself cannot write, nor read, that deep). Valid otherwise, without pixel data."""
+    ds = _small_header(ExplicitVRLittleEndian)
+    body = _encode(ds, implicit=False, little_endian=True)
+    return bytes(128) + b"DICM" + _encode_meta(ds) + body + _nested_sequences(depth)
+
+
+def make_many_fragments(fragments: int = 1_000_000) -> bytes:
+    """A structurally valid JPEG-baseline instance whose pixel data is split into
+    ``fragments`` empty fragments: small (8 bytes per fragment) but slow to walk. For
+    testing the per-file time limit."""
+    ds = _small_header(JPEGBaseline8Bit)
+    body = _encode(ds, implicit=False, little_endian=True)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    return (
+        bytes(128)
+        + b"DICM"
+        + _encode_meta(ds)
+        + body
+        + _element_header(0x7FE0, 0x0010, b"OB", _UNDEFINED, implicit=False, little_endian=True)
+        + item * (fragments + 1)  # + the empty basic offset table
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
+
+
+def make_dicomdir_bytes(instances: int = 2) -> bytes:
+    """The ``DICOMDIR`` of a small CD export written by :func:`write_study`."""
+    with tempfile.TemporaryDirectory(prefix="relaypacs-synth-") as tmp:
+        study = write_study(Path(tmp), instances=instances, rows=16, columns=16, with_dicomdir=True)
+        assert study.dicomdir is not None
+        return study.dicomdir.read_bytes()
