@@ -22,7 +22,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from relaypacs.client import (
@@ -198,10 +197,20 @@ async def _run(
 
 
 class _Display:
-    """No display (``--json`` without a terminal)."""
+    """No display (``--json`` without a terminal); the base of the others."""
+
+    _study_count = 0
+    _study_position = 0
+
+    def _next_label(self, plan: StudyPlan) -> str:
+        self._study_position += 1
+        modality = "/".join(plan.modalities) or "?"
+        return (
+            f"Study {self._study_position}/{self._study_count} {modality}, {len(plan.files)} files"
+        )
 
     def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None:
-        pass
+        self._study_count = len(studies)
 
     def hashing(self, total_bytes: int) -> None:
         pass
@@ -220,11 +229,6 @@ class _Display:
 
     def close(self) -> None:
         pass
-
-
-def _study_label(plan: StudyPlan) -> str:
-    modality = "/".join(plan.modalities) or "?"
-    return f"{modality} {plan.study_instance_uid[-24:]} ({len(plan.files)} files)"
 
 
 class _RichDisplay(_Display):
@@ -253,7 +257,7 @@ class _RichDisplay(_Display):
             self._progress.advance(self._hash_task, n_bytes)
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
-        self._label = _study_label(plan)
+        self._label = self._next_label(plan)
         self._study_task = self._progress.add_task(
             self._label, total=total_bytes, completed=already_bytes
         )
@@ -289,14 +293,16 @@ class _PlainDisplay(_Display):
         print(text, file=self._stream, flush=True)
 
     def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None:
+        super().discovered(discovery, studies)
         skipped = len(discovery.skipped)
         self._line(
-            f"found {len(discovery.files)} DICOM files in {len(studies)} studies"
+            f"found {len(discovery.files)} DICOM files in {len(studies)} "
+            + ("study" if len(studies) == 1 else "studies")
             + (f", {skipped} files skipped" if skipped else "")
         )
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
-        self._label, self._total, self._done = _study_label(plan), total_bytes, already_bytes
+        self._label, self._total, self._done = self._next_label(plan), total_bytes, already_bytes
         self._base = already_bytes
         self._started = self._last = time.monotonic()
         self._line(
@@ -336,44 +342,33 @@ _STATUS_STYLE = {
 
 
 def _print_summary(summary: RunSummary, server: str) -> None:
-    """Study UID, modality, date and counts; never patient names."""
-    console = Console()
+    """Per study: status, modality, date, counts and the Study Instance UID; never the
+    patient's name."""
+    console = Console(highlight=False)
     if summary.studies:
-        table = Table(title=f"Upload to {server}")
-        table.add_column("Study Instance UID", overflow="fold")
-        table.add_column("Modality")
-        table.add_column("Date")
-        table.add_column("Instances", justify="right")
-        table.add_column("Sent", justify="right")
-        table.add_column("Already there", justify="right")
-        table.add_column("Status")
-        for study in summary.studies:
-            style = _STATUS_STYLE[study.status]
-            table.add_row(
-                study.study_instance_uid,
-                "/".join(study.modalities) or "-",
-                _format_date(study.study_date),
-                str(study.instances),
-                _mb(study.bytes_sent),
-                _mb(study.bytes_skipped),
-                f"[{style}]{study.status.value.replace('_', ' ')}[/{style}]",
-            )
-        console.print(table)
+        console.print(f"Upload to {server}:", markup=False)
     for study in summary.studies:
+        style = _STATUS_STYLE[study.status]
+        status = study.status.value.replace("_", " ")
+        modality = "/".join(study.modalities) or "?"
+        line = Text.assemble(
+            (f"{status:<17} ", style),
+            f"{modality} {_format_date(study.study_date)}  {study.instances} instances  "
+            f"{_mb(study.bytes_sent)} sent, {_mb(study.bytes_skipped)} already there",
+        )
+        console.print(line)
+        console.print(f"  study {study.study_instance_uid}", markup=False)
         if study.duplicates_skipped:
-            console.print(
-                f"{study.study_instance_uid}: {study.duplicates_skipped} identical duplicate "
-                "files sent once"
-            )
+            console.print(f"  {study.duplicates_skipped} identical duplicate files sent once")
         if study.message:
-            console.print(f"{study.study_instance_uid}: {study.message}", markup=False)
+            console.print(f"  {study.message}", markup=False)
         for problem in study.errors:
             console.print(f"  {problem.name}: {problem.code}: {problem.message}", markup=False)
     if summary.skipped:
         parts = ", ".join(
             f"{n} {reason.replace('_', ' ')}" for reason, n in summary.skipped.items()
         )
-        console.print(f"Skipped files: {parts}")
+        console.print(f"Skipped files: {parts}", markup=False)
     if summary.error:
         console.print(Text.assemble(("Error: ", "red"), summary.error))
     if summary.exit_code == ExitCode.UNREACHABLE:
