@@ -117,10 +117,11 @@ def upload(
     verbose: bool,
 ) -> None:
     if verbose:
+        # Requests (httpx logs method, URL and status: no bodies, no headers) and retries.
         logging.basicConfig(
-            level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
         )
-        # httpx logs URLs only; never bodies or headers.
+        logging.getLogger("relaypacs").setLevel(logging.DEBUG)
     interactive = sys.stdin.isatty()
     if not username:
         if not interactive:

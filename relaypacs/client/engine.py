@@ -502,9 +502,18 @@ async def upload_study(
         result.errors.extend(plan.conflicts)
         result.message = "two files have the same SOP Instance UID and different content"
         return result
-    run = _StudyRun(client, plan, options, progress, result)
     try:
-        await _upload(run)
+        for attempt in (1, 2):
+            run = _StudyRun(client, plan, options, progress, result)
+            try:
+                await _upload(run, announce=attempt == 1)
+                break
+            except _UploadLost:
+                if attempt == 2:
+                    raise
+                # Cancelled or cleaned up on the server meanwhile, or not visible yet right
+                # after its creation: init again, which resumes it or starts anew.
+                await asyncio.sleep(1.0)
     except _UploadLost:
         result.status = StudyStatus.INTERRUPTED
         result.message = "the upload was removed on the server; run again to start it anew"
@@ -527,7 +536,7 @@ async def upload_study(
     return result
 
 
-async def _upload(run: _StudyRun) -> None:
+async def _upload(run: _StudyRun, *, announce: bool) -> None:
     plan, result = run.plan, run.result
     start = await run.client.start_upload(plan.manifest())
     result.upload_id = start.upload.id
@@ -536,7 +545,8 @@ async def _upload(run: _StudyRun) -> None:
         result.bytes_skipped = plan.total_bytes
         if start.upload.instance_count is not None:
             result.instances = start.upload.instance_count
-        run.progress.study_started(plan, plan.total_bytes, plan.total_bytes)
+        if announce:
+            run.progress.study_started(plan, plan.total_bytes, plan.total_bytes)
         return
     run.upload = start.upload
     problem = run.map_files(start.upload)
@@ -547,7 +557,8 @@ async def _upload(run: _StudyRun) -> None:
     missing = start.upload.missing_chunks if start.upload.status == "pending" else []
     missing_bytes = run.chunk_bytes(missing)
     result.bytes_skipped = plan.total_bytes - missing_bytes
-    run.progress.study_started(plan, plan.total_bytes, result.bytes_skipped)
+    if announce:
+        run.progress.study_started(plan, plan.total_bytes, result.bytes_skipped)
     await run.send_chunks(missing)
     if run.failed_files:
         result.status = StudyStatus.FAILED

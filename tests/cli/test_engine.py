@@ -217,3 +217,18 @@ class TestUploadStudy:
         async with client:
             with pytest.raises(ServerUnreachableError):
                 await client.login()
+
+    async def test_upload_gone_on_the_server_is_started_again_once(self, tmp_path: Path) -> None:
+        gateway = FakeGateway(chunk_size=CHUNK)
+        plan = make_plan(tmp_path, [CHUNK * 2])
+
+        def vanish() -> httpx.Response:
+            gateway.uploads.clear()
+            return httpx.Response(404, json={"error": {"code": "upload_not_found"}})
+
+        gateway.chunk_faults = [vanish]
+        async with make_client(gateway) as client:
+            result = await upload_study(client, plan, options=UploadOptions(parallel=1))
+        assert result.status is StudyStatus.VALIDATED
+        assert len(gateway.uploads) == 1
+        assert result.upload_id in gateway.uploads
