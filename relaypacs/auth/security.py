@@ -18,7 +18,11 @@ AUDIENCE = "relaypacs-api"
 ALGORITHM = "HS256"  # the only one accepted: no "none", no RS/HS confusion
 ACCESS = "access"
 
-_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile defaults
+# argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~50 ms per hash on a
+# 2-core box, where argon2-cffi's default profile (64 MiB, 3 passes, 4 lanes) takes ~500 ms and
+# would let a few parallel logins starve the server. Old hashes keep verifying (the parameters
+# are in each hash); check_needs_rehash() allows upgrading them at login.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 # Verifying against this keeps a login for an unknown user as slow as for a known one.
 _DUMMY_HASH = _hasher.hash("relaypacs-timing-equaliser")
