@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -181,26 +180,16 @@ def _check_report(doc: dict[str, Any], files: int, total_bytes: int) -> str | No
     return None
 
 
-def _hash_seconds(doc: dict[str, Any]) -> float | None:
-    """The CLI's own hashing time, if its --json summary gives one."""
-    for where in (doc, doc.get("totals") or {}, doc.get("timings") or {}):
-        for key in ("hash_seconds", "hashing_seconds", "hash"):
-            value = where.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-    return None
-
-
-def hashing_seconds(files: Sequence[Path]) -> tuple[float, int]:
-    """SHA-256 of the study with the client's own code (relaypacs.client.hashing.hash_file)
-    in as many threads as the CLI uses, in this process: the CLI's hashing cost."""
-    from relaypacs.client.hashing import hash_file
-
-    threads = max(1, min(4, os.cpu_count() or 1))
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(hash_file, files))
-    return time.perf_counter() - started, threads
+def _timings(doc: dict[str, Any]) -> dict[str, float]:
+    """The CLI's own phase timings from its --json summary (e.g. discover, hash, upload)."""
+    found = doc.get("timings")
+    if not isinstance(found, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in found.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def measure(
@@ -222,7 +211,7 @@ def measure(
         f"`relaypacs upload --json --parallel {parallel}`, CLI start to exit "
         "(after `complete` answered); fresh gateway and client state per run"
     )
-    cli_hash: list[float] = []
+    cli_timings: dict[str, list[float]] = {}
     server_cpu: list[float] = []
     client_cpu: list[float] = []
     client_rss = peak = peak_tree = children = 0
@@ -294,9 +283,8 @@ def measure(
             break
         if code not in (0, -15):
             result.extra["server_exit"] = code
-        seconds = _hash_seconds(doc)
-        if seconds is not None:
-            cli_hash.append(seconds)
+        for key, value in _timings(doc).items():
+            cli_timings.setdefault(f"cli_{key}", []).append(value)
         result.seconds.append(run.seconds)
         settle(run_dir)
     result.peak_rss = peak or None
@@ -305,6 +293,5 @@ def measure(
     result.extra["server_cpu_seconds"] = server_cpu
     result.extra["client_cpu_seconds"] = client_cpu
     result.extra["client_peak_rss"] = client_rss
-    if cli_hash:
-        result.extra["cli_hashing_seconds"] = cli_hash
+    result.extra.update(cli_timings)
     return result

@@ -203,10 +203,6 @@ def measure_study(
                 workers=args.dicom_workers,
                 settle=settle,
             )
-            if m.ok:
-                seconds, threads = gateway.hashing_seconds(files)
-                m.extra["client_sha256_s"] = seconds
-                m.extra["client_sha256_threads"] = threads
             result.rows.append(m)
     if "disk" in parts and len(parts) > 1:
         # The virtual disk is much faster on blocks it has seen before than on new ones, and
