@@ -58,6 +58,7 @@ Exit codes:
   {ExitCode.USAGE}  usage error, unusable input (e.g. unsafe ZIP), or nothing to upload
   {ExitCode.UNREACHABLE}  could not reach the server, or gave up after retries: run again to resume
   {ExitCode.AUTH}  authentication failed
+  130  interrupted (Ctrl-C): run again to resume
 When several apply, the first of 4, 3, 1 wins.
 """
 
