@@ -33,11 +33,12 @@ def cli() -> None:
 @click.option("--port", type=int, default=None, help="Port (default RELAYPACS_PORT or 8080).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the gateway (HTTP API and background work) in this process."""
+    settings = _settings()  # before the heavy imports: a bad value is reported at once
+
     import uvicorn
 
     from relaypacs.main import create_app
 
-    settings = _settings()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
