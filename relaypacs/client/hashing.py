@@ -73,6 +73,8 @@ class HashCache:
         db_path.touch(mode=0o600, exist_ok=True)
         self._conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # A cache: losing the last entries in a power cut is fine, an fsync per file is not.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS file_hash ("
             " key TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
