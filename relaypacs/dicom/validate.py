@@ -384,6 +384,8 @@ class _Walk:
     """Number of top-level elements."""
     stopped_at: int | None = None
     """Tag of the element the walk stopped at, if it stopped before the end."""
+    implicit: bool = False
+    """Whether the top level was read as implicit VR (from its first element)."""
 
 
 def _looks_implicit(vr0: int, vr1: int) -> bool:
@@ -424,6 +426,7 @@ def _walk(
     o = src.ensure(pos, 6) if size is None or pos + 6 <= size else -1
     if o >= 0:
         implicit = _looks_implicit(src.buf[o + 4], src.buf[o + 5])
+    result.implicit = implicit
 
     # frames: [kind, end offset or -1 when undefined, implicit VR]
     stack: list[tuple[int, int, bool]] = [(_K_TOP, -1, implicit)]
@@ -502,6 +505,14 @@ def _walk(
             continue
 
         # A data set: the top level or a sequence item.
+        if kind == _K_TOP and size is not None and 0 < size - pos < 8:
+            # Fewer bytes than an element header: zero padding (tolerated, as pydicom
+            # does) or the start of an element cut short.
+            if src.read(pos, size - pos).strip(b"\x00"):
+                raise _rejected_truncated(pos)
+            result.end = size
+            result.elements = elements
+            return result
         o = src.ensure(pos, 8)
         if o < 0:
             if kind == _K_TOP:
@@ -767,7 +778,7 @@ def _parse(
         preamble=preamble,
         meta=meta,
         transfer_syntax=ts,
-        implicit=implicit,
+        implicit=dataset.implicit,
         little_endian=little_endian,
         dataset=dataset,
         prefix=prefix,
@@ -872,7 +883,10 @@ class _Worker:
             raise _WorkerDied from exc
         if not line:
             raise _WorkerDied
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError as exc:  # not the protocol: treat the worker as broken
+            raise _WorkerDied from exc
 
     async def kill(self) -> None:
         if self.alive:
@@ -961,6 +975,8 @@ class DicomValidator:
                     f"Inspecting the file took longer than {self.limits.timeout_seconds} s.",
                 ) from None
             except _WorkerDied:
+                if self._closed:  # killed by close(): not the file's fault
+                    raise RuntimeError("DicomValidator was closed during the inspection") from None
                 raise DicomRejected(
                     RESOURCE_LIMIT,
                     "The validation worker died while inspecting the file "
