@@ -37,6 +37,7 @@ __all__ = [
     "CT_IMAGE_STORAGE",
     "MULTIFRAME_SC_STORAGE",
     "SynthStudy",
+    "Uids",
     "make_big_endian",
     "make_deep_nesting",
     "make_deflate_bomb",
@@ -49,6 +50,7 @@ __all__ = [
     "make_preamble_executable",
     "make_tiff_preamble",
     "make_truncated",
+    "new_uids",
     "write_instance",
     "write_study",
 ]
@@ -511,25 +513,26 @@ def write_study(
 # --------------------------------------------------------------------------------------
 
 
-class _Uids(TypedDict):
+class Uids(TypedDict):
     study_uid: str
     series_uid: str
     sop_uid: str
 
 
-def _uids() -> _Uids:
+def new_uids() -> Uids:
+    """Fresh study, series and SOP instance UIDs, as keyword arguments."""
     return {"study_uid": generate_uid(), "series_uid": generate_uid(), "sop_uid": generate_uid()}
 
 
 def make_preamble_executable(*, rows: int = 16, columns: int = 16) -> bytes:
     """A valid instance whose preamble is a PE executable header (CVE-2019-11687)."""
-    return make_instance(**_uids(), rows=rows, columns=columns, preamble=_PE_PREAMBLE)
+    return make_instance(**new_uids(), rows=rows, columns=columns, preamble=_PE_PREAMBLE)
 
 
 def make_tiff_preamble(*, rows: int = 16, columns: int = 16) -> bytes:
     """A valid instance with a non-zero but harmless preamble: a TIFF header, as in a
     dual-personality DICOM/TIFF file."""
-    return make_instance(**_uids(), rows=rows, columns=columns, preamble=_TIFF_PREAMBLE)
+    return make_instance(**new_uids(), rows=rows, columns=columns, preamble=_TIFF_PREAMBLE)
 
 
 def make_truncated(data: bytes, keep: int) -> bytes:
@@ -541,7 +544,7 @@ def make_no_preamble(*, rows: int = 16, columns: int = 16) -> bytes:
     """A raw data set: no preamble, no ``DICM``, no file meta, implicit VR little endian
     (valid; starts with group 0008)."""
     ds = _header(
-        **_uids(),
+        **new_uids(),
         rows=rows,
         columns=columns,
         frames=1,
@@ -559,7 +562,9 @@ def make_no_preamble(*, rows: int = 16, columns: int = 16) -> bytes:
 
 def make_big_endian(*, rows: int = 16, columns: int = 16) -> bytes:
     """A valid instance in explicit VR big endian (retired but found on old media)."""
-    return make_instance(**_uids(), rows=rows, columns=columns, transfer_syntax=ExplicitVRBigEndian)
+    return make_instance(
+        **new_uids(), rows=rows, columns=columns, transfer_syntax=ExplicitVRBigEndian
+    )
 
 
 def make_jpeg_compressed(
@@ -568,7 +573,7 @@ def make_jpeg_compressed(
     """An instance with encapsulated pixel data (basic offset table + one fragment per
     frame) in a compressed transfer syntax; the fragments are not decodable images."""
     return make_instance(
-        **_uids(), rows=rows, columns=columns, frames=frames, transfer_syntax=transfer_syntax
+        **new_uids(), rows=rows, columns=columns, frames=frames, transfer_syntax=transfer_syntax
     )
 
 
@@ -576,7 +581,7 @@ def make_missing_uid(missing: str = "SeriesInstanceUID") -> bytes:
     """A valid instance but for the absence of one UID element (``SeriesInstanceUID``,
     ``StudyInstanceUID``, ``SOPInstanceUID`` or ``SOPClassUID``)."""
     ds = _header(
-        **_uids(),
+        **new_uids(),
         rows=16,
         columns=16,
         frames=1,
@@ -595,7 +600,7 @@ def make_missing_uid(missing: str = "SeriesInstanceUID") -> bytes:
 
 def _small_header(transfer_syntax: str) -> Dataset:
     return _header(
-        **_uids(),
+        **new_uids(),
         rows=16,
         columns=16,
         frames=1,
