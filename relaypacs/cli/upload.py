@@ -64,7 +64,13 @@ When several apply, the first of 4, 3, 1 wins.
 
 
 @click.command("upload", help=_HELP)
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument(
+    "paths",
+    nargs=-1,
+    required=True,
+    metavar="PATH...",
+    type=click.Path(exists=True, path_type=Path),
+)
 @click.option(
     "--server",
     envvar="RELAYPACS_SERVER",
