@@ -524,6 +524,22 @@ def new_uids() -> Uids:
     return {"study_uid": generate_uid(), "series_uid": generate_uid(), "sop_uid": generate_uid()}
 
 
+def _small_header(transfer_syntax: str, *, rows: int = 16, columns: int = 16) -> Dataset:
+    """The header of a small single-frame CT image with fresh UIDs and the default PHI."""
+    return _header(
+        **new_uids(),
+        rows=rows,
+        columns=columns,
+        frames=1,
+        instance_number=1,
+        modality="CT",
+        transfer_syntax=transfer_syntax,
+        sop_class_uid=None,
+        series_number=1,
+        **_DEFAULT_PATIENT,
+    )
+
+
 def make_preamble_executable(*, rows: int = 16, columns: int = 16) -> bytes:
     """A valid instance whose preamble is a PE executable header (CVE-2019-11687)."""
     return make_instance(**new_uids(), rows=rows, columns=columns, preamble=_PE_PREAMBLE)
@@ -543,18 +559,7 @@ def make_truncated(data: bytes, keep: int) -> bytes:
 def make_no_preamble(*, rows: int = 16, columns: int = 16) -> bytes:
     """A raw data set: no preamble, no ``DICM``, no file meta, implicit VR little endian
     (valid; starts with group 0008)."""
-    ds = _header(
-        **new_uids(),
-        rows=rows,
-        columns=columns,
-        frames=1,
-        instance_number=1,
-        modality="CT",
-        transfer_syntax=ImplicitVRLittleEndian,
-        sop_class_uid=None,
-        series_number=1,
-        **_DEFAULT_PATIENT,
-    )
+    ds = _small_header(ImplicitVRLittleEndian, rows=rows, columns=columns)
     out = io.BytesIO()
     _emit(out, ds, preamble=None, with_meta=False, frames=1, seed=0)
     return out.getvalue()
@@ -580,37 +585,11 @@ def make_jpeg_compressed(
 def make_missing_uid(missing: str = "SeriesInstanceUID") -> bytes:
     """A valid instance but for the absence of one UID element (``SeriesInstanceUID``,
     ``StudyInstanceUID``, ``SOPInstanceUID`` or ``SOPClassUID``)."""
-    ds = _header(
-        **new_uids(),
-        rows=16,
-        columns=16,
-        frames=1,
-        instance_number=1,
-        modality="CT",
-        transfer_syntax=ExplicitVRLittleEndian,
-        sop_class_uid=None,
-        series_number=1,
-        **_DEFAULT_PATIENT,
-    )
+    ds = _small_header(ExplicitVRLittleEndian)
     delattr(ds, missing)
     out = io.BytesIO()
     _emit(out, ds, preamble=None, with_meta=True, frames=1, seed=0)
     return out.getvalue()
-
-
-def _small_header(transfer_syntax: str) -> Dataset:
-    return _header(
-        **new_uids(),
-        rows=16,
-        columns=16,
-        frames=1,
-        instance_number=1,
-        modality="CT",
-        transfer_syntax=transfer_syntax,
-        sop_class_uid=None,
-        series_number=1,
-        **_DEFAULT_PATIENT,
-    )
 
 
 def make_deflate_bomb(inflated_bytes: int = 2 << 30) -> bytes:
