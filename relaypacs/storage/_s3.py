@@ -181,6 +181,11 @@ class S3Storage(ObjectStorage):
     def bucket(self) -> str:
         return self._bucket
 
+    @property
+    def client(self) -> S3Client:
+        """The aiobotocore client, e.g. to register event hooks; only between open and close."""
+        return self._require_client()
+
     def _require_client(self) -> S3Client:
         if self._client is None:
             raise RuntimeError("S3Storage.open() has not been called (or close() has)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,17 @@ def make_s3_storage(endpoint: str, **overrides: Any) -> S3Storage:
     }
     options.update(overrides)
     return S3Storage(**options)
+
+
+async def put_many(storage: ObjectStorage, keys: list[str], data: bytes = b"x") -> None:
+    """Put ``data`` under every key, 32 at a time."""
+    limit = asyncio.Semaphore(32)
+
+    async def put(key: str) -> None:
+        async with limit:
+            await storage.put(key, data)
+
+    await asyncio.gather(*(put(key) for key in keys))
 
 
 @pytest.fixture(scope="session")
