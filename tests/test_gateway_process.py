@@ -88,6 +88,22 @@ class TestFirstStart:
         assert "Traceback" not in completed.stderr
 
 
+class TestCommitBeforeAnswer:
+    def test_a_created_upload_is_there_for_the_next_request(self, server_dir: Path) -> None:
+        with run_gateway(server_dir) as base, httpx.Client(base_url=base) as client:
+            client.headers.update(login(base))
+            for _ in range(30):
+                study = make_study(1)
+                upload = client.post("/api/v1/uploads", json=study.manifest())
+                assert upload.status_code == 201
+                chunk = client.put(
+                    f"/api/v1/uploads/{upload.json()['id']}/files/0/chunks/0",
+                    content=study.files[0],
+                    headers={"Content-MD5": content_md5(study.files[0])},
+                )
+                assert chunk.status_code == 200, chunk.text
+
+
 class TestOversizedChunk:
     def test_refused_with_413_before_the_body_is_sent(self, server_dir: Path) -> None:
         with run_gateway(server_dir, {"RELAYPACS_CHUNK_SIZE": str(CHUNK)}) as base:

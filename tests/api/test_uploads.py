@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 
 from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import Role
+from relaypacs.db import ReadSessionDep, SessionDep
 from relaypacs.uploads.service import chunk_key
 from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
 from tests.api.uploading import (
@@ -543,3 +544,13 @@ class TestStorageFailure:
             assert (await put_chunk(client, clinician, upload_id, i, 0, study.files[i])).is_success
         done = await complete(client, clinician, upload_id)
         assert done.status_code == 202, done.text
+
+
+
+class TestCommitBeforeAnswer:
+    def test_request_sessions_commit_before_the_response_is_sent(self) -> None:
+        # FastAPI's default dependency scope ("request") tears down after the response is
+        # sent: a client could be told 201 and not find the upload on its next request.
+        # (tests/test_gateway_process.py exercises the same over a real connection.)
+        for alias in (SessionDep, ReadSessionDep):
+            assert alias.__metadata__[0].scope == "function"
