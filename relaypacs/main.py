@@ -92,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         workers=settings.dicom_workers,
     )
+    await validator.start()  # warm workers: the first upload does not wait for them
     app.state.complete_context = CompleteContext(
         sessionmaker=app.state.sessionmaker,
         storage=storage,

@@ -35,6 +35,7 @@ def main() -> int:
     )
 
     limits = DicomLimits(**settings)
+    import pydicom  # noqa: F401  (imported once here, not on the first file)
 
     def answer(message: object) -> None:
         channel.write(json.dumps(message).encode() + b"\n")

@@ -69,7 +69,15 @@ def read_header(path: Path) -> StudyHeader | None:
     a DICOMDIR, unreadable, broken before its StudyInstanceUID, no valid
     StudyInstanceUID). Reads only the first elements of the file."""
     try:
-        parsed = _parse(path, _LIMITS, stop=_TAG_STUDY_UID, prefix_limit=_PREFIX_LIMIT)
+        # An executable in the preamble is the gateway's to refuse (and audit), with a reason
+        # the clinician sees; the client must not silently drop the file.
+        parsed = _parse(
+            path,
+            _LIMITS,
+            stop=_TAG_STUDY_UID,
+            prefix_limit=_PREFIX_LIMIT,
+            refuse_executable_preamble=False,
+        )
     except (DicomRejected, OSError, MemoryError):
         return None
     if (

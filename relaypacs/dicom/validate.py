@@ -692,6 +692,7 @@ def _parse(
     *,
     stop: int | None = None,
     prefix_limit: int = 0,
+    refuse_executable_preamble: bool = True,
 ) -> _Parsed:
     """Sniff, read the file meta, and walk the data set of ``path``.
 
@@ -706,7 +707,10 @@ def _parse(
 
         preamble: Literal["zero", "absent", "nonzero"]
         if len(head) >= 132 and head[128:132] == b"DICM":
-            preamble = _check_preamble(head[:128])
+            if refuse_executable_preamble:
+                preamble = _check_preamble(head[:128])
+            else:
+                preamble = "zero" if head[:128].count(0) == 128 else "nonzero"
             pos = 132
         elif _plausible_dataset_start(head, size):
             preamble = "absent"
@@ -824,6 +828,7 @@ def inspect_file(path: Path, limits: DicomLimits = DicomLimits()) -> DicomSummar
             raise DicomRejected(MISSING_UID, f"The {name} of the instance is empty or invalid.")
         uids[tag] = uid
     modality = _text(values.get(_TAG_MODALITY))
+    _confirm_with_pydicom(path)
     return DicomSummary(
         kind="instance",
         study_instance_uid=uids[_TAG_STUDY_UID],
@@ -834,6 +839,33 @@ def inspect_file(path: Path, limits: DicomLimits = DicomLimits()) -> DicomSummar
         modality=modality[:16] if modality else None,
         preamble=parsed.preamble,
     )
+
+
+def _confirm_with_pydicom(path: Path) -> None:
+    """Second opinion from pydicom on a file the bounded walk accepted.
+
+    The walk has already bounded what pydicom would meet (sequence depth, inflated size, no
+    length past the end), so pydicom's recursive reader is safe here. It decodes every header
+    value (pixel data is never read), which catches what a structural walk cannot: values that
+    do not decode for their VR or character set, the same way a PACS's toolkit would fail.
+    """
+    import pydicom  # lazily: the workers import it once, before they say "ready"
+
+    # No value warnings: pydicom would write the offending values (which may be patient data)
+    # to its log.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        for element in dataset.iterall():
+            _ = element.value
+    except MemoryError as exc:
+        raise DicomRejected(
+            RESOURCE_LIMIT, "Inspecting the file exceeded the memory limit."
+        ) from exc
+    except Exception as exc:  # pydicom raises many types; any of them means "cannot decode"
+        raise DicomRejected(
+            INVALID, f"pydicom cannot decode the data set ({type(exc).__name__})."
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
