@@ -115,26 +115,48 @@ class FilesystemStorage(ObjectStorage):
     def _abs(self, rel: str) -> str:
         return os.path.join(self._root_str, rel) if rel else self._root_str
 
-    def _ensure_dir(self, rel: str) -> None:
-        """Make directory ``rel`` exist durably (created if needed, its entry fsynced)."""
-        if rel in self._durable_dirs:
-            return
-        if rel:
-            parent = rel.rpartition("/")[0]
-            self._ensure_dir(parent)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self._abs(rel), _DIR_MODE)
-            parent_path = self._abs(parent)
-        else:
-            os.makedirs(self._root_str, _DIR_MODE, exist_ok=True)
-            parent_path = os.path.dirname(self._root_str)
-        # Also when the directory already existed: it may have been created by a put in another
-        # thread (or a crashed process) that has not fsynced its parent yet.
-        _fsync_dir(parent_path)
+    def _make_dirs(self, rel: str) -> list[str]:
+        """Create directory ``rel`` and its missing ancestors; return those not known durable.
+
+        The returned directories (top-down) still need their entries fsynced in their parents
+        (:meth:`_sync_dirs`): also the ones that already existed, which a put in another thread
+        (or a crashed process) may have created without syncing yet.
+        """
+        pending: list[str] = []
+        current = rel
+        while current not in self._durable_dirs:
+            pending.append(current)
+            if not current:
+                break
+            current = current.rpartition("/")[0]
+        pending.reverse()
+        for directory in pending:
+            if directory:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self._abs(directory), _DIR_MODE)
+            else:
+                os.makedirs(self._root_str, _DIR_MODE, exist_ok=True)
+        return pending
+
+    def _sync_dirs(self, pending: list[str]) -> None:
+        """Fsync the parent of each directory in ``pending``, then remember them as durable.
+
+        Done after the object's own fsyncs, deepest first: on a journaling filesystem those
+        already committed the new entries, so these syncs find little or nothing left to write.
+        """
+        for directory in reversed(pending):
+            if directory:
+                _fsync_dir(self._abs(directory.rpartition("/")[0]))
+            else:
+                _fsync_dir(os.path.dirname(self._root_str))
         with self._durable_dirs_lock:
-            if len(self._durable_dirs) >= _DURABLE_DIRS_LIMIT:
+            if len(self._durable_dirs) + len(pending) > _DURABLE_DIRS_LIMIT:
                 self._durable_dirs.clear()
-            self._durable_dirs.add(rel)
+            self._durable_dirs.update(pending)
+
+    def _ensure_dir(self, rel: str) -> None:
+        """Make directory ``rel`` exist durably."""
+        self._sync_dirs(self._make_dirs(rel))
 
     def _forget_dirs(self, rel_prefix: str) -> None:
         with self._durable_dirs_lock:
@@ -154,14 +176,14 @@ class FilesystemStorage(ObjectStorage):
     def _put_sync(self, key: str, data: bytes | memoryview) -> None:
         dir_rel = key.rpartition("/")[0]
         dir_path = self._abs(dir_rel)
-        self._ensure_dir(dir_rel)
+        new_dirs = self._make_dirs(dir_rel)
         try:
             fd, tmp = self._open_temp(dir_rel)
         except FileNotFoundError:
             # The directory was removed after we recorded it (by another process, as
             # delete_prefix forgets what it removes): forget everything, create it again.
             self._forget_all_dirs()
-            self._ensure_dir(dir_rel)
+            new_dirs = self._make_dirs(dir_rel)
             fd, tmp = self._open_temp(dir_rel)
         try:
             try:
@@ -178,8 +200,10 @@ class FilesystemStorage(ObjectStorage):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        # The rename is only durable once the directory itself is synced.
+        # The rename is only durable once the directory itself is synced, and a new directory
+        # once its parent is.
         _fsync_dir(dir_path)
+        self._sync_dirs(new_dirs)
 
     def _get_sync(self, key: str) -> bytes:
         with io.FileIO(self._abs(key), "r") as f:
