@@ -1,19 +1,22 @@
-"""The gateway under test: `relaypacs serve` (fs store, SQLite) fed by `relaypacs upload`."""
+"""The gateway under test: `relaypacs serve` (fs store, SQLite) fed by `relaypacs upload`.
+
+The gateway is started with the shared fixture `tests.gateway.run_gateway` (a fresh data dir,
+a free loopback port, SIGTERM at the end) and its user made with `tests.gateway.create_user`.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import psutil
 
-from bench.procs import LOOPBACK, free_port, run_timed, stop
+from bench.procs import run_timed
 from bench.results import Measurement
 from bench.rss import RssSampler
 
@@ -26,19 +29,15 @@ class GatewayUnavailable(RuntimeError):
     """The gateway or its CLI is not (yet) in this tree."""
 
 
-def relaypacs_cmd() -> list[str]:
-    """`relaypacs` run by this interpreter from this tree (works without the console script)."""
-    return [sys.executable, "-c", "import sys; from relaypacs.cli.main import cli; sys.exit(cli())"]
-
-
 def check_ready() -> None:
-    """Raise GatewayUnavailable with a clear message unless serve / users / upload exist."""
+    """Raise GatewayUnavailable with a clear message unless the gateway and its CLI are usable."""
     missing = [
         str(p.relative_to(REPO))
         for p in (
             REPO / "relaypacs" / "main.py",
             REPO / "relaypacs" / "cli" / "main.py",
             REPO / "relaypacs" / "cli" / "upload.py",
+            REPO / "tests" / "gateway.py",
         )
         if not p.exists()
     ]
@@ -46,13 +45,15 @@ def check_ready() -> None:
         raise GatewayUnavailable(
             "the gateway is not in this tree yet (missing " + ", ".join(missing) + ")"
         )
+    from tests.gateway import relaypacs_command, subprocess_env
+
     done = subprocess.run(
-        [*relaypacs_cmd(), "--help"],
+        [*relaypacs_command(), "--help"],
         capture_output=True,
         text=True,
         check=False,
         cwd=REPO,
-        env=_clean_env(),
+        env=subprocess_env(),
     )
     if done.returncode != 0:
         raise GatewayUnavailable(f"`relaypacs --help` failed:\n{done.stderr.strip()[-1500:]}")
@@ -65,81 +66,48 @@ def check_ready() -> None:
         text=True,
         check=False,
         cwd=REPO,
-        env=_clean_env(),
+        env=subprocess_env(),
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
         raise GatewayUnavailable(f"the gateway does not import yet: {last}")
 
 
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYPACS_")}
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{path}" if path else str(REPO)
-    return env
-
-
-def server_env(data_dir: Path, port: int, workers: int | None) -> dict[str, str]:
-    """The gateway's embedded defaults (SQLite + filesystem store under data_dir) on loopback."""
-    env = _clean_env()
-    env.update(
-        RELAYPACS_DATA_DIR=str(data_dir),
-        RELAYPACS_HOST=LOOPBACK,
-        RELAYPACS_PORT=str(port),
-        RELAYPACS_STORAGE="fs",
-        RELAYPACS_LOG_LEVEL="warning",
-    )
+def server_env(workers: int | None) -> dict[str, str]:
+    """On top of the fixture's: the embedded defaults (SQLite + filesystem store)."""
+    env = {"RELAYPACS_STORAGE": "fs", "RELAYPACS_LOG_LEVEL": "warning"}
     if workers is not None:
         env["RELAYPACS_DICOM_WORKERS"] = str(workers)
     return env
 
 
-def client_env(state_dir: Path, port: int) -> dict[str, str]:
+def client_env(state_dir: Path, base_url: str) -> dict[str, str]:
     """The CLI: a fresh state dir (hash cache) per run, so that every run hashes the study."""
-    env = _clean_env()
-    env.update(
-        RELAYPACS_STATE_DIR=str(state_dir),
-        XDG_STATE_HOME=str(state_dir / "xdg-state"),
-        XDG_CONFIG_HOME=str(state_dir / "xdg-config"),
-        RELAYPACS_SERVER=f"http://{LOOPBACK}:{port}",
-        RELAYPACS_USERNAME=USERNAME,
-        RELAYPACS_PASSWORD=PASSWORD,
+    from tests.gateway import subprocess_env
+
+    return subprocess_env(
+        {
+            "RELAYPACS_STATE_DIR": str(state_dir),
+            "XDG_STATE_HOME": str(state_dir / "xdg-state"),
+            "XDG_CONFIG_HOME": str(state_dir / "xdg-config"),
+            "RELAYPACS_SERVER": base_url,
+            "RELAYPACS_USERNAME": USERNAME,
+            "RELAYPACS_PASSWORD": PASSWORD,
+        }
     )
-    return env
 
 
-def _run(cmd: Sequence[str], env: Mapping[str, str], what: str, stdin: str = "") -> str:
-    done = subprocess.run(
-        list(cmd),
-        env=dict(env),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        input=stdin,
-        timeout=300,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"{what} exited {done.returncode}:\n{(done.stderr or done.stdout).strip()[-1500:]}"
-        )
-    return done.stdout
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    url = f"http://{LOOPBACK}:{port}/api/v1/health"
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`relaypacs serve` exited with code {proc.returncode}")
+def server_pid(base_url: str) -> int:
+    """The pid of the `relaypacs serve` child of this process that listens on base_url's port."""
+    port = str(urlsplit(base_url).port)
+    for child in psutil.Process().children():
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise TimeoutError(f"gateway not healthy at {url} after {timeout:.0f} s ({last})")
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "serve" in cmd and port in cmd:
+            return child.pid
+    raise RuntimeError(f"no `relaypacs serve` child process found for {base_url}")
 
 
 def _upload_report(stdout: str) -> dict[str, Any]:
@@ -206,6 +174,8 @@ def measure(
     settle: Callable[[Path], None],
 ) -> Measurement:
     """Upload the study with the CLI to a fresh gateway (new data dir) `repeat` times."""
+    from tests.gateway import create_user, relaypacs_command, run_gateway
+
     result = Measurement(name=name, kind="gateway", bytes=total_bytes, files=len(files))
     result.note = (
         f"`relaypacs upload --json --parallel {parallel}`, CLI start to exit "
@@ -214,7 +184,7 @@ def measure(
     cli_timings: dict[str, list[float]] = {}
     server_cpu: list[float] = []
     client_cpu: list[float] = []
-    client_rss = peak = peak_tree = children = 0
+    client_rss = peak = peak_tree = peak_pss = children = 0
     logs.mkdir(parents=True, exist_ok=True)
     for i in range(repeat):
         run_dir = scratch / f"gateway-{i}"
@@ -222,49 +192,42 @@ def measure(
         data_dir, state_dir = run_dir / "data", run_dir / "client-state"
         data_dir.mkdir(parents=True)
         state_dir.mkdir(parents=True, mode=0o700)
-        port = free_port()
-        senv, cenv = server_env(data_dir, port, workers), client_env(state_dir, port)
+        senv = server_env(workers)
+        log_path = logs / f"gateway-{i}.log"
+        log_path.unlink(missing_ok=True)
         try:
-            _run(
-                [*relaypacs_cmd(), "users", "create", USERNAME, "--password-stdin"],
-                senv,
-                "`relaypacs users create`",
-                stdin=PASSWORD + "\n",
-            )
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            result.error = str(exc)
-            break
-        with (logs / f"gateway-{i}.log").open("wb") as server_log:
-            proc = subprocess.Popen(
-                [*relaypacs_cmd(), "serve"],
-                env=senv,
-                cwd=REPO,
-                stdout=server_log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        sampler = RssSampler(proc.pid).start()
-        try:
-            _wait_healthy(port, proc, 60.0)
-            cpu_before = sampler.cpu_seconds()
-            run = run_timed(
-                [*relaypacs_cmd(), "upload", str(study_dir), "--json", "--parallel", str(parallel)],
-                env=cenv,
-                cwd=REPO,
-                log_dir=logs,
-                name=f"upload-{i}",
-            )
-            sampler.sample()
-            server_cpu.append(sampler.cpu_seconds() - cpu_before)
+            create_user(data_dir, USERNAME, PASSWORD, env=senv)
+            with run_gateway(data_dir, senv, log_path=log_path) as base_url:
+                sampler = RssSampler(server_pid(base_url)).start()
+                try:
+                    cpu_before = sampler.cpu_seconds()
+                    run = run_timed(
+                        [
+                            *relaypacs_command(),
+                            "upload",
+                            str(study_dir),
+                            "--json",
+                            "--parallel",
+                            str(parallel),
+                        ],
+                        env=client_env(state_dir, base_url),
+                        cwd=REPO,
+                        log_dir=logs,
+                        name=f"upload-{i}",
+                    )
+                    sampler.sample()
+                    server_cpu.append(sampler.cpu_seconds() - cpu_before)
+                finally:
+                    sampler.stop()
         except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-            server_log_tail = (logs / f"gateway-{i}.log").read_text(errors="replace")[-1500:]
-            result.error = f"{type(exc).__name__}: {exc}; server log ends:\n{server_log_tail}"
+            tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+            result.error = f"{type(exc).__name__}: {exc}" + (
+                f"; server log ends:\n{tail}" if tail and tail not in str(exc) else ""
+            )
             break
-        finally:
-            code = stop(proc, timeout=30.0)
-            sampler.stop()
         peak = max(peak, sampler.hwm_main or sampler.peak_main)
         peak_tree = max(peak_tree, sampler.peak_tree)
+        peak_pss = max(peak_pss, sampler.peak_pss_tree)
         children = max(children, sampler.max_descendants)
         client_rss = max(client_rss, run.peak_rss)
         client_cpu.append(run.cpu_seconds)
@@ -281,8 +244,6 @@ def measure(
         if problem:
             result.error = f"upload not complete: {problem}"
             break
-        if code not in (0, -15):
-            result.extra["server_exit"] = code
         for key, value in _timings(doc).items():
             cli_timings.setdefault(f"cli_{key}", []).append(value)
         result.seconds.append(run.seconds)
@@ -290,6 +251,7 @@ def measure(
     result.peak_rss = peak or None
     result.peak_rss_tree = peak_tree or None
     result.extra["worker_processes"] = children
+    result.extra["peak_pss_incl_workers"] = peak_pss
     result.extra["server_cpu_seconds"] = server_cpu
     result.extra["client_cpu_seconds"] = client_cpu
     result.extra["client_peak_rss"] = client_rss

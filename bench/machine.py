@@ -28,6 +28,7 @@ class Machine:
     python: str
     node: str | None
     kernel: str
+    load_average: tuple[float, float, float]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +40,9 @@ class Machine:
             f"disk: {self.disk_free_gib:.1f} GiB free of {self.disk_total_gib:.1f} GiB "
             f"({self.filesystem} on {self.device})",
             f"python {self.python}, node {self.node or 'missing'}, kernel {self.kernel}",
+            "load average at start: "
+            + " ".join(f"{x:.2f}" for x in self.load_average)
+            + " (other work on this machine skews every figure)",
         ]
 
 
@@ -79,4 +83,5 @@ def describe(work_dir: Path) -> Machine:
         python=f"{platform.python_implementation()} {sys.version.split()[0]}",
         node=node_version(),
         kernel=platform.release(),
+        load_average=os.getloadavg(),
     )

@@ -107,7 +107,7 @@ def _fmt(key: str, value: Any) -> str:
         return "[" + ", ".join(_fmt(key, v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:.2f}" + (" s" if "seconds" in key else "")
-    if isinstance(value, int) and "rss" in key:
+    if isinstance(value, int) and ("rss" in key or "pss" in key):
         return _mib(value)
     return str(value)
 
@@ -153,13 +153,17 @@ def checks(results: Sequence[StudyResult]) -> list[Check]:
                     f"{gw.mb_per_s:.1f} vs {disk.mb_per_s:.1f} MB/s ({disk.name}) = {ratio:.2f}x",
                 )
             )
+        pss = gw.extra.get("peak_pss_incl_workers")
         for label, value in (("main", gw.peak_rss), ("incl. workers", gw.peak_rss_tree)):
             if value:
+                detail = _mib(value)
+                if label != "main" and isinstance(pss, int) and pss:
+                    detail += f" (PSS, shared pages counted once: {_mib(pss)})"
                 out.append(
                     Check(
                         f"[{key}] gateway {label} peak RSS < {RSS_LIMIT_MIB:.0f} MiB",
                         value / MiB < RSS_LIMIT_MIB,
-                        _mib(value),
+                        detail,
                     )
                 )
     measured = [(r, _gateway(r)) for r in results]
@@ -178,7 +182,7 @@ def checks(results: Sequence[StudyResult]) -> list[Check]:
                         f"gateway {label} peak RSS {large_r.study.spec.key} <= "
                         f"{RSS_GROWTH_LIMIT:.2f}x {small_r.study.spec.key}",
                         growth <= RSS_GROWTH_LIMIT,
-                        f"{_mib(b)} vs {_mib(a)} = {growth:.2f}x",
+                        f"{_mib(b)} vs {_mib(a)} = {growth:.3f}x",
                     )
                 )
     elif results:

@@ -36,6 +36,7 @@ class RssSampler:
         self.peak_main = 0
         self.peak_tree = 0
         self.peak_children = 0
+        self.peak_pss_tree = 0  # proportional set size: pages shared between processes split
         self.max_descendants = 0
         self.samples = 0
         self.hwm_main: int | None = None
@@ -59,9 +60,13 @@ class RssSampler:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return
         kids = 0
-        for child in children:
+        pss = 0
+        for p in (proc, *children):
             try:
-                kids += child.memory_info().rss
+                if children:
+                    pss += p.memory_full_info().pss
+                if p is not proc:
+                    kids += p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         self.samples += 1
@@ -72,6 +77,7 @@ class RssSampler:
         self.peak_main = max(self.peak_main, main)
         self.peak_children = max(self.peak_children, kids)
         self.peak_tree = max(self.peak_tree, main + kids)
+        self.peak_pss_tree = max(self.peak_pss_tree, pss)
         self.max_descendants = max(self.max_descendants, len(children))
 
     def cpu_seconds(self) -> float:

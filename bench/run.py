@@ -283,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in check_lines(found):
         log(f"  {line}")
     elapsed = time.perf_counter() - started
-    log(f"\nbenchmark wall time {elapsed:.0f} s")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    log(f"\nbenchmark wall time {elapsed:.0f} s; load average at the end: {load}")
 
     if args.json:
         doc = {
