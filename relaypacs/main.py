@@ -49,7 +49,9 @@ async def open_storage(settings: Settings) -> ObjectStorage:
         )
         await s3.open()
         return s3
-    return FilesystemStorage(settings.storage_root)
+    storage = FilesystemStorage(settings.storage_root)
+    await storage.open()
+    return storage
 
 
 def announce_first_admin(password: str) -> None:

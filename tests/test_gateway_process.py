@@ -199,6 +199,6 @@ class TestServerKilledMidUpload:
         # The stored bytes, read back from the store, are exactly the study's files.
         root = server_dir / "objects" / "uploads" / upload_id
         for index, data in enumerate(study.files):
-            parts = sorted((root / str(index)).iterdir(), key=lambda p: int(p.name.split("-")[0]))
-            stored = b"".join(p.read_bytes() for p in parts if not p.name.startswith("."))
+            parts = sorted(root.glob(f"{index}-*"), key=lambda p: int(p.name.split("-")[1]))
+            stored = b"".join(p.read_bytes() for p in parts)
             assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(data).hexdigest()

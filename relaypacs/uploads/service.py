@@ -134,8 +134,9 @@ def expected_chunk_size(file_size: int, chunk_size: int, chunk_index: int) -> in
 
 def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, md5_hex: str) -> str:
     # The MD5 is part of the key: two racing writers of different bytes never overwrite each
-    # other's object; the database row decides which one is the chunk.
-    return f"{upload_prefix(upload_id)}{file_index}/{chunk_index}-{md5_hex}"
+    # other's object; the database row decides which one is the chunk. One flat directory per
+    # upload: a directory per file would cost a mkdir and a parent fsync for every file.
+    return f"{upload_prefix(upload_id)}{file_index}-{chunk_index}-{md5_hex}"
 
 
 def upload_prefix(upload_id: uuid.UUID) -> str:
