@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -45,7 +44,7 @@ def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes
 
 
 @pytest.fixture
-def server_dir(tmp_path: Path) -> Iterator[Path]:
+def server_dir(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     create_user(data, "clinician1", PASSWORD)
     return data
@@ -180,16 +179,18 @@ class TestServerKilledMidUpload:
             status = httpx.get(f"{base}/api/v1/uploads/{upload_id}", headers=headers).json()
             missing = {(f["index"], c) for f in status["files"] for c in f["missing_chunks"]}
             assert not (missing & acknowledged), "an acknowledged chunk was lost"
-            with httpx.Client(timeout=30) as client:
+            with httpx.Client(timeout=30) as sync_client:
                 for f, c, chunk in jobs:
                     if (f, c) in missing:
-                        response = client.put(
+                        response = sync_client.put(
                             f"{base}/api/v1/uploads/{upload_id}/files/{f}/chunks/{c}",
                             content=chunk,
                             headers={**headers, "Content-MD5": content_md5(chunk)},
                         )
                         assert response.status_code == 200, response.text
-                done = client.post(f"{base}/api/v1/uploads/{upload_id}/complete", headers=headers)
+                done = sync_client.post(
+                    f"{base}/api/v1/uploads/{upload_id}/complete", headers=headers
+                )
             assert done.status_code == 202, done.text  # every file's SHA-256 matched
             assert done.json()["instance_count"] == len(study.files)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import shutil
 import uuid
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -350,7 +351,7 @@ async def start_upload(
     session.add(upload)
     await session.flush()
     await session.execute(
-        UploadFile.__table__.insert(),
+        insert(UploadFile),
         [
             {
                 "upload_id": upload.id,
@@ -620,15 +621,16 @@ async def complete_upload(
         if upload.status == UploadStatus.CANCELLED:
             raise UploadNotWritable("This upload was cancelled.")
         view = await read_upload(session, upload)
-        missing = [
-            {"file_index": f.index, "missing_chunks": f.missing_chunks}
-            for f in view.files
-            if f.missing_chunks
-        ]
-        if missing:
+        incomplete = [f for f in view.files if f.missing_chunks]
+        if incomplete:
             raise UploadIncomplete(
-                f"{sum(len(m['missing_chunks']) for m in missing)} chunks are missing.",
-                details={"missing": missing},
+                f"{sum(len(f.missing_chunks) for f in incomplete)} chunks are missing.",
+                details={
+                    "missing": [
+                        {"file_index": f.index, "missing_chunks": f.missing_chunks}
+                        for f in incomplete
+                    ]
+                },
             )
         upload.status = UploadStatus.RECEIVED
         files = list(
@@ -693,25 +695,24 @@ async def complete_upload(
                 updated_at=utcnow(),
             )
         )
-        audit = {
-            "actor_id": user.id,
-            "actor_role": user.role.value,
-            "object_type": "upload",
-            "object_id": upload_id,
-            "study_instance_uid": declared_uid,
-            "client_ip": client_ip,
-        }
+        audit = functools.partial(
+            record_event,
+            session,
+            actor_id=user.id,
+            actor_role=user.role.value,
+            object_type="upload",
+            object_id=upload_id,
+            study_instance_uid=declared_uid,
+            client_ip=client_ip,
+        )
         if moved.rowcount:  # type: ignore[attr-defined]
             for v in verdicts:
                 if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:
-                    await record_event(
-                        session,
+                    await audit(
                         action="dicom.preamble_nonzero",
                         details={"file_index": v.index, "handling": "zeroed_on_forward"},
-                        **audit,
                     )
-            await record_event(
-                session,
+            await audit(
                 action="upload.complete",
                 outcome="success" if final == UploadStatus.VALIDATED else "rejected",
                 details={
@@ -719,11 +720,10 @@ async def complete_upload(
                     "rejected_files": len(rejected),
                     "codes": sorted({v.error.code for v in rejected if v.error}),
                 },
-                **audit,
             )
-        upload = await session.get(Upload, upload_id, populate_existing=True)
-        assert upload is not None
-        view = await read_upload(session, upload)
+        finished = await session.get(Upload, upload_id, populate_existing=True)
+        assert finished is not None
+        view = await read_upload(session, finished)
     if view.status == UploadStatus.REJECTED:
         raise _rejection(view)
     if view.status != UploadStatus.VALIDATED:

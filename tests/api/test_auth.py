@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 
 import httpx
 import jwt
@@ -106,8 +107,8 @@ class TestForgedTokens:
         key = app.state.signing_key
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-        tokens = {
-            "alg_none": lambda: jwt.encode(self._claims(account_id), None, algorithm="none"),
+        tokens: dict[str, Callable[[], str]] = {
+            "alg_none": lambda: jwt.encode(self._claims(account_id), None, algorithm="none"),  # type: ignore[arg-type]
             "wrong_key": lambda: jwt.encode(self._claims(account_id), "k" * 40, algorithm="HS256"),
             "expired": lambda: jwt.encode(
                 self._claims(account_id, exp=earlier, iat=earlier, nbf=earlier), key, "HS256"

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from relaypacs.devtools import synth
-from relaypacs.storage.faulty import FaultyStorage
 from sqlalchemy import select, text
 
 from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import Role
 from relaypacs.db import ReadSessionDep, SessionDep
+from relaypacs.devtools import synth
+from relaypacs.storage.faulty import FaultyStorage
 from relaypacs.uploads.service import chunk_key
 from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
 from tests.api.uploading import (
@@ -363,7 +364,11 @@ class TestComplete:
         keys = [k async for k in app.state.storage.list(f"uploads/{upload_id}/")]
         assert len(keys) == sum(len(chunks_of(f)) for f in study.files)
         first = b"".join(
-            [await app.state.storage.get(k) for k in sorted(keys) if k.split("/")[2].startswith("0-")]
+            [
+                await app.state.storage.get(k)
+                for k in sorted(keys)
+                if k.split("/")[2].startswith("0-")
+            ]
         )
         assert first == good.files[0]
         # The process is healthy and takes the next upload.
@@ -546,11 +551,10 @@ class TestStorageFailure:
         assert done.status_code == 202, done.text
 
 
-
 class TestCommitBeforeAnswer:
     def test_request_sessions_commit_before_the_response_is_sent(self) -> None:
         # FastAPI's default dependency scope ("request") tears down after the response is
         # sent: a client could be told 201 and not find the upload on its next request.
         # (tests/test_gateway_process.py exercises the same over a real connection.)
         for alias in (SessionDep, ReadSessionDep):
-            assert alias.__metadata__[0].scope == "function"
+            assert get_args(alias)[1].scope == "function"

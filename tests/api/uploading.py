@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from relaypacs.devtools.synth import make_instance
 
+from relaypacs.devtools.synth import make_instance
 from relaypacs.uploads.service import study_hash
 from tests.api.conftest import CHUNK_SIZE, Account
 
