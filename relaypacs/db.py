@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -97,16 +98,51 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 READONLY_OPTION = "relaypacs_readonly"
 
 
+class _SerialisedSession(AsyncSession):
+    """A writing session on SQLite: writers of this process queue on an asyncio lock.
+
+    SQLite has one writer at a time. Without this, concurrent writers wait in SQLite's busy
+    handler, which sleeps in steps of up to 100 ms and made chunk uploads crawl; with it they
+    wait their turn on the event loop and each transaction starts the moment the last ends.
+    """
+
+    write_lock: asyncio.Lock
+
+    async def __aenter__(self) -> _SerialisedSession:
+        await self.write_lock.acquire()
+        try:
+            await super().__aenter__()
+        except BaseException:
+            self.write_lock.release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            self.write_lock.release()
+
+
 def create_sessionmaker(
     engine: AsyncEngine, *, readonly: bool = False
 ) -> async_sessionmaker[AsyncSession]:
     """Sessions for writing, or (readonly=True) for reading only.
 
-    On SQLite a writing transaction takes the database's write lock when it begins; reads use a
-    deferred transaction so that they never wait for writers (WAL) nor block them.
+    On SQLite a writing transaction takes the database's write lock when it begins (and the
+    process's writers take turns, see _SerialisedSession); reads use a deferred transaction so
+    that they never wait for writers (WAL) nor block them. Writing sessions must be used as
+    `async with sessionmaker() as session`.
     """
     if readonly:
         engine = engine.execution_options(**{READONLY_OPTION: True})
+    elif engine.dialect.name == "sqlite":
+        session_class = type(
+            "SerialisedSession", (_SerialisedSession,), {"write_lock": asyncio.Lock()}
+        )
+        return async_sessionmaker(
+            engine, class_=session_class, expire_on_commit=False, autoflush=False
+        )
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 

@@ -24,7 +24,12 @@ from relaypacs.errors import GatewayError
 from relaypacs.schema import upgrade_async
 from relaypacs.storage import FilesystemStorage, ObjectStorage, S3Storage, StorageError
 from relaypacs.uploads.router import router as uploads_router
-from relaypacs.uploads.service import CompleteContext, UploadLimits
+from relaypacs.uploads.service import (
+    ChunkRecorder,
+    CompleteContext,
+    UploadFactsCache,
+    UploadLimits,
+)
 
 logger = logging.getLogger("relaypacs")
 
@@ -84,6 +89,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_file_size=settings.max_file_size,
     )
     app.state.chunk_slots = asyncio.Semaphore(16)
+    app.state.upload_facts = UploadFactsCache()
+    app.state.chunk_recorder = ChunkRecorder(app.state.sessionmaker)
     storage = await open_storage(settings)
     app.state.storage = storage
     validator = DicomValidator(

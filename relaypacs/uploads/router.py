@@ -65,24 +65,28 @@ async def put_chunk(
 ) -> ChunkStored:
     state = request.app.state
     declared_md5 = service.parse_content_md5(request.headers.get("content-md5"))
-    length_header = request.headers.get("content-length")
+    length_header = request.headers.get("content-length", "")
+    content_length = int(length_header) if length_header.isdigit() else None
     async with state.read_sessionmaker() as session, session.begin():
         target = await service.prepare_chunk(
             session,
+            state.upload_facts,
             user=user,
             upload_id=upload_id,
             file_index=file_index,
             chunk_index=chunk_index,
-            content_length=int(length_header)
-            if length_header and length_header.isdigit()
-            else None,
+            content_length=content_length,
         )
     # Bounded memory: at most `chunk_slots` chunk bodies are held at once.
     slots: asyncio.Semaphore = state.chunk_slots
     async with slots:
         data = await request.body()
         return await service.store_chunk(
-            state.sessionmaker, state.storage, target=target, declared_md5=declared_md5, data=data
+            state.chunk_recorder,
+            state.storage,
+            target=target,
+            declared_md5=declared_md5,
+            data=data,
         )
 
 

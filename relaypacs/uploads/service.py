@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import enum
 import functools
 import hashlib
 import shutil
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
@@ -383,16 +385,56 @@ async def start_upload(
 
 
 @dataclass(frozen=True)
+class UploadFacts:
+    """What never changes about an upload once created: checked before a chunk's body is read."""
+
+    user_id: uuid.UUID
+    chunk_size: int
+    file_sizes: tuple[int, ...]
+
+
+class UploadFactsCache:
+    """A small in-process cache of UploadFacts, so that a chunk costs no database read for them."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[uuid.UUID, UploadFacts] = OrderedDict()
+
+    async def get(self, session: AsyncSession, upload_id: uuid.UUID) -> UploadFacts | None:
+        facts = self._items.get(upload_id)
+        if facts is not None:
+            self._items.move_to_end(upload_id)
+            return facts
+        row = (
+            await session.execute(
+                select(Upload.user_id, Upload.chunk_size).where(Upload.id == upload_id)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        sizes = await session.scalars(
+            select(UploadFile.size)
+            .where(UploadFile.upload_id == upload_id)
+            .order_by(UploadFile.index)
+        )
+        facts = UploadFacts(user_id=row.user_id, chunk_size=row.chunk_size, file_sizes=tuple(sizes))
+        self._items[upload_id] = facts
+        if len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+        return facts
+
+
+@dataclass(frozen=True)
 class ChunkTarget:
     upload_id: uuid.UUID
     file_index: int
     chunk_index: int
     expected_size: int
-    stored_md5: str | None
 
 
 async def prepare_chunk(
     session: AsyncSession,
+    facts_cache: UploadFactsCache,
     *,
     user: User,
     upload_id: uuid.UUID,
@@ -400,41 +442,166 @@ async def prepare_chunk(
     chunk_index: int,
     content_length: int | None,
 ) -> ChunkTarget:
-    """Every check that can be made before the body is read."""
-    upload = await get_upload(session, upload_id=upload_id, user=user)
+    """Every check that can be made before the body is read (from cached, immutable facts)."""
+    facts = await facts_cache.get(session, upload_id)
+    if facts is None or not (facts.user_id == user.id or user.role == Role.ADMIN):
+        raise UploadNotFound()
     if content_length is None:
         raise ContentLengthRequired()
-    if content_length > upload.chunk_size:
+    if content_length > facts.chunk_size:
         raise ChunkTooLarge(
-            f"A chunk is at most {upload.chunk_size} bytes; this one declares {content_length}."
+            f"A chunk is at most {facts.chunk_size} bytes; this one declares {content_length}."
         )
-    file = await session.get(UploadFile, (upload_id, file_index)) if file_index >= 0 else None
-    if file is None or not 0 <= chunk_index < file.chunk_count:
+    if not 0 <= file_index < len(facts.file_sizes):
         raise ChunkOutOfRange()
-    if upload.status != UploadStatus.PENDING:
-        raise UploadNotWritable(f"This upload is {upload.status.value} and takes no more chunks.")
-    expected = expected_chunk_size(file.size, upload.chunk_size, chunk_index)
+    file_size = facts.file_sizes[file_index]
+    if not 0 <= chunk_index < chunk_count(file_size, facts.chunk_size):
+        raise ChunkOutOfRange()
+    expected = expected_chunk_size(file_size, facts.chunk_size, chunk_index)
     if content_length != expected:
         raise ChunkSizeMismatch(
             f"Chunk {chunk_index} of file {file_index} must be exactly {expected} bytes; "
             f"this one is {content_length}."
         )
-    stored = await session.get(UploadChunk, (upload_id, file_index, chunk_index))
-    return ChunkTarget(
-        upload_id=upload_id,
-        file_index=file_index,
-        chunk_index=chunk_index,
-        expected_size=expected,
-        stored_md5=stored.md5 if stored else None,
-    )
+    return ChunkTarget(upload_id, file_index, chunk_index, expected)
 
 
 def _md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+@dataclass(frozen=True)
+class _ChunkRecord:
+    target: ChunkTarget
+    size: int
+    md5: str
+
+    @property
+    def key(self) -> tuple[uuid.UUID, int, int]:
+        return (self.target.upload_id, self.target.file_index, self.target.chunk_index)
+
+
+class _Outcome(enum.Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already_stored"
+    CONFLICT = "conflict"
+    NOT_WRITABLE = "not_writable"
+    CANCELLED = "cancelled"
+
+
+class ChunkRecorder:
+    """Records durable chunks in the database, many per transaction (group commit).
+
+    Chunks arrive in parallel; each would otherwise pay a whole write transaction (on SQLite:
+    the single writer's turn and an fsync of the log). Requests queue their record and wait;
+    one task writes everything queued in one transaction and answers each request. A record is
+    answered only after its transaction committed, so an acknowledged chunk is durable in the
+    database as well as in storage.
+    """
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], max_batch: int = 256
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._max_batch = max_batch
+        self._queue: list[tuple[_ChunkRecord, asyncio.Future[_Outcome]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, record: _ChunkRecord) -> _Outcome:
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        # shield: a client that disconnects does not cancel the batch others wait for
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            try:
+                outcomes = await self._write([record for record, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+    async def _write(self, batch: list[_ChunkRecord]) -> list[_Outcome]:
+        async with self._sessionmaker() as session, session.begin():
+            upload_ids = {record.target.upload_id for record in batch}
+            status_rows = await session.execute(
+                select(Upload.id, Upload.status).where(Upload.id.in_(upload_ids))
+            )
+            statuses = {upload_id: status for upload_id, status in status_rows}
+            writable = [
+                r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING
+            ]
+            inserted: set[tuple[uuid.UUID, int, int]] = set()
+            stored: dict[tuple[uuid.UUID, int, int], str] = {}
+            if writable:
+                insert_stmt = _insert_ignoring_duplicates(session).values(
+                    [
+                        {
+                            "upload_id": r.target.upload_id,
+                            "file_index": r.target.file_index,
+                            "chunk_index": r.target.chunk_index,
+                            "size": r.size,
+                            "md5": r.md5,
+                            "created_at": utcnow(),
+                        }
+                        for r in writable
+                    ]
+                )
+                returned = await session.execute(
+                    insert_stmt.returning(
+                        UploadChunk.upload_id, UploadChunk.file_index, UploadChunk.chunk_index
+                    )
+                )
+                inserted = {(u, f, c) for u, f, c in returned}
+                rows = await session.execute(
+                    select(
+                        UploadChunk.upload_id,
+                        UploadChunk.file_index,
+                        UploadChunk.chunk_index,
+                        UploadChunk.md5,
+                    ).where(
+                        tuple_(
+                            UploadChunk.upload_id, UploadChunk.file_index, UploadChunk.chunk_index
+                        ).in_([r.key for r in writable])
+                    )
+                )
+                stored = {(u, f, c): md5 for u, f, c, md5 in rows}
+        outcomes = []
+        for record in batch:
+            status = statuses.get(record.target.upload_id)
+            if status == UploadStatus.CANCELLED:
+                outcomes.append(_Outcome.CANCELLED)
+            elif status != UploadStatus.PENDING:
+                outcomes.append(_Outcome.NOT_WRITABLE)
+            elif record.key in inserted:
+                inserted.discard(record.key)  # the same chunk twice in one batch: one stored it
+                outcomes.append(_Outcome.STORED)
+            elif stored.get(record.key) == record.md5:
+                outcomes.append(_Outcome.ALREADY_STORED)
+            else:
+                outcomes.append(_Outcome.CONFLICT)
+        return outcomes
+
+
+def _insert_ignoring_duplicates(session: AsyncSession) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING for the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert(UploadChunk).on_conflict_do_nothing()
+    return sqlite_insert(UploadChunk).on_conflict_do_nothing()
+
+
 async def store_chunk(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    recorder: ChunkRecorder,
     storage: ObjectStorage,
     *,
     target: ChunkTarget,
@@ -450,52 +617,26 @@ async def store_chunk(
     actual_md5 = await asyncio.to_thread(_md5_hex, data) if len(data) > 65536 else _md5_hex(data)
     if actual_md5 != declared_md5:
         raise ContentMd5Mismatch()
-
-    def result(already: bool) -> ChunkStored:
-        return ChunkStored(
-            file_index=target.file_index,
-            chunk_index=target.chunk_index,
-            size=len(data),
-            already_stored=already,
-        )
-
-    if target.stored_md5 is not None:
-        if target.stored_md5 != actual_md5:
-            raise ChunkConflict()
-        return result(True)
-
+    # The same chunk again rewrites identical bytes under the same key (atomically), which
+    # is harmless; the database then says it was already stored.
     key = chunk_key(target.upload_id, target.file_index, target.chunk_index, actual_md5)
     await storage.put(key, data)
-    try:
-        async with sessionmaker() as session, session.begin():
-            status = await session.scalar(
-                select(Upload.status).where(Upload.id == target.upload_id)
-            )
-            if status != UploadStatus.PENDING:
-                raise UploadNotWritable()
-            session.add(
-                UploadChunk(
-                    upload_id=target.upload_id,
-                    file_index=target.file_index,
-                    chunk_index=target.chunk_index,
-                    size=len(data),
-                    md5=actual_md5,
-                )
-            )
-    except IntegrityError:
-        # Another request stored this chunk meanwhile: same bytes is success, else conflict.
-        async with sessionmaker() as session, session.begin():
-            stored = await session.get(
-                UploadChunk, (target.upload_id, target.file_index, target.chunk_index)
-            )
-        if stored is None or stored.md5 != actual_md5:
-            await storage.delete(key)
-            raise ChunkConflict() from None
-        return result(True)
-    except UploadNotWritable:
-        await storage.delete(key)
-        raise
-    return result(False)
+    outcome = await recorder.record(_ChunkRecord(target, len(data), actual_md5))
+    if outcome == _Outcome.CONFLICT:
+        await storage.delete(key)  # ours: the recorded chunk has another MD5, hence another key
+        raise ChunkConflict()
+    if outcome == _Outcome.CANCELLED:
+        await storage.delete(key)  # a cancelled upload has no recorded chunks left
+        raise UploadNotWritable("This upload was cancelled.")
+    if outcome == _Outcome.NOT_WRITABLE:
+        # Never delete here: the key may be a recorded chunk of a completed upload.
+        raise UploadNotWritable()
+    return ChunkStored(
+        file_index=target.file_index,
+        chunk_index=target.chunk_index,
+        size=len(data),
+        already_stored=outcome == _Outcome.ALREADY_STORED,
+    )
 
 
 # --- completing -----------------------------------------------------------------------------
