@@ -75,7 +75,8 @@ def check_ready() -> None:
 
 def server_env(workers: int | None) -> dict[str, str]:
     """On top of the fixture's: the embedded defaults (SQLite + filesystem store)."""
-    env = {"RELAYPACS_STORAGE": "fs", "RELAYPACS_LOG_LEVEL": "warning"}
+    # PYTHONFAULTHANDLER: a crash of the server (e.g. a signal) leaves a traceback in its log.
+    env = {"RELAYPACS_STORAGE": "fs", "RELAYPACS_LOG_LEVEL": "warning", "PYTHONFAULTHANDLER": "1"}
     if workers is not None:
         env["RELAYPACS_DICOM_WORKERS"] = str(workers)
     return env
@@ -95,6 +96,15 @@ def client_env(state_dir: Path, base_url: str) -> dict[str, str]:
             "RELAYPACS_PASSWORD": PASSWORD,
         }
     )
+
+
+def _gone(pid: int) -> str | None:
+    """How the process `pid` is no longer serving ("exited", "became a zombie"), or None."""
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return "exited"
+    return "exited" if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD) else None
 
 
 def server_pid(base_url: str) -> int:
@@ -198,7 +208,8 @@ def measure(
         try:
             create_user(data_dir, USERNAME, PASSWORD, env=senv)
             with run_gateway(data_dir, senv, log_path=log_path) as base_url:
-                sampler = RssSampler(server_pid(base_url)).start()
+                pid = server_pid(base_url)
+                sampler = RssSampler(pid).start()
                 try:
                     cpu_before = sampler.cpu_seconds()
                     run = run_timed(
@@ -217,6 +228,7 @@ def measure(
                     )
                     sampler.sample()
                     server_cpu.append(sampler.cpu_seconds() - cpu_before)
+                    died = _gone(pid)
                 finally:
                     sampler.stop()
         except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
@@ -232,8 +244,16 @@ def measure(
         client_rss = max(client_rss, run.peak_rss)
         client_cpu.append(run.cpu_seconds)
         if run.returncode != 0:
-            tail = (run.stderr or run.stdout).strip()[-800:]
-            result.error = f"`relaypacs upload` exited {run.returncode}: {tail}"
+            try:
+                why = str(_upload_report(run.stdout).get("error"))
+            except RuntimeError:
+                why = (run.stderr or run.stdout).strip()[-800:]
+            result.error = f"`relaypacs upload` exited {run.returncode}: {why}"
+            if died:
+                tail = log_path.read_text(errors="replace")[-1500:]
+                result.error += (
+                    f"\nthe gateway process ({died}) during the upload; log ends:\n{tail}"
+                )
             break
         try:
             doc = _upload_report(run.stdout)

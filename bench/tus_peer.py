@@ -76,6 +76,7 @@ class TusServer:
             hello = json.loads(read_line(self.proc, 30.0))
         except Exception:
             stop(self.proc)
+            self.sampler.stop()
             raise
         self.port = int(hello["port"])
         return self
