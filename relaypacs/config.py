@@ -8,7 +8,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +30,41 @@ CONFIG_FILE_ENV = "RELAYPACS_CONFIG_FILE"
 
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every bad value, one per line."""
+
+
+class PacsTarget(BaseModel):
+    """A DICOMweb server the gateway forwards to (STOW-RS) and verifies against (QIDO-RS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="pacs", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(description="DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web")
+    profile: Literal["orthanc", "dcm4chee", "generic"] = "generic"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="Bearer token (instead of basic).")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    max_in_flight: int = Field(default=5, ge=1, le=64)
+    batch_instances: int = Field(default=10, ge=1, le=1000)
+    batch_bytes: int = Field(default=64 * MiB, ge=MiB)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> PacsTarget:
+        if self.token is not None and self.username is not None:
+            raise ValueError("set either a token or a username/password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("basic authentication needs both username and password")
+        return self
 
 
 class Settings(BaseSettings):
@@ -77,6 +120,31 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # The PACS. One target from RELAYPACS_PACS_URL (+ _USERNAME, _PASSWORD or _TOKEN, _PROFILE),
+    # or several as [[pacs_targets]] tables in the configuration file.
+    pacs_url: str | None = None
+    pacs_username: str | None = None
+    pacs_password: SecretStr | None = None
+    pacs_token: SecretStr | None = None
+    pacs_profile: Literal["orthanc", "dcm4chee", "generic"] = "generic"
+    pacs_targets: list[PacsTarget] = Field(default_factory=list)
+    default_target: str | None = Field(
+        default=None, description="Name of the target new studies go to (default: the first)."
+    )
+    forward_worker: bool = Field(
+        default=True, description="Run the forwarding worker in this process."
+    )
+    forward_retry_delays: list[float] = Field(
+        default=[1.0, 2.0, 4.0], description="Seconds before the first retries of a batch."
+    )
+    forward_retry_interval: float = Field(
+        default=300.0, gt=0, description="Seconds between later retries."
+    )
+    forward_lease_seconds: float = Field(default=60.0, ge=5)
+    forward_poll_seconds: float = Field(default=2.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_seconds: float = Field(default=60.0, gt=0)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -115,6 +183,33 @@ class Settings(BaseSettings):
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("storage is 's3' but RELAYPACS_S3_BUCKET is not set")
         return self
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> Settings:
+        if self.pacs_url:
+            self.pacs_targets = [
+                PacsTarget(
+                    name="pacs",
+                    url=self.pacs_url,
+                    username=self.pacs_username,
+                    password=self.pacs_password,
+                    token=self.pacs_token,
+                    profile=self.pacs_profile,
+                ),
+                *self.pacs_targets,
+            ]
+        names = [t.name for t in self.pacs_targets]
+        if len(set(names)) != len(names):
+            raise ValueError("two PACS targets have the same name")
+        if self.default_target is not None and self.default_target not in names:
+            raise ValueError(f"default_target {self.default_target!r} is not a configured target")
+        return self
+
+    @property
+    def default_target_name(self) -> str | None:
+        if self.default_target:
+            return self.default_target
+        return self.pacs_targets[0].name if self.pacs_targets else None
 
     @cached_property
     def resolved_database_url(self) -> str:

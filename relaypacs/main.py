@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from relaypacs.config import Settings, load_settings
 from relaypacs.db import create_engine, create_sessionmaker
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import GatewayError
+from relaypacs.forwarding.worker import Forwarder
 from relaypacs.schema import upgrade_async
 from relaypacs.storage import FilesystemStorage, ObjectStorage, S3Storage, StorageError
 from relaypacs.uploads.router import router as uploads_router
@@ -109,12 +111,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         spool_dir=settings.spool_dir,
         concurrency=settings.dicom_workers * 2,
     )
+    forwarder: Forwarder | None = None
+    target = settings.default_target_name
+    if target is None:
+        logger.warning(
+            "no PACS target is configured (RELAYPACS_PACS_URL): accepted studies are kept "
+            "and not forwarded"
+        )
+    elif settings.forward_worker:
+        forwarder = Forwarder(
+            sessionmaker=app.state.sessionmaker, storage=storage, settings=settings
+        )
+        await forwarder.start()
+    app.state.forwarder = forwarder
+    app.state.complete_context = dataclasses.replace(
+        app.state.complete_context,
+        default_target=target,
+        on_queued=forwarder.wake if forwarder else None,
+    )
     password = await ensure_first_admin(app.state.sessionmaker)
     if password is not None:
         announce_first_admin(password)
     try:
         yield
     finally:
+        if forwarder is not None:
+            await forwarder.stop()
         await validator.close()
         await storage.close()
         await engine.dispose()

@@ -3,6 +3,7 @@
 from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Base
+from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification
 from relaypacs.reports.models import Report, ReportStatus
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
@@ -11,6 +12,8 @@ __all__ = [
     "AuditEvent",
     "Base",
     "FileStatus",
+    "ForwardJob",
+    "JobStatus",
     "Notification",
     "Report",
     "ReportStatus",

@@ -35,15 +35,25 @@ def _enum(cls: type[enum.StrEnum]) -> Enum:
 
 
 class UploadStatus(enum.StrEnum):
-    PENDING = "pending"
-    RECEIVED = "received"
-    VALIDATED = "validated"
-    REJECTED = "rejected"
+    PENDING = "pending"  # taking chunks
+    RECEIVED = "received"  # all chunks stored, being verified
+    VALIDATED = "validated"  # verified (momentary: queued in the same transaction)
+    REJECTED = "rejected"  # some file failed verification
+    QUEUED = "queued"  # waiting for the forwarder (or for the PACS to come back)
+    FORWARDING = "forwarding"  # being sent to the PACS
+    DELIVERED = "delivered"  # the PACS confirmed every instance (QIDO-RS)
+    FAILED = "failed"  # the PACS refused some instance for good
     CANCELLED = "cancelled"
 
 
 # Statuses in which the study counts as accepted: a second upload of it is a duplicate.
-ACCEPTED_STATUSES = (UploadStatus.VALIDATED,)
+ACCEPTED_STATUSES = (
+    UploadStatus.VALIDATED,
+    UploadStatus.QUEUED,
+    UploadStatus.FORWARDING,
+    UploadStatus.DELIVERED,
+    UploadStatus.FAILED,
+)
 IN_PROGRESS_STATUSES = (UploadStatus.PENDING, UploadStatus.RECEIVED)
 
 
@@ -51,6 +61,13 @@ class FileStatus(enum.StrEnum):
     PENDING = "pending"
     VALID = "valid"
     REJECTED = "rejected"
+
+
+class ForwardStatus(enum.StrEnum):
+    PENDING = "pending"  # to send (again)
+    SENT = "sent"  # the PACS answered success; not yet seen by QIDO-RS
+    CONFIRMED = "confirmed"  # listed by the PACS's QIDO-RS
+    FAILED = "failed"  # refused for good by the PACS (forward_error says why)
 
 
 class Upload(Base):
@@ -74,6 +91,7 @@ class Upload(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     files: Mapped[list[UploadFile]] = relationship(
         back_populates="upload", lazy="raise", order_by="UploadFile.index"
@@ -100,6 +118,8 @@ class UploadFile(Base):
     transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    forward_status: Mapped[ForwardStatus | None] = mapped_column(_enum(ForwardStatus))
+    forward_error: Mapped[str | None] = mapped_column(Text)
 
     upload: Mapped[Upload] = relationship(back_populates="files", lazy="raise")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from relaypacs.uploads.models import FileStatus, UploadStatus
+from relaypacs.uploads.models import FileStatus, ForwardStatus, UploadStatus
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 Uid = Annotated[str, StringConstraints(max_length=64, pattern=UID_PATTERN)]
@@ -61,6 +61,21 @@ class FileError(BaseModel):
     message: str
 
 
+class ForwardingRead(BaseModel):
+    """Where the study stands with the PACS."""
+
+    target: str
+    status: str
+    instances: int
+    sent: int
+    confirmed: int
+    failed: int
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
 class UploadFileRead(BaseModel):
     index: int
     name: str
@@ -73,6 +88,8 @@ class UploadFileRead(BaseModel):
     preamble: str | None
     sop_instance_uid: str | None
     error: FileError | None
+    forward_status: ForwardStatus | None = None
+    forward_error: str | None = None
 
 
 class UploadSummary(BaseModel):
@@ -93,6 +110,7 @@ class UploadSummary(BaseModel):
 
 class UploadRead(UploadSummary):
     files: list[UploadFileRead]
+    forwarding: ForwardingRead | None = None
 
 
 class UploadList(BaseModel):

@@ -11,7 +11,7 @@ import hashlib
 import shutil
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,13 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
+from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.storage import ObjectStorage
 from relaypacs.uploads.models import (
     ACCEPTED_STATUSES,
     IN_PROGRESS_STATUSES,
     FileStatus,
+    ForwardStatus,
     Upload,
     UploadChunk,
     UploadFile,
@@ -39,6 +41,7 @@ from relaypacs.uploads.models import (
 from relaypacs.uploads.schemas import (
     ChunkStored,
     FileError,
+    ForwardingRead,
     StudyMetadata,
     UploadCreate,
     UploadFileRead,
@@ -235,10 +238,40 @@ async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
             error=FileError(code=f.error_code, message=f.error_message or "")
             if f.error_code
             else None,
+            forward_status=f.forward_status,
+            forward_error=f.forward_error,
         )
         for f in files
     ]
-    return UploadRead(**summary_of(upload, received).model_dump(), files=file_reads)
+    return UploadRead(
+        **summary_of(upload, received).model_dump(),
+        files=file_reads,
+        forwarding=await _forwarding(session, upload, files),
+    )
+
+
+async def _forwarding(
+    session: AsyncSession, upload: Upload, files: Sequence[UploadFile]
+) -> ForwardingRead | None:
+    job = await session.scalar(
+        select(ForwardJob).where(ForwardJob.upload_id == upload.id).order_by(ForwardJob.created_at)
+    )
+    if job is None:
+        return None
+    statuses = [f.forward_status for f in files if f.forward_status is not None]
+    confirmed = statuses.count(ForwardStatus.CONFIRMED)
+    return ForwardingRead(
+        target=job.target,
+        status=job.status.value,
+        instances=len(statuses),
+        sent=confirmed + statuses.count(ForwardStatus.SENT),
+        confirmed=confirmed,
+        failed=statuses.count(ForwardStatus.FAILED),
+        attempts=job.attempts,
+        next_attempt_at=job.next_attempt_at if job.status == JobStatus.QUEUED else None,
+        last_error=job.last_error,
+        delivered_at=upload.delivered_at,
+    )
 
 
 async def list_uploads(
@@ -537,7 +570,8 @@ class ChunkRecorder:
             status_rows = await session.execute(
                 select(Upload.id, Upload.status).where(Upload.id.in_(upload_ids))
             )
-            statuses = {upload_id: status for upload_id, status in status_rows}
+            # not dict(status_rows): a Result has .keys(), so dict() would treat it as a mapping
+            statuses = {upload_id: status for upload_id, status in status_rows}  # noqa: C416
             writable = [
                 r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING
             ]
@@ -743,6 +777,8 @@ class CompleteContext:
     validator: DicomValidator
     spool_dir: Path
     concurrency: int
+    default_target: str | None = None
+    on_queued: Callable[[], None] | None = None
 
 
 async def complete_upload(
@@ -755,7 +791,7 @@ async def complete_upload(
     """
     async with ctx.sessionmaker() as session, session.begin():
         upload = await get_upload(session, upload_id=upload_id, user=user)
-        if upload.status == UploadStatus.VALIDATED:
+        if upload.status in ACCEPTED_STATUSES:
             return await read_upload(session, upload)
         if upload.status == UploadStatus.REJECTED:
             raise _rejection(await read_upload(session, upload))
@@ -820,6 +856,7 @@ async def complete_upload(
         ]
         verdicts = [rejected[0], *verdicts[1:]]
     final = UploadStatus.REJECTED if rejected else UploadStatus.VALIDATED
+    queue = final == UploadStatus.VALIDATED and ctx.default_target is not None
 
     async with ctx.sessionmaker() as session, session.begin():
         await session.execute(
@@ -830,7 +867,7 @@ async def complete_upload(
             update(Upload)
             .where(Upload.id == upload_id, Upload.status == UploadStatus.RECEIVED)
             .values(
-                status=final,
+                status=UploadStatus.QUEUED if queue else final,
                 instance_count=instances,
                 completed_at=utcnow(),
                 updated_at=utcnow(),
@@ -846,6 +883,10 @@ async def complete_upload(
             study_instance_uid=declared_uid,
             client_ip=client_ip,
         )
+        if moved.rowcount and queue:  # type: ignore[attr-defined]
+            # The outbox: the job exists if and only if this transaction commits.
+            assert ctx.default_target is not None
+            session.add(ForwardJob(upload_id=upload_id, target=ctx.default_target))
         if moved.rowcount:  # type: ignore[attr-defined]
             for v in verdicts:
                 if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:
@@ -867,8 +908,10 @@ async def complete_upload(
         view = await read_upload(session, finished)
     if view.status == UploadStatus.REJECTED:
         raise _rejection(view)
-    if view.status != UploadStatus.VALIDATED:
+    if view.status not in ACCEPTED_STATUSES:
         raise UploadNotWritable(f"This upload is {view.status.value}.")
+    if queue and ctx.on_queued is not None:
+        ctx.on_queued()
     return view
 
 
@@ -878,6 +921,9 @@ def _file_update(upload_id: uuid.UUID, verdict: FileVerdict) -> dict[str, Any]:
         "upload_id": upload_id,
         "index": verdict.index,
         "status": FileStatus.REJECTED if verdict.error else FileStatus.VALID,
+        "forward_status": ForwardStatus.PENDING
+        if verdict.error is None and summary is not None and summary.kind == "instance"
+        else None,
         "kind": summary.kind if summary else None,
         "preamble": summary.preamble if summary else None,
         "sop_instance_uid": summary.sop_instance_uid if summary else None,

@@ -1,0 +1,261 @@
+"""A DICOMweb client for one PACS target: STOW-RS streamed from object storage, QIDO-RS listing.
+
+Knows nothing of the database. Every answer is classified per instance (stored, retry later,
+failed for good) following PS3.18 and what Orthanc and dcm4chee-arc actually answer: Orthanc
+1.10 with DICOMweb 1.7 answers 200 even when instances failed, so FailedSOPSequence is always
+read. Credentials never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from relaypacs.config import PacsTarget
+from relaypacs.storage import ObjectStorage, StorageError
+
+logger = logging.getLogger(__name__)
+
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+SOP_INSTANCE_UID = "00080018"
+PREAMBLE = 128
+
+
+class Disposition(enum.StrEnum):
+    STORED = "stored"
+    RETRY = "retry"  # transient: send again later
+    FAILED = "failed"  # permanent: the PACS will never take it as it is
+
+
+@dataclass(frozen=True)
+class InstancePart:
+    """One instance to send: its bytes are the concatenation of `keys` in storage."""
+
+    file_index: int
+    sop_instance_uid: str
+    size: int
+    keys: tuple[str, ...]
+    zero_preamble: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    file_index: int
+    disposition: Disposition
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StowOutcome:
+    results: list[InstanceResult]
+    http_status: int | None
+    # Set when the target itself failed (network, timeout, 5xx, refused credentials): such a
+    # failure counts towards the target's circuit breaker. Not set for a storage failure here.
+    target_error: str | None = None
+
+
+def classify_reason(code: int) -> Disposition:
+    """FailureReason (0008,1197): A7xx (out of resources) and 0110 (processing failure) are
+    transient; A9xx, Cxxx, 0122 and everything else are permanent."""
+    if 0xA700 <= code <= 0xA7FF or code == 0x0110:
+        return Disposition.RETRY
+    return Disposition.FAILED
+
+
+def _failures(body: Any) -> dict[str, int]:
+    """SOP Instance UID -> FailureReason from a STOW-RS response (DICOM JSON)."""
+    datasets = body if isinstance(body, list) else [body]
+    failed: dict[str, int] = {}
+    for dataset in datasets:
+        if not isinstance(dataset, dict):
+            continue
+        for item in (dataset.get(FAILED_SOP_SEQUENCE) or {}).get("Value") or []:
+            if not isinstance(item, dict):
+                continue
+            uids = (item.get(REFERENCED_SOP_INSTANCE_UID) or {}).get("Value") or []
+            reasons = (item.get(FAILURE_REASON) or {}).get("Value") or [0x0110]
+            if uids and isinstance(uids[0], str):
+                reason = reasons[0] if isinstance(reasons[0], int) else 0x0110
+                failed[uids[0]] = reason
+    return failed
+
+
+class DicomWebClient:
+    def __init__(self, target: PacsTarget, storage: ObjectStorage) -> None:
+        self.target = target
+        self._storage = storage
+        auth: httpx.Auth | None = None
+        headers = {"User-Agent": "RelayPACS"}
+        if target.token is not None:
+            headers["Authorization"] = f"Bearer {target.token.get_secret_value()}"
+        elif target.username is not None and target.password is not None:
+            auth = httpx.BasicAuth(target.username, target.password.get_secret_value())
+        verify: ssl.SSLContext | bool = target.verify_tls
+        if target.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(target.ca_file))
+        self._client = httpx.AsyncClient(
+            base_url=target.url,
+            auth=auth,
+            headers=headers,
+            verify=verify,
+            timeout=httpx.Timeout(
+                target.read_timeout, connect=target.connect_timeout, pool=target.read_timeout
+            ),
+            limits=httpx.Limits(
+                max_connections=target.max_in_flight + 2,
+                max_keepalive_connections=target.max_in_flight,
+            ),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # --- STOW-RS -------------------------------------------------------------------------
+
+    async def store(self, study_uid: str, parts: Sequence[InstancePart]) -> StowOutcome:
+        boundary = uuid.uuid4().hex
+        heads = [
+            (
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n"
+                f"Content-Length: {part.size}\r\n\r\n"
+            ).encode()
+            for part in parts
+        ]
+        tail = f"--{boundary}--\r\n".encode()
+        length = sum(len(h) + p.size + 2 for h, p in zip(heads, parts, strict=True)) + len(tail)
+
+        async def body() -> AsyncIterator[bytes]:
+            for head, part in zip(heads, parts, strict=True):
+                yield head
+                offset = 0
+                for key in part.keys:
+                    async for block in self._storage.stream(key):
+                        if part.zero_preamble and offset < PREAMBLE:
+                            cut = min(PREAMBLE - offset, len(block))
+                            block = bytes(cut) + bytes(block[cut:])
+                        offset += len(block)
+                        yield block
+                if offset != part.size:
+                    raise StorageError("stored instance is shorter than its manifest size")
+                yield b"\r\n"
+            yield tail
+
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+            "Content-Length": str(length),
+        }
+        try:
+            response = await self._client.post(
+                f"/studies/{study_uid}", content=body(), headers=headers
+            )
+        except StorageError as exc:
+            logger.warning("reading an instance from storage failed: %s", type(exc).__name__)
+            return StowOutcome(_all(parts, Disposition.RETRY, "storage_unavailable"), None)
+        except httpx.TimeoutException:
+            return StowOutcome(_all(parts, Disposition.RETRY, "timeout"), None, "timeout")
+        except httpx.TransportError as exc:
+            error = f"network: {type(exc).__name__}"
+            return StowOutcome(_all(parts, Disposition.RETRY, error), None, error)
+        return self._judge(parts, response)
+
+    def _judge(self, parts: Sequence[InstancePart], response: httpx.Response) -> StowOutcome:
+        status = response.status_code
+        try:
+            body = response.json() if response.content else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = {}
+        failed = _failures(body)
+        if status in (200, 202):
+            results = []
+            for part in parts:
+                if part.sop_instance_uid in failed:
+                    code = failed[part.sop_instance_uid]
+                    results.append(
+                        InstanceResult(part.file_index, classify_reason(code), f"{code:04X}")
+                    )
+                else:
+                    results.append(InstanceResult(part.file_index, Disposition.STORED))
+            return StowOutcome(results, status)
+        if status in (401, 403):
+            error = f"http_{status}: the PACS refused the gateway's credentials"
+            return StowOutcome(_all(parts, Disposition.RETRY, error), status, error)
+        if status in (408, 425, 429) or status >= 500:
+            error = f"http_{status}"
+            return StowOutcome(_all(parts, Disposition.RETRY, error), status, error)
+        # 400, 409, 415 and other client errors: permanent, with the PACS's own reason where
+        # it gave one per instance.
+        results = []
+        for part in parts:
+            reason = failed.get(part.sop_instance_uid)
+            if reason is not None:
+                results.append(
+                    InstanceResult(part.file_index, classify_reason(reason), f"{reason:04X}")
+                )
+            else:
+                results.append(
+                    InstanceResult(part.file_index, Disposition.FAILED, f"http_{status}")
+                )
+        return StowOutcome(results, status)
+
+    # --- QIDO-RS -------------------------------------------------------------------------
+
+    async def instance_uids(self, study_uid: str, *, page: int = 1000) -> set[str]:
+        """Every SOP Instance UID the PACS lists for the study (paged with limit/offset).
+
+        Raises httpx.HTTPError (or a subclass) when the PACS cannot answer."""
+        found: set[str] = set()
+        offset = 0
+        while True:
+            response = await self._client.get(
+                f"/studies/{study_uid}/instances",
+                params={"limit": page, "offset": offset, "includefield": SOP_INSTANCE_UID}
+                if self.target.profile != "orthanc"
+                else {"limit": page, "offset": offset},
+                headers={"Accept": "application/dicom+json"},
+            )
+            if response.status_code in (204, 404):
+                return found
+            response.raise_for_status()
+            items = response.json() if response.content else []
+            if not isinstance(items, list):
+                return found
+            for item in items:
+                uids = (item.get(SOP_INSTANCE_UID) or {}).get("Value") or []
+                if uids and isinstance(uids[0], str):
+                    found.add(uids[0])
+            if len(items) < page:
+                return found
+            offset += len(items)
+
+    async def probe(self) -> str | None:
+        """None if the PACS answers (any HTTP status but 5xx), else why not."""
+        try:
+            response = await self._client.get(
+                "/studies", params={"limit": 1}, headers={"Accept": "application/dicom+json"}
+            )
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        if response.status_code in (401, 403):
+            return f"http_{response.status_code}: the PACS refused the gateway's credentials"
+        if response.status_code >= 500:
+            return f"http_{response.status_code}"
+        return None
+
+
+def _all(
+    parts: Sequence[InstancePart], disposition: Disposition, reason: str
+) -> list[InstanceResult]:
+    return [InstanceResult(p.file_index, disposition, reason) for p in parts]
