@@ -73,18 +73,23 @@ def table(result: StudyResult) -> list[str]:
     )
     lines = [head, "-" * len(cols), cols]
     for m in result.rows:
-        if not m.ok:
-            error = (m.error or "no run").strip().splitlines()
+        if m.ok:
+            lines.append(
+                f"{m.name:28}{m.median_seconds:8.2f}{m.mb_per_s:8.1f}{m.files_per_s:8.1f}"
+                f"{_ratio(m.mb_per_s, disk):>9}{_ratio(m.mb_per_s, tus):>8}"
+                f"{_mib(m.peak_rss):>10}"
+                f"{_mib(m.peak_rss_tree if m.kind == 'gateway' else None):>11}"
+            )
+        if m.error:
+            error = m.error.strip().splitlines() or ["?"]
             if len(error) > 12:
                 error = [*error[:2], "...", *error[-9:]]
-            lines.append(f"{m.name:28}  FAILED: {error[0]}")
+            if m.ok:
+                label = f"{'':28}  ^ run {len(m.seconds) + 1} FAILED (figures: the runs before): "
+            else:
+                label = f"{m.name:28}  FAILED: "
+            lines.append(label + error[0])
             lines.extend(f"{'':30}{line}" for line in error[1:])
-            continue
-        lines.append(
-            f"{m.name:28}{m.median_seconds:8.2f}{m.mb_per_s:8.1f}{m.files_per_s:8.1f}"
-            f"{_ratio(m.mb_per_s, disk):>9}{_ratio(m.mb_per_s, tus):>8}"
-            f"{_mib(m.peak_rss):>10}{_mib(m.peak_rss_tree if m.kind == 'gateway' else None):>11}"
-        )
     lines.append("-" * len(cols))
     if disk:
         lines.append(

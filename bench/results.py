@@ -27,7 +27,8 @@ class Measurement:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and bool(self.seconds)
+        """At least one run completed (a later run may still have failed: see `error`)."""
+        return bool(self.seconds)
 
     @property
     def median_seconds(self) -> float:
