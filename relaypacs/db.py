@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import URL, DateTime, Engine, MetaData, event, make_url
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -73,9 +74,31 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
+def create_sync_sqlite_engine(url: URL | str) -> Engine:
+    """A synchronous engine on the same SQLite file (pysqlite), configured like the async one.
 
+    For hot paths that run a whole transaction in one thread call (see ChunkRecorder)."""
+    sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+    engine = create_sync_engine(sync_url, connect_args={"timeout": 60}, pool_size=2)
+    _configure_sqlite_engine(engine)
+    return engine
+
+
+_WRITE_LOCKS: dict[tuple[str, int], asyncio.Lock] = {}
+
+
+def sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """The lock this process's SQLite writers take turns on (one per database file and event
+    loop; call it with the loop running)."""
+    key = (str(engine.url.database), id(asyncio.get_running_loop()))
+    return _WRITE_LOCKS.setdefault(key, asyncio.Lock())
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    _configure_sqlite_engine(engine.sync_engine)
+
+
+def _configure_sqlite_engine(sync_engine: Engine) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own transaction handling is turned off so that we can BEGIN IMMEDIATE:
@@ -138,7 +161,7 @@ def create_sessionmaker(
         engine = engine.execution_options(**{READONLY_OPTION: True})
     elif engine.dialect.name == "sqlite":
         session_class = type(
-            "SerialisedSession", (_SerialisedSession,), {"write_lock": asyncio.Lock()}
+            "SerialisedSession", (_SerialisedSession,), {"write_lock": sqlite_write_lock(engine)}
         )
         return async_sessionmaker(
             engine, class_=session_class, expire_on_commit=False, autoflush=False

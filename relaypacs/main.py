@@ -19,7 +19,7 @@ from relaypacs import __version__
 from relaypacs.auth.router import router as auth_router
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.config import Settings, load_settings
-from relaypacs.db import create_engine, create_sessionmaker
+from relaypacs.db import create_engine, create_sessionmaker, create_sync_sqlite_engine
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import GatewayError
 from relaypacs.forwarding.worker import Forwarder
@@ -92,7 +92,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.chunk_slots = asyncio.Semaphore(16)
     app.state.upload_facts = UploadFactsCache()
-    app.state.chunk_recorder = ChunkRecorder(app.state.sessionmaker)
+    # SQLite: hot paths run a whole transaction in one thread call on a synchronous engine.
+    app.state.sync_engine = (
+        create_sync_sqlite_engine(engine.url) if engine.dialect.name == "sqlite" else None
+    )
+    app.state.chunk_recorder = ChunkRecorder(engine, sync_engine=app.state.sync_engine)
     storage = await open_storage(settings)
     app.state.storage = storage
     validator = DicomValidator(
@@ -138,6 +142,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if forwarder is not None:
             await forwarder.stop()
         await validator.close()
+        if app.state.sync_engine is not None:
+            app.state.sync_engine.dispose()
         await storage.close()
         await engine.dispose()
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from relaypacs.auth.models import Role, User
 from relaypacs.auth.security import decode_access_token
+from relaypacs.db import READONLY_OPTION
 from relaypacs.errors import Forbidden, NotAuthenticated
 
 _bearer = HTTPBearer(auto_error=False)
@@ -23,15 +28,34 @@ async def get_current_user(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated()
     claims = decode_access_token(credentials.credentials, key=request.app.state.signing_key)
-    # A short session of its own: the user is loaded and the connection goes back to the pool
-    # at once, instead of being held for the whole request (a chunk upload, a verification).
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with sessionmaker() as session, session.begin():
-        user = await session.get(User, claims.user_id)
+    user = await load_user(request.app.state, claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")
     request.state.user_id = user.id
     return user
+
+
+async def load_user(state: Any, user_id: uuid.UUID) -> User | None:
+    """The user row, detached. A short read of its own: the connection goes back to the pool at
+    once instead of being held for the whole request (a chunk upload, a verification). On
+    SQLite one thread call on the synchronous engine (through aiosqlite, each statement would be
+    a hop between threads, and this runs for every request)."""
+    sync_engine: Engine | None = state.sync_engine
+    if sync_engine is not None:
+
+        reader = sync_engine.execution_options(**{READONLY_OPTION: True})  # deferred BEGIN
+
+        def in_thread() -> User | None:
+            with Session(reader, expire_on_commit=False) as session:
+                user = session.get(User, user_id)
+                if user is not None:
+                    session.expunge(user)
+                return user
+
+        return await asyncio.to_thread(in_thread)
+    sessionmaker: async_sessionmaker[AsyncSession] = state.read_sessionmaker
+    async with sessionmaker() as session, session.begin():
+        return await session.get(User, user_id)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

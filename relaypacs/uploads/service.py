@@ -19,11 +19,12 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role, User
-from relaypacs.db import utcnow
+from relaypacs.db import sqlite_write_lock, utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
 from relaypacs.forwarding.models import ForwardJob, JobStatus
@@ -530,12 +531,17 @@ class ChunkRecorder:
     one task writes everything queued in one transaction and answers each request. A record is
     answered only after its transaction committed, so an acknowledged chunk is durable in the
     database as well as in storage.
+
+    On SQLite the transaction runs as one call in a thread on a synchronous connection: through
+    aiosqlite every statement would be a hop between threads, and those hops, not SQLite, were
+    most of a chunk's time.
     """
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], max_batch: int = 256
+        self, engine: AsyncEngine, *, sync_engine: Engine | None = None, max_batch: int = 256
     ) -> None:
-        self._sessionmaker = sessionmaker
+        self._engine = engine
+        self._sync_engine = sync_engine  # SQLite only (see create_sync_sqlite_engine)
         self._max_batch = max_batch
         self._queue: list[tuple[_ChunkRecord, asyncio.Future[_Outcome]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -565,73 +571,85 @@ class ChunkRecorder:
                     future.set_result(outcome)
 
     async def _write(self, batch: list[_ChunkRecord]) -> list[_Outcome]:
-        async with self._sessionmaker() as session, session.begin():
-            upload_ids = {record.target.upload_id for record in batch}
-            status_rows = await session.execute(
-                select(Upload.id, Upload.status).where(Upload.id.in_(upload_ids))
+        if self._sync_engine is not None:
+            sync_engine = self._sync_engine
+            async with sqlite_write_lock(self._engine):
+
+                def in_thread() -> list[_Outcome]:
+                    with sync_engine.begin() as connection:
+                        return _record_chunks(connection, batch)
+
+                return await asyncio.to_thread(in_thread)
+        async with self._engine.begin() as connection:
+            return await connection.run_sync(_record_chunks, batch)
+
+
+def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_Outcome]:
+    """Insert the batch's chunk rows (one transaction) and say what became of each."""
+    upload_ids = {record.target.upload_id for record in batch}
+    status_rows = connection.execute(
+        select(Upload.id, Upload.status).where(Upload.id.in_(upload_ids))
+    )
+    # not dict(status_rows): a Result has .keys(), so dict() would treat it as a mapping
+    statuses = {upload_id: status for upload_id, status in status_rows}  # noqa: C416
+    writable = [r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING]
+    inserted: set[tuple[uuid.UUID, int, int]] = set()
+    stored: dict[tuple[uuid.UUID, int, int], str] = {}
+    if writable:
+        insert = (
+            postgresql_insert(UploadChunk)
+            if connection.dialect.name == "postgresql"
+            else sqlite_insert(UploadChunk)
+        )
+        now = utcnow()
+        returned = connection.execute(
+            insert.on_conflict_do_nothing()
+            .values(
+                [
+                    {
+                        "upload_id": r.target.upload_id,
+                        "file_index": r.target.file_index,
+                        "chunk_index": r.target.chunk_index,
+                        "size": r.size,
+                        "md5": r.md5,
+                        "created_at": now,
+                    }
+                    for r in writable
+                ]
             )
-            # not dict(status_rows): a Result has .keys(), so dict() would treat it as a mapping
-            statuses = {upload_id: status for upload_id, status in status_rows}  # noqa: C416
-            writable = [
-                r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING
-            ]
-            inserted: set[tuple[uuid.UUID, int, int]] = set()
-            stored: dict[tuple[uuid.UUID, int, int], str] = {}
-            if writable:
-                insert_stmt = _insert_ignoring_duplicates(session).values(
-                    [
-                        {
-                            "upload_id": r.target.upload_id,
-                            "file_index": r.target.file_index,
-                            "chunk_index": r.target.chunk_index,
-                            "size": r.size,
-                            "md5": r.md5,
-                            "created_at": utcnow(),
-                        }
-                        for r in writable
-                    ]
-                )
-                returned = await session.execute(
-                    insert_stmt.returning(
+            .returning(UploadChunk.upload_id, UploadChunk.file_index, UploadChunk.chunk_index)
+        )
+        inserted = {(u, f, c) for u, f, c in returned}
+        if len(inserted) < len(writable):  # some were there already: same bytes or not?
+            rows = connection.execute(
+                select(
+                    UploadChunk.upload_id,
+                    UploadChunk.file_index,
+                    UploadChunk.chunk_index,
+                    UploadChunk.md5,
+                ).where(
+                    tuple_(
                         UploadChunk.upload_id, UploadChunk.file_index, UploadChunk.chunk_index
-                    )
+                    ).in_([r.key for r in writable if r.key not in inserted])
                 )
-                inserted = {(u, f, c) for u, f, c in returned}
-                rows = await session.execute(
-                    select(
-                        UploadChunk.upload_id,
-                        UploadChunk.file_index,
-                        UploadChunk.chunk_index,
-                        UploadChunk.md5,
-                    ).where(
-                        tuple_(
-                            UploadChunk.upload_id, UploadChunk.file_index, UploadChunk.chunk_index
-                        ).in_([r.key for r in writable])
-                    )
-                )
-                stored = {(u, f, c): md5 for u, f, c, md5 in rows}
-        outcomes = []
-        for record in batch:
-            status = statuses.get(record.target.upload_id)
-            if status == UploadStatus.CANCELLED:
-                outcomes.append(_Outcome.CANCELLED)
-            elif status != UploadStatus.PENDING:
-                outcomes.append(_Outcome.NOT_WRITABLE)
-            elif record.key in inserted:
-                inserted.discard(record.key)  # the same chunk twice in one batch: one stored it
-                outcomes.append(_Outcome.STORED)
-            elif stored.get(record.key) == record.md5:
-                outcomes.append(_Outcome.ALREADY_STORED)
-            else:
-                outcomes.append(_Outcome.CONFLICT)
-        return outcomes
-
-
-def _insert_ignoring_duplicates(session: AsyncSession) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING for the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql_insert(UploadChunk).on_conflict_do_nothing()
-    return sqlite_insert(UploadChunk).on_conflict_do_nothing()
+            )
+            stored = {(u, f, c): md5 for u, f, c, md5 in rows}
+    outcomes = []
+    for record in batch:
+        status = statuses.get(record.target.upload_id)
+        if status == UploadStatus.CANCELLED:
+            outcomes.append(_Outcome.CANCELLED)
+        elif status != UploadStatus.PENDING:
+            outcomes.append(_Outcome.NOT_WRITABLE)
+        elif record.key in inserted:
+            inserted.discard(record.key)  # the same chunk twice in one batch: one stored it
+            stored[record.key] = record.md5
+            outcomes.append(_Outcome.STORED)
+        elif stored.get(record.key) == record.md5:
+            outcomes.append(_Outcome.ALREADY_STORED)
+        else:
+            outcomes.append(_Outcome.CONFLICT)
+    return outcomes
 
 
 async def store_chunk(
