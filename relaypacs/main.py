@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relaypacs import __version__
+from relaypacs.admin.router import router as admin_router
 from relaypacs.auth.router import router as auth_router
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.config import Settings, load_settings
@@ -221,4 +222,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(uploads_router, prefix=API_PREFIX)
+    app.include_router(admin_router, prefix=API_PREFIX)
     return app

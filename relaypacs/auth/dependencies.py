@@ -42,7 +42,6 @@ async def load_user(state: Any, user_id: uuid.UUID) -> User | None:
     a hop between threads, and this runs for every request)."""
     sync_engine: Engine | None = state.sync_engine
     if sync_engine is not None:
-
         reader = sync_engine.execution_options(**{READONLY_OPTION: True})  # deferred BEGIN
 
         def in_thread() -> User | None:

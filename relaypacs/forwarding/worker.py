@@ -422,6 +422,8 @@ class Forwarder:
             if not unconfirmed:
                 upload = await session.get(Upload, claim.upload_id)
                 assert upload is not None
+                if upload.status == UploadStatus.CANCELLED:
+                    return  # cancelled meanwhile (the cancel also took the job from us)
                 now = utcnow()
                 job.status = JobStatus.DONE
                 job.finished_at = now
