@@ -204,6 +204,7 @@ def measure(
         state_dir.mkdir(parents=True, mode=0o700)
         senv = server_env(workers)
         log_path = logs / f"gateway-{i}.log"
+        logs.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
         try:
             create_user(data_dir, USERNAME, PASSWORD, env=senv)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench import disk, gateway, machine, studies, tus_peer
 from bench.report import StudyResult, check_lines, checks, table
@@ -137,9 +140,8 @@ def measure_study(
 ) -> StudyResult:
     repeat = _repeat(args, study.total_bytes)
     result = StudyResult(study, repeat)
-    scratch = args.work_dir / "scratch" / study.spec.key
-    logs = args.work_dir / "logs" / study.spec.key
-    disk.settle(scratch, logs)
+    scratch = args.work_dir / "scratch" / args.run_id / study.spec.key
+    logs = args.work_dir / "logs" / args.run_id / study.spec.key
     scratch.mkdir(parents=True)
     logs.mkdir(parents=True)
     files, total = study.files, study.total_bytes
@@ -218,8 +220,28 @@ def measure_study(
             if again.ok and m.ok:
                 m.seconds.extend(again.seconds)
                 m.extra["after_s"] = list(again.seconds)
-    disk.settle(scratch)
+    disk.settle(scratch.parent)
     return result
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Keep the logs of the last `keep` runs."""
+    if not directory.is_dir():
+        return
+    runs = sorted(p for p in directory.iterdir() if p.is_dir() and p.name[:1].isdigit())
+    for old in runs[: max(0, len(runs) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _other_benchmarks() -> list[tuple[int, str]]:
+    """Other `python -m bench` processes on this machine."""
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["pid"] not in mine and "-m" in cmd and "bench" in cmd:
+            found.append((int(proc.info["pid"]), " ".join(cmd)))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     parts = [p for p in PARTS if p in args.only]
+    # Scratch and logs of this run only: a second benchmark started meanwhile (which would
+    # skew every figure anyway) must not delete this one's files.
+    args.run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{os.getpid()}"
+    _prune(args.work_dir / "logs", keep=5)
     started = time.perf_counter()
     host = machine.describe(args.work_dir)
     log(
@@ -235,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for line in host.lines():
         log(f"  {line}")
-    log(f"  work dir: {args.work_dir} (studies, scratch, logs; all writes on this filesystem)")
+    log(f"  work dir: {args.work_dir} (studies, scratch; all writes on this filesystem)")
+    log(f"  logs: {args.work_dir / 'logs' / args.run_id}")
+    for pid, cmd in _other_benchmarks():
+        log(f"  WARNING: another benchmark is running (pid {pid}: {cmd[:80]}): figures are skewed")
     log("  MB = 10^6 bytes, MiB = 2^20 bytes; rates are payload bytes over wall time")
 
     unavailable: dict[str, str] = {}

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -166,13 +167,14 @@ def prepare(spec: StudySpec, root: Path, *, log: Any = print) -> Study:
         log(f"  {spec.key}: cached study is stale (parameters or generator changed), regenerating")
     shutil.rmtree(directory, ignore_errors=True)
     stamp_path.unlink(missing_ok=True)
-    partial = root / f"{spec.dirname}.partial"
+    partial = root / f"{spec.dirname}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     log(f"  {spec.key}: generating {spec.title} into {directory} ...")
     started = time.perf_counter()
     module.write_study(partial, **spec.params())
     seconds = time.perf_counter() - started
+    shutil.rmtree(directory, ignore_errors=True)  # generated meanwhile by another run
     partial.replace(directory)
     files = list_files(directory)
     total = sum(p.stat().st_size for p in files)
