@@ -745,9 +745,13 @@ class _BackgroundServer:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> None:
+        """Listen on a port the kernel chooses, or, after :meth:`stop`, on the same port again
+        (what was recorded and stored is kept)."""
+        if self._loop is not None:
+            raise RuntimeError(f"{self.name} is already running")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((LOOPBACK, 0))
+        sock.bind((LOOPBACK, self.port))
         self.port = sock.getsockname()[1]
         loop = asyncio.new_event_loop()
         self._loop = loop

@@ -539,3 +539,20 @@ async def test_fault_pacs_serves_async_clients_with_request_times(pacs: FaultPac
     assert [r.status for r in requests] == [503, 503, 200]
     assert requests[0].at <= requests[1].at <= requests[2].at
     assert requests[2].headers["content-type"] == content_type
+
+
+def test_fault_pacs_stops_and_starts_again_on_the_same_port(
+    pacs: FaultPacs, pacs_client: httpx.Client
+) -> None:
+    study_uid, sops, files = study(1)
+    url = f"{pacs.dicomweb_url}/studies"
+    assert stow(pacs_client, url, files).status_code == 200
+    port = pacs.port
+    pacs.stop()
+    with pytest.raises(httpx.ConnectError):
+        stow(pacs_client, url, files)
+    pacs.start()
+    assert pacs.port == port
+    assert stow(pacs_client, url, files).status_code == 200
+    assert pacs.sop_instance_uids(study_uid) == set(sops)
+    assert len(pacs.stow_requests()) == 2
