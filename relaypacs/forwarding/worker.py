@@ -221,10 +221,9 @@ class Forwarder:
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(claim, lost))
         work = asyncio.create_task(self._work(claim))
+        lease_lost = asyncio.create_task(lost.wait())
         try:
-            done, _ = await asyncio.wait(
-                {work, asyncio.create_task(lost.wait())}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait({work, lease_lost}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, LeaseLost):
@@ -232,9 +231,10 @@ class Forwarder:
                 raise LeaseLost()
             work.result()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, lease_lost):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _work(self, claim: Claim) -> None:
         target = self._targets[claim.target]
@@ -323,12 +323,19 @@ class Forwarder:
                 elif outcome.http_status is not None:
                     breaker.record_success()
                 results = outcome.results
-                if outcome.http_status in (400, 409, 415) and len(batch) > 1:
-                    # The whole request was refused: find out which instance it was for.
-                    results = []
+                unexplained = {
+                    r.file_index
+                    for r in results
+                    if r.disposition == Disposition.FAILED and (r.reason or "").startswith("http_")
+                }
+                if unexplained and len(batch) > 1:
+                    # The request was refused without a reason per instance: send those alone
+                    # to find out which of them the PACS refuses.
+                    results = [r for r in results if r.file_index not in unexplained]
                     for part in batch:
-                        single = await client.store(study_uid, [part])
-                        results.extend(single.results)
+                        if part.file_index in unexplained:
+                            single = await client.store(study_uid, [part])
+                            results.extend(single.results)
                 await self._record(claim, results)
                 retry_reasons.extend(
                     r.reason or "retry" for r in results if r.disposition == Disposition.RETRY

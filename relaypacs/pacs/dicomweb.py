@@ -73,6 +73,22 @@ def classify_reason(code: int) -> Disposition:
     return Disposition.FAILED
 
 
+def _referenced(body: Any) -> set[str] | None:
+    """SOP Instance UIDs in ReferencedSOPSequence (stored), or None if the answer has none."""
+    datasets = body if isinstance(body, list) else [body]
+    found: set[str] | None = None
+    for dataset in datasets:
+        if not isinstance(dataset, dict) or REFERENCED_SOP_SEQUENCE not in dataset:
+            continue
+        found = found or set()
+        for item in (dataset.get(REFERENCED_SOP_SEQUENCE) or {}).get("Value") or []:
+            if isinstance(item, dict):
+                uids = (item.get(REFERENCED_SOP_INSTANCE_UID) or {}).get("Value") or []
+                if uids and isinstance(uids[0], str):
+                    found.add(uids[0])
+    return found
+
+
 def _failures(body: Any) -> dict[str, int]:
     """SOP Instance UID -> FailureReason from a STOW-RS response (DICOM JSON)."""
     datasets = body if isinstance(body, list) else [body]
@@ -178,6 +194,7 @@ class DicomWebClient:
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = {}
         failed = _failures(body)
+        referenced = _referenced(body)
         if status in (200, 202):
             results = []
             for part in parts:
@@ -186,8 +203,14 @@ class DicomWebClient:
                     results.append(
                         InstanceResult(part.file_index, classify_reason(code), f"{code:04X}")
                     )
-                else:
+                elif referenced is None or part.sop_instance_uid in referenced:
                     results.append(InstanceResult(part.file_index, Disposition.STORED))
+                else:
+                    # Listed nowhere: Orthanc 1.10 answers 200 without the instance (and every
+                    # later part) when storing it failed. Send it again.
+                    results.append(
+                        InstanceResult(part.file_index, Disposition.RETRY, "not_acknowledged")
+                    )
             return StowOutcome(results, status)
         if status in (401, 403):
             error = f"http_{status}: the PACS refused the gateway's credentials"
@@ -196,11 +219,14 @@ class DicomWebClient:
             error = f"http_{status}"
             return StowOutcome(_all(parts, Disposition.RETRY, error), status, error)
         # 400, 409, 415 and other client errors: permanent, with the PACS's own reason where
-        # it gave one per instance.
+        # it gave one per instance; instances it lists as stored were stored (Orthanc stores
+        # the good parts of a request it answers 400 or 409).
         results = []
         for part in parts:
             reason = failed.get(part.sop_instance_uid)
-            if reason is not None:
+            if referenced is not None and part.sop_instance_uid in referenced:
+                results.append(InstanceResult(part.file_index, Disposition.STORED))
+            elif reason is not None:
                 results.append(
                     InstanceResult(part.file_index, classify_reason(reason), f"{reason:04X}")
                 )

@@ -1,0 +1,277 @@
+"""Forwarding against a fault-injecting PACS: the retry policy, permanent failures, the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from relaypacs.audit.models import AuditEvent
+from relaypacs.auth.models import Role
+from relaypacs.auth.service import create_user
+from relaypacs.config import Settings
+from relaypacs.main import create_app
+from relaypacs.notifications.models import Notification
+from relaypacs.reports.models import Report
+from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
+from tests.api.uploading import API, Study, make_study, read_uid, upload_study
+from tests.conftest import unique_name
+from tests.pacs import FaultPacs, failed, ok, slow, status
+
+PACS_USER, PACS_PASSWORD = "gateway", "pacs-secret-password"
+TERMINAL = {"delivered", "failed", "cancelled"}
+
+
+@pytest.fixture
+def pacs() -> Iterator[FaultPacs]:
+    with FaultPacs(auth=(PACS_USER, PACS_PASSWORD)) as server:
+        yield server
+
+
+def gateway_settings(data_dir: Path, pacs: FaultPacs, **overrides: Any) -> Settings:
+    options: dict[str, Any] = {
+        "data_dir": data_dir,
+        "chunk_size": CHUNK_SIZE,
+        "secret_key": "forwarding-test-key-" + "z" * 32,
+        "pacs_url": pacs.dicomweb_url,
+        "pacs_username": PACS_USER,
+        "pacs_password": PACS_PASSWORD,
+        "forward_retry_delays": [0.2, 0.4, 0.8],
+        "forward_retry_interval": 1.0,
+        "forward_poll_seconds": 0.05,
+        "breaker_reset_seconds": 1.5,
+    }
+    options.update(overrides)
+    return Settings(**options)
+
+
+class Gateway:
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient, account: Account) -> None:
+        self.app, self.client, self.account = app, client, account
+
+    async def upload(self, study: Study) -> str:
+        response = await upload_study(self.client, self.account, study)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "queued"
+        upload_id: str = response.json()["id"]
+        return upload_id
+
+    async def get(self, upload_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"{API}/uploads/{upload_id}", headers=self.account.headers)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait(self, upload_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = await self.get(upload_id)
+            if body["status"] in TERMINAL:
+                return body
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"upload still {body['status']}: {body['forwarding']}")
+
+
+async def start_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            username = unique_name("fwd")
+            async with app.state.sessionmaker() as session, session.begin():
+                await create_user(
+                    session, username=username, password=PASSWORD, role=Role.CLINICIAN
+                )
+            login = await client.post(
+                f"{API}/auth/login", json={"username": username, "password": PASSWORD}
+            )
+            yield Gateway(
+                app, client, Account(username, Role.CLINICIAN, login.json()["access_token"])
+            )
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, pacs: FaultPacs) -> AsyncIterator[Gateway]:
+    async for gw in start_gateway(gateway_settings(tmp_path / "data", pacs)):
+        yield gw
+
+
+def sops(study: Study) -> list[str]:
+    return [read_uid(f, "SOPInstanceUID") for f in study.files]
+
+
+class TestDelivery:
+    async def test_delivered_only_after_qido_lists_every_instance(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        study = make_study(23)
+        upload_id = await gateway.upload(study)
+        body = await gateway.wait(upload_id)
+        assert body["status"] == "delivered"
+        forwarding = body["forwarding"]
+        assert (forwarding["confirmed"], forwarding["instances"], forwarding["failed"]) == (
+            23,
+            23,
+            0,
+        )
+        assert forwarding["target"] == "pacs"
+        assert {f["forward_status"] for f in body["files"]} == {"confirmed"}
+        assert set(pacs.sop_instance_uids(study.uid)) == set(sops(study))
+        # batches of 10 instances; every instance sent once; credentials were checked
+        assert [len(r.parts) for r in pacs.stow_requests()] == [10, 10, 3]
+        assert all(r.authorized for r in pacs.requests)
+        assert pacs.qido_requests(), "delivery must be verified with QIDO-RS"
+        async with gateway.app.state.read_sessionmaker() as session, session.begin():
+            uid = uuid.UUID(upload_id)
+            report = await session.scalar(select(Report).where(Report.upload_id == uid))
+            notice = await session.scalar(
+                select(Notification).where(Notification.related_id == uid)
+            )
+            audit = await session.scalar(
+                select(AuditEvent).where(
+                    AuditEvent.object_id == upload_id, AuditEvent.action == "forward.delivered"
+                )
+            )
+        assert report is not None
+        assert report.status == "pending"
+        assert notice is not None
+        assert notice.payload["confirmed"] == 23
+        assert audit is not None
+        assert audit.details["confirmed"] == 23
+
+    async def test_stored_but_not_listed_by_qido_is_sent_again(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        study = make_study(3)
+        hidden = sops(study)[1]
+        pacs.script_qido(ok(hidden=[hidden]))
+        upload_id = await gateway.upload(study)
+        body = await gateway.wait(upload_id)
+        # the first QIDO did not list it: sent again, then listed (the default answer)
+        assert body["status"] == "delivered"
+        stows = pacs.stow_requests()
+        assert [r.sop_instance_uids for r in stows[1:]] == [[hidden]]
+
+
+class TestRetryPolicy:
+    async def test_503_is_retried_after_1_2_4_times_the_base_delay(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        pacs.script_stow(status(503), status(503), status(503))
+        upload_id = await gateway.upload(make_study(2))
+        body = await gateway.wait(upload_id)
+        assert body["status"] == "delivered"
+        times = [r.at for r in pacs.stow_requests()]
+        assert len(times) == 4
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        for gap, base in zip(gaps, [0.2, 0.4, 0.8], strict=True):
+            assert base * 0.8 <= gap <= base * 1.2 + 0.5, gaps
+
+    @pytest.mark.parametrize("code", [400, 409, 415])
+    async def test_client_errors_are_permanent_and_never_retried(
+        self, gateway: Gateway, pacs: FaultPacs, code: int
+    ) -> None:
+        pacs.script_stow(status(code))
+        upload_id = await gateway.upload(make_study(1))
+        body = await gateway.wait(upload_id)
+        assert body["status"] == "failed"
+        assert body["files"][0]["forward_status"] == "failed"
+        assert body["files"][0]["forward_error"] == f"http_{code}"
+        await asyncio.sleep(0.5)
+        assert len(pacs.stow_requests()) == 1
+
+    async def test_failures_in_a_200_answer_are_read_and_only_those_are_resent(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        # Orthanc 1.10 answers 200 even when instances failed.
+        study = make_study(4)
+        uids = sops(study)
+        pacs.script_stow(failed(reasons={uids[1]: 0xA700, uids[2]: 0xA900}, http_status=200))
+        upload_id = await gateway.upload(study)
+        body = await gateway.wait(upload_id)
+        # A700 (out of resources) was retried alone; A900 is permanent
+        assert [r.sop_instance_uids for r in pacs.stow_requests()] == [uids, [uids[1]]]
+        assert body["status"] == "failed"
+        by_index = {f["index"]: f for f in body["files"]}
+        assert by_index[2]["forward_status"] == "failed"
+        assert by_index[2]["forward_error"] == "A900"
+        assert {by_index[i]["forward_status"] for i in (0, 1, 3)} == {"confirmed"}
+        assert body["forwarding"]["confirmed"] == 3
+
+    async def test_timeouts_are_retried_and_the_api_keeps_answering(
+        self, tmp_path: Path, pacs: FaultPacs
+    ) -> None:
+        settings = gateway_settings(tmp_path / "data", pacs)
+        settings.pacs_targets[0].read_timeout = 1.0
+        pacs.script_stow(slow(5.0))
+        async for gw in start_gateway(settings):
+            upload_id = await gw.upload(make_study(2))
+            await pacs.async_wait_for(1)
+            started = time.monotonic()
+            health = await gw.client.get(f"{API}/health")
+            assert health.status_code == 200
+            assert time.monotonic() - started < 0.5
+            body = await gw.wait(upload_id)
+            assert body["status"] == "delivered"
+            assert len(pacs.stow_requests()) == 2
+
+
+class TestAdministration:
+    async def test_admin_lists_failed_uploads_and_retries_only_the_failed_instances(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        study = make_study(3)
+        uids = sops(study)
+        pacs.script_stow(failed(reasons={uids[0]: 0xC000}, http_status=200))
+        upload_id = await gateway.upload(study)
+        assert (await gateway.wait(upload_id))["status"] == "failed"
+        async with gateway.app.state.sessionmaker() as session, session.begin():
+            await create_user(
+                session, username="admin-" + upload_id[:8], password=PASSWORD, role=Role.ADMIN
+            )
+        login = await gateway.client.post(
+            f"{API}/auth/login", json={"username": "admin-" + upload_id[:8], "password": PASSWORD}
+        )
+        admin = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        listing = await gateway.client.get(f"{API}/admin/uploads?status=failed", headers=admin)
+        assert upload_id in [u["id"] for u in listing.json()["items"]]
+        clinician_try = await gateway.client.get(
+            f"{API}/admin/uploads?status=failed", headers=gateway.account.headers
+        )
+        assert clinician_try.status_code == 403
+        retry = await gateway.client.post(f"{API}/admin/uploads/{upload_id}/retry", headers=admin)
+        assert retry.status_code == 200
+        assert retry.json()["status"] == "queued"
+        body = await gateway.wait(upload_id)
+        assert body["status"] == "delivered"
+        assert [r.sop_instance_uids for r in pacs.stow_requests()] == [uids, [uids[0]]]
+
+
+class TestCircuitBreaker:
+    async def test_opens_after_5_failures_and_sends_nothing_until_it_half_opens(
+        self, tmp_path: Path, pacs: FaultPacs
+    ) -> None:
+        settings = gateway_settings(
+            tmp_path / "data", pacs, forward_retry_delays=[0.05], forward_retry_interval=0.05
+        )
+        pacs.script_stow(*[status(503)] * 6)
+        async for gw in start_gateway(settings):
+            upload_id = await gw.upload(make_study(1))
+            body = await gw.wait(upload_id)
+            assert body["status"] == "delivered"
+            times = [r.at for r in pacs.stow_requests()]
+            assert len(times) == 7
+            # five quick failures, then the breaker holds everything for 1.5 s; the half-open
+            # probe fails (6th 503) and it opens again; the next probe succeeds
+            assert times[4] - times[0] < 1.0
+            assert times[5] - times[4] >= 1.5 * 0.95
+            assert times[6] - times[5] >= 1.5 * 0.95
+            assert gw.app.state.forwarder.breaker("pacs").state == "closed"
