@@ -140,7 +140,12 @@ class Settings(BaseSettings):
     forward_retry_interval: float = Field(
         default=300.0, gt=0, description="Seconds between later retries."
     )
-    forward_lease_seconds: float = Field(default=60.0, ge=5)
+    forward_lease_seconds: float = Field(
+        default=30.0,
+        ge=5,
+        description="A worker's hold on a job, renewed every third of it; after a crash the "
+        "job is due again once it runs out.",
+    )
     forward_poll_seconds: float = Field(default=2.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=60.0, gt=0)

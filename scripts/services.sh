@@ -22,6 +22,9 @@ if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
   for _ in $(seq 30); do pg_up && break; sleep 1; done
 fi
 
+# Orthanc with its DICOMweb plugin: the real PACS of the forwarding tests.
+scripts/orthanc.sh install >/dev/null
+
 # Trust auth on loopback is how this project's machines run; elsewhere give postgres a password.
 if ! psql "postgresql://postgres@127.0.0.1:5432/postgres" -qtAc 'select 1' >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ] && [ ! -f .tools/test.env ]; then

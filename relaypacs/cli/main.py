@@ -43,6 +43,8 @@ def serve(host: str | None, port: int | None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # httpx logs every request's URL at INFO: noise, and URLs carry study identifiers.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     host = host or settings.host
     port = port or settings.port
     click.echo(

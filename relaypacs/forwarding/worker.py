@@ -293,7 +293,7 @@ class Forwarder:
         try:
             listed = await client.instance_uids(study_uid)
         except httpx.HTTPError as exc:
-            breaker.record_failure()
+            self._target_failed(claim.target, type(exc).__name__)
             await self._schedule_retry(claim, f"verification: {type(exc).__name__}")
             return
         breaker.record_success()
@@ -319,7 +319,7 @@ class Forwarder:
                     return
                 outcome = await client.store(study_uid, batch)
                 if outcome.target_error is not None:
-                    breaker.record_failure()
+                    self._target_failed(claim.target, outcome.target_error)
                 elif outcome.http_status is not None:
                     breaker.record_success()
                 results = outcome.results
@@ -343,6 +343,20 @@ class Forwarder:
 
         await asyncio.gather(*(send(batch) for batch in batches))
         return retry_reasons
+
+    def _target_failed(self, target: str, error: str) -> None:
+        breaker = self._breakers[target]
+        was_open = breaker.state == "open"
+        breaker.record_failure()
+        if breaker.state == "open" and not was_open:
+            logger.warning(
+                "PACS target %r: circuit breaker open for %.0f s after %d consecutive failures "
+                "(last: %s); its studies stay queued",
+                target,
+                breaker.reset_seconds,
+                breaker.consecutive,
+                error,
+            )
 
     async def _record(self, claim: Claim, results: list[InstanceResult]) -> None:
         status_of = {
