@@ -24,8 +24,8 @@ from relaypacs.db import create_engine, create_sessionmaker, create_sync_sqlite_
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import GatewayError
 from relaypacs.forwarding.worker import Forwarder
-from relaypacs.schema import upgrade_async
-from relaypacs.storage import FilesystemStorage, ObjectStorage, S3Storage, StorageError
+from relaypacs.schema import upgrade_in_subprocess
+from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import (
     ChunkRecorder,
@@ -41,6 +41,8 @@ API_PREFIX = "/api/v1"
 
 async def open_storage(settings: Settings) -> ObjectStorage:
     if settings.storage == "s3":
+        from relaypacs.storage import S3Storage  # aiobotocore only when S3 is used
+
         assert settings.s3_bucket is not None
         s3 = S3Storage(
             endpoint_url=settings.s3_endpoint_url,
@@ -80,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.auto_migrate:
-        await upgrade_async(settings.resolved_database_url)
+        await upgrade_in_subprocess(settings.resolved_database_url)
     engine = create_engine(settings.resolved_database_url)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)

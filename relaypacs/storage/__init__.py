@@ -5,6 +5,8 @@ Exceptions: :class:`StorageError` is the base; :class:`ObjectNotFound` (missing 
 Invalid keys raise ``ValueError`` before any I/O.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import (
     DEFAULT_BLOCK_SIZE,
     ObjectNotFound,
@@ -15,7 +17,19 @@ from ._base import (
     validate_prefix,
 )
 from ._filesystem import FilesystemStorage
-from ._s3 import S3Storage
+
+if TYPE_CHECKING:
+    from ._s3 import S3Storage
+
+
+def __getattr__(name: str) -> Any:
+    # aiobotocore (botocore) costs ~35 MiB of memory: loaded only when S3 is used.
+    if name == "S3Storage":
+        from ._s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(name)
+
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",

@@ -849,16 +849,20 @@ async def complete_upload(
 
     spool_dir = ctx.spool_dir / str(upload_id)
     await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
-    semaphore = asyncio.Semaphore(ctx.concurrency)
+    # A few workers pull files from one iterator: memory does not grow with the file count
+    # (one task per file would hold thousands of coroutines for a large study).
+    pending = iter(files)
+    found: dict[int, FileVerdict] = {}
 
-    async def verify(file: UploadFile) -> FileVerdict:
-        async with semaphore:
-            return await _verify_file(
+    async def verify() -> None:
+        for file in pending:
+            found[file.index] = await _verify_file(
                 ctx.storage, ctx.validator, file=file, keys=keys[file.index], spool_dir=spool_dir
             )
 
     try:
-        verdicts = _judge_study(declared_uid, await asyncio.gather(*map(verify, files)))
+        await asyncio.gather(*(verify() for _ in range(ctx.concurrency)))
+        verdicts = _judge_study(declared_uid, [found[f.index] for f in files])
     finally:
         await asyncio.to_thread(shutil.rmtree, spool_dir, ignore_errors=True)
 
