@@ -26,6 +26,7 @@ from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
 from tests.api.uploading import API, Study, make_study, read_uid, upload_study
 from tests.conftest import unique_name
 from tests.pacs import FaultPacs, failed, ok, slow, status
+from tests.servers import free_port
 
 PACS_USER, PACS_PASSWORD = "gateway", "pacs-secret-password"
 TERMINAL = {"delivered", "failed", "cancelled"}
@@ -275,3 +276,48 @@ class TestCircuitBreaker:
             assert times[5] - times[4] >= 1.5 * 0.95
             assert times[6] - times[5] >= 1.5 * 0.95
             assert gw.app.state.forwarder.breaker("pacs").state == "closed"
+
+
+class TestNoPacs:
+    async def test_unreachable_pacs_is_reported_at_start_and_studies_stay_queued(
+        self, tmp_path: Path, pacs: FaultPacs, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        nowhere = f"http://127.0.0.1:{free_port()}/dicom-web"
+        settings = gateway_settings(tmp_path / "data", pacs, pacs_url=nowhere)
+        with caplog.at_level("WARNING", logger="relaypacs"):
+            async for gw in start_gateway(settings):
+                assert "is not reachable" in caplog.text
+                upload_id = await gw.upload(make_study(1))
+                await asyncio.sleep(2.0)
+                body = await gw.get(upload_id)
+                assert body["status"] in ("queued", "forwarding")
+                assert body["forwarding"]["last_error"].startswith(("network", "timeout"))
+                assert body["forwarding"]["attempts"] >= 1
+        assert PACS_PASSWORD not in caplog.text
+
+    async def test_admin_cancel_stops_forwarding_and_deletes_the_files(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        pacs.script_stow(*[status(503)] * 50)
+        upload_id = await gateway.upload(make_study(2))
+        while ((await gateway.get(upload_id))["forwarding"] or {}).get("attempts", 0) < 1:
+            await asyncio.sleep(0.05)  # retrying: that makes it "stuck"
+        async with gateway.app.state.sessionmaker() as session, session.begin():
+            await create_user(
+                session, username="cadmin-" + upload_id[:8], password=PASSWORD, role=Role.ADMIN
+            )
+        login = await gateway.client.post(
+            f"{API}/auth/login", json={"username": "cadmin-" + upload_id[:8], "password": PASSWORD}
+        )
+        admin = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        stuck = await gateway.client.get(f"{API}/admin/uploads?status=stuck", headers=admin)
+        assert upload_id in [u["id"] for u in stuck.json()["items"]]
+        cancel = await gateway.client.post(f"{API}/admin/uploads/{upload_id}/cancel", headers=admin)
+        assert cancel.status_code == 200
+        assert cancel.json()["status"] == "cancelled"
+        sent = len(pacs.stow_requests())
+        await asyncio.sleep(2.0)
+        assert len(pacs.stow_requests()) <= sent + 1  # at most the request already in flight
+        assert (await gateway.get(upload_id))["status"] == "cancelled"
+        keys = [k async for k in gateway.app.state.storage.list(f"uploads/{upload_id}/")]
+        assert keys == []
