@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import shutil
 import stat
@@ -19,9 +18,9 @@ from relaypacs.client.archive import ArchiveLimits, extract_zip, looks_like_zip
 from relaypacs.client.errors import InputError
 
 if TYPE_CHECKING:
-    # Imported when files are classified: pydicom takes seconds to import, which
-    # `relaypacs --help` and the other commands should not pay.
-    from relaypacs.dicom.header import StudyHeader
+    # Imported when files are classified: the DICOM walker loads the data dictionary, which
+    # `relaypacs --help` and the other commands should not pay for.
+    from relaypacs.client.dicomheader import StudyHeader
 
 __all__ = [
     "DiscoveredFile",
@@ -134,7 +133,7 @@ class _Classified:
 
 def _classify(candidate: _Candidate) -> _Classified:
     """Runs in a worker thread: stat and header read of one file."""
-    from relaypacs.dicom.header import is_dicomdir, read_header
+    from relaypacs.client.dicomheader import is_dicomdir, read_header
 
     path = candidate.path
     try:
@@ -157,6 +156,10 @@ def _classify(candidate: _Candidate) -> _Classified:
         return _Classified(candidate, None, st.st_size, st.st_mtime_ns, None, archive=True)
     reason = SkipReason.DICOMDIR if is_dicomdir(path) else SkipReason.NOT_DICOM
     return _Classified(candidate, None, st.st_size, st.st_mtime_ns, reason, archive=False)
+
+
+def _import_header_reader() -> None:
+    import relaypacs.client.dicomheader  # noqa: F401
 
 
 def _walk(top: Path) -> Iterator[Path]:
@@ -218,8 +221,8 @@ async def discover(
     """
     collector = _Collector()
     await asyncio.to_thread(collector.collect_inputs, paths)
-    # Import pydicom once here, rather than racing to in every worker thread.
-    await asyncio.to_thread(importlib.import_module, "relaypacs.dicom.header")
+    # Import the header reader once here, rather than racing to in every worker thread.
+    await asyncio.to_thread(_import_header_reader)
     candidates = collector.candidates
     result = Discovery()
     semaphore = asyncio.Semaphore(max(1, workers))
