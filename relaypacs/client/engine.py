@@ -15,10 +15,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from relaypacs.client.api import GatewayClient, RemoteUpload, StartOutcome
+from relaypacs.client.api import GatewayClient, RemoteUpload, StartOutcome, content_md5
 from relaypacs.client.archive import ArchiveLimits
 from relaypacs.client.discovery import Discovery, SkipReason, discover, extraction_workspace
-from relaypacs.client.errors import ApiError, AuthenticationError, ServerUnreachableError
+from relaypacs.client.errors import (
+    ApiError,
+    AuthenticationError,
+    ExitCode,
+    ServerUnreachableError,
+)
 from relaypacs.client.hashing import HashCache, hash_files
 from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_studies, hash_jobs
 from relaypacs.client.state import ensure_state_dir
@@ -35,14 +40,6 @@ __all__ = [
     "run_upload",
     "upload_study",
 ]
-
-
-class ExitCode:
-    OK = 0
-    REJECTED = 1
-    USAGE = 2
-    UNREACHABLE = 3
-    AUTH = 4
 
 
 class StudyStatus(StrEnum):
@@ -224,8 +221,9 @@ class _FileChangedError(Exception):
     pass
 
 
-def _read_chunk(file: StudyFile, offset: int, length: int) -> bytes:
-    """Runs in a worker thread: read one chunk by offset, checking the file did not change."""
+def _read_chunk(file: StudyFile, offset: int, length: int) -> tuple[bytes, str]:
+    """Runs in a worker thread: read one chunk by offset, checking the file did not change;
+    the bytes and their Content-MD5 (hashed here, off the event loop)."""
     fd = os.open(file.path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
@@ -239,9 +237,10 @@ def _read_chunk(file: StudyFile, offset: int, length: int) -> bytes:
                 raise _FileChangedError
             parts.append(block)
             done += len(block)
-        return b"".join(parts) if len(parts) != 1 else parts[0]
     finally:
         os.close(fd)
+    data = b"".join(parts) if len(parts) != 1 else parts[0]
+    return data, content_md5(data)
 
 
 def _chunk_length(size: int, chunk_size: int, chunk_index: int) -> int:
@@ -299,7 +298,7 @@ class _StudyRun:
                 self.fail(file_index, "chunk_out_of_range", f"no chunk {chunk_index} here")
                 return
             try:
-                data = await asyncio.to_thread(
+                data, md5 = await asyncio.to_thread(
                     _read_chunk, file, chunk_index * upload.chunk_size, length
                 )
             except _FileChangedError:
@@ -310,7 +309,9 @@ class _StudyRun:
                 return
             for attempt in range(3):
                 try:
-                    receipt = await self.client.put_chunk(upload.id, file_index, chunk_index, data)
+                    receipt = await self.client.put_chunk(
+                        upload.id, file_index, chunk_index, data, md5=md5
+                    )
                 except ApiError as exc:
                     if exc.code in _TRANSIENT_CHUNK_CODES and attempt < 2:
                         continue

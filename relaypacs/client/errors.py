@@ -16,10 +16,21 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "ClientError",
+    "ExitCode",
     "InputError",
     "ServerUnreachableError",
     "UnsafeArchiveError",
 ]
+
+
+class ExitCode:
+    """Exit codes of ``relaypacs upload`` (documented in its ``--help``)."""
+
+    OK = 0
+    REJECTED = 1
+    USAGE = 2
+    UNREACHABLE = 3
+    AUTH = 4
 
 
 class ClientError(Exception):
