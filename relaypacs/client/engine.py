@@ -578,7 +578,8 @@ async def run_upload(
     options: UploadOptions | None = None,
     progress: ProgressListener | None = None,
 ) -> RunSummary:
-    """Discover, hash, log in and upload every study under ``paths``, one after the other.
+    """Discover and hash (logging in meanwhile), then upload every study under ``paths``, one
+    after the other.
 
     Raises InputError (a missing path, an unsafe archive) before anything is sent. Other
     failures end up in the summary, whose ``exit_code`` the CLI returns.
@@ -587,6 +588,32 @@ async def run_upload(
     progress = progress or NullProgress()
     state_dir = ensure_state_dir(options.state_dir)
     summary = RunSummary()
+    # Log in while the files are read and hashed: the token (and a connection) are ready when
+    # the first study is. Its errors are raised where it is awaited, as before.
+    login = asyncio.create_task(client.login())
+    try:
+        return await _run_with_login(paths, client, login, options, progress, state_dir, summary)
+    finally:
+        if not login.done():
+            login.cancel()
+        login.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark the exception of a task nobody awaits as seen."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _run_with_login(
+    paths: Sequence[Path],
+    client: GatewayClient,
+    login: asyncio.Task[None],
+    options: UploadOptions,
+    progress: ProgressListener,
+    state_dir: Path,
+    summary: RunSummary,
+) -> RunSummary:
     clock = time.perf_counter
     started = clock()
     with extraction_workspace(state_dir) as workspace:
@@ -628,7 +655,7 @@ async def run_upload(
         summary.studies = results
         started = clock()
         try:
-            await client.login()
+            await login
             for position, plan in enumerate(studies):
                 result = await upload_study(client, plan, options=options, progress=progress)
                 results[position] = result
