@@ -12,6 +12,10 @@ from bench.studies import Study
 RSS_LIMIT_MIB = 250.0
 RSS_GROWTH_LIMIT = 1.20
 DISK_RATIO_GOAL = 0.8
+FORWARD_RATIO_GOAL = 0.9
+
+INGEST_KINDS = ("disk", "tus", "gateway")
+FORWARD_KINDS = ("direct", "forward")
 
 
 @dataclass
@@ -23,6 +27,13 @@ class StudyResult:
     def best(self, kind: str) -> Measurement | None:
         done = [m for m in self.rows if m.kind == kind and m.ok]
         return max(done, key=lambda m: m.mb_per_s, default=None)
+
+    def rows_of(self, kinds: Sequence[str]) -> list[Measurement]:
+        return [m for m in self.rows if m.kind in kinds]
+
+    def row(self, name: str) -> Measurement | None:
+        """The measured row called `name` (None if absent or it failed on its first run)."""
+        return next((m for m in self.rows if m.name == name and m.ok), None)
 
     def to_dict(self) -> dict[str, Any]:
         disk, tus = self.best("disk"), self.best("tus")
@@ -60,6 +71,10 @@ def _ratio(value: float, base: Measurement | None) -> str:
 
 
 def table(result: StudyResult) -> list[str]:
+    """The ingest table (disk, tus, gateway rows); empty when none of them was run."""
+    rows = result.rows_of(INGEST_KINDS)
+    if not rows:
+        return []
     study = result.study
     disk, tus = result.best("disk"), result.best("tus")
     head = (
@@ -72,7 +87,7 @@ def table(result: StudyResult) -> list[str]:
         f"{'peak RSS':>10}{'+children':>11}"
     )
     lines = [head, "-" * len(cols), cols]
-    for m in result.rows:
+    for m in rows:
         if m.ok:
             lines.append(
                 f"{m.name:28}{m.median_seconds:8.2f}{m.mb_per_s:8.1f}{m.files_per_s:8.1f}"
@@ -81,22 +96,32 @@ def table(result: StudyResult) -> list[str]:
                 f"{_mib(m.peak_rss_tree if m.kind == 'gateway' else None):>11}"
             )
         if m.error:
-            error = m.error.strip().splitlines() or ["?"]
-            if len(error) > 12:
-                error = [*error[:2], "...", *error[-9:]]
-            if m.ok:
-                label = f"{'':28}  ^ run {len(m.seconds) + 1} FAILED (figures: the runs before): "
-            else:
-                label = f"{m.name:28}  FAILED: "
-            lines.append(label + error[0])
-            lines.extend(f"{'':30}{line}" for line in error[1:])
+            lines.extend(_error_lines(m, 28))
     lines.append("-" * len(cols))
     if disk:
         lines.append(
             f"disk limit = {disk.name} ({disk.mb_per_s:.1f} MB/s); "
             f"tus peer = {tus.name + f' ({tus.mb_per_s:.1f} MB/s)' if tus else '-'}"
         )
-    for m in result.rows:
+    lines.extend(_notes(rows))
+    return lines
+
+
+def _error_lines(m: Measurement, width: int) -> list[str]:
+    error = m.error.strip().splitlines() if m.error else []
+    error = error or ["?"]
+    if len(error) > 12:
+        error = [*error[:2], "...", *error[-9:]]
+    if m.ok:
+        label = f"{'':{width}}  ^ run {len(m.seconds) + 1} FAILED (figures: the runs before): "
+    else:
+        label = f"{m.name:{width}}  FAILED: "
+    return [label + error[0], *(f"{'':{width + 2}}{line}" for line in error[1:])]
+
+
+def _notes(rows: Sequence[Measurement]) -> list[str]:
+    lines = []
+    for m in rows:
         notes = [m.note] if m.note else []
         if m.ok and len(m.seconds) > 1:
             notes.append("runs " + ", ".join(f"{s:.2f}" for s in m.seconds) + " s")
@@ -104,6 +129,49 @@ def table(result: StudyResult) -> list[str]:
             notes.append(f"{key} {_fmt(key, value)}")
         if notes:
             lines.append(f"  {m.name}: " + "; ".join(notes))
+    return lines
+
+
+# The forwarding rows (bench/forward.py), by name.
+DIRECT = "direct STOW (10/req, 4 in flight)"
+DIRECT_QIDO = "direct STOW + QIDO"
+GATEWAY_FORWARD = "gateway forward (complete->delivered)"
+GATEWAY_SERVER = "gateway forward (server time stamps)"
+
+
+def _times(value: float, base: Measurement | None) -> str:
+    return "-" if base is None else f"{value / base.files_per_s:.2f}x"
+
+
+def forward_table(result: StudyResult, pacs: str = "Orthanc") -> list[str]:
+    """The forwarding table (direct STOW-RS client vs the gateway); empty when not run."""
+    rows = result.rows_of(FORWARD_KINDS)
+    if not rows:
+        return []
+    study = result.study
+    direct, direct_qido = result.row(DIRECT), result.row(DIRECT_QIDO)
+    head = (
+        f"{study.spec.key}: forwarding to {pacs} -- {study.instances} instances, "
+        f"{study.total_bytes / MB:.1f} MB, median of {result.repeat} "
+        f"run{'s' if result.repeat > 1 else ''}"
+    )
+    width = 40
+    cols = (
+        f"{'':{width}}{'seconds':>8}{'inst/s':>8}{'MB/s':>8}{'vs STOW':>9}{'vs +QIDO':>9}"
+        f"{'peak RSS':>10}{'+children':>11}"
+    )
+    lines = [head, "-" * len(cols), cols]
+    for m in rows:
+        if m.ok:
+            lines.append(
+                f"{m.name:{width}}{m.median_seconds:8.2f}{m.files_per_s:8.1f}{m.mb_per_s:8.1f}"
+                f"{_times(m.files_per_s, direct):>9}{_times(m.files_per_s, direct_qido):>9}"
+                f"{_mib(m.peak_rss):>10}{_mib(m.peak_rss_tree):>11}"
+            )
+        if m.error:
+            lines.extend(_error_lines(m, width))
+    lines.append("-" * len(cols))
+    lines.extend(_notes(rows))
     return lines
 
 
@@ -122,6 +190,50 @@ def _gateway(result: StudyResult) -> Measurement | None:
 
 
 def checks(results: Sequence[StudyResult]) -> list[Check]:
+    ingest = [r for r in results if r.rows_of(INGEST_KINDS)]
+    forward = [r for r in results if r.rows_of(FORWARD_KINDS)]
+    return ingest_checks(ingest) + forward_checks(forward)
+
+
+def forward_checks(results: Sequence[StudyResult]) -> list[Check]:
+    """Forwarding goals: the gateway's complete->delivered at least 0.9x the direct client's
+    STOW + QIDO (verification on both sides); its peak RSS while forwarding under the limit."""
+    out: list[Check] = []
+    for r in results:
+        key = r.study.spec.key
+        gw, direct, direct_qido = r.row(GATEWAY_FORWARD), r.row(DIRECT), r.row(DIRECT_QIDO)
+        goal = (
+            f"[{key}] gateway forward >= {FORWARD_RATIO_GOAL}x direct STOW (verification included)"
+        )
+        if gw is None or direct_qido is None:
+            missing = "gateway forwarding" if gw is None else "direct STOW + QIDO"
+            out.append(Check(goal, None, f"{missing} not measured"))
+        else:
+            ratio = gw.files_per_s / direct_qido.files_per_s
+            detail = (
+                f"{gw.files_per_s:.1f} vs {direct_qido.files_per_s:.1f} inst/s "
+                f"(direct STOW + QIDO) = {ratio:.2f}x"
+            )
+            if direct is not None:
+                detail += f"; vs STOW alone {gw.files_per_s / direct.files_per_s:.2f}x"
+            out.append(Check(goal, ratio >= FORWARD_RATIO_GOAL, detail))
+        for label, value in (
+            ("main", gw.peak_rss if gw else None),
+            ("incl. workers", gw.peak_rss_tree if gw else None),
+        ):
+            goal = f"[{key}] gateway peak RSS while forwarding < {RSS_LIMIT_MIB:.0f} MiB ({label})"
+            if not value:
+                out.append(Check(goal, None, "gateway forwarding not measured"))
+                continue
+            detail = _mib(value)
+            pss = gw.extra.get("peak_pss_incl_workers") if gw else None
+            if label != "main" and isinstance(pss, int) and pss:
+                detail += f" (PSS, shared pages counted once: {_mib(pss)})"
+            out.append(Check(goal, value / MiB < RSS_LIMIT_MIB, detail))
+    return out
+
+
+def ingest_checks(results: Sequence[StudyResult]) -> list[Check]:
     out: list[Check] = []
     for r in results:
         key = r.study.spec.key

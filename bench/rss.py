@@ -23,6 +23,16 @@ def vm_hwm(pid: int) -> int | None:
     return None
 
 
+def reset_hwm(pid: int) -> bool:
+    """Reset the kernel's peak RSS (VmHWM) of `pid` to its current RSS (Linux >= 4.0: writing 5
+    to /proc/PID/clear_refs), so that VmHWM then covers one phase only. False if not possible."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 class RssSampler:
     """Sample the RSS of `pid` and of its whole process tree every `interval` seconds.
 

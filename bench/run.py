@@ -15,13 +15,13 @@ from typing import Any
 
 import psutil
 
-from bench import disk, gateway, machine, studies, tus_peer
-from bench.report import StudyResult, check_lines, checks, table
+from bench import disk, forward, gateway, machine, report, studies, tus_peer
+from bench.report import StudyResult, check_lines, checks, forward_table, table
 from bench.results import Measurement
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORK = BENCH_DIR / ".work"
-PARTS = ("disk", "tus", "gateway")
+PARTS = ("disk", "tus", "gateway", "forward")
 PARALLEL = 4  # files in flight: the CLI's --parallel and the tus feeder's threads
 CHUNK = 8 << 20  # the gateway's default chunk size and the tus PATCH size
 
@@ -46,7 +46,8 @@ def _csv(choices: Sequence[str]) -> Any:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="RelayPACS ingest benchmark: gateway vs disk fsync vs a tus peer.",
+        description="RelayPACS benchmark: ingest (gateway vs disk fsync vs a tus peer) and "
+        "forwarding (gateway vs a direct STOW-RS client, to a local Orthanc).",
     )
     parser.add_argument(
         "--quick",
@@ -57,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         type=_csv(PARTS),
         default=list(PARTS),
-        help="comma list of parts to run: disk,tus,gateway (default: all)",
+        help="comma list of parts to run: disk,tus,gateway,forward (default: all)",
     )
     parser.add_argument(
         "--studies",
@@ -91,6 +92,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="RELAYPACS_DICOM_WORKERS for the gateway (default: its own)",
+    )
+    parser.add_argument(
+        "--forward-poll-ms",
+        type=float,
+        default=forward.POLL_SECONDS * 1000,
+        help="forwarding part: pause between two polls of the upload's status (default: "
+        f"{forward.POLL_SECONDS * 1000:.0f}); each poll costs the gateway CPU",
     )
     parser.add_argument(
         "--work-dir",
@@ -206,6 +214,32 @@ def measure_study(
                 settle=settle,
             )
             result.rows.append(m)
+    if "forward" in parts:
+        if "forward" in unavailable:
+            for name, kind in (
+                (report.DIRECT, "direct"),
+                (report.DIRECT_QIDO, "direct"),
+                (report.GATEWAY_FORWARD, "forward"),
+                (report.GATEWAY_SERVER, "forward"),
+            ):
+                skipped(name, kind, unavailable["forward"])
+        else:
+            log(f"  {study.spec.key}: forwarding to Orthanc (direct STOW-RS vs gateway) ...")
+            result.rows.extend(
+                forward.measure(
+                    files,
+                    study.directory,
+                    total,
+                    scratch,
+                    logs,
+                    repeat=repeat,
+                    workers=args.dicom_workers,
+                    parallel=PARALLEL,
+                    settle=settle,
+                    log=log,
+                    poll_seconds=args.forward_poll_ms / 1000,
+                )
+            )
     if "disk" in parts and len(parts) > 1:
         # The virtual disk is much faster on blocks it has seen before than on new ones, and
         # which blocks a contender gets is up to the filesystem: measure the disk again after
@@ -256,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     host = machine.describe(args.work_dir)
     log(
-        f"RelayPACS ingest benchmark{' (--quick)' if args.quick else ''} -- "
+        f"RelayPACS benchmark{' (--quick)' if args.quick else ''} -- "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
     )
     for line in host.lines():
@@ -276,12 +310,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except tus_peer.TusUnavailable as exc:
             unavailable["tus"] = str(exc)
             log(f"  tus peer unavailable: {exc}")
-    if "gateway" in parts:
+    if "gateway" in parts or "forward" in parts:
         try:
             gateway.check_ready()
         except gateway.GatewayUnavailable as exc:
-            unavailable["gateway"] = str(exc)
+            unavailable["gateway"] = unavailable["forward"] = str(exc)
             log(f"  GATEWAY UNAVAILABLE: {exc}")
+    if "forward" in parts and "forward" not in unavailable:
+        try:
+            versions["orthanc"] = forward.check_ready()
+            log(f"  PACS for forwarding: {versions['orthanc']} (DICOMweb plugin), local")
+        except forward.ForwardUnavailable as exc:
+            unavailable["forward"] = str(exc)
+            log(f"  forwarding part unavailable: {exc}")
 
     specs = studies.QUICK if args.quick else studies.FULL
     log("")
@@ -302,13 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         result = measure_study(study, args, parts, unavailable)
         results.append(result)
-        log("")
-        for line in table(result):
-            log(line)
+        for lines in (table(result), forward_table(result)):
+            if lines:
+                log("")
+                for line in lines:
+                    log(line)
         log("")
 
     found = checks(results)
-    log("Goals (gateway: verified + durable ingest; not an exit status):")
+    log("Goals (gateway: verified + durable ingest, verified forwarding; not an exit status):")
     for line in check_lines(found):
         log(f"  {line}")
     elapsed = time.perf_counter() - started
