@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         ChunkReceipt,
         GatewayClient,
         RemoteFile,
+        RemoteForwarding,
         RemoteUpload,
         StartOutcome,
         StartResult,
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
         ArchiveLimits,
         ExtractedMember,
         extract_zip,
+    )
+    from relaypacs.client.delivery import (
+        Delivery,
+        DeliveryStatus,
+        describe_forward_error,
     )
     from relaypacs.client.discovery import (
         DiscoveredFile,
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
         prepare_studies,
         run_upload,
         upload_study,
+        wait_for_delivery,
     )
     from relaypacs.client.errors import (
         ApiError,
@@ -75,6 +82,11 @@ if TYPE_CHECKING:
     )
 
 _WHERE: dict[str, str] = {
+    "Delivery": "delivery",
+    "DeliveryStatus": "delivery",
+    "RemoteForwarding": "api",
+    "describe_forward_error": "delivery",
+    "wait_for_delivery": "engine",
     "ApiError": "errors",
     "ArchiveLimits": "archive",
     "AuthenticationError": "errors",
@@ -126,6 +138,8 @@ __all__ = [
     "AuthenticationError",
     "ChunkReceipt",
     "ClientError",
+    "Delivery",
+    "DeliveryStatus",
     "DiscoveredFile",
     "Discovery",
     "ExitCode",
@@ -138,6 +152,7 @@ __all__ = [
     "NullProgress",
     "ProgressListener",
     "RemoteFile",
+    "RemoteForwarding",
     "RemoteUpload",
     "RetryPolicy",
     "RunSummary",
@@ -153,6 +168,7 @@ __all__ = [
     "UnsafeArchiveError",
     "UploadOptions",
     "default_state_dir",
+    "describe_forward_error",
     "discover",
     "ensure_state_dir",
     "extract_zip",
@@ -164,6 +180,7 @@ __all__ = [
     "run_upload",
     "study_hash",
     "upload_study",
+    "wait_for_delivery",
 ]
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "ChunkReceipt",
     "GatewayClient",
     "RemoteFile",
+    "RemoteForwarding",
     "RemoteUpload",
     "StartOutcome",
     "StartResult",
@@ -55,9 +56,14 @@ class RemoteFile:
     status: str
     kind: str | None
     error: Any
+    # Where the file stands with the PACS: pending, sent, confirmed, failed (None: not queued).
+    forward_status: str | None = None
+    forward_error: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RemoteFile:
+        forward_status = data.get("forward_status")
+        forward_error = data.get("forward_error")
         return cls(
             index=int(data["index"]),
             name=str(data.get("name", "")),
@@ -68,6 +74,43 @@ class RemoteFile:
             status=str(data.get("status", "")),
             kind=data.get("kind"),
             error=data.get("error"),
+            forward_status=None if forward_status is None else str(forward_status),
+            forward_error=None if forward_error is None else str(forward_error),
+        )
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteForwarding:
+    """``UploadRead.forwarding``: where the study stands with the PACS."""
+
+    target: str
+    status: str  # of the forwarding job: queued, done, cancelled
+    instances: int
+    sent: int
+    confirmed: int
+    failed: int
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+    delivered_at: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RemoteForwarding:
+        return cls(
+            target=str(data.get("target", "")),
+            status=str(data.get("status", "")),
+            instances=int(data.get("instances") or 0),
+            sent=int(data.get("sent") or 0),
+            confirmed=int(data.get("confirmed") or 0),
+            failed=int(data.get("failed") or 0),
+            attempts=int(data.get("attempts") or 0),
+            next_attempt_at=_optional_str(data.get("next_attempt_at")),
+            last_error=_optional_str(data.get("last_error")),
+            delivered_at=_optional_str(data.get("delivered_at")),
         )
 
 
@@ -85,10 +128,13 @@ class RemoteUpload:
     total_bytes: int
     received_bytes: int
     files: tuple[RemoteFile, ...]
+    # None when the study is not queued for a PACS (or in an UploadSummary).
+    forwarding: RemoteForwarding | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RemoteUpload:
         instance_count = data.get("instance_count")
+        forwarding = data.get("forwarding")
         return cls(
             id=str(data["id"]),
             status=str(data["status"]),
@@ -100,6 +146,9 @@ class RemoteUpload:
             total_bytes=int(data.get("total_bytes", 0)),
             received_bytes=int(data.get("received_bytes", 0)),
             files=tuple(RemoteFile.from_json(f) for f in data.get("files") or ()),
+            forwarding=RemoteForwarding.from_json(forwarding)
+            if isinstance(forwarding, Mapping)
+            else None,
         )
 
     @property

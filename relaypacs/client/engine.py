@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -17,10 +17,18 @@ from typing import Any, Protocol
 
 from relaypacs.client.api import GatewayClient, RemoteUpload, StartOutcome, content_md5
 from relaypacs.client.archive import ArchiveLimits
+from relaypacs.client.delivery import (
+    NOT_DELIVERED,
+    NOT_FOLLOWED,
+    Delivery,
+    DeliveryStatus,
+    delivery_of,
+)
 from relaypacs.client.discovery import Discovery, SkipReason, discover, extraction_workspace
 from relaypacs.client.errors import (
     ApiError,
     AuthenticationError,
+    ClientError,
     ExitCode,
     ServerUnreachableError,
 )
@@ -39,6 +47,7 @@ __all__ = [
     "prepare_studies",
     "run_upload",
     "upload_study",
+    "wait_for_delivery",
 ]
 
 
@@ -65,6 +74,12 @@ class UploadOptions:
     complete_rounds: int = 3
     # How long to poll an upload still being validated after ``complete``.
     validation_wait_seconds: float = 600.0
+    # --wait: follow every accepted study until the PACS has it (or refused some instance).
+    wait: bool = False
+    wait_timeout: float = 3600.0
+    # Seconds between polls of a study: the first, and the most when nothing changes.
+    wait_poll_min: float = 1.0
+    wait_poll_max: float = 5.0
 
 
 class ProgressListener(Protocol):
@@ -76,6 +91,10 @@ class ProgressListener(Protocol):
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None: ...
     def sent(self, n_bytes: int) -> None: ...
     def study_finished(self, result: StudyResult) -> None: ...
+    # --wait: the studies followed, then each one's ``delivery`` after every poll, then final.
+    def waiting(self, results: Sequence[StudyResult]) -> None: ...
+    def delivery_progress(self, result: StudyResult) -> None: ...
+    def delivery_finished(self, result: StudyResult) -> None: ...
 
 
 class NullProgress:
@@ -95,6 +114,15 @@ class NullProgress:
         pass
 
     def study_finished(self, result: StudyResult) -> None:
+        pass
+
+    def waiting(self, results: Sequence[StudyResult]) -> None:
+        pass
+
+    def delivery_progress(self, result: StudyResult) -> None:
+        pass
+
+    def delivery_finished(self, result: StudyResult) -> None:
         pass
 
 
@@ -117,6 +145,8 @@ class StudyResult:
     message: str | None = None
     # Set when this study stopped the whole run: "auth" or "unreachable".
     abort: str | None = None
+    # With --wait: where the study stands with the PACS (None: not followed).
+    delivery: Delivery | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +165,7 @@ class StudyResult:
             "study_date": self.study_date,
             "errors": [e.as_dict() for e in self.errors],
             "message": self.message,
+            "delivery": None if self.delivery is None else self.delivery.as_dict(),
         }
 
 
@@ -146,28 +177,43 @@ class RunSummary:
     hash_cache_hits: int = 0
     error: str | None = None  # why the run stopped early, if it did
     error_kind: str | None = None  # "auth", "unreachable", "input"
-    # Wall-clock seconds per phase: discover_seconds, hash_seconds, upload_seconds.
+    # Wall-clock seconds per phase: discover_seconds, hash_seconds, upload_seconds and, with
+    # --wait, wait_seconds.
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        """4 auth failed, else 3 gave up (resumable), else 1 rejected/failed, else 0; 2 when
-        there was nothing to upload or the input was refused."""
+        """4 auth failed, else 3 gave up (resumable) or stopped waiting for the PACS, else 1
+        rejected/failed, else 5 not delivered (--wait), else 0; 2 when there was nothing to
+        upload or the input was refused."""
         if self.error_kind == "auth":
             return ExitCode.AUTH
         if self.error_kind == "input":
             return ExitCode.USAGE
         statuses = {s.status for s in self.studies}
-        if self.error_kind == "unreachable" or statuses & {
-            StudyStatus.INTERRUPTED,
-            StudyStatus.NOT_STARTED,
-        }:
+        if (
+            self.error_kind == "unreachable"
+            or statuses & {StudyStatus.INTERRUPTED, StudyStatus.NOT_STARTED}
+            or self.wait_unfinished
+        ):
             return ExitCode.UNREACHABLE
         if statuses & {StudyStatus.REJECTED, StudyStatus.FAILED}:
             return ExitCode.REJECTED
+        if any(d.status in NOT_DELIVERED for d in self.deliveries):
+            return ExitCode.NOT_DELIVERED
         if not self.studies:
             return ExitCode.USAGE
         return ExitCode.OK
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return [s.delivery for s in self.studies if s.delivery is not None]
+
+    @property
+    def wait_unfinished(self) -> bool:
+        """Whether --wait stopped following some study before its end (timed out, or the
+        gateway could not be asked): the gateway goes on forwarding it."""
+        return any(d.status in NOT_FOLLOWED for d in self.deliveries)
 
     def as_dict(self) -> dict[str, Any]:
         def count(status: StudyStatus) -> int:
@@ -568,6 +614,116 @@ async def _upload(run: _StudyRun, *, announce: bool) -> None:
     await run.complete()
 
 
+# -- waiting for the PACS (--wait) -------------------------------------------------------
+
+# Past --wait-timeout, a poll in progress (with its retries) gets this long to answer.
+_LAST_POLL_GRACE = 30.0
+
+
+async def wait_for_delivery(
+    client: GatewayClient,
+    results: Sequence[StudyResult],
+    *,
+    options: UploadOptions | None = None,
+    progress: ProgressListener | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Follow every accepted study (validated or already delivered) of ``results`` until the
+    PACS has it, refused some instance, or ``options.wait_timeout`` ran out; sets each one's
+    ``delivery``. The studies are followed together, each polled every ``wait_poll_min``
+    seconds while it moves, backing off to ``wait_poll_max`` while it does not.
+
+    Raises AuthenticationError; a gateway that cannot be reached any more makes the studies
+    UNREACHABLE (the gateway goes on forwarding them meanwhile).
+    """
+    options = options or UploadOptions()
+    progress = progress or NullProgress()
+    followed = [
+        r
+        for r in results
+        if r.upload_id is not None
+        and r.status in (StudyStatus.VALIDATED, StudyStatus.ALREADY_DELIVERED)
+    ]
+    if not followed:
+        return
+    progress.waiting(followed)
+    deadline = clock() + options.wait_timeout
+    try:
+        async with asyncio.TaskGroup() as group:
+            for result in followed:
+                group.create_task(
+                    _follow(client, result, deadline, options, progress, sleep, clock)
+                )
+    except BaseExceptionGroup as errors:
+        raise _most_serious(errors) from None
+
+
+async def _follow(
+    client: GatewayClient,
+    result: StudyResult,
+    deadline: float,
+    options: UploadOptions,
+    progress: ProgressListener,
+    sleep: Callable[[float], Awaitable[None]],
+    clock: Callable[[], float],
+) -> None:
+    assert result.upload_id is not None
+    delay = options.wait_poll_min
+    last: tuple[int, int, str] | None = None
+    while True:
+        delivery = await _poll(client, result, deadline, clock)
+        result.delivery = delivery
+        if delivery.status is DeliveryStatus.WAITING and clock() >= deadline:
+            delivery.status = DeliveryStatus.TIMED_OUT
+            delivery.message = (
+                f"still {delivery.upload_status or 'queued'} after {options.wait_timeout:g} s"
+                " of waiting; the gateway goes on forwarding it"
+            )
+        if delivery.status is not DeliveryStatus.WAITING:
+            progress.delivery_finished(result)
+            return
+        progress.delivery_progress(result)
+        moved = delivery.progress != last
+        last = delivery.progress
+        delay = options.wait_poll_min if moved else min(delay * 1.5, options.wait_poll_max)
+        await sleep(max(0.0, min(delay, deadline - clock())))
+
+
+async def _poll(
+    client: GatewayClient, result: StudyResult, deadline: float, clock: Callable[[], float]
+) -> Delivery:
+    """The study's delivery now; UNREACHABLE (or CANCELLED) instead of an exception."""
+    assert result.upload_id is not None
+    previous = result.delivery
+    try:
+        async with asyncio.timeout(max(0.0, deadline - clock()) + _LAST_POLL_GRACE):
+            upload = await client.get_upload(result.upload_id)
+    except AuthenticationError:
+        raise
+    except ApiError as exc:
+        if exc.code == "upload_not_found":
+            gone = "the upload is gone from the gateway"
+            return _stopped(previous, DeliveryStatus.CANCELLED, gone)
+        return _stopped(previous, DeliveryStatus.UNREACHABLE, f"{exc.message} ({exc.code})")
+    except (ClientError, TimeoutError) as exc:
+        message = str(exc) or "the gateway did not answer"
+        return _stopped(
+            previous, DeliveryStatus.UNREACHABLE, f"{message}; the gateway goes on forwarding it"
+        )
+    if upload.instance_count is not None:
+        result.instances = upload.instance_count
+    return delivery_of(upload)
+
+
+def _stopped(previous: Delivery | None, status: DeliveryStatus, message: str) -> Delivery:
+    """The last known delivery state with a final ``status``."""
+    delivery = previous if previous is not None else Delivery(status)
+    delivery.status = status
+    delivery.message = message
+    return delivery
+
+
 # -- a whole run --------------------------------------------------------------------------
 
 
@@ -663,9 +819,16 @@ async def _run_with_login(
                 if result.abort is not None:
                     summary.error, summary.error_kind = result.message, result.abort
                     break
+            summary.timings["upload_seconds"] = clock() - started
+            if options.wait and summary.error_kind is None:
+                started = clock()
+                try:
+                    await wait_for_delivery(client, results, options=options, progress=progress)
+                finally:
+                    summary.timings["wait_seconds"] = clock() - started
         except AuthenticationError as exc:
             summary.error, summary.error_kind = str(exc), "auth"
         except ServerUnreachableError as exc:
             summary.error, summary.error_kind = str(exc), "unreachable"
-        summary.timings["upload_seconds"] = clock() - started
+        summary.timings.setdefault("upload_seconds", clock() - started)
     return summary

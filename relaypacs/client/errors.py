@@ -31,6 +31,7 @@ class ExitCode:
     USAGE = 2
     UNREACHABLE = 3
     AUTH = 4
+    NOT_DELIVERED = 5  # --wait: the PACS refused some instance, or forwarding was cancelled
 
 
 class ClientError(Exception):

@@ -1,7 +1,7 @@
 """An in-memory stand-in of the gateway's upload API (docs/api.md) for httpx.MockTransport.
 
-Only for client unit tests (retries, re-login, resume bookkeeping, error mapping); the
-integration tests run the real server.
+Only for client unit tests (retries, re-login, resume bookkeeping, error mapping, following
+the forwarding to a PACS); the integration tests run the real server.
 """
 
 from __future__ import annotations
@@ -18,6 +18,36 @@ import httpx
 
 from relaypacs.client import study_hash
 
+# Statuses in which the study counts as accepted (a second upload of it is a duplicate).
+ACCEPTED = ("validated", "queued", "forwarding", "delivered", "failed")
+
+
+@dataclass
+class FakePacs:
+    """How the fake gateway's forwarding goes: each GET of a queued or forwarding upload moves
+    it on by one step, so a client's polls see it progress."""
+
+    target: str = "pacs"
+    # Instances sent and settled (confirmed, or refused when in ``refuse``) per step.
+    per_step: int = 2
+    # File index -> the PACS's FailureReason (``forward_error``) for the instances it refuses.
+    refuse: dict[int, str] = field(default_factory=dict)
+    # The PACS does not answer: the job stays queued, retrying, for ever.
+    down: bool = False
+    # Steps spent queued before forwarding starts.
+    queued_steps: int = 1
+
+
+@dataclass
+class FakeForwarding:
+    forward_status: list[str]
+    forward_error: list[str | None]
+    status: str = "queued"  # of the job: queued, done, cancelled
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: str | None = None
+    steps: int = 0
+
 
 @dataclass
 class FakeUpload:
@@ -28,6 +58,7 @@ class FakeUpload:
     chunk_size: int
     status: str = "pending"
     chunks: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    forwarding: FakeForwarding | None = None
 
     def chunk_count(self, index: int) -> int:
         size = int(self.files[index]["size"])
@@ -36,7 +67,8 @@ class FakeUpload:
     def missing(self, index: int) -> list[int]:
         return [c for c in range(self.chunk_count(index)) if (index, c) not in self.chunks]
 
-    def read(self) -> dict[str, Any]:
+    def read(self, pacs: FakePacs | None = None) -> dict[str, Any]:
+        fw = self.forwarding
         files = [
             {
                 "index": i,
@@ -48,6 +80,8 @@ class FakeUpload:
                 "status": "pending",
                 "kind": None,
                 "error": None,
+                "forward_status": fw.forward_status[i] if fw else None,
+                "forward_error": fw.forward_error[i] if fw else None,
             }
             for i, f in enumerate(self.files)
         ]
@@ -58,11 +92,62 @@ class FakeUpload:
             "study_hash": self.study_hash,
             "chunk_size": self.chunk_size,
             "file_count": len(self.files),
-            "instance_count": len(self.files) if self.status == "validated" else None,
+            "instance_count": len(self.files) if self.status in ACCEPTED else None,
             "total_bytes": sum(int(f["size"]) for f in self.files),
             "received_bytes": sum(len(b) for b in self.chunks.values()),
             "files": files,
+            "forwarding": None if fw is None else self._forwarding(fw, pacs),
         }
+
+    def summary(self) -> dict[str, Any]:
+        """``UploadSummary``: no files, no forwarding (as in a 409's ``details.upload``)."""
+        body = self.read()
+        del body["files"], body["forwarding"]
+        return body
+
+    def _forwarding(self, fw: FakeForwarding, pacs: FakePacs | None) -> dict[str, Any]:
+        confirmed = fw.forward_status.count("confirmed")
+        return {
+            "target": pacs.target if pacs else "pacs",
+            "status": fw.status,
+            "instances": len(fw.forward_status),
+            "sent": confirmed + fw.forward_status.count("sent"),
+            "confirmed": confirmed,
+            "failed": fw.forward_status.count("failed"),
+            "attempts": fw.attempts,
+            "next_attempt_at": "2026-01-01T00:00:10Z" if fw.status == "queued" else None,
+            "last_error": fw.last_error,
+            "delivered_at": fw.delivered_at,
+        }
+
+    def forward_step(self, pacs: FakePacs) -> None:
+        """One step of the forwarding job."""
+        fw = self.forwarding
+        if fw is None or self.status not in ("queued", "forwarding"):
+            return
+        fw.steps += 1
+        if pacs.down:
+            fw.attempts += 1
+            fw.last_error = "http_503"
+            return
+        if fw.steps <= pacs.queued_steps:
+            return
+        if self.status == "queued":
+            self.status = "forwarding"
+            fw.attempts += 1
+        pending = [i for i, status in enumerate(fw.forward_status) if status == "pending"]
+        for i in pending[: pacs.per_step]:
+            if i in pacs.refuse:
+                fw.forward_status[i], fw.forward_error[i] = "failed", pacs.refuse[i]
+            else:
+                fw.forward_status[i] = "confirmed"
+        if "pending" not in fw.forward_status:
+            fw.status = "done"
+            if "failed" in fw.forward_status:
+                self.status = "failed"
+            else:
+                self.status = "delivered"
+                fw.delivered_at = "2026-01-01T00:00:00Z"
 
 
 def _error(status: int, code: str, details: dict[str, Any] | None = None) -> httpx.Response:
@@ -71,8 +156,15 @@ def _error(status: int, code: str, details: dict[str, Any] | None = None) -> htt
 
 
 class FakeGateway:
-    def __init__(self, *, chunk_size: int = 64 * 1024, password: str = "secret") -> None:
+    def __init__(
+        self, *, chunk_size: int = 64 * 1024, password: str = "secret", pacs: FakePacs | None = None
+    ) -> None:
         self.chunk_size = chunk_size
+        # Without a PACS, accepted uploads stay "validated" with ``forwarding: null``.
+        self.pacs = pacs
+        self.upload_gets = 0
+        # Answers forced on the next GETs of an upload.
+        self.get_faults: list[Callable[[], httpx.Response | Exception]] = []
         self.password = password
         self.uploads: dict[str, FakeUpload] = {}
         self.tokens: set[str] = set()
@@ -111,7 +203,15 @@ class FakeGateway:
         if upload is None:
             return _error(404, "upload_not_found")
         if request.method == "GET" and len(parts) == 2:
-            return httpx.Response(200, json=upload.read())
+            self.upload_gets += 1
+            if self.get_faults:
+                fault = self.get_faults.pop(0)()
+                if isinstance(fault, Exception):
+                    raise fault
+                return fault
+            if self.pacs is not None:
+                upload.forward_step(self.pacs)
+            return httpx.Response(200, json=upload.read(self.pacs))
         if request.method == "PUT" and len(parts) == 6:
             return self._chunk(upload, int(parts[3]), int(parts[5]), request)
         if request.method == "POST" and parts[2:] == ["complete"]:
@@ -121,8 +221,9 @@ class FakeGateway:
     def _start(self, body: dict[str, Any]) -> httpx.Response:
         digest = study_hash(f["sha256"] for f in body["files"])
         for upload in self.uploads.values():
-            if upload.study_hash == digest and upload.status == "validated":
-                return _error(409, "study_already_delivered", {"upload": upload.read()})
+            if upload.study_hash == digest and upload.status in ACCEPTED:
+                details = {"status": upload.status, "upload": upload.summary()}
+                return _error(409, "study_already_delivered", details)
             if upload.study_hash == digest and upload.status == "pending":
                 return httpx.Response(200, json=upload.read())
         upload = FakeUpload(
@@ -182,4 +283,11 @@ class FakeGateway:
             upload.status = "rejected"
             return _error(422, "upload_rejected", {"files": problems})
         upload.status = "validated"
-        return httpx.Response(202, json=upload.read())
+        if self.pacs is not None:
+            # Queued for the PACS in the same transaction.
+            upload.status = "queued"
+            upload.forwarding = FakeForwarding(
+                forward_status=["pending"] * len(upload.files),
+                forward_error=[None] * len(upload.files),
+            )
+        return httpx.Response(202, json=upload.read(self.pacs))
