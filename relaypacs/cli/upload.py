@@ -20,9 +20,10 @@ from relaypacs.client.errors import ExitCode
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import TaskID
+    from rich.progress import Progress, TaskID
 
     from relaypacs.client import (
+        Delivery,
         Discovery,
         RunSummary,
         StudyPlan,
@@ -43,15 +44,25 @@ cut, Ctrl-C, killed) resumes when the same command is run again, without re-send
 server already has. Hashes are cached in $RELAYPACS_STATE_DIR (default
 ~/.local/state/relaypacs).
 
+With --wait, once every study is accepted the command follows each one until the PACS has
+confirmed every instance (or refused some): the gateway forwards studies on its own, the
+command only watches. A study the gateway has already forwarded (or is forwarding) is followed
+too.
+
 \b
 Exit codes:
-  {ExitCode.OK}  every study validated by the gateway, or already delivered
+  {ExitCode.OK}  every study validated by the gateway, or already delivered; with --wait,
+     every study confirmed by the PACS (or the gateway has no PACS configured, which is said)
   {ExitCode.REJECTED}  some study rejected by validation, or a file failed permanently
   {ExitCode.USAGE}  usage error, unusable input (e.g. unsafe ZIP), or nothing to upload
-  {ExitCode.UNREACHABLE}  could not reach the server, or gave up after retries: run again to resume
+  {ExitCode.UNREACHABLE}  could not reach the server, or gave up after retries: run again to resume;
+     with --wait, also: stopped waiting (timed out, or the gateway became unreachable) while the
+     gateway goes on forwarding: run again to follow it
   {ExitCode.AUTH}  authentication failed
+  {ExitCode.NOT_DELIVERED}  with --wait: the PACS refused some instance for good (the files and
+     reasons are listed), or forwarding was cancelled on the gateway
   130  interrupted (Ctrl-C): run again to resume
-When several apply, the first of 4, 3, 1 wins.
+When several apply, the first of 4, 3, 1, 5 wins.
 """
 
 
@@ -103,8 +114,24 @@ When several apply, the first of 4, 3, 1 wins.
     is_flag=True,
     help="Print one JSON summary object on stdout and nothing else.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then wait until the PACS has confirmed every instance of every study.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0.0),
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --wait (given alone, it implies --wait): stop waiting after this long (exit 3; "
+    "the gateway goes on forwarding).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log retries and requests on stderr.")
+@click.pass_context
 def upload(
+    ctx: click.Context,
     paths: tuple[Path, ...],
     server: str,
     username: str | None,
@@ -113,8 +140,12 @@ def upload(
     retries: int,
     timeout: float,
     as_json: bool,
+    wait: bool,
+    wait_timeout: float,
     verbose: bool,
 ) -> None:
+    if ctx.get_parameter_source("wait_timeout") is click.core.ParameterSource.COMMANDLINE:
+        wait = True
     if verbose:
         # Requests (httpx logs method, URL and status: no bodies, no headers) and retries.
         logging.basicConfig(
@@ -144,7 +175,7 @@ def upload(
         display = _PlainDisplay(sys.stderr)
     else:
         display = _Display()
-    options = UploadOptions(parallel=parallel)
+    options = UploadOptions(parallel=parallel, wait=wait, wait_timeout=wait_timeout)
     try:
         summary = asyncio.run(
             _run(
@@ -220,15 +251,22 @@ async def _run(
 class _Display:
     """No display (``--json`` without a terminal); the base of the others."""
 
-    _study_count = 0
-    _study_position = 0
+    def __init__(self) -> None:
+        self._study_count = 0
+        self._study_position = 0
+        self._labels: dict[str, str] = {}  # by Study Instance UID
 
     def _next_label(self, plan: StudyPlan) -> str:
         self._study_position += 1
         modality = "/".join(plan.modalities) or "?"
-        return (
+        label = (
             f"Study {self._study_position}/{self._study_count} {modality}, {len(plan.files)} files"
         )
+        self._labels[plan.study_instance_uid] = label
+        return label
+
+    def _label_of(self, result: StudyResult) -> str:
+        return self._labels.get(result.study_instance_uid) or (f"Study {result.study_instance_uid}")
 
     def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None:
         self._study_count = len(studies)
@@ -248,12 +286,21 @@ class _Display:
     def study_finished(self, result: StudyResult) -> None:
         pass
 
+    def waiting(self, results: Sequence[StudyResult]) -> None:
+        pass
+
+    def delivery_progress(self, result: StudyResult) -> None:
+        pass
+
+    def delivery_finished(self, result: StudyResult) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class _RichDisplay(_Display):
-    """Progress bars on the terminal (stderr): bytes, MB/s, ETA."""
+    """Progress bars on the terminal (stderr): bytes, MB/s, ETA; then the PACS's progress."""
 
     def __init__(self, console: Console) -> None:
         from rich.progress import (
@@ -265,6 +312,8 @@ class _RichDisplay(_Display):
             TransferSpeedColumn,
         )
 
+        super().__init__()
+        self._console = console
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -278,6 +327,8 @@ class _RichDisplay(_Display):
         self._hash_task: TaskID | None = None
         self._study_task: TaskID | None = None
         self._label = ""
+        self._delivery: Progress | None = None
+        self._delivery_tasks: dict[str, TaskID] = {}
 
     def hashing(self, total_bytes: int) -> None:
         self._hash_task = self._progress.add_task("Hashing", total=total_bytes)
@@ -302,14 +353,53 @@ class _RichDisplay(_Display):
             self._progress.update(self._study_task, description=label)
             self._study_task = None
 
+    def waiting(self, results: Sequence[StudyResult]) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        # The byte columns of the upload make no sense for instances: a display of its own.
+        self._progress.stop()
+        self._delivery = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            console=self._console,
+            transient=False,
+        )
+        self._delivery.start()
+        for result in results:
+            self._delivery_tasks[result.study_instance_uid] = self._delivery.add_task(
+                f"{self._label_of(result)}: PACS", total=None, state="asking the gateway"
+            )
+
+    def delivery_progress(self, result: StudyResult) -> None:
+        task = self._delivery_tasks.get(result.study_instance_uid)
+        delivery = result.delivery
+        if self._delivery is None or task is None or delivery is None:
+            return
+        self._delivery.update(
+            task,
+            description=f"{self._label_of(result)}: {_pacs_count(delivery)}",
+            total=delivery.instances or None,
+            completed=delivery.confirmed + delivery.failed,
+            state=_short_state(delivery),
+        )
+
+    def delivery_finished(self, result: StudyResult) -> None:
+        self.delivery_progress(result)
+
     def close(self) -> None:
         self._progress.stop()
+        if self._delivery is not None:
+            self._delivery.stop()
 
 
 class _PlainDisplay(_Display):
-    """Without a terminal: a plain line at each step, and every few seconds while sending."""
+    """Without a terminal: a plain line at each step, and every few seconds while sending
+    or waiting."""
 
     def __init__(self, stream: TextIO, every: float = 10.0) -> None:
+        super().__init__()
         self._stream = stream
         self._every = every
         self._last = 0.0
@@ -318,6 +408,7 @@ class _PlainDisplay(_Display):
         self._done = 0
         self._started = 0.0
         self._base = 0
+        self._said: dict[str, tuple[str, float]] = {}
 
     def _line(self, text: str) -> None:
         print(text, file=self._stream, flush=True)
@@ -354,9 +445,96 @@ class _PlainDisplay(_Display):
     def study_finished(self, result: StudyResult) -> None:
         self._line(f"  {result.study_instance_uid}: {result.status.value}")
 
+    def waiting(self, results: Sequence[StudyResult]) -> None:
+        count = len(results)
+        self._line(
+            f"waiting for the PACS to confirm {count} " + ("study" if count == 1 else "studies")
+        )
+
+    def delivery_progress(self, result: StudyResult) -> None:
+        """A line when the study moved, at most every few seconds."""
+        delivery = result.delivery
+        if delivery is None:
+            return
+        text = f"  {self._label_of(result)}: {_pacs_count(delivery)} ({_delivery_state(delivery)})"
+        said, when = self._said.get(result.study_instance_uid, ("", -self._every))
+        now = time.monotonic()
+        if text != said and now - when >= self._every:
+            self._said[result.study_instance_uid] = (text, now)
+            self._line(text)
+
+    def delivery_finished(self, result: StudyResult) -> None:
+        delivery = result.delivery
+        if delivery is not None:
+            self._line(f"  {self._label_of(result)}: {_delivery_line(delivery)}")
+
 
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
+
+
+def _pacs_count(delivery: Delivery) -> str:
+    from relaypacs.client.delivery import DeliveryStatus
+
+    if delivery.status is DeliveryStatus.NO_PACS:
+        return "no PACS"
+    if not delivery.instances:
+        return "PACS"
+    return f"PACS confirmed {delivery.confirmed}/{delivery.instances}"
+
+
+def _delivery_state(delivery: Delivery) -> str:
+    """A few words on where the study stands with the PACS."""
+    from relaypacs.client.delivery import DeliveryStatus
+
+    status = delivery.status
+    refused = delivery.failed or len(delivery.failures)
+    if status is DeliveryStatus.WAITING:
+        state = delivery.upload_status or "queued"
+        if refused:
+            state += f", {refused} refused"
+        if delivery.last_error and delivery.upload_status == "queued":
+            state += f", retrying after {delivery.last_error} (attempt {delivery.attempts})"
+        return state
+    if status is DeliveryStatus.DELIVERED:
+        return f"delivered to {delivery.target}" if delivery.target else "delivered"
+    if status is DeliveryStatus.FAILED:
+        return f"not delivered: the PACS refused {refused} " + (
+            "instance" if refused == 1 else "instances"
+        )
+    if status is DeliveryStatus.NO_PACS:
+        return "the gateway has no PACS configured: the study is kept there, not forwarded"
+    if status is DeliveryStatus.TIMED_OUT:
+        return "stopped waiting (--wait-timeout): the gateway goes on forwarding"
+    if status is DeliveryStatus.UNREACHABLE:
+        return "stopped waiting (the gateway does not answer): it goes on forwarding"
+    return f"not delivered: {delivery.message or status.value}"
+
+
+def _short_state(delivery: Delivery) -> str:
+    """The state column of the terminal display (the summary tells the rest)."""
+    from relaypacs.client.delivery import DeliveryStatus
+
+    status = delivery.status
+    if status is DeliveryStatus.WAITING:
+        if delivery.last_error and delivery.upload_status == "queued":
+            return f"retrying ({delivery.last_error})"
+        return delivery.upload_status or "queued"
+    if status is DeliveryStatus.FAILED:
+        return f"{delivery.failed or len(delivery.failures)} refused"
+    return {
+        DeliveryStatus.NO_PACS: "no PACS configured",
+        DeliveryStatus.TIMED_OUT: "stopped waiting",
+        DeliveryStatus.UNREACHABLE: "gateway unreachable",
+    }.get(status, status.value)
+
+
+def _delivery_line(delivery: Delivery) -> str:
+    from relaypacs.client.delivery import DeliveryStatus
+
+    if delivery.status is DeliveryStatus.NO_PACS:
+        return _delivery_state(delivery)
+    return f"{_pacs_count(delivery)}, {_delivery_state(delivery)}"
 
 
 # -- human summary ------------------------------------------------------------------------
@@ -369,15 +547,22 @@ _STATUS_STYLE = {
     "interrupted": "yellow",
     "not_started": "yellow",
 }
+_DELIVERY_STYLE = {
+    "delivered": "green",
+    "failed": "red",
+    "cancelled": "red",
+}
 
 
 def _print_summary(summary: RunSummary, server: str) -> None:
-    """Per study: status, modality, date, counts and the Study Instance UID; never the
-    patient's name."""
+    """Per study: status, modality, date, counts and the Study Instance UID, then where it
+    stands with the PACS (--wait); never the patient's name."""
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(highlight=False)
+    from relaypacs.client.delivery import DeliveryStatus
+
+    console = Console(highlight=False, soft_wrap=True)  # long lines: the terminal wraps
     if summary.studies:
         console.print(f"Upload to {server}:", markup=False)
     for study in summary.studies:
@@ -397,6 +582,16 @@ def _print_summary(summary: RunSummary, server: str) -> None:
             console.print(f"  {study.message}", markup=False)
         for problem in study.errors:
             console.print(f"  {problem.name}: {problem.code}: {problem.message}", markup=False)
+        delivery = study.delivery
+        if delivery is not None:
+            style = _DELIVERY_STYLE.get(delivery.status.value, "yellow")
+            console.print(Text(f"  {_delivery_line(delivery)}", style=style))
+            for problem in delivery.failures:
+                console.print(
+                    f"    {problem.name}: {problem.code} ({problem.message})", markup=False
+                )
+            if delivery.status is DeliveryStatus.UNREACHABLE:
+                console.print(f"  {delivery.message}", markup=False)
     if summary.skipped:
         parts = ", ".join(
             f"{n} {reason.replace('_', ' ')}" for reason, n in summary.skipped.items()
@@ -405,7 +600,13 @@ def _print_summary(summary: RunSummary, server: str) -> None:
     if summary.error:
         console.print(Text.assemble(("Error: ", "red"), summary.error))
     if summary.exit_code == ExitCode.UNREACHABLE:
-        console.print("Run the same command again to resume; nothing acknowledged is lost.")
+        if summary.wait_unfinished and summary.error is None:
+            console.print(
+                "The gateway has the studies and goes on forwarding them: run the same "
+                "command again to follow them."
+            )
+        else:
+            console.print("Run the same command again to resume; nothing acknowledged is lost.")
 
 
 def _format_date(value: str) -> str:
