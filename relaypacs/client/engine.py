@@ -618,6 +618,10 @@ async def _upload(run: _StudyRun, *, announce: bool) -> None:
 
 # Past --wait-timeout, a poll in progress (with its retries) gets this long to answer.
 _LAST_POLL_GRACE = 30.0
+# A poll of a big study is not free for the gateway (~0.05 ms per file here): the next one waits
+# at least this many times as long as the last one took (up to _MAX_POLL_FLOOR seconds).
+_POLL_DUTY_FACTOR = 20.0
+_MAX_POLL_FLOOR = 30.0
 
 
 async def wait_for_delivery(
@@ -632,7 +636,8 @@ async def wait_for_delivery(
     """Follow every accepted study (validated or already delivered) of ``results`` until the
     PACS has it, refused some instance, or ``options.wait_timeout`` ran out; sets each one's
     ``delivery``. The studies are followed together, each polled every ``wait_poll_min``
-    seconds while it moves, backing off to ``wait_poll_max`` while it does not.
+    seconds while it moves, backing off to ``wait_poll_max`` while it does not, and never more
+    often than 1/20 of the time its answers take (a study of thousands of files).
 
     Raises AuthenticationError; a gateway that cannot be reached any more makes the studies
     UNREACHABLE (the gateway goes on forwarding them meanwhile).
@@ -672,7 +677,9 @@ async def _follow(
     delay = options.wait_poll_min
     last: tuple[int, int, str] | None = None
     while True:
+        asked = clock()
         delivery = await _poll(client, result, deadline, clock)
+        floor = min(_MAX_POLL_FLOOR, (clock() - asked) * _POLL_DUTY_FACTOR)
         result.delivery = delivery
         if delivery.status is DeliveryStatus.WAITING and clock() >= deadline:
             delivery.status = DeliveryStatus.TIMED_OUT
@@ -687,7 +694,7 @@ async def _follow(
         moved = delivery.progress != last
         last = delivery.progress
         delay = options.wait_poll_min if moved else min(delay * 1.5, options.wait_poll_max)
-        await sleep(max(0.0, min(delay, deadline - clock())))
+        await sleep(max(0.0, min(max(delay, floor), deadline - clock())))
 
 
 async def _poll(

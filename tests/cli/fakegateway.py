@@ -165,6 +165,8 @@ class FakeGateway:
         self.upload_gets = 0
         # Answers forced on the next GETs of an upload.
         self.get_faults: list[Callable[[], httpx.Response | Exception]] = []
+        # Called at each GET of an upload (e.g. to make it take time on a fake clock).
+        self.on_upload_get: Callable[[], None] | None = None
         self.password = password
         self.uploads: dict[str, FakeUpload] = {}
         self.tokens: set[str] = set()
@@ -204,6 +206,8 @@ class FakeGateway:
             return _error(404, "upload_not_found")
         if request.method == "GET" and len(parts) == 2:
             self.upload_gets += 1
+            if self.on_upload_get is not None:
+                self.on_upload_get()
             if self.get_faults:
                 fault = self.get_faults.pop(0)()
                 if isinstance(fault, Exception):

@@ -73,9 +73,10 @@ async def _upload_and_wait(
     timeout: float = 3600.0,
     retries: int = 8,
     before_wait: Callable[[], None] | None = None,
+    fake_time: FakeTime | None = None,
 ) -> tuple[StudyResult, FakeTime, Recorder]:
     plan = make_plan(tmp_path, [1000 + i for i in range(files)])
-    fake_time, progress = FakeTime(), Recorder()
+    fake_time, progress = fake_time or FakeTime(), Recorder()
     options = UploadOptions(wait=True, wait_timeout=timeout)
     async with make_client(gateway, retries=retries) as client:
         result = await upload_study(client, plan)
@@ -132,6 +133,21 @@ class TestWaitForDelivery:
         summary = RunSummary(studies=[result])
         assert summary.exit_code == ExitCode.UNREACHABLE
         assert summary.wait_unfinished
+
+    async def test_slow_answers_are_asked_for_less_often(self, tmp_path: Path) -> None:
+        """A poll of a study of thousands of files costs the gateway: at most 1/20 of the
+        time goes to answering them."""
+        gateway = FakeGateway(chunk_size=CHUNK, pacs=FakePacs(per_step=2))
+        fake_time = FakeTime()
+
+        def slow() -> None:
+            fake_time.now += 0.25
+
+        gateway.on_upload_get = slow
+        result, _, _ = await _upload_and_wait(gateway, tmp_path, fake_time=fake_time)
+        assert result.delivery is not None
+        assert result.delivery.status is DeliveryStatus.DELIVERED
+        assert fake_time.sleeps == [5.0, 5.0, 5.0]
 
     async def test_refused_instances_are_listed_with_file_name_and_reason(
         self, tmp_path: Path
