@@ -741,8 +741,8 @@ async def run_upload(
     options: UploadOptions | None = None,
     progress: ProgressListener | None = None,
 ) -> RunSummary:
-    """Discover and hash (logging in meanwhile), then upload every study under ``paths``, one
-    after the other.
+    """Discover, hash (logging in meanwhile) and upload every study under ``paths``, one after
+    the other; then, with ``options.wait``, follow them until the PACS has them.
 
     Raises InputError (a missing path, an unsafe archive) before anything is sent. Other
     failures end up in the summary, whose ``exit_code`` the CLI returns.
@@ -751,32 +751,6 @@ async def run_upload(
     progress = progress or NullProgress()
     state_dir = ensure_state_dir(options.state_dir)
     summary = RunSummary()
-    # Log in while the files are read and hashed: the token (and a connection) are ready when
-    # the first study is. Its errors are raised where it is awaited, as before.
-    login = asyncio.create_task(client.login())
-    try:
-        return await _run_with_login(paths, client, login, options, progress, state_dir, summary)
-    finally:
-        if not login.done():
-            login.cancel()
-        login.add_done_callback(_retrieve)
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark the exception of a task nobody awaits as seen."""
-    if not task.cancelled():
-        task.exception()
-
-
-async def _run_with_login(
-    paths: Sequence[Path],
-    client: GatewayClient,
-    login: asyncio.Task[None],
-    options: UploadOptions,
-    progress: ProgressListener,
-    state_dir: Path,
-    summary: RunSummary,
-) -> RunSummary:
     clock = time.perf_counter
     started = clock()
     with extraction_workspace(state_dir) as workspace:
@@ -795,47 +769,72 @@ async def _run_with_login(
             summary.error_kind = "input"
             progress.discovered(discovery, [])
             return summary
-        started = clock()
-        with HashCache(state_dir / "hashes.sqlite3") as cache:
-            studies = await prepare_studies(
-                discovery, cache=cache, options=options, progress=progress
-            )
-            summary.hash_cache_hits = cache.hits
-        summary.timings["hash_seconds"] = clock() - started
-        progress.discovered(discovery, studies)
-        results = [
-            StudyResult(
-                study_instance_uid=plan.study_instance_uid,
-                status=StudyStatus.NOT_STARTED,
-                files=len(plan.files),
-                instances=len(plan.files),
-                total_bytes=plan.total_bytes,
-                modalities=list(plan.modalities),
-                study_date=plan.study_date,
-            )
-            for plan in studies
-        ]
-        summary.studies = results
-        started = clock()
+        # Log in while the files are hashed: the token (and a connection) are ready when the
+        # first study is. Its errors are raised where it is awaited, as before.
+        login = asyncio.create_task(client.login())
         try:
-            await login
-            for position, plan in enumerate(studies):
-                result = await upload_study(client, plan, options=options, progress=progress)
-                results[position] = result
-                progress.study_finished(result)
-                if result.abort is not None:
-                    summary.error, summary.error_kind = result.message, result.abort
-                    break
-            summary.timings["upload_seconds"] = clock() - started
-            if options.wait and summary.error_kind is None:
-                started = clock()
-                try:
-                    await wait_for_delivery(client, results, options=options, progress=progress)
-                finally:
-                    summary.timings["wait_seconds"] = clock() - started
-        except AuthenticationError as exc:
-            summary.error, summary.error_kind = str(exc), "auth"
-        except ServerUnreachableError as exc:
-            summary.error, summary.error_kind = str(exc), "unreachable"
-        summary.timings.setdefault("upload_seconds", clock() - started)
+            await _hash_and_upload(discovery, client, login, options, progress, state_dir, summary)
+        finally:
+            if not login.done():
+                login.cancel()
+            login.add_done_callback(_retrieve)
     return summary
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark the exception of a task nobody awaits as seen."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _hash_and_upload(
+    discovery: Discovery,
+    client: GatewayClient,
+    login: asyncio.Task[None],
+    options: UploadOptions,
+    progress: ProgressListener,
+    state_dir: Path,
+    summary: RunSummary,
+) -> None:
+    clock = time.perf_counter
+    started = clock()
+    with HashCache(state_dir / "hashes.sqlite3") as cache:
+        studies = await prepare_studies(discovery, cache=cache, options=options, progress=progress)
+        summary.hash_cache_hits = cache.hits
+    summary.timings["hash_seconds"] = clock() - started
+    progress.discovered(discovery, studies)
+    results = [
+        StudyResult(
+            study_instance_uid=plan.study_instance_uid,
+            status=StudyStatus.NOT_STARTED,
+            files=len(plan.files),
+            instances=len(plan.files),
+            total_bytes=plan.total_bytes,
+            modalities=list(plan.modalities),
+            study_date=plan.study_date,
+        )
+        for plan in studies
+    ]
+    summary.studies = results
+    started = clock()
+    try:
+        await login
+        for position, plan in enumerate(studies):
+            result = await upload_study(client, plan, options=options, progress=progress)
+            results[position] = result
+            progress.study_finished(result)
+            if result.abort is not None:
+                summary.error, summary.error_kind = result.message, result.abort
+                break
+        summary.timings["upload_seconds"] = clock() - started
+        if options.wait and summary.error_kind is None:
+            started = clock()
+            try:
+                await wait_for_delivery(client, results, options=options, progress=progress)
+            finally:
+                summary.timings["wait_seconds"] = clock() - started
+    except AuthenticationError as exc:
+        summary.error, summary.error_kind = str(exc), "auth"
+    except ServerUnreachableError as exc:
+        summary.error, summary.error_kind = str(exc), "unreachable"
+    summary.timings.setdefault("upload_seconds", clock() - started)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from relaypacs.cli.upload import upload
 from relaypacs.client import (
     GatewayClient,
+    InputError,
     RetryPolicy,
     RunSummary,
     StudyStatus,
@@ -125,3 +126,26 @@ class TestRunUpload:
         assert len(gateway.chunk_puts) == puts
         # The extraction directory does not outlive the run.
         assert not any((tmp_path / "state" / "extract").iterdir())
+
+    async def test_nothing_is_sent_for_refused_or_empty_input(self, tmp_path: Path) -> None:
+        """The login runs while files are hashed, never before the input is known good."""
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.txt").write_text("no images")
+        write_study(tmp_path / "s", instances=1, rows=16, columns=16)
+        with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+            zf.writestr("../evil", b"x")
+        gateway = FakeGateway()
+        options = UploadOptions(state_dir=tmp_path / "state")
+        transport = gateway.transport()
+        client = GatewayClient(
+            "http://gateway.test", username="alice", password="secret", transport=transport
+        )
+        async with client:
+            summary = await run_upload([tmp_path / "empty"], client, options=options)
+            assert summary.exit_code == 2
+            with pytest.raises(InputError, match="zip-slip"):
+                await run_upload([tmp_path / "s", tmp_path / "evil.zip"], client, options=options)
+            assert gateway.logins == 0
+            summary = await run_upload([tmp_path / "s"], client, options=options)
+        assert summary.exit_code == 0
+        assert gateway.logins == 1
