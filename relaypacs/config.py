@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     dicom_timeout_seconds: float = Field(default=30.0, gt=0)
     dicom_memory_mb: int = Field(default=1024, ge=128)
     dicom_max_inflated_mb: int = Field(default=1024, ge=1)
+    dicom_idle_seconds: float = Field(
+        default=60.0, gt=0, description="Stop the validation workers after this long unused."
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

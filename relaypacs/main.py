@@ -109,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             memory_bytes=settings.dicom_memory_mb << 20,
         ),
         workers=settings.dicom_workers,
+        idle_seconds=settings.dicom_idle_seconds,
     )
     await validator.start()  # warm workers: the first upload does not wait for them
     app.state.complete_context = CompleteContext(

@@ -28,6 +28,7 @@ import os
 import re
 import struct
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -958,10 +959,18 @@ class DicomValidator:
     ``DicomRejected("dicom_resource_limit", ...)``.
 
     Workers start on first use (or with :meth:`start`). At most ``workers`` files are
-    inspected at once; further calls wait for a free worker.
+    inspected at once; further calls wait for a free worker. With ``idle_seconds``, workers
+    that have had nothing to do for that long are stopped (they hold ~60 MiB each) and start
+    again on the next file.
     """
 
-    def __init__(self, limits: DicomLimits = DicomLimits(), workers: int = 2) -> None:
+    def __init__(
+        self,
+        limits: DicomLimits = DicomLimits(),
+        workers: int = 2,
+        *,
+        idle_seconds: float | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.limits = limits
@@ -970,10 +979,35 @@ class DicomValidator:
         self._all: set[_Worker] = set()
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
+        self._idle_seconds = idle_seconds
+        self._last_used = time.monotonic()
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def worker_count(self) -> int:
+        return len(self._all)
+
+    def _ensure_reaper(self) -> None:
+        if self._idle_seconds is not None and (self._reaper is None or self._reaper.done()):
+            self._reaper = asyncio.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        assert self._idle_seconds is not None
+        while not self._closed:
+            await asyncio.sleep(self._idle_seconds / 2)
+            unused = time.monotonic() - self._last_used
+            if unused >= self._idle_seconds and len(self._idle) == len(self._all):
+                idle, self._idle = self._idle, []
+                for worker in idle:
+                    self._all.discard(worker)
+                await asyncio.gather(*(worker.stop() for worker in idle))
+                return  # the next inspection starts workers and this task again
 
     async def start(self) -> None:
         """Start all workers now rather than on first use (optional)."""
         self._check_open()
+        self._last_used = time.monotonic()
+        self._ensure_reaper()
         missing = self._size - len(self._all)
         if missing > 0:
             started = await asyncio.gather(*(self._start_worker() for _ in range(missing)))
@@ -985,6 +1019,8 @@ class DicomValidator:
         self._check_open()
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
+        self._last_used = time.monotonic()
+        self._ensure_reaper()
         async with self._slots:
             worker = await self._acquire(os.fspath(path))
             healthy = False
@@ -1015,6 +1051,7 @@ class DicomValidator:
                     "(memory limit exceeded or crashed).",
                 ) from None
             finally:
+                self._last_used = time.monotonic()
                 if healthy and not self._closed:
                     self._idle.append(worker)
                 else:
@@ -1023,6 +1060,10 @@ class DicomValidator:
     async def close(self) -> None:
         """Stop all workers. The validator cannot be used afterwards."""
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         idle, self._idle = self._idle, []
         busy = self._all - set(idle)
         self._all.clear()

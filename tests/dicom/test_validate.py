@@ -678,3 +678,22 @@ class TestDicomValidator:
             assert not process.is_running() or process.status() == "zombie"
         with pytest.raises(RuntimeError, match="closed"):
             await v.inspect(write(small()))
+
+
+class TestIdleWorkers:
+    async def test_idle_workers_stop_and_come_back_on_the_next_file(
+        self, write: Callable[[bytes], Path]
+    ) -> None:
+        v = DicomValidator(workers=2, idle_seconds=0.5)
+        try:
+            await v.start()
+            assert v.worker_count == 2
+            pids = worker_pids(v)
+            await asyncio.sleep(1.6)
+            assert v.worker_count == 0
+            for pid in pids:
+                assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+            assert (await v.inspect(write(small()))).kind == "instance"
+            assert v.worker_count == 1
+        finally:
+            await v.close()
