@@ -7,14 +7,20 @@ import getpass
 import logging
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from relaypacs import __version__
-from relaypacs.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from relaypacs.config import Settings
 
 
 def _settings() -> Settings:
+    # imported here: pydantic-settings costs ~0.5 s of start-up that `relaypacs upload` needs not
+    from relaypacs.config import ConfigError, load_settings
+
     try:
         return load_settings()
     except ConfigError as exc:

@@ -358,8 +358,10 @@ class GatewayClient:
             return StartResult(StartOutcome.ALREADY_DELIVERED, existing)
         raise error
 
-    async def get_upload(self, upload_id: str) -> RemoteUpload:
-        response = await self._send("GET", f"/uploads/{upload_id}")
+    async def get_upload(self, upload_id: str, *, files: bool = True) -> RemoteUpload:
+        """The upload; with ``files=False`` without its file list (cheap to poll)."""
+        path = f"/uploads/{upload_id}" if files else f"/uploads/{upload_id}?files=false"
+        response = await self._send("GET", path)
         return RemoteUpload.from_json(self._json_or_raise(response, 200))
 
     async def put_chunk(

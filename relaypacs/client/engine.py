@@ -705,7 +705,11 @@ async def _poll(
     previous = result.delivery
     try:
         async with asyncio.timeout(max(0.0, deadline - clock()) + _LAST_POLL_GRACE):
-            upload = await client.get_upload(result.upload_id)
+            # Poll the light view; the file list only once the PACS refused something, for
+            # the names and reasons.
+            upload = await client.get_upload(result.upload_id, files=False)
+            if upload.status == "failed":
+                upload = await client.get_upload(result.upload_id)
     except AuthenticationError:
         raise
     except ApiError as exc:

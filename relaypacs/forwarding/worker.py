@@ -313,10 +313,18 @@ class Forwarder:
         retry_reasons: list[str] = []
 
         async def send(batch: list[InstancePart]) -> None:
+            results = await request(batch)
+            if results:  # recorded outside the in-flight slot: the next request goes meanwhile
+                await self._record(claim, results)
+                retry_reasons.extend(
+                    r.reason or "retry" for r in results if r.disposition == Disposition.RETRY
+                )
+
+        async def request(batch: list[InstancePart]) -> list[InstanceResult]:
             async with semaphore:
                 if not breaker.allow():
                     retry_reasons.append("circuit_open")
-                    return
+                    return []
                 outcome = await client.store(study_uid, batch)
                 if outcome.target_error is not None:
                     self._target_failed(claim.target, outcome.target_error)
@@ -336,10 +344,7 @@ class Forwarder:
                         if part.file_index in unexplained:
                             single = await client.store(study_uid, [part])
                             results.extend(single.results)
-                await self._record(claim, results)
-                retry_reasons.extend(
-                    r.reason or "retry" for r in results if r.disposition == Disposition.RETRY
-                )
+                return results
 
         await asyncio.gather(*(send(batch) for batch in batches))
         return retry_reasons

@@ -53,10 +53,15 @@ async def list_uploads(
 
 @router.get("/{upload_id}", response_model=UploadRead)
 async def get_upload(
-    upload_id: uuid.UUID, user: CurrentUser, session: ReadSessionDep
+    upload_id: uuid.UUID,
+    user: CurrentUser,
+    session: ReadSessionDep,
+    files: Annotated[
+        bool, Query(description="false: without the file list (cheap to poll)")
+    ] = True,
 ) -> UploadRead:
     upload = await service.get_upload(session, upload_id=upload_id, user=user)
-    return await service.read_upload(session, upload)
+    return await service.read_upload(session, upload, with_files=files)
 
 
 @router.put("/{upload_id}/files/{file_index}/chunks/{chunk_index}", response_model=ChunkStored)

@@ -109,7 +109,9 @@ class UploadSummary(BaseModel):
 
 
 class UploadRead(UploadSummary):
-    files: list[UploadFileRead]
+    files: list[UploadFileRead] | None = Field(
+        description="Every file with its missing chunks and statuses; null with ?files=false."
+    )
     forwarding: ForwardingRead | None = None
 
 

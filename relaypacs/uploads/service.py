@@ -216,7 +216,18 @@ async def _received_bytes(session: AsyncSession, upload_id: uuid.UUID) -> int:
     return int(total or 0)
 
 
-async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
+async def read_upload(
+    session: AsyncSession, upload: Upload, *, with_files: bool = True
+) -> UploadRead:
+    """The upload as the API shows it; without its files (`with_files=False`) it costs a few
+    aggregate queries whatever the study's size: the view to poll."""
+    if not with_files:
+        received = await _received_bytes(session, upload.id)
+        return UploadRead(
+            **summary_of(upload, received).model_dump(),
+            files=None,
+            forwarding=await _forwarding(session, upload),
+        )
     files = (
         await session.scalars(
             select(UploadFile).where(UploadFile.upload_id == upload.id).order_by(UploadFile.index)
@@ -247,27 +258,30 @@ async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
     return UploadRead(
         **summary_of(upload, received).model_dump(),
         files=file_reads,
-        forwarding=await _forwarding(session, upload, files),
+        forwarding=await _forwarding(session, upload),
     )
 
 
-async def _forwarding(
-    session: AsyncSession, upload: Upload, files: Sequence[UploadFile]
-) -> ForwardingRead | None:
+async def _forwarding(session: AsyncSession, upload: Upload) -> ForwardingRead | None:
     job = await session.scalar(
         select(ForwardJob).where(ForwardJob.upload_id == upload.id).order_by(ForwardJob.created_at)
     )
     if job is None:
         return None
-    statuses = [f.forward_status for f in files if f.forward_status is not None]
-    confirmed = statuses.count(ForwardStatus.CONFIRMED)
+    rows = await session.execute(
+        select(UploadFile.forward_status, func.count())
+        .where(UploadFile.upload_id == upload.id, UploadFile.forward_status.is_not(None))
+        .group_by(UploadFile.forward_status)
+    )
+    counts = {status: int(n) for status, n in rows}
+    confirmed = counts.get(ForwardStatus.CONFIRMED, 0)
     return ForwardingRead(
         target=job.target,
         status=job.status.value,
-        instances=len(statuses),
-        sent=confirmed + statuses.count(ForwardStatus.SENT),
+        instances=sum(counts.values()),
+        sent=confirmed + counts.get(ForwardStatus.SENT, 0),
         confirmed=confirmed,
-        failed=statuses.count(ForwardStatus.FAILED),
+        failed=counts.get(ForwardStatus.FAILED, 0),
         attempts=job.attempts,
         next_attempt_at=job.next_attempt_at if job.status == JobStatus.QUEUED else None,
         last_error=job.last_error,
@@ -816,7 +830,7 @@ async def complete_upload(
         if upload.status == UploadStatus.CANCELLED:
             raise UploadNotWritable("This upload was cancelled.")
         view = await read_upload(session, upload)
-        incomplete = [f for f in view.files if f.missing_chunks]
+        incomplete = [f for f in view.files or () if f.missing_chunks]
         if incomplete:
             raise UploadIncomplete(
                 f"{sum(len(f.missing_chunks) for f in incomplete)} chunks are missing.",
@@ -960,7 +974,7 @@ def _file_update(upload_id: uuid.UUID, verdict: FileVerdict) -> dict[str, Any]:
 def _rejection(view: UploadRead) -> UploadRejected:
     files = [
         {"index": f.index, "name": f.name, "code": f.error.code, "message": f.error.message}
-        for f in view.files
+        for f in view.files or ()
         if f.error is not None
     ]
     return UploadRejected(

@@ -321,3 +321,20 @@ class TestNoPacs:
         assert (await gateway.get(upload_id))["status"] == "cancelled"
         keys = [k async for k in gateway.app.state.storage.list(f"uploads/{upload_id}/")]
         assert keys == []
+
+
+class TestStatusView:
+    async def test_without_files_the_view_has_the_same_progress(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        upload_id = await gateway.upload(make_study(5))
+        full = await gateway.wait(upload_id)
+        response = await gateway.client.get(
+            f"{API}/uploads/{upload_id}", params={"files": "false"}, headers=gateway.account.headers
+        )
+        light = response.json()
+        assert light["files"] is None
+        assert light["forwarding"] == full["forwarding"]
+        assert {k: v for k, v in light.items() if k != "files"} == {
+            k: v for k, v in full.items() if k != "files"
+        }
