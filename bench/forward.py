@@ -9,7 +9,7 @@ basic auth, its own storage under the run's scratch dir, killed and deleted afte
   Orthanc; `relaypacs upload -v --json` uploads the study. The CLI's own log line for the
   `complete` answer (httpx logs every response; `-v` puts it on stderr with a millisecond time
   stamp) gives the upload id and the moment `complete` answered (the upload is then `queued`);
-  from there `GET /api/v1/uploads/{id}` is polled every 50 ms until `delivered`: the time
+  from there `GET /api/v1/uploads/{id}?files=false` (the light view `upload --wait` polls) is polled every 50 ms until `delivered`: the time
   between is the forwarding time. Peak RSS of the gateway (main process; incl. its validator
   workers) is sampled over that phase only (the main process's VmHWM is reset when `complete`
   answers). Orthanc is then asked (QIDO-RS) whether it lists every SOP Instance UID.
@@ -302,7 +302,7 @@ def _gateway_run(
             doc: dict[str, Any] = {}
             while True:
                 asked = time.time()
-                response = api.get(f"/api/v1/uploads/{found.upload_id}")
+                response = api.get(f"/api/v1/uploads/{found.upload_id}?files=false")
                 now = time.time()
                 result.polls += 1
                 result.poll_round_trips.append(now - asked)
@@ -325,7 +325,7 @@ def _gateway_run(
             sampler.sample()
             result.gateway_cpu = sampler.cpu_seconds() - cpu_gateway
             result.orthanc_cpu = _cpu(_pid(orthanc)) - cpu_orthanc
-            result.poll_cpu = _poll_cost(api, f"/api/v1/uploads/{found.upload_id}", pid)
+            result.poll_cpu = _poll_cost(api, f"/api/v1/uploads/{found.upload_id}?files=false", pid)
         finally:
             if sampler is not None:
                 sampler.stop()
