@@ -10,7 +10,8 @@ basic auth, its own storage under the run's scratch dir, killed and deleted afte
   `complete` answer (httpx logs every response; `-v` puts it on stderr with a millisecond time
   stamp) gives the upload id and the moment `complete` answered (the upload is then `queued`);
   from there `GET /api/v1/uploads/{id}?files=false` (the light view `upload --wait` polls) is
-  polled every 50 ms until `delivered`: the time between is the forwarding time. Peak RSS of the gateway (main process; incl. its validator
+  polled every 50 ms until `delivered`: the time between is the forwarding time.
+  Peak RSS of the gateway (main process; incl. its validator
   workers) is sampled over that phase only (the main process's VmHWM is reset when `complete`
   answers). Orthanc is then asked (QIDO-RS) whether it lists every SOP Instance UID.
 
