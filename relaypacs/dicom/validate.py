@@ -1003,6 +1003,17 @@ class DicomValidator:
                 await asyncio.gather(*(worker.stop() for worker in idle))
                 return  # the next inspection starts workers and this task again
 
+    async def release_idle(self) -> int:
+        """Stop the workers now if none is inspecting a file (they start again on the next
+        one); returns how many were stopped."""
+        if len(self._idle) != len(self._all):
+            return 0
+        idle, self._idle = self._idle, []
+        for worker in idle:
+            self._all.discard(worker)
+        await asyncio.gather(*(worker.stop() for worker in idle))
+        return len(idle)
+
     async def start(self) -> None:
         """Start all workers now rather than on first use (optional)."""
         self._check_open()

@@ -879,6 +879,9 @@ async def complete_upload(
         verdicts = _judge_study(declared_uid, [found[f.index] for f in files])
     finally:
         await asyncio.to_thread(shutil.rmtree, spool_dir, ignore_errors=True)
+        # The workers hold ~60 MiB each: they go as soon as no study is being verified (they
+        # start again in ~0.5 s for the next), so forwarding and idling run without them.
+        await ctx.validator.release_idle()
 
     rejected = [v for v in verdicts if v.error is not None]
     instances = sum(1 for v in verdicts if v.summary is not None and v.summary.kind == "instance")

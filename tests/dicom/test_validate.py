@@ -697,3 +697,19 @@ class TestIdleWorkers:
             assert v.worker_count == 1
         finally:
             await v.close()
+
+    async def test_release_idle_stops_workers_only_when_none_is_busy(
+        self, write: Callable[[bytes], Path]
+    ) -> None:
+        v = DicomValidator(workers=2)
+        try:
+            await v.start()
+            slow = asyncio.create_task(v.inspect(write(synth.make_many_fragments(200_000))))
+            await asyncio.sleep(0.05)
+            assert await v.release_idle() == 0  # one is busy: nothing is stopped
+            await slow
+            assert await v.release_idle() == 2
+            assert v.worker_count == 0
+            assert (await v.inspect(write(small()))).kind == "instance"
+        finally:
+            await v.close()
