@@ -291,7 +291,7 @@ class Forwarder:
             return
         # Everything was answered: verify with QIDO-RS before anything counts as delivered.
         try:
-            listed = await client.instance_uids(study_uid)
+            listed = await client.instance_uids(study_uid, expected=len(files))
         except httpx.HTTPError as exc:
             self._target_failed(claim.target, type(exc).__name__)
             await self._schedule_retry(claim, f"verification: {type(exc).__name__}")

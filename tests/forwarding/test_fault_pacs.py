@@ -338,3 +338,24 @@ class TestStatusView:
         assert {k: v for k, v in light.items() if k != "files"} == {
             k: v for k, v in full.items() if k != "files"
         }
+
+
+class TestQidoPaging:
+    async def test_every_page_is_read_even_when_more_than_expected(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        from relaypacs.pacs.dicomweb import DicomWebClient
+
+        study = make_study(7)
+        upload_id = await gateway.upload(study)
+        assert (await gateway.wait(upload_id))["status"] == "delivered"
+        target = gateway.app.state.settings.pacs_targets[0]
+        client = DicomWebClient(target, gateway.app.state.storage)
+        try:
+            everything = set(sops(study))
+            # pages of 2: 4 pages; asked for 2 up front, the rest page by page
+            assert await client.instance_uids(study.uid, expected=3, page=2) == everything
+            assert await client.instance_uids(study.uid, expected=7, page=2) == everything
+            assert await client.instance_uids(study.uid, page=100) == everything
+        finally:
+            await client.aclose()
