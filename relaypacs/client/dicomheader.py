@@ -14,26 +14,15 @@ from __future__ import annotations
 
 import io
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from relaypacs.dicom.validate import (
-    _TAG_DIRECTORY_RECORDS,
-    _TAG_MEDIA_SOP_CLASS,
-    _TAG_STUDY_UID,
-    MEDIA_STORAGE_DIRECTORY,
-    DicomLimits,
-    DicomRejected,
-    _FileSource,
-    _parse,
-    _valid_uid,
-    _walk,
-)
+from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_instance_prefix
+from relaypacs.dicom.header import read_header as pydicom_read_header
+from relaypacs.dicom.validate import _TAG_STUDY_UID, DicomLimits, DicomRejected, _FileSource, _walk
 
 __all__ = ["StudyHeader", "is_dicomdir", "read_header"]
 
-_PREFIX_LIMIT: Final = 16 << 20  # as relaypacs.dicom.header
 _LIMITS: Final = DicomLimits()
 
 _CHARSET: Final = 0x00080005
@@ -70,20 +59,6 @@ _CODECS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class StudyHeader:
-    """The fields of ``relaypacs.dicom.header.StudyHeader``."""
-
-    study_instance_uid: str
-    sop_instance_uid: str | None
-    patient_name: str | None
-    patient_id: str | None
-    study_date: str | None
-    modality: str | None
-    study_description: str | None
-    accession_number: str | None
-
-
 class _Undecided(Exception):
     """A value this module does not decode exactly as pydicom would."""
 
@@ -92,38 +67,19 @@ def read_header(path: Path) -> StudyHeader | None:
     """The study header of a DICOM instance; ``None`` if ``path`` is not one (not DICOM,
     a DICOMDIR, unreadable, broken before its StudyInstanceUID, no valid
     StudyInstanceUID). The same answer as ``relaypacs.dicom.header.read_header``."""
-    try:
-        # An executable in the preamble is the gateway's to refuse (and audit), with a reason
-        # the clinician sees; the client must not silently drop the file.
-        parsed = _parse(
-            path,
-            _LIMITS,
-            stop=_TAG_STUDY_UID,
-            prefix_limit=_PREFIX_LIMIT,
-            refuse_executable_preamble=False,
-        )
-    except (DicomRejected, OSError, MemoryError):
+    prefix = read_instance_prefix(path)
+    if prefix is None:
         return None
-    if (
-        _valid_uid(parsed.meta.values.get(_TAG_MEDIA_SOP_CLASS)) == MEDIA_STORAGE_DIRECTORY
-        or _TAG_DIRECTORY_RECORDS in parsed.dataset.seen
-        or parsed.prefix is None
-    ):
-        return None
-    study_uid = _valid_uid(parsed.dataset.values.get(_TAG_STUDY_UID))
-    if study_uid is None:
-        return None
-    prefix = parsed.prefix
     try:
         walk = _walk(
-            _FileSource(io.BytesIO(prefix), len(prefix), prefix),
+            _FileSource(io.BytesIO(prefix.data), len(prefix.data), prefix.data),
             0,
-            implicit=parsed.implicit,
-            little_endian=parsed.little_endian,
+            implicit=prefix.implicit,
+            little_endian=prefix.little_endian,
             limits=_LIMITS,
             wanted=_WANTED,
         )
-        return _decode(study_uid, walk.values, walk.seen)
+        return _decode(prefix.study_instance_uid, walk.values, walk.seen)
     except (_Undecided, DicomRejected):
         return _with_pydicom(path)
 
@@ -177,32 +133,6 @@ def _with_pydicom(path: Path) -> StudyHeader | None:
     """``relaypacs.dicom.header.read_header``, importing pydicom on first use (once, even when
     several threads need it at the same time)."""
     with _PYDICOM_LOCK:
-        from relaypacs.dicom import header
+        import pydicom.filereader  # noqa: F401
 
-    found = header.read_header(path)
-    if found is None:
-        return None
-    return StudyHeader(
-        study_instance_uid=found.study_instance_uid,
-        sop_instance_uid=found.sop_instance_uid,
-        patient_name=found.patient_name,
-        patient_id=found.patient_id,
-        study_date=found.study_date,
-        modality=found.modality,
-        study_description=found.study_description,
-        accession_number=found.accession_number,
-    )
-
-
-def is_dicomdir(path: Path) -> bool:
-    """Whether ``path`` is a DICOMDIR (by its Media Storage SOP Class, or a Directory
-    Record Sequence in its data set); as ``relaypacs.dicom.header.is_dicomdir``."""
-    try:
-        # stop at the Directory Record Sequence (which may be long) without walking it
-        parsed = _parse(path, _LIMITS, stop=_TAG_DIRECTORY_RECORDS - 1)
-    except (DicomRejected, OSError, MemoryError):
-        return False
-    return (
-        _valid_uid(parsed.meta.values.get(_TAG_MEDIA_SOP_CLASS)) == MEDIA_STORAGE_DIRECTORY
-        or parsed.dataset.stopped_at == _TAG_DIRECTORY_RECORDS
-    )
+    return pydicom_read_header(path)

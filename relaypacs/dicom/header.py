@@ -10,10 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from typing import TYPE_CHECKING, Final
 
 from relaypacs.dicom.validate import (
     _TAG_DIRECTORY_RECORDS,
@@ -26,7 +23,10 @@ from relaypacs.dicom.validate import (
     _valid_uid,
 )
 
-__all__ = ["StudyHeader", "is_dicomdir", "read_header"]
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["InstancePrefix", "StudyHeader", "is_dicomdir", "read_header", "read_instance_prefix"]
 
 _PREFIX_LIMIT: Final = 16 << 20
 """Files with more than this before their StudyInstanceUID are not read."""
@@ -64,10 +64,20 @@ def _string(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def read_header(path: Path) -> StudyHeader | None:
-    """The study header of a DICOM instance; ``None`` if ``path`` is not one (not DICOM,
-    a DICOMDIR, unreadable, broken before its StudyInstanceUID, no valid
-    StudyInstanceUID). Reads only the first elements of the file."""
+@dataclass(frozen=True)
+class InstancePrefix:
+    """The start of an instance's data set, up to and including its StudyInstanceUID."""
+
+    study_instance_uid: str
+    data: bytes
+    implicit: bool
+    little_endian: bool
+
+
+def read_instance_prefix(path: Path) -> InstancePrefix | None:
+    """The bounded read that every header reader starts with (no pydicom); ``None`` if
+    ``path`` is not an instance (not DICOM, a DICOMDIR, unreadable, broken before its
+    StudyInstanceUID, no valid StudyInstanceUID)."""
     try:
         # An executable in the preamble is the gateway's to refuse (and audit), with a reason
         # the clinician sees; the client must not silently drop the file.
@@ -86,18 +96,30 @@ def read_header(path: Path) -> StudyHeader | None:
         or parsed.prefix is None
     ):
         return None
+    study_uid = _valid_uid(parsed.dataset.values.get(_TAG_STUDY_UID))
+    if study_uid is None:
+        return None
+    return InstancePrefix(study_uid, parsed.prefix, parsed.implicit, parsed.little_endian)
+
+
+def read_header(path: Path) -> StudyHeader | None:
+    """The study header of a DICOM instance; ``None`` if ``path`` is not one (see
+    read_instance_prefix). Reads only the first elements of the file; imports pydicom (on
+    first use) to decode the values."""
+    prefix = read_instance_prefix(path)
+    if prefix is None:
+        return None
+    from pydicom.filereader import read_dataset
+
     try:
         ds = read_dataset(
-            io.BytesIO(parsed.prefix),
-            parsed.implicit,
-            parsed.little_endian,
+            io.BytesIO(prefix.data),
+            prefix.implicit,
+            prefix.little_endian,
             specific_tags=list(_TAGS),
         )
-        study_uid = _valid_uid(parsed.dataset.values.get(_TAG_STUDY_UID))
-        if study_uid is None:
-            return None
         return StudyHeader(
-            study_instance_uid=study_uid,
+            study_instance_uid=prefix.study_instance_uid,
             sop_instance_uid=_string(ds, "SOPInstanceUID"),
             patient_name=_string(ds, "PatientName"),
             patient_id=_string(ds, "PatientID"),
