@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import URL, DateTime, Engine, MetaData, event, make_url
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -181,6 +181,30 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
     async with sessionmaker() as session, session.begin():
         yield session
+
+
+T = TypeVar("T")
+
+
+async def read_in_one_call(state: Any, fn: Callable[[Session], T]) -> T:
+    """Run the synchronous reader `fn` in one read-only transaction, in as few hops as the
+    database allows. On SQLite one thread call on the synchronous engine (through aiosqlite
+    every statement is several hops between threads: for the views polled many times a second,
+    those hops were most of the cost); elsewhere `run_sync` on an async session (asyncpg
+    needs no thread). `state` is the application's state (sync_engine, read_sessionmaker);
+    `fn` must not keep ORM objects beyond the call."""
+    sync_engine: Engine | None = state.sync_engine
+    if sync_engine is not None:
+        reader = sync_engine.execution_options(**{READONLY_OPTION: True})  # deferred BEGIN
+
+        def in_thread() -> T:
+            with Session(reader, expire_on_commit=False) as session, session.begin():
+                return fn(session)
+
+        return await asyncio.to_thread(in_thread)
+    sessionmaker: async_sessionmaker[AsyncSession] = state.read_sessionmaker
+    async with sessionmaker() as session, session.begin():
+        return await session.run_sync(fn)
 
 
 # scope="function": the transaction commits when the endpoint returns, before the response is

@@ -20,9 +20,10 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
@@ -189,16 +190,22 @@ class Forwarder:
             await session.flush()
             return Claim(job.id, job.lease_token, job.upload_id, job.target)
 
-    async def _renew(self, session: AsyncSession, claim: Claim) -> ForwardJob:
-        """Extend the lease; raise LeaseLost if the job is no longer ours. Fences the writes
-        of the transaction it runs in (on PostgreSQL it also locks the job's row)."""
+    async def _fence(self, session: AsyncSession, claim: Claim, **values: Any) -> None:
+        """Extend the lease (and set `values` on the job); raise LeaseLost if the job is no
+        longer ours. Fences the writes of the transaction it runs in (on PostgreSQL it also
+        locks the job's row)."""
         result = await session.execute(
             update(ForwardJob)
             .where(ForwardJob.id == claim.job_id, ForwardJob.lease_token == claim.token)
-            .values(lease_until=utcnow() + self._lease, updated_at=utcnow())
+            .values(lease_until=utcnow() + self._lease, updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             raise LeaseLost()
+
+    async def _renew(self, session: AsyncSession, claim: Claim) -> ForwardJob:
+        """:meth:`_fence`, then the job's row."""
+        await self._fence(session, claim)
         job = await session.get(ForwardJob, claim.job_id, populate_existing=True)
         assert job is not None
         return job
@@ -208,7 +215,7 @@ class Forwarder:
             await asyncio.sleep(self._lease.total_seconds() / 3)
             try:
                 async with self._sessionmaker() as session, session.begin():
-                    await self._renew(session, claim)
+                    await self._fence(session, claim)
             except LeaseLost:
                 lost.set()
                 return
@@ -251,16 +258,24 @@ class Forwarder:
             if upload.status == UploadStatus.QUEUED:
                 upload.status = UploadStatus.FORWARDING
             study_uid = upload.study_instance_uid
-            files = list(
-                await session.scalars(
-                    select(UploadFile)
+            # Columns, not ORM objects: a study has thousands of files, and this is the fixed
+            # cost before the first request goes out.
+            files = (
+                await session.execute(
+                    select(
+                        UploadFile.index,
+                        UploadFile.sop_instance_uid,
+                        UploadFile.size,
+                        UploadFile.preamble,
+                        UploadFile.forward_status,
+                    )
                     .where(
                         UploadFile.upload_id == claim.upload_id,
                         UploadFile.forward_status.is_not(None),
                     )
                     .order_by(UploadFile.index)
                 )
-            )
+            ).all()
             chunk_rows = await session.execute(
                 select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.md5)
                 .where(UploadChunk.upload_id == claim.upload_id)
@@ -271,16 +286,16 @@ class Forwarder:
             keys[file_index].append(chunk_key(claim.upload_id, file_index, chunk_index, md5))
         to_send = [
             InstancePart(
-                file_index=f.index,
-                sop_instance_uid=f.sop_instance_uid or "",
-                size=f.size,
-                keys=tuple(keys[f.index]),
-                zero_preamble=f.preamble == "nonzero",
+                file_index=index,
+                sop_instance_uid=sop or "",
+                size=size,
+                keys=tuple(keys[index]),
+                zero_preamble=preamble == "nonzero",
             )
-            for f in files
-            if f.forward_status == ForwardStatus.PENDING
+            for index, sop, size, preamble, status in files
+            if status == ForwardStatus.PENDING
         ]
-        sop_of = {f.index: f.sop_instance_uid for f in files}
+        sop_of = {index: sop for index, sop, *_ in files}
 
         retry_reasons: list[str] = []
         if to_send:
@@ -370,8 +385,7 @@ class Forwarder:
             Disposition.RETRY: ForwardStatus.PENDING,
         }
         async with self._sessionmaker() as session, session.begin():
-            job = await self._renew(session, claim)
-            job.stow_requests += 1
+            await self._fence(session, claim, stow_requests=ForwardJob.stow_requests + 1)
             await session.execute(
                 update(UploadFile),
                 [
@@ -409,42 +423,61 @@ class Forwarder:
         with contextlib.suppress(Exception):
             await self._schedule_retry(claim, f"internal: {reason}")
 
-    async def _refresh_counts(self, session: AsyncSession, job: ForwardJob) -> None:
+    async def _refresh_counts(self, session: AsyncSession, job: ForwardJob) -> int:
+        """Update the job's counters from its files; returns the number of instances."""
         rows = await session.execute(
-            select(UploadFile.forward_status).where(
-                UploadFile.upload_id == job.upload_id, UploadFile.forward_status.is_not(None)
-            )
+            select(UploadFile.forward_status, func.count())
+            .where(UploadFile.upload_id == job.upload_id, UploadFile.forward_status.is_not(None))
+            .group_by(UploadFile.forward_status)
         )
-        statuses = [s for (s,) in rows]
-        job.confirmed_count = statuses.count(ForwardStatus.CONFIRMED)
-        job.failed_count = statuses.count(ForwardStatus.FAILED)
-        job.sent_count = job.confirmed_count + statuses.count(ForwardStatus.SENT)
+        counts: dict[ForwardStatus | None, int] = {}
+        for status, n in rows:
+            counts[status] = n
+        job.confirmed_count = counts.get(ForwardStatus.CONFIRMED, 0)
+        job.failed_count = counts.get(ForwardStatus.FAILED, 0)
+        job.sent_count = job.confirmed_count + counts.get(ForwardStatus.SENT, 0)
+        return sum(counts.values())
 
     async def _settle(self, claim: Claim, sop_of: dict[int, str | None], listed: set[str]) -> None:
         """Mark what QIDO-RS lists as confirmed; deliver, fail, or retry the rest."""
         async with self._sessionmaker() as session, session.begin():
             job = await self._renew(session, claim)
-            files = list(
-                await session.scalars(
-                    select(UploadFile).where(
+            answered = (
+                await session.execute(
+                    select(UploadFile.index).where(
                         UploadFile.upload_id == claim.upload_id,
-                        UploadFile.forward_status.is_not(None),
+                        UploadFile.forward_status.in_(
+                            (ForwardStatus.SENT, ForwardStatus.CONFIRMED)
+                        ),
                     )
                 )
+            ).scalars()
+            # The PACS said stored but does not list it: send it again.
+            unlisted = [index for index in answered if sop_of.get(index) not in listed]
+            unconfirmed = len(unlisted)
+            if unlisted:
+                await session.execute(
+                    update(UploadFile),
+                    [
+                        {
+                            "upload_id": claim.upload_id,
+                            "index": index,
+                            "forward_status": ForwardStatus.PENDING,
+                            "forward_error": "not_listed_by_qido",
+                        }
+                        for index in unlisted
+                    ],
+                )
+            await session.execute(
+                update(UploadFile)
+                .where(
+                    UploadFile.upload_id == claim.upload_id,
+                    UploadFile.forward_status == ForwardStatus.SENT,
+                )
+                .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
+                .execution_options(synchronize_session=False)
             )
-            unconfirmed = 0
-            for file in files:
-                if file.forward_status in (ForwardStatus.SENT, ForwardStatus.CONFIRMED):
-                    if sop_of.get(file.index) in listed:
-                        file.forward_status = ForwardStatus.CONFIRMED
-                        file.forward_error = None
-                    else:
-                        # The PACS said stored but does not list it: send it again.
-                        file.forward_status = ForwardStatus.PENDING
-                        file.forward_error = "not_listed_by_qido"
-                        unconfirmed += 1
-            await session.flush()
-            await self._refresh_counts(session, job)
+            instances = await self._refresh_counts(session, job)
             if not unconfirmed:
                 upload = await session.get(Upload, claim.upload_id)
                 assert upload is not None
@@ -470,7 +503,7 @@ class Forwarder:
                             "target": claim.target,
                             "confirmed": job.confirmed_count,
                             "failed": job.failed_count,
-                            "instances": len(files),
+                            "instances": instances,
                         },
                     )
                 )
@@ -494,7 +527,7 @@ class Forwarder:
                     upload.status.value,
                     claim.target,
                     job.confirmed_count,
-                    len(files),
+                    instances,
                 )
                 return
         await self._schedule_retry(claim, f"{unconfirmed} instances not listed by QIDO-RS")

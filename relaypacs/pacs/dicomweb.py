@@ -31,6 +31,7 @@ REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 SOP_INSTANCE_UID = "00080018"
 PREAMBLE = 128
+WHOLE_READ_BYTES = 4 << 20  # at most max_in_flight of these are held at once
 
 
 class Disposition(enum.StrEnum):
@@ -157,15 +158,14 @@ class DicomWebClient:
             for head, part in zip(heads, parts, strict=True):
                 yield head
                 offset = 0
-                for key in part.keys:
-                    async for block in self._storage.stream(key):
-                        if part.zero_preamble and offset < PREAMBLE:
-                            cut = min(PREAMBLE - offset, len(block))
-                            block = bytes(cut) + bytes(block[cut:])
-                        offset += len(block)
-                        yield block
+                async for block in self._instance_blocks(part):
+                    if part.zero_preamble and offset < PREAMBLE:
+                        cut = min(PREAMBLE - offset, len(block))
+                        block = bytes(cut) + bytes(block[cut:])
+                    offset += len(block)
+                    yield block
                 if offset != part.size:
-                    raise StorageError("stored instance is shorter than its manifest size")
+                    raise StorageError("stored instance does not have its manifest size")
                 yield b"\r\n"
             yield tail
 
@@ -187,6 +187,18 @@ class DicomWebClient:
             error = f"network: {type(exc).__name__}"
             return StowOutcome(_all(parts, Disposition.RETRY, error), None, error)
         return self._judge(parts, response)
+
+    async def _instance_blocks(self, part: InstancePart) -> AsyncIterator[bytes]:
+        """The stored bytes of one instance. A small single-chunk instance (most of them: a CT
+        slice is 0.5 MB) in one storage call, where streaming it would be three (open, read,
+        read to the end), each a hop to a thread: at hundreds of instances per second those
+        hops were a good part of the gateway's CPU while forwarding."""
+        if len(part.keys) == 1 and part.size <= WHOLE_READ_BYTES:
+            yield await self._storage.get(part.keys[0])
+            return
+        for key in part.keys:
+            async for block in self._storage.stream(key):
+                yield block
 
     def _judge(self, parts: Sequence[InstancePart], response: httpx.Response) -> StowOutcome:
         status = response.status_code
@@ -240,25 +252,41 @@ class DicomWebClient:
     # --- QIDO-RS -------------------------------------------------------------------------
 
     async def instance_uids(
-        self, study_uid: str, *, expected: int = 0, page: int = 1000
+        self, study_uid: str, *, expected: int = 0, page: int = 1000, parallel: int = 3
     ) -> set[str]:
         """Every SOP Instance UID the PACS lists for the study (paged with limit/offset).
 
-        The pages that `expected` instances need are asked for at once (a 4000-instance study
-        is 4 pages: one after another they were a fifth of the forwarding time); then page by
-        page while pages come back full. Raises httpx.HTTPError when the PACS cannot answer."""
+        The pages that `expected` instances need are asked for at once, split in at least
+        `parallel` pages: a PACS answers each page on its own thread, and building the answer
+        is its slow part (Orthanc 1.10 reads every instance's file for the default attributes:
+        300 instances took 0.47 s in one page, 0.24 s in 2 or 3 pages at once here). Then page
+        by page while pages come back full. Raises httpx.HTTPError when the PACS cannot
+        answer."""
         found: set[str] = set()
-        first = max(1, -(-expected // page))
+        # One more than expected: when every instance is listed, the last page is not full
+        # and no empty page has to be asked for to prove that nothing follows.
+        wanted = expected + 1
+        size = max(1, min(page, -(-wanted // max(1, parallel))))
+        first = -(-wanted // size)
         pages = await asyncio.gather(
-            *(self._instances_page(study_uid, i * page, page) for i in range(first))
+            *(self._instances_page(study_uid, i * size, size) for i in range(first))
         )
+        if any(0 < count < size for _, count in pages[:-1]):
+            # The PACS gives fewer per page than asked (a cap of its own): the pages asked
+            # for at once left gaps, so walk the study by what it gives until it gives nothing.
+            offset, count = 0, size
+            while count:
+                uids, count = await self._instances_page(study_uid, offset, size)
+                found.update(uids)
+                offset += count
+            return found
         for uids, _ in pages:
             found.update(uids)
-        offset, last_count = first * page, pages[-1][1]
-        while last_count == page:  # a full last page: there may be more
-            uids, last_count = await self._instances_page(study_uid, offset, page)
+        offset, last_count = first * size, pages[-1][1]
+        while last_count == size:  # a full last page: there may be more
+            uids, last_count = await self._instances_page(study_uid, offset, size)
             found.update(uids)
-            offset += page
+            offset += size
         return found
 
     async def _instances_page(

@@ -55,13 +55,17 @@ async def list_uploads(
 async def get_upload(
     upload_id: uuid.UUID,
     user: CurrentUser,
-    session: ReadSessionDep,
+    request: Request,
     files: Annotated[
         bool, Query(description="false: without the file list (cheap to poll)")
     ] = True,
 ) -> UploadRead:
-    upload = await service.get_upload(session, upload_id=upload_id, user=user)
-    return await service.read_upload(session, upload, with_files=files)
+    state = request.app.state
+    if not files:
+        return await service.read_upload_light(state, upload_id=upload_id, user=user)
+    async with state.read_sessionmaker() as session, session.begin():
+        upload = await service.get_upload(session, upload_id=upload_id, user=user)
+        return await service.read_upload(session, upload)
 
 
 @router.put("/{upload_id}/files/{file_index}/chunks/{chunk_index}", response_model=ChunkStored)

@@ -21,10 +21,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role, User
-from relaypacs.db import sqlite_write_lock, utcnow
+from relaypacs.db import read_in_one_call, sqlite_write_lock, utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
 from relaypacs.forwarding.models import ForwardJob, JobStatus
@@ -208,7 +209,11 @@ async def _stored_chunks(session: AsyncSession, upload_id: uuid.UUID) -> dict[in
 
 
 async def _received_bytes(session: AsyncSession, upload_id: uuid.UUID) -> int:
-    total = await session.scalar(
+    return await session.run_sync(_received_bytes_sync, upload_id)
+
+
+def _received_bytes_sync(session: Session, upload_id: uuid.UUID) -> int:
+    total = session.scalar(
         select(func.coalesce(func.sum(UploadChunk.size), 0)).where(
             UploadChunk.upload_id == upload_id
         )
@@ -222,12 +227,7 @@ async def read_upload(
     """The upload as the API shows it; without its files (`with_files=False`) it costs a few
     aggregate queries whatever the study's size: the view to poll."""
     if not with_files:
-        received = await _received_bytes(session, upload.id)
-        return UploadRead(
-            **summary_of(upload, received).model_dump(),
-            files=None,
-            forwarding=await _forwarding(session, upload),
-        )
+        return await session.run_sync(_light_view, upload)
     files = (
         await session.scalars(
             select(UploadFile).where(UploadFile.upload_id == upload.id).order_by(UploadFile.index)
@@ -258,17 +258,42 @@ async def read_upload(
     return UploadRead(
         **summary_of(upload, received).model_dump(),
         files=file_reads,
-        forwarding=await _forwarding(session, upload),
+        forwarding=await _forwarding_async(session, upload),
     )
 
 
-async def _forwarding(session: AsyncSession, upload: Upload) -> ForwardingRead | None:
-    job = await session.scalar(
+async def read_upload_light(state: Any, *, upload_id: uuid.UUID, user: User) -> UploadRead:
+    """The upload without its files (the view `upload --wait` polls), if this user may see it:
+    in one read (see read_in_one_call)."""
+
+    def read(session: Session) -> UploadRead:
+        upload = session.get(Upload, upload_id)
+        if upload is None or not can_see(user, upload):
+            raise UploadNotFound()
+        return _light_view(session, upload)
+
+    return await read_in_one_call(state, read)
+
+
+def _light_view(session: Session, upload: Upload) -> UploadRead:
+    return UploadRead(
+        **summary_of(upload, _received_bytes_sync(session, upload.id)).model_dump(),
+        files=None,
+        forwarding=_forwarding(session, upload),
+    )
+
+
+async def _forwarding_async(session: AsyncSession, upload: Upload) -> ForwardingRead | None:
+    return await session.run_sync(_forwarding, upload)
+
+
+def _forwarding(session: Session, upload: Upload) -> ForwardingRead | None:
+    job = session.scalar(
         select(ForwardJob).where(ForwardJob.upload_id == upload.id).order_by(ForwardJob.created_at)
     )
     if job is None:
         return None
-    rows = await session.execute(
+    rows = session.execute(
         select(UploadFile.forward_status, func.count())
         .where(UploadFile.upload_id == upload.id, UploadFile.forward_status.is_not(None))
         .group_by(UploadFile.forward_status)

@@ -129,7 +129,14 @@ class TestDelivery:
         # batches of 10 instances; every instance sent once; credentials were checked
         assert [len(r.parts) for r in pacs.stow_requests()] == [10, 10, 3]
         assert all(r.authorized for r in pacs.requests)
-        assert pacs.qido_requests(), "delivery must be verified with QIDO-RS"
+        # verified with QIDO-RS: 24 asked for (one more than expected) in 3 pages at once,
+        # the last one short, so no further page
+        qido = [r for r in pacs.qido_requests() if r.path.endswith("/instances")]
+        assert sorted((int(r.query["offset"][0]), int(r.query["limit"][0])) for r in qido) == [
+            (0, 8),
+            (8, 8),
+            (16, 8),
+        ]
         async with gateway.app.state.read_sessionmaker() as session, session.begin():
             uid = uuid.UUID(upload_id)
             report = await session.scalar(select(Report).where(Report.upload_id == uid))
@@ -147,6 +154,23 @@ class TestDelivery:
         assert notice.payload["confirmed"] == 23
         assert audit is not None
         assert audit.details["confirmed"] == 23
+
+    async def test_a_pacs_capping_qido_pages_still_lists_everything(
+        self, gateway: Gateway, pacs: FaultPacs
+    ) -> None:
+        # Fewer items per page than asked for: the pages asked for at once leave gaps, which
+        # must not look like missing instances (they would be sent again, forever).
+        pacs.qido_page_cap = 5
+        study = make_study(23)
+        upload_id = await gateway.upload(study)
+        body = await gateway.wait(upload_id)
+        assert body["status"] == "delivered"
+        assert body["forwarding"]["confirmed"] == 23
+        assert len(pacs.stow_requests()) == 3, "no instance was sent twice"
+        offsets = [
+            int(r.query["offset"][0]) for r in pacs.qido_requests() if r.path.endswith("/instances")
+        ]
+        assert offsets[-6:] == [0, 5, 10, 15, 20, 23]
 
     async def test_stored_but_not_listed_by_qido_is_sent_again(
         self, gateway: Gateway, pacs: FaultPacs

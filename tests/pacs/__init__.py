@@ -1258,6 +1258,9 @@ class FaultPacs(_BackgroundServer):
         self.bearer = bearer
         self.default_stow: Behaviour = ok()
         self.default_qido: Behaviour = ok()
+        self.qido_page_cap: int | None = None
+        """At most this many items per QIDO-RS answer, whatever `limit` asks (as a PACS with
+        a maximum of its own does)."""
         self._stow_queue: deque[Behaviour] = deque()
         self._qido_queue: deque[Behaviour] = deque()
         self._requests: list[PacsRequest] = []
@@ -1597,6 +1600,8 @@ class FaultPacs(_BackgroundServer):
         items = items[offset:]
         if limit > 0:
             items = items[:limit]
+        if self.qido_page_cap is not None:
+            items = items[: self.qido_page_cap]
         return 200, items
 
     # -- sending -------------------------------------------------------------------------
