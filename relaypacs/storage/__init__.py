@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import (
     DEFAULT_BLOCK_SIZE,
+    ChecksumMismatch,
     ObjectNotFound,
     ObjectStorage,
     StorageError,
@@ -33,6 +34,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "ChecksumMismatch",
     "FilesystemStorage",
     "ObjectNotFound",
     "ObjectStorage",

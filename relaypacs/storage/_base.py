@@ -41,6 +41,11 @@ class ObjectNotFound(StorageError):
     """The key does not name a stored object."""
 
 
+class ChecksumMismatch(StorageError):
+    """The bytes given to `put` do not have the MD5 the caller said they have: nothing was
+    stored."""
+
+
 class StorageUnavailable(StorageError):
     """The backend is unreachable or failing (after retries); the API answers 503."""
 
@@ -115,11 +120,14 @@ class ObjectStorage(abc.ABC):
         await self.close()
 
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
         """Store ``data`` under ``key``, replacing any previous object.
 
         Returns only once the bytes are durable. Atomic: a reader sees the old object or the new
-        one, never a partial one; a failed put leaves the previous object (or nothing).
+        one, never a partial one; a failed put leaves the previous object (or nothing). With
+        ``md5`` (hex), the bytes are checked against it first and :class:`ChecksumMismatch` is
+        raised, nothing stored, if they differ (in the same step as the write: one hop to a
+        thread for the filesystem, the same Content-MD5 for S3).
         """
 
     @abc.abstractmethod

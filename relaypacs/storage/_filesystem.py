@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import hashlib
 import io
 import os
 import secrets
@@ -23,6 +24,7 @@ from typing import TypeVar
 
 from ._base import (
     DEFAULT_BLOCK_SIZE,
+    ChecksumMismatch,
     ObjectNotFound,
     ObjectStorage,
     StorageError,
@@ -173,7 +175,9 @@ class FilesystemStorage(ObjectStorage):
 
     # -- blocking implementations (run in the pool) --------------------------------------------
 
-    def _put_sync(self, key: str, data: bytes | memoryview) -> None:
+    def _put_sync(self, key: str, data: bytes | memoryview, md5: str | None = None) -> None:
+        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            raise ChecksumMismatch("the bytes do not have the declared MD5")
         dir_rel = key.rpartition("/")[0]
         dir_path = self._abs(dir_rel)
         new_dirs = self._make_dirs(dir_rel)
@@ -347,11 +351,11 @@ class FilesystemStorage(ObjectStorage):
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
         """Store ``data`` durably; ``data`` must not be modified until this returns."""
         validate_key(key)
         try:
-            await self._run(functools.partial(self._put_sync, key, data))
+            await self._run(functools.partial(self._put_sync, key, data, md5))
         except OSError as exc:
             raise _storage_error("put", key, exc) from None
 

@@ -27,6 +27,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ._base import (
     DEFAULT_BLOCK_SIZE,
+    ChecksumMismatch,
     ObjectNotFound,
     ObjectStorage,
     StorageError,
@@ -113,8 +114,8 @@ def _translated(operation: str, key: str) -> Iterator[None]:
         raise _translate(exc, operation, key) from None
 
 
-def _content_md5(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+def _md5_digest(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
 
 
 class S3Storage(ObjectStorage):
@@ -246,19 +247,25 @@ class S3Storage(ObjectStorage):
 
     # -- the interface -------------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
         """One PutObject with Content-MD5: S3 rejects the object unless the bytes arrived intact.
-        Durable once S3 answers."""
+        Durable once S3 answers. The MD5 is computed here even when the caller gives it: the
+        caller's bytes are checked before they leave (not every S3 server checks Content-MD5)."""
         validate_key(key)
         client = self._require_client()
         body = data if isinstance(data, bytes) else bytes(data)
         if len(body) > _THREAD_HASH_THRESHOLD:
-            md5 = await asyncio.to_thread(_content_md5, body)
+            digest = await asyncio.to_thread(_md5_digest, body)
         else:
-            md5 = _content_md5(body)
+            digest = _md5_digest(body)
+        if md5 is not None and digest.hex() != md5:
+            raise ChecksumMismatch("the bytes do not have the declared MD5")
         with _translated("put", key):
             await client.put_object(
-                Bucket=self._bucket, Key=self._full(key), Body=body, ContentMD5=md5
+                Bucket=self._bucket,
+                Key=self._full(key),
+                Body=body,
+                ContentMD5=base64.b64encode(digest).decode("ascii"),
             )
 
     async def get(self, key: str) -> bytes:

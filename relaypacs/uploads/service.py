@@ -29,7 +29,7 @@ from relaypacs.db import read_in_one_call, sqlite_write_lock, utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
 from relaypacs.forwarding.models import ForwardJob, JobStatus
-from relaypacs.storage import ObjectStorage
+from relaypacs.storage import ChecksumMismatch, ObjectStorage
 from relaypacs.uploads.models import (
     ACCEPTED_STATUSES,
     IN_PROGRESS_STATUSES,
@@ -705,14 +705,15 @@ async def store_chunk(
             f"The body has {len(data)} bytes; chunk {target.chunk_index} of file "
             f"{target.file_index} must have exactly {target.expected_size}."
         )
-    actual_md5 = await asyncio.to_thread(_md5_hex, data) if len(data) > 65536 else _md5_hex(data)
-    if actual_md5 != declared_md5:
-        raise ContentMd5Mismatch()
     # The same chunk again rewrites identical bytes under the same key (atomically), which
-    # is harmless; the database then says it was already stored.
-    key = chunk_key(target.upload_id, target.file_index, target.chunk_index, actual_md5)
-    await storage.put(key, data)
-    outcome = await recorder.record(_ChunkRecord(target, len(data), actual_md5))
+    # is harmless; the database then says it was already stored. The storage checks the MD5
+    # in the same step as the write and stores nothing if it differs.
+    key = chunk_key(target.upload_id, target.file_index, target.chunk_index, declared_md5)
+    try:
+        await storage.put(key, data, md5=declared_md5)
+    except ChecksumMismatch:
+        raise ContentMd5Mismatch() from None
+    outcome = await recorder.record(_ChunkRecord(target, len(data), declared_md5))
     if outcome == _Outcome.CONFLICT:
         await storage.delete(key)  # ours: the recorded chunk has another MD5, hence another key
         raise ChunkConflict()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 
 import pytest
 
 from relaypacs.storage import (
+    ChecksumMismatch,
     FilesystemStorage,
     ObjectNotFound,
     ObjectStorage,
@@ -45,6 +47,27 @@ class TestPutGet:
         await storage.put("k/v", b"second")
         assert await storage.get("k/v") == b"second"
         assert await collect(storage, "k/") == ["k/v"]
+
+    @pytest.mark.parametrize("size", [10, 300 * KIB])  # hashed inline / in a thread
+    async def test_put_with_the_right_md5_stores(self, storage: ObjectStorage, size: int) -> None:
+        data = os.urandom(size)
+        await storage.put("m/ok", data, md5=hashlib.md5(data).hexdigest())
+        assert await storage.get("m/ok") == data
+
+    @pytest.mark.parametrize("size", [10, 300 * KIB])
+    async def test_put_with_a_wrong_md5_stores_nothing(
+        self, storage: ObjectStorage, size: int
+    ) -> None:
+        data = os.urandom(size)
+        await storage.put("m/kept", b"the object already there")
+        wrong = hashlib.md5(data + b"x").hexdigest()
+        with pytest.raises(ChecksumMismatch):
+            await storage.put("m/new", data, md5=wrong)
+        with pytest.raises(ChecksumMismatch):
+            await storage.put("m/kept", data, md5=wrong)
+        assert not await storage.exists("m/new")
+        assert await storage.get("m/kept") == b"the object already there"
+        assert await collect(storage, "m/") == ["m/kept"]
 
     async def test_missing_key_raises_object_not_found(self, storage: ObjectStorage) -> None:
         with pytest.raises(ObjectNotFound):
