@@ -187,11 +187,16 @@ def summary_of(upload: Upload, received_bytes: int) -> UploadSummary:
 # --- reading --------------------------------------------------------------------------------
 
 
-async def get_upload(session: AsyncSession, *, upload_id: uuid.UUID, user: User) -> Upload:
-    """The upload if this user may see it; otherwise the same 404 as a missing one."""
+async def get_upload(
+    session: AsyncSession, *, upload_id: uuid.UUID, user: User, write: bool = False
+) -> Upload:
+    """The upload if this user may see it (`write`: change it, the uploader only); otherwise
+    the same 404 as a missing one, audited as a denied access."""
     upload = await session.get(Upload, upload_id)
-    if upload is None or not can_see(user, upload):
+    if upload is None:
         raise UploadNotFound()
+    if not (upload.user_id == user.id if write else can_see(user, upload)):
+        raise UploadNotFound().denying("upload", upload_id, upload.study_instance_uid)
     return upload
 
 
@@ -492,8 +497,10 @@ async def prepare_chunk(
 ) -> ChunkTarget:
     """Every check that can be made before the body is read (from cached, immutable facts)."""
     facts = await facts_cache.get(session, upload_id)
-    if facts is None or not (facts.user_id == user.id or user.role == Role.ADMIN):
+    if facts is None:
         raise UploadNotFound()
+    if facts.user_id != user.id:  # only the uploader writes chunks
+        raise UploadNotFound().denying("upload", upload_id)
     if content_length is None:
         raise ContentLengthRequired()
     if content_length > facts.chunk_size:
@@ -822,7 +829,7 @@ async def complete_upload(
     upload `received`; completing it again verifies it again.
     """
     async with ctx.sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user)
+        upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             return await read_upload(session, upload)
         if upload.status == UploadStatus.REJECTED:
@@ -998,7 +1005,7 @@ async def cancel_upload(
     client_ip: str | None,
 ) -> UploadRead:
     async with sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user)
+        upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             raise UploadNotCancellable()
         if upload.status != UploadStatus.CANCELLED:

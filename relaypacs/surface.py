@@ -1,0 +1,245 @@
+"""The HTTP surface: security headers, a request id, a cap on request bodies and a last guard
+against unexpected errors, as one pure ASGI middleware around the whole app.
+
+It sits outside Starlette's ServerErrorMiddleware, so even a 500 gets the headers. Per request it
+costs a header scan and one wrapped `send` (the chunk PUT carries hundreds a second).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("relaypacs.http")
+
+# The web app is served by the gateway itself: everything from 'self', nothing inline, no
+# framing. (`img-src blob: data:` for previews the app draws itself.)
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "font-src 'self'; connect-src 'self'; worker-src 'self'; manifest-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# The interactive API documentation (Swagger UI) loads its script and style from a CDN and
+# starts with an inline script.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+HSTS = b"max-age=63072000; includeSubDomains"
+
+_COMMON = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+def _frames(exc: BaseException) -> str:
+    """Where an exception went through: file, line and function only (no source text, no
+    message, no locals: nothing of the data being processed)."""
+    return "\n".join(
+        f"  {frame.filename}:{frame.lineno} in {frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
+    )
+
+
+class BodyTooLarge(HTTPException):
+    """A body without Content-Length (chunked) grew past the cap while being read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"A request body may be at most {limit} bytes.")
+        self.limit = limit
+
+
+def error_json(
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    request_id: str | None = None,
+) -> Any:
+    """An ASGI response (as a coroutine factory) with the gateway's usual error body."""
+    error: dict[str, Any] = {"code": code, "message": message, "details": {}}
+    if request_id is not None:
+        error["request_id"] = request_id
+    body = json.dumps({"error": error}).encode()
+
+    async def respond(send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return respond
+
+
+class HttpSurface:
+    """Security headers and `Cache-Control: no-store` on every response, `X-Request-ID`, a cap on
+    request bodies (413 before the body is read when Content-Length says so; while reading for
+    chunked bodies), and no traceback out of the process's answers or logs' messages.
+
+    `bounds_own_body(method, path)`: the routes that check their own body size before reading
+    it (the chunk PUT); the cap does not apply to them.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        bounds_own_body: Callable[[str, str], bool],
+        trusted_proxies: Sequence[str] = (),
+        docs_paths: Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.bounds_own_body = bounds_own_body
+        self.trusted_proxies = frozenset(trusted_proxies)
+        self.docs_paths = frozenset(docs_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        path: str = scope["path"]
+        extra = [
+            *_COMMON,
+            (
+                b"content-security-policy",
+                (DOCS_CSP if path in self.docs_paths else CSP).encode(),
+            ),
+            (b"x-request-id", request_id.encode()),
+        ]
+        length: bytes | None = None
+        chunked = False
+        forwarded_https = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"x-forwarded-proto":
+                forwarded_https = value == b"https"
+        if scope.get("scheme") == "https" or (
+            forwarded_https
+            and scope.get("client") is not None
+            and scope["client"][0] in self.trusted_proxies
+        ):
+            extra.append((b"strict-transport-security", HSTS))
+        is_api = path.startswith("/api/")
+
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+                if is_api:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
+                    headers.append((b"cache-control", b"no-store"))
+                elif not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                present = {k.lower() for k, _ in headers}
+                headers.extend(h for h in extra if h[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        if length is not None:
+            size = int(length) if length.isdigit() else -1
+            if (size < 0 or size > self.max_body) and not self.bounds_own_body(
+                scope["method"], path
+            ):
+                status, code = (413, "request_too_large") if size >= 0 else (400, "bad_request")
+                message = (
+                    f"A request body may be at most {self.max_body} bytes."
+                    if size >= 0
+                    else "The Content-Length header is not valid."
+                )
+                await error_json(status, code, message, [(b"connection", b"close")])(
+                    send_with_headers
+                )
+                return
+        elif chunked and not self.bounds_own_body(scope["method"], path):
+            receive = self._capped(receive)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # Logged without the exception's message (it may carry data we must not log),
+            # with where it happened.
+            logger.error(
+                "unexpected error %s in %s %s (request %s)\n%s",
+                type(exc).__name__,
+                scope["method"],
+                path,
+                request_id,
+                _frames(exc),
+            )
+            if not started:
+                await error_json(
+                    500,
+                    "internal_error",
+                    "An unexpected error occurred; it has been logged.",
+                    [],
+                    request_id=request_id,
+                )(send_with_headers)
+
+    def _capped(self, receive: Receive) -> Receive:
+        limit = self.max_body
+        total = 0
+
+        async def capped() -> Message:
+            nonlocal total
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return capped
+
+
+class StrictCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS for the configured origins; a request from any other origin gets no CORS
+    header at all (Starlette would still answer a refused preflight with its Allow-Methods and
+    Allow-Headers), and a preflight from it a 403."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            if origin is not None and not self.is_allowed_origin(origin=origin):
+                if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                    await error_json(
+                        403,
+                        "cors_origin_not_allowed",
+                        "This origin may not call the API.",
+                        [(b"vary", b"Origin")],
+                    )(send)
+                    return
+                await self.app(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
