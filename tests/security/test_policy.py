@@ -90,3 +90,25 @@ class TestEveryRouteHasAnEntry:
         app.include_router(extra, prefix="/api/v1")
         index = PolicyIndex(app.routes, {**POLICY, "GET /api/v1/admin/users": allow(Role.ADMIN)})
         assert "GET /api/v1/admin/users" in {e.key for e in index.endpoints}
+
+
+class TestTheTableItself:
+    def test_only_login_health_and_the_api_description_are_public(self) -> None:
+        public = {key for key, rule in POLICY.items() if rule.public}
+        assert public == {
+            "GET /api/v1/health",
+            "GET /api/v1/openapi.json",
+            "GET /api/v1/docs",
+            "GET /docs/oauth2-redirect",
+            "POST /api/v1/auth/login",
+        }
+
+    def test_administration_is_for_administrators_only(self) -> None:
+        admin = {key: rule for key, rule in POLICY.items() if " /api/v1/admin/" in key}
+        assert admin
+        assert {rule.roles for rule in admin.values()} == {frozenset({Role.ADMIN})}
+
+    def test_only_the_chunk_route_bounds_its_own_body(self) -> None:
+        assert [key for key, rule in POLICY.items() if rule.own_body_limit] == [
+            "PUT /api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}"
+        ]
