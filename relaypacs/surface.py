@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("relaypacs.http")
+# One line per request: method, path (never the query string: a client may put anything
+# there), status, duration, request id. It replaces the server's own access log.
+access_logger = logging.getLogger("relaypacs.access")
 
 # The web app is served by the gateway itself: everything from 'self', nothing inline, no
 # framing. (`img-src blob: data:` for previews the app draws itself.)
@@ -150,11 +154,14 @@ class HttpSurface:
         is_api = path.startswith("/api/")
 
         started = False
+        status = 0
+        began = time.perf_counter()
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
                 if is_api:
                     headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
@@ -171,21 +178,25 @@ class HttpSurface:
             if (size < 0 or size > self.max_body) and not self.bounds_own_body(
                 scope["method"], path
             ):
-                status, code = (413, "request_too_large") if size >= 0 else (400, "bad_request")
+                refusal, code = (413, "request_too_large") if size >= 0 else (400, "bad_request")
                 message = (
                     f"A request body may be at most {self.max_body} bytes."
                     if size >= 0
                     else "The Content-Length header is not valid."
                 )
-                await error_json(status, code, message, [(b"connection", b"close")])(
+                await error_json(refusal, code, message, [(b"connection", b"close")])(
                     send_with_headers
                 )
+                if access_logger.isEnabledFor(logging.INFO):
+                    self._log_access(scope, refusal, began, request_id)
                 return
         elif chunked and not self.bounds_own_body(scope["method"], path):
             receive = self._capped(receive)
 
         try:
             await self.app(scope, receive, send_with_headers)
+            if access_logger.isEnabledFor(logging.INFO):
+                self._log_access(scope, status, began, request_id)
         except Exception as exc:
             # Logged without the exception's message (it may carry data we must not log),
             # with where it happened.
@@ -205,6 +216,19 @@ class HttpSurface:
                     [],
                     request_id=request_id,
                 )(send_with_headers)
+
+    @staticmethod
+    def _log_access(scope: Scope, status: int, began: float, request_id: str) -> None:
+        client = scope.get("client")
+        access_logger.info(
+            '%s "%s %s" %d %.1fms %s',
+            client[0] if client else "-",
+            scope["method"],
+            scope["path"],
+            status,
+            (time.perf_counter() - began) * 1000,
+            request_id,
+        )
 
     def _capped(self, receive: Receive) -> Receive:
         limit = self.max_body
