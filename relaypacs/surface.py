@@ -7,6 +7,7 @@ costs a header scan and one wrapped `send` (the chunk PUT carries hundreds a sec
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -46,6 +47,13 @@ _COMMON = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
+_HEADERS = (*_COMMON, (b"content-security-policy", CSP.encode()))
+_DOCS_HEADERS = (*_COMMON, (b"content-security-policy", DOCS_CSP.encode()))
+_NO_STORE = (b"cache-control", b"no-store")
+_HSTS = (b"strict-transport-security", HSTS)
+# Request ids: unique per process (a random prefix per process, then a counter), cheap.
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
 
 
 def _frames(exc: BaseException) -> str:
@@ -124,17 +132,9 @@ class HttpSurface:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = secrets.token_hex(8)
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         scope.setdefault("state", {})["request_id"] = request_id
         path: str = scope["path"]
-        extra = [
-            *_COMMON,
-            (
-                b"content-security-policy",
-                (DOCS_CSP if path in self.docs_paths else CSP).encode(),
-            ),
-            (b"x-request-id", request_id.encode()),
-        ]
         length: bytes | None = None
         chunked = False
         forwarded_https = False
@@ -145,13 +145,14 @@ class HttpSurface:
                 chunked = True
             elif name == b"x-forwarded-proto":
                 forwarded_https = value == b"https"
-        if scope.get("scheme") == "https" or (
+        hsts = scope.get("scheme") == "https" or (
             forwarded_https
             and scope.get("client") is not None
             and scope["client"][0] in self.trusted_proxies
-        ):
-            extra.append((b"strict-transport-security", HSTS))
+        )
         is_api = path.startswith("/api/")
+        fixed = _DOCS_HEADERS if path in self.docs_paths else _HEADERS
+        id_header = (b"x-request-id", request_id.encode())
 
         started = False
         status = 0
@@ -162,14 +163,17 @@ class HttpSurface:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
-                if is_api:
-                    headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
-                    headers.append((b"cache-control", b"no-store"))
-                elif not any(k.lower() == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
-                present = {k.lower() for k, _ in headers}
-                headers.extend(h for h in extra if h[0] not in present)
+                headers = [
+                    h for h in message.get("headers", ()) if h[0].lower() != b"cache-control"
+                ]
+                if is_api or len(headers) == len(message.get("headers", ())):
+                    headers.append(_NO_STORE)
+                else:  # a non-API response (the web app's assets) keeps its own caching
+                    headers = list(message["headers"])
+                headers.extend(fixed)
+                headers.append(id_header)
+                if hsts:
+                    headers.append(_HSTS)
                 message["headers"] = headers
             await send(message)
 
