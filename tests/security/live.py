@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,18 +40,21 @@ class LiveGateway:
 def live_gateway(
     data_dir: Path, log_path: Path, usernames: Mapping[str, str], env: Mapping[str, str]
 ) -> Iterator[LiveGateway]:
-    """`relaypacs serve` with these accounts ({username: role}), each logged in."""
+    """`relaypacs serve` with these accounts ({name: role}), each logged in. The usernames
+    are the names with a random suffix: several gateways may share one database."""
     full_env = {"RELAYPACS_SECRET_KEY": SECRET_KEY, "RELAYPACS_CHUNK_SIZE": str(CHUNK_SIZE), **env}
-    for username, role in usernames.items():
-        create_user(data_dir, username, PASSWORD, role=role, env=full_env)
+    suffix = secrets.token_hex(4)
+    for name, role in usernames.items():
+        create_user(data_dir, f"{name}-{suffix}", PASSWORD, role=role, env=full_env)
     with run_gateway(data_dir, full_env, log_path=log_path) as base:
         accounts = {}
-        for username, role in usernames.items():
+        for name, role in usernames.items():
+            username = f"{name}-{suffix}"
             login = httpx.post(
                 f"{base}/api/v1/auth/login", json={"username": username, "password": PASSWORD}
             )
             assert login.status_code == 200, login.text
             token = login.json()["access_token"]
             me = httpx.get(f"{base}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
-            accounts[username] = LiveAccount(username, role, me.json()["id"], token)
+            accounts[name] = LiveAccount(username, role, me.json()["id"], token)
         yield LiveGateway(base, log_path, accounts)

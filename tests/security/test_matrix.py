@@ -20,7 +20,7 @@ from relaypacs.auth.policy import POLICY, Rule
 from relaypacs.config import Settings
 from relaypacs.main import create_app
 from tests.api.uploading import Study, content_md5, make_study
-from tests.security.live import PASSWORD, SECRET_KEY, LiveGateway, live_gateway
+from tests.security.live import PASSWORD, SECRET_KEY, LiveAccount, LiveGateway, live_gateway
 
 ACCOUNTS = {
     "clin_a": "clinician",
@@ -77,10 +77,15 @@ def cells(endpoints: list[tuple[str, str, Rule]]) -> Iterator[Cell]:
                 yield Cell(method, path, rule, role, kind)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveGateway]:
     root = tmp_path_factory.mktemp("matrix")
-    with live_gateway(root / "data", root / "gateway.log", ACCOUNTS, {}) as live:
+    env = {}
+    if request.param == "postgresql":
+        env["RELAYPACS_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    with live_gateway(root / "data", root / "gateway.log", ACCOUNTS, env) as live:
         yield live
 
 
@@ -110,7 +115,9 @@ class Objects:
         return body["status"], body["received_bytes"]
 
 
-def request_for(cell: Cell, upload_id: str | None, study: Study | None) -> dict[str, Any]:
+def request_for(
+    cell: Cell, upload_id: str | None, study: Study | None, accounts: dict[str, LiveAccount]
+) -> dict[str, Any]:
     path = cell.path
     if upload_id is not None:
         path = path.replace("{upload_id}", upload_id)
@@ -118,7 +125,7 @@ def request_for(cell: Cell, upload_id: str | None, study: Study | None) -> dict[
     path = path.replace("{file_index}", "0").replace("{chunk_index}", "0")
     request: dict[str, Any] = {"method": cell.method, "url": path, "headers": {}}
     if cell.key == "POST /api/v1/auth/login":
-        request["json"] = {"username": "clin_a", "password": PASSWORD}
+        request["json"] = {"username": accounts["clin_a"].username, "password": PASSWORD}
     elif cell.key == "POST /api/v1/uploads":
         request["json"] = make_study(1).manifest()
     elif "{chunk_index}" in cell.path and study is not None:
@@ -143,7 +150,7 @@ def test_no_cell_succeeds_without_authorisation(gateway: LiveGateway, tmp_path: 
                 owner = actor if cell.kind == "own" else FOREIGN_OWNER
                 assert owner is not None
                 upload_id, study = objects.upload(owner)
-            request = request_for(cell, upload_id, study)
+            request = request_for(cell, upload_id, study, gateway.accounts)
             if actor is not None:
                 request["headers"].update(gateway.accounts[actor].headers)
             response = client.request(**request)
