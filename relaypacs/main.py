@@ -229,6 +229,7 @@ class GatewayApp(FastAPI):
             super().build_middleware_stack(),
             max_body=settings.max_request_body,
             bounds_own_body=lambda method, path: self.state.policy.bounds_own_body(method, path),
+            describe=lambda scope: self.state.policy.describe(scope),
             trusted_proxies=settings.trusted_proxies,
             docs_paths=[p for p in (self.docs_url, self.swagger_ui_oauth2_redirect_url) if p],
         )

@@ -22,8 +22,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("relaypacs.http")
-# One line per request: method, path (never the query string: a client may put anything
-# there), status, duration, request id. It replaces the server's own access log.
+# One line per request: client, route and ids (never the path or query string as sent: a
+# client may put anything there), status, duration, request id. It replaces the server's own
+# access log.
 access_logger = logging.getLogger("relaypacs.access")
 
 # The web app is served by the gateway itself: everything from 'self', nothing inline, no
@@ -119,12 +120,14 @@ class HttpSurface:
         *,
         max_body: int,
         bounds_own_body: Callable[[str, str], bool],
+        describe: Callable[[Scope], str] = lambda scope: f"{scope['method']} (no route)",
         trusted_proxies: Sequence[str] = (),
         docs_paths: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.bounds_own_body = bounds_own_body
+        self.describe = describe
         self.trusted_proxies = frozenset(trusted_proxies)
         self.docs_paths = frozenset(docs_paths)
 
@@ -205,10 +208,9 @@ class HttpSurface:
             # Logged without the exception's message (it may carry data we must not log),
             # with where it happened.
             logger.error(
-                "unexpected error %s in %s %s (request %s)\n%s",
+                "unexpected error %s in %s (request %s)\n%s",
                 type(exc).__name__,
-                scope["method"],
-                path,
+                self.describe(scope),
                 request_id,
                 _frames(exc),
             )
@@ -221,14 +223,12 @@ class HttpSurface:
                     request_id=request_id,
                 )(send_with_headers)
 
-    @staticmethod
-    def _log_access(scope: Scope, status: int, began: float, request_id: str) -> None:
+    def _log_access(self, scope: Scope, status: int, began: float, request_id: str) -> None:
         client = scope.get("client")
         access_logger.info(
-            '%s "%s %s" %d %.1fms %s',
+            '%s "%s" %d %.1fms %s',
             client[0] if client else "-",
-            scope["method"],
-            scope["path"],
+            self.describe(scope),
             status,
             (time.perf_counter() - began) * 1000,
             request_id,

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.models import AuditEvent
+from relaypacs.auth.policy import ID_LIKE
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -80,7 +81,8 @@ async def record_denial(request: Request, exc: GatewayError) -> None:
         # A role refusal: the object the path names, unchecked (never looked up).
         for name, value in request.path_params.items():
             if name.endswith("_id"):
-                object_type, object_id = name.removesuffix("_id"), str(value)
+                object_type = name.removesuffix("_id")
+                object_id = str(value) if ID_LIKE.fullmatch(str(value)) else "?"
                 break
     policy = getattr(request.app.state, "policy", None)
     route = request.scope.get("route")

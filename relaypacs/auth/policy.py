@@ -12,18 +12,26 @@ FastAPI shows it, prefix included). HEAD is covered by the GET entry.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security import HTTPBearer
 from starlette.routing import BaseRoute, compile_path
+from starlette.types import Scope
 
-from relaypacs.auth.dependencies import _bearer, get_current_user
+from relaypacs.auth.dependencies import get_current_user
 from relaypacs.auth.models import Role
 from relaypacs.errors import Forbidden
 
 logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False)
+# What a path parameter must look like to be shown in a log or an audit record: an id or an
+# index. Anything else a client put in the path is not repeated.
+ID_LIKE = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,19 @@ class PolicyIndex:
         """ "METHOD /path/template" of a route, as in the policy table."""
         return self._keys.get((id(route), "GET" if method == "HEAD" else method))
 
+    def describe(self, scope: Scope) -> str:
+        """The request as a log line may show it: the route's template and the id-like values
+        of its path parameters, never the path as sent (a client may put anything there)."""
+        route = scope.get("route")
+        key = self.key(route, scope["method"]) if route is not None else None
+        if key is None:
+            return f"{scope['method']} (no route)"
+        params = " ".join(
+            f"{name}={value if ID_LIKE.fullmatch(str(value)) else '?'}"
+            for name, value in (scope.get("path_params") or {}).items()
+        )
+        return f"{key} {params}" if params else key
+
     def bounds_own_body(self, method: str, path: str) -> bool:
         return any(m == method and regex.match(path) for m, regex in self.own_body_limit)
 
@@ -181,7 +202,7 @@ async def authorize(request: Request) -> None:
     rule = index.rule(route, request.method) if route is not None else None
     if rule is None:
         # A route added after the app was built, never checked: fail closed.
-        logger.error("no policy entry for %s %s: refused", request.method, request.url.path)
+        logger.error("no policy entry for %s: refused", index.describe(request.scope))
         raise Forbidden()
     if rule.public:
         return

@@ -140,8 +140,11 @@ def test_a_whole_flow_leaves_no_patient_data_in_the_server_log(tmp_path: Path) -
                 headers={"Content-Type": "application/json"},
             ),
             client.post(f"{API}/auth/login", content=NAME.encode() * 5000),  # over the cap
+            client.get(f"{API}/uploads/{NAME}"),
+            client.post(f"{API}/admin/uploads/{NAME}/retry"),  # a role refusal, audited
+            client.get(f"{API}/{NAME}/{BIRTH}"),
         ]
-        assert [r.status_code for r in refused] == [422, 422, 422, 401, 422, 413]
+        assert [r.status_code for r in refused] == [422, 422, 422, 401, 422, 413, 422, 403, 404]
         export = client.get(f"{API}/admin/audit/export?format=jsonl", headers=admin)
         assert export.status_code == 200
         for needle in NEEDLES:
@@ -149,10 +152,10 @@ def test_a_whole_flow_leaves_no_patient_data_in_the_server_log(tmp_path: Path) -
 
     text = log.read_text(errors="replace")
     # The log is the evidence of this flow: it has its requests and the PACS failures...
-    assert f'"POST {API}/uploads/{upload_id}/complete" 202' in text
-    assert f"{API}/uploads/{upload_id}/files/0/chunks/0" in text
+    assert f'"POST {API}/uploads/{{upload_id}}/complete upload_id={upload_id}" 202' in text
+    assert f"chunks/{{chunk_index}} upload_id={upload_id} file_index=0 chunk_index=0" in text
     assert "retry" in text
-    assert " 413 " in text
+    assert '"POST (no route)" 413' in text  # refused before routing
     # ...and none of the patient's data.
     for needle in NEEDLES:
         assert needle not in text, f"{needle!r} is in the server log"
