@@ -228,11 +228,27 @@ class GatewayApp(FastAPI):
         return HttpSurface(
             super().build_middleware_stack(),
             max_body=settings.max_request_body,
-            bounds_own_body=lambda method, path: self.state.policy.bounds_own_body(method, path),
+            body_limit=self._body_limit,
             describe=lambda scope: self.state.policy.describe(scope),
             trusted_proxies=settings.trusted_proxies,
             docs_paths=[p for p in (self.docs_url, self.swagger_ui_oauth2_redirect_url) if p],
         )
+
+    def _body_limit(self, method: str, path: str) -> int | None:
+        """The largest body of a request (see Rule.body); None: the endpoint checks it."""
+        settings: Settings = self.state.settings
+        limit = self.state.policy.body_limit(method, path)
+        if limit == "own":
+            return None
+        if limit == "manifest":
+            return manifest_limit(settings)
+        return settings.max_request_body
+
+
+def manifest_limit(settings: Settings) -> int:
+    """The largest manifest (POST /uploads) the settings allow: up to 1.5 KiB per file (a
+    255-character name in UTF-8, its SHA-256, its size) and 64 KiB for the rest."""
+    return max(settings.max_request_body, 64 * 1024 + settings.max_files_per_upload * 1536)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

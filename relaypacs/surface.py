@@ -110,8 +110,9 @@ class HttpSurface:
     request bodies (413 before the body is read when Content-Length says so; while reading for
     chunked bodies), and no traceback out of the process's answers or logs' messages.
 
-    `bounds_own_body(method, path)`: the routes that check their own body size before reading
-    it (the chunk PUT); the cap does not apply to them.
+    `body_limit(method, path)`: the cap of a request over `max_body` (asked only then): a
+    larger one for some routes, or None for a route that checks its own body size before
+    reading it (the chunk PUT).
     """
 
     def __init__(
@@ -119,14 +120,14 @@ class HttpSurface:
         app: ASGIApp,
         *,
         max_body: int,
-        bounds_own_body: Callable[[str, str], bool],
+        body_limit: Callable[[str, str], int | None],
         describe: Callable[[Scope], str] = lambda scope: f"{scope['method']} (no route)",
         trusted_proxies: Sequence[str] = (),
         docs_paths: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.max_body = max_body
-        self.bounds_own_body = bounds_own_body
+        self.body_limit = body_limit
         self.describe = describe
         self.trusted_proxies = frozenset(trusted_proxies)
         self.docs_paths = frozenset(docs_paths)
@@ -182,23 +183,23 @@ class HttpSurface:
 
         if length is not None:
             size = int(length) if length.isdigit() else -1
-            if (size < 0 or size > self.max_body) and not self.bounds_own_body(
-                scope["method"], path
-            ):
-                refusal, code = (413, "request_too_large") if size >= 0 else (400, "bad_request")
-                message = (
-                    f"A request body may be at most {self.max_body} bytes."
-                    if size >= 0
-                    else "The Content-Length header is not valid."
-                )
-                await error_json(refusal, code, message, [(b"connection", b"close")])(
-                    send_with_headers
-                )
+            refusal: tuple[int, str, str] | None = None
+            if size < 0:
+                refusal = (400, "bad_request", "The Content-Length header is not valid.")
+            elif size > self.max_body:
+                limit = self.body_limit(scope["method"], path)
+                if limit is not None and size > limit:
+                    message = f"A request body may be at most {limit} bytes."
+                    refusal = (413, "request_too_large", message)
+            if refusal is not None:
+                await error_json(*refusal, [(b"connection", b"close")])(send_with_headers)
                 if access_logger.isEnabledFor(logging.INFO):
-                    self._log_access(scope, refusal, began, request_id)
+                    self._log_access(scope, refusal[0], began, request_id)
                 return
-        elif chunked and not self.bounds_own_body(scope["method"], path):
-            receive = self._capped(receive)
+        elif chunked:
+            limit = self.body_limit(scope["method"], path)
+            if limit is not None:
+                receive = self._capped(receive, limit)
 
         try:
             await self.app(scope, receive, send_with_headers)
@@ -234,8 +235,8 @@ class HttpSurface:
             request_id,
         )
 
-    def _capped(self, receive: Receive) -> Receive:
-        limit = self.max_body
+    @staticmethod
+    def _capped(receive: Receive, limit: int) -> Receive:
         total = 0
 
         async def capped() -> Message:

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -34,14 +35,18 @@ _bearer = HTTPBearer(auto_error=False)
 ID_LIKE = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
+BodyLimit = Literal["default", "manifest", "own"]
+
+
 @dataclass(frozen=True)
 class Rule:
     """Who may call an endpoint. `roles` None: public, no token needed."""
 
     roles: frozenset[Role] | None
-    # The endpoint bounds its own body before reading it (the chunk PUT): the global cap on
-    # request bodies does not apply to it.
-    own_body_limit: bool = False
+    # Request body limit: "default" (RELAYPACS_MAX_REQUEST_BODY), "manifest" (an upload's
+    # manifest, which grows with the number of files allowed), or "own" (the endpoint checks
+    # Content-Length itself before reading: the chunk PUT).
+    body: BodyLimit = "default"
 
     @property
     def public(self) -> bool:
@@ -51,8 +56,8 @@ class Rule:
         return self.roles is not None and role in self.roles
 
 
-def allow(*roles: Role, own_body_limit: bool = False) -> Rule:
-    return Rule(frozenset(roles), own_body_limit=own_body_limit)
+def allow(*roles: Role, body: BodyLimit = "default") -> Rule:
+    return Rule(frozenset(roles), body=body)
 
 
 PUBLIC = Rule(None)
@@ -74,11 +79,11 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/auth/me": ANY_ROLE,
     # Uploads: the uploader's own objects only (another user's upload is a 404). An
     # administrator may read any upload (support; every such read is audited) but not write.
-    f"POST {API}/uploads": UPLOADERS,
+    f"POST {API}/uploads": allow(Role.CLINICIAN, Role.RADIOLOGIST, body="manifest"),
     f"GET {API}/uploads": UPLOADERS,
     f"GET {API}/uploads/{{upload_id}}": ANY_ROLE,
     f"PUT {API}/uploads/{{upload_id}}/files/{{file_index}}/chunks/{{chunk_index}}": allow(
-        Role.CLINICIAN, Role.RADIOLOGIST, own_body_limit=True
+        Role.CLINICIAN, Role.RADIOLOGIST, body="own"
     ),
     f"POST {API}/uploads/{{upload_id}}/complete": UPLOADERS,
     f"DELETE {API}/uploads/{{upload_id}}": UPLOADERS,
@@ -153,9 +158,11 @@ class PolicyIndex:
                 raise PolicyError(f"{endpoint.key}: one route object under two different rules")
             self._rules[slot] = rule
             self._keys[slot] = endpoint.key
-        # (method, compiled path) of the routes that bound their own request body.
-        self.own_body_limit = [
-            (e.method, compile_path(e.path)[0]) for e in listed if policy[e.key].own_body_limit
+        # (method, compiled path, limit) of the routes without the default body limit.
+        self._body_limits = [
+            (e.method, compile_path(e.path)[0], policy[e.key].body)
+            for e in listed
+            if policy[e.key].body != "default"
         ]
 
     def rule(self, route: BaseRoute, method: str) -> Rule | None:
@@ -180,8 +187,12 @@ class PolicyIndex:
         )
         return f"{key} {params}" if params else key
 
-    def bounds_own_body(self, method: str, path: str) -> bool:
-        return any(m == method and regex.match(path) for m, regex in self.own_body_limit)
+    def body_limit(self, method: str, path: str) -> BodyLimit:
+        """Which body limit applies to a request, before routing (from its method and path)."""
+        for m, regex, limit in self._body_limits:
+            if m == method and regex.match(path):
+                return limit
+        return "default"
 
 
 def check_policy(app: FastAPI) -> PolicyIndex:

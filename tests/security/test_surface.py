@@ -169,12 +169,42 @@ class TestBodyLimit:
         app = offline_app(tmp_path, max_request_body=4096)
         index = app.state.policy
         chunk = f"{API}/uploads/6f1c2d1e-0000-4000-8000-000000000000/files/0/chunks/3"
-        assert index.bounds_own_body("PUT", chunk)
-        assert not index.bounds_own_body("POST", f"{API}/uploads")
+        assert index.body_limit("PUT", chunk) == "own"
+        assert index.body_limit("POST", f"{API}/uploads") == "manifest"
+        assert index.body_limit("POST", f"{API}/auth/login") == "default"
         # Anonymous: the body is not refused by the cap but by the missing token.
         async with client_for(app) as client:
             response = await client.put(chunk, content=b"x" * 10_000)
         assert response.status_code == 401
+
+    async def test_a_manifest_may_list_as_many_files_as_the_settings_allow(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        # 4,500 files with 250-character names: a 1.6 MiB manifest, over the 1 MiB default.
+        files = [
+            {"name": f"{i:08d}" + "n" * 242, "size": 1000, "sha256": f"{i:064x}"}
+            for i in range(4500)
+        ]
+        manifest = {"study_instance_uid": "2.25.123456789", "files": files}
+        response = await client.post(f"{API}/uploads", json=manifest, headers=clinician.headers)
+        assert len(response.request.content) > 1.5 * 1024 * 1024
+        assert response.status_code == 201, response.text
+        assert response.json()["file_count"] == 4500
+        cancel = await client.delete(
+            f"{API}/uploads/{response.json()['id']}", headers=clinician.headers
+        )
+        assert cancel.status_code == 200
+
+    async def test_a_manifest_over_its_own_limit_is_413(self, tmp_path: Path) -> None:
+        app = offline_app(tmp_path, max_files_per_upload=10)
+        async with client_for(app) as client:
+            response = await client.post(
+                f"{API}/uploads",
+                content=b"[" + b" " * (2 * 1024 * 1024) + b"]",
+                headers={"Content-Type": "application/json"},
+            )
+        assert response.status_code == 413
+        assert "1048576 bytes" in response.json()["error"]["message"]
 
 
 class TestInternalErrors:
