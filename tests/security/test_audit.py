@@ -6,12 +6,18 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
 
+import relaypacs
+from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role
 from tests.api.conftest import Account, MakeAccount
 from tests.api.uploading import API, complete, content_md5, init, make_study, send_all
@@ -252,3 +258,29 @@ class TestMassAssignment:
             f"{API}/auth/login", json={"username": "a", "password": "b", "role": "admin"}
         )
         assert response.status_code == 422
+
+
+class TestAppendOnly:
+    async def test_the_database_refuses_to_change_or_remove_a_record(self, app: FastAPI) -> None:
+        async with app.state.sessionmaker() as session, session.begin():
+            await record_event(session, action="access.denied", outcome="denied")
+        for statement in (
+            "UPDATE audit_event SET outcome = 'success' WHERE outcome = 'denied'",
+            "DELETE FROM audit_event WHERE action = 'access.denied'",
+        ):
+            async with app.state.sessionmaker() as session:
+                with pytest.raises(Exception, match="append-only"):
+                    async with session.begin():
+                        await session.execute(text(statement))
+
+    def test_the_application_never_writes_to_it_but_through_record_event(self) -> None:
+        package = Path(relaypacs.__file__).parent
+        offenders = []
+        for source in package.rglob("*.py"):
+            code = source.read_text()
+            if re.search(r"\b(update|delete)\(\s*AuditEvent\b", code) or re.search(
+                r"(?i)\b(update|delete\s+from)\s+audit_event\b", code
+            ):
+                offenders.append(source.relative_to(package))
+        # The migration creates the triggers that refuse exactly these statements.
+        assert [str(o) for o in offenders if "migrations" not in str(o)] == []
