@@ -13,14 +13,16 @@ class Denial:
     object_type: str | None = None
     object_id: str | None = None
     study_instance_uid: str | None = None
+    reason: str = "role"  # role, not_owner, missing
 
 
 class GatewayError(Exception):
     status_code: int = 400
     code: str = "bad_request"
     message: str = "The request could not be processed."
-    # Set on an error that refuses access (another user's object, shown as its 404): the
-    # handler records it in the audit log with outcome `denied`. Forbidden always is.
+    # Set on an error that refuses access (another user's object, or a missing one, both the
+    # same 404): the handler records it in the audit log with outcome `denied`. Forbidden
+    # always is.
     denial: Denial | None = None
 
     def __init__(
@@ -32,10 +34,17 @@ class GatewayError(Exception):
         self.headers: dict[str, str] = {}
 
     def denying(
-        self, object_type: str, object_id: object, study_instance_uid: str | None = None
+        self,
+        object_type: str,
+        object_id: object,
+        study_instance_uid: str | None = None,
+        *,
+        reason: str = "not_owner",
     ) -> Self:
-        """This error refuses access to that object: audit it as `denied`."""
-        self.denial = Denial(object_type, str(object_id), study_instance_uid)
+        """This error refuses access to that object: audit it as `denied`. A missing object
+        is audited too (`reason="missing"`): the same work either way, so that the time of
+        the answer does not tell another user's object from a missing one."""
+        self.denial = Denial(object_type, str(object_id), study_instance_uid, reason)
         return self
 
 

@@ -99,6 +99,7 @@ async def record_denial(request: Request, exc: GatewayError) -> None:
                 "endpoint": endpoint or f"{request.method} ?",
                 "status": exc.status_code,
                 "code": exc.code,
+                "reason": denial.reason if denial else "role",
             },
         )
     except Exception as error:  # the refusal stands either way

@@ -191,10 +191,10 @@ async def get_upload(
     session: AsyncSession, *, upload_id: uuid.UUID, user: User, write: bool = False
 ) -> Upload:
     """The upload if this user may see it (`write`: change it, the uploader only); otherwise
-    the same 404 as a missing one, audited as a denied access."""
+    the same 404 as a missing one. Both are audited as denied accesses."""
     upload = await session.get(Upload, upload_id)
     if upload is None:
-        raise UploadNotFound()
+        raise UploadNotFound().denying("upload", upload_id, reason="missing")
     if not (upload.user_id == user.id if write else can_see(user, upload)):
         raise UploadNotFound().denying("upload", upload_id, upload.study_instance_uid)
     return upload
@@ -498,7 +498,7 @@ async def prepare_chunk(
     """Every check that can be made before the body is read (from cached, immutable facts)."""
     facts = await facts_cache.get(session, upload_id)
     if facts is None:
-        raise UploadNotFound()
+        raise UploadNotFound().denying("upload", upload_id, reason="missing")
     if facts.user_id != user.id:  # only the uploader writes chunks
         raise UploadNotFound().denying("upload", upload_id)
     if content_length is None:

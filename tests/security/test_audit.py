@@ -80,12 +80,14 @@ class TestRecords:
             "endpoint": "GET /api/v1/uploads/{upload_id}",
             "status": 404,
             "code": "upload_not_found",
+            "reason": "not_owner",
         }
         assert chunk_denial["details"]["endpoint"].startswith("PUT ")
         assert role_denial["details"] == {
             "endpoint": "POST /api/v1/admin/uploads/{upload_id}/retry",
             "status": 403,
             "code": "forbidden",
+            "reason": "role",
         }
         assert records[6]["details"] == {"files": True, "owner": False}
         for record in records:
@@ -96,6 +98,20 @@ class TestRecords:
         # The list of the uploader's studies is a read of them too.
         lists = await audit(client, admin, actor_id=owner_id, action="upload.list")
         assert [upload_id] == lists[0]["details"]["upload_ids"]
+
+    async def test_a_missing_upload_is_recorded_like_another_users(
+        self, client: httpx.AsyncClient, clinician: Account, make_account: MakeAccount
+    ) -> None:
+        """The same 404 and the same work (one record) either way: neither the answer nor its
+        time tells another user's upload from one that does not exist."""
+        admin = await make_account(Role.ADMIN)
+        missing = str(uuid.uuid4())
+        response = await client.get(f"{API}/uploads/{missing}", headers=clinician.headers)
+        assert response.status_code == 404
+        records = await audit(client, admin, object_id=missing)
+        assert [(r["action"], r["outcome"], r["details"]["reason"]) for r in records] == [
+            ("access.denied", "denied", "missing")
+        ]
 
     async def test_a_denied_role_is_recorded_without_an_object(
         self, client: httpx.AsyncClient, clinician: Account, make_account: MakeAccount
