@@ -6,7 +6,8 @@ states the roles; object-level rules (whose upload it is) live in the services' 
 answer another user's object with the same 404 as a missing one.
 
 To add an endpoint: add `"METHOD /api/v1/path/{param}": <rule>` below (the path template as
-FastAPI shows it, prefix included). HEAD is covered by the GET entry.
+FastAPI shows it, prefix included). HEAD is covered by the GET entry. A mounted app (the web
+app's static files) is `"MOUNT /path": PUBLIC`: no role can be checked on it.
 """
 
 from __future__ import annotations
@@ -122,9 +123,10 @@ def endpoints(routes: Iterable[BaseRoute]) -> list[Endpoint]:
         if path is None:
             raise PolicyError(f"a route without a path cannot be checked: {context!r}")
         methods = context.methods or set()
-        if not methods:
-            raise PolicyError(f"{path}: a route without methods (a mount?) cannot be checked")
         original = context.original_route
+        if not methods:  # a mount (static files of the web app): public or nothing
+            found.append(Endpoint("MOUNT", context.path or path, original, enforced=False))
+            continue
         for method in sorted(methods):
             if method == "HEAD" and "GET" in methods:
                 continue
@@ -172,7 +174,10 @@ class PolicyIndex:
 
     def key(self, route: BaseRoute, method: str) -> str | None:
         """ "METHOD /path/template" of a route, as in the policy table."""
-        return self._keys.get((id(route), "GET" if method == "HEAD" else method))
+        slot = id(route)
+        return self._keys.get((slot, "GET" if method == "HEAD" else method)) or self._keys.get(
+            (slot, "MOUNT")
+        )
 
     def describe(self, scope: Scope) -> str:
         """The request as a log line may show it: the route's template and the id-like values

@@ -91,6 +91,17 @@ class TestEveryRouteHasAnEntry:
         index = PolicyIndex(app.routes, {**POLICY, "GET /api/v1/admin/users": allow(Role.ADMIN)})
         assert "GET /api/v1/admin/users" in {e.key for e in index.endpoints}
 
+    def test_a_mount_needs_a_public_entry(self, tmp_path: Path) -> None:
+        from starlette.staticfiles import StaticFiles
+
+        app = offline_app(tmp_path)
+        app.mount("/app", StaticFiles(directory=tmp_path), name="web")
+        with pytest.raises(PolicyError, match="MOUNT /app"):
+            check_policy(app)
+        with pytest.raises(PolicyError, match="only FastAPI routes can be role-restricted"):
+            PolicyIndex(app.routes, {**POLICY, "MOUNT /app": allow(Role.ADMIN)})
+        PolicyIndex(app.routes, {**POLICY, "MOUNT /app": PUBLIC})
+
 
 class TestTheTableItself:
     def test_only_login_health_and_the_api_description_are_public(self) -> None:
