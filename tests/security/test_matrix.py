@@ -188,7 +188,12 @@ def test_no_cell_succeeds_without_authorisation(gateway: LiveGateway, tmp_path: 
                 leaked = [u for u in others if u in response.text]
                 if leaked:
                     failures.append(f"{where}: shows another user's upload {leaked[0]}")
-            assert response.headers.get("cache-control") == "no-store", where
+            headers = response.headers
+            assert headers.get("cache-control") == "no-store", where
+            assert headers.get("x-content-type-options") == "nosniff", where
+            assert headers.get("x-frame-options") == "DENY", where
+            assert "frame-ancestors 'none'" in headers.get("content-security-policy", ""), where
+            assert "strict-transport-security" not in headers, where  # plain http
     endpoint_count = len(endpoints)
     print(
         f"\nsecurity matrix: {endpoint_count} endpoints x {len(ACTORS)} roles x own/foreign = "
