@@ -48,6 +48,7 @@ DATA_LOGGERS = (
     "multipart",
     "python_multipart",
     "pydicom",
+    "redis",
 )
 
 
