@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -26,6 +28,19 @@ from pydantic_settings import (
 
 MiB = 1 << 20
 CONFIG_FILE_ENV = "RELAYPACS_CONFIG_FILE"
+
+
+# A list from the environment as comma-separated values (or a JSON list), or a TOML array.
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
 
 
 class ConfigError(Exception):
@@ -109,6 +124,24 @@ class Settings(BaseSettings):
     )
     access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
 
+    # The HTTP surface (relaypacs/surface.py).
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) allowed to call the API from a browser; "
+        "empty: CORS closed. Comma-separated in the environment.",
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-Proto is believed (for "
+        "Strict-Transport-Security behind a TLS-terminating proxy).",
+    )
+    max_request_body: int = Field(
+        default=MiB,
+        ge=1024,
+        le=64 * MiB,
+        description="Largest request body in bytes, but for chunks (bounded by chunk_size).",
+    )
+
     chunk_size: int = Field(default=8 * MiB, ge=64 * 1024, le=64 * MiB)
     max_files_per_upload: int = Field(default=20_000, ge=1)
     max_file_size: int = Field(default=8 * 1024 * MiB, ge=1)
@@ -178,6 +211,21 @@ class Settings(BaseSettings):
                 "must start with 'postgresql+asyncpg://' (production) or 'sqlite+aiosqlite://'"
             )
         return value
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*" or not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an origin like https://pacs.example.org")
+            if origin.rstrip("/").count("/") > 2:
+                raise ValueError(f"{origin!r}: an origin has no path")
+        return [origin.rstrip("/") for origin in value]
 
     @field_validator("secret_key")
     @classmethod

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A refused authorisation, recorded in the audit log when the error is rendered."""
+
+    object_type: str | None = None
+    object_id: str | None = None
+    study_instance_uid: str | None = None
+    reason: str = "role"  # role, not_owner, missing
 
 
 class GatewayError(Exception):
     status_code: int = 400
     code: str = "bad_request"
     message: str = "The request could not be processed."
+    # Set on an error that refuses access (another user's object, or a missing one, both the
+    # same 404): the handler records it in the audit log with outcome `denied`. Forbidden
+    # always is.
+    denial: Denial | None = None
 
     def __init__(
         self, message: str | None = None, *, details: dict[str, Any] | None = None
@@ -17,6 +32,20 @@ class GatewayError(Exception):
         self.message = message or self.message
         self.details = details or {}
         self.headers: dict[str, str] = {}
+
+    def denying(
+        self,
+        object_type: str,
+        object_id: object,
+        study_instance_uid: str | None = None,
+        *,
+        reason: str = "not_owner",
+    ) -> Self:
+        """This error refuses access to that object: audit it as `denied`. A missing object
+        is audited too (`reason="missing"`): the same work either way, so that the time of
+        the answer does not tell another user's object from a missing one."""
+        self.denial = Denial(object_type, str(object_id), study_instance_uid, reason)
+        return self
 
 
 class NotAuthenticated(GatewayError):

@@ -10,22 +10,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
+from relaypacs.audit.router import router as audit_router
+from relaypacs.audit.service import record_denial
+from relaypacs.auth.policy import authorize, check_policy
 from relaypacs.auth.router import router as auth_router
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.config import Settings, load_settings
 from relaypacs.db import create_engine, create_sessionmaker, create_sync_sqlite_engine
 from relaypacs.dicom import DicomLimits, DicomValidator
-from relaypacs.errors import GatewayError
+from relaypacs.errors import Forbidden, GatewayError
 from relaypacs.forwarding.worker import Forwarder
 from relaypacs.schema import upgrade_in_subprocess
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
+from relaypacs.surface import HttpSurface, StrictCORSMiddleware
 from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import (
     ChunkRecorder,
@@ -80,6 +85,7 @@ def announce_first_admin(password: str) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    check_policy(app)  # again: a route added after create_app must have its entry too
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.auto_migrate:
         await upgrade_in_subprocess(settings.resolved_database_url)
@@ -158,7 +164,9 @@ def _error_body(code: str, message: str, details: dict[str, Any] | None = None) 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
-    async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        if exc.denial is not None or isinstance(exc, Forbidden):
+            await record_denial(request, exc)
         return JSONResponse(
             _error_body(exc.code, exc.message, exc.details),
             status_code=exc.status_code,
@@ -178,7 +186,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "request_too_large",
+        }
         return JSONResponse(
             _error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
             status_code=exc.status_code,
@@ -198,26 +211,69 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        # The type only: messages of unexpected errors may carry data we must not log.
-        logger.error("unexpected error: %s", type(exc).__name__)
-        return JSONResponse(
-            _error_body("internal_error", "An unexpected error occurred; it has been logged."),
-            status_code=500,
+    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
+        # Generic on purpose: no message, type, path or trace of the error leaves the process.
+        # HttpSurface logs it (type and frames, never its message: it may carry patient data).
+        body = _error_body("internal_error", "An unexpected error occurred; it has been logged.")
+        body["error"]["request_id"] = getattr(request.state, "request_id", None)
+        return JSONResponse(body, status_code=500)
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the HTTP surface (relaypacs/surface.py) around everything, Starlette's error
+    middleware included, so that even a 500 carries the security headers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        settings: Settings = self.state.settings
+        return HttpSurface(
+            super().build_middleware_stack(),
+            max_body=settings.max_request_body,
+            body_limit=self._body_limit,
+            describe=lambda scope: self.state.policy.describe(scope),
+            trusted_proxies=settings.trusted_proxies,
+            docs_paths=[p for p in (self.docs_url, self.swagger_ui_oauth2_redirect_url) if p],
         )
+
+    def _body_limit(self, method: str, path: str) -> int | None:
+        """The largest body of a request (see Rule.body); None: the endpoint checks it."""
+        settings: Settings = self.state.settings
+        limit = self.state.policy.body_limit(method, path)
+        if limit == "own":
+            return None
+        if limit == "manifest":
+            return manifest_limit(settings)
+        return settings.max_request_body
+
+
+def manifest_limit(settings: Settings) -> int:
+    """The largest manifest (POST /uploads) the settings allow: up to 1.5 KiB per file (a
+    255-character name in UTF-8, its SHA-256, its size) and 64 KiB for the rest."""
+    return max(settings.max_request_body, 64 * 1024 + settings.max_files_per_upload * 1536)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
+    app = GatewayApp(
         title="RelayPACS Gateway",
         version=__version__,
         lifespan=lifespan,
         docs_url=f"{API_PREFIX}/docs",
         openapi_url=f"{API_PREFIX}/openapi.json",
         redoc_url=None,
+        # Who may call what (relaypacs/auth/policy.py), before anything else of every route.
+        dependencies=[Depends(authorize)],
     )
     app.state.settings = settings or load_settings()
     install_error_handlers(app)
+    if app.state.settings.cors_origins:
+        app.add_middleware(
+            StrictCORSMiddleware,
+            allow_origins=app.state.settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Content-MD5"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_credentials=True,  # the refresh cookie; only ever for the listed origins
+            max_age=600,
+        )
 
     @app.get(f"{API_PREFIX}/health", tags=["health"])
     async def health() -> dict[str, str]:
@@ -226,4 +282,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
+    app.include_router(audit_router, prefix=API_PREFIX)
+    check_policy(app)  # every route has an entry, or the app is not built
     return app

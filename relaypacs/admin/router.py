@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, or_, select
 
 from relaypacs.admin import service
+from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import AdminUser
 from relaypacs.db import ReadSessionDep, utcnow
 from relaypacs.forwarding.models import ForwardJob, JobStatus
@@ -24,6 +25,7 @@ Problem = Literal["failed", "stuck", "queued", "forwarding"]
 
 @router.get("/uploads", response_model=UploadList)
 async def list_problem_uploads(
+    request: Request,
     _admin: AdminUser,
     session: ReadSessionDep,
     problem: Annotated[Problem, Query(alias="status")] = "failed",
@@ -53,6 +55,13 @@ async def list_problem_uploads(
     uploads = (
         await session.scalars(query.order_by(Upload.updated_at.desc()).limit(limit).offset(offset))
     ).all()
+    if uploads:  # other users' study details are shown
+        await record_for_request(
+            request,
+            action="admin.upload_list",
+            object_type="upload",
+            details={"status": problem, "upload_ids": [str(u.id) for u in uploads]},
+        )
     return UploadList(items=[summary_of(u, u.total_bytes) for u in uploads], total=total or 0)
 
 

@@ -25,6 +25,10 @@ async def get_current_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
+    # Once per request: the policy check (relaypacs/auth/policy.py) authenticated it first.
+    cached: User | None = getattr(request.state, "user", None)
+    if cached is not None:
+        return cached
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated()
     claims = decode_access_token(credentials.credentials, key=request.app.state.signing_key)
@@ -32,6 +36,7 @@ async def get_current_user(
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")
     request.state.user_id = user.id
+    request.state.user = user
     return user
 
 
@@ -61,6 +66,9 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def require_roles(*roles: Role) -> Callable[[User], Awaitable[User]]:
+    """A local role check, kept as defence in depth: the policy table
+    (relaypacs/auth/policy.py) is where who may call what is stated, and is checked first."""
+
     async def _check(user: CurrentUser) -> User:
         if user.role not in roles:
             raise Forbidden()

@@ -34,6 +34,24 @@ def cli() -> None:
     """RelayPACS Gateway: resumable, verified DICOM study uploads relayed to a PACS."""
 
 
+# Third-party loggers that would write query parameters or message bodies into the log.
+DATA_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "aiosqlite",
+    "sqlalchemy.engine",
+    "sqlalchemy.orm",
+    "asyncpg",
+    "botocore",
+    "aiobotocore",
+    "urllib3",
+    "multipart",
+    "python_multipart",
+    "pydicom",
+    "redis",
+)
+
+
 @cli.command()
 @click.option("--host", default=None, help="Bind address (default RELAYPACS_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default RELAYPACS_PORT or 8080).")
@@ -50,7 +68,10 @@ def serve(host: str | None, port: int | None) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # httpx logs every request's URL at INFO: noise, and URLs carry study identifiers.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The others log SQL statements with their parameters, or HTTP bodies, at INFO or DEBUG:
+    # patient data. They stay at WARNING whatever the level (tests/security/test_phi_logs.py).
+    for name in DATA_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     host = host or settings.host
     port = port or settings.port
     click.echo(
@@ -65,6 +86,8 @@ def serve(host: str | None, port: int | None) -> None:
         port=port,
         log_level=settings.log_level,
         proxy_headers=False,
+        # relaypacs.surface logs each request instead (without the query string).
+        access_log=False,
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=64 * 1024,
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
+from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import CurrentUser
 from relaypacs.db import ReadSessionDep, SessionDep
 from relaypacs.uploads import service
@@ -39,6 +40,7 @@ async def start_upload(
 
 @router.get("", response_model=UploadList)
 async def list_uploads(
+    request: Request,
     user: CurrentUser,
     session: ReadSessionDep,
     upload_status: Annotated[UploadStatus | None, Query(alias="status")] = None,
@@ -48,24 +50,46 @@ async def list_uploads(
     items, total = await service.list_uploads(
         session, user=user, status=upload_status, limit=limit, offset=offset
     )
+    if items:  # study details of these uploads are shown
+        await record_for_request(
+            request,
+            action="upload.list",
+            object_type="upload",
+            details={"upload_ids": [str(i.id) for i in items]},
+        )
     return UploadList(items=items, total=total)
 
 
 @router.get("/{upload_id}", response_model=UploadRead)
 async def get_upload(
     upload_id: uuid.UUID,
-    user: CurrentUser,
     request: Request,
+    user: CurrentUser,
     files: Annotated[
         bool, Query(description="false: without the file list (cheap to poll)")
     ] = True,
 ) -> UploadRead:
-    state = request.app.state
-    if not files:
-        return await service.read_upload_light(state, upload_id=upload_id, user=user)
-    async with state.read_sessionmaker() as session, session.begin():
-        upload = await service.get_upload(session, upload_id=upload_id, user=user)
-        return await service.read_upload(session, upload)
+    if files:
+        async with request.app.state.read_sessionmaker() as session, session.begin():
+            upload = await service.get_upload(session, upload_id=upload_id, user=user)
+            view = await service.read_upload(session, upload)
+    else:
+        view, upload = await service.read_upload_light(
+            request.app.state, upload_id=upload_id, user=user
+        )
+    owner = upload.user_id == user.id
+    # Audited: every read of the study's files, and any read by someone else than the
+    # uploader. Not the uploader's own status poll (files=false), made every few seconds.
+    if files or not owner:
+        await record_for_request(
+            request,
+            action="upload.read",
+            object_type="upload",
+            object_id=upload.id,
+            study_instance_uid=upload.study_instance_uid,
+            details={"files": files, "owner": owner},
+        )
+    return view
 
 
 @router.put("/{upload_id}/files/{file_index}/chunks/{chunk_index}", response_model=ChunkStored)

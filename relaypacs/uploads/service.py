@@ -188,11 +188,16 @@ def summary_of(upload: Upload, received_bytes: int) -> UploadSummary:
 # --- reading --------------------------------------------------------------------------------
 
 
-async def get_upload(session: AsyncSession, *, upload_id: uuid.UUID, user: User) -> Upload:
-    """The upload if this user may see it; otherwise the same 404 as a missing one."""
+async def get_upload(
+    session: AsyncSession, *, upload_id: uuid.UUID, user: User, write: bool = False
+) -> Upload:
+    """The upload if this user may see it (`write`: change it, the uploader only); otherwise
+    the same 404 as a missing one. Both are audited as denied accesses."""
     upload = await session.get(Upload, upload_id)
-    if upload is None or not can_see(user, upload):
-        raise UploadNotFound()
+    if upload is None:
+        raise UploadNotFound().denying("upload", upload_id, reason="missing")
+    if not (upload.user_id == user.id if write else can_see(user, upload)):
+        raise UploadNotFound().denying("upload", upload_id, upload.study_instance_uid)
     return upload
 
 
@@ -262,15 +267,19 @@ async def read_upload(
     )
 
 
-async def read_upload_light(state: Any, *, upload_id: uuid.UUID, user: User) -> UploadRead:
-    """The upload without its files (the view `upload --wait` polls), if this user may see it:
-    in one read (see read_in_one_call)."""
+async def read_upload_light(
+    state: Any, *, upload_id: uuid.UUID, user: User
+) -> tuple[UploadRead, Upload]:
+    """The upload without its files (the view `upload --wait` polls) and its (detached) row, if
+    this user may see it, in one read (see read_in_one_call); otherwise the 404 of get_upload."""
 
-    def read(session: Session) -> UploadRead:
+    def read(session: Session) -> tuple[UploadRead, Upload]:
         upload = session.get(Upload, upload_id)
-        if upload is None or not can_see(user, upload):
-            raise UploadNotFound()
-        return _light_view(session, upload)
+        if upload is None:
+            raise UploadNotFound().denying("upload", upload_id, reason="missing")
+        if not can_see(user, upload):
+            raise UploadNotFound().denying("upload", upload_id, upload.study_instance_uid)
+        return _light_view(session, upload), upload
 
     return await read_in_one_call(state, read)
 
@@ -517,8 +526,10 @@ async def prepare_chunk(
 ) -> ChunkTarget:
     """Every check that can be made before the body is read (from cached, immutable facts)."""
     facts = await facts_cache.get(session, upload_id)
-    if facts is None or not (facts.user_id == user.id or user.role == Role.ADMIN):
-        raise UploadNotFound()
+    if facts is None:
+        raise UploadNotFound().denying("upload", upload_id, reason="missing")
+    if facts.user_id != user.id:  # only the uploader writes chunks
+        raise UploadNotFound().denying("upload", upload_id)
     if content_length is None:
         raise ContentLengthRequired()
     if content_length > facts.chunk_size:
@@ -848,7 +859,7 @@ async def complete_upload(
     upload `received`; completing it again verifies it again.
     """
     async with ctx.sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user)
+        upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             return await read_upload(session, upload)
         if upload.status == UploadStatus.REJECTED:
@@ -1024,7 +1035,7 @@ async def cancel_upload(
     client_ip: str | None,
 ) -> UploadRead:
     async with sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user)
+        upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             raise UploadNotCancellable()
         if upload.status != UploadStatus.CANCELLED:

@@ -278,6 +278,20 @@ class TestAdministration:
         body = await gateway.wait(upload_id)
         assert body["status"] == "delivered"
         assert [r.sop_instance_uids for r in pacs.stow_requests()] == [uids, [uids[0]]]
+        # Each forwarding outcome and the retry are in the audit log, oldest first.
+        audit = await gateway.client.get(
+            f"{API}/admin/audit", params={"object_id": upload_id}, headers=admin
+        )
+        records = [
+            (r["action"], r["outcome"], r["actor_role"], r["study_instance_uid"])
+            for r in reversed(audit.json()["items"])
+            if r["action"].startswith(("forward.", "admin."))
+        ]
+        assert records == [
+            ("forward.failed", "failure", None, study.uid),
+            ("admin.upload_retry", "success", "admin", study.uid),
+            ("forward.delivered", "success", None, study.uid),
+        ]
 
 
 class TestCircuitBreaker:

@@ -1,0 +1,227 @@
+"""Who may call what: the one table of every endpoint and the roles allowed on it, and its check.
+
+Every route of the app must have an entry (`check_policy` refuses to build an app otherwise, and
+`tests/security` checks it again), so a new endpoint cannot be reachable by accident. Each entry
+states the roles; object-level rules (whose upload it is) live in the services' loaders, which
+answer another user's object with the same 404 as a missing one.
+
+To add an endpoint: add `"METHOD /api/v1/path/{param}": <rule>` below (the path template as
+FastAPI shows it, prefix included). HEAD is covered by the GET entry. A mounted app (the web
+app's static files) is `"MOUNT /path": PUBLIC`: no role can be checked on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security import HTTPBearer
+from starlette.routing import BaseRoute, compile_path
+from starlette.types import Scope
+
+from relaypacs.auth.dependencies import get_current_user
+from relaypacs.auth.models import Role
+from relaypacs.errors import Forbidden
+
+logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False)
+# What a path parameter must look like to be shown in a log or an audit record: an id or an
+# index. Anything else a client put in the path is not repeated.
+ID_LIKE = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+BodyLimit = Literal["default", "manifest", "own"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call an endpoint. `roles` None: public, no token needed."""
+
+    roles: frozenset[Role] | None
+    # Request body limit: "default" (RELAYPACS_MAX_REQUEST_BODY), "manifest" (an upload's
+    # manifest, which grows with the number of files allowed), or "own" (the endpoint checks
+    # Content-Length itself before reading: the chunk PUT).
+    body: BodyLimit = "default"
+
+    @property
+    def public(self) -> bool:
+        return self.roles is None
+
+    def allows(self, role: Role) -> bool:
+        return self.roles is not None and role in self.roles
+
+
+def allow(*roles: Role, body: BodyLimit = "default") -> Rule:
+    return Rule(frozenset(roles), body=body)
+
+
+PUBLIC = Rule(None)
+ANY_ROLE = allow(Role.CLINICIAN, Role.RADIOLOGIST, Role.ADMIN)
+# Clinicians upload their patients' studies; radiologists too (outside studies brought in for a
+# second opinion). Administrators run the system and do not upload.
+UPLOADERS = allow(Role.CLINICIAN, Role.RADIOLOGIST)
+ADMIN = allow(Role.ADMIN)
+
+API = "/api/v1"
+
+POLICY: dict[str, Rule] = {
+    # Public: liveness, login and the API's own description.
+    f"GET {API}/health": PUBLIC,
+    f"GET {API}/openapi.json": PUBLIC,
+    f"GET {API}/docs": PUBLIC,
+    "GET /docs/oauth2-redirect": PUBLIC,
+    f"POST {API}/auth/login": PUBLIC,
+    f"GET {API}/auth/me": ANY_ROLE,
+    # Uploads: the uploader's own objects only (another user's upload is a 404). An
+    # administrator may read any upload (support; every such read is audited) but not write.
+    f"POST {API}/uploads": allow(Role.CLINICIAN, Role.RADIOLOGIST, body="manifest"),
+    f"GET {API}/uploads": UPLOADERS,
+    f"GET {API}/uploads/{{upload_id}}": ANY_ROLE,
+    f"PUT {API}/uploads/{{upload_id}}/files/{{file_index}}/chunks/{{chunk_index}}": allow(
+        Role.CLINICIAN, Role.RADIOLOGIST, body="own"
+    ),
+    f"POST {API}/uploads/{{upload_id}}/complete": UPLOADERS,
+    f"DELETE {API}/uploads/{{upload_id}}": UPLOADERS,
+    # Administration.
+    f"GET {API}/admin/uploads": ADMIN,
+    f"POST {API}/admin/uploads/{{upload_id}}/retry": ADMIN,
+    f"POST {API}/admin/uploads/{{upload_id}}/cancel": ADMIN,
+    f"GET {API}/admin/audit": ADMIN,
+    f"GET {API}/admin/audit/export": ADMIN,
+}
+
+
+class PolicyError(Exception):
+    """The app's routes and the policy table disagree: the app must not start."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One method of one route, as the app serves it."""
+
+    method: str
+    path: str
+    route: BaseRoute  # the route object the router puts in scope["route"]
+    enforced: bool  # a FastAPI route: the policy dependency runs on it
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def endpoints(routes: Iterable[BaseRoute]) -> list[Endpoint]:
+    """Every (method, path template) of these routes, included routers flattened."""
+    found = []
+    for context in iter_route_contexts(list(routes)):
+        path = context.path_format or context.path
+        if path is None:
+            raise PolicyError(f"a route without a path cannot be checked: {context!r}")
+        methods = context.methods or set()
+        original = context.original_route
+        if not methods:  # a mount (static files of the web app): public or nothing
+            found.append(Endpoint("MOUNT", context.path or path, original, enforced=False))
+            continue
+        for method in sorted(methods):
+            if method == "HEAD" and "GET" in methods:
+                continue
+            found.append(Endpoint(method, path, original, isinstance(original, APIRoute)))
+    return found
+
+
+class PolicyIndex:
+    """The policy of each route object, looked up per request in O(1)."""
+
+    def __init__(self, routes: Iterable[BaseRoute], policy: Mapping[str, Rule] = POLICY) -> None:
+        listed = endpoints(routes)
+        missing = [e.key for e in listed if e.key not in policy]
+        if missing:
+            raise PolicyError(
+                "routes without an entry in relaypacs/auth/policy.py (who may call them?): "
+                + ", ".join(missing)
+            )
+        stale = sorted(set(policy) - {e.key for e in listed})
+        if stale:
+            raise PolicyError("policy entries for routes that do not exist: " + ", ".join(stale))
+        self._rules: dict[tuple[int, str], Rule] = {}
+        self._keys: dict[tuple[int, str], str] = {}
+        self.endpoints = listed
+        for endpoint in listed:
+            rule = policy[endpoint.key]
+            if not endpoint.enforced and not rule.public:
+                raise PolicyError(f"{endpoint.key}: only FastAPI routes can be role-restricted")
+            slot = (id(endpoint.route), endpoint.method)
+            if self._rules.get(slot, rule) != rule:
+                raise PolicyError(f"{endpoint.key}: one route object under two different rules")
+            self._rules[slot] = rule
+            self._keys[slot] = endpoint.key
+        # (method, compiled path, limit) of the routes without the default body limit.
+        self._body_limits = [
+            (e.method, compile_path(e.path)[0], policy[e.key].body)
+            for e in listed
+            if policy[e.key].body != "default"
+        ]
+
+    def rule(self, route: BaseRoute, method: str) -> Rule | None:
+        if method == "HEAD":
+            method = "GET"
+        return self._rules.get((id(route), method))
+
+    def key(self, route: BaseRoute, method: str) -> str | None:
+        """ "METHOD /path/template" of a route, as in the policy table."""
+        slot = id(route)
+        return self._keys.get((slot, "GET" if method == "HEAD" else method)) or self._keys.get(
+            (slot, "MOUNT")
+        )
+
+    def describe(self, scope: Scope) -> str:
+        """The request as a log line may show it: the route's template and the id-like values
+        of its path parameters, never the path as sent (a client may put anything there)."""
+        route = scope.get("route")
+        key = self.key(route, scope["method"]) if route is not None else None
+        if key is None:
+            return f"{scope['method']} (no route)"
+        params = " ".join(
+            f"{name}={value if ID_LIKE.fullmatch(str(value)) else '?'}"
+            for name, value in (scope.get("path_params") or {}).items()
+        )
+        return f"{key} {params}" if params else key
+
+    def body_limit(self, method: str, path: str) -> BodyLimit:
+        """Which body limit applies to a request, before routing (from its method and path)."""
+        for m, regex, limit in self._body_limits:
+            if m == method and regex.match(path):
+                return limit
+        return "default"
+
+
+def check_policy(app: FastAPI) -> PolicyIndex:
+    """Index the policy of every route of `app`, or raise PolicyError."""
+    index = PolicyIndex(app.routes)
+    app.state.policy = index
+    return index
+
+
+async def authorize(request: Request) -> None:
+    """The policy, applied to every FastAPI route of the app: an app-wide dependency, so it
+    runs before the endpoint's own dependencies and before its parameters are validated.
+
+    Public routes pass; others need a valid token (401) and a role the entry lists (403, the
+    same for every object id, so it confirms nothing about any object)."""
+    index: PolicyIndex = request.app.state.policy
+    route = request.scope.get("route")
+    rule = index.rule(route, request.method) if route is not None else None
+    if rule is None:
+        # A route added after the app was built, never checked: fail closed.
+        logger.error("no policy entry for %s: refused", index.describe(request.scope))
+        raise Forbidden()
+    if rule.public:
+        return
+    user = await get_current_user(request, await _bearer(request))
+    if not rule.allows(user.role):
+        raise Forbidden()

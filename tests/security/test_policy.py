@@ -1,0 +1,128 @@
+"""The policy table: every route has an entry, or the app is not built and does not start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+
+from relaypacs.auth.models import Role
+from relaypacs.auth.policy import POLICY, PUBLIC, PolicyError, PolicyIndex, allow, check_policy
+from relaypacs.config import Settings
+from relaypacs.main import create_app
+
+
+def offline_app(tmp_path: Path, **settings: object) -> FastAPI:
+    """The app, built but not started (no database): enough for routing and the policy."""
+    return create_app(Settings(data_dir=tmp_path, secret_key="k" * 40, **settings))  # type: ignore[arg-type]
+
+
+class TestEveryRouteHasAnEntry:
+    def test_the_app_builds_with_an_entry_for_each_of_its_endpoints(self, tmp_path: Path) -> None:
+        app = offline_app(tmp_path)
+        index: PolicyIndex = app.state.policy
+        keys = {e.key for e in index.endpoints}
+        assert keys == set(POLICY)
+        # The enumeration sees the routers' routes with their prefixes, not a hand list.
+        assert "PUT /api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}" in keys
+        assert "GET /api/v1/admin/audit/export" in keys
+        openapi_paths = {
+            f"{method.upper()} {path}"
+            for path, item in app.openapi()["paths"].items()
+            for method in item
+        }
+        assert openapi_paths <= keys
+
+    def test_a_route_without_an_entry_stops_the_app(self, tmp_path: Path) -> None:
+        app = offline_app(tmp_path)
+        extra = APIRouter()
+
+        @extra.get("/reports/{report_id}")
+        async def read_report(report_id: str) -> dict[str, str]:
+            return {"id": report_id}
+
+        app.include_router(extra, prefix="/api/v1")
+        with pytest.raises(PolicyError, match=r"GET /api/v1/reports/\{report_id\}"):
+            check_policy(app)
+
+    async def test_the_lifespan_refuses_to_start_with_an_unlisted_route(
+        self, tmp_path: Path
+    ) -> None:
+        app = offline_app(tmp_path)
+
+        @app.post("/api/v1/uploads/{upload_id}/share")
+        async def share(upload_id: str) -> None:
+            return None
+
+        with pytest.raises(PolicyError, match="share"):
+            async with app.router.lifespan_context(app):
+                pass
+
+    async def test_an_unchecked_route_is_refused_at_request_time(self, tmp_path: Path) -> None:
+        app = offline_app(tmp_path)
+
+        @app.get("/api/v1/leak")
+        async def leak() -> dict[str, str]:
+            return {"secret": "yes"}
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            response = await client.get("/api/v1/leak")
+        assert response.status_code == 403
+        assert "secret" not in response.text
+
+    def test_a_stale_entry_is_refused_too(self, tmp_path: Path) -> None:
+        app = offline_app(tmp_path)
+        policy = {**POLICY, "GET /api/v1/gone": PUBLIC}
+        with pytest.raises(PolicyError, match="/api/v1/gone"):
+            PolicyIndex(app.routes, policy)
+
+    def test_entries_are_added_in_one_line(self, tmp_path: Path) -> None:
+        app = offline_app(tmp_path)
+        extra = APIRouter(prefix="/admin/users")
+
+        @extra.get("")
+        async def list_users() -> list[str]:
+            return []
+
+        app.include_router(extra, prefix="/api/v1")
+        index = PolicyIndex(app.routes, {**POLICY, "GET /api/v1/admin/users": allow(Role.ADMIN)})
+        assert "GET /api/v1/admin/users" in {e.key for e in index.endpoints}
+
+    def test_a_mount_needs_a_public_entry(self, tmp_path: Path) -> None:
+        from starlette.staticfiles import StaticFiles
+
+        app = offline_app(tmp_path)
+        app.mount("/app", StaticFiles(directory=tmp_path), name="web")
+        with pytest.raises(PolicyError, match="MOUNT /app"):
+            check_policy(app)
+        with pytest.raises(PolicyError, match="only FastAPI routes can be role-restricted"):
+            PolicyIndex(app.routes, {**POLICY, "MOUNT /app": allow(Role.ADMIN)})
+        PolicyIndex(app.routes, {**POLICY, "MOUNT /app": PUBLIC})
+
+
+class TestTheTableItself:
+    def test_only_login_health_and_the_api_description_are_public(self) -> None:
+        public = {key for key, rule in POLICY.items() if rule.public}
+        assert public == {
+            "GET /api/v1/health",
+            "GET /api/v1/openapi.json",
+            "GET /api/v1/docs",
+            "GET /docs/oauth2-redirect",
+            "POST /api/v1/auth/login",
+        }
+
+    def test_administration_is_for_administrators_only(self) -> None:
+        admin = {key: rule for key, rule in POLICY.items() if " /api/v1/admin/" in key}
+        assert admin
+        assert {rule.roles for rule in admin.values()} == {frozenset({Role.ADMIN})}
+
+    def test_only_the_chunk_route_bounds_its_own_body_and_the_manifest_has_its_own(
+        self,
+    ) -> None:
+        assert {key: rule.body for key, rule in POLICY.items() if rule.body != "default"} == {
+            "PUT /api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}": "own",
+            "POST /api/v1/uploads": "manifest",
+        }
