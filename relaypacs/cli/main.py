@@ -64,7 +64,9 @@ def serve(host: str | None, port: int | None) -> None:
         host=host,
         port=port,
         log_level=settings.log_level,
-        proxy_headers=False,
+        # Only the configured proxies may say who the client is (rate limits, audit).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=64 * 1024,
     )

@@ -6,10 +6,11 @@ import asyncio
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from relaypacs.auth.dependencies import CurrentUser
 from relaypacs.db import ReadSessionDep, SessionDep
+from relaypacs.ratelimit import per_user
 from relaypacs.uploads import service
 from relaypacs.uploads.models import UploadStatus
 from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
@@ -21,7 +22,12 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.post("", response_model=UploadRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=UploadRead,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(per_user("upload_init"))],
+)
 async def start_upload(
     body: UploadCreate, request: Request, response: Response, user: CurrentUser, session: SessionDep
 ) -> UploadRead:
@@ -64,7 +70,11 @@ async def get_upload(
     return await service.read_upload(session, upload, with_files=files)
 
 
-@router.put("/{upload_id}/files/{file_index}/chunks/{chunk_index}", response_model=ChunkStored)
+@router.put(
+    "/{upload_id}/files/{file_index}/chunks/{chunk_index}",
+    response_model=ChunkStored,
+    dependencies=[Depends(per_user("upload_chunk"))],
+)
 async def put_chunk(
     upload_id: uuid.UUID, file_index: int, chunk_index: int, request: Request, user: CurrentUser
 ) -> ChunkStored:
