@@ -137,6 +137,12 @@ def totp_code(secret: str, steps: int = 0) -> str:
     return totp.generate_otp(totp.timecode(dt.datetime.now(dt.UTC)) + steps)
 
 
+def wrong_code(secret: str) -> str:
+    """A well-formed code that is none of the window's (current, previous, next step)."""
+    valid = {totp_code(secret, step) for step in (-1, 0, 1, 2)}
+    return next(c for c in ("000000", "111111", "222222", "333333", "444444") if c not in valid)
+
+
 async def enrol(client: httpx.AsyncClient, token: str) -> tuple[str, list[str]]:
     """Enrol TOTP; the confirming code is the previous step's, leaving the current one (and
     the next) for the tests' logins."""
