@@ -159,7 +159,8 @@ class Settings(BaseSettings):
 
     # Rate limits ("N/second|minute|hour", see the `limits` library's notation).
     rate_limit_login_ip: str = Field(
-        default="30/minute", description="Login attempts per client address."
+        default="60/minute",
+        description="Login attempts per client address (a whole site behind NAT may share one).",
     )
     rate_limit_login_account_ip: str = Field(
         default="5/minute", description="Failed logins per account from one client address."
