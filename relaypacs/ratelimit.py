@@ -6,6 +6,7 @@ limits are counted in memory for a while: still limited per replica, never unlim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -62,7 +63,8 @@ class RateLimits:
         self.items: dict[LimitName, RateLimitItem] = {
             name: parse(getattr(settings, f"rate_limit_{name}")) for name in LIMIT_NAMES
         }
-        self._memory: RateLimiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._memory_storage = MemoryStorage()
+        self._memory: RateLimiter = SlidingWindowCounterRateLimiter(self._memory_storage)
         self._redis: RateLimiter | None = None
         self._redis_storage: RedisStorage | None = None
         if settings.redis_url:
@@ -112,6 +114,11 @@ class RateLimits:
         await self._call(lambda limiter: limiter.hit(item, key))
 
     async def close(self) -> None:
+        timer = getattr(self._memory_storage, "timer", None)  # its expiry task
+        if timer is not None and not timer.done():
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
         if self._redis_storage is not None:
             client = getattr(self._redis_storage.bridge, "storage", None)
             with contextlib.suppress(AttributeError, RedisError, OSError):
