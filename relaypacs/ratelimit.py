@@ -78,12 +78,18 @@ class RateLimits:
             )
             self._redis = SlidingWindowCounterRateLimiter(self._redis_storage)
         self.breaker = Breaker("rate limits")
+        self._once = parse("1/minute")
+
+    async def first_in_a_while(self, key: str) -> bool:
+        """True at most once a minute per key (this process): to record a refusal without
+        writing an audit row for every request of a flood."""
+        return await self._memory.hit(self._once, "once", key)
 
     async def _call(self, op: Callable[[RateLimiter], Awaitable[bool]]) -> tuple[bool, RateLimiter]:
         if self._redis is not None and self.breaker.closed:
             try:
                 return await op(self._redis), self._redis
-            except (StorageError, RedisError, OSError) as exc:
+            except Exception as exc:  # any Redis trouble: count in memory meanwhile
                 self.breaker.failed(exc)
         return await op(self._memory), self._memory
 

@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -123,7 +122,7 @@ class RedisRevocations:
                 for key in keys:
                     pipe.set(key, b"1", ex=self._ttl)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # any Redis trouble: the database decides (fail closed)
             self.breaker.failed(exc)
             return False
         return True
@@ -132,7 +131,7 @@ class RedisRevocations:
         if self.breaker.closed:
             try:
                 complete, revoked = await self._redis.mget(self._marker, self._key(session_id))
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # any Redis trouble: the database decides (fail closed)
                 self.breaker.failed(exc)
             else:
                 if complete is not None:
@@ -151,7 +150,7 @@ class RedisRevocations:
                     pipe.set(self._key(session_id), b"1", ex=self._ttl)
                 pipe.set(self._marker, b"1")
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # any Redis trouble: the database decides (fail closed)
             self.breaker.failed(exc)
 
     def _start_refill(self) -> None:

@@ -142,14 +142,15 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Tok
         await limits.check("login_account_ip", f"{account}|{ip}")
         await limits.check("login_account", account)
     except RateLimited:
-        async with _writer(request)() as session, session.begin():
-            await record_event(
-                session,
-                action="auth.login",
-                outcome="failure",
-                client_ip=ip,
-                details={"reason": "rate_limited"},
-            )
+        if await limits.first_in_a_while(f"login|{account}|{ip}"):
+            async with _writer(request)() as session, session.begin():
+                await record_event(
+                    session,
+                    action="auth.login",
+                    outcome="failure",
+                    client_ip=ip,
+                    details={"reason": "rate_limited"},
+                )
         raise
     check = await check_password(
         state.read_sessionmaker, username=body.username, password=body.password
@@ -222,6 +223,8 @@ async def login_totp(body: TotpLoginRequest, request: Request, response: Respons
         await limits.hit("totp_ip", ip or "-")
         await limits.check("totp_account", account)
     except RateLimited:
+        if not await limits.first_in_a_while(f"totp|{account}|{ip}"):
+            raise
         async with _writer(request)() as session, session.begin():
             await record_event(
                 session,
