@@ -35,6 +35,7 @@ from relaypacs.auth.schemas import (
     TokenResponse,
     TotpCodeRequest,
     TotpEnrolment,
+    TotpEnrolRequest,
     TotpLoginRequest,
     UserRead,
 )
@@ -422,11 +423,30 @@ async def change_own_password(
 
 
 @router.post("/totp/enrol", response_model=TotpEnrolment)
-async def enrol_totp(request: Request, response: Response, user: SessionUser) -> TotpEnrolment:
+async def enrol_totp(
+    body: TotpEnrolRequest, request: Request, response: Response, user: SessionUser
+) -> TotpEnrolment:
     """Start (or restart) TOTP enrolment: a new secret as an otpauth:// URI and a QR code.
     Confirm it with a first code (POST /auth/totp/confirm)."""
     state = request.app.state
     cipher: TotpCipher = state.totp_cipher
+    limits = _limits(request)
+    ip = client_ip(request)
+    key = f"{user.username.lower()}|{ip}"
+    await limits.check("login_account_ip", key)
+    if not await asyncio.to_thread(verify_password, user.password_hash, body.password):
+        async with _writer(request)() as session, session.begin():
+            await record_event(
+                session,
+                action="auth.totp_enrol",
+                outcome="failure",
+                actor_id=user.id,
+                actor_role=user.role.value,
+                client_ip=ip,
+                details={"reason": "wrong_password"},
+            )
+        await limits.count("login_account_ip", key)
+        raise WrongPassword()
     secret = new_secret()
     async with _writer(request)() as session, session.begin():
         db_user = await session.get(User, user.id, with_for_update=True)
@@ -443,7 +463,7 @@ async def enrol_totp(request: Request, response: Response, user: SessionUser) ->
             actor_role=user.role.value,
             object_type="user",
             object_id=user.id,
-            client_ip=client_ip(request),
+            client_ip=ip,
         )
     uri = provisioning_uri(secret, username=user.username, issuer=state.settings.totp_issuer)
     _no_store(response)

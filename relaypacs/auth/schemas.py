@@ -43,6 +43,16 @@ class PasswordChangeRequest(BaseModel):
     new_password: str = Field(min_length=1, max_length=1024)
 
 
+class TotpEnrolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="The current password: a stolen access token alone cannot bind a second "
+        "factor of the thief's to the account.",
+    )
+
+
 class TotpCodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     code: str = Field(min_length=1, max_length=16)

@@ -146,7 +146,9 @@ def wrong_code(secret: str) -> str:
 async def enrol(client: httpx.AsyncClient, token: str) -> tuple[str, list[str]]:
     """Enrol TOTP; the confirming code is the previous step's, leaving the current one (and
     the next) for the tests' logins."""
-    started = await client.post(f"{API}/auth/totp/enrol", headers=bearer(token))
+    started = await client.post(
+        f"{API}/auth/totp/enrol", json={"password": PASSWORD}, headers=bearer(token)
+    )
     assert started.status_code == 200, started.text
     secret: str = started.json()["secret"]
     confirmed = await client.post(

@@ -58,7 +58,15 @@ class TestEnrolment:
     ) -> None:
         person = await make_user(app, Role.CLINICIAN)
         token = (await signed_in(client, person))["access_token"]
-        started = await client.post(f"{API}/auth/totp/enrol", headers=bearer(token))
+        stolen = await client.post(
+            f"{API}/auth/totp/enrol", json={"password": "a guess"}, headers=bearer(token)
+        )
+        assert stolen.status_code == 400  # a stolen access token alone cannot enrol
+        assert error_code(stolen) == "wrong_password"
+        assert (await user_row(app, person.id)).totp_secret is None
+        started = await client.post(
+            f"{API}/auth/totp/enrol", json={"password": person.password}, headers=bearer(token)
+        )
         assert started.status_code == 200
         assert started.headers["cache-control"] == "no-store"
         body = started.json()
@@ -85,10 +93,13 @@ class TestEnrolment:
         codes = confirmed.json()["recovery_codes"]
         assert len(codes) == 10
         assert len(set(codes)) == 10
-        again = await client.post(f"{API}/auth/totp/enrol", headers=bearer(token))
+        again = await client.post(
+            f"{API}/auth/totp/enrol", json={"password": person.password}, headers=bearer(token)
+        )
         assert again.status_code == 409
         assert error_code(again) == "totp_already_enabled"
         assert [a for a in await actions(app, actor_id=person.id) if "totp" in a[0]] == [
+            ("auth.totp_enrol", "failure"),
             ("auth.totp_enrol", "success"),
             ("auth.totp_failure", "failure"),
             ("auth.totp_confirm", "success"),
