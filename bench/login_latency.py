@@ -1,7 +1,9 @@
-"""Login latency with the password hash (argon2id): `python -m bench.login_latency [-n 50]`.
+"""Login latency with the password hash (argon2id):
+`python -m bench.login_latency [-n 50] [--database-url postgresql+asyncpg://...] [--redis-url
+redis://...]`.
 
-Starts a real gateway (SQLite, embedded mode) on a free port, creates one user, then times
-N sequential `POST /auth/login` over HTTP and prints p50, p95 and max in milliseconds."""
+Starts a real gateway (default: SQLite, embedded mode) on a free port, creates one user, then
+times N sequential `POST /auth/login` over HTTP and prints p50, p95 and max in milliseconds."""
 
 from __future__ import annotations
 
@@ -21,13 +23,21 @@ PASSWORD = "login latency passphrase"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=50, help="number of logins (default 50)")
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
     env = {"RELAYPACS_RATE_LIMIT_LOGIN_IP": "100000/minute", "RELAYPACS_DICOM_WORKERS": "1"}
+    if args.database_url:
+        env["RELAYPACS_DATABASE_URL"] = args.database_url
+    if args.redis_url:
+        env["RELAYPACS_REDIS_URL"] = args.redis_url
+        env["RELAYPACS_REDIS_PREFIX"] = f"bench-{time.time_ns()}:"
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        create_user(data_dir, "latency", PASSWORD, role="clinician", env=env)
+        username = f"latency{time.time_ns()}"
+        create_user(data_dir, username, PASSWORD, role="clinician", env=env)
         with run_gateway(data_dir, env) as url, httpx.Client(base_url=url, timeout=30) as client:
-            body = {"username": "latency", "password": PASSWORD}
+            body = {"username": username, "password": PASSWORD}
             client.post("/api/v1/auth/login", json=body).raise_for_status()  # warm up
             times = []
             for _ in range(args.n):

@@ -35,6 +35,8 @@ from relaypacs.redisconn import Breaker
 
 logger = logging.getLogger("relaypacs.auth")
 
+MARKER_SECONDS = 3600
+
 
 class Revocations(Protocol):
     async def revoke(self, session_ids: Iterable[uuid.UUID]) -> bool:
@@ -148,7 +150,9 @@ class RedisRevocations:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for session_id in revoked:
                     pipe.set(self._key(session_id), b"1", ex=self._ttl)
-                pipe.set(self._marker, b"1")
+                # Expires too (refilled then, a cheap query): no key of a gone deployment or
+                # test run stays in Redis for ever.
+                pipe.set(self._marker, b"1", ex=MARKER_SECONDS)
                 await pipe.execute()
         except Exception as exc:  # any Redis trouble: the database decides (fail closed)
             self.breaker.failed(exc)
