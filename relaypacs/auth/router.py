@@ -168,13 +168,13 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Tok
                 details={"reason": check.failure or "bad_credentials"},
             )
         elif user.totp_enabled:
+            # The password was right; the login itself is recorded after the second factor.
             await record_event(
                 session,
-                action="auth.login",
+                action="auth.mfa_challenge",
                 actor_id=user.id,
                 actor_role=user.role.value,
                 client_ip=ip,
-                details={"second_factor": "pending"},
             )
             lifetime = dt.timedelta(minutes=state.settings.mfa_pending_minutes)
             mfa_token, _ = create_mfa_token(

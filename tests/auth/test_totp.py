@@ -147,7 +147,9 @@ class TestTwoStepLogin:
         assert later.status_code == 200
         audit = await actions(app, actor_id=person.id)
         assert ("auth.totp_failure", "failure") in audit
-        assert audit.count(("auth.login", "success")) >= 3  # password steps and completions
+        assert audit.count(("auth.mfa_challenge", "success")) == 2  # right passwords
+        # The enrolment's session, then the two completed second steps.
+        assert audit.count(("auth.login", "success")) == 3
 
     async def test_recovery_code_works_once(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         person, _, codes = await _enrolled(app, client)
