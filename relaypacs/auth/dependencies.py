@@ -21,12 +21,12 @@ from relaypacs.config import Settings
 from relaypacs.db import READONLY_OPTION
 from relaypacs.errors import Forbidden, NotAuthenticated
 
-_bearer = HTTPBearer(auto_error=False)
+bearer_scheme = HTTPBearer(auto_error=False)
 
 
 async def get_session_user(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> User:
     """The user of a valid access token whose session is live, even if the account must first
     change its password or enrol TOTP (the few endpoints that allow that use this).

@@ -6,13 +6,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
-from relaypacs.auth.dependencies import SessionUser, access_claims, totp_required
+from relaypacs.auth.dependencies import (
+    SessionUser,
+    access_claims,
+    bearer_scheme,
+    get_session_user,
+    totp_required,
+)
 from relaypacs.auth.errors import (
     InvalidRefreshToken,
     InvalidTotpCode,
@@ -25,7 +33,7 @@ from relaypacs.auth.errors import (
     WrongPassword,
     WrongTotpCode,
 )
-from relaypacs.auth.models import AuthSession, RecoveryCode, User
+from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, User
 from relaypacs.auth.schemas import (
     LoginRequest,
     PasswordChangeRequest,
@@ -39,7 +47,12 @@ from relaypacs.auth.schemas import (
     TotpLoginRequest,
     UserRead,
 )
-from relaypacs.auth.security import create_mfa_token, decode_mfa_token, verify_password
+from relaypacs.auth.security import (
+    create_mfa_token,
+    decode_mfa_token,
+    hash_refresh_token,
+    verify_password,
+)
 from relaypacs.auth.service import change_password, check_password
 from relaypacs.auth.sessions import (
     IssuedTokens,
@@ -61,7 +74,7 @@ from relaypacs.auth.totp import (
 )
 from relaypacs.config import Settings
 from relaypacs.db import utcnow
-from relaypacs.errors import GatewayError, InvalidCredentials, NotFound
+from relaypacs.errors import GatewayError, InvalidCredentials, NotAuthenticated, NotFound
 from relaypacs.ratelimit import RateLimited, RateLimits
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -336,20 +349,44 @@ async def refresh(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(request: Request, user: SessionUser) -> Response:
-    """End this session now: its access and refresh tokens stop working on every replica."""
-    claims = access_claims(request)
+async def logout(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    body: RefreshRequest | None = None,
+) -> Response:
+    """End this session now: its access and refresh tokens stop working on every replica. The
+    session is the access token's, or (an expired access token) the refresh token's, from the
+    body or the cookie."""
+    ctx = _ctx(request)
+    refresh_token = (body.refresh_token if body else None) or request.cookies.get(REFRESH_COOKIE)
+    if credentials is None and not refresh_token:
+        raise NotAuthenticated()
+    bearer_user = await get_session_user(request, credentials) if credentials else None
     async with _writer(request)() as session, session.begin():
-        auth_session = await session.get(AuthSession, claims.session_id, with_for_update=True)
+        if bearer_user is not None:
+            user = bearer_user
+            auth_session = await session.get(
+                AuthSession, access_claims(request).session_id, with_for_update=True
+            )
+        else:
+            assert refresh_token is not None
+            found = await session.get(RefreshToken, hash_refresh_token(refresh_token))
+            if found is None:
+                raise InvalidRefreshToken()
+            auth_session = await session.get(AuthSession, found.session_id, with_for_update=True)
+            owner = await session.get(User, auth_session.user_id) if auth_session else None
+            if owner is None:
+                raise InvalidRefreshToken()
+            user = owner
         if auth_session is not None and auth_session.user_id == user.id:
-            await revoke_sessions(session, _ctx(request), [auth_session], reason="logout")
+            await revoke_sessions(session, ctx, [auth_session], reason="logout")
         await record_event(
             session,
             action="auth.logout",
             actor_id=user.id,
             actor_role=user.role.value,
             object_type="session",
-            object_id=claims.session_id,
+            object_id=auth_session.id if auth_session else None,
             client_ip=client_ip(request),
         )
     response = Response(status_code=status.HTTP_204_NO_CONTENT)

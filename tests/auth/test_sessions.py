@@ -268,3 +268,28 @@ class TestLoginAudit:
         ]
         assert all(r.client_ip == "10.200.0.1" for r in rows)
         assert "wrong password" not in repr([r.details for r in rows])
+
+
+class TestLogoutWithTheRefreshTokenOnly:
+    async def test_an_expired_access_token_is_not_needed_to_log_out(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        person = await make_user(app)
+        by_body = await signed_in(client, person)
+        out = await client.post(
+            f"{API}/auth/logout", json={"refresh_token": by_body["refresh_token"]}
+        )
+        assert out.status_code == 204
+        assert await _me(client, by_body["access_token"]) == 401
+        assert (await _refresh(client, by_body["refresh_token"])).status_code == 401
+        # The browser: the cookie alone, which the response then clears.
+        by_cookie = await login(client, person)
+        access = by_cookie.json()["access_token"]
+        out = await client.post(f"{API}/auth/logout")
+        assert out.status_code == 204
+        assert REFRESH_COOKIE in out.headers["set-cookie"]
+        assert "max-age=0" in out.headers["set-cookie"].lower()
+        assert await _me(client, access) == 401
+        assert (await client.post(f"{API}/auth/logout")).status_code == 401  # nothing left
+        bogus = await client.post(f"{API}/auth/logout", json={"refresh_token": "y" * 43})
+        assert bogus.status_code == 401
