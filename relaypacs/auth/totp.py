@@ -7,16 +7,27 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import secrets
 
 import pyotp
 import segno
 from cryptography.fernet import Fernet, InvalidToken
 
+from relaypacs.errors import GatewayError
+
+logger = logging.getLogger("relaypacs.auth")
+
 # One step either side: a phone clock 30 s off still works, nothing more.
 DRIFT_STEPS = 1
 RECOVERY_CODES = 10
 _RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i look-alikes
+
+
+class TotpUnreadable(GatewayError):
+    status_code = 409
+    code = "totp_reset_required"
+    message = "Your second factor cannot be checked; ask an administrator to reset it."
 
 
 class TotpCipher:
@@ -34,10 +45,9 @@ class TotpCipher:
         try:
             return self._fernet.decrypt(stored.encode()).decode()
         except InvalidToken:
-            # A key that changed: the user must be reset; never a 500 with details.
-            raise ValueError(
-                "the TOTP secret cannot be decrypted with the configured key"
-            ) from None
+            # The key changed (or differs between replicas): the user must be reset.
+            logger.error("a TOTP secret cannot be decrypted: is the TOTP encryption key right?")
+            raise TotpUnreadable() from None
 
     def recovery_code_hash(self, code: str) -> str:
         return hmac.new(

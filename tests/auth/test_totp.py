@@ -236,3 +236,24 @@ async def _enrolled_admin(app: FastAPI, client: httpx.AsyncClient) -> tuple[Pers
     tokens = await signed_in(client, person)
     secret, codes = await enrol(client, tokens["access_token"])
     return person, secret, codes
+
+
+class TestWrongEncryptionKey:
+    async def test_a_secret_the_key_cannot_decrypt_is_a_clear_409(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        from cryptography.fernet import Fernet
+
+        from relaypacs.auth.totp import TotpCipher
+
+        person, secret, _ = await _enrolled(app, client)
+        mfa_token = await _password_step(client, person)
+        right_cipher = app.state.totp_cipher
+        app.state.totp_cipher = TotpCipher(Fernet.generate_key().decode())  # a changed key
+        try:
+            response = await _second_step(client, mfa_token, code=totp_code(secret))
+        finally:
+            app.state.totp_cipher = right_cipher
+        assert response.status_code == 409
+        assert error_code(response) == "totp_reset_required"
+        assert secret not in response.text
