@@ -158,10 +158,12 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Tok
     except RateLimited:
         if await limits.first_in_a_while(f"login|{account}|{ip}"):
             async with _writer(request)() as session, session.begin():
+                target = await session.scalar(select(User.id).where(User.username == body.username))
                 await record_event(
                     session,
                     action="auth.login",
                     outcome="failure",
+                    actor_id=target,
                     client_ip=ip,
                     details={"reason": "rate_limited"},
                 )
