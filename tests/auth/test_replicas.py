@@ -17,6 +17,9 @@ from tests.auth.conftest import API, PASSWORD, REDIS_URL, SIGNING_KEY, redis_pre
 from tests.conftest import unique_name
 from tests.gateway import create_user, run_gateway
 
+# Every secret the tests handled, to look for in the servers' logs at the end.
+SEEN_SECRETS: set[str] = {PASSWORD, "brand new passphrase"}
+
 
 @dataclass(frozen=True)
 class Replicas:
@@ -24,6 +27,7 @@ class Replicas:
     b: httpx.Client
     data_dir: Path
     env: dict[str, str]
+    logs: Path
 
     def user(self, role: str = "clinician") -> str:
         username = unique_name(role)
@@ -49,7 +53,7 @@ def replicas(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         httpx.Client(base_url=url_a, timeout=30) as a,
         httpx.Client(base_url=url_b, timeout=30) as b,
     ):
-        yield Replicas(a, b, root / "a", env)
+        yield Replicas(a, b, root / "a", env, root)
 
 
 def _login(client: httpx.Client, username: str, password: str = PASSWORD) -> dict[str, Any]:
@@ -59,6 +63,7 @@ def _login(client: httpx.Client, username: str, password: str = PASSWORD) -> dic
     )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
+    SEEN_SECRETS.update((body["access_token"], body["refresh_token"]))
     return body
 
 
@@ -67,7 +72,10 @@ def _me(client: httpx.Client, token: str) -> int:
 
 
 def _refresh(client: httpx.Client, token: str) -> httpx.Response:
-    return client.post(f"{API}/auth/refresh", json={"refresh_token": token})
+    response = client.post(f"{API}/auth/refresh", json={"refresh_token": token})
+    if response.status_code == 200:
+        SEEN_SECRETS.update((response.json()["access_token"], response.json()["refresh_token"]))
+    return response
 
 
 class TestOnASecondProcess:
@@ -132,3 +140,15 @@ class TestOnASecondProcess:
             f"{API}/auth/login", json={"username": username, "password": PASSWORD}
         )
         assert login.status_code == 401
+
+    def test_the_servers_logs_hold_no_password_or_token(self, replicas: Replicas) -> None:
+        # Runs last in this module: every login, refresh and change above was logged by now.
+        logs = sorted(replicas.logs.glob("gateway-*.log"))
+        assert len(logs) == 2
+        text = "\n".join(path.read_text(errors="replace") for path in logs)
+        assert "POST /api/v1/auth/login" in text  # the access log is there
+        assert len(SEEN_SECRETS) > 10
+        leaked = [secret[:6] + "..." for secret in SEEN_SECRETS if secret in text]
+        assert leaked == []
+        assert replicas.env["RELAYPACS_TOTP_ENCRYPTION_KEY"] not in text
+        assert SIGNING_KEY not in text
