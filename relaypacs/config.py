@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -123,6 +124,66 @@ class Settings(BaseSettings):
         "once and kept in data_dir/secret_key. Set it explicitly when running several replicas.",
     )
     access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    refresh_idle_minutes: int = Field(
+        default=8 * 60,
+        ge=1,
+        description="A session ends when its refresh token has not been used for this long.",
+    )
+    refresh_absolute_minutes: int = Field(
+        default=7 * 24 * 60,
+        ge=1,
+        description="A session ends this long after the login, however much it is used.",
+    )
+    mfa_pending_minutes: int = Field(
+        default=5, ge=1, le=60, description="Time to enter the TOTP code after the password."
+    )
+    secure_cookies: bool = Field(
+        default=True,
+        description="Mark the refresh cookie Secure (sent over HTTPS only). Turn off only for "
+        "a gateway reached over plain HTTP on localhost.",
+    )
+
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db: token revocations and rate limits shared by all "
+        "replicas. Default: none (embedded mode, kept in this process).",
+    )
+    redis_prefix: str = Field(
+        default="relaypacs:",
+        pattern=r"^[A-Za-z0-9:_.-]{0,64}$",
+        description="Prefix of every Redis key this gateway writes.",
+    )
+
+    totp_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key (urlsafe base64 of 32 bytes) that encrypts TOTP secrets at "
+        "rest. Default: generated once and kept in data_dir/totp_key. Set it explicitly when "
+        "running several replicas.",
+    )
+    totp_required_roles: list[Literal["clinician", "radiologist", "admin"]] = Field(
+        default=["admin", "radiologist"],
+        description="Roles that must use a TOTP second factor: until they have enrolled, their "
+        "tokens only allow the enrolment.",
+    )
+    totp_issuer: str = Field(default="RelayPACS", min_length=1, max_length=64)
+
+    # Rate limits ("N/second|minute|hour", see the `limits` library's notation).
+    rate_limit_login_ip: str = Field(
+        default="60/minute",
+        description="Login attempts per client address (a whole site behind NAT may share one).",
+    )
+    rate_limit_login_account_ip: str = Field(
+        default="5/minute", description="Failed logins per account from one client address."
+    )
+    rate_limit_login_account: str = Field(
+        default="20/minute", description="Failed logins per account from all addresses."
+    )
+    rate_limit_totp_ip: str = Field(default="30/minute", description="TOTP codes per address.")
+    rate_limit_totp_account: str = Field(
+        default="5/minute", description="Wrong TOTP or recovery codes per account."
+    )
+    rate_limit_upload_init: str = Field(default="120/minute", description="Uploads per user.")
+    rate_limit_upload_chunk: str = Field(default="6000/minute", description="Chunks per user.")
 
     # The HTTP surface (relaypacs/surface.py).
     cors_origins: CommaList = Field(
@@ -132,8 +193,10 @@ class Settings(BaseSettings):
     )
     trusted_proxies: CommaList = Field(
         default_factory=list,
-        description="Addresses of reverse proxies whose X-Forwarded-Proto is believed (for "
-        "Strict-Transport-Security behind a TLS-terminating proxy).",
+        description="Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are "
+        "believed: the client address of rate limits and audit records, and https for "
+        "Strict-Transport-Security behind a TLS-terminating proxy. Default: none. "
+        "Comma-separated in the environment.",
     )
     max_request_body: int = Field(
         default=MiB,
@@ -234,6 +297,46 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters long")
         return value
 
+    @field_validator("totp_encryption_key")
+    @classmethod
+    def _check_totp_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from cryptography.fernet import Fernet
+
+            try:
+                Fernet(value.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    "must be a Fernet key: urlsafe base64 of 32 bytes (44 characters)"
+                ) from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @field_validator(
+        "rate_limit_login_ip",
+        "rate_limit_login_account_ip",
+        "rate_limit_login_account",
+        "rate_limit_totp_ip",
+        "rate_limit_totp_account",
+        "rate_limit_upload_init",
+        "rate_limit_upload_chunk",
+    )
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must look like '10/minute' or '5 per 30 seconds'") from None
+        return value
+
     @model_validator(mode="after")
     def _check_storage(self) -> Settings:
         if self.storage == "s3" and not self.s3_bucket:
@@ -289,12 +392,27 @@ class Settings(BaseSettings):
         """The token signing key: configured, or generated once and kept (0600) in data_dir."""
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
-        path = self.data_dir / "secret_key"
+        return self._kept_secret("secret_key", lambda: secrets.token_urlsafe(48))
+
+    def totp_key(self) -> str:
+        """The key that encrypts TOTP secrets: configured, or generated once and kept (0600)."""
+        if self.totp_encryption_key is not None:
+            return self.totp_encryption_key.get_secret_value()
+        from cryptography.fernet import Fernet
+
+        return self._kept_secret("totp_key", lambda: Fernet.generate_key().decode())
+
+    def _kept_secret(self, name: str, generate: Callable[[], str]) -> str:
+        path = self.data_dir / name
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(48))
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process created it in between: use theirs
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(generate())
         return path.read_text().strip()
 
 

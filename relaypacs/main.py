@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -21,13 +22,23 @@ from relaypacs.admin.router import router as admin_router
 from relaypacs.audit.router import router as audit_router
 from relaypacs.audit.service import record_denial
 from relaypacs.auth.policy import authorize, check_policy
+from relaypacs.auth.revocation import (
+    DatabaseRevocations,
+    MemoryRevocations,
+    RedisRevocations,
+    Revocations,
+)
 from relaypacs.auth.router import router as auth_router
 from relaypacs.auth.service import ensure_first_admin
+from relaypacs.auth.sessions import TokenContext
+from relaypacs.auth.totp import TotpCipher
 from relaypacs.config import Settings, load_settings
 from relaypacs.db import create_engine, create_sessionmaker, create_sync_sqlite_engine
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
 from relaypacs.forwarding.worker import Forwarder
+from relaypacs.ratelimit import RateLimits
+from relaypacs.redisconn import connect as connect_redis
 from relaypacs.schema import upgrade_in_subprocess
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.surface import HttpSurface, StrictCORSMiddleware
@@ -38,6 +49,7 @@ from relaypacs.uploads.service import (
     UploadFactsCache,
     UploadLimits,
 )
+from relaypacs.users.router import router as users_router
 
 logger = logging.getLogger("relaypacs")
 
@@ -82,6 +94,28 @@ def announce_first_admin(password: str) -> None:
     )
 
 
+async def open_revocations(settings: Settings, app_state: Any) -> Revocations:
+    """Redis when configured; else this process's memory on SQLite (one process), the
+    database on PostgreSQL (there may be several replicas)."""
+    database = DatabaseRevocations(app_state.read_sessionmaker)
+    # As long as an access token lives, plus the decoding leeway.
+    ttl = dt.timedelta(minutes=settings.access_token_minutes, seconds=30)
+    if settings.redis_url:
+        store = RedisRevocations(
+            connect_redis(settings.redis_url),
+            prefix=settings.redis_prefix,
+            ttl=ttl,
+            database=database,
+        )
+        await store.ensure_complete()
+        return store
+    if settings.is_sqlite:
+        memory = MemoryRevocations(ttl)
+        await memory.revoke(await database.recently_revoked(ttl))  # from before a restart
+        return memory
+    return database
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -94,6 +128,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.read_sessionmaker = create_sessionmaker(engine, readonly=True)
     app.state.signing_key = settings.signing_key()
+    app.state.totp_cipher = TotpCipher(settings.totp_key())
+    revocations = await open_revocations(settings, app.state)
+    app.state.revocations = revocations
+    app.state.token_context = TokenContext(
+        settings=settings, signing_key=app.state.signing_key, revocations=revocations
+    )
+    rate_limits = RateLimits(settings)
+    app.state.rate_limits = rate_limits
     app.state.upload_limits = UploadLimits(
         chunk_size=settings.chunk_size,
         max_files=settings.max_files_per_upload,
@@ -155,6 +197,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.sync_engine is not None:
             app.state.sync_engine.dispose()
         await storage.close()
+        await revocations.close()
+        await rate_limits.close()
         await engine.dispose()
 
 
@@ -283,5 +327,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
+    app.include_router(users_router, prefix=API_PREFIX)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

@@ -1,7 +1,7 @@
 """Imports every table so that the metadata is complete (Alembic, create_all in tests)."""
 
 from relaypacs.audit.models import AuditEvent
-from relaypacs.auth.models import Role, User
+from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role, User
 from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification
@@ -10,11 +10,14 @@ from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile
 
 __all__ = [
     "AuditEvent",
+    "AuthSession",
     "Base",
     "FileStatus",
     "ForwardJob",
     "JobStatus",
     "Notification",
+    "RecoveryCode",
+    "RefreshToken",
     "Report",
     "ReportStatus",
     "Role",

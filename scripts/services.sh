@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure the servers the tests talk to are there: PostgreSQL on 127.0.0.1:5432.
+# Makes sure the servers the tests talk to are there: PostgreSQL on 127.0.0.1:5432, Redis on
+# 127.0.0.1:6379 (and the redis-server binary: some tests start and stop their own).
 # On a fresh Debian machine (as root) it installs and starts it; elsewhere it only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,24 @@ if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
   version=$(ls /etc/postgresql | sort -n | tail -1)
   pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   for _ in $(seq 30); do pg_up && break; sleep 1; done
+fi
+
+redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c5 <&3 | grep -q PONG) 2>/dev/null; }
+
+if ! command -v redis-server >/dev/null 2>&1 || ! redis_up; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "relaypacs: Redis is not running on 127.0.0.1:6379 (or redis-server is missing); install and start it" >&2
+    exit 1
+  fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "relaypacs: installing Redis" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  if ! redis_up; then
+    redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
+    for _ in $(seq 30); do redis_up && break; sleep 0.2; done
+  fi
 fi
 
 # Orthanc with its DICOMweb plugin: the real PACS of the forwarding tests.

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-__all__ = ["free_port", "moto_server", "wait_for_http"]
+__all__ = ["RedisServer", "free_port", "moto_server", "redis_server", "wait_for_http"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -84,3 +84,60 @@ def moto_server(*, startup_timeout: float = 30.0) -> Iterator[str]:
                 return
             finally:
                 _stop(process)
+
+
+class RedisServer:
+    """A redis-server of our own (no persistence), which a test may stop and start again."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://{LOOPBACK}:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(
+            [
+                "/usr/bin/redis-server",
+                "--bind",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {self.process.returncode}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not answer")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """Our own redis-server on a free loopback port; stopped (if still running) at the end."""
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -13,31 +13,66 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from relaypacs.auth.errors import PasswordChangeRequired, SessionEnded, TotpEnrolmentRequired
 from relaypacs.auth.models import Role, User
-from relaypacs.auth.security import decode_access_token
+from relaypacs.auth.revocation import Revocations
+from relaypacs.auth.security import AccessClaims, decode_access_token
+from relaypacs.config import Settings
 from relaypacs.db import READONLY_OPTION
 from relaypacs.errors import Forbidden, NotAuthenticated
 
-_bearer = HTTPBearer(auto_error=False)
+bearer_scheme = HTTPBearer(auto_error=False)
 
 
-async def get_current_user(
+async def get_session_user(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> User:
+    """The user of a valid access token whose session is live, even if the account must first
+    change its password or enrol TOTP (the few endpoints that allow that use this).
+
+    Per request: the JWT check, the user row (one read, as before) compared with the token's
+    version, and one revocation lookup (a dict in embedded mode, one Redis MGET otherwise)."""
     # Once per request: the policy check (relaypacs/auth/policy.py) authenticated it first.
     cached: User | None = getattr(request.state, "user", None)
     if cached is not None:
         return cached
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated()
-    claims = decode_access_token(credentials.credentials, key=request.app.state.signing_key)
-    user = await load_user(request.app.state, claims.user_id)
+    state = request.app.state
+    claims = decode_access_token(credentials.credentials, key=state.signing_key)
+    user = await load_user(state, claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")
+    revocations: Revocations = state.revocations
+    if claims.version != user.token_version or await revocations.is_revoked(claims.session_id):
+        raise SessionEnded()
     request.state.user_id = user.id
     request.state.user = user
+    request.state.access_claims = claims
     return user
+
+
+SessionUser = Annotated[User, Depends(get_session_user)]
+
+
+def totp_required(settings: Settings, user: User) -> bool:
+    return user.role.value in settings.totp_required_roles
+
+
+async def get_current_user(request: Request, user: SessionUser) -> User:
+    """The user of a valid access token, with full use of their role."""
+    if user.must_change_password:
+        raise PasswordChangeRequired()
+    if not user.totp_enabled and totp_required(request.app.state.settings, user):
+        raise TotpEnrolmentRequired()
+    return user
+
+
+def access_claims(request: Request) -> AccessClaims:
+    """The claims of the request's access token (after get_session_user)."""
+    claims: AccessClaims = request.state.access_claims
+    return claims
 
 
 async def load_user(state: Any, user_id: uuid.UUID) -> User | None:

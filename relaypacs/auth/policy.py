@@ -24,7 +24,7 @@ from fastapi.security import HTTPBearer
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import Scope
 
-from relaypacs.auth.dependencies import get_current_user
+from relaypacs.auth.dependencies import get_session_user
 from relaypacs.auth.models import Role
 from relaypacs.errors import Forbidden
 
@@ -78,6 +78,18 @@ POLICY: dict[str, Rule] = {
     "GET /docs/oauth2-redirect": PUBLIC,
     f"POST {API}/auth/login": PUBLIC,
     f"GET {API}/auth/me": ANY_ROLE,
+    # Sessions. Public as far as the table goes: the endpoint checks its own credential (the
+    # mfa-pending token of the password step, the refresh token, the token to log out).
+    f"POST {API}/auth/totp": PUBLIC,
+    f"POST {API}/auth/refresh": PUBLIC,
+    f"POST {API}/auth/logout": PUBLIC,
+    # One's own account: allowed to a restricted account too (temporary password, TOTP not yet
+    # enrolled), which the endpoints take as SessionUser; everything else refuses it.
+    f"POST {API}/auth/password": ANY_ROLE,
+    f"POST {API}/auth/totp/enrol": ANY_ROLE,
+    f"POST {API}/auth/totp/confirm": ANY_ROLE,
+    f"GET {API}/auth/sessions": ANY_ROLE,
+    f"DELETE {API}/auth/sessions/{{session_id}}": ANY_ROLE,
     # Uploads: the uploader's own objects only (another user's upload is a 404). An
     # administrator may read any upload (support; every such read is audited) but not write.
     f"POST {API}/uploads": allow(Role.CLINICIAN, Role.RADIOLOGIST, body="manifest"),
@@ -94,6 +106,17 @@ POLICY: dict[str, Rule] = {
     f"POST {API}/admin/uploads/{{upload_id}}/cancel": ADMIN,
     f"GET {API}/admin/audit": ADMIN,
     f"GET {API}/admin/audit/export": ADMIN,
+    f"GET {API}/admin/users": ADMIN,
+    f"POST {API}/admin/users": ADMIN,
+    f"GET {API}/admin/users/{{user_id}}": ADMIN,
+    f"POST {API}/admin/users/{{user_id}}/disable": ADMIN,
+    f"POST {API}/admin/users/{{user_id}}/enable": ADMIN,
+    f"PUT {API}/admin/users/{{user_id}}/role": ADMIN,
+    f"DELETE {API}/admin/users/{{user_id}}/totp": ADMIN,
+    f"POST {API}/admin/users/{{user_id}}/password": ADMIN,
+    f"GET {API}/admin/users/{{user_id}}/sessions": ADMIN,
+    f"DELETE {API}/admin/users/{{user_id}}/sessions": ADMIN,
+    f"DELETE {API}/admin/users/{{user_id}}/sessions/{{session_id}}": ADMIN,
 }
 
 
@@ -222,6 +245,8 @@ async def authorize(request: Request) -> None:
         raise Forbidden()
     if rule.public:
         return
-    user = await get_current_user(request, await _bearer(request))
+    # Authenticated here; what a restricted account (temporary password, TOTP not yet
+    # enrolled) may do is decided by the endpoint: CurrentUser refuses it, SessionUser not.
+    user = await get_session_user(request, await _bearer(request))
     if not rule.allows(user.role):
         raise Forbidden()

@@ -1,8 +1,11 @@
-"""Password hashing (argon2id) and access tokens (JWT, HS256, audience/issuer/type checked)."""
+"""Password hashing (argon2id), access and MFA-pending tokens (JWT, HS256, audience/issuer/type
+checked) and refresh tokens (random, stored as their SHA-256)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import secrets
 import uuid
 from dataclasses import dataclass
 
@@ -17,6 +20,8 @@ ISSUER = "relaypacs"
 AUDIENCE = "relaypacs-api"
 ALGORITHM = "HS256"  # the only one accepted: no "none", no RS/HS confusion
 ACCESS = "access"
+# After the password, before the TOTP code: accepted by POST /auth/totp only.
+MFA_PENDING = "mfa_pending"
 
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~50 ms per hash on a
 # 2-core box, where argon2-cffi's default profile (64 MiB, 3 passes, 4 lanes) takes ~500 ms and
@@ -44,48 +49,116 @@ class AccessClaims:
     user_id: uuid.UUID
     role: Role
     token_id: str
+    session_id: uuid.UUID
+    # The user's token_version when the token was issued: a higher one in the row kills it.
+    version: int
     expires_at: dt.datetime
 
 
+@dataclass(frozen=True)
+class MfaClaims:
+    user_id: uuid.UUID
+    version: int
+
+
 def create_access_token(
-    *, user_id: uuid.UUID, role: Role, key: str, lifetime: dt.timedelta
+    *,
+    user_id: uuid.UUID,
+    role: Role,
+    session_id: uuid.UUID,
+    version: int,
+    key: str,
+    lifetime: dt.timedelta,
+) -> tuple[str, dt.datetime]:
+    return _encode(
+        {"sub": str(user_id), "role": role.value, "sid": str(session_id), "ver": version},
+        typ=ACCESS,
+        key=key,
+        lifetime=lifetime,
+    )
+
+
+def create_mfa_token(
+    *, user_id: uuid.UUID, version: int, key: str, lifetime: dt.timedelta
+) -> tuple[str, dt.datetime]:
+    return _encode(
+        {"sub": str(user_id), "ver": version}, typ=MFA_PENDING, key=key, lifetime=lifetime
+    )
+
+
+def _encode(
+    claims: dict[str, object], *, typ: str, key: str, lifetime: dt.timedelta
 ) -> tuple[str, dt.datetime]:
     now = dt.datetime.now(dt.UTC)
     expires = now + lifetime
-    claims = {
+    payload = {
         "iss": ISSUER,
         "aud": AUDIENCE,
-        "sub": str(user_id),
-        "role": role.value,
-        "typ": ACCESS,
+        "typ": typ,
         "jti": uuid.uuid4().hex,
         "iat": now,
         "nbf": now,
         "exp": expires,
+        **claims,
     }
-    return jwt.encode(claims, key, algorithm=ALGORITHM), expires
+    return jwt.encode(payload, key, algorithm=ALGORITHM), expires
 
 
-def decode_access_token(token: str, *, key: str) -> AccessClaims:
+def _decode(token: str, *, key: str, typ: str, required: list[str]) -> dict[str, object]:
+    what = "access token" if typ == ACCESS else "sign-in token"
     try:
-        claims = jwt.decode(
+        claims: dict[str, object] = jwt.decode(
             token,
             key,
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
-            options={"require": ["exp", "nbf", "iat", "sub", "iss", "aud", "jti"]},
+            options={"require": ["exp", "nbf", "iat", "sub", "iss", "aud", "jti", *required]},
             leeway=5,
         )
-        if claims.get("typ") != ACCESS:
-            raise NotAuthenticated("This token is not an access token.")
-        return AccessClaims(
-            user_id=uuid.UUID(claims["sub"]),
-            role=Role(claims["role"]),
-            token_id=str(claims["jti"]),
-            expires_at=dt.datetime.fromtimestamp(claims["exp"], dt.UTC),
-        )
     except jwt.ExpiredSignatureError:
-        raise NotAuthenticated("The access token has expired.") from None
-    except (jwt.InvalidTokenError, ValueError, KeyError):
+        raise NotAuthenticated(f"The {what} has expired.") from None
+    except jwt.InvalidTokenError:
+        raise NotAuthenticated(f"The {what} is not valid.") from None
+    if claims.get("typ") != typ:
+        raise NotAuthenticated(f"This token is not an {what}.")
+    return claims
+
+
+def decode_access_token(token: str, *, key: str) -> AccessClaims:
+    claims = _decode(token, key=key, typ=ACCESS, required=["sid", "ver", "role"])
+    try:
+        version = claims["ver"]
+        expires = claims["exp"]
+        if not isinstance(version, int) or not isinstance(expires, int | float):
+            raise ValueError("bad claim type")
+        return AccessClaims(
+            user_id=uuid.UUID(str(claims["sub"])),
+            role=Role(str(claims["role"])),
+            token_id=str(claims["jti"]),
+            session_id=uuid.UUID(str(claims["sid"])),
+            version=version,
+            expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+        )
+    except (ValueError, KeyError):
         raise NotAuthenticated("The access token is not valid.") from None
+
+
+def decode_mfa_token(token: str, *, key: str) -> MfaClaims:
+    claims = _decode(token, key=key, typ=MFA_PENDING, required=["ver"])
+    try:
+        version = claims["ver"]
+        if not isinstance(version, int):
+            raise ValueError("bad claim type")
+        return MfaClaims(user_id=uuid.UUID(str(claims["sub"])), version=version)
+    except (ValueError, KeyError):
+        raise NotAuthenticated("The sign-in token is not valid.") from None
+
+
+def new_refresh_token() -> str:
+    """256 random bits: a guess is hopeless, so an unsalted SHA-256 is enough to store it."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
+from relaypacs.auth.errors import WeakPassword
 from relaypacs.auth.models import Role, User
 from relaypacs.auth.security import hash_password, verify_password
 from relaypacs.errors import Conflict
@@ -65,30 +67,40 @@ async def create_user(
     return user
 
 
-async def authenticate(
-    session: AsyncSession, *, username: str, password: str, client_ip: str | None
-) -> User | None:
-    """The user for these credentials, or None. Both outcomes are audited in `session`."""
-    user = await session.scalar(select(User).where(User.username == username))
+@dataclass(frozen=True)
+class PasswordCheck:
+    user: User | None
+    # None when the password is right and the account active; else a reason code for the
+    # audit record ("bad_credentials" whether the user exists or not, "inactive").
+    failure: str | None
+
+
+async def check_password(
+    read_sessionmaker: async_sessionmaker[AsyncSession], *, username: str, password: str
+) -> PasswordCheck:
+    """Outside any writing transaction: the hash takes ~50 ms and must not hold the (SQLite)
+    write lock. Unknown users cost the same time as known ones."""
+    async with read_sessionmaker() as session, session.begin():
+        user = await session.scalar(select(User).where(User.username == username))
     ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
-    if user is None or not ok or not user.is_active:
-        await record_event(
-            session,
-            action="auth.login",
-            outcome="failure",
-            actor_id=user.id if user else None,
-            client_ip=client_ip,
-            details={"reason": "inactive" if user and ok else "bad_credentials"},
-        )
-        return None
-    await record_event(
-        session,
-        action="auth.login",
-        actor_id=user.id,
-        actor_role=user.role.value,
-        client_ip=client_ip,
-    )
-    return user
+    if user is None or not ok:
+        return PasswordCheck(user, "bad_credentials")
+    if not user.is_active:
+        return PasswordCheck(user, "inactive")
+    return PasswordCheck(user, None)
+
+
+async def change_password(
+    session: AsyncSession, *, user: User, new_password: str, temporary: bool
+) -> None:
+    """Set a new password (hash it first); `temporary` ones must be changed at next login."""
+    try:
+        check_new_password(new_password)
+    except ValueError as exc:
+        raise WeakPassword(str(exc).capitalize() + ".") from None
+    user.password_hash = await asyncio.to_thread(hash_password, new_password)
+    user.must_change_password = temporary
+    await session.flush()
 
 
 async def ensure_first_admin(sessionmaker: async_sessionmaker[AsyncSession]) -> str | None:

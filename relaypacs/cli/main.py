@@ -85,7 +85,9 @@ def serve(host: str | None, port: int | None) -> None:
         host=host,
         port=port,
         log_level=settings.log_level,
-        proxy_headers=False,
+        # Only the configured proxies may say who the client is (rate limits, audit).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         # relaypacs.surface logs each request instead (without the query string).
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -170,6 +172,48 @@ def users_create(
     click.echo(f"created {role} {username!r}", err=True)
     if generate_password:
         click.echo(password)
+
+
+@users.command("reset-totp")
+@click.argument("username")
+def users_reset_totp(username: str) -> None:
+    """Remove a user's TOTP (e.g. the only administrator lost their phone and codes): they
+    enrol again at next login. Ends their sessions; audited."""
+    from sqlalchemy import delete, select
+
+    from relaypacs.audit.service import record_event
+    from relaypacs.auth.models import RecoveryCode, User
+    from relaypacs.auth.sessions import revoke_all_sessions
+    from relaypacs.db import create_engine, create_sessionmaker
+
+    settings = _settings()
+
+    async def _reset() -> bool:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            async with create_sessionmaker(engine)() as session, session.begin():
+                user = await session.scalar(select(User).where(User.username == username))
+                if user is None:
+                    return False
+                user.totp_secret = None
+                user.totp_enabled = False
+                user.totp_last_step = None
+                await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+                await revoke_all_sessions(session, user=user, reason="totp_reset")
+                await record_event(
+                    session,
+                    action="admin.user_totp_reset",
+                    object_type="user",
+                    object_id=user.id,
+                    details={"via": "cli"},
+                )
+                return True
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(_reset()):
+        raise click.ClickException(f"no user {username!r}")
+    click.echo(f"TOTP removed for {username!r}; they enrol again at next login", err=True)
 
 
 def _register_optional_commands() -> None:

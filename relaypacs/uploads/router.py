@@ -6,11 +6,12 @@ import asyncio
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import CurrentUser
 from relaypacs.db import ReadSessionDep, SessionDep
+from relaypacs.ratelimit import per_user
 from relaypacs.uploads import service
 from relaypacs.uploads.models import UploadStatus
 from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
@@ -22,7 +23,12 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.post("", response_model=UploadRead, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=UploadRead,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(per_user("upload_init"))],
+)
 async def start_upload(
     body: UploadCreate, request: Request, response: Response, user: CurrentUser, session: SessionDep
 ) -> UploadRead:
@@ -92,7 +98,11 @@ async def get_upload(
     return view
 
 
-@router.put("/{upload_id}/files/{file_index}/chunks/{chunk_index}", response_model=ChunkStored)
+@router.put(
+    "/{upload_id}/files/{file_index}/chunks/{chunk_index}",
+    response_model=ChunkStored,
+    dependencies=[Depends(per_user("upload_chunk"))],
+)
 async def put_chunk(
     upload_id: uuid.UUID, file_index: int, chunk_index: int, request: Request, user: CurrentUser
 ) -> ChunkStored:

@@ -30,6 +30,10 @@ async def app(
         chunk_size=CHUNK_SIZE,
         dicom_workers=2,
         secret_key="test-signing-key-" + "x" * 32,
+        # These tests are about uploads and roles: TOTP has its own tests (tests/auth/).
+        totp_required_roles=[],
+        # Every test logs in new accounts from the same in-process address.
+        rate_limit_login_ip="100000/minute",
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):

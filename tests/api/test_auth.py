@@ -68,12 +68,14 @@ class TestLogin:
 
 
 class TestForgedTokens:
-    def _claims(self, account_id: str, **changes: object) -> dict[str, object]:
+    def _claims(self, account_id: str, session_id: str, **changes: object) -> dict[str, object]:
         now = dt.datetime.now(dt.UTC)
         claims: dict[str, object] = {
             "iss": security.ISSUER,
             "aud": security.AUDIENCE,
             "sub": account_id,
+            "sid": session_id,
+            "ver": 0,
             "role": "admin",
             "typ": "access",
             "jti": "x",
@@ -104,23 +106,40 @@ class TestForgedTokens:
         admin = await make_account(Role.ADMIN)
         me = await client.get(f"{API}/auth/me", headers=admin.headers)
         account_id = me.json()["id"]
+        sid = security.decode_access_token(admin.token, key=app.state.signing_key).session_id
         key = app.state.signing_key
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         tokens: dict[str, Callable[[], str]] = {
-            "alg_none": lambda: jwt.encode(self._claims(account_id), None, algorithm="none"),  # type: ignore[arg-type]
-            "wrong_key": lambda: jwt.encode(self._claims(account_id), "k" * 40, algorithm="HS256"),
-            "expired": lambda: jwt.encode(
-                self._claims(account_id, exp=earlier, iat=earlier, nbf=earlier), key, "HS256"
+            "alg_none": lambda: jwt.encode(
+                self._claims(account_id, str(sid)),
+                None,  # type: ignore[arg-type]
+                algorithm="none",
             ),
-            "not_yet_valid": lambda: jwt.encode(self._claims(account_id, nbf=later), key, "HS256"),
-            "wrong_audience": lambda: jwt.encode(self._claims(account_id, aud="x"), key, "HS256"),
-            "wrong_issuer": lambda: jwt.encode(self._claims(account_id, iss="x"), key, "HS256"),
+            "wrong_key": lambda: jwt.encode(
+                self._claims(account_id, str(sid)), "k" * 40, algorithm="HS256"
+            ),
+            "expired": lambda: jwt.encode(
+                self._claims(account_id, str(sid), exp=earlier, iat=earlier, nbf=earlier),
+                key,
+                "HS256",
+            ),
+            "not_yet_valid": lambda: jwt.encode(
+                self._claims(account_id, str(sid), nbf=later), key, "HS256"
+            ),
+            "wrong_audience": lambda: jwt.encode(
+                self._claims(account_id, str(sid), aud="x"), key, "HS256"
+            ),
+            "wrong_issuer": lambda: jwt.encode(
+                self._claims(account_id, str(sid), iss="x"), key, "HS256"
+            ),
             "refresh_type": lambda: jwt.encode(
-                self._claims(account_id, typ="refresh"), key, "HS256"
+                self._claims(account_id, str(sid), typ="refresh"), key, "HS256"
             ),
             "garbage": lambda: "not.a.token",
-            "no_sub": lambda: jwt.encode(self._claims(account_id, sub=None), key, "HS256"),
+            "no_sub": lambda: jwt.encode(
+                self._claims(account_id, str(sid), sub=None), key, "HS256"
+            ),
         }
         response = await client.get(
             f"{API}/auth/me", headers={"Authorization": f"Bearer {tokens[forge]()}"}
@@ -132,7 +151,8 @@ class TestForgedTokens:
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
     ) -> None:
         me = await client.get(f"{API}/auth/me", headers=clinician.headers)
-        token = jwt.encode(self._claims(me.json()["id"]), app.state.signing_key, "HS256")
+        sid = security.decode_access_token(clinician.token, key=app.state.signing_key).session_id
+        token = jwt.encode(self._claims(me.json()["id"], str(sid)), app.state.signing_key, "HS256")
         response = await client.get(f"{API}/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
 

@@ -50,6 +50,8 @@ def gateway_settings(data_dir: Path, pacs: FaultPacs, **overrides: Any) -> Setti
         "forward_retry_interval": 1.0,
         "forward_poll_seconds": 0.05,
         "breaker_reset_seconds": 1.5,
+        "totp_required_roles": [],  # the administrators here sign in with a password only
+        "rate_limit_login_ip": "100000/minute",  # many logins from the in-process address
     }
     options.update(overrides)
     return Settings(**options)

@@ -112,6 +112,11 @@ class TestTheTableItself:
             "GET /api/v1/docs",
             "GET /docs/oauth2-redirect",
             "POST /api/v1/auth/login",
+            # the login's second step and the session's own ends: each checks the credential
+            # it takes (mfa-pending token, refresh token, the token to end)
+            "POST /api/v1/auth/totp",
+            "POST /api/v1/auth/refresh",
+            "POST /api/v1/auth/logout",
         }
 
     def test_administration_is_for_administrators_only(self) -> None:

@@ -1,0 +1,214 @@
+"""Sessions: a login starts one; its refresh tokens rotate on every use; reuse of a rotated one
+revokes the whole session (family). Services flush, the caller's transaction commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaypacs.audit.service import record_event
+from relaypacs.auth.errors import InvalidRefreshToken, RefreshTokenReused, SessionExpired
+from relaypacs.auth.models import AuthSession, RefreshToken, User
+from relaypacs.auth.revocation import Revocations
+from relaypacs.auth.security import create_access_token, hash_refresh_token, new_refresh_token
+from relaypacs.config import Settings
+from relaypacs.db import utcnow
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """What issuing tokens needs from the application."""
+
+    settings: Settings
+    signing_key: str
+    revocations: Revocations
+
+    @property
+    def access_lifetime(self) -> dt.timedelta:
+        return dt.timedelta(minutes=self.settings.access_token_minutes)
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    session_id: uuid.UUID
+    session_expires_at: dt.datetime
+
+
+def issue_access_token(ctx: TokenContext, *, user: User, session_id: uuid.UUID) -> tuple[str, int]:
+    token, _ = create_access_token(
+        user_id=user.id,
+        role=user.role,
+        session_id=session_id,
+        version=user.token_version,
+        key=ctx.signing_key,
+        lifetime=ctx.access_lifetime,
+    )
+    return token, int(ctx.access_lifetime.total_seconds())
+
+
+async def _new_refresh_token(session: AsyncSession, session_id: uuid.UUID) -> str:
+    token = new_refresh_token()
+    session.add(RefreshToken(token_hash=hash_refresh_token(token), session_id=session_id))
+    await session.flush()
+    return token
+
+
+async def start_session(
+    session: AsyncSession,
+    ctx: TokenContext,
+    *,
+    user: User,
+    client_ip: str | None,
+    user_agent: str | None,
+) -> IssuedTokens:
+    now = utcnow()
+    auth_session = AuthSession(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + dt.timedelta(minutes=ctx.settings.refresh_absolute_minutes),
+        client_ip=client_ip,
+        user_agent=(user_agent or "")[:256] or None,
+    )
+    session.add(auth_session)
+    await session.flush()
+    refresh = await _new_refresh_token(session, auth_session.id)
+    access, expires_in = issue_access_token(ctx, user=user, session_id=auth_session.id)
+    return IssuedTokens(access, expires_in, refresh, auth_session.id, auth_session.expires_at)
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """Either new tokens, or the error to raise once the transaction (with its audit record
+    and revocations) is committed."""
+
+    tokens: IssuedTokens | None = None
+    error: InvalidRefreshToken | RefreshTokenReused | SessionExpired | None = None
+
+
+async def rotate_refresh_token(
+    session: AsyncSession, ctx: TokenContext, *, token: str, client_ip: str | None
+) -> RefreshOutcome:
+    found = await session.scalar(
+        select(RefreshToken)
+        .where(RefreshToken.token_hash == hash_refresh_token(token))
+        .with_for_update()
+    )
+    if found is None:
+        return RefreshOutcome(error=InvalidRefreshToken())
+    auth_session = await session.get(AuthSession, found.session_id, with_for_update=True)
+    user = await session.get(User, auth_session.user_id) if auth_session else None
+    if auth_session is None or user is None or auth_session.revoked_at is not None:
+        return RefreshOutcome(error=InvalidRefreshToken())
+    now = utcnow()
+    if found.used_at is not None:
+        # A rotated token again: someone holds a copy. End the family, the newest token too.
+        await revoke_sessions(session, ctx, [auth_session], reason="refresh_reuse")
+        await record_event(
+            session,
+            action="auth.refresh_reuse",
+            outcome="failure",
+            actor_id=user.id,
+            actor_role=user.role.value,
+            object_type="session",
+            object_id=auth_session.id,
+            client_ip=client_ip,
+        )
+        return RefreshOutcome(error=RefreshTokenReused())
+    idle_end = auth_session.last_used_at + dt.timedelta(minutes=ctx.settings.refresh_idle_minutes)
+    if not user.is_active or now >= auth_session.expires_at or now >= idle_end:
+        reason = "disabled" if not user.is_active else "expired"
+        await revoke_sessions(session, ctx, [auth_session], reason=reason)
+        await record_event(
+            session,
+            action="auth.refresh",
+            outcome="failure",
+            actor_id=user.id,
+            actor_role=user.role.value,
+            object_type="session",
+            object_id=auth_session.id,
+            client_ip=client_ip,
+            details={"reason": reason},
+        )
+        return RefreshOutcome(error=SessionExpired())
+    found.used_at = now
+    auth_session.last_used_at = now
+    refresh = await _new_refresh_token(session, auth_session.id)
+    access, expires_in = issue_access_token(ctx, user=user, session_id=auth_session.id)
+    await record_event(
+        session,
+        action="auth.refresh",
+        actor_id=user.id,
+        actor_role=user.role.value,
+        object_type="session",
+        object_id=auth_session.id,
+        client_ip=client_ip,
+    )
+    return RefreshOutcome(
+        tokens=IssuedTokens(access, expires_in, refresh, auth_session.id, auth_session.expires_at)
+    )
+
+
+async def revoke_sessions(
+    session: AsyncSession, ctx: TokenContext, sessions: Sequence[AuthSession], *, reason: str
+) -> None:
+    """End these sessions now, on every replica: their refresh tokens die with the row, their
+    access tokens through the revocation store (or, if it cannot be told, the user's
+    token_version, which ends all of that user's sessions: fail closed)."""
+    now = utcnow()
+    live = [s for s in sessions if s.revoked_at is None]
+    for auth_session in live:
+        auth_session.revoked_at = now
+        auth_session.revoked_reason = reason
+    await session.flush()
+    if live and not await ctx.revocations.revoke([s.id for s in live]):
+        for user_id in {s.user_id for s in live}:
+            await session.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(token_version=User.token_version + 1)
+                .execution_options(synchronize_session="fetch")
+            )
+
+
+async def revoke_all_sessions(
+    session: AsyncSession, *, user: User, reason: str, keep: uuid.UUID | None = None
+) -> int:
+    """End all of the user's sessions (but `keep`): their refresh tokens in the database, every
+    access token at once through token_version (the caller issues a new one for `keep`)."""
+    query = update(AuthSession).where(
+        AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None)
+    )
+    if keep is not None:
+        query = query.where(AuthSession.id != keep)
+    result = await session.execute(
+        query.values(revoked_at=utcnow(), revoked_reason=reason).execution_options(
+            synchronize_session=False
+        )
+    )
+    user.token_version += 1
+    await session.flush()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def live_sessions(session: AsyncSession, *, user_id: uuid.UUID) -> list[AuthSession]:
+    """Sessions not revoked and not past their absolute end (newest first)."""
+    rows = await session.scalars(
+        select(AuthSession)
+        .where(
+            AuthSession.user_id == user_id,
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > utcnow(),
+        )
+        .order_by(AuthSession.created_at.desc())
+    )
+    return list(rows)

@@ -1,0 +1,1 @@
+"""User administration (administrators only): accounts, roles, TOTP resets, sessions."""
