@@ -42,6 +42,7 @@ from relaypacs.redisconn import connect as connect_redis
 from relaypacs.schema import upgrade_in_subprocess
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.surface import HttpSurface, StrictCORSMiddleware
+from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import (
     ChunkRecorder,
@@ -160,12 +161,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         idle_seconds=settings.dicom_idle_seconds,
     )
     await validator.start()  # warm workers: the first upload does not wait for them
+    app.state.early_verifier = early_verifier = EarlyVerifier(storage, validator)
     app.state.complete_context = CompleteContext(
         sessionmaker=app.state.sessionmaker,
         storage=storage,
         validator=validator,
         spool_dir=settings.spool_dir,
         concurrency=settings.dicom_workers * 2,
+        early=early_verifier,
     )
     forwarder: Forwarder | None = None
     target = settings.default_target_name
@@ -193,6 +196,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if forwarder is not None:
             await forwarder.stop()
+        await early_verifier.close()
         await validator.close()
         if app.state.sync_engine is not None:
             app.state.sync_engine.dispose()

@@ -130,6 +130,7 @@ async def put_chunk(
             target=target,
             declared_md5=declared_md5,
             data=data,
+            early=state.early_verifier,
         )
 
 
@@ -148,10 +149,12 @@ async def complete_upload(upload_id: uuid.UUID, request: Request, user: CurrentU
 @router.delete("/{upload_id}", response_model=UploadRead)
 async def cancel_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
     state = request.app.state
-    return await service.cancel_upload(
+    view = await service.cancel_upload(
         state.sessionmaker,
         state.storage,
         user=user,
         upload_id=upload_id,
         client_ip=client_ip(request),
     )
+    state.early_verifier.forget(upload_id)
+    return view

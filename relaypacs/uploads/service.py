@@ -30,6 +30,7 @@ from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.storage import ChecksumMismatch, ObjectStorage
+from relaypacs.uploads.early import EarlyResult, EarlyVerifier, sha256_of_path
 from relaypacs.uploads.models import (
     ACCEPTED_STATUSES,
     IN_PROGRESS_STATUSES,
@@ -512,6 +513,7 @@ class ChunkTarget:
     file_index: int
     chunk_index: int
     expected_size: int
+    whole_file: bool = False  # the file's only chunk
 
 
 async def prepare_chunk(
@@ -547,7 +549,9 @@ async def prepare_chunk(
             f"Chunk {chunk_index} of file {file_index} must be exactly {expected} bytes; "
             f"this one is {content_length}."
         )
-    return ChunkTarget(upload_id, file_index, chunk_index, expected)
+    return ChunkTarget(
+        upload_id, file_index, chunk_index, expected, whole_file=expected == file_size
+    )
 
 
 def _md5_hex(data: bytes) -> str:
@@ -709,8 +713,10 @@ async def store_chunk(
     target: ChunkTarget,
     declared_md5: str,
     data: bytes,
+    early: EarlyVerifier | None = None,
 ) -> ChunkStored:
-    """Verify the bytes, make them durable, then record the chunk. Idempotent."""
+    """Verify the bytes, make them durable, then record the chunk. Idempotent. A file's only
+    chunk, newly stored, goes to the early verifier (see relaypacs.uploads.early)."""
     if len(data) != target.expected_size:
         raise ChunkSizeMismatch(
             f"The body has {len(data)} bytes; chunk {target.chunk_index} of file "
@@ -734,6 +740,8 @@ async def store_chunk(
     if outcome == _Outcome.NOT_WRITABLE:
         # Never delete here: the key may be a recorded chunk of a completed upload.
         raise UploadNotWritable()
+    if early is not None and target.whole_file and outcome == _Outcome.STORED:
+        early.submit(target.upload_id, target.file_index, key)
     return ChunkStored(
         file_index=target.file_index,
         chunk_index=target.chunk_index,
@@ -752,20 +760,12 @@ class FileVerdict:
     error: FileError | None
 
 
-def _sha256_of_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 async def _materialise(storage: ObjectStorage, keys: list[str], spool: Path) -> tuple[Path, str]:
     """A local path holding the file's bytes, and their SHA-256 as read from storage."""
     if len(keys) == 1:
         local = storage.local_path(keys[0])
         if local is not None:
-            return local, await asyncio.to_thread(_sha256_of_path, local)
+            return local, await asyncio.to_thread(sha256_of_path, local)
     digest = hashlib.sha256()
     handle = await asyncio.to_thread(spool.open, "wb")
     try:
@@ -776,6 +776,11 @@ async def _materialise(storage: ObjectStorage, keys: list[str], spool: Path) -> 
     finally:
         await asyncio.to_thread(handle.close)
     return spool, digest.hexdigest()
+
+
+_SHA256_MISMATCH = FileError(
+    code="sha256_mismatch", message="The file's SHA-256 does not match the one in the manifest."
+)
 
 
 async def _verify_file(
@@ -790,14 +795,7 @@ async def _verify_file(
     try:
         path, sha256 = await _materialise(storage, keys, spool)
         if sha256 != file.sha256:
-            return FileVerdict(
-                file.index,
-                None,
-                FileError(
-                    code="sha256_mismatch",
-                    message="The file's SHA-256 does not match the one in the manifest.",
-                ),
-            )
+            return FileVerdict(file.index, None, _SHA256_MISMATCH)
         try:
             summary = await validator.inspect(path)
         except DicomRejected as exc:
@@ -805,6 +803,16 @@ async def _verify_file(
         return FileVerdict(file.index, summary, None)
     finally:
         await asyncio.to_thread(spool.unlink, missing_ok=True)
+
+
+def _early_verdict(file: UploadFile, result: EarlyResult) -> FileVerdict:
+    """What _verify_file would say, from the early check of the same stored bytes."""
+    if result.sha256 != file.sha256:
+        return FileVerdict(file.index, None, _SHA256_MISMATCH)
+    if result.rejection is not None:
+        error = FileError(code=result.rejection.code, message=result.rejection.message)
+        return FileVerdict(file.index, None, error)
+    return FileVerdict(file.index, result.summary, None)
 
 
 def _judge_study(declared_uid: str, verdicts: list[FileVerdict]) -> list[FileVerdict]:
@@ -848,6 +856,7 @@ class CompleteContext:
     concurrency: int
     default_target: str | None = None
     on_queued: Callable[[], None] | None = None
+    early: EarlyVerifier | None = None
 
 
 async def complete_upload(
@@ -902,8 +911,16 @@ async def complete_upload(
     await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
     # A few workers pull files from one iterator: memory does not grow with the file count
     # (one task per file would hold thousands of coroutines for a large study).
-    pending = iter(files)
+    early = await ctx.early.take(upload_id) if ctx.early is not None else {}
     found: dict[int, FileVerdict] = {}
+    left = []
+    for file in files:
+        result = early.get(file.index)
+        if result is not None and [result.key] == keys[file.index]:
+            found[file.index] = _early_verdict(file, result)
+        else:
+            left.append(file)
+    pending = iter(left)
 
     async def verify() -> None:
         for file in pending:
