@@ -160,7 +160,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers=settings.dicom_workers,
         idle_seconds=settings.dicom_idle_seconds,
     )
-    await validator.start()  # warm workers: the first upload does not wait for them
+    # No warm start: workers start on demand (~0.5 s), for the first upload while its first
+    # files are verified early, in the background, and stop when no study is being verified.
     app.state.early_verifier = early_verifier = EarlyVerifier(storage, validator)
     app.state.complete_context = CompleteContext(
         sessionmaker=app.state.sessionmaker,
