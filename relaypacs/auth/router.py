@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials
@@ -142,6 +142,37 @@ def _deliver(
     )
 
 
+async def _log_in(
+    session: AsyncSession,
+    request: Request,
+    response: Response,
+    *,
+    user: User,
+    ip: str | None,
+    in_body: bool,
+    details: dict[str, Any] | None = None,
+) -> TokenResponse:
+    """Start the session the credentials earned, audit the login, hand out the tokens."""
+    tokens = await start_session(
+        session,
+        _ctx(request),
+        user=user,
+        client_ip=ip,
+        user_agent=request.headers.get("user-agent"),
+    )
+    await record_event(
+        session,
+        action="auth.login",
+        actor_id=user.id,
+        actor_role=user.role.value,
+        object_type="session",
+        object_id=tokens.session_id,
+        client_ip=ip,
+        details=details,
+    )
+    return _deliver(request, response, tokens, user=user, in_body=in_body)
+
+
 @router.post("/login", response_model=TokenResponse)
 async def login(body: LoginRequest, request: Request, response: Response) -> TokenResponse:
     """Password step. Tokens, or `mfa_required` + `mfa_token` when TOTP is enrolled."""
@@ -203,23 +234,9 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Tok
                 mfa_required=True, mfa_token=mfa_token, expires_in=int(lifetime.total_seconds())
             )
         else:
-            tokens = await start_session(
-                session,
-                _ctx(request),
-                user=user,
-                client_ip=ip,
-                user_agent=request.headers.get("user-agent"),
+            return await _log_in(
+                session, request, response, user=user, ip=ip, in_body=body.refresh_in_body
             )
-            await record_event(
-                session,
-                action="auth.login",
-                actor_id=user.id,
-                actor_role=user.role.value,
-                object_type="session",
-                object_id=tokens.session_id,
-                client_ip=ip,
-            )
-            return _deliver(request, response, tokens, user=user, in_body=body.refresh_in_body)
     await limits.count("login_account_ip", f"{account}|{ip}")
     await limits.count("login_account", account)
     raise InvalidCredentials()
@@ -292,24 +309,15 @@ async def login_totp(body: TotpLoginRequest, request: Request, response: Respons
                     code.used_at = utcnow()
                     ok = True
             if ok:
-                tokens = await start_session(
+                return await _log_in(
                     session,
-                    _ctx(request),
+                    request,
+                    response,
                     user=user,
-                    client_ip=ip,
-                    user_agent=request.headers.get("user-agent"),
-                )
-                await record_event(
-                    session,
-                    action="auth.login",
-                    actor_id=user.id,
-                    actor_role=user.role.value,
-                    object_type="session",
-                    object_id=tokens.session_id,
-                    client_ip=ip,
+                    ip=ip,
+                    in_body=body.refresh_in_body,
                     details={"second_factor": factor},
                 )
-                return _deliver(request, response, tokens, user=user, in_body=body.refresh_in_body)
             await record_event(
                 session,
                 action="auth.totp_failure",
