@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -186,6 +187,13 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
 T = TypeVar("T")
 
 
+@functools.lru_cache(maxsize=8)
+def readonly_engine(engine: Engine) -> Engine:
+    """`engine` with deferred (read-only) transactions on SQLite: made once per engine (it is
+    a new object each time, and the request path used it for every request)."""
+    return engine.execution_options(**{READONLY_OPTION: True})
+
+
 async def read_in_one_call(state: Any, fn: Callable[[Session], T]) -> T:
     """Run the synchronous reader `fn` in one read-only transaction, in as few hops as the
     database allows. On SQLite one thread call on the synchronous engine (through aiosqlite
@@ -195,7 +203,7 @@ async def read_in_one_call(state: Any, fn: Callable[[Session], T]) -> T:
     `fn` must not keep ORM objects beyond the call."""
     sync_engine: Engine | None = state.sync_engine
     if sync_engine is not None:
-        reader = sync_engine.execution_options(**{READONLY_OPTION: True})  # deferred BEGIN
+        reader = readonly_engine(sync_engine)  # deferred BEGIN
 
         def in_thread() -> T:
             with Session(reader, expire_on_commit=False) as session, session.begin():

@@ -18,7 +18,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.auth.revocation import Revocations
 from relaypacs.auth.security import AccessClaims, decode_access_token
 from relaypacs.config import Settings
-from relaypacs.db import READONLY_OPTION
+from relaypacs.db import readonly_engine
 from relaypacs.errors import Forbidden, NotAuthenticated
 
 bearer_scheme = HTTPBearer(auto_error=False)
@@ -82,7 +82,7 @@ async def load_user(state: Any, user_id: uuid.UUID) -> User | None:
     a hop between threads, and this runs for every request)."""
     sync_engine: Engine | None = state.sync_engine
     if sync_engine is not None:
-        reader = sync_engine.execution_options(**{READONLY_OPTION: True})  # deferred BEGIN
+        reader = readonly_engine(sync_engine)  # deferred BEGIN
 
         def in_thread() -> User | None:
             with Session(reader, expire_on_commit=False) as session:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -19,6 +21,7 @@ from relaypacs.errors import NotAuthenticated
 ISSUER = "relaypacs"
 AUDIENCE = "relaypacs-api"
 ALGORITHM = "HS256"  # the only one accepted: no "none", no RS/HS confusion
+_LEEWAY_SECONDS = 5  # clock skew allowed on exp and nbf
 ACCESS = "access"
 # After the password, before the TOTP code: accepted by POST /auth/totp only.
 MFA_PENDING = "mfa_pending"
@@ -53,6 +56,7 @@ class AccessClaims:
     # The user's token_version when the token was issued: a higher one in the row kills it.
     version: int
     expires_at: dt.datetime
+    not_before: float = 0.0  # POSIX time
 
 
 @dataclass(frozen=True)
@@ -113,24 +117,66 @@ def _decode(token: str, *, key: str, typ: str, required: list[str]) -> dict[str,
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
-            options={"require": ["exp", "nbf", "iat", "sub", "iss", "aud", "jti", *required]},
-            leeway=5,
+            options={
+                "require": ["exp", "nbf", "iat", "sub", "iss", "aud", "jti", *required],
+                # checked below, on this module's clock: the same one as the cache's
+                "verify_exp": False,
+                "verify_nbf": False,
+            },
         )
-    except jwt.ExpiredSignatureError:
-        raise NotAuthenticated(f"The {what} has expired.") from None
     except jwt.InvalidTokenError:
         raise NotAuthenticated(f"The {what} is not valid.") from None
     if claims.get("typ") != typ:
         raise NotAuthenticated(f"This token is not an {what}.")
+    _check_time(claims, what)
     return claims
 
 
+def _check_time(claims: dict[str, object], what: str) -> None:
+    expires, not_before = claims.get("exp"), claims.get("nbf")
+    if not isinstance(expires, int | float) or not isinstance(not_before, int | float):
+        raise NotAuthenticated(f"The {what} is not valid.")
+    now = time.time()
+    if now > expires + _LEEWAY_SECONDS:
+        raise NotAuthenticated(f"The {what} has expired.")
+    if now < not_before - _LEEWAY_SECONDS:
+        raise NotAuthenticated(f"The {what} is not valid yet.")
+
+
+# Verified access tokens, by (token, key): a client sends the same token with every request
+# (hundreds of chunk PUTs a second), and checking its signature and claims again was a good part
+# of a chunk's cost. Only a token that passed every check is kept; its time limits are checked
+# again on every use; any other string, a tampered one included, is a miss and fully checked.
+_VERIFIED_MAX = 4096
+_verified: OrderedDict[tuple[str, str], tuple[AccessClaims, float, float]] = OrderedDict()
+
+
 def decode_access_token(token: str, *, key: str) -> AccessClaims:
+    cached = _verified.get((token, key))
+    if cached is not None:
+        claims_seen, not_before, expires = cached
+        now = time.time()
+        if not_before - _LEEWAY_SECONDS <= now <= expires + _LEEWAY_SECONDS:
+            return claims_seen
+        del _verified[(token, key)]  # out of its time: the full check says why
+    access = _decode_access_token(token, key=key)
+    _verified[(token, key)] = (access, access.not_before, access.expires_at.timestamp())
+    if len(_verified) > _VERIFIED_MAX:
+        _verified.popitem(last=False)
+    return access
+
+
+def _decode_access_token(token: str, *, key: str) -> AccessClaims:
     claims = _decode(token, key=key, typ=ACCESS, required=["sid", "ver", "role"])
     try:
         version = claims["ver"]
         expires = claims["exp"]
-        if not isinstance(version, int) or not isinstance(expires, int | float):
+        not_before = claims["nbf"]
+        if (
+            not isinstance(version, int)
+            or not isinstance(expires, int | float)
+            or not isinstance(not_before, int | float)
+        ):
             raise ValueError("bad claim type")
         return AccessClaims(
             user_id=uuid.UUID(str(claims["sub"])),
@@ -139,6 +185,7 @@ def decode_access_token(token: str, *, key: str) -> AccessClaims:
             session_id=uuid.UUID(str(claims["sid"])),
             version=version,
             expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+            not_before=float(not_before),
         )
     except (ValueError, KeyError):
         raise NotAuthenticated("The access token is not valid.") from None

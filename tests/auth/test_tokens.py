@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 
 from relaypacs.auth import security
 from relaypacs.auth.models import Role
+from relaypacs.errors import NotAuthenticated
 from tests.auth.conftest import API, bearer, enrol, error_code, make_user, signed_in
 
 _RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -146,3 +148,48 @@ class TestForgedAccessTokens:
             response = await client.get(f"{API}{path}", headers=bearer(mfa_token))
             assert response.status_code == 401, path
             assert error_code(response) == "not_authenticated"
+
+
+class TestVerifiedTokenCache:
+    """decode_access_token keeps the tokens it verified: a kept token must still die at its
+    time, and a string that differs in any way must get the full check."""
+
+    def _token(self, lifetime: dt.timedelta) -> str:
+        token, _ = security.create_access_token(
+            user_id=uuid.uuid4(),
+            role=Role.CLINICIAN,
+            session_id=uuid.uuid4(),
+            version=0,
+            key="k" * 40,
+            lifetime=lifetime,
+        )
+        return token
+
+    def test_a_kept_token_expires(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        token = self._token(dt.timedelta(seconds=30))
+        claims = security.decode_access_token(token, key="k" * 40)
+        assert security.decode_access_token(token, key="k" * 40) is claims  # from the cache
+        later = time.time() + 30 + 6  # past exp and the 5 s leeway
+        monkeypatch.setattr(time, "time", lambda: later)
+        with pytest.raises(NotAuthenticated, match="expired"):
+            security.decode_access_token(token, key="k" * 40)
+
+    def test_a_kept_token_is_not_valid_before_its_time(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        token = self._token(dt.timedelta(minutes=15))
+        security.decode_access_token(token, key="k" * 40)
+        earlier = time.time() - 60
+        monkeypatch.setattr(time, "time", lambda: earlier)
+        with pytest.raises(NotAuthenticated):
+            security.decode_access_token(token, key="k" * 40)
+
+    def test_another_key_or_a_changed_string_gets_the_full_check(self) -> None:
+        token = self._token(dt.timedelta(minutes=15))
+        security.decode_access_token(token, key="k" * 40)
+        with pytest.raises(NotAuthenticated):
+            security.decode_access_token(token, key="other" * 8)
+        head, payload, signature = token.split(".")
+        flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+        with pytest.raises(NotAuthenticated):
+            security.decode_access_token(f"{head}.{payload}.{flipped}", key="k" * 40)
