@@ -227,6 +227,23 @@ def _received_bytes_sync(session: Session, upload_id: uuid.UUID) -> int:
     return int(total or 0)
 
 
+_FILE_VIEW_COLUMNS = (
+    UploadFile.index,
+    UploadFile.name,
+    UploadFile.size,
+    UploadFile.sha256,
+    UploadFile.chunk_count,
+    UploadFile.status,
+    UploadFile.kind,
+    UploadFile.preamble,
+    UploadFile.sop_instance_uid,
+    UploadFile.error_code,
+    UploadFile.error_message,
+    UploadFile.forward_status,
+    UploadFile.forward_error,
+)
+
+
 async def read_upload(
     session: AsyncSession, upload: Upload, *, with_files: bool = True
 ) -> UploadRead:
@@ -234,32 +251,45 @@ async def read_upload(
     aggregate queries whatever the study's size: the view to poll."""
     if not with_files:
         return await session.run_sync(_light_view, upload)
-    files = (
-        await session.scalars(
-            select(UploadFile).where(UploadFile.upload_id == upload.id).order_by(UploadFile.index)
-        )
-    ).all()
+    # Columns, not ORM objects: thousands of files for a large study.
+    rows = await session.execute(
+        select(*_FILE_VIEW_COLUMNS)
+        .where(UploadFile.upload_id == upload.id)
+        .order_by(UploadFile.index)
+    )
     stored = await _stored_chunks(session, upload.id)
     received = await _received_bytes(session, upload.id)
     file_reads = [
         UploadFileRead(
-            index=f.index,
-            name=f.name,
-            size=f.size,
-            sha256=f.sha256,
-            chunk_count=f.chunk_count,
-            missing_chunks=[i for i in range(f.chunk_count) if i not in stored.get(f.index, ())],
-            status=f.status,
-            kind=f.kind,
-            preamble=f.preamble,
-            sop_instance_uid=f.sop_instance_uid,
-            error=FileError(code=f.error_code, message=f.error_message or "")
-            if f.error_code
-            else None,
-            forward_status=f.forward_status,
-            forward_error=f.forward_error,
+            index=index,
+            name=name,
+            size=size,
+            sha256=sha256,
+            chunk_count=count,
+            missing_chunks=[i for i in range(count) if i not in stored.get(index, ())],
+            status=status,
+            kind=kind,
+            preamble=preamble,
+            sop_instance_uid=sop_instance_uid,
+            error=FileError(code=error_code, message=error_message or "") if error_code else None,
+            forward_status=forward_status,
+            forward_error=forward_error,
         )
-        for f in files
+        for (
+            index,
+            name,
+            size,
+            sha256,
+            count,
+            status,
+            kind,
+            preamble,
+            sop_instance_uid,
+            error_code,
+            error_message,
+            forward_status,
+            forward_error,
+        ) in rows
     ]
     return UploadRead(
         **summary_of(upload, received).model_dump(),
@@ -778,6 +808,13 @@ async def _materialise(storage: ObjectStorage, keys: list[str], spool: Path) -> 
     return spool, digest.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class _FileToVerify:
+    index: int
+    sha256: str
+    chunk_count: int
+
+
 _SHA256_MISMATCH = FileError(
     code="sha256_mismatch", message="The file's SHA-256 does not match the one in the manifest."
 )
@@ -787,7 +824,7 @@ async def _verify_file(
     storage: ObjectStorage,
     validator: DicomValidator,
     *,
-    file: UploadFile,
+    file: _FileToVerify,
     keys: list[str],
     spool_dir: Path,
 ) -> FileVerdict:
@@ -805,7 +842,7 @@ async def _verify_file(
         await asyncio.to_thread(spool.unlink, missing_ok=True)
 
 
-def _early_verdict(file: UploadFile, result: EarlyResult) -> FileVerdict:
+def _early_verdict(file: _FileToVerify, result: EarlyResult) -> FileVerdict:
     """What _verify_file would say, from the early check of the same stored bytes."""
     if result.sha256 != file.sha256:
         return FileVerdict(file.index, None, _SHA256_MISMATCH)
@@ -875,36 +912,43 @@ async def complete_upload(
             raise _rejection(await read_upload(session, upload))
         if upload.status == UploadStatus.CANCELLED:
             raise UploadNotWritable("This upload was cancelled.")
-        view = await read_upload(session, upload)
-        incomplete = [f for f in view.files or () if f.missing_chunks]
-        if incomplete:
-            raise UploadIncomplete(
-                f"{sum(len(f.missing_chunks) for f in incomplete)} chunks are missing.",
-                details={
-                    "missing": [
-                        {"file_index": f.index, "missing_chunks": f.missing_chunks}
-                        for f in incomplete
-                    ]
-                },
+        # Columns, not ORM objects or the API view: a study has thousands of files, and this
+        # was the gateway's peak of memory for a large one.
+        files = [
+            _FileToVerify(index, sha256, count)
+            for index, sha256, count in await session.execute(
+                select(UploadFile.index, UploadFile.sha256, UploadFile.chunk_count)
+                .where(UploadFile.upload_id == upload_id)
+                .order_by(UploadFile.index)
             )
-        upload.status = UploadStatus.RECEIVED
-        files = list(
-            (
-                await session.scalars(
-                    select(UploadFile)
-                    .where(UploadFile.upload_id == upload_id)
-                    .order_by(UploadFile.index)
-                )
-            ).all()
-        )
+        ]
         chunk_rows = await session.execute(
             select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.md5)
             .where(UploadChunk.upload_id == upload_id)
             .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
         )
         keys: dict[int, list[str]] = defaultdict(list)
+        stored: dict[int, set[int]] = defaultdict(set)
         for file_index, chunk_index, md5 in chunk_rows:
             keys[file_index].append(chunk_key(upload_id, file_index, chunk_index, md5))
+            stored[file_index].add(chunk_index)
+        missing = {
+            f.index: [i for i in range(f.chunk_count) if i not in stored[f.index]]
+            for f in files
+            if len(stored[f.index]) < f.chunk_count
+        }
+        del stored
+        if missing:
+            raise UploadIncomplete(
+                f"{sum(len(m) for m in missing.values())} chunks are missing.",
+                details={
+                    "missing": [
+                        {"file_index": index, "missing_chunks": chunks}
+                        for index, chunks in missing.items()
+                    ]
+                },
+            )
+        upload.status = UploadStatus.RECEIVED
         declared_uid = upload.study_instance_uid
 
     spool_dir = ctx.spool_dir / str(upload_id)
