@@ -392,6 +392,19 @@ class UploadLimits:
     max_file_size: int
 
 
+async def _serialise_starts(session: AsyncSession, user_id: uuid.UUID, digest: str) -> None:
+    """Two inits of the same study by the same user at once must not both create an upload.
+    SQLite runs writers one at a time already; on PostgreSQL (read committed) neither would see
+    the other's row, so they take turns on an advisory lock of the transaction."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    key = hashlib.blake2b(f"{user_id}:{digest}".encode(), digest_size=8).digest()
+    await session.execute(
+        select(func.pg_advisory_xact_lock(int.from_bytes(key, "big", signed=True)))
+    )
+
+
 async def start_upload(
     session: AsyncSession,
     *,
@@ -415,6 +428,7 @@ async def start_upload(
     if len(set(hashes)) != len(hashes):
         raise InvalidManifest("The manifest lists the same file content more than once.")
     digest = study_hash(hashes)
+    await _serialise_starts(session, user.id, digest)
 
     accepted = await session.scalar(
         select(Upload)

@@ -74,6 +74,16 @@ class TestStartUpload:
         assert again.json()["id"] == upload_id
         assert [f["missing_chunks"] for f in again.json()["files"]] == [[], [0]]
 
+    async def test_the_same_study_started_many_times_at_once_is_one_upload(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(3)
+        responses = await asyncio.gather(*(init(client, clinician, study) for _ in range(6)))
+        assert sorted(r.status_code for r in responses) == [200] * 5 + [201]
+        assert len({r.json()["id"] for r in responses}) == 1
+        listed = await client.get(f"{API}/uploads", headers=clinician.headers)
+        assert [u["study_hash"] for u in listed.json()["items"]].count(study.hash) == 1
+
     async def test_same_study_of_another_user_is_a_separate_upload(
         self, client: httpx.AsyncClient, make_account: MakeAccount
     ) -> None:
