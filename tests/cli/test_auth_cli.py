@@ -8,8 +8,11 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import os
+import pty
 import re
 import secrets
+import select
 import sqlite3
 import subprocess
 import time
@@ -292,6 +295,70 @@ class TestTotpSignIn:
         assert "web app" in run.summary["error"]
         # The enrolment-only session the login opened is ended too.
         assert live_sessions(server, account) == 0
+
+
+class TestPrompt:
+    def test_terminal_asks_for_the_code_and_again_after_a_wrong_one(
+        self, server: Server, tmp_path: Path
+    ) -> None:
+        """stdin a terminal, no code given: asked for; a wrong one is refused and asked again."""
+        account = new_account(server, "radiologist", totp=True, env=GATEWAY_ENV)
+        assert account.secret is not None
+        totp = pyotp.TOTP(account.secret)
+        now = totp.timecode(dt.datetime.now(dt.UTC))
+        valid = {totp.generate_otp(now + step) for step in (-1, 0, 1, 2)}
+        wrong = next(c for c in ("000000", "111111", "222222") if c not in valid)
+        write_study(tmp_path / "s", instances=2, rows=64, columns=64, seed=17)
+        since = mark(server, account)
+        master, slave = pty.openpty()
+        process = subprocess.Popen(
+            [*relaypacs_command(), "upload", "--json", str(tmp_path / "s")],
+            env=subprocess_env(
+                {
+                    "RELAYPACS_SERVER": server.base_url,
+                    "RELAYPACS_USERNAME": account.username,
+                    "RELAYPACS_PASSWORD": account.password,
+                    "RELAYPACS_STATE_DIR": str(tmp_path / "state"),
+                }
+            ),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.close(slave)
+        try:
+            assert process.stderr is not None
+            assert process.stdout is not None
+            seen = _read_until(process.stderr, "TOTP code from your authenticator app")
+            os.write(master, wrong.encode() + b"\n")
+            seen += _read_until(process.stderr, "That code was refused")
+            os.write(master, account.code().encode() + b"\n")
+            out, rest = process.communicate(timeout=120)
+        finally:
+            os.close(master)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 0, (out, seen + rest.decode())
+        assert json.loads(out)["studies"][0]["status"] == "validated"
+        assert actions(server, account, "auth.totp_failure", "failure", since=since) == 1
+        assert actions(server, account, "auth.login", since=since) == 1
+        assert live_sessions(server, account) == 0
+
+
+def _read_until(stream: Any, text: str, timeout: float = 60.0) -> str:
+    """Read a subprocess's pipe until ``text`` appeared; what was read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"never saw {text!r}; got {seen.decode(errors='replace')!r}"
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if ready:
+            block = os.read(stream.fileno(), 4096)
+            assert block, f"ended before {text!r}: {seen.decode(errors='replace')!r}"
+            seen += block
+    return seen.decode(errors="replace")
 
 
 class TestRenewal:
