@@ -65,7 +65,11 @@ def _start(root: Path, env: dict[str, str]) -> Iterator[Server]:
         yield Server(base_url, data_dir, log_path)
 
 
-GATEWAY_ENV = {"RELAYPACS_CHUNK_SIZE": str(CHUNK_SIZE)}
+GATEWAY_ENV = {
+    "RELAYPACS_CHUNK_SIZE": str(CHUNK_SIZE),
+    # One failed password per account and address an hour: the next sign-in waits long.
+    "RELAYPACS_RATE_LIMIT_LOGIN_ACCOUNT_IP": "1/hour",
+}
 SHORT_ENV = {
     **GATEWAY_ENV,
     "RELAYPACS_ACCESS_TOKEN_MINUTES": SHORT_TOKEN_MINUTES,
@@ -297,6 +301,22 @@ class TestTotpSignIn:
         assert live_sessions(server, account) == 0
 
 
+class TestRateLimited:
+    def test_sign_in_limited_for_long_exits_3_at_once_saying_when(
+        self, server: Server, tmp_path: Path
+    ) -> None:
+        account = new_account(server, "clinician", totp=False, env=GATEWAY_ENV)
+        with httpx.Client(base_url=server.base_url + API, timeout=30) as http:
+            wrong = {"username": account.username, "password": "not the password"}
+            assert http.post("/auth/login", json=wrong).status_code == 401
+        write_study(tmp_path / "s", instances=1, rows=32, columns=32, seed=18)
+        run = run_cli(server, account, tmp_path / "state", str(tmp_path / "s"))
+        assert run.code == 3, (run.summary, run.stderr)
+        assert "refuses sign-in attempts for now" in run.summary["error"]
+        assert re.search(r"try again in \d+ s", run.summary["error"])
+        assert run.summary["timings"].get("upload_seconds", 0) < 10  # not waited for an hour
+
+
 class TestPrompt:
     def test_terminal_asks_for_the_code_and_again_after_a_wrong_one(
         self, server: Server, tmp_path: Path
@@ -389,7 +409,7 @@ class TestRenewal:
         assert result["status"] == "validated"
         assert result["chunks_sent"] == chunks
         upload_seconds = run.summary["timings"]["upload_seconds"]
-        assert upload_seconds > SHORT_TOKEN_SECONDS + JWT_LEEWAY_SECONDS, "too fast to prove it"
+        assert upload_seconds > SHORT_TOKEN_SECONDS + JWT_LEEWAY_SECONDS, upload_seconds
         assert actions(short_server, account, "auth.login", since=since) == 1  # not again
         refreshes = actions(short_server, account, "auth.refresh", since=since)
         assert refreshes >= upload_seconds // SHORT_TOKEN_SECONDS - 1
@@ -519,3 +539,13 @@ class TestNoSecretInOutput:
             words = set(re.findall(r"[A-Za-z0-9_-]{40,}", text))
             leaked = {w for w in words if hashlib.sha256(w.encode()).hexdigest() in stored}
             assert not leaked, f"a refresh token in the {name}"
+
+
+def test_six_digits_are_a_totp_code_anything_else_a_recovery_code() -> None:
+    from relaypacs.client.api import second_factor_field
+
+    assert second_factor_field("123456") == "code"
+    assert second_factor_field(" 123 456 ") == "code"
+    assert second_factor_field("abcd-efgh-jkmn-pqrs") == "recovery_code"
+    assert second_factor_field("abcdefghjkmnpqrs") == "recovery_code"
+    assert second_factor_field("1234567") == "recovery_code"
