@@ -485,6 +485,83 @@ class TestRenewal:
         assert "run the command again with a fresh code" in message.lower()
 
 
+class _RefreshWatch(httpx.AsyncBaseTransport):
+    """The real network, recording each refresh token sent; the answers of the first
+    ``lose`` refreshes are lost on the way back (the server did rotate the token)."""
+
+    def __init__(self, lose: int = 0) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.sent: list[str] = []
+        self.lose = lose
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/auth/refresh"):
+            return await self.inner.handle_async_request(request)
+        self.sent.append(json.loads(request.read())["refresh_token"])
+        response = await self.inner.handle_async_request(request)
+        if self.lose:
+            self.lose -= 1
+            await response.aread()
+            await response.aclose()
+            raise httpx.ReadError("the answer was lost (test)")
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class TestRefreshTokenNeverSentTwice:
+    def test_early_renewal_by_parallel_requests_refreshes_once(self, server: Server) -> None:
+        account = new_account(server, "clinician", totp=False, env=GATEWAY_ENV)
+        since = mark(server, account)
+        watch = _RefreshWatch()
+
+        async def scenario() -> None:
+            async with GatewayClient(
+                server.base_url,
+                username=account.username,
+                password=account.password,
+                refresh_margin=10_000.0,  # every token is due for renewal at once
+                transport=watch,
+            ) as client:
+                await client.login()
+                await asyncio.gather(*(client.me() for _ in range(8)))
+                assert client.refreshes == 1
+                await client.me()  # due again: the newest refresh token
+                assert client.refreshes == 2
+                await client.logout()
+
+        asyncio.run(scenario())
+        assert len(watch.sent) == len(set(watch.sent)) == 2
+        assert actions(server, account, "auth.refresh", since=since) == 2
+        assert actions(server, account, "auth.refresh_reuse", "failure", since=since) == 0
+
+    def test_lost_refresh_answer_is_not_resent_but_signs_in_again(self, server: Server) -> None:
+        account = new_account(server, "clinician", totp=False, env=GATEWAY_ENV)
+        since = mark(server, account)
+        watch = _RefreshWatch(lose=1)
+
+        async def scenario() -> tuple[int, int]:
+            async with GatewayClient(
+                server.base_url,
+                username=account.username,
+                password=account.password,
+                refresh_margin=10_000.0,
+                transport=watch,
+            ) as client:
+                await client.login()
+                await client.me()
+                counts = client.refreshes, client.logins
+                await client.logout()
+                return counts
+
+        assert asyncio.run(scenario()) == (0, 2)
+        assert len(watch.sent) == 1
+        assert actions(server, account, "auth.refresh", since=since) == 1  # done, answer lost
+        assert actions(server, account, "auth.refresh_reuse", "failure", since=since) == 0
+        assert actions(server, account, "auth.login", since=since) == 2
+
+
 def _end_all_sessions(server: Server, account: Account) -> None:
     """As the user would from another device: sign in there, end the other sessions."""
     with httpx.Client(base_url=server.base_url + API, timeout=30) as http:
