@@ -277,6 +277,7 @@ class GatewayClient:
         recovery_code: str | None = None,
         ask_code: CodePrompt | None = None,
         refresh_margin: float | None = None,
+        renew_early: bool = True,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
         max_connections: int = 8,
@@ -294,8 +295,10 @@ class GatewayClient:
             self._given_code = (second_factor_field(totp_code), totp_code.strip())
         self._given_code_used = False
         self._ask_code = ask_code
-        # None: REFRESH_MARGIN_* of the token's lifetime; 0: renew on a 401 only.
+        # Renew this many seconds before the token expires (None: REFRESH_MARGIN_*); with
+        # renew_early=False only on a 401.
         self._refresh_margin = refresh_margin
+        self._renew_early = renew_early
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         _note_missing_sniffio()
@@ -589,6 +592,8 @@ class GatewayClient:
                 margin = min(REFRESH_MARGIN_MAX, lifetime * REFRESH_MARGIN_FRACTION)
             self._expires_at = now + lifetime
             self._renew_at = now + max(0.0, lifetime - margin)
+            if not self._renew_early:
+                self._renew_at = float("inf")
         else:
             self._expires_at = self._renew_at = float("inf")
         if body.get("totp_enrolment_required"):

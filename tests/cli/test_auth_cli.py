@@ -422,6 +422,7 @@ class TestRenewal:
         get 401 together; one refresh, the others retry with its token."""
         account = new_account(short_server, "radiologist", totp=True, env=SHORT_ENV)
         since = mark(short_server, account)
+        watch = _RefreshWatch()
 
         async def scenario() -> int:
             async with GatewayClient(
@@ -429,8 +430,9 @@ class TestRenewal:
                 username=account.username,
                 password=account.password,
                 totp_code=account.code(),
-                refresh_margin=0.0,
+                renew_early=False,
                 retry=RetryPolicy(retries=2),
+                transport=watch,
             ) as client:
                 await client.login()
                 await asyncio.sleep(SHORT_TOKEN_SECONDS + JWT_LEEWAY_SECONDS + 1.5)
@@ -441,6 +443,8 @@ class TestRenewal:
                 return refreshes
 
         assert asyncio.run(scenario()) == 1
+        assert watch.unauthorized == 8  # all of them were refused, then sent again
+        assert len(watch.sent) == 1
         assert actions(short_server, account, "auth.refresh", since=since) == 1
         assert actions(short_server, account, "auth.refresh_reuse", "failure", since=since) == 0
         assert actions(short_server, account, "auth.login", since=since) == 1
@@ -486,17 +490,21 @@ class TestRenewal:
 
 
 class _RefreshWatch(httpx.AsyncBaseTransport):
-    """The real network, recording each refresh token sent; the answers of the first
-    ``lose`` refreshes are lost on the way back (the server did rotate the token)."""
+    """The real network, recording each refresh token sent and counting 401 answers; the
+    answers of the first ``lose`` refreshes are lost on the way back (the server did rotate
+    the token)."""
 
     def __init__(self, lose: int = 0) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.sent: list[str] = []
         self.lose = lose
+        self.unauthorized = 0  # 401 answers to other requests
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.endswith("/auth/refresh"):
-            return await self.inner.handle_async_request(request)
+            response = await self.inner.handle_async_request(request)
+            self.unauthorized += response.status_code == 401
+            return response
         self.sent.append(json.loads(request.read())["refresh_token"])
         response = await self.inner.handle_async_request(request)
         if self.lose:
