@@ -123,7 +123,13 @@ class Settings(BaseSettings):
         description="Key that signs access tokens (at least 32 characters). Default: generated "
         "once and kept in data_dir/secret_key. Set it explicitly when running several replicas.",
     )
-    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    access_token_minutes: float = Field(
+        default=15,
+        gt=0,
+        le=24 * 60,
+        description="Access token lifetime. Fractions are allowed (0.05 = 3 s), e.g. for tests "
+        "of clients that must refresh during a long upload.",
+    )
     refresh_idle_minutes: int = Field(
         default=8 * 60,
         ge=1,

@@ -6,9 +6,10 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from relaypacs.client import (
+        CodePrompt,
         Delivery,
         Discovery,
         RunSummary,
@@ -49,16 +51,26 @@ confirmed every instance (or refused some): the gateway forwards studies on its 
 command only watches. A study the gateway has already forwarded (or is forwarding) is followed
 too.
 
+An account with a second factor (TOTP; required for radiologists and administrators) signs in
+with the current code of its authenticator app: --totp-code or RELAYPACS_TOTP_CODE, or asked for
+on a terminal; a recovery code (--recovery-code) works once instead. A code works once: if the
+session ends during a long upload and cannot be renewed, a terminal asks for a new code; a
+script stops (exit 4) and resumes when run again with a fresh code. The session is ended
+(signed out) when the command ends.
+
 \b
 Exit codes:
   {ExitCode.OK}  every study validated by the gateway, or already delivered; with --wait,
      every study confirmed by the PACS (or the gateway has no PACS configured, which is said)
   {ExitCode.REJECTED}  some study rejected by validation, or a file failed permanently
   {ExitCode.USAGE}  usage error, unusable input (e.g. unsafe ZIP), or nothing to upload
-  {ExitCode.UNREACHABLE}  could not reach the server, or gave up after retries: run again to resume;
-     with --wait, also: stopped waiting (timed out, or the gateway became unreachable) while the
-     gateway goes on forwarding: run again to follow it
-  {ExitCode.AUTH}  authentication failed
+  {ExitCode.UNREACHABLE}  could not reach the server, or gave up after retries (also: the gateway
+     rate-limits sign-ins for now): run again (later) to resume; with --wait, also: stopped
+     waiting (timed out, or the gateway became unreachable) while the gateway goes on
+     forwarding: run again to follow it
+  {ExitCode.AUTH}  authentication failed: wrong password, TOTP code refused, a code needed but
+     none given (not on a terminal), or the account must first enrol TOTP (or change its
+     password) in the web app
   {ExitCode.NOT_DELIVERED}  with --wait: the PACS refused some instance for good (the files and
      reasons are listed), or forwarding was cancelled on the gateway
   130  interrupted (Ctrl-C): run again to resume
@@ -86,6 +98,20 @@ When several apply, the first of 4, 3, 1, 5 wins.
     "--password",
     envvar="RELAYPACS_PASSWORD",
     help="[env RELAYPACS_PASSWORD]; asked for on a terminal when missing.",
+)
+@click.option(
+    "--totp-code",
+    envvar="RELAYPACS_TOTP_CODE",
+    metavar="CODE",
+    help="[env RELAYPACS_TOTP_CODE] The current code of your authenticator app, for an account "
+    "with TOTP; asked for on a terminal when needed and missing.",
+)
+@click.option(
+    "--recovery-code",
+    envvar="RELAYPACS_RECOVERY_CODE",
+    metavar="CODE",
+    help="[env RELAYPACS_RECOVERY_CODE] One of your TOTP recovery codes instead (each works "
+    "once). Prefer the environment variable: a command line is visible to other users.",
 )
 @click.option(
     "--parallel",
@@ -136,6 +162,8 @@ def upload(
     server: str,
     username: str | None,
     password: str | None,
+    totp_code: str | None,
+    recovery_code: str | None,
     parallel: int,
     retries: int,
     timeout: float,
@@ -183,6 +211,9 @@ def upload(
                 server=server,
                 username=username,
                 password=password,
+                totp_code=totp_code or None,
+                recovery_code=recovery_code or None,
+                ask_code=_code_prompt(display) if interactive else None,
                 retries=retries,
                 request_timeout=timeout,
                 parallel=parallel,
@@ -223,6 +254,9 @@ async def _run(
     server: str,
     username: str,
     password: str,
+    totp_code: str | None,
+    recovery_code: str | None,
+    ask_code: CodePrompt | None,
     retries: int,
     request_timeout: float,
     parallel: int,
@@ -235,6 +269,9 @@ async def _run(
         server,
         username=username,
         password=password,
+        totp_code=totp_code,
+        recovery_code=recovery_code,
+        ask_code=ask_code,
         timeout=request_timeout,
         retry=RetryPolicy(retries=retries),
         max_connections=parallel + 1,
@@ -243,6 +280,56 @@ async def _run(
             return await run_upload(paths, client, options=options, progress=display)
         except InputError as exc:
             return RunSummary(error=str(exc), error_kind="input")
+        finally:
+            # A run is a session: end it (best effort; it never changes the exit code).
+            await client.logout()
+
+
+def _code_prompt(display: _Display) -> CodePrompt:
+    """Asks for a TOTP code on the terminal, the progress display paused meanwhile. The code
+    is read in a daemon thread: Ctrl-C at the prompt ends the command at once."""
+
+    async def ask(message: str) -> str | None:
+        def read() -> str:
+            value: str = click.prompt(message, default="", show_default=False, err=True)
+            return value
+
+        display.pause()
+        try:
+            return await _in_daemon_thread(read)
+        except click.Abort:  # end of input
+            return None
+        finally:
+            display.resume()
+
+    return ask
+
+
+async def _in_daemon_thread(function: Callable[[], str]) -> str:
+    """``function()`` in a daemon thread (asyncio.to_thread's threads are waited for at exit:
+    a blocked prompt would keep an interrupted command alive)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(result: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result = function()
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="relaypacs-prompt", daemon=True).start()
+    return await future
 
 
 # -- progress displays --------------------------------------------------------------------
@@ -294,6 +381,12 @@ class _Display:
 
     def delivery_finished(self, result: StudyResult) -> None:
         pass
+
+    def pause(self) -> None:
+        """Stop drawing (a prompt is shown)."""
+
+    def resume(self) -> None:
+        """Draw again after :meth:`pause`."""
 
     def close(self) -> None:
         pass
@@ -387,6 +480,12 @@ class _RichDisplay(_Display):
 
     def delivery_finished(self, result: StudyResult) -> None:
         self.delivery_progress(result)
+
+    def pause(self) -> None:
+        (self._delivery or self._progress).stop()
+
+    def resume(self) -> None:
+        (self._delivery or self._progress).start()
 
     def close(self) -> None:
         self._progress.stop()

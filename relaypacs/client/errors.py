@@ -4,7 +4,10 @@ ClientError
  +-- InputError             an input path or archive cannot be used (usage error)
  |    +-- UnsafeArchiveError   zip-slip, zip bomb, encrypted or malformed archive
  +-- AuthenticationError    login refused, or the token refused again after a fresh login
+ |    +-- SecondFactorError      TOTP: the code was refused, or one is needed and none can be had
+ |    +-- EnrolmentRequiredError the account must first enrol TOTP (or change its password)
  +-- ServerUnreachableError network errors, timeouts or 5xx until the retries ran out
+ |    +-- RateLimitedError       429 for longer than we wait (Retry-After is in the message)
  +-- ApiError               any other error answer of the gateway (status + stable code)
 """
 
@@ -16,8 +19,11 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "ClientError",
+    "EnrolmentRequiredError",
     "ExitCode",
     "InputError",
+    "RateLimitedError",
+    "SecondFactorError",
     "ServerUnreachableError",
     "UnsafeArchiveError",
 ]
@@ -50,11 +56,29 @@ class AuthenticationError(ClientError):
     """The gateway refused our credentials (or our fresh token)."""
 
 
+class SecondFactorError(AuthenticationError):
+    """The TOTP step failed: a wrong (or used) code, or a code is needed and none was given
+    (not on a terminal, or the given one is used up)."""
+
+
+class EnrolmentRequiredError(AuthenticationError):
+    """The password was right, but the account may not upload until its user has enrolled
+    TOTP (or changed a temporary password) in the web app."""
+
+
 class ServerUnreachableError(ClientError):
     """The gateway could not be reached, or kept failing, until the retries ran out.
 
     Everything the server acknowledged is durable there: running the upload again resumes.
     """
+
+
+class RateLimitedError(ServerUnreachableError):
+    """The gateway kept answering 429 (or asked to wait longer than we do)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ApiError(ClientError):
