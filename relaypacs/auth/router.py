@@ -122,16 +122,20 @@ def _deliver(
     in_body: bool,
 ) -> TokenResponse:
     settings: Settings = request.app.state.settings
-    max_age = int((tokens.session_expires_at - utcnow()).total_seconds())
-    response.set_cookie(
-        REFRESH_COOKIE,
-        tokens.refresh_token,
-        max_age=max(0, max_age),
-        path=REFRESH_COOKIE_PATH,
-        secure=settings.secure_cookies,
-        httponly=True,
-        samesite="strict",
-    )
+    if not in_body:
+        # The browser's way. A client that asked for the token in the body (the CLI) gets no
+        # cookie: it would only be a second copy of the token, which an HTTP library then
+        # keeps and processes on every request it sends.
+        max_age = int((tokens.session_expires_at - utcnow()).total_seconds())
+        response.set_cookie(
+            REFRESH_COOKIE,
+            tokens.refresh_token,
+            max_age=max(0, max_age),
+            path=REFRESH_COOKIE_PATH,
+            secure=settings.secure_cookies,
+            httponly=True,
+            samesite="strict",
+        )
     _no_store(response)
     return TokenResponse(
         access_token=tokens.access_token,

@@ -99,6 +99,18 @@ class TestRefreshRotation:
         assert refreshed.headers["set-cookie"] != cookie
         assert await _me(client, refreshed.json()["access_token"]) == 200
 
+    async def test_a_client_taking_the_token_in_the_body_gets_no_cookie(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        person = await make_user(app)
+        response = await login(client, person, refresh_in_body=True)
+        assert response.json()["refresh_token"]
+        assert "set-cookie" not in response.headers
+        refreshed = await _refresh(client, response.json()["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.json()["refresh_token"]
+        assert "set-cookie" not in refreshed.headers
+
     async def test_idle_and_absolute_ends(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         person = await make_user(app)
         settings = app.state.settings
