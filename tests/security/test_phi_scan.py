@@ -10,7 +10,7 @@ from pathlib import Path
 
 from relaypacs.devtools.synth import DEFAULT_PATIENT, FAKE_PATIENTS
 from tests.gateway import subprocess_env
-from tests.phiscan import patient_pattern
+from tests.phiscan import contains_patient_data
 
 LEAKS = """
 import logging
@@ -128,7 +128,6 @@ def test_a_session_with_clean_server_logs_passes(tmp_path: Path) -> None:
 
 
 def test_every_form_of_a_name_and_a_birth_date_is_searched() -> None:
-    pattern, _ = patient_pattern()
     surname, given = DEFAULT_PATIENT.name.split("^")
     date = DEFAULT_PATIENT.birth_date
     for hit in [
@@ -144,6 +143,6 @@ def test_every_form_of_a_name_and_a_birth_date_is_searched() -> None:
         "müller",
         "\u0418\u0432\u0430\u043d".upper(),
     ]:
-        assert pattern.search(hit), hit
+        assert contains_patient_data(hit), hit
     for miss in [f"2.25.{date}1", f"1.{date}.2", f"x{date}", f"{surname}ISH", "does", "Jo"]:
-        assert not pattern.search(miss), miss
+        assert not contains_patient_data(miss), miss
