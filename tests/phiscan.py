@@ -19,12 +19,14 @@ Levels of the in-process logging: what a real server configured with
 other logger at DEBUG, but the libraries that ``relaypacs serve`` always holds at WARNING
 (``relaypacs.cli.main.DATA_LOGGERS``: httpx, SQLAlchemy's engine, asyncpg, botocore, pydicom,
 redis...) held at WARNING here too, exactly as the server does. The root logger is set to
-DEBUG only for the session; pytest's own capture of each test's records sees the same
-records as before plus the DEBUG ones of relaypacs and the libraries.
+DEBUG only for the session, so pytest's own capture of each test's records (caplog, the
+"captured log" of a failure) also has the DEBUG and INFO records that the default WARNING
+held back. Test doubles that run in the test process (the fake PACS, the CLI's fake
+gateway) log into the same file: stricter than needed, and none of them logs patient data.
 
 At the end (``pytest_sessionfinish``) each file is searched for every name (whole, and each
-part between ``^``, ``=`` and spaces, in any case; a part of fewer than 3 ASCII letters is
-not searched, nor is a word inside a longer word) and every birth date (``YYYYMMDD`` and
+part between ``^``, ``=`` and spaces, in any case; an ASCII part as a whole word, and only
+from 3 letters) and every birth date (``YYYYMMDD`` and
 ``YYYY-MM-DD``, not inside a longer number or a dotted UID). A hit sets the exit status to 1
 and the terminal summary says the file, the line and which value, never the line itself.
 """
