@@ -211,6 +211,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     began = time.perf_counter()
     looked_for = needles()
     findings = [f for path in _server_logs for f in scan_file(path, looked_for)]
+    # A log that is gone was not searched: that is no proof of a clean run.
+    findings += [
+        Finding(p, 0, "gone before the end of the run") for p in _server_logs if not p.exists()
+    ]
     _timing["seconds"] = time.perf_counter() - began
     _timing["bytes"] = sum(p.stat().st_size for p in _server_logs if p.exists())
     _timing["files"] = len(_server_logs)

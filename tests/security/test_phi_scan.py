@@ -44,6 +44,13 @@ def test_an_iso_birth_date_in_a_gateway_log(tmp_path: Path) -> None:
 
 def test_a_birth_date_in_captured_output() -> None:
     record_server_output("serve", f"patient born {DOE.birth_date}")
+
+
+def test_a_server_log_removed_before_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "gateway-5678.log"
+    register_server_log(log)
+    log.write_text("INFO relaypacs started\\n")
+    log.unlink()
 """
 
 CLEAN = """
@@ -99,7 +106,7 @@ def run_session(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]
 def test_a_session_whose_server_logs_hold_patient_data_fails(tmp_path: Path) -> None:
     completed = run_session(tmp_path, LEAKS)
     output = completed.stdout + completed.stderr
-    assert "4 passed" in output, output  # every test passed...
+    assert "5 passed" in output, output  # every test passed...
     assert completed.returncode == 1, output  # ...and the run fails
     assert "PATIENT DATA IN SERVER LOGS" in output
     lines = [line for line in output.splitlines() if ".log:" in line]
@@ -114,6 +121,7 @@ def test_a_session_whose_server_logs_hold_patient_data_fails(tmp_path: Path) -> 
         "serve-" in line and "the birth date of fake patient #2 (YYYYMMDD)" in line
         for line in lines
     ), output
+    assert any("gateway-5678.log:0: gone before the end of the run" in line for line in lines)
     # The report says where and which value, without the value.
     for patient in FAKE_PATIENTS[:3]:
         for part in (patient.name, *patient.name.split("^"), patient.birth_date):
