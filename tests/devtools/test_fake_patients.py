@@ -59,6 +59,22 @@ def test_the_tests_use_no_patient_outside_the_registry() -> None:
     assert strangers == [], "add them to relaypacs.devtools.synth.FAKE_PATIENTS"
 
 
+def test_no_test_looks_for_the_former_default_patient() -> None:
+    """The default patient was TEST^PATIENT, born 19700101: no data has them any more, so an
+    assertion that they are not somewhere would pass whatever the gateway does."""
+    former = ("TEST^PATIENT", "19700101", "1970-01-01")
+    found = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in [*(REPO / "tests").rglob("*.py"), *(REPO / "bench").rglob("*.py")]
+        if path.name != "test_fake_patients.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and any(value in node.value for value in former)
+    ]
+    assert found == [], "use relaypacs.devtools.synth.DEFAULT_PATIENT"
+
+
 def test_the_registry_names_are_distinct_from_log_words() -> None:
     for patient in FAKE_PATIENTS:
         assert len(patient.birth_date) == 8
