@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+# Every server log of the run searched for the test data's patients at its end.
+from tests.phiscan import (  # noqa: F401
+    _capture_server_logs,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "RELAYPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432"
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.phiscan import register_server_log
 from tests.servers import free_port
 
 __all__ = ["create_user", "gateway_env", "relaypacs_command", "run_gateway", "subprocess_env"]
@@ -65,13 +66,15 @@ def run_gateway(
     (``http://127.0.0.1:PORT``, the API being under ``/api/v1``).
 
     The server's output goes to ``log_path`` (default ``<data_dir>/../gateway-PORT.log``); it
-    is included in the error when the server does not come up. Retries on another port if
+    is included in the error when the server does not come up, and searched for patient data
+    at the end of the test run (tests/phiscan.py). Retries on another port if
     the chosen one was taken in between. Stopped with SIGTERM (then SIGKILL) on exit.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
         port = free_port()
         log_file = log_path or data_dir.parent / f"gateway-{port}.log"
+        register_server_log(log_file)
         process_env = gateway_env(data_dir, env)
         process_env.update({"RELAYPACS_HOST": LOOPBACK, "RELAYPACS_PORT": str(port)})
         with log_file.open("ab") as log:

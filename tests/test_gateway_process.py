@@ -16,6 +16,7 @@ import pytest
 
 from tests.api.uploading import content_md5, make_study
 from tests.gateway import create_user, gateway_env, relaypacs_command, run_gateway
+from tests.phiscan import record_server_output, register_server_log
 from tests.servers import free_port
 
 CHUNK = 128 * 1024
@@ -24,6 +25,7 @@ PASSWORD = "a long test password"
 
 def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = gateway_env(data_dir, {"RELAYPACS_CHUNK_SIZE": str(CHUNK)})
+    register_server_log(log)
     with log.open("ab") as out:
         process = subprocess.Popen(
             [*relaypacs_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -82,6 +84,7 @@ class TestFirstStart:
             timeout=60,
             check=False,
         )
+        record_server_output("serve-bad-configuration", completed.stdout + completed.stderr)
         assert completed.returncode == 2
         assert "RELAYPACS_CHUNK_SIZE" in completed.stderr
         assert "Traceback" not in completed.stderr

@@ -39,7 +39,11 @@ async def create_user(
     role: Role,
     email: str | None = None,
     must_change_password: bool = False,
+    audit: bool = True,
 ) -> User:
+    """A new user; recorded as ``user.create`` (without an actor: the command line, the first
+    start) unless ``audit`` is False, for a caller that records the action itself with its
+    actor (an administrator's ``admin.user_create``: one record per action)."""
     if not USERNAME_RE.match(username):
         raise ValueError("the username may use letters, digits and . _ @ - (at most 64)")
     check_new_password(password)
@@ -57,6 +61,8 @@ async def create_user(
             await session.flush()
     except IntegrityError:
         raise UsernameTaken() from None
+    if not audit:
+        return user
     await record_event(
         session,
         action="user.create",

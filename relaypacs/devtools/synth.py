@@ -1,9 +1,12 @@
 """Synthetic DICOM studies for tests, benchmarks and demos, and hostile or broken files.
 
 Everything here is fake: the patient name, id and birth date are fake PHI that tests grep
-for in logs and responses. Pixel data is deterministic pseudo-random 12-bit noise
-(``seed``), generated in chunks so that a multi-gigabyte instance can be written in
-seconds without holding it in memory (:func:`write_instance`).
+for in logs and responses. Every patient name and birth date that the tests, the benchmark
+and demos put in DICOM data or manifests is one of :data:`FAKE_PATIENTS`, so that the test
+suite can look for all of them in the server logs of its whole run (``tests/phiscan.py``).
+Pixel data is deterministic pseudo-random 12-bit noise (``seed``), generated in chunks so
+that a multi-gigabyte instance can be written in seconds without holding it in memory
+(:func:`write_instance`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ from pydicom.uid import (
 
 __all__ = [
     "CT_IMAGE_STORAGE",
+    "DEFAULT_PATIENT",
+    "FAKE_PATIENTS",
     "MULTIFRAME_SC_STORAGE",
+    "FakePatient",
     "SynthStudy",
     "Uids",
     "make_big_endian",
@@ -79,6 +85,40 @@ _PE_PREAMBLE: Final = (
 _TIFF_PREAMBLE: Final = (b"II*\x00" + struct.pack("<I", 0x80)).ljust(128, b"\x00")
 
 
+@dataclass(frozen=True)
+class FakePatient:
+    """A made-up patient of the test data: a DICOM person name (``^`` between its parts,
+    ``=`` between its alphabetic, ideographic and phonetic groups), an id, a birth date
+    (``YYYYMMDD``)."""
+
+    name: str
+    patient_id: str
+    birth_date: str
+
+
+DEFAULT_PATIENT: Final = FakePatient("QUAXWORTHY^PERPETUA", "TEST0001", "19310412")
+"""The patient of every synthetic instance and manifest that does not choose another one.
+Its name and birth date appear nowhere else (no word of a log line, no epoch date)."""
+
+FAKE_PATIENTS: Final[tuple[FakePatient, ...]] = (
+    DEFAULT_PATIENT,
+    # tests/security/test_phi_logs.py
+    FakePatient("ZZPHITEST^QUINTILIA^MARGARETHE", "ZZPID77341", "19230917"),
+    # Chosen names and dates of tests/devtools, tests/dicom, tests/cli, tests/security.
+    FakePatient("DOE^JANE", "X9", "19450203"),
+    FakePatient("ROE^RICHARD", "TEST0001", "19310412"),
+    # Character sets (ISO_IR 100, 144 and 192, ISO 2022 IR 87; the examples of DICOM PS3.5).
+    FakePatient("MÜLLER^JÜRGEN", "TEST0001", "19310412"),
+    FakePatient("\u0418\u0432\u0430\u043d", "TEST0001", "19310412"),
+    FakePatient("Wang^XiaoDong 王", "TEST0001", "19310412"),
+    FakePatient("Yamada^Tarou", "TEST0001", "19310412"),
+    FakePatient("Hong^Gildong=洪^吉洞=", "TEST0001", "19310412"),
+)
+"""Every fake patient of the test data: ``tests/phiscan.py`` fails the test run when a name
+(or a part of one) or a birth date of these is in a server log;
+``tests/devtools/test_fake_patients.py`` checks that the tests use no other."""
+
+
 class _Patient(TypedDict):
     patient_name: str
     patient_id: str
@@ -89,9 +129,9 @@ class _Patient(TypedDict):
 
 
 _DEFAULT_PATIENT: Final[_Patient] = {
-    "patient_name": "TEST^PATIENT",
-    "patient_id": "TEST0001",
-    "birth_date": "19700101",
+    "patient_name": DEFAULT_PATIENT.name,
+    "patient_id": DEFAULT_PATIENT.patient_id,
+    "birth_date": DEFAULT_PATIENT.birth_date,
     "study_date": "20240102",
     "accession_number": "ACC0001",
     "study_description": "SYNTHETIC STUDY",
@@ -307,9 +347,9 @@ def make_instance(
     columns: int = 512,
     frames: int = 1,
     instance_number: int = 1,
-    patient_name: str = "TEST^PATIENT",
-    patient_id: str = "TEST0001",
-    birth_date: str = "19700101",
+    patient_name: str = DEFAULT_PATIENT.name,
+    patient_id: str = DEFAULT_PATIENT.patient_id,
+    birth_date: str = DEFAULT_PATIENT.birth_date,
     modality: str = "CT",
     transfer_syntax: str = ExplicitVRLittleEndian,
     seed: int = 0,
@@ -359,9 +399,9 @@ def write_instance(
     columns: int = 512,
     frames: int = 1,
     instance_number: int = 1,
-    patient_name: str = "TEST^PATIENT",
-    patient_id: str = "TEST0001",
-    birth_date: str = "19700101",
+    patient_name: str = DEFAULT_PATIENT.name,
+    patient_id: str = DEFAULT_PATIENT.patient_id,
+    birth_date: str = DEFAULT_PATIENT.birth_date,
     modality: str = "CT",
     transfer_syntax: str = ExplicitVRLittleEndian,
     seed: int = 0,

@@ -80,6 +80,7 @@ async def admin_create_user(
         role=role,
         email=email,
         must_change_password=True,
+        audit=False,  # the record is admin.user_create, with the administrator
     )
     await _audit(
         session,

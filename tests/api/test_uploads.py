@@ -367,7 +367,7 @@ class TestComplete:
         assert response.status_code == 422, response.text
         files = response.json()["error"]["details"]["files"]
         assert [(f["index"], f["name"], f["code"]) for f in files] == [(2, "bad.dcm", code)]
-        assert "TEST^PATIENT" not in str(files)  # error messages carry no patient data
+        assert synth.DEFAULT_PATIENT.name not in str(files)  # error messages carry no patient data
         status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
         assert status.json()["status"] == "rejected"
         # Every stored chunk is still there and intact.

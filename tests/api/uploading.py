@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from relaypacs.devtools.synth import make_instance
+from relaypacs.devtools.synth import DEFAULT_PATIENT, make_instance
 from relaypacs.uploads.service import study_hash
 from tests.api.conftest import CHUNK_SIZE, Account
 
@@ -33,7 +33,7 @@ class Study:
     def manifest(self) -> dict[str, Any]:
         return {
             "study_instance_uid": self.uid,
-            "metadata": {"patient_name": "TEST^PATIENT", "modality": "CT"},
+            "metadata": {"patient_name": DEFAULT_PATIENT.name, "modality": "CT"},
             "files": [
                 {"name": name, "size": len(data), "sha256": sha256_hex(data)}
                 for name, data in zip(self.names, self.files, strict=True)

@@ -19,7 +19,7 @@ from relaypacs.client import (
     UploadOptions,
     run_upload,
 )
-from relaypacs.devtools.synth import write_study
+from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
 from tests.cli.fakegateway import FakeGateway
 
 
@@ -83,7 +83,7 @@ class TestCommandLine:
         result = runner.invoke(upload, [str(tmp_path / "s"), "--retries", "0", *_credentials()])
         assert result.exit_code == 3
         assert "run the same command again" in result.stdout.lower()
-        assert "TEST^PATIENT" not in result.output  # no patient name in the human summary
+        assert DEFAULT_PATIENT.name not in result.output  # no patient name in the human summary
 
 
 class TestRunUpload:

@@ -25,7 +25,7 @@ from relaypacs.client import (
     upload_study,
     wait_for_delivery,
 )
-from relaypacs.devtools.synth import write_study
+from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
 from tests.cli.fakegateway import FakeGateway, FakePacs
 from tests.cli.test_engine import CHUNK, make_client, make_plan
 
@@ -327,7 +327,7 @@ class TestCommandLine:
         assert "waiting for the PACS to confirm 1 study" in stderr
         assert "PACS confirmed 2/3, not delivered: the PACS refused 1 instance" in stdout
         assert "IM000003.dcm: A900 (data set does not match SOP class)" in stdout
-        assert "TEST^PATIENT" not in stdout + stderr
+        assert DEFAULT_PATIENT.name not in stdout + stderr
 
     def test_delivered_says_pacs_confirmed(
         self, cli: Callable[[FakeGateway, list[str]], tuple[int, str, str]]

@@ -49,9 +49,9 @@ class TestMakeInstance:
         )
         assert (ds.Modality, ds.InstanceNumber) == ("CT", 7)
         assert (ds.PatientName, ds.PatientID, ds.PatientBirthDate) == (
-            "TEST^PATIENT",
-            "TEST0001",
-            "19700101",
+            synth.DEFAULT_PATIENT.name,
+            synth.DEFAULT_PATIENT.patient_id,
+            synth.DEFAULT_PATIENT.birth_date,
         )
         pixels = ds.pixel_array
         assert pixels.shape == (512, 512)
@@ -66,10 +66,10 @@ class TestMakeInstance:
             columns=8,
             patient_name="DOE^JANE",
             patient_id="X9",
-            birth_date="20010203",
+            birth_date="19450203",
         )
         ds = read(data)
-        assert (ds.PatientName, ds.PatientID, ds.PatientBirthDate) == ("DOE^JANE", "X9", "20010203")
+        assert (ds.PatientName, ds.PatientID, ds.PatientBirthDate) == ("DOE^JANE", "X9", "19450203")
 
     def test_pixels_are_deterministic_per_seed(self) -> None:
         ids = synth.new_uids()

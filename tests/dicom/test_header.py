@@ -83,7 +83,7 @@ class TestReadHeader:
         assert header is not None
         assert (header.study_instance_uid, header.patient_name) == (
             ids["study_uid"],
-            "TEST^PATIENT",
+            synth.DEFAULT_PATIENT.name,
         )
 
     def test_file_without_preamble(self, write: Callable[[bytes], Path]) -> None:

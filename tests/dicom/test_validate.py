@@ -26,7 +26,11 @@ from pydicom.uid import (
 from relaypacs.devtools import synth
 from relaypacs.dicom import DicomLimits, DicomRejected, DicomSummary, DicomValidator, inspect_file
 
-PHI = ("TEST^PATIENT", "TEST0001", "19700101")
+PHI = (
+    synth.DEFAULT_PATIENT.name,
+    synth.DEFAULT_PATIENT.patient_id,
+    synth.DEFAULT_PATIENT.birth_date,
+)
 
 CODES = {
     "not_dicom",

@@ -20,6 +20,7 @@ from tests.api.uploading import Study, make_study, read_uid
 from tests.conftest import POSTGRES_ADMIN_URL, _psql
 from tests.gateway import create_user, gateway_env, relaypacs_command
 from tests.pacs import OrthancServer, RecordingProxy, run_orthanc
+from tests.phiscan import register_server_log
 from tests.servers import free_port
 
 PASSWORD = "forwarding-e2e-password"
@@ -46,6 +47,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         self.port = self.port or free_port()
+        register_server_log(self.log)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [*relaypacs_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],

@@ -19,10 +19,11 @@ from sqlalchemy import text
 import relaypacs
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role
+from relaypacs.devtools.synth import DEFAULT_PATIENT
 from tests.api.conftest import Account, MakeAccount
 from tests.api.uploading import API, complete, content_md5, init, make_study, send_all
 
-PATIENT = "TEST^PATIENT"  # the patient name of tests/api/uploading.Study.manifest
+PATIENT = DEFAULT_PATIENT.name  # the patient name of tests/api/uploading.Study.manifest
 
 
 async def audit(client: httpx.AsyncClient, admin: Account, **params: Any) -> list[dict[str, Any]]:

@@ -10,14 +10,13 @@ from typing import Any
 
 import httpx
 
-from relaypacs.devtools.synth import make_instance
+from relaypacs.devtools.synth import FAKE_PATIENTS, make_instance
 from tests.api.uploading import content_md5, new_uid
 from tests.security.live import CHUNK_SIZE, live_gateway
 from tests.servers import free_port
 
-NAME = "ZZPHITEST^QUINTILIA^MARGARETHE"
-BIRTH = "19230917"
-PATIENT_ID = "ZZPID77341"
+PATIENT = next(p for p in FAKE_PATIENTS if p.name.startswith("ZZPHITEST^"))
+NAME, BIRTH, PATIENT_ID = PATIENT.name, PATIENT.birth_date, PATIENT.patient_id
 # Every form in which the data could show up in a log line.
 NEEDLES = [NAME, "ZZPHITEST", "QUINTILIA", "MARGARETHE", BIRTH, "1923-09-17", PATIENT_ID]
 API = "/api/v1"
