@@ -170,6 +170,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         spool_dir=settings.spool_dir,
         concurrency=settings.dicom_workers * 2,
         early=early_verifier,
+        read_sessionmaker=app.state.read_sessionmaker,
     )
     forwarder: Forwarder | None = None
     target = settings.default_target_name

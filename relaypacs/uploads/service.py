@@ -908,6 +908,7 @@ class CompleteContext:
     default_target: str | None = None
     on_queued: Callable[[], None] | None = None
     early: EarlyVerifier | None = None
+    read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
 
 async def complete_upload(
@@ -1054,15 +1055,18 @@ async def complete_upload(
                     "codes": sorted({v.error.code for v in rejected if v.error}),
                 },
             )
-        finished = await session.get(Upload, upload_id, populate_existing=True)
+        queued = bool(moved.rowcount) and queue  # type: ignore[attr-defined]
+    # Committed: the forwarder starts now, while the answer (every file) is being built.
+    if queued and ctx.on_queued is not None:
+        ctx.on_queued()
+    async with (ctx.read_sessionmaker or ctx.sessionmaker)() as session, session.begin():
+        finished = await session.get(Upload, upload_id)
         assert finished is not None
         view = await read_upload(session, finished)
     if view.status == UploadStatus.REJECTED:
         raise _rejection(view)
     if view.status not in ACCEPTED_STATUSES:
         raise UploadNotWritable(f"This upload is {view.status.value}.")
-    if queue and ctx.on_queued is not None:
-        ctx.on_queued()
     return view
 
 
