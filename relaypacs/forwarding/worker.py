@@ -141,13 +141,15 @@ class Forwarder:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # Cleared before claiming, never after: a wake-up that comes while the claim runs
+            # (a study committed just after the claim looked) must not be lost until the poll.
+            self._wakeup.clear()
             try:
                 claim = await self.claim()
             except Exception as exc:  # the database may be briefly unavailable
                 logger.warning("claiming a forwarding job failed: %s", type(exc).__name__)
                 claim = None
             if claim is None:
-                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), timeout=self._settings.forward_poll_seconds

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
 import pytest
 
+from relaypacs.config import Settings
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
-from relaypacs.forwarding.worker import make_batches
+from relaypacs.forwarding.worker import Claim, Forwarder, make_batches
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, _failures, classify_reason
 
 
@@ -107,3 +113,36 @@ class TestStowAnswers:
         assert _failures(body) == {"1.2.3": 0xA900, "1.2.4": 0x0110}
         assert _failures({}) == {}
         assert _failures([body]) == {"1.2.3": 0xA900, "1.2.4": 0x0110}
+
+
+class TestWakeUp:
+    async def test_a_wake_up_during_a_claim_is_not_lost(self, tmp_path: Path) -> None:
+        # A study committed while the worker's claim was looking (and found nothing) must be
+        # claimed at once, not at the next poll (here 60 s away).
+        settings = Settings(data_dir=tmp_path, forward_poll_seconds=60)
+        forwarder = Forwarder(
+            sessionmaker=None,  # type: ignore[arg-type]
+            storage=None,  # type: ignore[arg-type]
+            settings=settings,
+        )
+        claims: list[float] = []
+        claimed_twice = asyncio.Event()
+
+        async def claim() -> Claim | None:
+            claims.append(time.monotonic())
+            if len(claims) == 1:
+                forwarder.wake()  # complete() committed and woke the worker meanwhile
+            else:
+                claimed_twice.set()
+            return None
+
+        forwarder.claim = claim  # type: ignore[method-assign]
+        loop = asyncio.create_task(forwarder._loop())
+        try:
+            async with asyncio.timeout(5):
+                await claimed_twice.wait()
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        assert claims[1] - claims[0] < 1
