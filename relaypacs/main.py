@@ -181,7 +181,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     elif settings.forward_worker:
         forwarder = Forwarder(
-            sessionmaker=app.state.sessionmaker, storage=storage, settings=settings
+            sessionmaker=app.state.sessionmaker,
+            storage=storage,
+            settings=settings,
+            engine=engine,
+            sync_engine=app.state.sync_engine,
         )
         await forwarder.start()
     app.state.forwarder = forwarder

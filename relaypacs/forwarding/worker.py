@@ -20,15 +20,15 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
 from relaypacs.config import PacsTarget, Settings
-from relaypacs.db import utcnow
+from relaypacs.db import sqlite_write_lock, utcnow
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification
@@ -78,6 +78,33 @@ def make_batches(
     return batches
 
 
+_FILES = cast(Table, UploadFile.__table__)
+_RECORD_FILE = (
+    update(_FILES)
+    .where(_FILES.c.upload_id == bindparam("b_upload"), _FILES.c.index == bindparam("b_index"))
+    .values(forward_status=bindparam("b_status"), forward_error=bindparam("b_error"))
+)
+
+
+def _record_sync(
+    connection: Connection, claim: Claim, lease: dt.timedelta, rows: list[dict[str, Any]]
+) -> None:
+    """One batch's answers, fenced by the lease token (see Forwarder._fence)."""
+    now = utcnow()
+    fenced = connection.execute(
+        update(ForwardJob)
+        .where(ForwardJob.id == claim.job_id, ForwardJob.lease_token == claim.token)
+        .values(
+            lease_until=now + lease,
+            updated_at=now,
+            stow_requests=ForwardJob.stow_requests + 1,
+        )
+    )
+    if not fenced.rowcount:
+        raise LeaseLost()
+    connection.execute(_RECORD_FILE, [{"b_upload": claim.upload_id, **row} for row in rows])
+
+
 class Forwarder:
     def __init__(
         self,
@@ -86,8 +113,14 @@ class Forwarder:
         storage: ObjectStorage,
         settings: Settings,
         jobs_at_once: int = 2,
+        engine: AsyncEngine | None = None,
+        sync_engine: Engine | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # SQLite: each batch's record is one thread call on the synchronous engine (through
+        # aiosqlite it was a dozen hops between threads, 30 times for a CT series).
+        self._engine = engine
+        self._sync_engine = sync_engine if engine is not None else None
         self._settings = settings
         self._targets: dict[str, PacsTarget] = {t.name: t for t in settings.pacs_targets}
         self._clients = {name: DicomWebClient(t, storage) for name, t in self._targets.items()}
@@ -386,6 +419,24 @@ class Forwarder:
             Disposition.FAILED: ForwardStatus.FAILED,
             Disposition.RETRY: ForwardStatus.PENDING,
         }
+        if self._sync_engine is not None and self._engine is not None:
+            sync_engine = self._sync_engine
+            rows = [
+                {
+                    "b_index": r.file_index,
+                    "b_status": status_of[r.disposition],
+                    "b_error": r.reason if r.disposition != Disposition.STORED else None,
+                }
+                for r in results
+            ]
+
+            def in_thread() -> None:
+                with sync_engine.begin() as connection:
+                    _record_sync(connection, claim, self._lease, rows)
+
+            async with sqlite_write_lock(self._engine):
+                await asyncio.to_thread(in_thread)
+            return
         async with self._sessionmaker() as session, session.begin():
             await self._fence(session, claim, stow_requests=ForwardJob.stow_requests + 1)
             await session.execute(

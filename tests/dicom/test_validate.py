@@ -508,14 +508,6 @@ class TestBounds:
         assert peak < 1 << 20
         assert time.perf_counter() - started < 0.5
 
-    def test_ct_instances_are_fast(self, tmp_path: Path) -> None:
-        study = synth.write_study(tmp_path, instances=100)
-        started = time.process_time()
-        for path in study.paths:
-            inspect_file(path)
-        per_file = (time.process_time() - started) / 100
-        assert per_file < 0.002  # measured ~0.1 ms; well under 1 s of CPU per 100 files
-
 
 # --------------------------------------------------------------------------------------
 # DicomValidator
