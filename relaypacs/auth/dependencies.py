@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from relaypacs.auth.errors import PasswordChangeRequired, SessionEnded, TotpEnrolmentRequired
 from relaypacs.auth.models import Role, User
 from relaypacs.auth.revocation import Revocations
 from relaypacs.auth.security import AccessClaims, decode_access_token
 from relaypacs.config import Settings
-from relaypacs.db import readonly_engine
+from relaypacs.db import read_in_one_call
 from relaypacs.errors import Forbidden, NotAuthenticated
 
 bearer_scheme = HTTPBearer(auto_error=False)
@@ -76,25 +72,10 @@ def access_claims(request: Request) -> AccessClaims:
 
 
 async def load_user(state: Any, user_id: uuid.UUID) -> User | None:
-    """The user row, detached. A short read of its own: the connection goes back to the pool at
-    once instead of being held for the whole request (a chunk upload, a verification). On
-    SQLite one thread call on the synchronous engine (through aiosqlite, each statement would be
-    a hop between threads, and this runs for every request)."""
-    sync_engine: Engine | None = state.sync_engine
-    if sync_engine is not None:
-        reader = readonly_engine(sync_engine)  # deferred BEGIN
-
-        def in_thread() -> User | None:
-            with Session(reader, expire_on_commit=False) as session:
-                user = session.get(User, user_id)
-                if user is not None:
-                    session.expunge(user)
-                return user
-
-        return await asyncio.to_thread(in_thread)
-    sessionmaker: async_sessionmaker[AsyncSession] = state.read_sessionmaker
-    async with sessionmaker() as session, session.begin():
-        return await session.get(User, user_id)
+    """The user row, detached. A short read of its own (see read_in_one_call): the connection
+    goes back to the pool at once instead of being held for the whole request, and on SQLite it
+    is one thread call (this runs for every request)."""
+    return await read_in_one_call(state, lambda session: session.get(User, user_id))
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -414,31 +414,38 @@ async def logout(
     return response
 
 
+async def _confirm_password(request: Request, user: User, password: str, *, action: str) -> None:
+    """The signed-in user's current password again, before a sensitive change: limited like a
+    login per account and address; a wrong one is audited as a failed `action`."""
+    limits = _limits(request)
+    ip = client_ip(request)
+    key = f"{user.username.lower()}|{ip}"
+    await limits.check("login_account_ip", key)
+    if await asyncio.to_thread(verify_password, user.password_hash, password):
+        return
+    async with _writer(request)() as session, session.begin():
+        await record_event(
+            session,
+            action=action,
+            outcome="failure",
+            actor_id=user.id,
+            actor_role=user.role.value,
+            client_ip=ip,
+            details={"reason": "wrong_password"},
+        )
+    await limits.count("login_account_ip", key)
+    raise WrongPassword()
+
+
 @router.post("/password", response_model=TokenResponse)
 async def change_own_password(
     body: PasswordChangeRequest, request: Request, response: Response, user: SessionUser
 ) -> TokenResponse:
     """Change one's password (also a temporary one). Every other session ends; this one gets a
     new access token (the old one stops working)."""
-    limits = _limits(request)
     ip = client_ip(request)
-    key = f"{user.username.lower()}|{ip}"
-    await limits.check("login_account_ip", key)
-    ok = await asyncio.to_thread(verify_password, user.password_hash, body.current_password)
+    await _confirm_password(request, user, body.current_password, action="auth.password_change")
     claims = access_claims(request)
-    if not ok:
-        async with _writer(request)() as session, session.begin():
-            await record_event(
-                session,
-                action="auth.password_change",
-                outcome="failure",
-                actor_id=user.id,
-                actor_role=user.role.value,
-                client_ip=ip,
-                details={"reason": "wrong_password"},
-            )
-        await limits.count("login_account_ip", key)
-        raise WrongPassword()
     if body.new_password == body.current_password:
         raise WeakPassword("The new password must differ from the current one.")
     async with _writer(request)() as session, session.begin():
@@ -481,23 +488,8 @@ async def enrol_totp(
     Confirm it with a first code (POST /auth/totp/confirm)."""
     state = request.app.state
     cipher: TotpCipher = state.totp_cipher
-    limits = _limits(request)
     ip = client_ip(request)
-    key = f"{user.username.lower()}|{ip}"
-    await limits.check("login_account_ip", key)
-    if not await asyncio.to_thread(verify_password, user.password_hash, body.password):
-        async with _writer(request)() as session, session.begin():
-            await record_event(
-                session,
-                action="auth.totp_enrol",
-                outcome="failure",
-                actor_id=user.id,
-                actor_role=user.role.value,
-                client_ip=ip,
-                details={"reason": "wrong_password"},
-            )
-        await limits.count("login_account_ip", key)
-        raise WrongPassword()
+    await _confirm_password(request, user, body.password, action="auth.totp_enrol")
     secret = new_secret()
     async with _writer(request)() as session, session.begin():
         db_user = await session.get(User, user.id, with_for_update=True)
