@@ -43,6 +43,7 @@ from relaypacs.schema import upgrade_in_subprocess
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.surface import HttpSurface, StrictCORSMiddleware
 from relaypacs.uploads.early import EarlyVerifier
+from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import (
     ChunkRecorder,
@@ -333,6 +334,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    # First: the route of every chunk is the first one the router tries.
+    app.include_router(chunk_router, prefix=API_PREFIX)
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)

@@ -527,24 +527,32 @@ class UploadFactsCache:
         self._capacity = capacity
         self._items: OrderedDict[uuid.UUID, UploadFacts] = OrderedDict()
 
-    async def get(self, session: AsyncSession, upload_id: uuid.UUID) -> UploadFacts | None:
+    async def get(self, state: Any, upload_id: uuid.UUID) -> UploadFacts | None:
+        """The facts of an upload; a miss is one short read (read_in_one_call: the app's
+        `state`), a hit touches no database and no session."""
         facts = self._items.get(upload_id)
         if facts is not None:
             self._items.move_to_end(upload_id)
             return facts
-        row = (
-            await session.execute(
+
+        def read(session: Session) -> UploadFacts | None:
+            row = session.execute(
                 select(Upload.user_id, Upload.chunk_size).where(Upload.id == upload_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            sizes = session.scalars(
+                select(UploadFile.size)
+                .where(UploadFile.upload_id == upload_id)
+                .order_by(UploadFile.index)
             )
-        ).one_or_none()
-        if row is None:
+            return UploadFacts(
+                user_id=row.user_id, chunk_size=row.chunk_size, file_sizes=tuple(sizes)
+            )
+
+        facts = await read_in_one_call(state, read)
+        if facts is None:
             return None
-        sizes = await session.scalars(
-            select(UploadFile.size)
-            .where(UploadFile.upload_id == upload_id)
-            .order_by(UploadFile.index)
-        )
-        facts = UploadFacts(user_id=row.user_id, chunk_size=row.chunk_size, file_sizes=tuple(sizes))
         self._items[upload_id] = facts
         if len(self._items) > self._capacity:
             self._items.popitem(last=False)
@@ -561,7 +569,7 @@ class ChunkTarget:
 
 
 async def prepare_chunk(
-    session: AsyncSession,
+    state: Any,
     facts_cache: UploadFactsCache,
     *,
     user: User,
@@ -571,7 +579,7 @@ async def prepare_chunk(
     content_length: int | None,
 ) -> ChunkTarget:
     """Every check that can be made before the body is read (from cached, immutable facts)."""
-    facts = await facts_cache.get(session, upload_id)
+    facts = await facts_cache.get(state, upload_id)
     if facts is None:
         raise UploadNotFound().denying("upload", upload_id, reason="missing")
     if facts.user_id != user.id:  # only the uploader writes chunks

@@ -10,10 +10,10 @@ from typing import get_args
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from relaypacs.audit.models import AuditEvent
-from relaypacs.auth.models import Role
+from relaypacs.auth.models import Role, User
 from relaypacs.db import ReadSessionDep, SessionDep
 from relaypacs.devtools import synth
 from relaypacs.storage.faulty import FaultyStorage
@@ -238,6 +238,66 @@ class TestChunks:
         response = await put_chunk(client, clinician, upload_id, file_index, chunk_index, b"x")
         assert response.status_code == 404
         assert error_code(response) == "chunk_out_of_range"
+
+    @pytest.mark.parametrize(
+        ("upload_id", "file_index", "chunk_index", "field"),
+        [
+            ("not-a-uuid", "0", "0", "upload_id"),
+            (None, "x", "0", "file_index"),
+            (None, "0", "1.5", "chunk_index"),
+        ],
+    )
+    async def test_malformed_path_parameters_are_422(
+        self,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+        upload_id: str | None,
+        file_index: str,
+        chunk_index: str,
+        field: str,
+    ) -> None:
+        # The chunk route checks its parameters itself (relaypacs.uploads.router.ChunkRoute):
+        # the same answer as FastAPI's own validation on every other route.
+        chunk = chunks_of(upload[1].files[0])[0]
+        response = await client.put(
+            f"{API}/uploads/{upload_id or upload[0]}/files/{file_index}/chunks/{chunk_index}",
+            content=chunk,
+            headers={**clinician.headers, "Content-MD5": content_md5(chunk)},
+        )
+        assert response.status_code == 422
+        assert error_code(response) == "invalid_request"
+        assert response.json()["error"]["details"]["problems"][0]["field"] == f"path.{field}"
+
+    async def test_a_temporary_password_cannot_send_chunks(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+    ) -> None:
+        upload_id, study = upload
+        async with app.state.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(User)
+                .where(User.username == clinician.username)
+                .values(must_change_password=True)
+            )
+        try:
+            response = await put_chunk(
+                client, clinician, upload_id, 0, 0, chunks_of(study.files[0])[0]
+            )
+        finally:
+            async with app.state.sessionmaker() as session, session.begin():
+                await session.execute(
+                    update(User)
+                    .where(User.username == clinician.username)
+                    .values(must_change_password=False)
+                )
+        assert response.status_code == 403
+        assert error_code(response) == "password_change_required"
+        status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert status.json()["received_bytes"] == 0
 
     async def test_chunk_larger_than_the_chunk_size_is_413(
         self, client: httpx.AsyncClient, clinician: Account, upload: tuple[str, Study]
