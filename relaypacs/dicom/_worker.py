@@ -3,7 +3,9 @@
 ``python -m relaypacs.dicom._worker '<DicomLimits as JSON>'``: caps its own address space
 first, says ``"ready"``, then reads one JSON string (a path) per line on stdin and answers
 one JSON object per line on stdout: ``{"ok": summary}``, ``{"rejected": [code, message]}``
-or ``{"error": [exception type, errno, message]}``. Exits at EOF on stdin.
+or ``{"error": [exception type, errno, message]}``. A line holding a JSON list of paths (a
+batch) gets one line ``{"batch": [answer, ...]}``, an answer per path in order. Exits at EOF
+on stdin.
 """
 
 from __future__ import annotations
@@ -43,19 +45,24 @@ def main() -> int:
     def answer(message: object) -> None:
         channel.write(json.dumps(message).encode() + b"\n")
 
-    answer("ready")
-    while line := requests.readline():
-        reply: dict[str, object]
+    def inspect(path: str) -> dict[str, object]:
         try:
-            reply = {"ok": asdict(inspect_file(Path(json.loads(line)), limits))}
+            return {"ok": asdict(inspect_file(Path(path), limits))}
         except DicomRejected as exc:
-            reply = {"rejected": [exc.code, exc.message]}
+            return {"rejected": [exc.code, exc.message]}
         except MemoryError:
-            reply = {"rejected": [RESOURCE_LIMIT, "Inspecting the file exceeded the memory limit."]}
+            return {"rejected": [RESOURCE_LIMIT, "Inspecting the file exceeded the memory limit."]}
         except Exception as exc:
             errno = exc.errno if isinstance(exc, OSError) else None
-            reply = {"error": [type(exc).__name__, errno, str(exc)]}
-        answer(reply)
+            return {"error": [type(exc).__name__, errno, str(exc)]}
+
+    answer("ready")
+    while line := requests.readline():
+        request = json.loads(line)
+        if isinstance(request, list):
+            answer({"batch": [inspect(path) for path in request]})
+        else:
+            answer(inspect(request))
     return 0
 
 

@@ -30,9 +30,10 @@ import struct
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal, NoReturn
+from typing import Any, BinaryIO, Final, Literal
 
 from relaypacs.dicom._dictionary import SQ_TAGS, VR_ALL, VR_LONG, dictionary_vr
 
@@ -940,11 +941,23 @@ class _Worker:
             await self.kill()
 
 
-def _reraise_worker_error(kind: str, errno: int | None, message: str) -> NoReturn:
+def _worker_error(kind: str, errno: int | None, message: str) -> Exception:
     error_type = getattr(builtins, kind, None)
     if isinstance(error_type, type) and issubclass(error_type, OSError):
-        raise error_type(errno, message) if errno is not None else error_type(message)
-    raise RuntimeError(f"DICOM validation worker failed: {kind}: {message}")
+        return error_type(errno, message) if errno is not None else error_type(message)
+    return RuntimeError(f"DICOM validation worker failed: {kind}: {message}")
+
+
+def _decode(reply: dict[str, Any]) -> tuple[DicomSummary | Exception, bool]:
+    """A worker's answer for one file: the summary or the exception to raise (DicomRejected,
+    an OSError, RuntimeError), and whether the worker may be used again."""
+    if "ok" in reply:
+        return DicomSummary(**reply["ok"]), True
+    if "rejected" in reply:
+        code, message = reply["rejected"]
+        return DicomRejected(code, message), code != RESOURCE_LIMIT  # recycle after MemoryError
+    kind, errno, message = reply["error"]
+    return _worker_error(kind, errno, message), True
 
 
 class DicomValidator:
@@ -1038,16 +1051,10 @@ class DicomValidator:
             try:
                 async with asyncio.timeout(self.limits.timeout_seconds):
                     reply = await worker.receive()
-                if "ok" in reply:
-                    healthy = True
-                    return DicomSummary(**reply["ok"])
-                if "rejected" in reply:
-                    code, message = reply["rejected"]
-                    healthy = code != RESOURCE_LIMIT  # recycle a worker that hit MemoryError
-                    raise DicomRejected(code, message)
-                healthy = True
-                kind, errno, message = reply["error"]
-                _reraise_worker_error(kind, errno, message)
+                result, healthy = _decode(reply)
+                if isinstance(result, Exception):
+                    raise result
+                return result
             except TimeoutError:
                 raise DicomRejected(
                     RESOURCE_LIMIT,
@@ -1061,6 +1068,53 @@ class DicomValidator:
                     "The validation worker died while inspecting the file "
                     "(memory limit exceeded or crashed).",
                 ) from None
+            finally:
+                self._last_used = time.monotonic()
+                if healthy and not self._closed:
+                    self._idle.append(worker)
+                else:
+                    await self._discard(worker)
+
+    async def inspect_batch(
+        self, paths: Sequence[Path]
+    ) -> list[DicomSummary | DicomRejected | OSError | None]:
+        """Inspect several files in one round trip to one worker: what :meth:`inspect` would
+        return or raise for each, in order, or None where the batch cannot tell: a file that
+        hit a resource limit (the worker is replaced; :meth:`inspect` on its own says more),
+        or every file when the whole batch failed (it took longer than the limit for one
+        file, or the worker died). For work that :meth:`inspect` checks again when there is
+        no answer (relaypacs.uploads.early): the per-file round trip is most of the serving
+        process's cost of a small file."""
+        self._check_open()
+        if not paths:
+            return []
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._size)
+        self._last_used = time.monotonic()
+        self._ensure_reaper()
+        async with self._slots:
+            worker = await self._acquire([os.fspath(p) for p in paths])
+            healthy = False
+            try:
+                async with asyncio.timeout(self.limits.timeout_seconds):
+                    reply = await worker.receive()
+                replies = reply["batch"] if isinstance(reply, dict) else None
+                if not isinstance(replies, list) or len(replies) != len(paths):
+                    raise _WorkerDied
+                healthy = True
+                results: list[DicomSummary | DicomRejected | OSError | None] = []
+                for one in replies:
+                    result, reusable = _decode(one)
+                    healthy = healthy and reusable
+                    if isinstance(result, DicomRejected) and result.code == RESOURCE_LIMIT:
+                        results.append(None)
+                    elif isinstance(result, DicomSummary | DicomRejected | OSError):
+                        results.append(result)
+                    else:  # the worker's own failure: inspect() raises it
+                        results.append(None)
+                return results
+            except (TimeoutError, _WorkerDied):
+                return [None] * len(paths)
             finally:
                 self._last_used = time.monotonic()
                 if healthy and not self._closed:
@@ -1086,8 +1140,8 @@ class DicomValidator:
         if self._closed:
             raise RuntimeError("DicomValidator is closed")
 
-    async def _acquire(self, path: str) -> _Worker:
-        """A live worker that has been sent ``path``."""
+    async def _acquire(self, path: str | list[str]) -> _Worker:
+        """A live worker that has been sent ``path`` (or a batch of paths)."""
         while self._idle:
             worker = self._idle.pop()
             if worker.alive:

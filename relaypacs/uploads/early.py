@@ -29,6 +29,8 @@ from relaypacs.storage import ObjectStorage
 logger = logging.getLogger(__name__)
 
 _READ_BLOCK = 1 << 20
+# Files per round trip to the validation worker: those queued while it worked on the last batch.
+_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -117,21 +119,29 @@ class EarlyVerifier:
 
     async def _work(self) -> None:
         while True:
-            upload_id, file_index, key = await self._queue.get()
-            if upload_id not in self._open:
+            batch = [await self._queue.get()]
+            while len(batch) < _BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [item for item in batch if item[0] in self._open]
+            if not batch:
                 continue
-            self._running[upload_id] = self._running.get(upload_id, 0) + 1
+            for upload_id, _, _ in batch:
+                self._running[upload_id] = self._running.get(upload_id, 0) + 1
             try:
-                result = await self._verify(key)
+                results = await self._verify([key for _, _, key in batch])
             except Exception as exc:  # left to `complete`, which reports it properly
-                logger.debug("early verification skipped a file: %s", type(exc).__name__)
-                result = None
+                logger.debug(
+                    "early verification skipped %d files: %s", len(batch), type(exc).__name__
+                )
+                results = [None] * len(batch)
             finally:
-                self._running[upload_id] -= 1
-                if not self._running[upload_id]:
-                    del self._running[upload_id]
-            if result is not None and upload_id in self._open:
-                self._keep(upload_id, file_index, result)
+                for upload_id, _, _ in batch:
+                    self._running[upload_id] -= 1
+                    if not self._running[upload_id]:
+                        del self._running[upload_id]
+            for (upload_id, file_index, _), result in zip(batch, results, strict=True):
+                if result is not None and upload_id in self._open:
+                    self._keep(upload_id, file_index, result)
             async with self._changed:
                 self._changed.notify_all()
 
@@ -148,13 +158,18 @@ class EarlyVerifier:
             self._result_count += 1
         results[file_index] = result
 
-    async def _verify(self, key: str) -> EarlyResult | None:
-        path = self._storage.local_path(key)
-        if path is None:
-            return None
-        sha256 = await asyncio.to_thread(sha256_of_path, path)
-        try:
-            summary = await self._validator.inspect(path)
-        except DicomRejected as exc:
-            return EarlyResult(key, sha256, None, exc)
-        return EarlyResult(key, sha256, summary, None)
+    async def _verify(self, keys: list[str]) -> list[EarlyResult | None]:
+        """Hash the files (one thread call) and inspect them (one worker round trip); None
+        for a file the batch has no verdict for (see DicomValidator.inspect_batch)."""
+        paths = [self._storage.local_path(key) for key in keys]
+        local = [(key, path) for key, path in zip(keys, paths, strict=True) if path is not None]
+        digests = await asyncio.to_thread(lambda: [sha256_of_path(path) for _, path in local])
+        verdicts = await self._validator.inspect_batch([path for _, path in local])
+        found: dict[str, EarlyResult] = {}
+        for (key, _), sha256, verdict in zip(local, digests, verdicts, strict=True):
+            if isinstance(verdict, DicomSummary):
+                found[key] = EarlyResult(key, sha256, verdict, None)
+            elif isinstance(verdict, DicomRejected):
+                found[key] = EarlyResult(key, sha256, None, verdict)
+            # An OSError (the file is gone: the upload was cancelled) or no verdict: `complete`
+        return [found.get(key) for key in keys]

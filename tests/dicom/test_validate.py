@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import signal
@@ -529,6 +530,17 @@ def slow_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def with_large_private_value(instance: bytes, size: int) -> bytes:
+    """The instance with a private OB element of `size` bytes before its pixel data: pydicom
+    reads every value but pixel data, so this one has to fit in the worker's memory."""
+    dataset = pydicom.dcmread(io.BytesIO(instance))
+    dataset.add_new((0x0009, 0x0010), "LO", "RELAYPACS TEST")
+    dataset.add_new((0x0009, 0x1000), "OB", bytes(size))
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def worker_pids(v: DicomValidator) -> set[int]:
     return {w.pid for w in v._all}
 
@@ -664,6 +676,80 @@ class TestDicomValidator:
         good = tmp_path / "good.dcm"
         good.write_bytes(small())
         assert (await validator.inspect(good)).kind == "instance"
+
+    async def test_a_batch_gives_each_file_the_verdict_inspect_gives_it(
+        self, validator: DicomValidator, write: Callable[[bytes], Path], tmp_path: Path
+    ) -> None:
+        paths = [
+            write(small()),
+            write(b"not dicom at all" * 20),
+            write(synth.make_deflate_bomb()),
+            write(synth.make_deep_nesting(depth=5000)),
+            tmp_path / "nope.dcm",
+            write(synth.make_preamble_executable()),
+            write(small()),
+        ]
+        batch = await validator.inspect_batch(paths)
+        assert len(batch) == len(paths)
+        for path, verdict in zip(paths, batch, strict=True):
+            try:
+                alone: object = await validator.inspect(path)
+            except (DicomRejected, OSError) as exc:
+                alone = exc
+            if isinstance(alone, DicomRejected):
+                assert isinstance(verdict, DicomRejected)
+                assert (verdict.code, verdict.message) == (alone.code, alone.message)
+            elif isinstance(alone, OSError):
+                assert type(verdict) is type(alone)
+            else:
+                assert verdict == alone
+        assert [type(v).__name__ for v in batch] == [
+            "DicomSummary",
+            *["DicomRejected"] * 3,
+            "FileNotFoundError",
+            "DicomRejected",
+            "DicomSummary",
+        ]
+        assert await validator.inspect_batch([]) == []
+
+    async def test_a_batch_that_runs_out_of_time_has_no_verdicts_and_the_worker_is_replaced(
+        self, slow_file: Path, write: Callable[[bytes], Path]
+    ) -> None:
+        v = DicomValidator(DicomLimits(timeout_seconds=0.3), workers=1)
+        try:
+            good = write(small())
+            await v.inspect(good)
+            (first,) = worker_pids(v)
+            assert await v.inspect_batch([good, slow_file, good]) == [None, None, None]
+            assert worker_pids(v) == set()  # killed, not kept
+            assert await v.inspect_batch([good]) == [inspect_file(good)]
+            assert first not in worker_pids(v)
+        finally:
+            await v.close()
+
+    async def test_a_file_over_the_memory_limit_has_no_verdict_in_a_batch(
+        self, write: Callable[[bytes], Path], tmp_path: Path
+    ) -> None:
+        """A file that runs the worker out of memory gets None (`inspect` on its own says
+        what it is); the others keep theirs, and the worker is replaced."""
+        v = DicomValidator(DicomLimits(memory_bytes=256 << 20), workers=1)
+        try:
+            big = tmp_path / "big.dcm"
+            big.write_bytes(with_large_private_value(small(), 240_000_000))
+            with pytest.raises(DicomRejected) as alone:
+                await v.inspect(big)
+            assert alone.value.code == "dicom_resource_limit"
+            good = write(small())
+            await v.inspect(good)
+            (first,) = worker_pids(v)
+            assert await v.inspect_batch([good, big, good]) == [
+                inspect_file(good),
+                None,
+                inspect_file(good),
+            ]
+            assert first not in worker_pids(v)
+        finally:
+            await v.close()
 
     async def test_close_stops_the_workers(self, write: Callable[[bytes], Path]) -> None:
         v = DicomValidator(workers=2)
