@@ -21,6 +21,7 @@ from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
 from relaypacs.audit.router import router as audit_router
 from relaypacs.audit.service import record_denial
+from relaypacs.auth.dependencies import UserRows
 from relaypacs.auth.policy import authorize, check_policy
 from relaypacs.auth.revocation import (
     DatabaseRevocations,
@@ -149,6 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sync_engine = (
         create_sync_sqlite_engine(engine.url) if engine.dialect.name == "sqlite" else None
     )
+    app.state.user_rows = UserRows(app.state.sync_engine) if app.state.sync_engine else None
     app.state.chunk_recorder = ChunkRecorder(engine, sync_engine=app.state.sync_engine)
     storage = await open_storage(settings)
     app.state.storage = storage
