@@ -648,6 +648,7 @@ class ChunkRecorder:
     ) -> None:
         self._engine = engine
         self._sync_engine = sync_engine  # SQLite only (see create_sync_sqlite_engine)
+        self._sqlite_writer: _SqliteChunkWriter | None = None
         self._max_batch = max_batch
         self._queue: list[tuple[_ChunkRecord, asyncio.Future[_Outcome]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -678,16 +679,15 @@ class ChunkRecorder:
 
     async def _write(self, batch: list[_ChunkRecord]) -> list[_Outcome]:
         if self._sync_engine is not None:
-            sync_engine = self._sync_engine
+            writer = self._sqlite_writer or _SqliteChunkWriter(self._sync_engine)
+            self._sqlite_writer = writer
             async with sqlite_write_lock(self._engine):
-
-                def in_thread() -> list[_Outcome]:
-                    with sync_engine.begin() as connection:
-                        return _record_chunks(connection, batch)
-
-                return await asyncio.to_thread(in_thread)
+                return await asyncio.to_thread(writer.record, batch)
         async with self._engine.begin() as connection:
             return await connection.run_sync(_record_chunks, batch)
+
+
+_ChunkKey = tuple[uuid.UUID, int, int]
 
 
 def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_Outcome]:
@@ -699,8 +699,8 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
     # not dict(status_rows): a Result has .keys(), so dict() would treat it as a mapping
     statuses = {upload_id: status for upload_id, status in status_rows}  # noqa: C416
     writable = [r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING]
-    inserted: set[tuple[uuid.UUID, int, int]] = set()
-    stored: dict[tuple[uuid.UUID, int, int], str] = {}
+    inserted: set[_ChunkKey] = set()
+    stored: dict[_ChunkKey, str] = {}
     if writable:
         insert = (
             postgresql_insert(UploadChunk)
@@ -740,6 +740,17 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
                 )
             )
             stored = {(u, f, c): md5 for u, f, c, md5 in rows}
+    return _outcomes(batch, statuses, inserted, stored)
+
+
+def _outcomes(
+    batch: list[_ChunkRecord],
+    statuses: dict[uuid.UUID, UploadStatus],
+    inserted: set[_ChunkKey],
+    stored: dict[_ChunkKey, str],
+) -> list[_Outcome]:
+    """What became of each record: its upload's status, whether its row was inserted now, and
+    the MD5 of the rows that were there already."""
     outcomes = []
     for record in batch:
         status = statuses.get(record.target.upload_id)
@@ -756,6 +767,97 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
         else:
             outcomes.append(_Outcome.CONFLICT)
     return outcomes
+
+
+class _SqliteChunkWriter:
+    """_record_chunks on SQLite, on the driver's connection: the same statements, written out
+    once, with values converted by the columns' own types. Through SQLAlchemy Core the
+    transaction and its two statements cost about 1 ms of Python per batch, which on a study of
+    small files (a batch of 1-4 chunks) was a tenth of the serving process's time."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        upload, chunk = Upload.__table__.c, UploadChunk.__table__.c
+        self._engine = engine
+        self._uuid_in = _processor(upload.id.type.bind_processor(dialect))
+        self._uuid_out = _processor(upload.id.type.result_processor(dialect, None))
+        self._status_out = _processor(upload.status.type.result_processor(dialect, None))
+        self._time_in = _processor(chunk.created_at.type.bind_processor(dialect))
+
+    def record(self, batch: list[_ChunkRecord]) -> list[_Outcome]:
+        """One write transaction (BEGIN IMMEDIATE). Blocking: call it in a thread."""
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes = self._record(cursor, batch)
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            finally:
+                cursor.close()
+            return outcomes
+        finally:
+            connection.close()
+
+    def _record(self, cursor: Any, batch: list[_ChunkRecord]) -> list[_Outcome]:
+        ids = list({record.target.upload_id for record in batch})
+        cursor.execute(
+            f"SELECT id, status FROM upload WHERE id IN {_placeholders(1, len(ids))}",  # noqa: S608
+            [self._uuid_in(i) for i in ids],
+        )
+        statuses = {self._uuid_out(i): self._status_out(status) for i, status in cursor}
+        writable = [r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING]
+        inserted: set[_ChunkKey] = set()
+        stored: dict[_ChunkKey, str] = {}
+        if writable:
+            now = self._time_in(utcnow())
+            params: list[Any] = []
+            for r in writable:
+                t = r.target
+                params += [
+                    self._uuid_in(t.upload_id),
+                    t.file_index,
+                    t.chunk_index,
+                    r.size,
+                    r.md5,
+                    now,
+                ]
+            cursor.execute(
+                "INSERT INTO upload_chunk (upload_id, file_index, chunk_index, size, md5, "  # noqa: S608
+                f"created_at) VALUES {_placeholders(len(writable), 6)} "
+                "ON CONFLICT DO NOTHING RETURNING upload_id, file_index, chunk_index",
+                params,
+            )
+            inserted = {(self._uuid_out(u), f, c) for u, f, c in cursor.fetchall()}
+            for r in writable:  # rows there already: same bytes or not? (rare: a retry)
+                if r.key in inserted or r.key in stored:
+                    continue
+                cursor.execute(
+                    "SELECT md5 FROM upload_chunk "
+                    "WHERE upload_id = ? AND file_index = ? AND chunk_index = ?",
+                    (self._uuid_in(r.target.upload_id), r.target.file_index, r.target.chunk_index),
+                )
+                found = cursor.fetchone()
+                if found is not None:
+                    stored[r.key] = found[0]
+        return _outcomes(batch, statuses, inserted, stored)
+
+
+def _placeholders(rows: int, columns: int) -> str:
+    """SQL placeholders only (never a value): `(?, ?)` for 1 row of 2 columns, `(?), (?)` for
+    2 rows of 1; the values go as parameters."""
+    return ", ".join(["(" + ", ".join("?" * columns) + ")"] * rows)
+
+
+def _processor(function: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    return function if function is not None else _unchanged
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 async def store_chunk(

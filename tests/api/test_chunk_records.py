@@ -1,0 +1,145 @@
+"""The group commit of chunk rows on SQLite runs its statements on the driver's connection
+(_SqliteChunkWriter) instead of through SQLAlchemy Core (_record_chunks, still used on
+PostgreSQL). Both must say the same of every chunk and store the same rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, text, update
+
+from relaypacs.auth.models import Role
+from relaypacs.auth.service import create_user
+from relaypacs.config import Settings
+from relaypacs.main import create_app
+from relaypacs.uploads.models import Upload, UploadChunk, UploadFile, UploadStatus
+from relaypacs.uploads.service import (
+    ChunkTarget,
+    _ChunkRecord,
+    _Outcome,
+    _record_chunks,
+    _SqliteChunkWriter,
+)
+from tests.api.conftest import PASSWORD
+from tests.api.uploading import make_study
+
+
+@pytest.fixture
+async def sqlite_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        secret_key="test-signing-key-" + "x" * 32,
+        totp_required_roles=[],
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def new_upload(app: FastAPI, files: int = 3) -> uuid.UUID:
+    """An upload of `files` one-chunk files, straight in the database."""
+    study = make_study(files)
+    async with app.state.sessionmaker() as session, session.begin():
+        user = await create_user(
+            session, username=f"u{uuid.uuid4().hex[:8]}", password=PASSWORD, role=Role.CLINICIAN
+        )
+        manifest = study.manifest()
+        upload = Upload(
+            user_id=user.id,
+            study_instance_uid=manifest["study_instance_uid"],
+            study_hash=uuid.uuid4().hex * 2,
+            chunk_size=1 << 20,
+            file_count=files,
+            total_bytes=sum(f["size"] for f in manifest["files"]),
+        )
+        session.add(upload)
+        await session.flush()
+        session.add_all(
+            UploadFile(
+                upload_id=upload.id,
+                index=index,
+                name=entry["name"],
+                size=entry["size"],
+                sha256=entry["sha256"],
+                chunk_count=1,
+            )
+            for index, entry in enumerate(manifest["files"])
+        )
+        return upload.id
+
+
+def record(upload_id: uuid.UUID, file_index: int, md5: str) -> _ChunkRecord:
+    return _ChunkRecord(ChunkTarget(upload_id, file_index, 0, 10, whole_file=True), 10, md5)
+
+
+def run_core(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
+    with app.state.sync_engine.begin() as connection:
+        return _record_chunks(connection, batch)
+
+
+def run_driver(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
+    return _SqliteChunkWriter(app.state.sync_engine).record(batch)
+
+
+SCENARIO = [
+    # (batch as (file, md5) pairs, expected outcomes)
+    ([(0, "a" * 32), (1, "b" * 32)], [_Outcome.STORED, _Outcome.STORED]),
+    ([(0, "a" * 32), (1, "c" * 32)], [_Outcome.ALREADY_STORED, _Outcome.CONFLICT]),
+    (
+        [(2, "d" * 32), (2, "d" * 32), (2, "e" * 32)],
+        [_Outcome.STORED, _Outcome.ALREADY_STORED, _Outcome.CONFLICT],
+    ),
+]
+
+
+Runner = Callable[[FastAPI, list[_ChunkRecord]], list[_Outcome]]
+
+
+@pytest.mark.parametrize("run", [run_core, run_driver], ids=["core", "driver"])
+async def test_outcomes(sqlite_app: FastAPI, run: Runner) -> None:
+    upload_id = await new_upload(sqlite_app)
+    for pairs, expected in SCENARIO:
+        batch = [record(upload_id, f, md5) for f, md5 in pairs]
+        assert run(sqlite_app, batch) == expected
+    await set_status(sqlite_app, upload_id, UploadStatus.CANCELLED)
+    assert run(sqlite_app, [record(upload_id, 0, "a" * 32)]) == [_Outcome.CANCELLED]
+    await set_status(sqlite_app, upload_id, UploadStatus.RECEIVED)
+    assert run(sqlite_app, [record(upload_id, 0, "a" * 32)]) == [_Outcome.NOT_WRITABLE]
+    missing = record(uuid.uuid4(), 0, "a" * 32)
+    assert run(sqlite_app, [missing]) == [_Outcome.NOT_WRITABLE]
+
+
+async def set_status(app: FastAPI, upload_id: uuid.UUID, status: UploadStatus) -> None:
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(update(Upload).where(Upload.id == upload_id).values(status=status))
+
+
+async def test_both_store_the_same_rows(sqlite_app: FastAPI) -> None:
+    by_core, by_driver = await new_upload(sqlite_app), await new_upload(sqlite_app)
+    run_core(sqlite_app, [record(by_core, 0, "f" * 32), record(by_core, 1, "0" * 32)])
+    run_driver(sqlite_app, [record(by_driver, 0, "f" * 32), record(by_driver, 1, "0" * 32)])
+    raw = {}
+    async with sqlite_app.state.sessionmaker() as session, session.begin():
+        for upload_id in (by_core, by_driver):
+            rows = await session.execute(
+                text(
+                    "SELECT upload_id, typeof(upload_id), file_index, chunk_index, size, md5, "
+                    "typeof(created_at), length(created_at) FROM upload_chunk "
+                    "WHERE upload_id = :u ORDER BY file_index"
+                ),
+                {"u": upload_id.hex},
+            )
+            raw[upload_id] = [tuple(r) for r in rows]
+        loaded = (await session.scalars(select(UploadChunk).order_by(UploadChunk.upload_id))).all()
+    assert len(raw[by_core]) == len(raw[by_driver]) == 2
+    assert [r[1:] for r in raw[by_core]] == [r[1:] for r in raw[by_driver]]
+    assert [r[0] for r in raw[by_driver]] == [by_driver.hex] * 2
+    assert len(loaded) == 4
+    assert all(c.created_at.tzinfo is not None for c in loaded)
+    newest = max(c.created_at for c in loaded)
+    assert all(abs((newest - c.created_at).total_seconds()) < 60 for c in loaded)
