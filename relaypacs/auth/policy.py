@@ -120,6 +120,9 @@ POLICY: dict[str, Rule] = {
 }
 
 
+UPLOAD_INIT = f"POST {API}/uploads"
+
+
 class PolicyError(Exception):
     """The app's routes and the policy table disagree: the app must not start."""
 

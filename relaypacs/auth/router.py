@@ -34,6 +34,7 @@ from relaypacs.auth.errors import (
     WrongTotpCode,
 )
 from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, User
+from relaypacs.auth.policy import POLICY, UPLOAD_INIT
 from relaypacs.auth.schemas import (
     LoginRequest,
     PasswordChangeRequest,
@@ -157,6 +158,10 @@ async def _log_in(
     details: dict[str, Any] | None = None,
 ) -> TokenResponse:
     """Start the session the credentials earned, audit the login, hand out the tokens."""
+    if POLICY[UPLOAD_INIT].allows(user.role):
+        # An upload is likely to follow: its DICOM validation worker starts now, while the
+        # client reads and hashes the study, instead of on its first file.
+        request.app.state.validator.warm()
     tokens = await start_session(
         session,
         _ctx(request),

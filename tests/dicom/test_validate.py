@@ -762,6 +762,41 @@ class TestDicomValidator:
             await v.inspect(write(small()))
 
 
+class TestWarm:
+    async def test_warm_starts_one_worker_that_the_first_file_uses(
+        self, write: Callable[[bytes], Path]
+    ) -> None:
+        v = DicomValidator(workers=2)
+        try:
+            v.warm()
+            warming = v._warming
+            v.warm()  # already warming: nothing more
+            assert v._warming is warming is not None
+            await asyncio.wait_for(warming, 30)
+            assert len(v._idle) == 1
+            (pid,) = worker_pids(v)
+            assert (await v.inspect(write(small()))).kind == "instance"
+            assert worker_pids(v) == {pid}
+            v.warm()  # a worker runs: nothing to do
+            await asyncio.sleep(0)
+            assert worker_pids(v) == {pid}
+        finally:
+            await v.close()
+
+    async def test_close_while_warming_leaves_no_process(self) -> None:
+        v = DicomValidator(workers=1)
+        v.warm()
+        for _ in range(500):  # until its process exists (it is still importing)
+            if worker_pids(v):
+                break
+            await asyncio.sleep(0.01)
+        (pid,) = worker_pids(v)
+        await v.close()
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        v.warm()  # closed: nothing
+        assert worker_pids(v) == set()
+
+
 class TestIdleWorkers:
     async def test_idle_workers_stop_and_come_back_on_the_next_file(
         self, write: Callable[[bytes], Path]
