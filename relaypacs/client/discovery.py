@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -162,11 +162,14 @@ def _import_header_reader() -> None:
     import relaypacs.client.dicomheader  # noqa: F401
 
 
-def _walk(top: Path) -> Iterator[Path]:
-    """Regular files under ``top``, sorted, without following directory symlinks."""
+def _walk(top: Path, exclude: frozenset[str] = frozenset()) -> Iterator[Path]:
+    """Regular files under ``top``, sorted, without following directory symlinks, and
+    without the folders in ``exclude`` (real paths)."""
     errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):
-        dirnames.sort()
+        dirnames[:] = sorted(
+            d for d in dirnames if os.path.realpath(Path(dirpath) / d) not in exclude
+        )
         for filename in sorted(filenames):
             yield Path(dirpath) / filename
     if errors:
@@ -177,16 +180,17 @@ def _walk(top: Path) -> Iterator[Path]:
 class _Collector:
     """The files to classify, each real path once."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Sequence[Path] = ()) -> None:
         self.candidates: list[_Candidate] = []
         self._seen: set[str] = set()
+        self._exclude = frozenset(os.path.realpath(p) for p in exclude)
 
     def collect_inputs(self, paths: Sequence[Path]) -> None:
         """Runs in a worker thread: list the files under the paths the user named."""
         for raw in paths:
             path = Path(raw).expanduser().absolute()
             if path.is_dir():
-                for file_path in _walk(path):
+                for file_path in _walk(path, self._exclude):
                     self.add_file(file_path, file_path.relative_to(path).as_posix())
             elif path.exists():
                 self.add_file(path, path.name)
@@ -213,13 +217,18 @@ async def discover(
     workspace: Path,
     archive_limits: ArchiveLimits | None = None,
     workers: int = 8,
+    on_file: Callable[[DiscoveredFile], None] | None = None,
+    exclude: Sequence[Path] = (),
 ) -> Discovery:
-    """Classify every file under ``paths``; extract archives into ``workspace``.
+    """Classify every file under ``paths``; extract archives into ``workspace``. ``on_file``
+    is called with each DICOM instance as soon as it is found (e.g. to start hashing it).
+    Folders in ``exclude`` (the client's own state: hash cache, extracted archives) are not
+    searched when a folder the user named contains them.
 
     Raises InputError for a path that does not exist or a folder that cannot be listed, and
     UnsafeArchiveError for an archive that must not be extracted: nothing is uploaded then.
     """
-    collector = _Collector()
+    collector = _Collector(exclude)
     await asyncio.to_thread(collector.collect_inputs, paths)
     # Import the header reader once here, rather than racing to in every worker thread.
     await asyncio.to_thread(_import_header_reader)
@@ -229,7 +238,10 @@ async def discover(
 
     async def classify(candidate: _Candidate) -> _Classified:
         async with semaphore:
-            return await asyncio.to_thread(_classify, candidate)
+            item = await asyncio.to_thread(_classify, candidate)
+        if on_file is not None and item.header is not None and item.reason is None:
+            on_file(_discovered(item))
+        return item
 
     pending = candidates
     archive_number = 0
@@ -259,19 +271,21 @@ async def discover(
             elif item.reason is not None:
                 result.skipped.append(SkippedFile(candidate.name, item.reason))
             elif item.header is not None:
-                cache_mtime = (
-                    item.mtime_ns if candidate.cache_mtime_ns is None else candidate.cache_mtime_ns
-                )
-                result.files.append(
-                    DiscoveredFile(
-                        path=candidate.path,
-                        name=candidate.name,
-                        size=item.size,
-                        mtime_ns=item.mtime_ns,
-                        cache_key=candidate.cache_key,
-                        cache_mtime_ns=cache_mtime,
-                        header=item.header,
-                        from_archive=candidate.in_archive,
-                    )
-                )
+                result.files.append(_discovered(item))
     return result
+
+
+def _discovered(item: _Classified) -> DiscoveredFile:
+    candidate = item.candidate
+    assert item.header is not None
+    cache_mtime = item.mtime_ns if candidate.cache_mtime_ns is None else candidate.cache_mtime_ns
+    return DiscoveredFile(
+        path=candidate.path,
+        name=candidate.name,
+        size=item.size,
+        mtime_ns=item.mtime_ns,
+        cache_key=candidate.cache_key,
+        cache_mtime_ns=cache_mtime,
+        header=item.header,
+        from_archive=candidate.in_archive,
+    )

@@ -32,7 +32,7 @@ from relaypacs.client.errors import (
     ExitCode,
     ServerUnreachableError,
 )
-from relaypacs.client.hashing import HashCache, hash_files
+from relaypacs.client.hashing import HashCache, Hasher, hash_files
 from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_studies, hash_jobs
 from relaypacs.client.state import ensure_state_dir
 
@@ -757,10 +757,25 @@ async def run_upload(
     summary = RunSummary()
     clock = time.perf_counter
     started = clock()
-    with extraction_workspace(state_dir) as workspace:
-        discovery = await discover(
-            paths, workspace=workspace, archive_limits=options.archive_limits
-        )
+    with (
+        extraction_workspace(state_dir) as workspace,
+        HashCache(state_dir / "hashes.sqlite3") as cache,
+    ):
+        # Each instance is hashed as soon as discovery finds it: reading headers (Python) and
+        # hashing (C, in threads) overlap instead of taking turns.
+        hash_progress = _HashProgress(progress)
+        hasher = Hasher(cache=cache, workers=options.hash_workers, on_bytes=hash_progress)
+        try:
+            discovery = await discover(
+                paths,
+                workspace=workspace,
+                archive_limits=options.archive_limits,
+                on_file=lambda file: hasher.add(hash_jobs([file])[0]),
+                exclude=[state_dir],
+            )
+        except BaseException:
+            hasher.cancel()
+            raise
         summary.timings["discover_seconds"] = clock() - started
         summary.archives = len(discovery.archives)
         summary.skipped = {
@@ -769,20 +784,50 @@ async def run_upload(
             if discovery.skipped_count(reason)
         }
         if not discovery.files:
+            hasher.cancel()
             summary.error = "no DICOM instance found in the given paths"
             summary.error_kind = "input"
             progress.discovered(discovery, [])
             return summary
+        hash_progress.start(sum(file.size for file in discovery.files))
         # Log in while the files are hashed: the token (and a connection) are ready when the
         # first study is. Its errors are raised where it is awaited, as before.
         login = asyncio.create_task(client.login())
         try:
-            await _hash_and_upload(discovery, client, login, options, progress, state_dir, summary)
+            started = clock()
+            try:
+                studies = group_studies(discovery.files, await hasher.results())
+            finally:
+                summary.hash_cache_hits = cache.hits
+                summary.timings["hash_seconds"] = clock() - started
+            await _upload_studies(studies, discovery, client, login, options, progress, summary)
         finally:
             if not login.done():
                 login.cancel()
             login.add_done_callback(_retrieve)
     return summary
+
+
+class _HashProgress:
+    """The hashing progress, counted from the first file discovered, shown once the total is
+    known (when discovery ends)."""
+
+    def __init__(self, progress: ProgressListener) -> None:
+        self._progress = progress
+        self._early = 0
+        self._started = False
+
+    def __call__(self, n_bytes: int) -> None:
+        if self._started:
+            self._progress.hashed(n_bytes)
+        else:
+            self._early += n_bytes
+
+    def start(self, total_bytes: int) -> None:
+        self._progress.hashing(total_bytes)
+        self._started = True
+        if self._early:
+            self._progress.hashed(self._early)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -791,21 +836,16 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-async def _hash_and_upload(
+async def _upload_studies(
+    studies: list[StudyPlan],
     discovery: Discovery,
     client: GatewayClient,
     login: asyncio.Task[None],
     options: UploadOptions,
     progress: ProgressListener,
-    state_dir: Path,
     summary: RunSummary,
 ) -> None:
     clock = time.perf_counter
-    started = clock()
-    with HashCache(state_dir / "hashes.sqlite3") as cache:
-        studies = await prepare_studies(discovery, cache=cache, options=options, progress=progress)
-        summary.hash_cache_hits = cache.hits
-    summary.timings["hash_seconds"] = clock() - started
     progress.discovered(discovery, studies)
     results = [
         StudyResult(

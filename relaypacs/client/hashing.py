@@ -18,7 +18,7 @@ from pathlib import Path
 
 from relaypacs.client.errors import InputError
 
-__all__ = ["HashCache", "HashJob", "hash_file", "hash_files", "study_hash"]
+__all__ = ["HashCache", "HashJob", "Hasher", "hash_file", "hash_files", "study_hash"]
 
 _READ_SIZE = 1024 * 1024
 # Entries not used for this long are dropped, so the cache does not grow for ever.
@@ -142,45 +142,83 @@ async def hash_files(
     Each result is written to the cache as soon as it is known, so a run killed half-way keeps
     what it hashed.
     """
-    results: dict[str, str] = {}
-    todo: list[HashJob] = []
+    hasher = Hasher(cache=cache, workers=workers, on_bytes=on_bytes)
     for job in jobs:
+        hasher.add(job)
+    return await hasher.results()
+
+
+class Hasher:
+    """hash_files for jobs that arrive one by one (as discovery finds the files): each starts
+    as soon as it is added, while the rest is still being found. Call :meth:`results` once
+    every job is added, or :meth:`cancel`."""
+
+    def __init__(
+        self,
+        *,
+        cache: HashCache | None = None,
+        workers: int = 4,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self._cache = cache
+        self._semaphore = asyncio.Semaphore(max(1, workers))
+        self._on_bytes = on_bytes
+        self._report: Callable[[int], None] | None = None
+        if on_bytes is not None:
+            loop = asyncio.get_running_loop()
+            callback = on_bytes
+
+            def report(n: int) -> None:
+                # Called from a worker thread: hand the count to the event loop's thread.
+                loop.call_soon_threadsafe(callback, n)
+
+            self._report = report
+        self._results: dict[str, str] = {}
+        self._keys: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, job: HashJob) -> None:
+        self._keys.append(job.key)
+        cache = self._cache
         cached = cache.get(job.key, job.size, job.mtime_ns) if cache is not None else None
-        if cached is None:
-            todo.append(job)
-        else:
-            results[job.key] = cached
-            if on_bytes is not None:
-                on_bytes(job.size)
-    semaphore = asyncio.Semaphore(max(1, workers))
-    loop = asyncio.get_running_loop()
-    report: Callable[[int], None] | None = None
-    if on_bytes is not None:
-        callback = on_bytes
+        if cached is not None:
+            self._results[job.key] = cached
+            if self._on_bytes is not None:
+                self._on_bytes(job.size)
+            return
+        self._tasks.append(asyncio.create_task(self._hash(job)))
 
-        def report(n: int) -> None:
-            # Called from a worker thread: hand the count to the event loop's thread.
-            loop.call_soon_threadsafe(callback, n)
+    async def _hash(self, job: HashJob) -> None:
+        async with self._semaphore:
+            digest = await asyncio.to_thread(hash_file, job.path, self._report)
+        self._results[job.key] = digest
+        if self._cache is not None and (not job.same_file or _unchanged(job)):
+            self._cache.put(job.key, job.size, job.mtime_ns, digest)
 
-    async def one(job: HashJob) -> None:
-        async with semaphore:
-            digest = await asyncio.to_thread(hash_file, job.path, report)
-        results[job.key] = digest
-        if cache is not None and (not job.same_file or _unchanged(job)):
-            cache.put(job.key, job.size, job.mtime_ns, digest)
+    async def results(self) -> dict[str, str]:
+        """Every job's SHA-256 by key. InputError for a file that cannot be read (the other
+        hashes are stopped)."""
+        try:
+            if self._tasks:
+                done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+                errors = [t.exception() for t in done if not t.cancelled()]
+                first = next((e for e in errors if e is not None), None)
+                if first is not None:
+                    if isinstance(first, OSError):
+                        raise InputError(
+                            f"cannot read {first.filename}: {first.strerror}"
+                        ) from first
+                    raise first
+        except BaseException:
+            self.cancel()
+            raise
+        if self._cache is not None:
+            self._cache.touch(self._keys)
+        return self._results
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for job in todo:
-                group.create_task(one(job))
-    except BaseExceptionGroup as errors:
-        first = errors.exceptions[0]
-        if isinstance(first, OSError):
-            raise InputError(f"cannot read {first.filename}: {first.strerror}") from first
-        raise first from None
-    if cache is not None:
-        cache.touch([job.key for job in jobs])
-    return results
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
 
 def _unchanged(job: HashJob) -> bool:

@@ -41,6 +41,30 @@ async def _plans(paths: list[Path], workspace: Path) -> tuple[Discovery, list[St
 
 
 class TestDiscover:
+    async def test_each_instance_is_announced_as_soon_as_it_is_found(self, tmp_path: Path) -> None:
+        write_study(tmp_path / "in", instances=3, rows=32, columns=32, with_dicomdir=True)
+        write_study(tmp_path / "z", instances=2, rows=32, columns=32)
+        _zip_folder(tmp_path / "z", tmp_path / "in" / "more.zip")
+        (tmp_path / "in" / "notes.txt").write_text("hello")
+        announced: list[object] = []
+        found = await discover(
+            [tmp_path / "in"], workspace=tmp_path / "ws", on_file=announced.append
+        )
+        assert len(found.files) == 5  # 3 files and 2 archive members
+        assert sorted(announced, key=str) == sorted(found.files, key=str)
+
+    async def test_excluded_folders_are_not_searched(self, tmp_path: Path) -> None:
+        write_study(tmp_path / "in", instances=2, rows=32, columns=32)
+        state = tmp_path / "in" / ".state"
+        write_study(state / "extracted", instances=1, rows=32, columns=32)
+        (state / "hashes.sqlite3").write_bytes(b"SQLite format 3\x00")
+        found = await discover([tmp_path / "in"], workspace=tmp_path / "ws", exclude=[state])
+        assert len(found.files) == 2
+        assert found.skipped == []
+        assert all(".state" not in f.name for f in found.files)
+        everything = await discover([tmp_path / "in"], workspace=tmp_path / "ws")
+        assert len(everything.files) == 3
+
     async def test_folder_with_non_dicom_files(self, tmp_path: Path) -> None:
         study = write_study(tmp_path / "in", instances=3, rows=32, columns=32)
         (tmp_path / "in" / "notes.txt").write_text("hello")

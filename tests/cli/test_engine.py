@@ -12,14 +12,17 @@ import pytest
 from relaypacs.client import (
     AuthenticationError,
     GatewayClient,
+    NullProgress,
     RetryPolicy,
     ServerUnreachableError,
     StudyFile,
     StudyPlan,
     StudyStatus,
     UploadOptions,
+    run_upload,
     upload_study,
 )
+from relaypacs.devtools.synth import write_study
 from tests.cli.fakegateway import FakeGateway
 
 CHUNK = 64 * 1024
@@ -232,3 +235,39 @@ class TestUploadStudy:
         assert result.status is StudyStatus.VALIDATED
         assert len(gateway.uploads) == 1
         assert result.upload_id in gateway.uploads
+
+
+class _Recorder(NullProgress):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def hashing(self, total_bytes: int) -> None:
+        self.events.append(("hashing", total_bytes))
+
+    def hashed(self, n_bytes: int) -> None:
+        self.events.append(("hashed", n_bytes))
+
+
+class TestRunUpload:
+    async def test_files_hashed_while_discovered_are_counted_once_the_total_is_known(
+        self, tmp_path: Path
+    ) -> None:
+        study = write_study(tmp_path / "in", instances=40, rows=64, columns=64)
+        gateway = FakeGateway(chunk_size=CHUNK)
+        progress = _Recorder()
+        async with make_client(gateway) as client:
+            summary = await run_upload(
+                [tmp_path / "in"],
+                client,
+                options=UploadOptions(state_dir=tmp_path / "state"),
+                progress=progress,
+            )
+        assert summary.exit_code == 0, summary.error
+        total = sum(Path(p).stat().st_size for p in study.paths)
+        assert progress.events[0] == ("hashing", total)
+        assert sum(n for kind, n in progress.events if kind == "hashed") == total
+        assert [kind for kind, _ in progress.events].count("hashing") == 1
+        (upload,) = gateway.uploads.values()
+        assert {f["sha256"] for f in upload.files} == {
+            hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in study.paths
+        }

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
 
-from relaypacs.client import HashCache, HashJob, hash_files, study_hash
+import pytest
+
+from relaypacs.client import HashCache, HashJob, InputError, hash_files, study_hash
+from relaypacs.client.hashing import Hasher
 from relaypacs.client.state import ensure_state_dir
 
 
@@ -68,3 +72,54 @@ class TestHashFiles:
         with HashCache(state / "hashes.sqlite3"):
             pass
         assert (state / "hashes.sqlite3").stat().st_mode & 0o077 == 0
+
+
+class TestHasher:
+    async def test_jobs_added_one_by_one_start_at_once_and_match_hash_files(
+        self, tmp_path: Path
+    ) -> None:
+        paths = []
+        for i in range(5):
+            path = tmp_path / f"f{i}"
+            path.write_bytes(os.urandom(200_000 + i))
+            paths.append(path)
+        seen: list[int] = []
+        hasher = Hasher(workers=2, on_bytes=seen.append)
+        hasher.add(_job(paths[0]))
+        await asyncio.sleep(0.2)  # the rest is "still being discovered"
+        assert sum(seen) == paths[0].stat().st_size  # the first one was hashed meanwhile
+        for path in paths[1:]:
+            hasher.add(_job(path))
+        assert await hasher.results() == await hash_files([_job(p) for p in paths])
+        assert sum(seen) == sum(p.stat().st_size for p in paths)
+
+    async def test_an_unreadable_file_is_an_input_error_and_stops_the_rest(
+        self, tmp_path: Path
+    ) -> None:
+        good = tmp_path / "good"
+        good.write_bytes(b"x" * 1000)
+        gone = tmp_path / "gone"
+        gone.write_bytes(b"y")
+        job = _job(gone)
+        gone.unlink()
+        hasher = Hasher(workers=1)
+        hasher.add(job)
+        hasher.add(_job(good))
+        with pytest.raises(InputError, match="cannot read"):
+            await hasher.results()
+
+    async def test_cached_files_are_not_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "f"
+        path.write_bytes(b"cached content")
+        with HashCache(tmp_path / "hashes.sqlite3") as cache:
+            await hash_files([_job(path)], cache=cache)
+            job = _job(path)
+            # Other bytes, same size and time: only the cache can still give the old hash.
+            path.write_bytes(b"CACHED CONTENT")
+            os.utime(path, ns=(job.mtime_ns, job.mtime_ns))
+            hasher = Hasher(cache=cache)
+            hasher.add(job)
+            assert (await hasher.results())[str(path)] == hashlib.sha256(
+                b"cached content"
+            ).hexdigest()
+            assert cache.hits == 1
