@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal
@@ -963,6 +963,12 @@ def _decode(reply: dict[str, Any]) -> tuple[DicomSummary | Exception, bool]:
     return _worker_error(kind, errno, message), True
 
 
+@dataclass
+class _Lease:
+    worker: _Worker
+    healthy: bool = False
+
+
 class DicomValidator:
     """Runs :func:`inspect_file` in a pool of worker processes.
 
@@ -1062,21 +1068,34 @@ class DicomValidator:
             started = await asyncio.gather(*(self._start_worker() for _ in range(missing)))
             self._idle.extend(started)
 
-    async def inspect(self, path: Path) -> DicomSummary:
-        """Inspect ``path`` in a worker. Raises :class:`DicomRejected`; re-raises
-        ``OSError`` from the worker (e.g. ``FileNotFoundError``)."""
+    @contextlib.asynccontextmanager
+    async def _lease(self, message: str | list[str]) -> AsyncIterator[_Lease]:
+        """A worker that has been sent ``message``, for one answer; afterwards it is kept if
+        the caller marked the lease healthy, else replaced. At most ``workers`` at once."""
         self._check_open()
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
         self._last_used = time.monotonic()
         self._ensure_reaper()
         async with self._slots:
-            worker = await self._acquire(os.fspath(path))
-            healthy = False
+            lease = _Lease(await self._acquire(message))
+            try:
+                yield lease
+            finally:
+                self._last_used = time.monotonic()
+                if lease.healthy and not self._closed:
+                    self._idle.append(lease.worker)
+                else:
+                    await self._discard(lease.worker)
+
+    async def inspect(self, path: Path) -> DicomSummary:
+        """Inspect ``path`` in a worker. Raises :class:`DicomRejected`; re-raises
+        ``OSError`` from the worker (e.g. ``FileNotFoundError``)."""
+        async with self._lease(os.fspath(path)) as lease:
             try:
                 async with asyncio.timeout(self.limits.timeout_seconds):
-                    reply = await worker.receive()
-                result, healthy = _decode(reply)
+                    reply = await lease.worker.receive()
+                result, lease.healthy = _decode(reply)
                 if isinstance(result, Exception):
                     raise result
                 return result
@@ -1093,12 +1112,6 @@ class DicomValidator:
                     "The validation worker died while inspecting the file "
                     "(memory limit exceeded or crashed).",
                 ) from None
-            finally:
-                self._last_used = time.monotonic()
-                if healthy and not self._closed:
-                    self._idle.append(worker)
-                else:
-                    await self._discard(worker)
 
     async def inspect_batch(
         self, paths: Sequence[Path]
@@ -1110,42 +1123,30 @@ class DicomValidator:
         file, or the worker died). For work that :meth:`inspect` checks again when there is
         no answer (relaypacs.uploads.early): the per-file round trip is most of the serving
         process's cost of a small file."""
-        self._check_open()
         if not paths:
+            self._check_open()
             return []
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._size)
-        self._last_used = time.monotonic()
-        self._ensure_reaper()
-        async with self._slots:
-            worker = await self._acquire([os.fspath(p) for p in paths])
-            healthy = False
+        async with self._lease([os.fspath(p) for p in paths]) as lease:
             try:
                 async with asyncio.timeout(self.limits.timeout_seconds):
-                    reply = await worker.receive()
-                replies = reply["batch"] if isinstance(reply, dict) else None
-                if not isinstance(replies, list) or len(replies) != len(paths):
-                    raise _WorkerDied
-                healthy = True
-                results: list[DicomSummary | DicomRejected | OSError | None] = []
-                for one in replies:
-                    result, reusable = _decode(one)
-                    healthy = healthy and reusable
-                    if isinstance(result, DicomRejected) and result.code == RESOURCE_LIMIT:
-                        results.append(None)
-                    elif isinstance(result, DicomSummary | DicomRejected | OSError):
-                        results.append(result)
-                    else:  # the worker's own failure: inspect() raises it
-                        results.append(None)
-                return results
+                    reply = await lease.worker.receive()
             except (TimeoutError, _WorkerDied):
                 return [None] * len(paths)
-            finally:
-                self._last_used = time.monotonic()
-                if healthy and not self._closed:
-                    self._idle.append(worker)
-                else:
-                    await self._discard(worker)
+            replies = reply.get("batch") if isinstance(reply, dict) else None
+            if not isinstance(replies, list) or len(replies) != len(paths):
+                return [None] * len(paths)  # not the protocol: the worker is replaced
+            lease.healthy = True
+            results: list[DicomSummary | DicomRejected | OSError | None] = []
+            for one in replies:
+                result, reusable = _decode(one)
+                lease.healthy = lease.healthy and reusable
+                if isinstance(result, DicomRejected) and result.code == RESOURCE_LIMIT:
+                    results.append(None)
+                elif isinstance(result, DicomSummary | DicomRejected | OSError):
+                    results.append(result)
+                else:  # the worker's own failure: inspect() raises it
+                    results.append(None)
+            return results
 
     async def close(self) -> None:
         """Stop all workers. The validator cannot be used afterwards."""

@@ -277,23 +277,22 @@ class TestChunks:
         upload: tuple[str, Study],
     ) -> None:
         upload_id, study = upload
-        async with app.state.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(User)
-                .where(User.username == clinician.username)
-                .values(must_change_password=True)
-            )
+
+        async def temporary_password(value: bool) -> None:
+            async with app.state.sessionmaker() as session, session.begin():
+                await session.execute(
+                    update(User)
+                    .where(User.username == clinician.username)
+                    .values(must_change_password=value)
+                )
+
+        await temporary_password(True)
         try:
             response = await put_chunk(
                 client, clinician, upload_id, 0, 0, chunks_of(study.files[0])[0]
             )
         finally:
-            async with app.state.sessionmaker() as session, session.begin():
-                await session.execute(
-                    update(User)
-                    .where(User.username == clinician.username)
-                    .values(must_change_password=False)
-                )
+            await temporary_password(False)
         assert response.status_code == 403
         assert error_code(response) == "password_change_required"
         status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
