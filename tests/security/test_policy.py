@@ -7,11 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import iter_route_contexts
 
 from relaypacs.auth.models import Role
 from relaypacs.auth.policy import POLICY, PUBLIC, PolicyError, PolicyIndex, allow, check_policy
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.uploads.router import ChunkRoute, _ChunkPath
 
 
 def offline_app(tmp_path: Path, **settings: object) -> FastAPI:
@@ -131,3 +134,40 @@ class TestTheTableItself:
             "PUT /api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}": "own",
             "POST /api/v1/uploads": "manifest",
         }
+
+
+def _dependency_names(dependant: Dependant) -> set[str]:
+    names: set[str] = set()
+    for sub in dependant.dependencies:
+        call = sub.call
+        names.add(getattr(call, "__qualname__", type(call).__qualname__))
+        names |= _dependency_names(sub)
+    return names
+
+
+class TestChunkRoute:
+    """The chunk PUT makes its FastAPI dependencies' checks itself (ChunkRoute): a dependency
+    added to it, to its router or to the whole app would not run there. So its declared
+    dependencies are pinned: a new one must be added to ChunkRoute's handler, then here."""
+
+    def test_its_declared_dependencies_are_the_checks_its_handler_makes(
+        self, tmp_path: Path
+    ) -> None:
+        app = offline_app(tmp_path)
+        # As FastAPI builds it in the app: with the app-wide dependencies.
+        (route,) = [
+            c
+            for c in iter_route_contexts(list(app.routes))
+            if isinstance(c.original_route, ChunkRoute)
+        ]
+        declared = _dependency_names(route.dependant)
+        assert declared == {
+            "authorize",  # the policy (app-wide)
+            "per_user.<locals>._limit",  # the rate limit
+            "get_current_user",  # CurrentUser, which needs:
+            "get_session_user",
+            "HTTPBearer",
+        }, declared
+        # The path parameters it validates itself (_ChunkPath) are the endpoint's.
+        assert {p.name for p in route.dependant.path_params} == set(_ChunkPath.model_fields)
+        assert route.methods == {"PUT"}
