@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 MAX_NAME_LENGTH = 255
+_CLASSIFY_BATCH = 16  # files classified per thread call
 
 
 class SkipReason(StrEnum):
@@ -236,17 +237,28 @@ async def discover(
     result = Discovery()
     semaphore = asyncio.Semaphore(max(1, workers))
 
-    async def classify(candidate: _Candidate) -> _Classified:
+    async def classify(batch: list[_Candidate]) -> list[_Classified]:
         async with semaphore:
-            item = await asyncio.to_thread(_classify, candidate)
-        if on_file is not None and item.header is not None and item.reason is None:
-            on_file(_discovered(item))
-        return item
+            items = await asyncio.to_thread(lambda: [_classify(c) for c in batch])
+        if on_file is not None:
+            for item in items:
+                if item.header is not None and item.reason is None:
+                    on_file(_discovered(item))
+        return items
 
     pending = candidates
     archive_number = 0
     while pending:
-        classified = await asyncio.gather(*(classify(c) for c in pending))
+        # A few files per thread call: one call per file cost more in the event loop (task,
+        # future, thread hand-over) than reading the file's header.
+        batches = [
+            pending[i : i + _CLASSIFY_BATCH] for i in range(0, len(pending), _CLASSIFY_BATCH)
+        ]
+        classified = [
+            item
+            for items in await asyncio.gather(*(classify(b) for b in batches))
+            for item in items
+        ]
         pending = []
         for item in classified:
             candidate = item.candidate
