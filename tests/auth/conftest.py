@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import random
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ API = "/api/v1"
 PASSWORD = "correct horse battery staple"
 REDIS_URL = os.environ.get("RELAYPACS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SIGNING_KEY = "identity-test-signing-key-" + "y" * 32
+TOTP_STEP_SECONDS = 30  # pyotp's default, as the gateway's
 
 
 def identity_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
@@ -134,7 +136,18 @@ def error_code(response: httpx.Response) -> str:
 def totp_code(secret: str, steps: int = 0) -> str:
     """The code of the current time step, or `steps` away (the drift window allows one)."""
     totp = pyotp.TOTP(secret)
-    return totp.generate_otp(totp.timecode(dt.datetime.now(dt.UTC)) + steps)
+    return totp.generate_otp(totp.timecode(dt.datetime.fromtimestamp(time.time(), dt.UTC)) + steps)
+
+
+def previous_step_code(secret: str, margin: float = 2.0) -> str:
+    """The previous time step's code, which leaves the current and the next for later logins.
+    Taken away from a step change: a code of step N-1 taken at the end of step N and checked
+    at step N+1 is two steps away, which the server refuses; so within `margin` seconds of the
+    next step, this waits for it first."""
+    left = TOTP_STEP_SECONDS - time.time() % TOTP_STEP_SECONDS
+    if left < margin:
+        time.sleep(left + 0.05)
+    return totp_code(secret, -1)
 
 
 def wrong_code(secret: str) -> str:
@@ -152,7 +165,7 @@ async def enrol(client: httpx.AsyncClient, token: str) -> tuple[str, list[str]]:
     assert started.status_code == 200, started.text
     secret: str = started.json()["secret"]
     confirmed = await client.post(
-        f"{API}/auth/totp/confirm", json={"code": totp_code(secret, -1)}, headers=bearer(token)
+        f"{API}/auth/totp/confirm", json={"code": previous_step_code(secret)}, headers=bearer(token)
     )
     assert confirmed.status_code == 200, confirmed.text
     codes: list[str] = confirmed.json()["recovery_codes"]

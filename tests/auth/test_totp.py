@@ -4,10 +4,12 @@ rest."""
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
 import pyotp
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -21,6 +23,7 @@ from tests.auth.conftest import (
     error_code,
     login,
     make_user,
+    previous_step_code,
     signed_in,
     totp_code,
     user_row,
@@ -257,3 +260,30 @@ class TestWrongEncryptionKey:
         assert response.status_code == 409
         assert error_code(response) == "totp_reset_required"
         assert secret not in response.text
+
+
+def test_the_previous_step_code_is_not_taken_at_a_step_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tests' enrolment helper (a code of the previous step) waits out the end of a step:
+    taken then and checked after the change, the code is two steps old and refused."""
+    clock = [1_800_000_000.0 + 29.2]  # 0.8 s before a step change
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", sleep)
+    secret = pyotp.random_base32()
+    code = previous_step_code(secret)
+    assert len(slept) == 1
+    assert 0.8 <= slept[0] < 1.0
+    # The previous step of the new step: the one that ended just now.
+    totp = pyotp.TOTP(secret)
+    assert code == totp.generate_otp(int(clock[0]) // 30 - 1)
+    clock[0] += 10.0  # mid-step: no wait
+    slept.clear()
+    previous_step_code(secret)
+    assert slept == []

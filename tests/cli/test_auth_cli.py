@@ -27,6 +27,7 @@ import pytest
 
 from relaypacs.client import GatewayClient, RetryPolicy, SecondFactorError
 from relaypacs.devtools.synth import write_study
+from tests.auth.conftest import previous_step_code
 from tests.cli.conftest import CHUNK_SIZE
 from tests.gateway import create_user, relaypacs_command, run_gateway, subprocess_env
 
@@ -105,8 +106,7 @@ def new_account(server: Server, role: str, *, totp: bool, env: dict[str, str]) -
         enrolment = http.post("/auth/totp/enrol", json={"password": password}, headers=headers)
         assert enrolment.status_code == 200, enrolment.text
         secret = enrolment.json()["secret"]
-        totp_ = pyotp.TOTP(secret)
-        previous = totp_.generate_otp(totp_.timecode(dt.datetime.now(dt.UTC)) - 1)
+        previous = previous_step_code(secret)
         confirm = http.post("/auth/totp/confirm", json={"code": previous}, headers=headers)
         assert confirm.status_code == 200, confirm.text
         http.post("/auth/logout", headers=headers)
