@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import enum
 import functools
 import hashlib
 import shutil
+import sqlite3
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
@@ -794,7 +796,10 @@ class _SqliteChunkWriter:
                 outcomes = self._record(cursor, batch)
                 cursor.execute("COMMIT")
             except BaseException:
-                cursor.execute("ROLLBACK")
+                # A failed COMMIT may have ended the transaction already; the pool rolls back
+                # on return anyway. The original error is the one to raise.
+                with contextlib.suppress(sqlite3.Error):
+                    cursor.execute("ROLLBACK")
                 raise
             finally:
                 cursor.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -143,3 +144,21 @@ async def test_both_store_the_same_rows(sqlite_app: FastAPI) -> None:
     assert all(c.created_at.tzinfo is not None for c in loaded)
     newest = max(c.created_at for c in loaded)
     assert all(abs((newest - c.created_at).total_seconds()) < 60 for c in loaded)
+
+
+async def test_a_failure_after_the_transaction_ended_keeps_its_own_error(
+    sqlite_app: FastAPI,
+) -> None:
+    """If the transaction is already over when the batch fails (a failed COMMIT ends it), the
+    ROLLBACK that follows fails too; the batch's own error is the one raised, and the next
+    batch is recorded normally."""
+    upload_id = await new_upload(sqlite_app)
+
+    class Failing(_SqliteChunkWriter):
+        def _record(self, cursor: Any, batch: list[_ChunkRecord]) -> list[_Outcome]:
+            cursor.execute("COMMIT")
+            raise ValueError("the batch's own error")
+
+    with pytest.raises(ValueError, match="the batch's own error"):
+        Failing(sqlite_app.state.sync_engine).record([record(upload_id, 0, "a" * 32)])
+    assert run_driver(sqlite_app, [record(upload_id, 0, "a" * 32)]) == [_Outcome.STORED]
