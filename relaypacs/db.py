@@ -56,6 +56,16 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+def column_processor(processor: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """A column type's bind or result processor (``type.bind_processor(dialect)``), or the
+    identity where the type needs none: for statements run on the driver's connection."""
+    return processor if processor is not None else _unchanged
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

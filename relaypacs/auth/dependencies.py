@@ -18,7 +18,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.auth.revocation import Revocations
 from relaypacs.auth.security import AccessClaims, decode_access_token
 from relaypacs.config import Settings
-from relaypacs.db import read_in_one_call, readonly_engine
+from relaypacs.db import column_processor, read_in_one_call, readonly_engine
 from relaypacs.errors import Forbidden, NotAuthenticated
 
 bearer_scheme = HTTPBearer(auto_error=False)
@@ -85,10 +85,6 @@ async def load_user(state: Any, user_id: uuid.UUID) -> User | None:
     return await read_in_one_call(state, lambda session: session.get(User, user_id))
 
 
-def _unchanged(value: Any) -> Any:
-    return value
-
-
 class UserRows:
     """The user of every request on SQLite, read with one plain SQL statement.
 
@@ -104,8 +100,7 @@ class UserRows:
         table = User.__table__
         self._engine = engine
         self._sql = str(select(table).where(table.c.id == bindparam("id")).compile(engine))
-        processor = table.c.id.type.bind_processor(engine.dialect)
-        self._bind: Callable[[Any], Any] = processor if processor is not None else _unchanged
+        self._bind = column_processor(table.c.id.type.bind_processor(engine.dialect))
         self._capacity = capacity
         self._known: dict[uuid.UUID, tuple[tuple[Any, ...], User]] = {}
         self._reader = readonly_engine(engine)

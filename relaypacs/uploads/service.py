@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role, User
-from relaypacs.db import read_in_one_call, sqlite_write_lock, utcnow
+from relaypacs.db import column_processor, read_in_one_call, sqlite_write_lock, utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
 from relaypacs.forwarding.models import ForwardJob, JobStatus
@@ -649,8 +649,8 @@ class ChunkRecorder:
         self, engine: AsyncEngine, *, sync_engine: Engine | None = None, max_batch: int = 256
     ) -> None:
         self._engine = engine
-        self._sync_engine = sync_engine  # SQLite only (see create_sync_sqlite_engine)
-        self._sqlite_writer: _SqliteChunkWriter | None = None
+        # SQLite only (sync_engine: see create_sync_sqlite_engine)
+        self._sqlite_writer = _SqliteChunkWriter(sync_engine) if sync_engine is not None else None
         self._max_batch = max_batch
         self._queue: list[tuple[_ChunkRecord, asyncio.Future[_Outcome]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -680,11 +680,9 @@ class ChunkRecorder:
                     future.set_result(outcome)
 
     async def _write(self, batch: list[_ChunkRecord]) -> list[_Outcome]:
-        if self._sync_engine is not None:
-            writer = self._sqlite_writer or _SqliteChunkWriter(self._sync_engine)
-            self._sqlite_writer = writer
+        if self._sqlite_writer is not None:
             async with sqlite_write_lock(self._engine):
-                return await asyncio.to_thread(writer.record, batch)
+                return await asyncio.to_thread(self._sqlite_writer.record, batch)
         async with self._engine.begin() as connection:
             return await connection.run_sync(_record_chunks, batch)
 
@@ -781,10 +779,10 @@ class _SqliteChunkWriter:
         dialect = engine.dialect
         upload, chunk = Upload.__table__.c, UploadChunk.__table__.c
         self._engine = engine
-        self._uuid_in = _processor(upload.id.type.bind_processor(dialect))
-        self._uuid_out = _processor(upload.id.type.result_processor(dialect, None))
-        self._status_out = _processor(upload.status.type.result_processor(dialect, None))
-        self._time_in = _processor(chunk.created_at.type.bind_processor(dialect))
+        self._uuid_in = column_processor(upload.id.type.bind_processor(dialect))
+        self._uuid_out = column_processor(upload.id.type.result_processor(dialect, None))
+        self._status_out = column_processor(upload.status.type.result_processor(dialect, None))
+        self._time_in = column_processor(chunk.created_at.type.bind_processor(dialect))
 
     def record(self, batch: list[_ChunkRecord]) -> list[_Outcome]:
         """One write transaction (BEGIN IMMEDIATE). Blocking: call it in a thread."""
@@ -855,14 +853,6 @@ def _placeholders(rows: int, columns: int) -> str:
     """SQL placeholders only (never a value): `(?, ?)` for 1 row of 2 columns, `(?), (?)` for
     2 rows of 1; the values go as parameters."""
     return ", ".join(["(" + ", ".join("?" * columns) + ")"] * rows)
-
-
-def _processor(function: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    return function if function is not None else _unchanged
-
-
-def _unchanged(value: Any) -> Any:
-    return value
 
 
 async def store_chunk(
