@@ -69,6 +69,7 @@ UPLOADERS = allow(Role.CLINICIAN, Role.RADIOLOGIST)
 ADMIN = allow(Role.ADMIN)
 
 API = "/api/v1"
+UPLOAD_INIT = f"POST {API}/uploads"  # who may start an upload (also: who gets a warm validator)
 
 POLICY: dict[str, Rule] = {
     # Public: liveness, login and the API's own description.
@@ -92,7 +93,7 @@ POLICY: dict[str, Rule] = {
     f"DELETE {API}/auth/sessions/{{session_id}}": ANY_ROLE,
     # Uploads: the uploader's own objects only (another user's upload is a 404). An
     # administrator may read any upload (support; every such read is audited) but not write.
-    f"POST {API}/uploads": allow(Role.CLINICIAN, Role.RADIOLOGIST, body="manifest"),
+    UPLOAD_INIT: allow(Role.CLINICIAN, Role.RADIOLOGIST, body="manifest"),
     f"GET {API}/uploads": UPLOADERS,
     f"GET {API}/uploads/{{upload_id}}": ANY_ROLE,
     f"PUT {API}/uploads/{{upload_id}}/files/{{file_index}}/chunks/{{chunk_index}}": allow(
@@ -118,9 +119,6 @@ POLICY: dict[str, Rule] = {
     f"DELETE {API}/admin/users/{{user_id}}/sessions": ADMIN,
     f"DELETE {API}/admin/users/{{user_id}}/sessions/{{session_id}}": ADMIN,
 }
-
-
-UPLOAD_INIT = f"POST {API}/uploads"
 
 
 class PolicyError(Exception):

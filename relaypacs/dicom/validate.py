@@ -1167,15 +1167,15 @@ class DicomValidator:
         if self._closed:
             raise RuntimeError("DicomValidator is closed")
 
-    async def _acquire(self, path: str | list[str]) -> _Worker:
-        """A live worker that has been sent ``path`` (or a batch of paths)."""
+    async def _acquire(self, message: str | list[str]) -> _Worker:
+        """A live worker that has been sent ``message``: a path, or a batch of paths."""
         if not self._idle and self._warming is not None and not self._warming.done():
             await asyncio.shield(self._warming)  # the worker being started is for this file
         while self._idle:
             worker = self._idle.pop()
             if worker.alive:
                 try:
-                    await worker.send(path)
+                    await worker.send(message)
                 except _WorkerDied:
                     pass
                 else:
@@ -1183,7 +1183,7 @@ class DicomValidator:
             await self._discard(worker)
         worker = await self._start_worker()
         try:
-            await worker.send(path)
+            await worker.send(message)
         except BaseException:
             await self._discard(worker)
             raise
