@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 import pydicom
 
+from bench.disk import write_all
 from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
@@ -104,7 +105,7 @@ def _baseline_app(root: Path) -> ASGIApp:
     def write(path: Path, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, data)
+            write_all(fd, memoryview(data))
             os.fsync(fd)
         finally:
             os.close(fd)

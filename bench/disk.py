@@ -25,7 +25,8 @@ def _buffer() -> memoryview:
     return buf
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def write_all(fd: int, data: memoryview) -> None:
+    """os.write until every byte is written (a write may take fewer)."""
     while data:
         written = os.write(fd, data)
         data = data[written:]
@@ -46,7 +47,7 @@ def _copy_one(src: Path, dst: Path) -> int:
     try:
         with src.open("rb", buffering=0) as handle:
             while n := handle.readinto(buf):
-                _write_all(fd, buf[:n])
+                write_all(fd, buf[:n])
                 total += n
         os.fsync(fd)
     finally:
@@ -103,7 +104,7 @@ def fsync_per_block(files: Sequence[Path], dest: Path, block: int = BLOCK) -> tu
                     segment += 1
                     filled = 0
                 take = min(len(piece), block - filled)
-                _write_all(fd, piece[:take])
+                write_all(fd, piece[:take])
                 piece = piece[take:]
                 filled += take
                 total += take
