@@ -212,12 +212,16 @@ class TestHostileFiles:
         assert synth.make_truncated(b"abcdef", keep=4) == b"abcd"
 
     def test_deflate_bomb_is_small_and_inflates_to_what_it_says(self) -> None:
+        def meta_end(data: bytes) -> int:
+            # each bomb has its own UIDs, of random length: its own meta group length
+            return 132 + 12 + int(struct.unpack_from("<I", data, 140)[0])
+
         bomb = synth.make_deflate_bomb()  # 2 GiB
         assert len(bomb) < 4 << 20
-        meta_end = 132 + 12 + struct.unpack_from("<I", bomb, 140)[0]
-        assert DeflatedExplicitVRLittleEndian.encode() in bomb[:meta_end]
+        bomb_meta_end = meta_end(bomb)
+        assert DeflatedExplicitVRLittleEndian.encode() in bomb[:bomb_meta_end]
         # the inflated header declares ~2 GiB of pixel data
-        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bomb[meta_end:], 4096)
+        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bomb[bomb_meta_end:], 4096)
         offset = head.index(b"\xe0\x7f\x10\x00OW")
         declared = struct.unpack_from("<I", head, offset + 8)[0]
         assert declared > (2 << 30) - 4096
@@ -225,7 +229,7 @@ class TestHostileFiles:
         small = synth.make_deflate_bomb(inflated_bytes=32 << 20)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         total = 0
-        data = small[meta_end:]
+        data = small[meta_end(small):]
         while not inflater.eof:
             total += len(inflater.decompress(data, 1 << 20))
             data = inflater.unconsumed_tail
