@@ -229,7 +229,7 @@ class TestHostileFiles:
         small = synth.make_deflate_bomb(inflated_bytes=32 << 20)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         total = 0
-        data = small[meta_end(small):]
+        data = small[meta_end(small) :]
         while not inflater.eof:
             total += len(inflater.decompress(data, 1 << 20))
             data = inflater.unconsumed_tail
