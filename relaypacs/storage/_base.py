@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,8 +43,21 @@ class ObjectNotFound(StorageError):
 
 
 class ChecksumMismatch(StorageError):
-    """The bytes given to `put` do not have the MD5 the caller said they have: nothing was
-    stored."""
+    """The bytes given to `put` do not have the MD5 or SHA-256 the caller said they have:
+    nothing was stored. ``algorithm`` says which ("md5" or "sha256")."""
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(f"the bytes do not have the declared {algorithm}")
+        self.algorithm = algorithm
+
+
+def check_digests(data: bytes | memoryview, *, md5: str | None, sha256: str | None) -> None:
+    """Raise ChecksumMismatch unless ``data`` has the given digests (hex; None: not checked).
+    Blocking for large data: hashlib releases the GIL, call it from a thread."""
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ChecksumMismatch("sha256")
+    if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+        raise ChecksumMismatch("md5")
 
 
 class StorageUnavailable(StorageError):
@@ -120,14 +134,21 @@ class ObjectStorage(abc.ABC):
         await self.close()
 
     @abc.abstractmethod
-    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
+    async def put(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        *,
+        md5: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
         """Store ``data`` under ``key``, replacing any previous object.
 
         Returns only once the bytes are durable. Atomic: a reader sees the old object or the new
         one, never a partial one; a failed put leaves the previous object (or nothing). With
-        ``md5`` (hex), the bytes are checked against it first and :class:`ChecksumMismatch` is
-        raised, nothing stored, if they differ (in the same step as the write: one hop to a
-        thread for the filesystem, the same Content-MD5 for S3).
+        ``md5`` and/or ``sha256`` (hex), the bytes are checked against them first and
+        :class:`ChecksumMismatch` is raised, nothing stored, if they differ (in the same step as
+        the write: one hop to a thread for the filesystem; S3 also gets the Content-MD5).
         """
 
     @abc.abstractmethod

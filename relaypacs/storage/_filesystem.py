@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import hashlib
 import io
 import os
 import secrets
@@ -24,11 +23,11 @@ from typing import TypeVar
 
 from ._base import (
     DEFAULT_BLOCK_SIZE,
-    ChecksumMismatch,
     ObjectNotFound,
     ObjectStorage,
     StorageError,
     StorageUnavailable,
+    check_digests,
     require_delete_prefix,
     validate_key,
     validate_prefix,
@@ -175,9 +174,14 @@ class FilesystemStorage(ObjectStorage):
 
     # -- blocking implementations (run in the pool) --------------------------------------------
 
-    def _put_sync(self, key: str, data: bytes | memoryview, md5: str | None = None) -> None:
-        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
-            raise ChecksumMismatch("the bytes do not have the declared MD5")
+    def _put_sync(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        md5: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        check_digests(data, md5=md5, sha256=sha256)
         dir_rel = key.rpartition("/")[0]
         dir_path = self._abs(dir_rel)
         new_dirs = self._make_dirs(dir_rel)
@@ -351,11 +355,18 @@ class FilesystemStorage(ObjectStorage):
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
+    async def put(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        *,
+        md5: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
         """Store ``data`` durably; ``data`` must not be modified until this returns."""
         validate_key(key)
         try:
-            await self._run(functools.partial(self._put_sync, key, data, md5))
+            await self._run(functools.partial(self._put_sync, key, data, md5, sha256))
         except OSError as exc:
             raise _storage_error("put", key, exc) from None
 

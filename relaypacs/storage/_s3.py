@@ -32,6 +32,7 @@ from ._base import (
     ObjectStorage,
     StorageError,
     StorageUnavailable,
+    check_digests,
     require_delete_prefix,
     validate_key,
     validate_prefix,
@@ -247,19 +248,32 @@ class S3Storage(ObjectStorage):
 
     # -- the interface -------------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
+    async def put(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        *,
+        md5: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
         """One PutObject with Content-MD5: S3 rejects the object unless the bytes arrived intact.
         Durable once S3 answers. The MD5 is computed here even when the caller gives it: the
-        caller's bytes are checked before they leave (not every S3 server checks Content-MD5)."""
+        caller's bytes are checked before they leave (not every S3 server checks Content-MD5);
+        a given ``sha256`` is checked in the same step."""
         validate_key(key)
         client = self._require_client()
         body = data if isinstance(data, bytes) else bytes(data)
+
+        def digest_of(body: bytes) -> bytes:
+            check_digests(body, md5=None, sha256=sha256)
+            return _md5_digest(body)
+
         if len(body) > _THREAD_HASH_THRESHOLD:
-            digest = await asyncio.to_thread(_md5_digest, body)
+            digest = await asyncio.to_thread(digest_of, body)
         else:
-            digest = _md5_digest(body)
+            digest = digest_of(body)
         if md5 is not None and digest.hex() != md5:
-            raise ChecksumMismatch("the bytes do not have the declared MD5")
+            raise ChecksumMismatch("md5")
         with _translated("put", key):
             await client.put_object(
                 Bucket=self._bucket,

@@ -54,13 +54,20 @@ class FaultyStorage(ObjectStorage):
         if self.fail_get_after is not None and self.get_calls > self.fail_get_after:
             raise StorageUnavailable(f"injected fault: read {self.get_calls} failed")
 
-    async def put(self, key: str, data: bytes | memoryview, *, md5: str | None = None) -> None:
+    async def put(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        *,
+        md5: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
         self._gate("put")
         self.put_calls += 1
         failing = self.fail_put_after is not None and self.put_calls > self.fail_put_after
         if failing and not self.store_before_failing:
             raise StorageUnavailable(f"injected fault: put {self.put_calls} failed")
-        await self.inner.put(key, data, md5=md5)
+        await self.inner.put(key, data, md5=md5, sha256=sha256)
         if failing:
             raise StorageUnavailable(f"injected fault: put {self.put_calls} failed after storing")
 

@@ -48,23 +48,28 @@ class TestPutGet:
         assert await storage.get("k/v") == b"second"
         assert await collect(storage, "k/") == ["k/v"]
 
+    @pytest.mark.parametrize("algorithm", ["md5", "sha256"])
     @pytest.mark.parametrize("size", [10, 300 * KIB])  # hashed inline / in a thread
-    async def test_put_with_the_right_md5_stores(self, storage: ObjectStorage, size: int) -> None:
+    async def test_put_with_the_right_digest_stores(
+        self, storage: ObjectStorage, size: int, algorithm: str
+    ) -> None:
         data = os.urandom(size)
-        await storage.put("m/ok", data, md5=hashlib.md5(data).hexdigest())
+        await storage.put("m/ok", data, **{algorithm: hashlib.new(algorithm, data).hexdigest()})
         assert await storage.get("m/ok") == data
 
+    @pytest.mark.parametrize("algorithm", ["md5", "sha256"])
     @pytest.mark.parametrize("size", [10, 300 * KIB])
-    async def test_put_with_a_wrong_md5_stores_nothing(
-        self, storage: ObjectStorage, size: int
+    async def test_put_with_a_wrong_digest_stores_nothing(
+        self, storage: ObjectStorage, size: int, algorithm: str
     ) -> None:
         data = os.urandom(size)
         await storage.put("m/kept", b"the object already there")
-        wrong = hashlib.md5(data + b"x").hexdigest()
+        wrong = {algorithm: hashlib.new(algorithm, data + b"x").hexdigest()}
+        with pytest.raises(ChecksumMismatch) as raised:
+            await storage.put("m/new", data, **wrong)
+        assert raised.value.algorithm == algorithm
         with pytest.raises(ChecksumMismatch):
-            await storage.put("m/new", data, md5=wrong)
-        with pytest.raises(ChecksumMismatch):
-            await storage.put("m/kept", data, md5=wrong)
+            await storage.put("m/kept", data, **wrong)
         assert not await storage.exists("m/new")
         assert await storage.get("m/kept") == b"the object already there"
         assert await collect(storage, "m/") == ["m/kept"]
