@@ -327,7 +327,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             StrictCORSMiddleware,
             allow_origins=app.state.settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Content-MD5"],
+            allow_headers=["Authorization", "Content-Type", "Content-MD5", "Content-Digest"],
             expose_headers=["X-Request-ID", "Retry-After"],
             allow_credentials=True,  # the refresh cookie; only ever for the listed origins
             max_age=600,

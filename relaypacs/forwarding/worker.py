@@ -42,7 +42,7 @@ from relaypacs.uploads.models import (
     UploadFile,
     UploadStatus,
 )
-from relaypacs.uploads.service import chunk_key
+from relaypacs.uploads.service import stored_chunk_key
 
 logger = logging.getLogger(__name__)
 
@@ -312,13 +312,20 @@ class Forwarder:
                 )
             ).all()
             chunk_rows = await session.execute(
-                select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.md5)
+                select(
+                    UploadChunk.file_index,
+                    UploadChunk.chunk_index,
+                    UploadChunk.sha256,
+                    UploadChunk.md5,
+                )
                 .where(UploadChunk.upload_id == claim.upload_id)
                 .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
             )
         keys: dict[int, list[str]] = defaultdict(list)
-        for file_index, chunk_index, md5 in chunk_rows:
-            keys[file_index].append(chunk_key(claim.upload_id, file_index, chunk_index, md5))
+        for file_index, chunk_index, sha256, md5 in chunk_rows:
+            keys[file_index].append(
+                stored_chunk_key(claim.upload_id, file_index, chunk_index, sha256, md5)
+            )
         to_send = [
             InstancePart(
                 file_index=index,

@@ -9,8 +9,10 @@ files of several chunks, and any file whose early check did not run (queue full,
 storage without local files, another replica). It is an optimisation only: the verdicts are the
 same as `complete`'s own, and nothing is decided before `complete`.
 
-A result is tied to the storage key of the chunk it read, which names the chunk's MD5: a chunk
-stored is never replaced by other bytes (409), so the result holds as long as the upload does.
+A result is tied to the storage key of the chunk it read, which names the chunk's SHA-256: a
+chunk stored is never replaced by other bytes (409), so the result holds as long as the upload
+does. The file's SHA-256 is the chunk's, which the server computed (or checked) from the very
+bytes it stored: it is not read and hashed again.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class EarlyVerifier:
         self._storage = storage
         self._validator = validator
         self._workers = workers
-        self._queue: asyncio.Queue[tuple[uuid.UUID, int, str]] = asyncio.Queue(max_queued)
+        self._queue: asyncio.Queue[tuple[uuid.UUID, int, str, str]] = asyncio.Queue(max_queued)
         self._max_results = max_results
         self._results: dict[uuid.UUID, dict[int, EarlyResult]] = {}
         self._result_count = 0
@@ -76,13 +78,14 @@ class EarlyVerifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
-    def submit(self, upload_id: uuid.UUID, file_index: int, key: str) -> None:
+    def submit(self, upload_id: uuid.UUID, file_index: int, key: str, sha256: str) -> None:
         """Verify this single-chunk file when a worker is free (never waits: a full queue or
-        a storage without local files leaves the file to `complete`)."""
+        a storage without local files leaves the file to `complete`). ``sha256``: that of
+        the chunk's bytes as stored, computed or checked by the server."""
         if self._closed or self._storage.local_path(key) is None:
             return
         try:
-            self._queue.put_nowait((upload_id, file_index, key))
+            self._queue.put_nowait((upload_id, file_index, key, sha256))
         except asyncio.QueueFull:
             return
         self._open.add(upload_id)
@@ -125,21 +128,21 @@ class EarlyVerifier:
             batch = [item for item in batch if item[0] in self._open]
             if not batch:
                 continue
-            for upload_id, _, _ in batch:
+            for upload_id, _, _, _ in batch:
                 self._running[upload_id] = self._running.get(upload_id, 0) + 1
             try:
-                results = await self._verify([key for _, _, key in batch])
+                results = await self._verify([(key, sha256) for _, _, key, sha256 in batch])
             except Exception as exc:  # left to `complete`, which reports it properly
                 logger.debug(
                     "early verification skipped %d files: %s", len(batch), type(exc).__name__
                 )
                 results = [None] * len(batch)
             finally:
-                for upload_id, _, _ in batch:
+                for upload_id, _, _, _ in batch:
                     self._running[upload_id] -= 1
                     if not self._running[upload_id]:
                         del self._running[upload_id]
-            for (upload_id, file_index, _), result in zip(batch, results, strict=True):
+            for (upload_id, file_index, _, _), result in zip(batch, results, strict=True):
                 if result is not None and upload_id in self._open:
                     self._keep(upload_id, file_index, result)
             async with self._changed:
@@ -158,18 +161,21 @@ class EarlyVerifier:
             self._result_count += 1
         results[file_index] = result
 
-    async def _verify(self, keys: list[str]) -> list[EarlyResult | None]:
-        """Hash the files (one thread call) and inspect them (one worker round trip); None
-        for a file the batch has no verdict for (see DicomValidator.inspect_batch)."""
-        paths = [self._storage.local_path(key) for key in keys]
-        local = [(key, path) for key, path in zip(keys, paths, strict=True) if path is not None]
-        digests = await asyncio.to_thread(lambda: [sha256_of_path(path) for _, path in local])
-        verdicts = await self._validator.inspect_batch([path for _, path in local])
+    async def _verify(self, files: list[tuple[str, str]]) -> list[EarlyResult | None]:
+        """Inspect the files (key, sha256) in one worker round trip; None for a file the
+        batch has no verdict for (see DicomValidator.inspect_batch)."""
+        paths = [self._storage.local_path(key) for key, _ in files]
+        local = [
+            (key, sha256, path)
+            for (key, sha256), path in zip(files, paths, strict=True)
+            if path is not None
+        ]
+        verdicts = await self._validator.inspect_batch([path for _, _, path in local])
         found: dict[str, EarlyResult] = {}
-        for (key, _), sha256, verdict in zip(local, digests, verdicts, strict=True):
+        for (key, sha256, _), verdict in zip(local, verdicts, strict=True):
             if isinstance(verdict, DicomSummary):
                 found[key] = EarlyResult(key, sha256, verdict, None)
             elif isinstance(verdict, DicomRejected):
                 found[key] = EarlyResult(key, sha256, None, verdict)
             # An OSError (the file is gone: the upload was cancelled) or no verdict: `complete`
-        return [found.get(key) for key in keys]
+        return [found.get(key) for key, _ in files]

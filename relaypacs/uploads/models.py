@@ -140,5 +140,10 @@ class UploadChunk(Base):
     file_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
-    md5: Mapped[str] = mapped_column(String(32))
+    # The chunk's SHA-256 (hex), computed by the server from the bytes it stored; it names the
+    # chunk's object and decides whether the same chunk sent again is the same. NULL only on
+    # rows written before migration 0004, which are named and compared by their MD5.
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # The MD5 the client declared in Content-MD5 (checked), when it sent one.
+    md5: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

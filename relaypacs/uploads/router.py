@@ -159,7 +159,10 @@ async def put_chunk(
     upload_id: uuid.UUID, file_index: int, chunk_index: int, request: Request, user: CurrentUser
 ) -> ChunkStored:
     state = request.app.state
-    declared_md5 = service.parse_content_md5(request.headers.get("content-md5"))
+    headers = request.headers
+    declared = service.parse_chunk_digests(
+        headers.get("content-md5"), headers.get("content-digest")
+    )
     length_header = request.headers.get("content-length", "")
     content_length = int(length_header) if length_header.isdigit() else None
     target = await service.prepare_chunk(
@@ -179,7 +182,7 @@ async def put_chunk(
             state.chunk_recorder,
             state.storage,
             target=target,
-            declared_md5=declared_md5,
+            declared=declared,
             data=data,
             early=state.early_verifier,
         )

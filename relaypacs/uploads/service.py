@@ -104,13 +104,28 @@ class InvalidManifest(GatewayError):
 
 
 class ContentMd5Required(GatewayError):
+    """Neither checksum header: the code predates Content-Digest and stays for clients."""
+
     code = "content_md5_required"
-    message = "The Content-MD5 header (base64 of the chunk's MD5 digest) is required."
+    message = (
+        "A chunk needs its checksum: a Content-Digest header with sha-256 "
+        "(`sha-256=:<base64>:`, RFC 9530) or a Content-MD5 header (base64 of its MD5)."
+    )
 
 
 class ContentMd5Mismatch(GatewayError):
     code = "content_md5_mismatch"
     message = "The chunk's bytes do not match its Content-MD5; nothing was kept."
+
+
+class ContentDigestInvalid(GatewayError):
+    code = "content_digest_invalid"
+    message = "Content-Digest must be `sha-256=:<base64 of the 32-byte SHA-256>:` (RFC 9530)."
+
+
+class ContentDigestMismatch(GatewayError):
+    code = "content_digest_mismatch"
+    message = "The chunk's bytes do not match its Content-Digest (sha-256); nothing was kept."
 
 
 class ChunkSizeMismatch(GatewayError):
@@ -143,6 +158,17 @@ def expected_chunk_size(file_size: int, chunk_size: int, chunk_index: int) -> in
     return min(chunk_size, file_size - chunk_index * chunk_size)
 
 
+def stored_chunk_key(
+    upload_id: uuid.UUID, file_index: int, chunk_index: int, sha256: str | None, md5: str | None
+) -> str:
+    """The object key of a recorded chunk: named by its SHA-256, or by its MD5 for rows from
+    before migration 0004 (which have no SHA-256)."""
+    digest = sha256 or md5
+    if digest is None:  # the schema's rows always have one of them
+        raise ValueError("a chunk row with neither SHA-256 nor MD5")
+    return chunk_key(upload_id, file_index, chunk_index, digest)
+
+
 def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, md5_hex: str) -> str:
     # The MD5 is part of the key: two racing writers of different bytes never overwrite each
     # other's object; the database row decides which one is the chunk. One flat directory per
@@ -152,6 +178,14 @@ def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, md5_hex: 
 
 def upload_prefix(upload_id: uuid.UUID) -> str:
     return f"uploads/{upload_id}/"
+
+
+@dataclass(frozen=True)
+class ChunkDigests:
+    """The checksums a client declared for a chunk (hex), at least one of them."""
+
+    sha256: str | None  # Content-Digest: sha-256=:...:
+    md5: str | None  # Content-MD5
 
 
 def parse_content_md5(header: str | None) -> str:
@@ -164,6 +198,35 @@ def parse_content_md5(header: str | None) -> str:
     if len(digest) != 16:
         raise ContentMd5Required("Content-MD5 must be the base64 of a 16-byte MD5 digest.")
     return digest.hex()
+
+
+def parse_content_digest(header: str) -> str | None:
+    """The sha-256 of an RFC 9530 Content-Digest (a structured-field dictionary such as
+    `sha-256=:<base64>:, sha-512=:...:`), hex; None when it names no sha-256 (other
+    algorithms are ignored, as the RFC allows). ContentDigestInvalid when malformed."""
+    found = None
+    for member in header.split(","):
+        name, sep, value = member.strip().partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not sep or not name or len(value) < 2 or value[0] != ":" or value[-1] != ":":
+            raise ContentDigestInvalid()
+        if name != "sha-256":
+            continue
+        try:
+            digest = base64.b64decode(value[1:-1], validate=True)
+        except (binascii.Error, ValueError):
+            raise ContentDigestInvalid() from None
+        if len(digest) != 32 or found is not None:
+            raise ContentDigestInvalid()
+        found = digest.hex()
+    return found
+
+
+def parse_chunk_digests(content_md5: str | None, content_digest: str | None) -> ChunkDigests:
+    """A chunk's declared checksums, from its Content-MD5 and Content-Digest headers."""
+    sha256 = parse_content_digest(content_digest) if content_digest else None
+    md5 = parse_content_md5(content_md5) if content_md5 or sha256 is None else None
+    return ChunkDigests(sha256=sha256, md5=md5)
 
 
 def can_see(user: User, upload: Upload) -> bool:
@@ -520,6 +583,9 @@ class UploadFacts:
     user_id: uuid.UUID
     chunk_size: int
     file_sizes: tuple[int, ...]
+    # Some chunk rows are from before migration 0004 (no SHA-256): compared by MD5, so every
+    # chunk of this upload needs its MD5. Never becomes true later: new rows have a SHA-256.
+    legacy_chunks: bool = False
 
 
 class UploadFactsCache:
@@ -548,8 +614,16 @@ class UploadFactsCache:
                 .where(UploadFile.upload_id == upload_id)
                 .order_by(UploadFile.index)
             )
+            legacy = session.scalar(
+                select(UploadChunk.chunk_index)
+                .where(UploadChunk.upload_id == upload_id, UploadChunk.sha256.is_(None))
+                .limit(1)
+            )
             return UploadFacts(
-                user_id=row.user_id, chunk_size=row.chunk_size, file_sizes=tuple(sizes)
+                user_id=row.user_id,
+                chunk_size=row.chunk_size,
+                file_sizes=tuple(sizes),
+                legacy_chunks=legacy is not None,
             )
 
         facts = await read_in_one_call(state, read)
@@ -568,6 +642,7 @@ class ChunkTarget:
     chunk_index: int
     expected_size: int
     whole_file: bool = False  # the file's only chunk
+    needs_md5: bool = False  # UploadFacts.legacy_chunks
 
 
 async def prepare_chunk(
@@ -604,19 +679,29 @@ async def prepare_chunk(
             f"this one is {content_length}."
         )
     return ChunkTarget(
-        upload_id, file_index, chunk_index, expected, whole_file=expected == file_size
+        upload_id,
+        file_index,
+        chunk_index,
+        expected,
+        whole_file=expected == file_size,
+        needs_md5=facts.legacy_chunks,
     )
-
-
-def _md5_hex(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
 class _ChunkRecord:
     target: ChunkTarget
     size: int
-    md5: str
+    sha256: str
+    md5: str | None
+
+    def same_as(self, stored: tuple[str | None, str | None]) -> bool:
+        """Whether a stored row (sha256, md5) holds these bytes: by SHA-256, or by MD5 for a
+        row from before migration 0004 (whose upload's chunks all carry an MD5)."""
+        sha256, md5 = stored
+        if sha256 is not None:
+            return sha256 == self.sha256
+        return md5 is not None and md5 == self.md5
 
     @property
     def key(self) -> tuple[uuid.UUID, int, int]:
@@ -626,6 +711,8 @@ class _ChunkRecord:
 class _Outcome(enum.Enum):
     STORED = "stored"
     ALREADY_STORED = "already_stored"
+    # the same bytes, recorded before migration 0004: under the MD5-named key, not ours
+    ALREADY_STORED_LEGACY = "already_stored_legacy"
     CONFLICT = "conflict"
     NOT_WRITABLE = "not_writable"
     CANCELLED = "cancelled"
@@ -700,7 +787,7 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
     statuses = {upload_id: status for upload_id, status in status_rows}  # noqa: C416
     writable = [r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING]
     inserted: set[_ChunkKey] = set()
-    stored: dict[_ChunkKey, str] = {}
+    stored: dict[_ChunkKey, tuple[str | None, str | None]] = {}
     if writable:
         insert = (
             postgresql_insert(UploadChunk)
@@ -717,6 +804,7 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
                         "file_index": r.target.file_index,
                         "chunk_index": r.target.chunk_index,
                         "size": r.size,
+                        "sha256": r.sha256,
                         "md5": r.md5,
                         "created_at": now,
                     }
@@ -732,6 +820,7 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
                     UploadChunk.upload_id,
                     UploadChunk.file_index,
                     UploadChunk.chunk_index,
+                    UploadChunk.sha256,
                     UploadChunk.md5,
                 ).where(
                     tuple_(
@@ -739,7 +828,7 @@ def _record_chunks(connection: Connection, batch: list[_ChunkRecord]) -> list[_O
                     ).in_([r.key for r in writable if r.key not in inserted])
                 )
             )
-            stored = {(u, f, c): md5 for u, f, c, md5 in rows}
+            stored = {(u, f, c): (sha256, md5) for u, f, c, sha256, md5 in rows}
     return _outcomes(batch, statuses, inserted, stored)
 
 
@@ -747,10 +836,10 @@ def _outcomes(
     batch: list[_ChunkRecord],
     statuses: dict[uuid.UUID, UploadStatus],
     inserted: set[_ChunkKey],
-    stored: dict[_ChunkKey, str],
+    stored: dict[_ChunkKey, tuple[str | None, str | None]],
 ) -> list[_Outcome]:
     """What became of each record: its upload's status, whether its row was inserted now, and
-    the MD5 of the rows that were there already."""
+    the digests (sha256, md5) of the rows that were there already."""
     outcomes = []
     for record in batch:
         status = statuses.get(record.target.upload_id)
@@ -760,10 +849,11 @@ def _outcomes(
             outcomes.append(_Outcome.NOT_WRITABLE)
         elif record.key in inserted:
             inserted.discard(record.key)  # the same chunk twice in one batch: one stored it
-            stored[record.key] = record.md5
+            stored[record.key] = (record.sha256, record.md5)
             outcomes.append(_Outcome.STORED)
-        elif stored.get(record.key) == record.md5:
-            outcomes.append(_Outcome.ALREADY_STORED)
+        elif record.key in stored and record.same_as(stored[record.key]):
+            legacy = stored[record.key][0] is None
+            outcomes.append(_Outcome.ALREADY_STORED_LEGACY if legacy else _Outcome.ALREADY_STORED)
         else:
             outcomes.append(_Outcome.CONFLICT)
     return outcomes
@@ -814,7 +904,7 @@ class _SqliteChunkWriter:
         statuses = {self._uuid_out(i): self._status_out(status) for i, status in cursor}
         writable = [r for r in batch if statuses.get(r.target.upload_id) == UploadStatus.PENDING]
         inserted: set[_ChunkKey] = set()
-        stored: dict[_ChunkKey, str] = {}
+        stored: dict[_ChunkKey, tuple[str | None, str | None]] = {}
         if writable:
             now = self._time_in(utcnow())
             params: list[Any] = []
@@ -825,12 +915,13 @@ class _SqliteChunkWriter:
                     t.file_index,
                     t.chunk_index,
                     r.size,
+                    r.sha256,
                     r.md5,
                     now,
                 ]
             cursor.execute(
-                "INSERT INTO upload_chunk (upload_id, file_index, chunk_index, size, md5, "  # noqa: S608
-                f"created_at) VALUES {_placeholders(len(writable), 6)} "
+                "INSERT INTO upload_chunk (upload_id, file_index, chunk_index, size, sha256, "  # noqa: S608
+                f"md5, created_at) VALUES {_placeholders(len(writable), 7)} "
                 "ON CONFLICT DO NOTHING RETURNING upload_id, file_index, chunk_index",
                 params,
             )
@@ -839,13 +930,13 @@ class _SqliteChunkWriter:
                 if r.key in inserted or r.key in stored:
                     continue
                 cursor.execute(
-                    "SELECT md5 FROM upload_chunk "
+                    "SELECT sha256, md5 FROM upload_chunk "
                     "WHERE upload_id = ? AND file_index = ? AND chunk_index = ?",
                     (self._uuid_in(r.target.upload_id), r.target.file_index, r.target.chunk_index),
                 )
                 found = cursor.fetchone()
                 if found is not None:
-                    stored[r.key] = found[0]
+                    stored[r.key] = (found[0], found[1])
         return _outcomes(batch, statuses, inserted, stored)
 
 
@@ -860,28 +951,41 @@ async def store_chunk(
     storage: ObjectStorage,
     *,
     target: ChunkTarget,
-    declared_md5: str,
+    declared: ChunkDigests,
     data: bytes,
     early: EarlyVerifier | None = None,
 ) -> ChunkStored:
     """Verify the bytes, make them durable, then record the chunk. Idempotent. A file's only
-    chunk, newly stored, goes to the early verifier (see relaypacs.uploads.early)."""
+    chunk, newly stored, goes to the early verifier (see relaypacs.uploads.early) with its
+    SHA-256, which is then the file's."""
     if len(data) != target.expected_size:
         raise ChunkSizeMismatch(
             f"The body has {len(data)} bytes; chunk {target.chunk_index} of file "
             f"{target.file_index} must have exactly {target.expected_size}."
         )
-    # The same chunk again rewrites identical bytes under the same key (atomically), which
-    # is harmless; the database then says it was already stored. The storage checks the MD5
-    # in the same step as the write and stores nothing if it differs.
-    key = chunk_key(target.upload_id, target.file_index, target.chunk_index, declared_md5)
+    # The object is named by the chunk's SHA-256. The same chunk again rewrites identical
+    # bytes under the same key (atomically), which is harmless; the database then says it was
+    # already stored. A declared SHA-256 is checked by the storage in the same step as the
+    # write, which stores nothing if it differs; with Content-MD5 only, the server hashes
+    # first to know the name.
+    md5 = declared.md5
     try:
-        await storage.put(key, data, md5=declared_md5)
-    except ChecksumMismatch:
-        raise ContentMd5Mismatch() from None
-    outcome = await recorder.record(_ChunkRecord(target, len(data), declared_md5))
+        if declared.sha256 is not None and (md5 is not None or not target.needs_md5):
+            sha256 = declared.sha256
+            key = chunk_key(target.upload_id, target.file_index, target.chunk_index, sha256)
+            await storage.put(key, data, md5=md5, sha256=sha256)
+        else:
+            sha256, md5 = await asyncio.to_thread(_digests, data, declared, target.needs_md5)
+            key = chunk_key(target.upload_id, target.file_index, target.chunk_index, sha256)
+            await storage.put(key, data)
+    except ChecksumMismatch as exc:
+        mismatch = ContentDigestMismatch if exc.algorithm == "sha256" else ContentMd5Mismatch
+        raise mismatch() from None
+    outcome = await recorder.record(_ChunkRecord(target, len(data), sha256, md5))
+    if outcome == _Outcome.ALREADY_STORED_LEGACY:
+        await storage.delete(key)  # ours: the recorded copy is under its MD5-named key
     if outcome == _Outcome.CONFLICT:
-        await storage.delete(key)  # ours: the recorded chunk has another MD5, hence another key
+        await storage.delete(key)  # ours: the recorded chunk has another digest, hence another key
         raise ChunkConflict()
     if outcome == _Outcome.CANCELLED:
         await storage.delete(key)  # a cancelled upload has no recorded chunks left
@@ -890,13 +994,27 @@ async def store_chunk(
         # Never delete here: the key may be a recorded chunk of a completed upload.
         raise UploadNotWritable()
     if early is not None and target.whole_file and outcome == _Outcome.STORED:
-        early.submit(target.upload_id, target.file_index, key)
+        early.submit(target.upload_id, target.file_index, key, sha256)
     return ChunkStored(
         file_index=target.file_index,
         chunk_index=target.chunk_index,
         size=len(data),
-        already_stored=outcome == _Outcome.ALREADY_STORED,
+        already_stored=outcome != _Outcome.STORED,
     )
+
+
+def _digests(data: bytes, declared: ChunkDigests, want_md5: bool) -> tuple[str, str | None]:
+    """The chunk's SHA-256, and its MD5 when declared or wanted (each computed once), checked
+    against the declared ones (ChecksumMismatch). Blocking: call it in a thread."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    if declared.sha256 is not None and sha256 != declared.sha256:
+        raise ChecksumMismatch("sha256")
+    md5 = None
+    if declared.md5 is not None or want_md5:
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if declared.md5 is not None and md5 != declared.md5:
+            raise ChecksumMismatch("md5")
+    return sha256, md5
 
 
 # --- completing -----------------------------------------------------------------------------
@@ -1043,14 +1161,18 @@ async def complete_upload(
             )
         ]
         chunk_rows = await session.execute(
-            select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.md5)
+            select(
+                UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.sha256, UploadChunk.md5
+            )
             .where(UploadChunk.upload_id == upload_id)
             .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
         )
         keys: dict[int, list[str]] = defaultdict(list)
         stored: dict[int, set[int]] = defaultdict(set)
-        for file_index, chunk_index, md5 in chunk_rows:
-            keys[file_index].append(chunk_key(upload_id, file_index, chunk_index, md5))
+        for file_index, chunk_index, sha256, md5 in chunk_rows:
+            keys[file_index].append(
+                stored_chunk_key(upload_id, file_index, chunk_index, sha256, md5)
+            )
             stored[file_index].add(chunk_index)
         missing = {
             f.index: [i for i in range(f.chunk_count) if i not in stored[f.index]]

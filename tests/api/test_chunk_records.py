@@ -4,6 +4,8 @@ PostgreSQL). Both must say the same of every chunk and store the same rows."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, text, update
 
+from relaypacs import schema
 from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
@@ -74,8 +77,11 @@ async def new_upload(app: FastAPI, files: int = 3) -> uuid.UUID:
         return upload.id
 
 
-def record(upload_id: uuid.UUID, file_index: int, md5: str) -> _ChunkRecord:
-    return _ChunkRecord(ChunkTarget(upload_id, file_index, 0, 10, whole_file=True), 10, md5)
+def record(
+    upload_id: uuid.UUID, file_index: int, sha256: str, md5: str | None = None
+) -> _ChunkRecord:
+    target = ChunkTarget(upload_id, file_index, 0, 10, whole_file=True)
+    return _ChunkRecord(target, 10, sha256, md5)
 
 
 def run_core(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
@@ -88,11 +94,11 @@ def run_driver(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
 
 
 SCENARIO = [
-    # (batch as (file, md5) pairs, expected outcomes)
-    ([(0, "a" * 32), (1, "b" * 32)], [_Outcome.STORED, _Outcome.STORED]),
-    ([(0, "a" * 32), (1, "c" * 32)], [_Outcome.ALREADY_STORED, _Outcome.CONFLICT]),
+    # (batch as (file, sha256) pairs, expected outcomes)
+    ([(0, "a" * 64), (1, "b" * 64)], [_Outcome.STORED, _Outcome.STORED]),
+    ([(0, "a" * 64), (1, "c" * 64)], [_Outcome.ALREADY_STORED, _Outcome.CONFLICT]),
     (
-        [(2, "d" * 32), (2, "d" * 32), (2, "e" * 32)],
+        [(2, "d" * 64), (2, "d" * 64), (2, "e" * 64)],
         [_Outcome.STORED, _Outcome.ALREADY_STORED, _Outcome.CONFLICT],
     ),
 ]
@@ -105,14 +111,34 @@ Runner = Callable[[FastAPI, list[_ChunkRecord]], list[_Outcome]]
 async def test_outcomes(sqlite_app: FastAPI, run: Runner) -> None:
     upload_id = await new_upload(sqlite_app)
     for pairs, expected in SCENARIO:
-        batch = [record(upload_id, f, md5) for f, md5 in pairs]
+        batch = [record(upload_id, f, sha256) for f, sha256 in pairs]
         assert run(sqlite_app, batch) == expected
     await set_status(sqlite_app, upload_id, UploadStatus.CANCELLED)
-    assert run(sqlite_app, [record(upload_id, 0, "a" * 32)]) == [_Outcome.CANCELLED]
+    assert run(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.CANCELLED]
     await set_status(sqlite_app, upload_id, UploadStatus.RECEIVED)
-    assert run(sqlite_app, [record(upload_id, 0, "a" * 32)]) == [_Outcome.NOT_WRITABLE]
-    missing = record(uuid.uuid4(), 0, "a" * 32)
+    assert run(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.NOT_WRITABLE]
+    missing = record(uuid.uuid4(), 0, "a" * 64)
     assert run(sqlite_app, [missing]) == [_Outcome.NOT_WRITABLE]
+
+
+@pytest.mark.parametrize("run", [run_core, run_driver], ids=["core", "driver"])
+async def test_rows_from_before_sha256_are_compared_by_md5(
+    sqlite_app: FastAPI, run: Runner
+) -> None:
+    """A row written before migration 0004 has an MD5 and no SHA-256: the same chunk again
+    (same MD5, whatever its SHA-256 says) is already stored, under the row's own key; other
+    bytes are a conflict."""
+    upload_id = await new_upload(sqlite_app)
+    async with sqlite_app.state.sessionmaker() as session, session.begin():
+        for file_index, md5 in ((0, "a" * 32), (1, "b" * 32)):
+            session.add(
+                UploadChunk(
+                    upload_id=upload_id, file_index=file_index, chunk_index=0, size=10, md5=md5
+                )
+            )
+    batch = [record(upload_id, 0, "f" * 64, "a" * 32), record(upload_id, 1, "f" * 64, "c" * 32)]
+    assert run(sqlite_app, batch) == [_Outcome.ALREADY_STORED_LEGACY, _Outcome.CONFLICT]
+    assert run(sqlite_app, [record(upload_id, 1, "f" * 64)]) == [_Outcome.CONFLICT]
 
 
 async def set_status(app: FastAPI, upload_id: uuid.UUID, status: UploadStatus) -> None:
@@ -122,15 +148,17 @@ async def set_status(app: FastAPI, upload_id: uuid.UUID, status: UploadStatus) -
 
 async def test_both_store_the_same_rows(sqlite_app: FastAPI) -> None:
     by_core, by_driver = await new_upload(sqlite_app), await new_upload(sqlite_app)
-    run_core(sqlite_app, [record(by_core, 0, "f" * 32), record(by_core, 1, "0" * 32)])
-    run_driver(sqlite_app, [record(by_driver, 0, "f" * 32), record(by_driver, 1, "0" * 32)])
+    run_core(sqlite_app, [record(by_core, 0, "f" * 64, "1" * 32), record(by_core, 1, "0" * 64)])
+    run_driver(
+        sqlite_app, [record(by_driver, 0, "f" * 64, "1" * 32), record(by_driver, 1, "0" * 64)]
+    )
     raw = {}
     async with sqlite_app.state.sessionmaker() as session, session.begin():
         for upload_id in (by_core, by_driver):
             rows = await session.execute(
                 text(
-                    "SELECT upload_id, typeof(upload_id), file_index, chunk_index, size, md5, "
-                    "typeof(created_at), length(created_at) FROM upload_chunk "
+                    "SELECT upload_id, typeof(upload_id), file_index, chunk_index, size, sha256, "
+                    "md5, typeof(created_at), length(created_at) FROM upload_chunk "
                     "WHERE upload_id = :u ORDER BY file_index"
                 ),
                 {"u": upload_id.hex},
@@ -160,5 +188,42 @@ async def test_a_failure_after_the_transaction_ended_keeps_its_own_error(
             raise ValueError("the batch's own error")
 
     with pytest.raises(ValueError, match="the batch's own error"):
-        Failing(sqlite_app.state.sync_engine).record([record(upload_id, 0, "a" * 32)])
-    assert run_driver(sqlite_app, [record(upload_id, 0, "a" * 32)]) == [_Outcome.STORED]
+        Failing(sqlite_app.state.sync_engine).record([record(upload_id, 0, "a" * 64)])
+    assert run_driver(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.STORED]
+
+
+async def test_migration_0004_keeps_md5_rows_and_its_downgrade_drops_sha256_rows(
+    tmp_path: Path,
+) -> None:
+    """Upgrading keeps a chunk row of the old schema (MD5 only) as it was, with no SHA-256:
+    the gateway names and compares it by MD5. Downgrading drops the rows named by SHA-256
+    (the old schema cannot name their objects) and keeps the others."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=url,
+        secret_key="test-signing-key-" + "x" * 32,
+        totp_required_roles=[],
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        upload_id = await new_upload(app)
+        run_driver(app, [record(upload_id, 1, "b" * 64), record(upload_id, 2, "c" * 64, "c" * 32)])
+    await asyncio.to_thread(schema.downgrade, url, "0003")
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        assert db.execute("SELECT file_index, md5 FROM upload_chunk").fetchall() == []
+        db.execute(
+            "INSERT INTO upload_chunk (upload_id, file_index, chunk_index, size, md5, created_at)"
+            " VALUES (?, 0, 0, 10, ?, '2026-12-01 00:00:00.000000')",
+            (upload_id.hex, "a" * 32),
+        )
+    await asyncio.to_thread(schema.upgrade, url)
+    await asyncio.to_thread(schema.check, url)
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        rows = db.execute("SELECT file_index, sha256, md5 FROM upload_chunk").fetchall()
+    assert rows == [(0, None, "a" * 32)]
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        # compared by its MD5 after the upgrade
+        batch = [record(upload_id, 0, "f" * 64, "a" * 32)]
+        assert run_driver(app, batch) == [_Outcome.ALREADY_STORED_LEGACY]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from pathlib import Path
 from typing import get_args
@@ -17,6 +18,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import ReadSessionDep, SessionDep
 from relaypacs.devtools import synth
 from relaypacs.storage.faulty import FaultyStorage
+from relaypacs.uploads.models import UploadChunk
 from relaypacs.uploads.service import chunk_key
 from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
 from tests.api.uploading import (
@@ -25,6 +27,7 @@ from tests.api.uploading import (
     chunk_url,
     chunks_of,
     complete,
+    content_digest,
     content_md5,
     error_code,
     init,
@@ -224,6 +227,144 @@ class TestChunks:
         )
         assert response.status_code == 400
         assert error_code(response) == "content_md5_required"
+
+    async def test_content_digest_names_the_chunk_by_its_sha256(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+    ) -> None:
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        response = await put_chunk(
+            client, clinician, upload_id, 0, 0, chunk, digest=content_digest(chunk)
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["already_stored"] is False
+        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == [
+            chunk_key(uuid.UUID(upload_id), 0, 0, sha256_hex(chunk))
+        ]
+        # The same bytes with Content-MD5 are the same chunk: chunks are compared by SHA-256
+        again = await put_chunk(client, clinician, upload_id, 0, 0, chunk)
+        assert again.json()["already_stored"] is True
+        other = bytes(len(chunk))
+        conflict = await put_chunk(
+            client, clinician, upload_id, 0, 0, other, digest=content_digest(other)
+        )
+        assert conflict.status_code == 409
+        assert error_code(conflict) == "chunk_conflict"
+        await send_all(client, clinician, upload_id, study)
+        done = await complete(client, clinician, upload_id)
+        assert done.status_code == 202, done.text
+        assert done.json()["status"] == "validated"
+
+    async def test_bad_content_digest_is_rejected_and_nothing_is_kept(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+    ) -> None:
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        response = await put_chunk(
+            client, clinician, upload_id, 0, 0, chunk, digest=content_digest(b"other")
+        )
+        assert response.status_code == 400
+        assert error_code(response) == "content_digest_mismatch"
+        status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert status.json()["received_bytes"] == 0
+        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == []
+
+    async def test_both_checksums_are_checked_when_both_are_sent(
+        self, client: httpx.AsyncClient, clinician: Account, upload: tuple[str, Study]
+    ) -> None:
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        for md5, digest, code in [
+            (content_md5(b"other"), content_digest(chunk), "content_md5_mismatch"),
+            (content_md5(chunk), content_digest(b"other"), "content_digest_mismatch"),
+        ]:
+            response = await client.put(
+                chunk_url(upload_id, 0, 0),
+                content=chunk,
+                headers={**clinician.headers, "Content-MD5": md5, "Content-Digest": digest},
+            )
+            assert response.status_code == 400
+            assert error_code(response) == code
+        status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
+        assert status.json()["received_bytes"] == 0
+
+    @pytest.mark.parametrize(
+        ("header", "code"),
+        [
+            ("sha-256=AAAA", "content_digest_invalid"),
+            ("sha-256=:not base64!:", "content_digest_invalid"),
+            ("sha-256=:AAAA:", "content_digest_invalid"),  # not 32 bytes
+            ("sha-256", "content_digest_invalid"),
+            (f"sha-256=:{'A' * 43}=:, sha-256=:{'A' * 43}=:", "content_digest_invalid"),
+            ("sha-512=:AAAA:", "content_md5_required"),  # no sha-256, no Content-MD5
+        ],
+    )
+    async def test_malformed_content_digest_is_400(
+        self,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+        header: str,
+        code: str,
+    ) -> None:
+        upload_id, study = upload
+        response = await client.put(
+            chunk_url(upload_id, 0, 0),
+            content=chunks_of(study.files[0])[0],
+            headers={**clinician.headers, "Content-Digest": header},
+        )
+        assert response.status_code == 400
+        assert error_code(response) == code
+
+    async def test_chunks_recorded_before_sha256_naming_still_resume_and_complete(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        clinician: Account,
+        upload: tuple[str, Study],
+    ) -> None:
+        """A chunk row from before migration 0004 (MD5, no SHA-256; its object named by the
+        MD5): the same bytes again, sent with Content-Digest only, are already stored (and
+        leave no second object); other bytes are a conflict; `complete` reads it."""
+        upload_id, study = upload
+        chunk = chunks_of(study.files[0])[0]
+        md5 = hashlib.md5(chunk).hexdigest()
+        legacy_key = chunk_key(uuid.UUID(upload_id), 0, 0, md5)
+        await app.state.storage.put(legacy_key, chunk)
+        async with app.state.sessionmaker() as session, session.begin():
+            session.add(
+                UploadChunk(
+                    upload_id=uuid.UUID(upload_id),
+                    file_index=0,
+                    chunk_index=0,
+                    size=len(chunk),
+                    md5=md5,
+                )
+            )
+        again = await put_chunk(
+            client, clinician, upload_id, 0, 0, chunk, digest=content_digest(chunk)
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["already_stored"] is True
+        other = bytes(len(chunk))
+        conflict = await put_chunk(
+            client, clinician, upload_id, 0, 0, other, digest=content_digest(other)
+        )
+        assert conflict.status_code == 409
+        keys = [k async for k in app.state.storage.list(f"uploads/{upload_id}/")]
+        assert keys == [legacy_key]
+        await send_all(client, clinician, upload_id, study)
+        done = await complete(client, clinician, upload_id)
+        assert done.status_code == 202, done.text
+        assert done.json()["status"] == "validated"
 
     @pytest.mark.parametrize(("file_index", "chunk_index"), [(0, 3), (2, 0), (-1, 0), (0, -1)])
     async def test_out_of_range_indexes_are_404(

@@ -20,6 +20,11 @@ def content_md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
+def content_digest(data: bytes) -> str:
+    """RFC 9530 Content-Digest (sha-256) of ``data``."""
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -91,11 +96,19 @@ async def put_chunk(
     data: bytes,
     *,
     md5: str | None = None,
+    digest: str | None = None,
 ) -> httpx.Response:
+    """PUT with Content-MD5 (``md5``, or the bytes' own), or with Content-Digest only when
+    ``digest`` is given."""
+    checksum = (
+        {"Content-Digest": digest}
+        if digest is not None
+        else {"Content-MD5": md5 or content_md5(data)}
+    )
     return await client.put(
         chunk_url(upload_id, file_index, chunk_index),
         content=data,
-        headers={**account.headers, "Content-MD5": md5 or content_md5(data)},
+        headers={**account.headers, **checksum},
     )
 
 
