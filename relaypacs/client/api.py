@@ -209,9 +209,14 @@ class ChunkReceipt:
     already_stored: bool
 
 
-def content_md5(data: bytes) -> str:
-    """RFC 1864 Content-MD5: base64 of the MD5 digest (an integrity check, not security)."""
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+def content_digest(sha256_hex: str) -> str:
+    """RFC 9530 Content-Digest for content whose SHA-256 (hex) is known."""
+    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii") + ":"
+
+
+def content_digest_of(data: bytes) -> str:
+    """RFC 9530 Content-Digest (sha-256) of ``data``."""
+    return content_digest(hashlib.sha256(data).hexdigest())
 
 
 def api_error(response: httpx.Response) -> ApiError:
@@ -660,17 +665,24 @@ class GatewayClient:
         return RemoteUpload.from_json(self._json_or_raise(response, 200))
 
     async def put_chunk(
-        self, upload_id: str, file_index: int, chunk_index: int, data: bytes, *, md5: str = ""
+        self,
+        upload_id: str,
+        file_index: int,
+        chunk_index: int,
+        data: bytes,
+        *,
+        digest: str = "",
     ) -> ChunkReceipt:
-        """``PUT`` one chunk with its Content-MD5 (``md5``, computed here when not given);
-        ApiError for a refused chunk."""
+        """``PUT`` one chunk with its Content-Digest (``digest``, computed here when not
+        given): SHA-256, which the server also takes as the file's when the chunk is the whole
+        file. ApiError for a refused chunk."""
         response = await self._send(
             "PUT",
             f"/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}",
             content=data,
             headers={
                 "Content-Type": "application/octet-stream",
-                "Content-MD5": md5 or content_md5(data),
+                "Content-Digest": digest or content_digest_of(data),
             },
         )
         body = self._json_or_raise(response, 200)

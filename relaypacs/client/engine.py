@@ -15,7 +15,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from relaypacs.client.api import GatewayClient, RemoteUpload, StartOutcome, content_md5
+from relaypacs.client.api import (
+    GatewayClient,
+    RemoteUpload,
+    StartOutcome,
+    content_digest,
+    content_digest_of,
+)
 from relaypacs.client.archive import ArchiveLimits
 from relaypacs.client.delivery import (
     NOT_DELIVERED,
@@ -61,7 +67,7 @@ class StudyStatus(StrEnum):
 
 
 # Chunk errors that are worth a few more tries (nothing was kept by the server).
-_TRANSIENT_CHUNK_CODES = frozenset({"content_md5_mismatch"})
+_TRANSIENT_CHUNK_CODES = frozenset({"content_md5_mismatch", "content_digest_mismatch"})
 
 
 @dataclass(slots=True)
@@ -269,7 +275,10 @@ class _FileChangedError(Exception):
 
 def _read_chunk(file: StudyFile, offset: int, length: int) -> tuple[bytes, str]:
     """Runs in a worker thread: read one chunk by offset, checking the file did not change;
-    the bytes and their Content-MD5 (hashed here, off the event loop)."""
+    the bytes and their Content-Digest. A chunk that is the whole file takes the file's
+    SHA-256 from the manifest: hashing it again would give the same, unless the file changed
+    without its size or mtime changing, which the server then refuses (and the retry sends
+    the bytes' own digest). Any other chunk is hashed here, off the event loop."""
     fd = os.open(file.path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
@@ -286,7 +295,9 @@ def _read_chunk(file: StudyFile, offset: int, length: int) -> tuple[bytes, str]:
     finally:
         os.close(fd)
     data = b"".join(parts) if len(parts) != 1 else parts[0]
-    return data, content_md5(data)
+    if offset == 0 and length == file.size:
+        return data, content_digest(file.sha256)
+    return data, content_digest_of(data)
 
 
 def _chunk_length(size: int, chunk_size: int, chunk_index: int) -> int:
@@ -344,7 +355,7 @@ class _StudyRun:
                 self.fail(file_index, "chunk_out_of_range", f"no chunk {chunk_index} here")
                 return
             try:
-                data, md5 = await asyncio.to_thread(
+                data, digest = await asyncio.to_thread(
                     _read_chunk, file, chunk_index * upload.chunk_size, length
                 )
             except _FileChangedError:
@@ -356,10 +367,13 @@ class _StudyRun:
             for attempt in range(3):
                 try:
                     receipt = await self.client.put_chunk(
-                        upload.id, file_index, chunk_index, data, md5=md5
+                        upload.id, file_index, chunk_index, data, digest=digest
                     )
                 except ApiError as exc:
                     if exc.code in _TRANSIENT_CHUNK_CODES and attempt < 2:
+                        # The bytes may not be the file we hashed (changed in place): send
+                        # them with their own digest; `complete` then names the file.
+                        digest = await asyncio.to_thread(content_digest_of, data)
                         continue
                     if exc.code == "upload_not_writable":
                         raise _StopSending from exc

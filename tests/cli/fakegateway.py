@@ -253,9 +253,9 @@ class FakeGateway:
         if file_index >= len(upload.files) or chunk_index >= upload.chunk_count(file_index):
             return _error(404, "chunk_out_of_range")
         data = request.content
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        if request.headers.get("content-md5") != md5:
-            return _error(400, "content_md5_mismatch")
+        digest = "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+        if request.headers.get("content-digest") != digest:
+            return _error(400, "content_digest_mismatch")
         self.chunk_puts.append((file_index, chunk_index))
         key = (file_index, chunk_index)
         if key in upload.chunks:

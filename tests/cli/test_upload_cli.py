@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,14 @@ from typing import Any
 
 import httpx
 
+from relaypacs.client import (
+    GatewayClient,
+    NullProgress,
+    StudyPlan,
+    StudyStatus,
+    UploadOptions,
+    run_upload,
+)
 from relaypacs.devtools.synth import make_truncated, write_study
 from tests.cli.conftest import Gateway
 from tests.gateway import relaypacs_command, subprocess_env
@@ -274,3 +283,46 @@ def _settled(api: Api, upload_id: str) -> dict[str, Any]:
         if current["received_bytes"] == previous["received_bytes"]:
             return current
         previous = current
+
+
+class _ChangeInPlace(NullProgress):
+    """Rewrites the last byte of the study's first file once the study starts (after it was
+    hashed), keeping its size and mtime: the one change the CLI's own checks cannot see."""
+
+    def __init__(self) -> None:
+        self.changed: str | None = None
+
+    def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
+        file = plan.files[0]
+        before = file.path.stat()
+        data = bytearray(file.path.read_bytes())
+        data[-1] ^= 0xFF
+        file.path.write_bytes(bytes(data))
+        os.utime(file.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        self.changed = file.name
+
+
+async def test_a_file_changed_in_place_after_hashing_is_named_by_complete(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """A whole-file chunk is sent with the manifest's SHA-256 as its Content-Digest. When the
+    bytes no longer have it, the gateway refuses the chunk (content_digest_mismatch); the CLI
+    then sends the bytes with their own digest, and `complete` names the file: its SHA-256
+    is not the manifest's."""
+    study = tmp_path / "study"
+    write_study(study, instances=2, rows=64, columns=64)  # one chunk per file
+    progress = _ChangeInPlace()
+    async with GatewayClient(
+        gateway.base_url, username=gateway.username, password=gateway.password
+    ) as client:
+        summary = await run_upload(
+            [study],
+            client,
+            options=UploadOptions(state_dir=tmp_path / "state"),
+            progress=progress,
+        )
+    [result] = summary.studies
+    assert progress.changed is not None
+    assert result.status is StudyStatus.REJECTED
+    assert [(e.name, e.code) for e in result.errors] == [(progress.changed, "sha256_mismatch")]
+    assert result.chunks_sent == 2
