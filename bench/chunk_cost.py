@@ -1,11 +1,13 @@
 """The serving process's cost of one chunk PUT, without network or client:
-`python -m bench.chunk_cost [--study-dir DIR] [--files 300] [--parallel 4]`.
+`python -m bench.chunk_cost [--study-dir DIR] [--files 300] [--parallel 4] [--checksum md5]`.
 
 The gateway app (embedded mode: SQLite, filesystem store, in a temporary data dir) is called
 in this process with plain ASGI messages, as uvicorn would call it: one chunk PUT per file of
 a CT-like study (512 KB instances by default, generated if no folder is given), `--parallel`
-at a time. Printed: wall time per chunk and CPU per chunk (this process, every thread: the
-MD5, the fsyncs, the database, the early SHA-256; not the validation worker process).
+at a time, each with its Content-Digest (sha-256, as the CLI sends it) or, with
+`--checksum md5`, its Content-MD5 (as design.md's protocol has it; the server then computes
+the SHA-256 too). Printed: wall time per chunk and CPU per chunk (this process, every thread:
+the hashing, the fsyncs, the database; not the validation worker process).
 
 Baseline in the same run: a bare Starlette app that reads each body, writes it to a new file
 with fsync and answers JSON, i.e. the least any durable chunk endpoint in Python costs here.
@@ -120,7 +122,7 @@ def _baseline_app(root: Path) -> ASGIApp:
     return Starlette(routes=[Route(path, put, methods=["PUT"])])
 
 
-async def measure(study: Path, files: int, parallel: int) -> None:
+async def measure(study: Path, files: int, parallel: int, checksum: str = "sha256") -> None:
     paths = sorted(p for p in study.iterdir() if p.is_file())[:files]
     blobs = [p.read_bytes() for p in paths]
     uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
@@ -160,7 +162,7 @@ async def measure(study: Path, files: int, parallel: int) -> None:
                     [
                         (b"host", b"127.0.0.1:8080"),
                         (b"authorization", auth),
-                        (b"content-md5", base64.b64encode(hashlib.md5(body).digest())),
+                        _checksum_header(body, checksum),
                         (b"content-length", str(len(body)).encode()),
                         (b"content-type", b"application/octet-stream"),
                     ],
@@ -174,7 +176,10 @@ async def measure(study: Path, files: int, parallel: int) -> None:
         baseline = await _put_all(_baseline_app(root), requests, parallel)
     n = len(blobs)
     size = sum(len(b) for b in blobs) / n / 1000
-    print(f"{n} chunk PUTs of {size:.0f} KB, {parallel} at a time, in-process ASGI (no network)")
+    print(
+        f"{n} chunk PUTs of {size:.0f} KB, {parallel} at a time, in-process ASGI (no network), "
+        f"checksum {checksum}"
+    )
     for name, (wall, cpu, statuses) in (("gateway", gateway), ("bare Starlette + fsync", baseline)):
         print(
             f"  {name:24s} wall {wall / n * 1000:5.2f} ms/chunk, CPU {cpu / n * 1000:5.2f} "
@@ -184,11 +189,18 @@ async def measure(study: Path, files: int, parallel: int) -> None:
     print(f"  gateway / baseline: CPU {cpu_ratio:.2f}x, wall {wall_ratio:.2f}x")
 
 
+def _checksum_header(body: bytes, checksum: str) -> tuple[bytes, bytes]:
+    if checksum == "md5":
+        return b"content-md5", base64.b64encode(hashlib.md5(body).digest())
+    return b"content-digest", b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study-dir", type=Path, default=None)
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--checksum", choices=["sha256", "md5"], default="sha256")
     args = parser.parse_args()
     study = args.study_dir
     made: Path | None = None
@@ -197,7 +209,7 @@ def main() -> int:
         write_study(made, instances=args.files, rows=512, columns=512)
         study = made
     try:
-        asyncio.run(measure(study, args.files, args.parallel))
+        asyncio.run(measure(study, args.files, args.parallel, args.checksum))
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
