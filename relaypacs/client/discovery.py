@@ -143,13 +143,14 @@ def _classify(candidate: _Candidate) -> _Classified:
         return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
     if not stat.S_ISREG(st.st_mode):
         return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
+    header = read_header(path)
+    if header is not None:
+        return _Classified(candidate, header, st.st_size, st.st_mtime_ns, None, archive=False)
+    # Only now (one system call less per instance): no header, because it cannot be read?
     if not os.access(path, os.R_OK):
         return _Classified(
             candidate, None, st.st_size, st.st_mtime_ns, SkipReason.UNREADABLE, archive=False
         )
-    header = read_header(path)
-    if header is not None:
-        return _Classified(candidate, header, st.st_size, st.st_mtime_ns, None, archive=False)
     if looks_like_zip(path):
         if candidate.in_archive:
             reason = SkipReason.NESTED_ARCHIVE

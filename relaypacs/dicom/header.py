@@ -31,6 +31,9 @@ __all__ = ["InstancePrefix", "StudyHeader", "is_dicomdir", "read_header", "read_
 _PREFIX_LIMIT: Final = 16 << 20
 """Files with more than this before their StudyInstanceUID are not read."""
 _LIMITS: Final = DicomLimits()
+# The first read of a header reader: an instance's header up to its StudyInstanceUID is
+# usually under 2 KiB; reading 64 KiB (the validator's block) cost 6x more per file.
+_FIRST_READ: Final = 8 << 10
 _TAGS: Final = [
     0x00080005,  # SpecificCharacterSet
     0x00080018,  # SOPInstanceUID
@@ -87,6 +90,7 @@ def read_instance_prefix(path: Path) -> InstancePrefix | None:
             stop=_TAG_STUDY_UID,
             prefix_limit=_PREFIX_LIMIT,
             refuse_executable_preamble=False,
+            first_read=_FIRST_READ,
         )
     except (DicomRejected, OSError, MemoryError):
         return None
@@ -137,7 +141,7 @@ def is_dicomdir(path: Path) -> bool:
     Record Sequence in its data set). Reads only the start of the file."""
     try:
         # stop at the Directory Record Sequence (which may be long) without walking it
-        parsed = _parse(path, _LIMITS, stop=_TAG_DIRECTORY_RECORDS - 1)
+        parsed = _parse(path, _LIMITS, stop=_TAG_DIRECTORY_RECORDS - 1, first_read=_FIRST_READ)
     except (DicomRejected, OSError, MemoryError):
         return False
     return (

@@ -698,16 +698,19 @@ def _parse(
     stop: int | None = None,
     prefix_limit: int = 0,
     refuse_executable_preamble: bool = True,
+    first_read: int = _READ_CHUNK,
 ) -> _Parsed:
     """Sniff, read the file meta, and walk the data set of ``path``.
 
     With ``stop``, the data set walk ends at the first top-level tag greater than
     ``stop`` and, if ``prefix_limit`` is set, the bytes of the data set up to there are
-    returned (inflated for a deflated transfer syntax).
+    returned (inflated for a deflated transfer syntax). ``first_read``: the bytes read
+    first (a reader that stops early needs only the header: a smaller read is several
+    times cheaper; more is read when the walk goes beyond it).
     """
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(_READ_CHUNK)
+        head = f.read(first_read)
         src: _Source = _FileSource(f, size, head)
 
         preamble: Literal["zero", "absent", "nonzero"]

@@ -108,6 +108,27 @@ class TestHasher:
         with pytest.raises(InputError, match="cannot read"):
             await hasher.results()
 
+    async def test_a_run_stopped_half_way_keeps_what_it_hashed(self, tmp_path: Path) -> None:
+        """Each hash goes to the cache as soon as it is known: a file hashed before another
+        one failed is not hashed again by the next run."""
+        first = tmp_path / "first"
+        first.write_bytes(b"hashed before the failure")
+        gone = tmp_path / "gone"
+        gone.write_bytes(b"y")
+        missing = _job(gone)
+        gone.unlink()
+        with HashCache(tmp_path / "hashes.sqlite3") as cache:
+            hasher = Hasher(cache=cache, workers=1)
+            hasher.add(_job(first))
+            hasher.add(missing)
+            with pytest.raises(InputError):
+                await hasher.results()
+            job = _job(first)
+            assert (
+                cache.get(job.key, job.size, job.mtime_ns)
+                == hashlib.sha256(b"hashed before the failure").hexdigest()
+            )
+
     async def test_cached_files_are_not_read(self, tmp_path: Path) -> None:
         path = tmp_path / "f"
         path.write_bytes(b"cached content")
