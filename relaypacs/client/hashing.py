@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +33,22 @@ def study_hash(file_hashes: Iterable[str]) -> str:
     return hashlib.sha256(joined.encode("ascii")).hexdigest()
 
 
+_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's read buffer, made once: a new 1 MiB buffer per file is a fresh memory
+    mapping, zeroed and faulted in page by page, which cost as much as hashing a CT slice."""
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(_READ_SIZE))
+    return view
+
+
 def hash_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
     """Stream ``path`` through SHA-256 with a bounded buffer."""
     digest = hashlib.sha256()
-    buffer = bytearray(_READ_SIZE)
-    view = memoryview(buffer)
+    view = _read_buffer()
     with path.open("rb", buffering=0) as stream:
         while True:
             n = stream.readinto(view)
@@ -151,7 +164,11 @@ async def hash_files(
 class Hasher:
     """hash_files for jobs that arrive one by one (as discovery finds the files): each starts
     as soon as it is added, while the rest is still being found. Call :meth:`results` once
-    every job is added, or :meth:`cancel`."""
+    every job is added, or :meth:`cancel`.
+
+    The jobs go straight to a pool of ``workers`` threads of its own: no task, semaphore or
+    context copy per file on the event loop, which discovery keeps busy meanwhile.
+    """
 
     def __init__(
         self,
@@ -161,11 +178,12 @@ class Hasher:
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self._cache = cache
-        self._semaphore = asyncio.Semaphore(max(1, workers))
+        self._loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="relaypacs-hash")
         self._on_bytes = on_bytes
         self._report: Callable[[int], None] | None = None
         if on_bytes is not None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             callback = on_bytes
 
             def report(n: int) -> None:
@@ -175,7 +193,7 @@ class Hasher:
             self._report = report
         self._results: dict[str, str] = {}
         self._keys: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._futures: list[tuple[str, Future[str]]] = []  # (key, its SHA-256)
 
     def add(self, job: HashJob) -> None:
         self._keys.append(job.key)
@@ -186,22 +204,28 @@ class Hasher:
             if self._on_bytes is not None:
                 self._on_bytes(job.size)
             return
-        self._tasks.append(asyncio.create_task(self._hash(job)))
+        self._futures.append((job.key, self._pool.submit(self._hash, job)))
 
-    async def _hash(self, job: HashJob) -> None:
-        async with self._semaphore:
-            digest = await asyncio.to_thread(hash_file, job.path, self._report)
-        self._results[job.key] = digest
+    def _hash(self, job: HashJob) -> str:
+        """In a pool thread. The result goes to the cache (on the event loop's thread, whose
+        connection it is) as soon as it is known: a run killed half-way keeps it."""
+        digest = hash_file(job.path, self._report)
         if self._cache is not None and (not job.same_file or _unchanged(job)):
+            self._loop.call_soon_threadsafe(self._keep, job, digest)
+        return digest
+
+    def _keep(self, job: HashJob, digest: str) -> None:
+        if self._cache is not None:
             self._cache.put(job.key, job.size, job.mtime_ns, digest)
 
     async def results(self) -> dict[str, str]:
         """Every job's SHA-256 by key. InputError for a file that cannot be read (the other
         hashes are stopped)."""
         try:
-            if self._tasks:
-                done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-                errors = [t.exception() for t in done if not t.cancelled()]
+            if self._futures:
+                waiting = [asyncio.wrap_future(f) for _, f in self._futures]
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_EXCEPTION)
+                errors = [f.exception() for f in done if not f.cancelled()]
                 first = next((e for e in errors if e is not None), None)
                 if first is not None:
                     if isinstance(first, OSError):
@@ -209,16 +233,19 @@ class Hasher:
                             f"cannot read {first.filename}: {first.strerror}"
                         ) from first
                     raise first
+                for key, future in self._futures:
+                    self._results[key] = future.result()
         except BaseException:
             self.cancel()
             raise
+        self._pool.shutdown(wait=False)
         if self._cache is not None:
             self._cache.touch(self._keys)
         return self._results
 
     def cancel(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        """Stop: files not started are not hashed (one being hashed finishes in its thread)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _unchanged(job: HashJob) -> bool:
