@@ -169,11 +169,12 @@ def stored_chunk_key(
     return chunk_key(upload_id, file_index, chunk_index, digest)
 
 
-def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, md5_hex: str) -> str:
-    # The MD5 is part of the key: two racing writers of different bytes never overwrite each
-    # other's object; the database row decides which one is the chunk. One flat directory per
-    # upload: a directory per file would cost a mkdir and a parent fsync for every file.
-    return f"{upload_prefix(upload_id)}{file_index}-{chunk_index}-{md5_hex}"
+def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, digest: str) -> str:
+    # The digest (hex SHA-256; MD5 for rows from before migration 0004) is part of the key:
+    # two racing writers of different bytes never overwrite each other's object; the database
+    # row decides which one is the chunk. One flat directory per upload: a directory per file
+    # would cost a mkdir and a parent fsync for every file.
+    return f"{upload_prefix(upload_id)}{file_index}-{chunk_index}-{digest}"
 
 
 def upload_prefix(upload_id: uuid.UUID) -> str:
