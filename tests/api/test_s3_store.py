@@ -13,8 +13,20 @@ from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.uploads.service import chunk_key
 from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
-from tests.api.uploading import API, chunks_of, init, make_study, send_all, upload_study
+from tests.api.uploading import (
+    API,
+    chunks_of,
+    complete,
+    content_digest,
+    init,
+    make_study,
+    put_chunk,
+    send_all,
+    sha256_hex,
+    upload_study,
+)
 from tests.servers import moto_server
 
 
@@ -75,6 +87,29 @@ class TestUploadOnS3:
         upload_id = response.json()["id"]
         keys = [k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")]
         assert len(keys) == sum(len(chunks_of(f)) for f in study.files)
+
+    async def test_chunks_with_content_digest_are_named_by_sha256_in_s3(
+        self, s3_app: FastAPI, s3_client: httpx.AsyncClient, s3_clinician: Account
+    ) -> None:
+        study = make_study(2, rows=512, columns=512)
+        upload_id = (await init(s3_client, s3_clinician, study)).json()["id"]
+        chunk = chunks_of(study.files[0])[0]
+        wrong = await put_chunk(
+            s3_client, s3_clinician, upload_id, 0, 0, chunk, digest=content_digest(b"x")
+        )
+        assert wrong.status_code == 400
+        assert wrong.json()["error"]["code"] == "content_digest_mismatch"
+        assert [k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")] == []
+        await send_all(s3_client, s3_clinician, upload_id, study, with_digest=True)
+        response = await complete(s3_client, s3_clinician, upload_id)
+        assert response.status_code == 202, response.text
+        keys = sorted([k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")])
+        expected = sorted(
+            chunk_key(uuid.UUID(upload_id), f, c, sha256_hex(part))
+            for f, data in enumerate(study.files)
+            for c, part in enumerate(chunks_of(data))
+        )
+        assert keys == expected
 
     async def test_wrong_sha256_is_caught_reading_back_from_s3(
         self, s3_client: httpx.AsyncClient, s3_clinician: Account

@@ -113,11 +113,20 @@ async def put_chunk(
 
 
 async def send_all(
-    client: httpx.AsyncClient, account: Account, upload_id: str, study: Study
+    client: httpx.AsyncClient,
+    account: Account,
+    upload_id: str,
+    study: Study,
+    *,
+    with_digest: bool = False,
 ) -> None:
+    """Every chunk, with Content-MD5 (or Content-Digest, ``with_digest``)."""
     for file_index, data in enumerate(study.files):
         for chunk_index, chunk in enumerate(chunks_of(data)):
-            response = await put_chunk(client, account, upload_id, file_index, chunk_index, chunk)
+            digest = content_digest(chunk) if with_digest else None
+            response = await put_chunk(
+                client, account, upload_id, file_index, chunk_index, chunk, digest=digest
+            )
             assert response.status_code == 200, response.text
 
 
