@@ -38,7 +38,7 @@ from relaypacs.client.errors import (
     ExitCode,
     ServerUnreachableError,
 )
-from relaypacs.client.hashing import HashCache, Hasher, hash_files
+from relaypacs.client.hashing import HashCache, Hasher
 from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_studies, hash_jobs
 from relaypacs.client.state import ensure_state_dir
 
@@ -50,7 +50,6 @@ __all__ = [
     "StudyResult",
     "StudyStatus",
     "UploadOptions",
-    "prepare_studies",
     "run_upload",
     "upload_study",
     "wait_for_delivery",
@@ -245,25 +244,6 @@ class RunSummary:
                 "hash_cache_hits": self.hash_cache_hits,
             },
         }
-
-
-# -- preparation (no network) -------------------------------------------------------------
-
-
-async def prepare_studies(
-    discovery: Discovery,
-    *,
-    cache: HashCache | None,
-    options: UploadOptions,
-    progress: ProgressListener,
-) -> list[StudyPlan]:
-    """Hash every discovered instance (cache first) and group them into studies."""
-    jobs = hash_jobs(discovery.files)
-    progress.hashing(sum(job.size for job in jobs))
-    hashes = await hash_files(
-        jobs, cache=cache, workers=options.hash_workers, on_bytes=progress.hashed
-    )
-    return group_studies(discovery.files, hashes)
 
 
 # -- one study ----------------------------------------------------------------------------
