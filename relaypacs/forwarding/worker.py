@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,11 +37,10 @@ from relaypacs.storage import ObjectStorage
 from relaypacs.uploads.models import (
     ForwardStatus,
     Upload,
-    UploadChunk,
     UploadFile,
     UploadStatus,
 )
-from relaypacs.uploads.service import stored_chunk_key
+from relaypacs.uploads.service import recorded_chunk_keys
 
 logger = logging.getLogger(__name__)
 
@@ -311,27 +309,13 @@ class Forwarder:
                     .order_by(UploadFile.index)
                 )
             ).all()
-            chunk_rows = await session.execute(
-                select(
-                    UploadChunk.file_index,
-                    UploadChunk.chunk_index,
-                    UploadChunk.sha256,
-                    UploadChunk.md5,
-                )
-                .where(UploadChunk.upload_id == claim.upload_id)
-                .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
-            )
-        keys: dict[int, list[str]] = defaultdict(list)
-        for file_index, chunk_index, sha256, md5 in chunk_rows:
-            keys[file_index].append(
-                stored_chunk_key(claim.upload_id, file_index, chunk_index, sha256, md5)
-            )
+            keys = await recorded_chunk_keys(session, claim.upload_id)
         to_send = [
             InstancePart(
                 file_index=index,
                 sop_instance_uid=sop or "",
                 size=size,
-                keys=tuple(keys[index]),
+                keys=tuple(keys[index].values()),
                 zero_preamble=preamble == "nonzero",
             )
             for index, sop, size, preamble, status in files

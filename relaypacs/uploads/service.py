@@ -158,15 +158,24 @@ def expected_chunk_size(file_size: int, chunk_size: int, chunk_index: int) -> in
     return min(chunk_size, file_size - chunk_index * chunk_size)
 
 
-def stored_chunk_key(
-    upload_id: uuid.UUID, file_index: int, chunk_index: int, sha256: str | None, md5: str | None
-) -> str:
-    """The object key of a recorded chunk: named by its SHA-256, or by its MD5 for rows from
-    before migration 0004 (which have no SHA-256)."""
-    digest = sha256 or md5
-    if digest is None:  # the schema's rows always have one of them
-        raise ValueError("a chunk row with neither SHA-256 nor MD5")
-    return chunk_key(upload_id, file_index, chunk_index, digest)
+async def recorded_chunk_keys(
+    session: AsyncSession, upload_id: uuid.UUID
+) -> dict[int, dict[int, str]]:
+    """The object key of every recorded chunk of the upload, by file index, then by chunk
+    index in order. A chunk is named by its SHA-256, or by its MD5 for rows from before
+    migration 0004 (which have no SHA-256)."""
+    rows = await session.execute(
+        select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.sha256, UploadChunk.md5)
+        .where(UploadChunk.upload_id == upload_id)
+        .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
+    )
+    keys: dict[int, dict[int, str]] = defaultdict(dict)
+    for file_index, chunk_index, sha256, md5 in rows:
+        digest = sha256 or md5
+        if digest is None:  # the schema's rows always have one of them
+            raise ValueError("a chunk row with neither SHA-256 nor MD5")
+        keys[file_index][chunk_index] = chunk_key(upload_id, file_index, chunk_index, digest)
+    return keys
 
 
 def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, digest: str) -> str:
@@ -1161,26 +1170,14 @@ async def complete_upload(
                 .order_by(UploadFile.index)
             )
         ]
-        chunk_rows = await session.execute(
-            select(
-                UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.sha256, UploadChunk.md5
-            )
-            .where(UploadChunk.upload_id == upload_id)
-            .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
-        )
-        keys: dict[int, list[str]] = defaultdict(list)
-        stored: dict[int, set[int]] = defaultdict(set)
-        for file_index, chunk_index, sha256, md5 in chunk_rows:
-            keys[file_index].append(
-                stored_chunk_key(upload_id, file_index, chunk_index, sha256, md5)
-            )
-            stored[file_index].add(chunk_index)
+        recorded = await recorded_chunk_keys(session, upload_id)
         missing = {
-            f.index: [i for i in range(f.chunk_count) if i not in stored[f.index]]
+            f.index: [i for i in range(f.chunk_count) if i not in recorded[f.index]]
             for f in files
-            if len(stored[f.index]) < f.chunk_count
+            if len(recorded[f.index]) < f.chunk_count
         }
-        del stored
+        keys = {index: list(chunks.values()) for index, chunks in recorded.items()}
+        del recorded
         if missing:
             raise UploadIncomplete(
                 f"{sum(len(m) for m in missing.values())} chunks are missing.",
