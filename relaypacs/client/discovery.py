@@ -125,7 +125,7 @@ class _Candidate:
 @dataclass(frozen=True, slots=True)
 class _Classified:
     candidate: _Candidate
-    header: StudyHeader | None
+    file: DiscoveredFile | None  # a DICOM instance
     size: int
     mtime_ns: int
     reason: SkipReason | None
@@ -145,7 +145,8 @@ def _classify(candidate: _Candidate) -> _Classified:
         return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
     header = read_header(path)
     if header is not None:
-        return _Classified(candidate, header, st.st_size, st.st_mtime_ns, None, archive=False)
+        found = _discovered(candidate, header, st.st_size, st.st_mtime_ns)
+        return _Classified(candidate, found, st.st_size, st.st_mtime_ns, None, archive=False)
     # Only now (one system call less per instance): no header, because it cannot be read?
     if not os.access(path, os.R_OK):
         return _Classified(
@@ -243,8 +244,8 @@ async def discover(
             items = await asyncio.to_thread(lambda: [_classify(c) for c in batch])
         if on_file is not None:
             for item in items:
-                if item.header is not None and item.reason is None:
-                    on_file(_discovered(item))
+                if item.file is not None:
+                    on_file(item.file)
         return items
 
     pending = candidates
@@ -283,22 +284,22 @@ async def discover(
                     )
             elif item.reason is not None:
                 result.skipped.append(SkippedFile(candidate.name, item.reason))
-            elif item.header is not None:
-                result.files.append(_discovered(item))
+            elif item.file is not None:
+                result.files.append(item.file)
     return result
 
 
-def _discovered(item: _Classified) -> DiscoveredFile:
-    candidate = item.candidate
-    assert item.header is not None
-    cache_mtime = item.mtime_ns if candidate.cache_mtime_ns is None else candidate.cache_mtime_ns
+def _discovered(
+    candidate: _Candidate, header: StudyHeader, size: int, mtime_ns: int
+) -> DiscoveredFile:
+    cache_mtime = mtime_ns if candidate.cache_mtime_ns is None else candidate.cache_mtime_ns
     return DiscoveredFile(
         path=candidate.path,
         name=candidate.name,
-        size=item.size,
-        mtime_ns=item.mtime_ns,
+        size=size,
+        mtime_ns=mtime_ns,
         cache_key=candidate.cache_key,
         cache_mtime_ns=cache_mtime,
-        header=item.header,
+        header=header,
         from_archive=candidate.in_archive,
     )
