@@ -42,6 +42,7 @@ from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.devtools.synth import write_study
 from relaypacs.main import create_app
+from relaypacs.state import app_state
 
 PASSWORD = "chunk cost passphrase 0123"
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -139,7 +140,7 @@ async def measure(study: Path, files: int, parallel: int, checksum: str = "sha25
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(quiet)
             await stack.enter_async_context(app.router.lifespan_context(app))
-            async with app.state.sessionmaker() as session, session.begin():
+            async with app_state(app).db.sessionmaker() as session, session.begin():
                 await create_user(session, username="bench", password=PASSWORD, role=Role.CLINICIAN)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:

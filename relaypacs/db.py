@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from fastapi import Depends, Request
 from sqlalchemy import URL, DateTime, Engine, MetaData, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Dialect
@@ -180,20 +180,6 @@ def create_sessionmaker(
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """The request owns the transaction: committed on success, rolled back on error."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session, session.begin():
-        yield session
-
-
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A read-only session (see create_sessionmaker)."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with sessionmaker() as session, session.begin():
-        yield session
-
-
 T = TypeVar("T")
 
 
@@ -204,14 +190,46 @@ def readonly_engine(engine: Engine) -> Engine:
     return engine.execution_options(**{READONLY_OPTION: True})
 
 
-async def read_in_one_call(state: Any, fn: Callable[[Session], T]) -> T:
+@dataclass(frozen=True, eq=False)
+class Database:
+    """The database of a running gateway: its engine, the writing and reading session factories
+    (see create_sessionmaker) and, on SQLite, a synchronous engine on the same file for the hot
+    paths that run a whole transaction in one thread call."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+    sync_engine: Engine | None = None
+
+    @classmethod
+    def open(cls, url: str) -> Database:
+        engine = create_engine(url)
+        return cls(
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            read_sessionmaker=create_sessionmaker(engine, readonly=True),
+            sync_engine=create_sync_sqlite_engine(engine.url)
+            if engine.dialect.name == "sqlite"
+            else None,
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    async def close(self) -> None:
+        if self.sync_engine is not None:
+            self.sync_engine.dispose()
+        await self.engine.dispose()
+
+
+async def read_in_one_call(db: Database, fn: Callable[[Session], T]) -> T:
     """Run the synchronous reader `fn` in one read-only transaction, in as few hops as the
     database allows. On SQLite one thread call on the synchronous engine (through aiosqlite
     every statement is several hops between threads: for the views polled many times a second,
     those hops were most of the cost); elsewhere `run_sync` on an async session (asyncpg
-    needs no thread). `state` is the application's state (sync_engine, read_sessionmaker);
-    `fn` must not keep ORM objects beyond the call."""
-    sync_engine: Engine | None = state.sync_engine
+    needs no thread). `fn` must not keep ORM objects beyond the call."""
+    sync_engine = db.sync_engine
     if sync_engine is not None:
         reader = readonly_engine(sync_engine)  # deferred BEGIN
 
@@ -220,13 +238,5 @@ async def read_in_one_call(state: Any, fn: Callable[[Session], T]) -> T:
                 return fn(session)
 
         return await asyncio.to_thread(in_thread)
-    sessionmaker: async_sessionmaker[AsyncSession] = state.read_sessionmaker
-    async with sessionmaker() as session, session.begin():
+    async with db.read_sessionmaker() as session, session.begin():
         return await session.run_sync(fn)
-
-
-# scope="function": the transaction commits when the endpoint returns, before the response is
-# sent. (The default, "request", would commit after the response: a client could see 201 and
-# then not find what it was told was created, or a failed commit would follow a success.)
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -20,9 +19,8 @@ from starlette.types import ASGIApp
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
 from relaypacs.audit.router import router as audit_router
-from relaypacs.audit.service import record_denial
 from relaypacs.auth.dependencies import UserRows
-from relaypacs.auth.policy import authorize, check_policy
+from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.revocation import (
     DatabaseRevocations,
     MemoryRevocations,
@@ -34,13 +32,14 @@ from relaypacs.auth.service import ensure_first_admin
 from relaypacs.auth.sessions import TokenContext
 from relaypacs.auth.totp import TotpCipher
 from relaypacs.config import Settings, load_settings
-from relaypacs.db import create_engine, create_sessionmaker, create_sync_sqlite_engine
+from relaypacs.db import Database
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
 from relaypacs.forwarding.worker import Forwarder
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
 from relaypacs.schema import upgrade_in_subprocess
+from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.surface import HttpSurface, StrictCORSMiddleware
 from relaypacs.uploads.early import EarlyVerifier
@@ -97,10 +96,10 @@ def announce_first_admin(password: str) -> None:
     )
 
 
-async def open_revocations(settings: Settings, app_state: Any) -> Revocations:
+async def open_revocations(settings: Settings, db: Database) -> Revocations:
     """Redis when configured; else this process's memory on SQLite (one process), the
     database on PostgreSQL (there may be several replicas)."""
-    database = DatabaseRevocations(app_state.read_sessionmaker)
+    database = DatabaseRevocations(db.read_sessionmaker)
     # As long as an access token lives, plus the decoding leeway.
     ttl = dt.timedelta(minutes=settings.access_token_minutes, seconds=30)
     if settings.redis_url:
@@ -119,42 +118,10 @@ async def open_revocations(settings: Settings, app_state: Any) -> Revocations:
     return database
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    check_policy(app)  # again: a route added after create_app must have its entry too
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.auto_migrate:
-        await upgrade_in_subprocess(settings.resolved_database_url)
-    engine = create_engine(settings.resolved_database_url)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.read_sessionmaker = create_sessionmaker(engine, readonly=True)
-    app.state.signing_key = settings.signing_key()
-    app.state.totp_cipher = TotpCipher(settings.totp_key())
-    revocations = await open_revocations(settings, app.state)
-    app.state.revocations = revocations
-    app.state.token_context = TokenContext(
-        settings=settings, signing_key=app.state.signing_key, revocations=revocations
-    )
-    rate_limits = RateLimits(settings)
-    app.state.rate_limits = rate_limits
-    app.state.upload_limits = UploadLimits(
-        chunk_size=settings.chunk_size,
-        max_files=settings.max_files_per_upload,
-        max_file_size=settings.max_file_size,
-    )
-    app.state.chunk_slots = asyncio.Semaphore(16)
-    app.state.upload_facts = UploadFactsCache()
-    # SQLite: hot paths run a whole transaction in one thread call on a synchronous engine.
-    app.state.sync_engine = (
-        create_sync_sqlite_engine(engine.url) if engine.dialect.name == "sqlite" else None
-    )
-    app.state.user_rows = UserRows(app.state.sync_engine) if app.state.sync_engine else None
-    app.state.chunk_recorder = ChunkRecorder(engine, sync_engine=app.state.sync_engine)
-    storage = await open_storage(settings)
-    app.state.storage = storage
-    validator = DicomValidator(
+def open_validator(settings: Settings) -> DicomValidator:
+    # No warm start: workers start on demand (~0.3 s of CPU), or when an uploader signs in
+    # (validator.warm), and stop when no study has been verified for dicom_idle_seconds.
+    return DicomValidator(
         DicomLimits(
             max_inflated_bytes=settings.dicom_max_inflated_mb << 20,
             timeout_seconds=settings.dicom_timeout_seconds,
@@ -163,21 +130,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workers=settings.dicom_workers,
         idle_seconds=settings.dicom_idle_seconds,
     )
-    # No warm start: workers start on demand (~0.3 s of CPU), or when an uploader signs in
-    # (validator.warm), and stop when no study has been verified for dicom_idle_seconds.
-    app.state.validator = validator
-    app.state.early_verifier = early_verifier = EarlyVerifier(storage, validator)
-    app.state.complete_context = CompleteContext(
-        sessionmaker=app.state.sessionmaker,
-        storage=storage,
-        validator=validator,
-        spool_dir=settings.spool_dir,
-        concurrency=settings.dicom_workers * 2,
-        early=early_verifier,
-        read_sessionmaker=app.state.read_sessionmaker,
-    )
-    forwarder: Forwarder | None = None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = app_settings(app)
+    check_policy(app)  # again: a route added after create_app must have its entry too
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:
+        await upgrade_in_subprocess(settings.resolved_database_url)
+    db = Database.open(settings.resolved_database_url)
+    signing_key = settings.signing_key()
+    revocations = await open_revocations(settings, db)
+    rate_limits = RateLimits(settings)
+    storage = await open_storage(settings)
+    validator = open_validator(settings)
+    early_verifier = EarlyVerifier(storage, validator)
     target = settings.default_target_name
+    forwarder: Forwarder | None = None
     if target is None:
         logger.warning(
             "no PACS target is configured (RELAYPACS_PACS_URL): accepted studies are kept "
@@ -185,20 +155,50 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     elif settings.forward_worker:
         forwarder = Forwarder(
-            sessionmaker=app.state.sessionmaker,
+            sessionmaker=db.sessionmaker,
             storage=storage,
             settings=settings,
-            engine=engine,
-            sync_engine=app.state.sync_engine,
+            engine=db.engine,
+            sync_engine=db.sync_engine,
         )
         await forwarder.start()
-    app.state.forwarder = forwarder
-    app.state.complete_context = dataclasses.replace(
-        app.state.complete_context,
-        default_target=target,
-        on_queued=forwarder.wake if forwarder else None,
+    state = AppState(
+        settings=settings,
+        db=db,
+        storage=storage,
+        validator=validator,
+        signing_key=signing_key,
+        totp_cipher=TotpCipher(settings.totp_key()),
+        revocations=revocations,
+        token_context=TokenContext(
+            settings=settings, signing_key=signing_key, revocations=revocations
+        ),
+        user_rows=UserRows(db.sync_engine) if db.sync_engine is not None else None,
+        rate_limits=rate_limits,
+        upload_limits=UploadLimits(
+            chunk_size=settings.chunk_size,
+            max_files=settings.max_files_per_upload,
+            max_file_size=settings.max_file_size,
+        ),
+        chunk_slots=asyncio.Semaphore(16),
+        upload_facts=UploadFactsCache(),
+        chunk_recorder=ChunkRecorder(db.engine, sync_engine=db.sync_engine),
+        early_verifier=early_verifier,
+        complete_context=CompleteContext(
+            sessionmaker=db.sessionmaker,
+            storage=storage,
+            validator=validator,
+            spool_dir=settings.spool_dir,
+            concurrency=settings.dicom_workers * 2,
+            early=early_verifier,
+            read_sessionmaker=db.read_sessionmaker,
+            default_target=target,
+            on_queued=forwarder.wake if forwarder else None,
+        ),
+        forwarder=forwarder,
     )
-    password = await ensure_first_admin(app.state.sessionmaker)
+    app.state.gateway = state
+    password = await ensure_first_admin(db.sessionmaker)
     if password is not None:
         announce_first_admin(password)
     try:
@@ -208,12 +208,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await forwarder.stop()
         await early_verifier.close()
         await validator.close()
-        if app.state.sync_engine is not None:
-            app.state.sync_engine.dispose()
         await storage.close()
         await revocations.close()
         await rate_limits.close()
-        await engine.dispose()
+        await db.close()
 
 
 def _error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -282,20 +280,20 @@ class GatewayApp(FastAPI):
     middleware included, so that even a 500 carries the security headers."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        settings: Settings = self.state.settings
+        settings = app_settings(self)
         return HttpSurface(
             super().build_middleware_stack(),
             max_body=settings.max_request_body,
             body_limit=self._body_limit,
-            describe=lambda scope: self.state.policy.describe(scope),
+            describe=lambda scope: app_policy(self).describe(scope),
             trusted_proxies=settings.trusted_proxies,
             docs_paths=[p for p in (self.docs_url, self.swagger_ui_oauth2_redirect_url) if p],
         )
 
     def _body_limit(self, method: str, path: str) -> int | None:
         """The largest body of a request (see Rule.body); None: the endpoint checks it."""
-        settings: Settings = self.state.settings
-        limit = self.state.policy.body_limit(method, path)
+        settings = app_settings(self)
+        limit = app_policy(self).body_limit(method, path)
         if limit == "own":
             return None
         if limit == "manifest":
@@ -320,12 +318,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Who may call what (relaypacs/auth/policy.py), before anything else of every route.
         dependencies=[Depends(authorize)],
     )
-    app.state.settings = settings or load_settings()
+    settings = app.state.settings = settings or load_settings()
     install_error_handlers(app)
-    if app.state.settings.cors_origins:
+    if settings.cors_origins:
         app.add_middleware(
             StrictCORSMiddleware,
-            allow_origins=app.state.settings.cors_origins,
+            allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Content-MD5", "Content-Digest"],
             expose_headers=["X-Request-ID", "Retry-After"],

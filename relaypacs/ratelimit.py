@@ -24,6 +24,7 @@ from relaypacs.auth.dependencies import CurrentUser
 from relaypacs.config import Settings
 from relaypacs.errors import GatewayError
 from relaypacs.redisconn import SOCKET_TIMEOUT, Breaker
+from relaypacs.state import get_app_state
 
 LimitName = Literal[
     "login_ip",
@@ -136,7 +137,7 @@ def per_user(name: LimitName) -> Callable[[Request, CurrentUser], Awaitable[None
     """A route dependency: `name` counted per signed-in user."""
 
     async def _limit(request: Request, user: CurrentUser) -> None:
-        limits: RateLimits = request.app.state.rate_limits
+        limits: RateLimits = get_app_state(request).rate_limits
         await limits.hit(name, user.id.hex)
 
     return _limit

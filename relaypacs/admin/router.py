@@ -12,8 +12,9 @@ from sqlalchemy import func, or_, select
 from relaypacs.admin import service
 from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import AdminUser
-from relaypacs.db import ReadSessionDep, utcnow
+from relaypacs.db import utcnow
 from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.state import ReadSessionDep, get_app_state
 from relaypacs.uploads.models import Upload, UploadStatus
 from relaypacs.uploads.schemas import UploadList, UploadRead
 from relaypacs.uploads.service import read_upload, summary_of
@@ -68,8 +69,8 @@ async def list_problem_uploads(
 @router.post("/uploads/{upload_id}/retry", response_model=UploadRead)
 async def retry_upload(upload_id: uuid.UUID, request: Request, admin: AdminUser) -> UploadRead:
     """Send again what failed (and anything pending) now, resetting the retry schedule."""
-    state = request.app.state
-    async with state.sessionmaker() as session, session.begin():
+    state = get_app_state(request)
+    async with state.db.sessionmaker() as session, session.begin():
         upload = await service.retry_forwarding(
             session, upload_id=upload_id, admin=admin, client_ip=_ip(request)
         )
@@ -82,8 +83,8 @@ async def retry_upload(upload_id: uuid.UUID, request: Request, admin: AdminUser)
 @router.post("/uploads/{upload_id}/cancel", response_model=UploadRead)
 async def cancel_upload(upload_id: uuid.UUID, request: Request, admin: AdminUser) -> UploadRead:
     """Stop forwarding this upload for good and delete its stored files."""
-    state = request.app.state
-    async with state.sessionmaker() as session, session.begin():
+    state = get_app_state(request)
+    async with state.db.sessionmaker() as session, session.begin():
         upload = await service.cancel_forwarding(
             session, upload_id=upload_id, admin=admin, client_ip=_ip(request)
         )

@@ -15,7 +15,8 @@ from fastapi.responses import StreamingResponse
 from relaypacs.audit.schemas import AuditEventList, AuditEventRead, AuditExport, AuditPage
 from relaypacs.audit.service import AuditFilter, query_events, record_for_request, stream_events
 from relaypacs.auth.dependencies import AdminUser
-from relaypacs.db import ReadSessionDep, utcnow
+from relaypacs.db import utcnow
+from relaypacs.state import ReadSessionDep, get_app_state
 
 router = APIRouter(prefix="/admin/audit", tags=["admin"])
 
@@ -88,7 +89,7 @@ async def export_audit(
     await record_for_request(
         request, action="audit.export", details={**where.as_details(), "format": query.format}
     )
-    records = stream_events(request.app.state.read_sessionmaker, where)
+    records = stream_events(get_app_state(request).db.read_sessionmaker, where)
 
     async def lines() -> AsyncIterator[str]:
         if query.format == "csv":

@@ -13,12 +13,11 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.models import AuditEvent
-from relaypacs.auth.policy import ID_LIKE
+from relaypacs.state import get_app_state
 
 if TYPE_CHECKING:
     from fastapi import Request
 
-    from relaypacs.errors import GatewayError
 
 logger = logging.getLogger(__name__)
 
@@ -65,45 +64,9 @@ def request_actor(request: Request) -> dict[str, Any]:
 async def record_for_request(request: Request, *, action: str, **fields: Any) -> None:
     """One record in a transaction of its own, committed before the caller answers: a read of
     patient data is not served unless its record is stored."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    sessionmaker: async_sessionmaker[AsyncSession] = get_app_state(request).db.sessionmaker
     async with sessionmaker() as session, session.begin():
         await record_event(session, action=action, **request_actor(request), **fields)
-
-
-async def record_denial(request: Request, exc: GatewayError) -> None:
-    """A refused authorisation (a role the policy does not list, or another user's object):
-    who, which endpoint, which object, outcome `denied`. A failure to record it is logged and
-    does not change the refusal."""
-    denial = exc.denial
-    object_type = denial.object_type if denial else None
-    object_id = denial.object_id if denial else None
-    if object_id is None:
-        # A role refusal: the object the path names, unchecked (never looked up).
-        for name, value in request.path_params.items():
-            if name.endswith("_id"):
-                object_type = name.removesuffix("_id")
-                object_id = str(value) if ID_LIKE.fullmatch(str(value)) else "?"
-                break
-    policy = getattr(request.app.state, "policy", None)
-    route = request.scope.get("route")
-    endpoint = policy.key(route, request.method) if policy is not None and route else None
-    try:
-        await record_for_request(
-            request,
-            action="access.denied",
-            outcome="denied",
-            object_type=object_type,
-            object_id=object_id,
-            study_instance_uid=denial.study_instance_uid if denial else None,
-            details={
-                "endpoint": endpoint or f"{request.method} ?",
-                "status": exc.status_code,
-                "code": exc.code,
-                "reason": denial.reason if denial else "role",
-            },
-        )
-    except Exception as error:  # the refusal stands either way
-        logger.warning("could not audit a denied access: %s", type(error).__name__)
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from relaypacs.auth.models import Role, User
 from relaypacs.auth.revocation import Revocations
 from relaypacs.auth.security import AccessClaims, decode_access_token
 from relaypacs.config import Settings
-from relaypacs.db import column_processor, read_in_one_call, readonly_engine
+from relaypacs.db import Database, column_processor, read_in_one_call, readonly_engine
 from relaypacs.errors import Forbidden, NotAuthenticated
+from relaypacs.state import get_app_state
 
 bearer_scheme = HTTPBearer(auto_error=False)
 
@@ -39,9 +40,9 @@ async def get_session_user(
         return cached
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated()
-    state = request.app.state
+    state = get_app_state(request)
     claims = decode_access_token(credentials.credentials, key=state.signing_key)
-    user = await load_user(state, claims.user_id)
+    user = await load_user(state.db, claims.user_id, state.user_rows)
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")
     revocations: Revocations = state.revocations
@@ -64,7 +65,7 @@ async def get_current_user(request: Request, user: SessionUser) -> User:
     """The user of a valid access token, with full use of their role."""
     if user.must_change_password:
         raise PasswordChangeRequired()
-    if not user.totp_enabled and totp_required(request.app.state.settings, user):
+    if not user.totp_enabled and totp_required(get_app_state(request).settings, user):
         raise TotpEnrolmentRequired()
     return user
 
@@ -75,14 +76,13 @@ def access_claims(request: Request) -> AccessClaims:
     return claims
 
 
-async def load_user(state: Any, user_id: uuid.UUID) -> User | None:
+async def load_user(db: Database, user_id: uuid.UUID, rows: UserRows | None = None) -> User | None:
     """The user row, detached. A short read of its own (see read_in_one_call): the connection
     goes back to the pool at once instead of being held for the whole request, and on SQLite it
     is one thread call (this runs for every request), made cheaper by UserRows."""
-    rows: UserRows | None = getattr(state, "user_rows", None)
     if rows is not None:
         return await asyncio.to_thread(rows.load, user_id)
-    return await read_in_one_call(state, lambda session: session.get(User, user_id))
+    return await read_in_one_call(db, lambda session: session.get(User, user_id))
 
 
 class UserRows:

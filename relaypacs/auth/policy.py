@@ -24,9 +24,10 @@ from fastapi.security import HTTPBearer
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import Scope
 
+from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import get_session_user
 from relaypacs.auth.models import Role
-from relaypacs.errors import Forbidden
+from relaypacs.errors import Forbidden, GatewayError
 
 logger = logging.getLogger(__name__)
 
@@ -231,13 +232,21 @@ def check_policy(app: FastAPI) -> PolicyIndex:
     return index
 
 
+def app_policy(app: FastAPI) -> PolicyIndex:
+    """The policy index check_policy made for `app`."""
+    index = getattr(app.state, "policy", None)
+    if not isinstance(index, PolicyIndex):
+        raise RuntimeError("the app's policy was not checked (check_policy)")
+    return index
+
+
 async def authorize(request: Request) -> None:
     """The policy, applied to every FastAPI route of the app: an app-wide dependency, so it
     runs before the endpoint's own dependencies and before its parameters are validated.
 
     Public routes pass; others need a valid token (401) and a role the entry lists (403, the
     same for every object id, so it confirms nothing about any object)."""
-    index: PolicyIndex = request.app.state.policy
+    index = app_policy(request.app)
     route = request.scope.get("route")
     rule = index.rule(route, request.method) if route is not None else None
     if rule is None:
@@ -251,3 +260,38 @@ async def authorize(request: Request) -> None:
     user = await get_session_user(request, await _bearer(request))
     if not rule.allows(user.role):
         raise Forbidden()
+
+
+async def record_denial(request: Request, exc: GatewayError) -> None:
+    """A refused authorisation (a role the policy does not list, or another user's object):
+    who, which endpoint, which object, outcome `denied`. A failure to record it is logged and
+    does not change the refusal."""
+    denial = exc.denial
+    object_type = denial.object_type if denial else None
+    object_id = denial.object_id if denial else None
+    if object_id is None:
+        # A role refusal: the object the path names, unchecked (never looked up).
+        for name, value in request.path_params.items():
+            if name.endswith("_id"):
+                object_type = name.removesuffix("_id")
+                object_id = str(value) if ID_LIKE.fullmatch(str(value)) else "?"
+                break
+    route = request.scope.get("route")
+    endpoint = app_policy(request.app).key(route, request.method) if route else None
+    try:
+        await record_for_request(
+            request,
+            action="access.denied",
+            outcome="denied",
+            object_type=object_type,
+            object_id=object_id,
+            study_instance_uid=denial.study_instance_uid if denial else None,
+            details={
+                "endpoint": endpoint or f"{request.method} ?",
+                "status": exc.status_code,
+                "code": exc.code,
+                "reason": denial.reason if denial else "role",
+            },
+        )
+    except Exception as error:  # the refusal stands either way
+        logger.warning("could not audit a denied access: %s", type(error).__name__)

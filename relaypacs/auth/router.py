@@ -77,6 +77,7 @@ from relaypacs.config import Settings
 from relaypacs.db import utcnow
 from relaypacs.errors import GatewayError, InvalidCredentials, NotAuthenticated, NotFound
 from relaypacs.ratelimit import RateLimited, RateLimits
+from relaypacs.state import get_app_state
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -96,17 +97,17 @@ def client_ip(request: Request) -> str | None:
 
 
 def _writer(request: Request) -> async_sessionmaker[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    sessionmaker: async_sessionmaker[AsyncSession] = get_app_state(request).db.sessionmaker
     return sessionmaker
 
 
 def _ctx(request: Request) -> TokenContext:
-    ctx: TokenContext = request.app.state.token_context
+    ctx: TokenContext = get_app_state(request).token_context
     return ctx
 
 
 def _limits(request: Request) -> RateLimits:
-    limits: RateLimits = request.app.state.rate_limits
+    limits: RateLimits = get_app_state(request).rate_limits
     return limits
 
 
@@ -122,7 +123,7 @@ def _deliver(
     user: User,
     in_body: bool,
 ) -> TokenResponse:
-    settings: Settings = request.app.state.settings
+    settings: Settings = get_app_state(request).settings
     if not in_body:
         # The browser's way. A client that asked for the token in the body (the CLI) gets no
         # cookie: it would only be a second copy of the token, which an HTTP library then
@@ -161,7 +162,7 @@ async def _log_in(
     if POLICY[UPLOAD_INIT].allows(user.role):
         # An upload is likely to follow: its DICOM validation worker starts now, while the
         # client reads and hashes the study, instead of on its first file.
-        request.app.state.validator.warm()
+        get_app_state(request).validator.warm()
     tokens = await start_session(
         session,
         _ctx(request),
@@ -185,7 +186,7 @@ async def _log_in(
 @router.post("/login", response_model=TokenResponse)
 async def login(body: LoginRequest, request: Request, response: Response) -> TokenResponse:
     """Password step. Tokens, or `mfa_required` + `mfa_token` when TOTP is enrolled."""
-    state = request.app.state
+    state = get_app_state(request)
     limits = _limits(request)
     ip = client_ip(request)
     account = body.username.lower()
@@ -209,7 +210,7 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Tok
                 )
         raise
     check = await check_password(
-        state.read_sessionmaker, username=body.username, password=body.password
+        state.db.read_sessionmaker, username=body.username, password=body.password
     )
     user = check.user
     async with _writer(request)() as session, session.begin():
@@ -254,7 +255,7 @@ async def login(body: LoginRequest, request: Request, response: Response) -> Tok
 @router.post("/totp", response_model=TokenResponse)
 async def login_totp(body: TotpLoginRequest, request: Request, response: Response) -> TokenResponse:
     """Second step: the `mfa_token` of the password step and a TOTP code (or a recovery code)."""
-    state = request.app.state
+    state = get_app_state(request)
     if (body.code is None) == (body.recovery_code is None):
         raise InvalidLoginRequest()
     claims = decode_mfa_token(body.mfa_token, key=state.signing_key)
@@ -412,7 +413,7 @@ async def logout(
     response.delete_cookie(
         REFRESH_COOKIE,
         path=REFRESH_COOKIE_PATH,
-        secure=request.app.state.settings.secure_cookies,
+        secure=get_app_state(request).settings.secure_cookies,
         httponly=True,
         samesite="strict",
     )
@@ -476,7 +477,7 @@ async def change_own_password(
         access, expires_in = issue_access_token(
             _ctx(request), user=db_user, session_id=claims.session_id
         )
-        settings: Settings = request.app.state.settings
+        settings: Settings = get_app_state(request).settings
         _no_store(response)
         return TokenResponse(
             access_token=access,
@@ -491,7 +492,7 @@ async def enrol_totp(
 ) -> TotpEnrolment:
     """Start (or restart) TOTP enrolment: a new secret as an otpauth:// URI and a QR code.
     Confirm it with a first code (POST /auth/totp/confirm)."""
-    state = request.app.state
+    state = get_app_state(request)
     cipher: TotpCipher = state.totp_cipher
     ip = client_ip(request)
     await _confirm_password(request, user, body.password, action="auth.totp_enrol")
@@ -523,7 +524,7 @@ async def confirm_totp(
     body: TotpCodeRequest, request: Request, response: Response, user: SessionUser
 ) -> RecoveryCodes:
     """The first code from the app turns TOTP on; returns ten one-time recovery codes."""
-    state = request.app.state
+    state = get_app_state(request)
     cipher: TotpCipher = state.totp_cipher
     limits = _limits(request)
     ip = client_ip(request)
@@ -586,7 +587,7 @@ async def me(user: SessionUser) -> User:
 
 @router.get("/sessions", response_model=list[SessionRead])
 async def my_sessions(request: Request, user: SessionUser) -> list[AuthSession]:
-    async with request.app.state.read_sessionmaker() as session, session.begin():
+    async with get_app_state(request).db.read_sessionmaker() as session, session.begin():
         return await live_sessions(session, user_id=user.id)
 
 

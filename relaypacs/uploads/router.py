@@ -20,8 +20,8 @@ from relaypacs.auth.dependencies import (
     get_session_user,
 )
 from relaypacs.auth.policy import authorize
-from relaypacs.db import ReadSessionDep, SessionDep
 from relaypacs.ratelimit import per_user
+from relaypacs.state import ReadSessionDep, SessionDep, get_app_state
 from relaypacs.uploads import service
 from relaypacs.uploads.models import UploadStatus
 from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
@@ -91,7 +91,7 @@ async def start_upload(
         session,
         user=user,
         body=body,
-        limits=request.app.state.upload_limits,
+        limits=get_app_state(request).upload_limits,
         client_ip=client_ip(request),
     )
     if not created:
@@ -131,12 +131,12 @@ async def get_upload(
     ] = True,
 ) -> UploadRead:
     if files:
-        async with request.app.state.read_sessionmaker() as session, session.begin():
+        async with get_app_state(request).db.read_sessionmaker() as session, session.begin():
             upload = await service.get_upload(session, upload_id=upload_id, user=user)
             view = await service.read_upload(session, upload)
     else:
         view, upload = await service.read_upload_light(
-            request.app.state, upload_id=upload_id, user=user
+            get_app_state(request).db, upload_id=upload_id, user=user
         )
     owner = upload.user_id == user.id
     # Audited: every read of the study's files, and any read by someone else than the
@@ -162,7 +162,7 @@ async def get_upload(
 async def put_chunk(
     upload_id: uuid.UUID, file_index: int, chunk_index: int, request: Request, user: CurrentUser
 ) -> ChunkStored:
-    state = request.app.state
+    state = get_app_state(request)
     headers = request.headers
     declared = service.parse_chunk_digests(
         headers.get("content-md5"), headers.get("content-digest")
@@ -170,7 +170,7 @@ async def put_chunk(
     length_header = request.headers.get("content-length", "")
     content_length = int(length_header) if length_header.isdigit() else None
     target = await service.prepare_chunk(
-        state,
+        state.db,
         state.upload_facts,
         user=user,
         upload_id=upload_id,
@@ -197,7 +197,7 @@ async def put_chunk(
 )
 async def complete_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
     return await service.complete_upload(
-        request.app.state.complete_context,
+        get_app_state(request).complete_context,
         user=user,
         upload_id=upload_id,
         client_ip=client_ip(request),
@@ -206,9 +206,9 @@ async def complete_upload(upload_id: uuid.UUID, request: Request, user: CurrentU
 
 @router.delete("/{upload_id}", response_model=UploadRead)
 async def cancel_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
-    state = request.app.state
+    state = get_app_state(request)
     view = await service.cancel_upload(
-        state.sessionmaker,
+        state.db.sessionmaker,
         state.storage,
         user=user,
         upload_id=upload_id,

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role, User
-from relaypacs.db import column_processor, read_in_one_call, sqlite_write_lock, utcnow
+from relaypacs.db import Database, column_processor, read_in_one_call, sqlite_write_lock, utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.errors import Conflict, GatewayError, NotFound
 from relaypacs.forwarding.models import ForwardJob, JobStatus
@@ -374,7 +374,7 @@ async def read_upload(
 
 
 async def read_upload_light(
-    state: Any, *, upload_id: uuid.UUID, user: User
+    db: Database, *, upload_id: uuid.UUID, user: User
 ) -> tuple[UploadRead, Upload]:
     """The upload without its files (the view `upload --wait` polls) and its (detached) row, if
     this user may see it, in one read (see read_in_one_call); otherwise the 404 of get_upload."""
@@ -387,7 +387,7 @@ async def read_upload_light(
             raise UploadNotFound().denying("upload", upload_id, upload.study_instance_uid)
         return _light_view(session, upload), upload
 
-    return await read_in_one_call(state, read)
+    return await read_in_one_call(db, read)
 
 
 def _light_view(session: Session, upload: Upload) -> UploadRead:
@@ -605,9 +605,8 @@ class UploadFactsCache:
         self._capacity = capacity
         self._items: OrderedDict[uuid.UUID, UploadFacts] = OrderedDict()
 
-    async def get(self, state: Any, upload_id: uuid.UUID) -> UploadFacts | None:
-        """The facts of an upload; a miss is one short read (read_in_one_call: the app's
-        `state`), a hit touches no database and no session."""
+    async def get(self, db: Database, upload_id: uuid.UUID) -> UploadFacts | None:
+        """The facts of an upload; a miss is one short read (read_in_one_call), a hit touches no database and no session."""
         facts = self._items.get(upload_id)
         if facts is not None:
             self._items.move_to_end(upload_id)
@@ -636,7 +635,7 @@ class UploadFactsCache:
                 legacy_chunks=legacy is not None,
             )
 
-        facts = await read_in_one_call(state, read)
+        facts = await read_in_one_call(db, read)
         if facts is None:
             return None
         self._items[upload_id] = facts
@@ -656,7 +655,7 @@ class ChunkTarget:
 
 
 async def prepare_chunk(
-    state: Any,
+    db: Database,
     facts_cache: UploadFactsCache,
     *,
     user: User,
@@ -666,7 +665,7 @@ async def prepare_chunk(
     content_length: int | None,
 ) -> ChunkTarget:
     """Every check that can be made before the body is read (from cached, immutable facts)."""
-    facts = await facts_cache.get(state, upload_id)
+    facts = await facts_cache.get(db, upload_id)
     if facts is None:
         raise UploadNotFound().denying("upload", upload_id, reason="missing")
     if facts.user_id != user.id:  # only the uploader writes chunks

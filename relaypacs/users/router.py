@@ -19,8 +19,8 @@ from relaypacs.auth.models import AuthSession, User
 from relaypacs.auth.schemas import SessionRead
 from relaypacs.auth.service import check_new_password
 from relaypacs.auth.sessions import TokenContext, live_sessions
-from relaypacs.db import ReadSessionDep
 from relaypacs.errors import GatewayError
+from relaypacs.state import ReadSessionDep, get_app_state
 from relaypacs.users import service
 from relaypacs.users.schemas import (
     AdminUserList,
@@ -48,12 +48,12 @@ async def _audited(
     work: Callable[[AsyncSession], Awaitable[T]],
 ) -> T:
     """Run `work` in a transaction; if it is refused, record the refusal and re-raise."""
-    state = request.app.state
+    state = get_app_state(request)
     try:
-        async with state.sessionmaker() as session, session.begin():
+        async with state.db.sessionmaker() as session, session.begin():
             return await work(session)
     except GatewayError as exc:
-        async with state.sessionmaker() as session, session.begin():
+        async with state.db.sessionmaker() as session, session.begin():
             await record_event(
                 session,
                 action=action,
@@ -207,7 +207,7 @@ async def list_sessions(
 async def revoke_session(
     user_id: uuid.UUID, session_id: uuid.UUID, request: Request, admin: AdminUser
 ) -> None:
-    ctx: TokenContext = request.app.state.token_context
+    ctx: TokenContext = get_app_state(request).token_context
     await _audited(
         request,
         admin,

@@ -13,6 +13,7 @@ from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.state import app_state
 from tests.conftest import unique_name
 
 CHUNK_SIZE = 256 * 1024
@@ -65,7 +66,7 @@ MakeAccount = Callable[..., Awaitable[Account]]
 def make_account(app: FastAPI, client: httpx.AsyncClient) -> MakeAccount:
     async def _make(role: Role = Role.CLINICIAN) -> Account:
         username = unique_name(role.value)
-        async with app.state.sessionmaker() as session, session.begin():
+        async with app_state(app).db.sessionmaker() as session, session.begin():
             await create_user(session, username=username, password=PASSWORD, role=role)
         response = await client.post(
             "/api/v1/auth/login", json={"username": username, "password": PASSWORD}

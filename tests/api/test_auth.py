@@ -16,6 +16,7 @@ from relaypacs.audit.models import AuditEvent
 from relaypacs.auth import security
 from relaypacs.auth.models import Role, User
 from relaypacs.auth.service import ensure_first_admin
+from relaypacs.state import app_state
 from tests.api.conftest import PASSWORD, Account, MakeAccount
 from tests.api.uploading import API, error_code
 
@@ -40,7 +41,7 @@ class TestLogin:
         )
         assert response.status_code == 401
         assert error_code(response) == "invalid_credentials"
-        async with app.state.read_sessionmaker() as session, session.begin():
+        async with app_state(app).db.read_sessionmaker() as session, session.begin():
             user = await session.scalar(select(User).where(User.username == clinician.username))
             assert user is not None
             outcomes = list(
@@ -55,7 +56,7 @@ class TestLogin:
     async def test_disabled_user_cannot_log_in_and_its_token_stops_working(
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
     ) -> None:
-        async with app.state.sessionmaker() as session, session.begin():
+        async with app_state(app).db.sessionmaker() as session, session.begin():
             user = await session.scalar(select(User).where(User.username == clinician.username))
             assert user is not None
             user.is_active = False
@@ -106,8 +107,8 @@ class TestForgedTokens:
         admin = await make_account(Role.ADMIN)
         me = await client.get(f"{API}/auth/me", headers=admin.headers)
         account_id = me.json()["id"]
-        sid = security.decode_access_token(admin.token, key=app.state.signing_key).session_id
-        key = app.state.signing_key
+        sid = security.decode_access_token(admin.token, key=app_state(app).signing_key).session_id
+        key = app_state(app).signing_key
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         tokens: dict[str, Callable[[], str]] = {
@@ -151,8 +152,12 @@ class TestForgedTokens:
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
     ) -> None:
         me = await client.get(f"{API}/auth/me", headers=clinician.headers)
-        sid = security.decode_access_token(clinician.token, key=app.state.signing_key).session_id
-        token = jwt.encode(self._claims(me.json()["id"], str(sid)), app.state.signing_key, "HS256")
+        sid = security.decode_access_token(
+            clinician.token, key=app_state(app).signing_key
+        ).session_id
+        token = jwt.encode(
+            self._claims(me.json()["id"], str(sid)), app_state(app).signing_key, "HS256"
+        )
         response = await client.get(f"{API}/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
 
@@ -160,8 +165,8 @@ class TestForgedTokens:
 class TestFirstAdmin:
     async def test_created_once_with_a_random_password(self, app: FastAPI) -> None:
         # The app's start already created it (users existed or not); a second call is a no-op.
-        assert await ensure_first_admin(app.state.sessionmaker) is None
-        async with app.state.read_sessionmaker() as session, session.begin():
+        assert await ensure_first_admin(app_state(app).db.sessionmaker) is None
+        async with app_state(app).db.read_sessionmaker() as session, session.begin():
             admin = await session.scalar(select(User).where(User.username == "admin"))
         assert admin is not None
         assert admin.role == Role.ADMIN

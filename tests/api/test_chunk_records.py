@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, text, update
+from sqlalchemy import Engine, select, text, update
 
 from relaypacs import schema
 from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.state import app_state
 from relaypacs.uploads.models import Upload, UploadChunk, UploadFile, UploadStatus
 from relaypacs.uploads.service import (
     ChunkTarget,
@@ -48,7 +49,7 @@ async def sqlite_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
 async def new_upload(app: FastAPI, files: int = 3) -> uuid.UUID:
     """An upload of `files` one-chunk files, straight in the database."""
     study = make_study(files)
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app_state(app).db.sessionmaker() as session, session.begin():
         user = await create_user(
             session, username=f"u{uuid.uuid4().hex[:8]}", password=PASSWORD, role=Role.CLINICIAN
         )
@@ -84,13 +85,19 @@ def record(
     return _ChunkRecord(target, 10, sha256, md5)
 
 
+def sync_engine(app: FastAPI) -> Engine:
+    engine = app_state(app).db.sync_engine
+    assert engine is not None, "SQLite only"
+    return engine
+
+
 def run_core(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
-    with app.state.sync_engine.begin() as connection:
+    with sync_engine(app).begin() as connection:
         return _record_chunks(connection, batch)
 
 
 def run_driver(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
-    return _SqliteChunkWriter(app.state.sync_engine).record(batch)
+    return _SqliteChunkWriter(sync_engine(app)).record(batch)
 
 
 SCENARIO = [
@@ -129,7 +136,7 @@ async def test_rows_from_before_sha256_are_compared_by_md5(
     (same MD5, whatever its SHA-256 says) is already stored, under the row's own key; other
     bytes are a conflict."""
     upload_id = await new_upload(sqlite_app)
-    async with sqlite_app.state.sessionmaker() as session, session.begin():
+    async with app_state(sqlite_app).db.sessionmaker() as session, session.begin():
         for file_index, md5 in ((0, "a" * 32), (1, "b" * 32)):
             session.add(
                 UploadChunk(
@@ -142,7 +149,7 @@ async def test_rows_from_before_sha256_are_compared_by_md5(
 
 
 async def set_status(app: FastAPI, upload_id: uuid.UUID, status: UploadStatus) -> None:
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app_state(app).db.sessionmaker() as session, session.begin():
         await session.execute(update(Upload).where(Upload.id == upload_id).values(status=status))
 
 
@@ -153,7 +160,7 @@ async def test_both_store_the_same_rows(sqlite_app: FastAPI) -> None:
         sqlite_app, [record(by_driver, 0, "f" * 64, "1" * 32), record(by_driver, 1, "0" * 64)]
     )
     raw = {}
-    async with sqlite_app.state.sessionmaker() as session, session.begin():
+    async with app_state(sqlite_app).db.sessionmaker() as session, session.begin():
         for upload_id in (by_core, by_driver):
             rows = await session.execute(
                 text(
@@ -188,7 +195,7 @@ async def test_a_failure_after_the_transaction_ended_keeps_its_own_error(
             raise ValueError("the batch's own error")
 
     with pytest.raises(ValueError, match="the batch's own error"):
-        Failing(sqlite_app.state.sync_engine).record([record(upload_id, 0, "a" * 64)])
+        Failing(sync_engine(sqlite_app)).record([record(upload_id, 0, "a" * 64)])
     assert run_driver(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.STORED]
 
 

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from relaypacs.devtools import synth
+from relaypacs.state import app_state
 from relaypacs.uploads import service
 from tests.api.conftest import Account
 from tests.api.uploading import (
@@ -62,7 +63,7 @@ async def upload_and_complete(
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """The files as `complete` judged them, and which files `complete` verified itself."""
     study, manifest = mixed_study()
-    verifier = app.state.early_verifier
+    verifier = app_state(app).early_verifier
     if not early:
         monkeypatch.setattr(verifier, "submit", lambda *args: None)
     verified_at_complete: list[int] = []
@@ -146,7 +147,7 @@ async def test_a_valid_study_completes_from_early_results_alone(
     upload_id = response.json()["id"]
     await send_all(client, clinician, upload_id, study)
     async with asyncio.timeout(60):
-        while app.state.early_verifier.ready(uuid.UUID(upload_id)) < 4:
+        while app_state(app).early_verifier.ready(uuid.UUID(upload_id)) < 4:
             await asyncio.sleep(0.05)
 
     async def refuse(*args: Any, **kwargs: Any) -> service.FileVerdict:
@@ -158,7 +159,7 @@ async def test_a_valid_study_completes_from_early_results_alone(
     assert response.json()["instance_count"] == 4
     assert all(f["sop_instance_uid"] for f in response.json()["files"])
     # taken: a second complete (idempotent) does not find them again
-    assert app.state.early_verifier.ready(uuid.UUID(upload_id)) == 0
+    assert app_state(app).early_verifier.ready(uuid.UUID(upload_id)) == 0
 
 
 async def test_a_cancelled_upload_leaves_no_results(
@@ -169,11 +170,11 @@ async def test_a_cancelled_upload_leaves_no_results(
     upload_id = response.json()["id"]
     await send_all(client, clinician, upload_id, study)
     async with asyncio.timeout(60):
-        while app.state.early_verifier.ready(uuid.UUID(upload_id)) < 2:
+        while app_state(app).early_verifier.ready(uuid.UUID(upload_id)) < 2:
             await asyncio.sleep(0.05)
     cancelled = await client.delete(f"{API}/uploads/{upload_id}", headers=clinician.headers)
     assert cancelled.status_code == 200, cancelled.text
-    assert app.state.early_verifier.ready(uuid.UUID(upload_id)) == 0
+    assert app_state(app).early_verifier.ready(uuid.UUID(upload_id)) == 0
 
 
 def test_results_are_bounded(tmp_path: Path) -> None:

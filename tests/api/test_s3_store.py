@@ -13,6 +13,7 @@ from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.state import app_state
 from relaypacs.uploads.service import chunk_key
 from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
 from tests.api.uploading import (
@@ -68,7 +69,7 @@ async def s3_client(s3_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def s3_clinician(s3_app: FastAPI, s3_client: httpx.AsyncClient) -> Account:
     username = f"s3user{uuid.uuid4().hex[:8]}"
-    async with s3_app.state.sessionmaker() as session, session.begin():
+    async with app_state(s3_app).db.sessionmaker() as session, session.begin():
         await create_user(session, username=username, password=PASSWORD, role=Role.CLINICIAN)
     response = await s3_client.post(
         f"{API}/auth/login", json={"username": username, "password": PASSWORD}
@@ -85,7 +86,7 @@ class TestUploadOnS3:
         assert response.status_code == 202, response.text
         assert response.json()["instance_count"] == 3
         upload_id = response.json()["id"]
-        keys = [k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")]
+        keys = [k async for k in app_state(s3_app).storage.list(f"uploads/{upload_id}/")]
         assert len(keys) == sum(len(chunks_of(f)) for f in study.files)
 
     async def test_chunks_with_content_digest_are_named_by_sha256_in_s3(
@@ -99,11 +100,11 @@ class TestUploadOnS3:
         )
         assert wrong.status_code == 400
         assert wrong.json()["error"]["code"] == "content_digest_mismatch"
-        assert [k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")] == []
+        assert [k async for k in app_state(s3_app).storage.list(f"uploads/{upload_id}/")] == []
         await send_all(s3_client, s3_clinician, upload_id, study, with_digest=True)
         response = await complete(s3_client, s3_clinician, upload_id)
         assert response.status_code == 202, response.text
-        keys = sorted([k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")])
+        keys = sorted([k async for k in app_state(s3_app).storage.list(f"uploads/{upload_id}/")])
         expected = sorted(
             chunk_key(uuid.UUID(upload_id), f, c, sha256_hex(part))
             for f, data in enumerate(study.files)
@@ -137,6 +138,6 @@ class TestUploadOnS3:
             f"{API}/uploads/{upload_id}", headers=s3_clinician.headers
         )
         assert response.status_code == 200
-        assert [k async for k in s3_app.state.storage.list(f"uploads/{upload_id}/")] == []
+        assert [k async for k in app_state(s3_app).storage.list(f"uploads/{upload_id}/")] == []
         late = await s3_client.get(f"{API}/uploads/{upload_id}", headers=s3_clinician.headers)
         assert late.json()["status"] == "cancelled"

@@ -15,8 +15,8 @@ from sqlalchemy import select, text, update
 
 from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import Role, User
-from relaypacs.db import ReadSessionDep, SessionDep
 from relaypacs.devtools import synth
+from relaypacs.state import ReadSessionDep, SessionDep, app_settings, app_state
 from relaypacs.storage.faulty import FaultyStorage
 from relaypacs.uploads.models import UploadChunk
 from relaypacs.uploads.service import chunk_key
@@ -41,7 +41,7 @@ from tests.api.uploading import (
 
 
 async def audit_actions(app: FastAPI, object_id: str) -> list[str]:
-    async with app.state.read_sessionmaker() as session, session.begin():
+    async with app_state(app).db.read_sessionmaker() as session, session.begin():
         rows = await session.scalars(
             select(AuditEvent.action)
             .where(AuditEvent.object_id == object_id)
@@ -148,7 +148,7 @@ class TestStartUpload:
         assert response.status_code == 202, response.text
         body = response.json()
         assert [f["name"] for f in body["files"]] == study.names
-        root: Path = app.state.settings.storage_root
+        root: Path = app_settings(app).storage_root
         stored = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
         mine = [p for p in stored if p.parts[1] == body["id"]]
         assert len(mine) == 2
@@ -213,7 +213,7 @@ class TestChunks:
         status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
         assert status.json()["files"][0]["missing_chunks"][0] == 0
         assert status.json()["received_bytes"] == 0
-        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == []
+        assert [k async for k in app_state(app).storage.list(f"uploads/{upload_id}/")] == []
 
     @pytest.mark.parametrize("header", [None, "not base64!", "AAAA"])
     async def test_missing_or_malformed_md5_is_400(
@@ -247,7 +247,7 @@ class TestChunks:
         )
         assert response.status_code == 200, response.text
         assert response.json()["already_stored"] is False
-        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == [
+        assert [k async for k in app_state(app).storage.list(f"uploads/{upload_id}/")] == [
             chunk_key(uuid.UUID(upload_id), 0, 0, sha256_hex(chunk))
         ]
         # The same bytes with Content-MD5 are the same chunk: chunks are compared by SHA-256
@@ -325,8 +325,8 @@ class TestChunks:
         chunk = chunks_of(study.files[0])[0]
         md5 = hashlib.md5(chunk).hexdigest()
         legacy_key = chunk_key(uuid.UUID(upload_id), 0, 0, md5)
-        await app.state.storage.put(legacy_key, chunk)
-        async with app.state.sessionmaker() as session, session.begin():
+        await app_state(app).storage.put(legacy_key, chunk)
+        async with app_state(app).db.sessionmaker() as session, session.begin():
             session.add(
                 UploadChunk(
                     upload_id=uuid.UUID(upload_id),
@@ -346,7 +346,7 @@ class TestChunks:
             client, clinician, upload_id, 0, 0, other, digest=content_digest(other)
         )
         assert conflict.status_code == 409
-        keys = [k async for k in app.state.storage.list(f"uploads/{upload_id}/")]
+        keys = [k async for k in app_state(app).storage.list(f"uploads/{upload_id}/")]
         assert keys == [legacy_key]
         await send_all(client, clinician, upload_id, study)
         done = await complete(client, clinician, upload_id)
@@ -407,7 +407,7 @@ class TestChunks:
         upload_id, study = upload
 
         async def temporary_password(value: bool) -> None:
-            async with app.state.sessionmaker() as session, session.begin():
+            async with app_state(app).db.sessionmaker() as session, session.begin():
                 await session.execute(
                     update(User)
                     .where(User.username == clinician.username)
@@ -558,11 +558,11 @@ class TestComplete:
         status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
         assert status.json()["status"] == "rejected"
         # Every stored chunk is still there and intact.
-        keys = [k async for k in app.state.storage.list(f"uploads/{upload_id}/")]
+        keys = [k async for k in app_state(app).storage.list(f"uploads/{upload_id}/")]
         assert len(keys) == sum(len(chunks_of(f)) for f in study.files)
         first = b"".join(
             [
-                await app.state.storage.get(k)
+                await app_state(app).storage.get(k)
                 for k in sorted(keys)
                 if k.split("/")[2].startswith("0-")
             ]
@@ -691,7 +691,7 @@ class TestListAndCancel:
         response = await client.delete(f"{API}/uploads/{upload_id}", headers=clinician.headers)
         assert response.status_code == 200
         assert response.json()["status"] == "cancelled"
-        assert [k async for k in app.state.storage.list(f"uploads/{upload_id}/")] == []
+        assert [k async for k in app_state(app).storage.list(f"uploads/{upload_id}/")] == []
         late = await put_chunk(client, clinician, upload_id, 1, 0, study.files[1])
         assert late.status_code == 409
         assert error_code(late) == "upload_not_writable"
@@ -712,7 +712,7 @@ class TestListAndCancel:
 class TestAuditLog:
     async def test_the_database_refuses_to_change_audit_records(self, app: FastAPI) -> None:
         for statement in ("UPDATE audit_event SET outcome = 'x'", "DELETE FROM audit_event"):
-            async with app.state.sessionmaker() as session:
+            async with app_state(app).db.sessionmaker() as session:
                 with pytest.raises(Exception, match="append-only"):
                     async with session.begin():
                         await session.execute(text(statement))
@@ -728,8 +728,8 @@ class TestStorageFailure:
     ) -> None:
         study = make_study(4)
         upload_id = (await init(client, clinician, study)).json()["id"]
-        faulty = FaultyStorage(app.state.storage, fail_put_after=2, store_before_failing=True)
-        monkeypatch.setattr(app.state, "storage", faulty)
+        faulty = FaultyStorage(app_state(app).storage, fail_put_after=2, store_before_failing=True)
+        monkeypatch.setattr(app_state(app), "storage", faulty)
         answers = [
             await put_chunk(client, clinician, upload_id, i, 0, data)
             for i, data in enumerate(study.files)

@@ -25,6 +25,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.state import app_state
 from tests.conftest import unique_name
 
 API = "/api/v1"
@@ -96,7 +97,7 @@ async def make_user(
     app: FastAPI, role: Role = Role.CLINICIAN, *, must_change_password: bool = False
 ) -> Person:
     username = unique_name(role.value)
-    async with app.state.sessionmaker() as session, session.begin():
+    async with app_state(app).db.sessionmaker() as session, session.begin():
         user = await create_user(
             session,
             username=username,
@@ -180,7 +181,7 @@ async def audit_rows(
         query = query.where(AuditEvent.actor_id == actor_id)
     if object_id is not None:
         query = query.where(AuditEvent.object_id == str(object_id))
-    async with app.state.read_sessionmaker() as session, session.begin():
+    async with app_state(app).db.read_sessionmaker() as session, session.begin():
         return list(await session.scalars(query))
 
 
@@ -189,7 +190,7 @@ async def actions(app: FastAPI, **where: Any) -> list[tuple[str, str]]:
 
 
 async def user_row(app: FastAPI, user_id: uuid.UUID) -> User:
-    async with app.state.read_sessionmaker() as session, session.begin():
+    async with app_state(app).db.read_sessionmaker() as session, session.begin():
         user: User | None = await session.get(User, user_id)
     assert user is not None
     return user

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from relaypacs.audit.models import AuditEvent
 from relaypacs.auth import security
 from relaypacs.auth.models import Role
+from relaypacs.state import app_state
 from tests.auth.conftest import (
     API,
     Person,
@@ -38,7 +39,7 @@ async def admin_token(app: FastAPI, client: httpx.AsyncClient) -> str:
 
 
 def _admin_id(app: FastAPI, token: str) -> str:
-    return str(security.decode_access_token(token, key=app.state.signing_key).user_id)
+    return str(security.decode_access_token(token, key=app_state(app).signing_key).user_id)
 
 
 async def _me(client: httpx.AsyncClient, token: str) -> int:
@@ -197,7 +198,7 @@ class TestSessions:
         )
         assert listed.status_code == 200
         assert len(listed.json()) == 3
-        sid = security.decode_access_token(one["access_token"], key=app.state.signing_key)
+        sid = security.decode_access_token(one["access_token"], key=app_state(app).signing_key)
         revoked = await client.delete(
             f"{API}/admin/users/{person.id}/sessions/{sid.session_id}",
             headers=bearer(admin_token),

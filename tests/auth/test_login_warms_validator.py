@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from relaypacs.auth.models import Role
 from relaypacs.dicom import DicomValidator
 from relaypacs.main import create_app
+from relaypacs.state import app_state
 from tests.auth.conftest import identity_settings, login, make_user
 
 
@@ -34,7 +35,7 @@ async def sqlite_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
 async def test_an_uploader_login_starts_the_validation_worker(
     sqlite_app: FastAPI, role: Role, warmed: bool
 ) -> None:
-    validator: DicomValidator = sqlite_app.state.validator
+    validator: DicomValidator = app_state(sqlite_app).validator
     assert validator.worker_count == 0
     person = await make_user(sqlite_app, role)
     transport = httpx.ASGITransport(app=sqlite_app)

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from relaypacs.auth import security
 from relaypacs.main import create_app
 from relaypacs.redisconn import RETRY_AFTER_FAILURE
+from relaypacs.state import app_state
 from tests.auth.conftest import (
     API,
     bearer,
@@ -112,7 +113,7 @@ class TestRedisDown:
             assert await _me(client, s3["access_token"]) == 401
         assert await _me(pair.client_b, refreshed.json()["access_token"]) == 200
         sid1 = security.decode_access_token(
-            s1["access_token"], key=pair.a.state.signing_key
+            s1["access_token"], key=app_state(pair.a).signing_key
         ).session_id
         redis = Redis.from_url(pair.redis.url)
         try:

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from relaypacs.auth import security
 from relaypacs.auth.models import AuthSession, Role
 from relaypacs.auth.router import REFRESH_COOKIE
+from relaypacs.state import app_settings, app_state
 from tests.auth.conftest import (
     API,
     actions,
@@ -44,7 +45,7 @@ class TestRefreshRotation:
         body = second.json()
         assert body["refresh_token"] != first["refresh_token"]
         assert await _me(client, body["access_token"]) == 200
-        key = app.state.signing_key
+        key = app_state(app).signing_key
         assert (
             security.decode_access_token(body["access_token"], key=key).session_id
             == security.decode_access_token(first["access_token"], key=key).session_id
@@ -113,16 +114,16 @@ class TestRefreshRotation:
 
     async def test_idle_and_absolute_ends(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         person = await make_user(app)
-        settings = app.state.settings
+        settings = app_settings(app)
         for column, age in (
             (AuthSession.last_used_at, dt.timedelta(minutes=settings.refresh_idle_minutes + 1)),
             (AuthSession.expires_at, dt.timedelta(seconds=1)),
         ):
             tokens = await signed_in(client, person)
             sid = security.decode_access_token(
-                tokens["access_token"], key=app.state.signing_key
+                tokens["access_token"], key=app_state(app).signing_key
             ).session_id
-            async with app.state.sessionmaker() as session, session.begin():
+            async with app_state(app).db.sessionmaker() as session, session.begin():
                 await session.execute(
                     update(AuthSession)
                     .where(AuthSession.id == sid)
@@ -156,7 +157,7 @@ class TestLogout:
         assert listed.status_code == 200
         assert len(listed.json()) == 2
         sid_two = security.decode_access_token(
-            two["access_token"], key=app.state.signing_key
+            two["access_token"], key=app_state(app).signing_key
         ).session_id
         ended = await client.delete(
             f"{API}/auth/sessions/{sid_two}", headers=bearer(one["access_token"])
@@ -264,7 +265,7 @@ class TestLoginAudit:
         async with client_for(app, "10.200.0.1") as client:
             assert (await login(client, person, password="wrong password!")).status_code == 401
             assert (await login(client, person)).status_code == 200
-        async with app.state.read_sessionmaker() as session, session.begin():
+        async with app_state(app).db.read_sessionmaker() as session, session.begin():
             from relaypacs.audit.models import AuditEvent
 
             rows = list(

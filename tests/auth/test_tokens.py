@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from relaypacs.auth import security
 from relaypacs.auth.models import Role
 from relaypacs.errors import NotAuthenticated
+from relaypacs.state import app_state
 from tests.auth.conftest import API, bearer, enrol, error_code, make_user, signed_in
 
 _RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -88,9 +89,9 @@ class TestForgedAccessTokens:
     async def test_is_401(self, app: FastAPI, client: httpx.AsyncClient, forgery: str) -> None:
         person = await make_user(app, Role.CLINICIAN)
         tokens = await signed_in(client, person)
-        real = security.decode_access_token(tokens["access_token"], key=app.state.signing_key)
+        real = security.decode_access_token(tokens["access_token"], key=app_state(app).signing_key)
         uid, sid, ver = str(person.id), str(real.session_id), real.version
-        key = app.state.signing_key
+        key = app_state(app).signing_key
         later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         forge: dict[str, Callable[[], str]] = {

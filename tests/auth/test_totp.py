@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from relaypacs.auth.models import RecoveryCode, Role
+from relaypacs.state import app_state
 from tests.auth.conftest import (
     API,
     Person,
@@ -117,8 +118,8 @@ class TestEnrolment:
         assert user.totp_secret is not None
         assert secret not in user.totp_secret
         assert secret.lower() not in user.totp_secret.lower()
-        assert app.state.totp_cipher.decrypt(user.totp_secret) == secret
-        async with app.state.read_sessionmaker() as session, session.begin():
+        assert app_state(app).totp_cipher.decrypt(user.totp_secret) == secret
+        async with app_state(app).db.read_sessionmaker() as session, session.begin():
             stored = list(
                 await session.scalars(
                     select(RecoveryCode.code_hash).where(RecoveryCode.user_id == person.id)
@@ -251,12 +252,12 @@ class TestWrongEncryptionKey:
 
         person, secret, _ = await _enrolled(app, client)
         mfa_token = await _password_step(client, person)
-        right_cipher = app.state.totp_cipher
-        app.state.totp_cipher = TotpCipher(Fernet.generate_key().decode())  # a changed key
+        right_cipher = app_state(app).totp_cipher
+        app_state(app).totp_cipher = TotpCipher(Fernet.generate_key().decode())  # a changed key
         try:
             response = await _second_step(client, mfa_token, code=totp_code(secret))
         finally:
-            app.state.totp_cipher = right_cipher
+            app_state(app).totp_cipher = right_cipher
         assert response.status_code == 409
         assert error_code(response) == "totp_reset_required"
         assert secret not in response.text

@@ -17,6 +17,7 @@ from relaypacs.auth.dependencies import UserRows
 from relaypacs.auth.models import Role
 from relaypacs.config import Settings
 from relaypacs.main import create_app
+from relaypacs.state import app_settings, app_state
 from tests.auth.conftest import API, bearer, error_code, identity_settings, make_user, signed_in
 
 
@@ -32,7 +33,7 @@ async def sqlite_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
 
 def other_process_writes(app: FastAPI, sql: str, *params: object) -> None:
     """A write through a connection of its own, outside the app's engines and caches."""
-    database = app.state.settings.resolved_database_url.split("///", 1)[1]
+    database = app_settings(app).resolved_database_url.split("///", 1)[1]
     connection = sqlite3.connect(database)
     try:
         with connection:
@@ -50,13 +51,14 @@ async def me(app: FastAPI, token: str) -> httpx.Response:
 
 class TestUserRows:
     async def test_embedded_mode_uses_it(self, sqlite_app: FastAPI) -> None:
-        assert isinstance(sqlite_app.state.user_rows, UserRows)
+        assert isinstance(app_state(sqlite_app).user_rows, UserRows)
 
     async def test_an_unchanged_row_gives_the_same_object_and_a_changed_one_a_new_object(
         self, sqlite_app: FastAPI
     ) -> None:
         person = await make_user(sqlite_app)
-        rows: UserRows = sqlite_app.state.user_rows
+        rows = app_state(sqlite_app).user_rows
+        assert rows is not None
         first = rows.load(person.id)
         assert first is not None
         assert rows.load(person.id) is first
@@ -109,7 +111,8 @@ class TestUserRows:
 
     async def test_a_deleted_user_is_gone_at_once(self, sqlite_app: FastAPI) -> None:
         person = await make_user(sqlite_app)
-        rows: UserRows = sqlite_app.state.user_rows
+        rows = app_state(sqlite_app).user_rows
+        assert rows is not None
         assert rows.load(person.id) is not None
         other_process_writes(sqlite_app, 'DELETE FROM "user" WHERE id = ?', person.id.hex)
         assert rows.load(person.id) is None

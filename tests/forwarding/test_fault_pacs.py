@@ -22,6 +22,7 @@ from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.notifications.models import Notification
 from relaypacs.reports.models import Report
+from relaypacs.state import app_settings, app_state
 from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
 from tests.api.uploading import API, Study, make_study, read_uid, upload_study
 from tests.conftest import unique_name
@@ -89,7 +90,7 @@ async def start_gateway(settings: Settings) -> AsyncIterator[Gateway]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             username = unique_name("fwd")
-            async with app.state.sessionmaker() as session, session.begin():
+            async with app_state(app).db.sessionmaker() as session, session.begin():
                 await create_user(
                     session, username=username, password=PASSWORD, role=Role.CLINICIAN
                 )
@@ -139,7 +140,7 @@ class TestDelivery:
             (8, 8),
             (16, 8),
         ]
-        async with gateway.app.state.read_sessionmaker() as session, session.begin():
+        async with app_state(gateway.app).db.read_sessionmaker() as session, session.begin():
             uid = uuid.UUID(upload_id)
             report = await session.scalar(select(Report).where(Report.upload_id == uid))
             notice = await session.scalar(
@@ -260,7 +261,7 @@ class TestAdministration:
         pacs.script_stow(failed(reasons={uids[0]: 0xC000}, http_status=200))
         upload_id = await gateway.upload(study)
         assert (await gateway.wait(upload_id))["status"] == "failed"
-        async with gateway.app.state.sessionmaker() as session, session.begin():
+        async with app_state(gateway.app).db.sessionmaker() as session, session.begin():
             await create_user(
                 session, username="admin-" + upload_id[:8], password=PASSWORD, role=Role.ADMIN
             )
@@ -315,7 +316,9 @@ class TestCircuitBreaker:
             assert times[4] - times[0] < 1.0
             assert times[5] - times[4] >= 1.5 * 0.95
             assert times[6] - times[5] >= 1.5 * 0.95
-            assert gw.app.state.forwarder.breaker("pacs").state == "closed"
+            forwarder = app_state(gw.app).forwarder
+            assert forwarder is not None
+            assert forwarder.breaker("pacs").state == "closed"
 
 
 class TestNoPacs:
@@ -342,7 +345,7 @@ class TestNoPacs:
         upload_id = await gateway.upload(make_study(2))
         while ((await gateway.get(upload_id))["forwarding"] or {}).get("attempts", 0) < 1:
             await asyncio.sleep(0.05)  # retrying: that makes it "stuck"
-        async with gateway.app.state.sessionmaker() as session, session.begin():
+        async with app_state(gateway.app).db.sessionmaker() as session, session.begin():
             await create_user(
                 session, username="cadmin-" + upload_id[:8], password=PASSWORD, role=Role.ADMIN
             )
@@ -359,7 +362,7 @@ class TestNoPacs:
         await asyncio.sleep(2.0)
         assert len(pacs.stow_requests()) <= sent + 1  # at most the request already in flight
         assert (await gateway.get(upload_id))["status"] == "cancelled"
-        keys = [k async for k in gateway.app.state.storage.list(f"uploads/{upload_id}/")]
+        keys = [k async for k in app_state(gateway.app).storage.list(f"uploads/{upload_id}/")]
         assert keys == []
 
 
@@ -389,8 +392,8 @@ class TestQidoPaging:
         study = make_study(7)
         upload_id = await gateway.upload(study)
         assert (await gateway.wait(upload_id))["status"] == "delivered"
-        target = gateway.app.state.settings.pacs_targets[0]
-        client = DicomWebClient(target, gateway.app.state.storage)
+        target = app_settings(gateway.app).pacs_targets[0]
+        client = DicomWebClient(target, app_state(gateway.app).storage)
         try:
             everything = set(sops(study))
             # pages of 2: 4 pages; asked for 2 up front, the rest page by page

@@ -20,6 +20,7 @@ import relaypacs
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role
 from relaypacs.devtools.synth import DEFAULT_PATIENT
+from relaypacs.state import app_state
 from tests.api.conftest import Account, MakeAccount
 from tests.api.uploading import API, complete, content_md5, init, make_study, send_all
 
@@ -279,13 +280,13 @@ class TestMassAssignment:
 
 class TestAppendOnly:
     async def test_the_database_refuses_to_change_or_remove_a_record(self, app: FastAPI) -> None:
-        async with app.state.sessionmaker() as session, session.begin():
+        async with app_state(app).db.sessionmaker() as session, session.begin():
             await record_event(session, action="access.denied", outcome="denied")
         for statement in (
             "UPDATE audit_event SET outcome = 'success' WHERE outcome = 'denied'",
             "DELETE FROM audit_event WHERE action = 'access.denied'",
         ):
-            async with app.state.sessionmaker() as session:
+            async with app_state(app).db.sessionmaker() as session:
                 with pytest.raises(Exception, match="append-only"):
                     async with session.begin():
                         await session.execute(text(statement))

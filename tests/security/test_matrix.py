@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from relaypacs.auth.models import Role
-from relaypacs.auth.policy import POLICY, Rule
+from relaypacs.auth.policy import POLICY, Rule, app_policy
 from relaypacs.config import Settings
 from relaypacs.main import create_app
 from tests.api.uploading import Study, content_md5, make_study
@@ -63,7 +63,7 @@ class Cell:
 def app_endpoints(tmp_path: Path) -> list[tuple[str, str, Rule]]:
     """The endpoints of the very app the server runs, from its routes."""
     app = create_app(Settings(data_dir=tmp_path, secret_key=SECRET_KEY))
-    return [(e.method, e.path, POLICY[e.key]) for e in app.state.policy.endpoints]
+    return [(e.method, e.path, POLICY[e.key]) for e in app_policy(app).endpoints]
 
 
 def cells(endpoints: list[tuple[str, str, Rule]]) -> Iterator[Cell]:

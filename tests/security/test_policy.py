@@ -11,7 +11,15 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 
 from relaypacs.auth.models import Role
-from relaypacs.auth.policy import POLICY, PUBLIC, PolicyError, PolicyIndex, allow, check_policy
+from relaypacs.auth.policy import (
+    POLICY,
+    PUBLIC,
+    PolicyError,
+    PolicyIndex,
+    allow,
+    app_policy,
+    check_policy,
+)
 from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.uploads.router import ChunkRoute, _ChunkPath
@@ -25,7 +33,7 @@ def offline_app(tmp_path: Path, **settings: object) -> FastAPI:
 class TestEveryRouteHasAnEntry:
     def test_the_app_builds_with_an_entry_for_each_of_its_endpoints(self, tmp_path: Path) -> None:
         app = offline_app(tmp_path)
-        index: PolicyIndex = app.state.policy
+        index: PolicyIndex = app_policy(app)
         keys = {e.key for e in index.endpoints}
         assert keys == set(POLICY)
         # The enumeration sees the routers' routes with their prefixes, not a hand list.

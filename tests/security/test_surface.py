@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from relaypacs.auth.policy import POLICY, PUBLIC, check_policy
+from relaypacs.auth.policy import POLICY, PUBLIC, app_policy, check_policy
 from relaypacs.surface import HSTS
 from tests.api.conftest import Account
 from tests.security.test_policy import offline_app
@@ -167,7 +167,7 @@ class TestBodyLimit:
 
     async def test_the_chunk_route_keeps_its_own_limit(self, tmp_path: Path) -> None:
         app = offline_app(tmp_path, max_request_body=4096)
-        index = app.state.policy
+        index = app_policy(app)
         chunk = f"{API}/uploads/6f1c2d1e-0000-4000-8000-000000000000/files/0/chunks/3"
         assert index.body_limit("PUT", chunk) == "own"
         assert index.body_limit("POST", f"{API}/uploads") == "manifest"
