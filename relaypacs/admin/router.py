@@ -13,7 +13,7 @@ from relaypacs.admin import service
 from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import AdminUser
 from relaypacs.db import utcnow
-from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.forwarding import service as forwarding
 from relaypacs.state import ReadSessionDep, get_app_state
 from relaypacs.uploads.models import Upload, UploadStatus
 from relaypacs.uploads.schemas import UploadList, UploadRead
@@ -43,9 +43,7 @@ async def list_problem_uploads(
         query = query.where(Upload.status == UploadStatus(problem))
     else:
         since = utcnow() - dt.timedelta(minutes=stuck_minutes)
-        retrying = select(ForwardJob.upload_id).where(
-            ForwardJob.status == JobStatus.QUEUED, ForwardJob.attempts > 0
-        )
+        retrying = forwarding.retrying_uploads()
         query = query.where(
             Upload.status.in_(
                 [UploadStatus.QUEUED, UploadStatus.FORWARDING, UploadStatus.RECEIVED]

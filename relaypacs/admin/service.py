@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import User
-from relaypacs.db import utcnow
 from relaypacs.errors import Conflict
-from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.forwarding import service as forwarding
+from relaypacs.uploads.errors import UploadNotFound
 from relaypacs.uploads.models import ForwardStatus, Upload, UploadFile, UploadStatus
-from relaypacs.uploads.service import UploadNotFound
 
 
 class NotRetryable(Conflict):
@@ -50,17 +49,8 @@ async def retry_forwarding(
         )
         .values(forward_status=ForwardStatus.PENDING)
     )
-    job = await session.scalar(select(ForwardJob).where(ForwardJob.upload_id == upload_id))
-    if job is None:
+    if not await forwarding.requeue(session, upload_id=upload_id):
         raise NotRetryable("This upload has no forwarding job (no PACS was configured).")
-    # A new token fences off any worker still holding the old lease.
-    job.status = JobStatus.QUEUED
-    job.attempts = 0
-    job.next_attempt_at = utcnow()
-    job.lease_owner = None
-    job.lease_until = None
-    job.lease_token += 1
-    job.finished_at = None
     upload.status = UploadStatus.QUEUED
     await record_event(
         session,
@@ -82,17 +72,7 @@ async def cancel_forwarding(
     if upload.status == UploadStatus.DELIVERED:
         raise NotCancellable()
     upload.status = UploadStatus.CANCELLED
-    await session.execute(
-        update(ForwardJob)
-        .where(ForwardJob.upload_id == upload_id)
-        .values(
-            status=JobStatus.CANCELLED,
-            lease_token=ForwardJob.lease_token + 1,
-            lease_owner=None,
-            lease_until=None,
-            finished_at=utcnow(),
-        )
-    )
+    await forwarding.cancel(session, upload_id=upload_id)
     await record_event(
         session,
         action="admin.upload_cancel",

@@ -29,10 +29,27 @@ from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, column_processor, read_in_one_call, sqlite_write_lock, utcnow
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
-from relaypacs.errors import Conflict, GatewayError, NotFound
-from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ChecksumMismatch, ObjectStorage
 from relaypacs.uploads.early import EarlyResult, EarlyVerifier, sha256_of_path
+from relaypacs.uploads.errors import (
+    ChunkConflict,
+    ChunkOutOfRange,
+    ChunkSizeMismatch,
+    ChunkTooLarge,
+    ContentDigestInvalid,
+    ContentDigestMismatch,
+    ContentLengthRequired,
+    ContentMd5Mismatch,
+    ContentMd5Required,
+    InvalidManifest,
+    StudyAlreadyDelivered,
+    UploadIncomplete,
+    UploadNotCancellable,
+    UploadNotFound,
+    UploadNotWritable,
+    UploadRejected,
+)
 from relaypacs.uploads.models import (
     ACCEPTED_STATUSES,
     IN_PROGRESS_STATUSES,
@@ -53,95 +70,6 @@ from relaypacs.uploads.schemas import (
     UploadRead,
     UploadSummary,
 )
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class UploadNotFound(NotFound):
-    code = "upload_not_found"
-    message = "No such upload."
-
-
-class StudyAlreadyDelivered(Conflict):
-    code = "study_already_delivered"
-    message = "This study was already uploaded and accepted."
-
-
-class ChunkOutOfRange(NotFound):
-    code = "chunk_out_of_range"
-    message = "That file or chunk index is outside the upload's manifest."
-
-
-class ChunkConflict(Conflict):
-    code = "chunk_conflict"
-    message = "That chunk is already stored with different bytes."
-
-
-class UploadNotWritable(Conflict):
-    code = "upload_not_writable"
-    message = "This upload no longer takes chunks."
-
-
-class UploadNotCancellable(Conflict):
-    code = "upload_not_cancellable"
-    message = "This upload was accepted and can no longer be cancelled."
-
-
-class UploadIncomplete(Conflict):
-    code = "upload_incomplete"
-    message = "Some chunks are still missing."
-
-
-class UploadRejected(GatewayError):
-    status_code = 422
-    code = "upload_rejected"
-    message = "Some files of the upload failed verification."
-
-
-class InvalidManifest(GatewayError):
-    status_code = 422
-    code = "invalid_request"
-
-
-class ContentMd5Required(GatewayError):
-    """Neither checksum header: the code predates Content-Digest and stays for clients."""
-
-    code = "content_md5_required"
-    message = (
-        "A chunk needs its checksum: a Content-Digest header with sha-256 "
-        "(`sha-256=:<base64>:`, RFC 9530) or a Content-MD5 header (base64 of its MD5)."
-    )
-
-
-class ContentMd5Mismatch(GatewayError):
-    code = "content_md5_mismatch"
-    message = "The chunk's bytes do not match its Content-MD5; nothing was kept."
-
-
-class ContentDigestInvalid(GatewayError):
-    code = "content_digest_invalid"
-    message = "Content-Digest must be `sha-256=:<base64 of the 32-byte SHA-256>:` (RFC 9530)."
-
-
-class ContentDigestMismatch(GatewayError):
-    code = "content_digest_mismatch"
-    message = "The chunk's bytes do not match its Content-Digest (sha-256); nothing was kept."
-
-
-class ChunkSizeMismatch(GatewayError):
-    code = "chunk_size_mismatch"
-
-
-class ChunkTooLarge(GatewayError):
-    status_code = 413
-    code = "chunk_too_large"
-
-
-class ContentLengthRequired(GatewayError):
-    status_code = 411
-    code = "content_length_required"
-    message = "The Content-Length header is required."
-
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -403,9 +331,7 @@ async def _forwarding_async(session: AsyncSession, upload: Upload) -> Forwarding
 
 
 def _forwarding(session: Session, upload: Upload) -> ForwardingRead | None:
-    job = session.scalar(
-        select(ForwardJob).where(ForwardJob.upload_id == upload.id).order_by(ForwardJob.created_at)
-    )
+    job = forwarding.job_summary(session, upload.id)
     if job is None:
         return None
     rows = session.execute(
@@ -423,7 +349,7 @@ def _forwarding(session: Session, upload: Upload) -> ForwardingRead | None:
         confirmed=confirmed,
         failed=counts.get(ForwardStatus.FAILED, 0),
         attempts=job.attempts,
-        next_attempt_at=job.next_attempt_at if job.status == JobStatus.QUEUED else None,
+        next_attempt_at=job.next_attempt_at,
         last_error=job.last_error,
         delivered_at=upload.delivered_at,
     )
@@ -606,7 +532,8 @@ class UploadFactsCache:
         self._items: OrderedDict[uuid.UUID, UploadFacts] = OrderedDict()
 
     async def get(self, db: Database, upload_id: uuid.UUID) -> UploadFacts | None:
-        """The facts of an upload; a miss is one short read (read_in_one_call), a hit touches no database and no session."""
+        """The facts of an upload; a miss is one short read (read_in_one_call), a hit touches
+        no database and no session."""
         facts = self._items.get(upload_id)
         if facts is not None:
             self._items.move_to_end(upload_id)
@@ -1262,7 +1189,7 @@ async def complete_upload(
         if moved.rowcount and queue:  # type: ignore[attr-defined]
             # The outbox: the job exists if and only if this transaction commits.
             assert ctx.default_target is not None
-            session.add(ForwardJob(upload_id=upload_id, target=ctx.default_target))
+            forwarding.enqueue(session, upload_id=upload_id, target=ctx.default_target)
         if moved.rowcount:  # type: ignore[attr-defined]
             for v in verdicts:
                 if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:

@@ -1,0 +1,89 @@
+"""The forwarding queue's use cases for other domains: every transition of a forward job that is
+not the worker's own (enqueue, requeue, cancel) and the job's summary for an upload's view.
+
+The worker (relaypacs/forwarding/worker.py) claims, leases and settles jobs; everything else
+asks this module, never the forward_job table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from relaypacs.db import utcnow
+from relaypacs.forwarding.models import ForwardJob, JobStatus
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """Where an upload's forwarding stands (the first job of the upload)."""
+
+    target: str
+    status: JobStatus
+    attempts: int
+    next_attempt_at: dt.datetime | None  # only while queued
+    last_error: str | None
+
+
+def enqueue(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
+    """The outbox: call it in the transaction that accepts the upload, so that the job exists
+    if and only if that transaction commits."""
+    session.add(ForwardJob(upload_id=upload_id, target=target))
+
+
+def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:
+    """Synchronous (a read in one call, or `AsyncSession.run_sync`)."""
+    job = session.scalar(
+        select(ForwardJob).where(ForwardJob.upload_id == upload_id).order_by(ForwardJob.created_at)
+    )
+    if job is None:
+        return None
+    return JobSummary(
+        target=job.target,
+        status=job.status,
+        attempts=job.attempts,
+        next_attempt_at=job.next_attempt_at if job.status == JobStatus.QUEUED else None,
+        last_error=job.last_error,
+    )
+
+
+async def requeue(session: AsyncSession, *, upload_id: uuid.UUID) -> bool:
+    """Make the upload's job due now with fresh attempts (False: it has no job). A new lease
+    token fences off any worker still holding the old lease."""
+    job = await session.scalar(select(ForwardJob).where(ForwardJob.upload_id == upload_id))
+    if job is None:
+        return False
+    job.status = JobStatus.QUEUED
+    job.attempts = 0
+    job.next_attempt_at = utcnow()
+    job.lease_owner = None
+    job.lease_until = None
+    job.lease_token += 1
+    job.finished_at = None
+    return True
+
+
+async def cancel(session: AsyncSession, *, upload_id: uuid.UUID) -> None:
+    """Cancel the upload's jobs; a worker holding a lease is fenced off and writes nothing more."""
+    await session.execute(
+        update(ForwardJob)
+        .where(ForwardJob.upload_id == upload_id)
+        .values(
+            status=JobStatus.CANCELLED,
+            lease_token=ForwardJob.lease_token + 1,
+            lease_owner=None,
+            lease_until=None,
+            finished_at=utcnow(),
+        )
+    )
+
+
+def retrying_uploads() -> Select[uuid.UUID]:
+    """The ids of uploads whose job is queued again after a failed attempt (a subquery)."""
+    return select(ForwardJob.upload_id).where(
+        ForwardJob.status == JobStatus.QUEUED, ForwardJob.attempts > 0
+    )
