@@ -478,12 +478,12 @@ class TestInvalid:
     def test_memory_error_is_a_resource_limit(
         self, write: Callable[[bytes], Path], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from relaypacs.dicom import validate
+        from relaypacs.dicom import inspect
 
         def _out_of_memory(*args: object, **kwargs: object) -> None:
             raise MemoryError
 
-        monkeypatch.setattr(validate, "_parse", _out_of_memory)
+        monkeypatch.setattr(inspect, "_parse", _out_of_memory)
         assert rejection(write(small())).code == "dicom_resource_limit"
 
 
