@@ -38,9 +38,9 @@ from relaypacs.db import create_engine, create_sessionmaker, create_sync_sqlite_
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
 from relaypacs.forwarding.worker import Forwarder
+from relaypacs.migrate import upgrade_in_subprocess
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
-from relaypacs.schema import upgrade_in_subprocess
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.surface import HttpSurface, StrictCORSMiddleware
 from relaypacs.uploads.early import EarlyVerifier

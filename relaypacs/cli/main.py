@@ -103,7 +103,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply all database migrations."""
-    from relaypacs.schema import upgrade
+    from relaypacs.migrate import upgrade
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def users_create(
     from relaypacs.auth.models import Role
     from relaypacs.auth.service import UsernameTaken, create_user
     from relaypacs.db import create_engine, create_sessionmaker
-    from relaypacs.schema import upgrade
+    from relaypacs.migrate import upgrade
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
