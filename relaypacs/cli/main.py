@@ -88,7 +88,7 @@ def serve(host: str | None, port: int | None) -> None:
         # Only the configured proxies may say who the client is (rate limits, audit).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
-        # relaypacs.surface logs each request instead (without the query string).
+        # relaypacs.middleware logs each request instead (without the query string).
         access_log=False,
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=64 * 1024,

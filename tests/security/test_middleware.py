@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from relaypacs.auth.policy import POLICY, PUBLIC, check_policy
-from relaypacs.surface import HSTS
+from relaypacs.middleware import HSTS
 from tests.api.conftest import Account
 from tests.security.test_policy import offline_app
 
