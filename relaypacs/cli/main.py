@@ -91,6 +91,8 @@ def serve(host: str | None, port: int | None) -> None:
         # relaypacs.middleware logs each request instead (without the query string).
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Only for the h11 parser. httptools (used when installed, as with uvicorn[standard])
+        # has no limit on the header block; relaypacs.middleware caps it (431).
         h11_max_incomplete_event_size=64 * 1024,
     )
 
