@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     rate_limit_upload_init: str = Field(default="120/minute", description="Uploads per user.")
     rate_limit_upload_chunk: str = Field(default="6000/minute", description="Chunks per user.")
 
-    # The HTTP surface (relaypacs/surface.py).
+    # The HTTP surface (relaypacs/middleware.py).
     cors_origins: CommaList = Field(
         default_factory=list,
         description="Origins (scheme://host[:port]) allowed to call the API from a browser; "

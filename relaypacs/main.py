@@ -36,12 +36,12 @@ from relaypacs.db import Database
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
 from relaypacs.forwarding.worker import Forwarder
+from relaypacs.middleware import HttpSurface, StrictCORSMiddleware
+from relaypacs.migrate import upgrade_in_subprocess
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
-from relaypacs.schema import upgrade_in_subprocess
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
-from relaypacs.surface import HttpSurface, StrictCORSMiddleware
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
@@ -276,7 +276,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI with the HTTP surface (relaypacs/surface.py) around everything, Starlette's error
+    """FastAPI with the HTTP surface (relaypacs/middleware.py) around everything, Starlette's error
     middleware included, so that even a 500 carries the security headers."""
 
     def build_middleware_stack(self) -> ASGIApp:

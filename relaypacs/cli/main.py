@@ -88,9 +88,11 @@ def serve(host: str | None, port: int | None) -> None:
         # Only the configured proxies may say who the client is (rate limits, audit).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
-        # relaypacs.surface logs each request instead (without the query string).
+        # relaypacs.middleware logs each request instead (without the query string).
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Only for the h11 parser. httptools (used when installed, as with uvicorn[standard])
+        # has no limit on the header block; relaypacs.middleware caps it (431).
         h11_max_incomplete_event_size=64 * 1024,
     )
 
@@ -103,7 +105,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply all database migrations."""
-    from relaypacs.schema import upgrade
+    from relaypacs.migrate import upgrade
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,7 @@ def users_create(
     from relaypacs.auth.models import Role
     from relaypacs.auth.service import UsernameTaken, create_user
     from relaypacs.db import create_engine, create_sessionmaker
-    from relaypacs.schema import upgrade
+    from relaypacs.migrate import upgrade
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")

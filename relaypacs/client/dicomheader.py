@@ -17,9 +17,10 @@ import threading
 from pathlib import Path
 from typing import Final
 
+from relaypacs.dicom._walk import _FileSource, _walk
 from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_instance_prefix
 from relaypacs.dicom.header import read_header as pydicom_read_header
-from relaypacs.dicom.validate import _TAG_STUDY_UID, DicomLimits, DicomRejected, _FileSource, _walk
+from relaypacs.dicom.inspect import _TAG_STUDY_UID, DicomLimits, DicomRejected
 
 __all__ = ["StudyHeader", "is_dicomdir", "read_header"]
 

@@ -1,12 +1,7 @@
 """DICOM parsing and validation. Knows nothing of HTTP or the database."""
 
-from relaypacs.dicom.validate import (
-    DicomLimits,
-    DicomRejected,
-    DicomSummary,
-    DicomValidator,
-    inspect_file,
-)
+from relaypacs.dicom.inspect import DicomLimits, DicomRejected, DicomSummary, inspect_file
+from relaypacs.dicom.pool import DicomValidator
 
 __all__ = [
     "DicomLimits",

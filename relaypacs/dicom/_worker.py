@@ -1,4 +1,4 @@
-"""Worker process of :class:`relaypacs.dicom.validate.DicomValidator`.
+"""Worker process of :class:`relaypacs.dicom.pool.DicomValidator`.
 
 ``python -m relaypacs.dicom._worker '<DicomLimits as JSON>'``: caps its own address space
 first, says ``"ready"``, then reads one JSON string (a path) per line on stdin and answers
@@ -29,7 +29,7 @@ def main() -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from relaypacs.dicom.validate import (
+    from relaypacs.dicom.inspect import (
         RESOURCE_LIMIT,
         DicomLimits,
         DicomRejected,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from relaypacs.dicom.validate import (
+from relaypacs.dicom.inspect import (
     _TAG_DIRECTORY_RECORDS,
     _TAG_MEDIA_SOP_CLASS,
     _TAG_STUDY_UID,

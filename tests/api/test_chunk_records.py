@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine, select, text, update
 
-from relaypacs import schema
+from relaypacs import migrate
 from relaypacs.auth.models import Role
 from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
@@ -216,7 +216,7 @@ async def test_migration_0004_keeps_md5_rows_and_its_downgrade_drops_sha256_rows
     async with app.router.lifespan_context(app):
         upload_id = await new_upload(app)
         run_driver(app, [record(upload_id, 1, "b" * 64), record(upload_id, 2, "c" * 64, "c" * 32)])
-    await asyncio.to_thread(schema.downgrade, url, "0003")
+    await asyncio.to_thread(migrate.downgrade, url, "0003")
     with sqlite3.connect(tmp_path / "gateway.db") as db:
         assert db.execute("SELECT file_index, md5 FROM upload_chunk").fetchall() == []
         db.execute(
@@ -224,8 +224,8 @@ async def test_migration_0004_keeps_md5_rows_and_its_downgrade_drops_sha256_rows
             " VALUES (?, 0, 0, 10, ?, '2026-12-01 00:00:00.000000')",
             (upload_id.hex, "a" * 32),
         )
-    await asyncio.to_thread(schema.upgrade, url)
-    await asyncio.to_thread(schema.check, url)
+    await asyncio.to_thread(migrate.upgrade, url)
+    await asyncio.to_thread(migrate.check, url)
     with sqlite3.connect(tmp_path / "gateway.db") as db:
         rows = db.execute("SELECT file_index, sha256, md5 FROM upload_chunk").fetchall()
     assert rows == [(0, None, "a" * 32)]

@@ -9,7 +9,7 @@ import secrets
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from relaypacs import schema
+from relaypacs import migrate
 from tests.conftest import POSTGRES_ADMIN_URL, _psql
 
 
@@ -29,11 +29,11 @@ class TestIdentityMigration:
         try:
             host = POSTGRES_ADMIN_URL.removeprefix("postgresql://")
             url = f"postgresql+asyncpg://{host}/{name}"
-            await asyncio.to_thread(schema.upgrade, url)
+            await asyncio.to_thread(migrate.upgrade, url)
             assert {"auth_session", "refresh_token", "recovery_code"} <= await _tables(url)
-            await asyncio.to_thread(schema.downgrade, url, "0002")
+            await asyncio.to_thread(migrate.downgrade, url, "0002")
             assert not {"auth_session", "refresh_token", "recovery_code"} & await _tables(url)
-            await asyncio.to_thread(schema.upgrade, url)
-            await asyncio.to_thread(schema.check, url)
+            await asyncio.to_thread(migrate.upgrade, url)
+            await asyncio.to_thread(migrate.check, url)
         finally:
             _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

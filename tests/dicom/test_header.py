@@ -20,18 +20,6 @@ from relaypacs.devtools import synth
 from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_header
 
 
-@pytest.fixture
-def write(tmp_path: Path) -> Callable[[bytes], Path]:
-    counter = iter(range(1_000_000))
-
-    def _write(data: bytes) -> Path:
-        path = tmp_path / f"f{next(counter)}"
-        path.write_bytes(data)
-        return path
-
-    return _write
-
-
 class TestReadHeader:
     def test_reads_the_study_fields(self, write: Callable[[bytes], Path]) -> None:
         ids = synth.new_uids()

@@ -42,7 +42,7 @@ async def upgrade_in_subprocess(database_url: str) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "import sys; from relaypacs.schema import upgrade; upgrade(sys.argv[1])",
+        "import sys; from relaypacs.migrate import upgrade; upgrade(sys.argv[1])",
         database_url,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

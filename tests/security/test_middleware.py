@@ -1,8 +1,11 @@
-"""The HTTP surface: security headers, no-store, CORS, body limits and generic 500s."""
+"""The HTTP surface: security headers, no-store, CORS, header and body limits and generic
+500s."""
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +14,9 @@ import pytest
 from fastapi import FastAPI
 
 from relaypacs.auth.policy import POLICY, PUBLIC, app_policy, check_policy
-from relaypacs.surface import HSTS
+from relaypacs.middleware import HSTS, MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from tests.api.conftest import Account
+from tests.gateway import run_gateway
 from tests.security.test_policy import offline_app
 
 API = "/api/v1"
@@ -136,6 +140,105 @@ class TestCors:
         monkeypatch.setenv("RELAYPACS_CORS_ORIGINS", f"{ALLOWED}, https://b.example.org")
         settings = load_settings(data_dir=tmp_path)
         assert settings.cors_origins == [ALLOWED, "https://b.example.org"]
+
+
+def header_block(request: httpx.Request) -> tuple[int, int]:
+    """The request's header block as the server gets it: bytes (names and values), fields."""
+    raw = request.headers.raw
+    return sum(len(name) + len(value) for name, value in raw), len(raw)
+
+
+def health_with_header_bytes(client: httpx.AsyncClient, total: int) -> httpx.Request:
+    """GET /health whose header block, the client's own headers included, is `total` bytes."""
+    own, _ = header_block(client.build_request("GET", f"{API}/health"))
+    name = "X-Filler"
+    request = client.build_request(
+        "GET", f"{API}/health", headers={name: "a" * (total - own - len(name))}
+    )
+    assert header_block(request)[0] == total
+    return request
+
+
+def health_with_header_fields(client: httpx.AsyncClient, fields: int) -> httpx.Request:
+    """GET /health with `fields` header fields, the client's own included."""
+    _, own = header_block(client.build_request("GET", f"{API}/health"))
+    extra = [(f"X-Field-{i}", "v") for i in range(fields - own)]
+    request = client.build_request("GET", f"{API}/health", headers=extra)
+    assert header_block(request)[1] == fields
+    return request
+
+
+def assert_headers_refused(
+    response: httpx.Response, limit: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert response.status_code == 431
+    error = response.json()["error"]
+    assert error == {
+        "code": "request_header_fields_too_large",
+        "message": error["message"],
+        "details": {},
+    }
+    assert str(limit) in error["message"]
+    assert_security_headers(response)
+    assert response.headers["connection"] == "close"
+    request_id = response.headers["x-request-id"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "relaypacs.access"]
+    assert [line for line in logged if " 431 " in line and line.endswith(request_id)]
+
+
+class TestHeaderLimit:
+    async def test_header_bytes_up_to_the_cap_are_served(self, tmp_path: Path) -> None:
+        async with client_for(offline_app(tmp_path)) as client:
+            response = await client.send(health_with_header_bytes(client, MAX_HEADER_BYTES))
+        assert response.status_code == 200
+        assert_security_headers(response)
+
+    @pytest.mark.parametrize("size", [MAX_HEADER_BYTES + 1, 64 << 10, 1 << 20, 8 << 20])
+    async def test_more_header_bytes_are_431(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int
+    ) -> None:
+        with caplog.at_level(logging.INFO, logger="relaypacs.access"):
+            async with client_for(offline_app(tmp_path)) as client:
+                response = await client.send(health_with_header_bytes(client, size))
+        assert_headers_refused(response, MAX_HEADER_BYTES, caplog)
+
+    async def test_header_fields_up_to_the_cap_are_served(self, tmp_path: Path) -> None:
+        async with client_for(offline_app(tmp_path)) as client:
+            response = await client.send(health_with_header_fields(client, MAX_HEADER_FIELDS))
+        assert response.status_code == 200
+        assert_security_headers(response)
+
+    @pytest.mark.parametrize("fields", [MAX_HEADER_FIELDS + 1, 10_000])
+    async def test_more_header_fields_are_431(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, fields: int
+    ) -> None:
+        with caplog.at_level(logging.INFO, logger="relaypacs.access"):
+            async with client_for(offline_app(tmp_path)) as client:
+                response = await client.send(health_with_header_fields(client, fields))
+        assert_headers_refused(response, MAX_HEADER_FIELDS, caplog)
+
+    def test_a_megabyte_of_headers_to_the_real_server_is_431_and_it_keeps_serving(
+        self, tmp_path: Path
+    ) -> None:
+        """uvicorn's httptools parser takes any header block whole (it has no limit), so the
+        app sees it and refuses it; the server closes that connection and serves the next."""
+        # 1 MiB in 32 fields: over the byte cap only.
+        block = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * (32 << 10)) for i in range(32))
+        with run_gateway(tmp_path / "data") as base:
+            host, port = base.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: gw\r\n" + block + b"\r\n")
+                answer = b""
+                while chunk := sock.recv(64 << 10):  # until the server closes the connection
+                    answer += chunk
+            health = httpx.get(f"{base}/api/v1/health", timeout=30)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        assert lines[0].startswith(b"http/1.1 431 ")
+        assert b"connection: close" in lines
+        assert b"x-content-type-options: nosniff" in lines
+        assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+        assert health.status_code == 200
 
 
 class TestBodyLimit:

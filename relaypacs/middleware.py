@@ -1,5 +1,5 @@
-"""The HTTP surface: security headers, a request id, a cap on request bodies and a last guard
-against unexpected errors, as one pure ASGI middleware around the whole app.
+"""The HTTP surface: security headers, a request id, caps on request headers and bodies and a
+last guard against unexpected errors, as one pure ASGI middleware around the whole app.
 
 It sits outside Starlette's ServerErrorMiddleware, so even a 500 gets the headers. Per request it
 costs a header scan and one wrapped `send` (the chunk PUT carries hundreds a second).
@@ -42,6 +42,13 @@ DOCS_CSP = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 HSTS = b"max-age=63072000; includeSubDomains"
+
+# Caps on the request's header block (names and values, as the server parsed them): every header
+# the gateway reads is small (a bearer token is under 1 KiB), and without them any size went
+# through the app. The server (uvicorn with httptools) has no limit of its own: it has buffered
+# the whole block by the time this refuses it (relaypacs/cli/main.py, serve).
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADER_FIELDS = 100
 
 _COMMON = (
     (b"x-content-type-options", b"nosniff"),
@@ -107,6 +114,7 @@ def error_json(
 
 class HttpSurface:
     """Security headers and `Cache-Control: no-store` on every response, `X-Request-ID`, a cap on
+    the request's headers (431 over `MAX_HEADER_BYTES` or `MAX_HEADER_FIELDS`), a cap on
     request bodies (413 before the body is read when Content-Length says so; while reading for
     chunked bodies), and no traceback out of the process's answers or logs' messages.
 
@@ -142,7 +150,9 @@ class HttpSurface:
         length: bytes | None = None
         chunked = False
         forwarded_https = False
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
@@ -180,6 +190,25 @@ class HttpSurface:
                     headers.append(_HSTS)
                 message["headers"] = headers
             await send(message)
+
+        headers_refusal: str | None = None
+        if len(scope["headers"]) > MAX_HEADER_FIELDS:
+            headers_refusal = f"A request may carry at most {MAX_HEADER_FIELDS} header fields."
+        elif header_bytes > MAX_HEADER_BYTES:
+            headers_refusal = (
+                f"The request's header fields may total at most {MAX_HEADER_BYTES} bytes "
+                "(names and values)."
+            )
+        if headers_refusal is not None:
+            await error_json(
+                431,
+                "request_header_fields_too_large",
+                headers_refusal,
+                [(b"connection", b"close")],
+            )(send_with_headers)
+            if access_logger.isEnabledFor(logging.INFO):
+                self._log_access(scope, 431, began, request_id)
+            return
 
         if length is not None:
             size = int(length) if length.isdigit() else -1
