@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import func, or_, select
 
 from relaypacs.admin import service
 from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import AdminUser
-from relaypacs.db import utcnow
-from relaypacs.forwarding import service as forwarding
 from relaypacs.state import ReadSessionDep, get_app_state
-from relaypacs.uploads.models import Upload, UploadStatus
+from relaypacs.uploads import service as uploads_service
 from relaypacs.uploads.schemas import UploadList, UploadRead
-from relaypacs.uploads.service import read_upload, summary_of
+from relaypacs.uploads.service import ProblemKind, read_upload
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-Problem = Literal["failed", "stuck", "queued", "forwarding"]
 
 
 @router.get("/uploads", response_model=UploadList)
@@ -29,39 +23,22 @@ async def list_problem_uploads(
     request: Request,
     _admin: AdminUser,
     session: ReadSessionDep,
-    problem: Annotated[Problem, Query(alias="status")] = "failed",
+    problem: Annotated[ProblemKind, Query(alias="status")] = "failed",
     stuck_minutes: Annotated[int, Query(ge=1, le=7 * 24 * 60)] = 15,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> UploadList:
-    """`failed`: the PACS refused instances; `stuck`: queued or forwarding and retrying, or
-    not moved for `stuck_minutes`; `queued`, `forwarding`: as they say."""
-    query = select(Upload)
-    if problem == "failed":
-        query = query.where(Upload.status == UploadStatus.FAILED)
-    elif problem in ("queued", "forwarding"):
-        query = query.where(Upload.status == UploadStatus(problem))
-    else:
-        since = utcnow() - dt.timedelta(minutes=stuck_minutes)
-        retrying = forwarding.retrying_uploads()
-        query = query.where(
-            Upload.status.in_(
-                [UploadStatus.QUEUED, UploadStatus.FORWARDING, UploadStatus.RECEIVED]
-            ),
-            or_(Upload.id.in_(retrying), Upload.updated_at < since),
-        )
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    uploads = (
-        await session.scalars(query.order_by(Upload.updated_at.desc()).limit(limit).offset(offset))
-    ).all()
-    if uploads:  # other users' study details are shown
+    items, total = await uploads_service.list_problem_uploads(
+        session, problem=problem, stuck_minutes=stuck_minutes, limit=limit, offset=offset
+    )
+    if items:  # other users' study details are shown
         await record_for_request(
             request,
             action="admin.upload_list",
             object_type="upload",
-            details={"status": problem, "upload_ids": [str(u.id) for u in uploads]},
+            details={"status": problem, "upload_ids": [str(u.id) for u in items]},
         )
-    return UploadList(items=[summary_of(u, u.total_bytes) for u in uploads], total=total or 0)
+    return UploadList(items=items, total=total)
 
 
 @router.post("/uploads/{upload_id}/retry", response_model=UploadRead)

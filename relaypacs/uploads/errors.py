@@ -89,3 +89,13 @@ class ContentLengthRequired(GatewayError):
     status_code = 411
     code = "content_length_required"
     message = "The Content-Length header is required."
+
+
+class UploadNotRetryable(Conflict):
+    code = "upload_not_retryable"
+    message = "Only uploads that failed, or are queued or being forwarded, can be retried."
+
+
+class DeliveredUploadNotCancellable(Conflict):
+    code = "upload_not_cancellable"
+    message = "A delivered upload cannot be cancelled."

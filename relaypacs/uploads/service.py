@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import enum
 import functools
 import hashlib
@@ -16,9 +17,9 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -42,11 +43,13 @@ from relaypacs.uploads.errors import (
     ContentLengthRequired,
     ContentMd5Mismatch,
     ContentMd5Required,
+    DeliveredUploadNotCancellable,
     InvalidManifest,
     StudyAlreadyDelivered,
     UploadIncomplete,
     UploadNotCancellable,
     UploadNotFound,
+    UploadNotRetryable,
     UploadNotWritable,
     UploadRejected,
 )
@@ -1286,3 +1289,70 @@ async def cancel_upload(
     # After the commit: a chunk written concurrently finds the upload cancelled and removes itself.
     await storage.delete_prefix(upload_prefix(upload_id))
     return view
+
+
+# --- administration (the admin domain asks these) ------------------------------------------
+
+RETRYABLE = (UploadStatus.FAILED, UploadStatus.QUEUED, UploadStatus.FORWARDING)
+ProblemKind = Literal["failed", "stuck", "queued", "forwarding"]
+
+
+async def _locked(session: AsyncSession, upload_id: uuid.UUID) -> Upload:
+    upload = await session.get(Upload, upload_id, with_for_update=True)
+    if upload is None:
+        raise UploadNotFound()
+    return upload
+
+
+async def retry_forwarding(session: AsyncSession, *, upload_id: uuid.UUID) -> Upload:
+    """Send again what failed (and anything pending) now, resetting the retry schedule."""
+    upload = await _locked(session, upload_id)
+    if upload.status not in RETRYABLE:
+        raise UploadNotRetryable()
+    await session.execute(
+        update(UploadFile)
+        .where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status == ForwardStatus.FAILED,
+        )
+        .values(forward_status=ForwardStatus.PENDING)
+    )
+    if not await forwarding.requeue(session, upload_id=upload_id):
+        raise UploadNotRetryable("This upload has no forwarding job (no PACS was configured).")
+    upload.status = UploadStatus.QUEUED
+    return upload
+
+
+async def cancel_forwarding(session: AsyncSession, *, upload_id: uuid.UUID) -> Upload:
+    """Stop forwarding this upload for good (its stored files are the caller's to delete)."""
+    upload = await _locked(session, upload_id)
+    if upload.status == UploadStatus.DELIVERED:
+        raise DeliveredUploadNotCancellable()
+    upload.status = UploadStatus.CANCELLED
+    await forwarding.cancel(session, upload_id=upload_id)
+    return upload
+
+
+async def list_problem_uploads(
+    session: AsyncSession, *, problem: ProblemKind, stuck_minutes: int, limit: int, offset: int
+) -> tuple[list[UploadSummary], int]:
+    """`failed`: the PACS refused instances; `stuck`: queued or forwarding and retrying, or
+    not moved for `stuck_minutes`; `queued`, `forwarding`: as they say. Newest change first."""
+    query = select(Upload)
+    if problem == "failed":
+        query = query.where(Upload.status == UploadStatus.FAILED)
+    elif problem in ("queued", "forwarding"):
+        query = query.where(Upload.status == UploadStatus(problem))
+    else:
+        since = utcnow() - dt.timedelta(minutes=stuck_minutes)
+        query = query.where(
+            Upload.status.in_(
+                [UploadStatus.QUEUED, UploadStatus.FORWARDING, UploadStatus.RECEIVED]
+            ),
+            or_(Upload.id.in_(forwarding.retrying_uploads()), Upload.updated_at < since),
+        )
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    uploads = (
+        await session.scalars(query.order_by(Upload.updated_at.desc()).limit(limit).offset(offset))
+    ).all()
+    return [summary_of(u, u.total_bytes) for u in uploads], int(total or 0)

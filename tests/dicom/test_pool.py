@@ -326,7 +326,9 @@ class TestIdleWorkers:
         v = DicomValidator(workers=2)
         try:
             await v.start()
-            slow = asyncio.create_task(v.inspect(write(synth.make_many_fragments(200_000))))
+            # ~0.25 s to walk (200,000 fragments took 40-60 ms: as long as the sleep below, so
+            # the worker was sometimes done before release_idle looked).
+            slow = asyncio.create_task(v.inspect(write(synth.make_many_fragments(1_000_000))))
             await asyncio.sleep(0.05)
             assert await v.release_idle() == 0  # one is busy: nothing is stopped
             await slow
