@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         "a gateway reached over plain HTTP on localhost.",
     )
 
+    api_docs: bool = Field(
+        default=False,
+        description="Publish the OpenAPI document and the interactive API documentation "
+        "(/api/v1/openapi.json, /api/v1/docs). Off by default: a production gateway need not "
+        "describe itself to anyone who asks.",
+    )
+
     redis_url: str | None = Field(
         default=None,
         description="redis://host:port/db: token revocations and rate limits shared by all "

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
+from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, install_api_docs
 from relaypacs.audit.router import router as audit_router
 from relaypacs.auth.dependencies import UserRows
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
@@ -279,6 +280,8 @@ class GatewayApp(FastAPI):
     """FastAPI with the HTTP surface (relaypacs/middleware.py) around everything, Starlette's error
     middleware included, so that even a 500 carries the security headers."""
 
+    docs_csp: str | None = None  # with the API documentation on (relaypacs/apidocs.py)
+
     def build_middleware_stack(self) -> ASGIApp:
         settings = app_settings(self)
         return HttpSurface(
@@ -287,7 +290,7 @@ class GatewayApp(FastAPI):
             body_limit=self._body_limit,
             describe=lambda scope: app_policy(self).describe(scope),
             trusted_proxies=settings.trusted_proxies,
-            docs_paths=[p for p in (self.docs_url, self.swagger_ui_oauth2_redirect_url) if p],
+            docs=(DOCS_PATH, self.docs_csp) if self.docs_csp else None,
         )
 
     def _body_limit(self, method: str, path: str) -> int | None:
@@ -308,17 +311,20 @@ def manifest_limit(settings: Settings) -> int:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
     app = GatewayApp(
         title="RelayPACS Gateway",
         version=__version__,
         lifespan=lifespan,
-        docs_url=f"{API_PREFIX}/docs",
-        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=None,
+        openapi_url=OPENAPI_PATH if settings.api_docs else None,
         redoc_url=None,
         # Who may call what (relaypacs/auth/policy.py), before anything else of every route.
         dependencies=[Depends(authorize)],
     )
-    settings = app.state.settings = settings or load_settings()
+    app.state.settings = settings
+    if settings.api_docs:
+        app.docs_csp = install_api_docs(app)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -34,13 +34,6 @@ CSP = (
     "font-src 'self'; connect-src 'self'; worker-src 'self'; manifest-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# The interactive API documentation (Swagger UI) loads its script and style from a CDN and
-# starts with an inline script.
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
 HSTS = b"max-age=63072000; includeSubDomains"
 
 # Caps on the request's header block (names and values, as the server parsed them): every header
@@ -56,7 +49,6 @@ _COMMON = (
     (b"x-frame-options", b"DENY"),
 )
 _HEADERS = (*_COMMON, (b"content-security-policy", CSP.encode()))
-_DOCS_HEADERS = (*_COMMON, (b"content-security-policy", DOCS_CSP.encode()))
 _NO_STORE = (b"cache-control", b"no-store")
 _HSTS = (b"strict-transport-security", HSTS)
 # Request ids: unique per process (a random prefix per process, then a counter), cheap.
@@ -131,14 +123,17 @@ class HttpSurface:
         body_limit: Callable[[str, str], int | None],
         describe: Callable[[Scope], str] = lambda scope: f"{scope['method']} (no route)",
         trusted_proxies: Sequence[str] = (),
-        docs_paths: Sequence[str] = (),
+        docs: tuple[str, str] | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.body_limit = body_limit
         self.describe = describe
         self.trusted_proxies = frozenset(trusted_proxies)
-        self.docs_paths = frozenset(docs_paths)
+        # The API documentation page (relaypacs/apidocs.py) and its own policy.
+        self.docs_path: str | None = docs[0] if docs else None
+        docs_csp = docs[1] if docs else ""
+        self.docs_headers = (*_COMMON, (b"content-security-policy", docs_csp.encode()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,7 +160,7 @@ class HttpSurface:
             and scope["client"][0] in self.trusted_proxies
         )
         is_api = path.startswith("/api/")
-        fixed = _DOCS_HEADERS if path in self.docs_paths else _HEADERS
+        fixed = self.docs_headers if path == self.docs_path else _HEADERS
         id_header = (b"x-request-id", request_id.encode())
 
         started = False
@@ -252,6 +247,8 @@ class HttpSurface:
                     [],
                     request_id=request_id,
                 )(send_with_headers)
+            # Every request has its access line, a failed one most of all.
+            self._log_access(scope, status or 500, began, request_id)
 
     def _log_access(self, scope: Scope, status: int, began: float, request_id: str) -> None:
         client = scope.get("client")

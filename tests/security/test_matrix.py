@@ -62,7 +62,7 @@ class Cell:
 
 def app_endpoints(tmp_path: Path) -> list[tuple[str, str, Rule]]:
     """The endpoints of the very app the server runs, from its routes."""
-    app = create_app(Settings(data_dir=tmp_path, secret_key=SECRET_KEY))
+    app = create_app(Settings(data_dir=tmp_path, secret_key=SECRET_KEY, api_docs=True))
     return [(e.method, e.path, POLICY[e.key]) for e in app_policy(app).endpoints]
 
 
@@ -85,7 +85,8 @@ def gateway(
     # The matrix is about roles and objects. The second factor's policy (admins and
     # radiologists must enrol TOTP first) has its own tests in tests/auth; here it would make
     # every fresh login of those roles a TOTP login, one per 30-second step.
-    env = {"RELAYPACS_TOTP_REQUIRED_ROLES": "[]"}
+    # The API documentation on: every route there is, is in the matrix.
+    env = {"RELAYPACS_TOTP_REQUIRED_ROLES": "[]", "RELAYPACS_API_DOCS": "true"}
     if request.param == "postgresql":
         env["RELAYPACS_DATABASE_URL"] = request.getfixturevalue("postgres_url")
     with live_gateway(root / "data", root / "gateway.log", ACCOUNTS, env) as live:

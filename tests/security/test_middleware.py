@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,14 +60,36 @@ class TestSecurityHeaders:
             assert_security_headers(response)
             assert "strict-transport-security" not in response.headers
 
-    async def test_the_api_documentation_has_its_own_csp_still_unframed(
-        self, tmp_path: Path
-    ) -> None:
+    async def test_the_api_documentation_is_off_by_default(self, tmp_path: Path) -> None:
         async with client_for(offline_app(tmp_path)) as client:
             docs = await client.get(f"{API}/docs")
+            document = await client.get(f"{API}/openapi.json")
+            script = await client.get(f"{API}/docs/assets/swagger-ui-bundle.js")
+        assert [docs.status_code, document.status_code, script.status_code] == [404, 404, 404]
+
+    async def test_the_api_documentation_needs_no_cdn_and_no_unsafe_inline(
+        self, tmp_path: Path
+    ) -> None:
+        async with client_for(offline_app(tmp_path, api_docs=True)) as client:
+            docs = await client.get(f"{API}/docs")
+            document = await client.get(f"{API}/openapi.json")
+            script = await client.get(f"{API}/docs/assets/swagger-ui-bundle.js")
+            style = await client.get(f"{API}/docs/assets/swagger-ui.css")
         assert docs.status_code == 200
-        assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
-        assert "frame-ancestors 'none'" in docs.headers["content-security-policy"]
+        assert document.json()["info"]["title"] == "RelayPACS Gateway"
+        assert script.status_code == style.status_code == 200
+        assert len(script.content) > 100_000  # the real Swagger UI, from this server
+        csp = docs.headers["content-security-policy"]
+        assert "http" not in csp  # no other origin at all
+        assert "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp
+        # The page's only inline script is the one its policy names by hash.
+        inline = re.findall(r"<script>(.*?)</script>", docs.text, flags=re.S)
+        assert len(inline) == 1
+        digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp
+        assert f"{API}/docs/assets/swagger-ui-bundle.js" in docs.text
+        assert "cdn" not in docs.text.lower()
 
     async def test_hsts_only_over_https(self, tmp_path: Path) -> None:
         app = offline_app(tmp_path)
@@ -322,7 +347,7 @@ class TestInternalErrors:
 
         monkeypatch.setitem(POLICY, f"GET {API}/boom", PUBLIC)
         check_policy(app)
-        with caplog.at_level(logging.ERROR):
+        with caplog.at_level(logging.INFO):
             async with client_for(app) as client:
                 response = await client.get(f"{API}/boom")
         assert response.status_code == 500
@@ -344,3 +369,8 @@ class TestInternalErrors:
         assert request_id in logged
         assert "DOE^JANE" not in logged
         assert "19450203" not in logged
+        # A failed request has its access line like any other.
+        access = [r.getMessage() for r in caplog.records if r.name == "relaypacs.access"]
+        assert len(access) == 1
+        assert f'"GET {API}/boom" 500' in access[0]
+        assert request_id in access[0]
