@@ -70,6 +70,12 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# How long a request waits for a pooled connection before it is refused with 503 (a pool that
+# stays empty that long is overloaded or deadlocked: waiting 30 s, SQLAlchemy's default, held
+# every other request up behind it).
+POOL_TIMEOUT_SECONDS = 5.0
+
+
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Build the engine. SQLite gets WAL, full fsync on commit and write-ahead locking."""
     if url.startswith("sqlite"):
@@ -79,10 +85,18 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             connect_args={"timeout": 60},
             pool_size=8,
             max_overflow=8,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        echo=echo,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+    )
 
 
 def create_sync_sqlite_engine(url: URL | str) -> Engine:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as SqlalchemyTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -265,6 +266,18 @@ def install_error_handlers(app: FastAPI) -> None:
             ),
             status_code=503,
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(SqlalchemyTimeout)
+    async def _pool_exhausted(_request: Request, exc: SqlalchemyTimeout) -> JSONResponse:
+        logger.warning("no database connection free within the pool timeout: refused (503)")
+        return JSONResponse(
+            _error_body(
+                "database_busy",
+                "The gateway is too busy to answer now; nothing was lost, try again shortly.",
+            ),
+            status_code=503,
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(Exception)

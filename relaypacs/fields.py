@@ -1,0 +1,49 @@
+"""Constrained field types for what clients send, shared by every domain's schemas and routers.
+
+PostgreSQL refuses NUL in text (and the driver then raised a 500); no name, id, filter or free
+text of this API has a use for NUL or other control characters, nor for integers past 64 bits
+(a larger offset overflowed the database's BIGINT, another 500). Using these types instead of
+bare `str` and `int` turns both into a 422 `invalid_request` naming the field, before any code
+runs. tests/security/test_hostile_params.py sends such values to every parameter of every
+endpoint, so a field that forgets them is found."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+# C0 controls but TAB, LF and CR; DEL; C1 controls. (Free text keeps line breaks and tabs.)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LINE_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+MAX_OFFSET = 1_000_000_000  # far past any real list, far below BIGINT
+MAX_ID = 2**63 - 1  # BIGINT
+
+
+def _clean(value: str, pattern: re.Pattern[str], what: str) -> str:
+    if pattern.search(value):
+        raise ValueError(f"{what} may not contain control characters (NUL included)")
+    if _SURROGATE.search(value):
+        raise ValueError(f"{what} must be valid Unicode text")
+    return value
+
+
+def single_line(value: str) -> str:
+    return _clean(value, _LINE_CONTROL, "this text")
+
+
+def multi_line(value: str) -> str:
+    return _clean(value, _CONTROL, "this text")
+
+
+# A name, identifier, code or filter: one line, no control character.
+Line = Annotated[str, AfterValidator(single_line)]
+# Free text (findings, descriptions): tabs and line breaks allowed, no other control character.
+Text = Annotated[str, AfterValidator(multi_line)]
+# An offset into a list.
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
+# A database row id (BIGINT).
+RowId = Annotated[int, Field(ge=0, le=MAX_ID)]
