@@ -36,3 +36,6 @@ class AuditEvent(Base):
     client_ip: Mapped[str | None] = mapped_column(String(64))
     # Ids, codes and counts only: never patient names or other PHI.
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The hash chain (relaypacs/audit/chain.py): the predecessor's hash, and this record's.
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
