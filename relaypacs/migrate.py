@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,3 +57,45 @@ def downgrade(database_url: str, revision: str) -> None:
     from alembic import command
 
     command.downgrade(alembic_config(database_url), revision)
+
+
+_ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def app_role_grants(role: str) -> list[str]:
+    """What the gateway's own database role may do (PostgreSQL), once the migrations (run as the
+    tables' owner) are applied: read and write its tables, but only read and append to the audit
+    log and only read the migration version. Not owning the tables, it can neither drop the
+    audit log's triggers nor alter or truncate anything."""
+    if not _ROLE.fullmatch(role):
+        raise ValueError("a role name is lower-case letters, digits and _ (at most 63)")
+    return [
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}",
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+        f"REVOKE UPDATE, DELETE ON audit_event FROM {role}",
+        f"REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {role}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    ]
+
+
+def grant_app_role(database_url: str, role: str) -> None:
+    """Apply app_role_grants as the owner (`relaypacs db grant-app ROLE`); again after every
+    upgrade that adds a table."""
+    from sqlalchemy import text
+
+    from relaypacs.db import create_engine
+
+    if not database_url.startswith("postgresql"):
+        raise ValueError("database roles exist on PostgreSQL only")
+
+    async def run() -> None:
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                for statement in app_role_grants(role):
+                    await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

@@ -8,8 +8,11 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+
+from relaypacs import migrate
 
 # Every server log of the run searched for the test data's patients at its end.
 from tests.phiscan import (  # noqa: F401
@@ -23,24 +26,45 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-def _psql(sql: str) -> None:
+def _psql(sql: str, database: str = "postgres") -> None:
     subprocess.run(
-        ["psql", f"{POSTGRES_ADMIN_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        ["psql", f"{POSTGRES_ADMIN_URL}/{database}", "-v", "ON_ERROR_STOP=1", "-qc", sql],
         check=True,
         capture_output=True,
     )
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, dropped at the end."""
+def postgres_owner_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, migrated by its owner (the migrations'
+    role), dropped at the end."""
     name = f"relaypacs_test_{secrets.token_hex(4)}"
     _psql(f'CREATE DATABASE "{name}"')
     try:
         host = POSTGRES_ADMIN_URL.removeprefix("postgresql://")
-        yield f"postgresql+asyncpg://{host}/{name}"
+        url = f"postgresql+asyncpg://{host}/{name}"
+        migrate.upgrade(url)
+        yield url
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_owner_url: str) -> Iterator[str]:
+    """The same database as the gateway's own role sees it, as in production: not the tables'
+    owner, granted `relaypacs db grant-app` (the audit log: read and append only)."""
+    role = f"relaypacs_app_{secrets.token_hex(4)}"
+    password = secrets.token_hex(16)
+    _psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        migrate.grant_app_role(postgres_owner_url, role)
+        where = urlsplit(postgres_owner_url)
+        address = f"{where.hostname}:{where.port or 5432}"
+        yield f"postgresql+asyncpg://{role}:{password}@{address}{where.path}"
+    finally:
+        _psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        _psql(f"DROP OWNED BY {role}", database=urlsplit(postgres_owner_url).path.lstrip("/"))
+        _psql(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

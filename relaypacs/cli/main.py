@@ -113,6 +113,20 @@ def db_upgrade() -> None:
     click.echo("database schema is up to date", err=True)
 
 
+@db.command("grant-app")
+@click.argument("role")
+def db_grant_app(role: str) -> None:
+    """Give the gateway's own PostgreSQL ROLE what it needs and no more (run as the tables'
+    owner, after `db upgrade`): it may only read and append to the audit log."""
+    from relaypacs.migrate import grant_app_role
+
+    try:
+        grant_app_role(_settings().resolved_database_url, role)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"role {role} may use the gateway's tables (audit log: read and append)", err=True)
+
+
 @cli.group()
 def users() -> None:
     """User accounts."""
