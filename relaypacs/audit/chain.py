@@ -13,8 +13,11 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 GENESIS = "0" * 64  # the predecessor of the first record
 
@@ -77,40 +80,91 @@ class ChainReport:
         return self.broken_at is None
 
 
+class ChainWalk:
+    """Checks records fed in id order, one at a time (constant memory). Each must name its
+    predecessor's hash (the first: GENESIS) and carry the hash of its own content.
+    `expected_head` (an id and hash noted earlier): that record must still be there with that
+    hash, or the log was cut or rewritten since."""
+
+    def __init__(self, expected_head: tuple[int, str] | None = None) -> None:
+        self.expected_head = expected_head
+        self.count = 0
+        self.prev = GENESIS
+        self.last: ChainedRecord | None = None
+        self.head_seen = expected_head is None
+        self.broken: ChainReport | None = None
+
+    def feed(self, record: ChainedRecord) -> bool:
+        """False once the chain is broken (the report says where)."""
+        if self.broken is not None:
+            return False
+        self.count += 1
+        reason = None
+        if record.prev_hash != self.prev:
+            reason = (
+                "the first record does not start the chain (records before it are missing)"
+                if self.last is None
+                else "a record before it is missing or was changed"
+            )
+        elif record.hash != link(self.prev, record):
+            reason = "its content was changed"
+        elif self.expected_head is not None and record.id == self.expected_head[0]:
+            if record.hash != self.expected_head[1]:
+                reason = "it is not the record noted earlier"
+            self.head_seen = True
+        if reason is not None:
+            self.broken = ChainReport(self.count, record.id, record.hash, record.id, reason)
+            return False
+        assert record.hash is not None
+        self.prev = record.hash
+        self.last = record
+        return True
+
+    def report(self) -> ChainReport:
+        if self.broken is not None:
+            return self.broken
+        last = self.last
+        head_id, head_hash = (last.id, last.hash) if last else (None, None)
+        if not self.head_seen:
+            assert self.expected_head is not None
+            return ChainReport(
+                self.count,
+                head_id,
+                head_hash,
+                self.expected_head[0],
+                "the log ends before the record noted earlier: it was truncated",
+            )
+        return ChainReport(self.count, head_id, head_hash)
+
+
 def verify_chain(
     records: Iterable[ChainedRecord], *, expected_head: tuple[int, str] | None = None
 ) -> ChainReport:
-    """Walk the records in id order. Each must name its predecessor's hash (the first: GENESIS)
-    and carry the hash of its own content. `expected_head` (an id and hash noted earlier): that
-    record must still be there with that hash, or the log was cut or rewritten since."""
-    prev = GENESIS
-    count = 0
-    last: ChainedRecord | None = None
-    head_seen = expected_head is None
+    walk = ChainWalk(expected_head)
     for record in records:
-        count += 1
-        if record.prev_hash != prev:
-            what = "a record before it is missing or was changed"
-            if last is None:
-                what = "the first record does not start the chain (records before it are missing)"
-            return ChainReport(count, record.id, record.hash, record.id, what)
-        if record.hash != link(prev, record):
-            return ChainReport(count, record.id, record.hash, record.id, "its content was changed")
-        if expected_head is not None and record.id == expected_head[0]:
-            if record.hash != expected_head[1]:
-                return ChainReport(
-                    count, record.id, record.hash, record.id, "it is not the record noted earlier"
-                )
-            head_seen = True
-        prev = record.hash
-        last = record
-    if not head_seen:
-        assert expected_head is not None
-        return ChainReport(
-            count,
-            last.id if last else None,
-            last.hash if last else None,
-            expected_head[0],
-            "the log ends before the record noted earlier: it was truncated",
-        )
-    return ChainReport(count, last.id if last else None, last.hash if last else None)
+        if not walk.feed(record):
+            break
+    return walk.report()
+
+
+_FIELDS = [f.name for f in fields(ChainedRecord)]
+
+
+async def walk_log(
+    connection: AsyncConnection, *, expected_head: tuple[int, str] | None = None, page: int = 2000
+) -> ChainReport:
+    """Verify the whole audit log, read in id order, a page at a time."""
+    from relaypacs.audit.models import AuditEvent
+
+    table = AuditEvent.__table__
+    walk = ChainWalk(expected_head)
+    after = -1
+    while True:
+        query = select(table).where(table.c.id > after).order_by(table.c.id).limit(page)
+        rows = (await connection.execute(query)).mappings().all()
+        for row in rows:
+            if not walk.feed(ChainedRecord(**{name: row[name] for name in _FIELDS})):
+                return walk.report()
+        if len(rows) < page:
+            return walk.report()
+        after = rows[-1]["id"]

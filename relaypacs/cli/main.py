@@ -1,4 +1,4 @@
-"""The `relaypacs` command: serve, users, db, upload."""
+"""The `relaypacs` command: serve, users, db, audit, upload."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import click
 from relaypacs import __version__
 
 if TYPE_CHECKING:
+    from relaypacs.audit.chain import ChainReport
     from relaypacs.config import Settings
 
 
@@ -230,6 +231,54 @@ def users_reset_totp(username: str) -> None:
     if not asyncio.run(_reset()):
         raise click.ClickException(f"no user {username!r}")
     click.echo(f"TOTP removed for {username!r}; they enrol again at next login", err=True)
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+@click.option(
+    "--head",
+    "expected_head",
+    default=None,
+    metavar="ID:HASH",
+    help="A chain head noted earlier (`audit head`, or the gateway's periodic log line): it "
+    "must still be there, unchanged, or the log was truncated or rewritten since.",
+)
+def audit_verify(expected_head: str | None) -> None:
+    """Walk the audit log's hash chain and name the first broken record. Exit 1 if broken."""
+    from relaypacs.audit.chain import walk_log
+    from relaypacs.db import create_engine
+
+    head: tuple[int, str] | None = None
+    if expected_head is not None:
+        record_id, _, digest = expected_head.partition(":")
+        if not record_id.isdigit() or len(digest) != 64:
+            raise click.BadParameter("ID:HASH, e.g. 1234:9f86d081...", param_hint="--head")
+        head = (int(record_id), digest)
+
+    async def _walk() -> ChainReport:
+        engine = create_engine(_settings().resolved_database_url)
+        try:
+            async with engine.connect() as connection:
+                return await walk_log(connection, expected_head=head)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(_walk())
+    if report.intact:
+        click.echo(
+            f"audit log intact: {report.records} records, head {report.head_id}:{report.head_hash}"
+        )
+        return
+    click.echo(
+        f"audit log BROKEN at record {report.broken_at}: {report.reason} "
+        f"({report.records} records read)",
+        err=True,
+    )
+    sys.exit(1)
 
 
 def _register_optional_commands() -> None:
