@@ -10,6 +10,7 @@ endpoint, so a field that forgets them is found."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
@@ -47,3 +48,11 @@ Text = Annotated[str, AfterValidator(multi_line)]
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 # A database row id (BIGINT).
 RowId = Annotated[int, Field(ge=0, le=MAX_ID)]
+
+
+def name_key(name: str) -> str:
+    """The identity of a name for uniqueness and look-up: compatibility-normalised and case-folded
+    (NFKC, casefold, NFKC again: Unicode's NFKC_Casefold), so `ADMIN`, `admin`, `Admin` and the
+    same letters in full width (U+FF41...) are one name, as a person reading them would take
+    them."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
+from typing import Any
 
 from sqlalchemy import Boolean, Enum, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
 from relaypacs.db import Base, UTCDateTime, utcnow
+from relaypacs.fields import name_key
 
 
 class Role(enum.StrEnum):
@@ -19,11 +22,20 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
 
 
+def _username_key(context: DefaultExecutionContext) -> str:
+    parameters: dict[str, Any] = context.get_current_parameters()  # type: ignore[no-untyped-call]
+    return name_key(parameters["username"])
+
+
 class User(Base):
     __tablename__ = "user"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # The name's identity (relaypacs.fields.name_key): unique, so `ADMIN` cannot join `admin`.
+    username_key: Mapped[str] = mapped_column(
+        String(256), unique=True, index=True, default=_username_key
+    )
     email: Mapped[str | None] = mapped_column(String(320))
     password_hash: Mapped[str] = mapped_column(Text)
     role: Mapped[Role] = mapped_column(
