@@ -154,7 +154,12 @@ When several apply, the first of 4, 3, 1, 5 wins.
     help="With --wait (given alone, it implies --wait): stop waiting after this long (exit 3; "
     "the gateway goes on forwarding).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log retries and requests on stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log retries and requests on stderr, and name every skipped file in the summary.",
+)
 @click.pass_context
 def upload(
     ctx: click.Context,
@@ -229,7 +234,7 @@ def upload(
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
-        _print_summary(summary, server)
+        _print_summary(summary, server, verbose)
     sys.exit(summary.exit_code)
 
 
@@ -653,7 +658,7 @@ _DELIVERY_STYLE = {
 }
 
 
-def _print_summary(summary: RunSummary, server: str) -> None:
+def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> None:
     """Per study: status, modality, date, counts and the Study Instance UID, then where it
     stands with the PACS (--wait); never the patient's name."""
     from rich.console import Console
@@ -691,11 +696,7 @@ def _print_summary(summary: RunSummary, server: str) -> None:
                 )
             if delivery.status is DeliveryStatus.UNREACHABLE:
                 console.print(f"  {delivery.message}", markup=False)
-    if summary.skipped:
-        parts = ", ".join(
-            f"{n} {reason.replace('_', ' ')}" for reason, n in summary.skipped.items()
-        )
-        console.print(f"Skipped files: {parts}", markup=False)
+    _print_skipped(console, summary, verbose)
     if summary.error:
         console.print(Text.assemble(("Error: ", "red"), summary.error))
     if summary.exit_code == ExitCode.UNREACHABLE:
@@ -706,6 +707,52 @@ def _print_summary(summary: RunSummary, server: str) -> None:
             )
         else:
             console.print("Run the same command again to resume; nothing acknowledged is lost.")
+
+
+# How many names of skipped files the summary shows per reason (-v: all of them).
+_SKIPPED_NAMES_SHOWN = 5
+# Each reason a file is skipped for (relaypacs.client.SkipReason): singular, plural.
+_SKIP_REASONS = {
+    "not_dicom": ("not DICOM", "not DICOM"),
+    "no_study_uid": ("without StudyInstanceUID", "without StudyInstanceUID"),
+    "damaged": ("damaged DICOM", "damaged DICOM"),
+    "dicomdir": ("DICOMDIR", "DICOMDIR"),
+    "unreadable": ("unreadable", "unreadable"),
+    "nested_archive": ("archive in an archive", "archives in an archive"),
+    "folder_link": ("link to a folder (not followed)", "links to folders (not followed)"),
+}
+
+
+def _skip_reason(reason: str, count: int) -> str:
+    singular, plural = _SKIP_REASONS.get(reason, (reason.replace("_", " "),) * 2)
+    return singular if count == 1 else plural
+
+
+def _print_skipped(console: Console, summary: RunSummary, verbose: bool) -> None:
+    """The files not sent, counted by reason, then named: the first few per reason, or all
+    of them with ``verbose``."""
+    if not summary.skipped:
+        return
+    total = sum(summary.skipped.values())
+    counts = ", ".join(f"{n} {_skip_reason(r, n)}" for r, n in summary.skipped.items())
+    console.print(f"Skipped {_count(total, 'file')}: {counts}", markup=False)
+    for reason, names in summary.skipped_files.items():
+        label = _skip_reason(reason, len(names))
+        if verbose:
+            console.print(f"  {label}:", markup=False)
+            for name in names:
+                console.print(f"    {name}", markup=False)
+            continue
+        shown = ", ".join(names[:_SKIPPED_NAMES_SHOWN])
+        more = len(names) - _SKIPPED_NAMES_SHOWN
+        if more > 0:
+            shown += f" and {more} more (-v lists them all)"
+        console.print(f"  {label}: {shown}", markup=False)
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _format_date(value: str) -> str:

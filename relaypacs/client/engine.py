@@ -30,7 +30,7 @@ from relaypacs.client.delivery import (
     DeliveryStatus,
     delivery_of,
 )
-from relaypacs.client.discovery import Discovery, SkipReason, discover, extraction_workspace
+from relaypacs.client.discovery import Discovery, discover, extraction_workspace
 from relaypacs.client.errors import (
     ApiError,
     AuthenticationError,
@@ -177,7 +177,8 @@ class StudyResult:
 @dataclass(slots=True)
 class RunSummary:
     studies: list[StudyResult] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # by SkipReason value
+    skipped_files: dict[str, list[str]] = field(default_factory=dict)  # their names
     archives: int = 0
     hash_cache_hits: int = 0
     error: str | None = None  # why the run stopped early, if it did
@@ -229,6 +230,7 @@ class RunSummary:
             "error": self.error,
             "studies": [s.as_dict() for s in self.studies],
             "skipped": dict(self.skipped),
+            "skipped_files": {reason: list(names) for reason, names in self.skipped_files.items()},
             "archives": self.archives,
             "timings": {key: round(value, 3) for key, value in self.timings.items()},
             "totals": {
@@ -772,11 +774,10 @@ async def run_upload(
             raise
         summary.timings["discover_seconds"] = clock() - started
         summary.archives = len(discovery.archives)
-        summary.skipped = {
-            reason.value: discovery.skipped_count(reason)
-            for reason in SkipReason
-            if discovery.skipped_count(reason)
+        summary.skipped_files = {
+            reason.value: names for reason, names in discovery.skipped_names().items()
         }
+        summary.skipped = {reason: len(names) for reason, names in summary.skipped_files.items()}
         if not discovery.files:
             hasher.cancel()
             summary.error = "no DICOM instance found in the given paths"

@@ -1,0 +1,220 @@
+"""What `relaypacs upload` says happened, on a folder of real-world files: the public test
+files of pydicom, synthetic studies, and broken, hostile and unreadable files, against the
+in-memory gateway.
+
+Every study gets a number (in the progress and in the summary) whatever its fate; the totals
+count what the gateway accepted; every skipped file is named, grouped by reason; modality and
+date are read and shown the same way for every file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from click.testing import CliRunner
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import relaypacs.client
+from relaypacs.cli.upload import upload
+from relaypacs.client import (
+    GatewayClient,
+)
+from relaypacs.devtools import synth
+from tests.cli.fakegateway import FakeGateway
+
+
+def _pydicom_file(name: str, target: Path) -> Path:
+    source = get_testdata_file(name)
+    assert source is not None, name
+    target.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(source, target / name))
+
+
+def _instance_without_modality(
+    path: Path, study_uid: str, *, nested_modality: str | None = None
+) -> None:
+    """A valid instance without its own Modality; with ``nested_modality``, a Modality in an
+    item of a sequence (before the StudyInstanceUID) that describes another series."""
+    ids = synth.new_uids()
+    ids["study_uid"] = study_uid
+    data = synth.make_instance(**ids, rows=16, columns=16)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.Modality
+    if nested_modality is not None:
+        item = Dataset()
+        item.SeriesInstanceUID = generate_uid()
+        item.Modality = nested_modality
+        ds.ReferencedSeriesSequence = [item]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@dataclass
+class Corpus:
+    root: Path
+    cd: synth.SynthStudy
+    rejected: synth.SynthStudy
+    rejected_name: str
+    mixed_uid: str
+    nested_uid: str
+    bad_date_uid: str
+    skipped: dict[str, set[str]]  # reason -> names
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Corpus:
+    """Nine studies, in this order (the order of discovery: folders sorted by name):
+
+    1. a_cd: a CD export (3 CT instances and a DICOMDIR): validated
+    2. b_old/CT_small.dcm (pydicom): CT, 20040119: validated
+    3. b_old/ExplVR_BigEnd.dcm (pydicom): US, an ACR-NEMA style date 1997.04.24: validated
+    4. c_conflict: MR_small.dcm and MR_small_RLE.dcm (pydicom): the same SOP Instance UID with
+       different bytes: failed before anything is sent
+    5. d_mixed: a first file without Modality, then two CT and one SR in later series
+    6. e_nested: a file whose only Modality is in a sequence item (another series')
+    7. f_rejected: 2 CT instances, the second refused by the gateway's validation: rejected
+    8. g_sc/GDCMJ2K_TextGBR.dcm (pydicom): secondary capture without Modality
+    9. h_date: a study date that is not a date (20241301)
+
+    and files that are not sent: a text file, a file with an undecodable name, a file with
+    a terminal escape in its name, pydicom's JPEG-LS test file (DICOM without
+    StudyInstanceUID), a synthetic one, a file cut before its StudyInstanceUID, a FIFO, a
+    dangling link, a link to a folder, and the CD's DICOMDIR.
+    """
+    root = tmp_path / "in"
+    cd = synth.write_study(root / "a_cd", instances=3, rows=16, columns=16, with_dicomdir=True)
+    _pydicom_file("CT_small.dcm", root / "b_old")
+    _pydicom_file("ExplVR_BigEnd.dcm", root / "b_old")
+    _pydicom_file("MR_small.dcm", root / "c_conflict")
+    _pydicom_file("MR_small_RLE.dcm", root / "c_conflict")
+
+    mixed = generate_uid()
+    _instance_without_modality(root / "d_mixed" / "IM1.dcm", mixed)
+    for number, modality in ((2, "CT"), (3, "CT"), (4, "SR")):
+        ids = synth.new_uids()
+        ids["study_uid"] = mixed
+        synth.write_instance(
+            root / "d_mixed" / f"IM{number}.dcm",
+            **ids,
+            rows=16,
+            columns=16,
+            modality=modality,
+            series_number=number,
+        )
+    nested = generate_uid()
+    _instance_without_modality(root / "e_nested" / "IM1.dcm", nested, nested_modality="MR")
+    rejected = synth.write_study(root / "f_rejected", instances=2, rows=16, columns=16)
+    _pydicom_file("GDCMJ2K_TextGBR.dcm", root / "g_sc")
+    bad_date = synth.write_study(
+        root / "h_date", instances=1, rows=16, columns=16, study_date="20241301"
+    )
+
+    junk = root / "junk"
+    junk.mkdir()
+    (junk / "README.TXT").write_text("Viewer instructions\n")
+    os.close(os.open(os.fsencode(junk) + b"/caf\xe9.txt", os.O_CREAT | os.O_WRONLY, 0o644))
+    (junk / "\x1b[2Jclear.txt").write_text("hostile name")
+    _pydicom_file("JPEGLSNearLossless_08.dcm", junk)
+    (junk / "nostudy.dcm").write_bytes(synth.make_missing_uid("StudyInstanceUID"))
+    whole = synth.make_instance(**synth.new_uids(), rows=16, columns=16)
+    (junk / "cut.dcm").write_bytes(whole[:300])
+    os.mkfifo(junk / "fifo.dcm")
+    (junk / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "elsewhere").mkdir()
+    synth.write_study(tmp_path / "elsewhere", instances=1, rows=16, columns=16)
+    (junk / "folder.dcm").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+
+    return Corpus(
+        root=root,
+        cd=cd,
+        rejected=rejected,
+        rejected_name="f_rejected/IM000002.dcm",
+        mixed_uid=mixed,
+        nested_uid=nested,
+        bad_date_uid=bad_date.study_uid,
+        skipped={
+            "not_dicom": {"junk/README.TXT", "junk/caf?.txt", "junk/?[2Jclear.txt"},
+            "dicomdir": {"a_cd/DICOMDIR"},
+            "no_study_uid": {"junk/JPEGLSNearLossless_08.dcm", "junk/nostudy.dcm"},
+            "damaged": {"junk/cut.dcm"},
+            "unreadable": {"junk/fifo.dcm", "junk/dangling.dcm"},
+            "folder_link": {"junk/folder.dcm"},
+        },
+    )
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Run:
+    """Run ``relaypacs upload`` (in this process) against a fake gateway."""
+    monkeypatch.setenv("RELAYPACS_STATE_DIR", str(tmp_path / "state"))
+
+    def run(gateway: FakeGateway, *args: str) -> tuple[int, str, str]:
+        def client(*a: object, **kw: object) -> GatewayClient:
+            return GatewayClient(*a, **kw, transport=gateway.transport())  # type: ignore[arg-type]
+
+        monkeypatch.setattr(relaypacs.client, "GatewayClient", client)
+        credentials = ["--server", "http://gateway.test", "--username", "u", "--password", "secret"]
+        result = CliRunner().invoke(upload, [*args, *credentials])
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
+
+
+def _gateway(corpus: Corpus) -> FakeGateway:
+    gateway = FakeGateway()
+    gateway.reject_names[corpus.rejected_name] = "dicom_truncated"
+    return gateway
+
+
+def _json_run(cli: Run, corpus: Corpus) -> dict[str, Any]:
+    code, stdout, _ = cli(_gateway(corpus), str(corpus.root), "--json")
+    summary: dict[str, Any] = json.loads(stdout)
+    assert code == summary["exit_code"] == 1  # a rejected and a failed study
+    return summary
+
+
+class TestJsonSummary:
+    def test_every_skipped_file_is_named_with_its_reason(self, cli: Run, corpus: Corpus) -> None:
+        summary = _json_run(cli, corpus)
+        named = {reason: set(names) for reason, names in summary["skipped_files"].items()}
+        assert named == corpus.skipped
+        # The counts, as before.
+        assert summary["skipped"] == {r: len(names) for r, names in corpus.skipped.items()}
+
+
+class TestHumanSummary:
+    def test_skipped_files_are_counted_and_named_by_reason(self, cli: Run, corpus: Corpus) -> None:
+        _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
+        assert "Skipped 10 files: 3 not DICOM, 2 without StudyInstanceUID" in stdout
+        assert "junk/JPEGLSNearLossless_08.dcm" in stdout
+        assert "junk/cut.dcm" in stdout
+        assert "junk/fifo.dcm" in stdout
+        assert "a_cd/DICOMDIR" in stdout
+        assert "\x1b" not in stdout  # a name is never a terminal escape
+
+    def test_the_first_names_per_reason_and_all_with_verbose(
+        self, cli: Run, corpus: Corpus, tmp_path: Path
+    ) -> None:
+        for number in range(6):
+            (corpus.root / "junk" / f"notes{number}.txt").write_text("not an image")
+        _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
+        listed = [f"junk/notes{n}.txt" for n in range(6) if f"junk/notes{n}.txt" in stdout]
+        assert 0 < len(listed) < 6
+        assert "more (-v lists them all)" in stdout
+        _, verbose, _ = cli(_gateway(corpus), str(corpus.root), "-v")
+        for number in range(6):
+            assert f"junk/notes{number}.txt" in verbose
