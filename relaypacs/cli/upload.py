@@ -345,20 +345,11 @@ class _Display:
 
     def __init__(self) -> None:
         self._study_count = 0
-        self._study_position = 0
-        self._labels: dict[str, str] = {}  # by Study Instance UID
 
-    def _next_label(self, plan: StudyPlan) -> str:
-        self._study_position += 1
-        modality = "/".join(plan.modalities) or "?"
-        label = (
-            f"Study {self._study_position}/{self._study_count} {modality}, {len(plan.files)} files"
-        )
-        self._labels[plan.study_instance_uid] = label
-        return label
-
-    def _label_of(self, result: StudyResult) -> str:
-        return self._labels.get(result.study_instance_uid) or (f"Study {result.study_instance_uid}")
+    def _label(self, study: StudyPlan | StudyResult) -> str:
+        """``Study 3/12 CT/SR, 240 files``: every study by its number, whether it started or
+        not (a study that fails before it starts, one never started)."""
+        return _study_label(study.number, self._study_count, study.modalities, study.file_count)
 
     def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None:
         self._study_count = len(studies)
@@ -424,7 +415,7 @@ class _RichDisplay(_Display):
         self._progress.start()
         self._hash_task: TaskID | None = None
         self._study_task: TaskID | None = None
-        self._label = ""
+        self._study_tasks: dict[str, TaskID] = {}  # by Study Instance UID
         self._delivery: Progress | None = None
         self._delivery_tasks: dict[str, TaskID] = {}
 
@@ -436,20 +427,27 @@ class _RichDisplay(_Display):
             self._progress.advance(self._hash_task, n_bytes)
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
-        self._label = self._next_label(plan)
         self._study_task = self._progress.add_task(
-            self._label, total=total_bytes, completed=already_bytes
+            self._label(plan), total=total_bytes, completed=already_bytes
         )
+        self._study_tasks[plan.study_instance_uid] = self._study_task
 
     def sent(self, n_bytes: int) -> None:
         if self._study_task is not None:
             self._progress.advance(self._study_task, n_bytes)
 
     def study_finished(self, result: StudyResult) -> None:
-        if self._study_task is not None:
-            label = f"{self._label} {result.status.value.replace('_', ' ')}"
-            self._progress.update(self._study_task, description=label)
-            self._study_task = None
+        label = f"{self._label(result)} {result.status.value.replace('_', ' ')}"
+        task = self._study_tasks.get(result.study_instance_uid)
+        if task is None:  # ended before it started: a line of its own all the same
+            self._progress.add_task(
+                label,
+                total=result.total_bytes,
+                completed=result.bytes_sent + result.bytes_skipped,
+            )
+        else:
+            self._progress.update(task, description=label)
+        self._study_task = None
 
     def waiting(self, results: Sequence[StudyResult]) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -467,7 +465,7 @@ class _RichDisplay(_Display):
         self._delivery.start()
         for result in results:
             self._delivery_tasks[result.study_instance_uid] = self._delivery.add_task(
-                f"{self._label_of(result)}: PACS", total=None, state="asking the gateway"
+                f"{self._label(result)}: PACS", total=None, state="asking the gateway"
             )
 
     def delivery_progress(self, result: StudyResult) -> None:
@@ -477,7 +475,7 @@ class _RichDisplay(_Display):
             return
         self._delivery.update(
             task,
-            description=f"{self._label_of(result)}: {_pacs_count(delivery)}",
+            description=f"{self._label(result)}: {_pacs_count(delivery)}",
             total=delivery.instances or None,
             completed=delivery.confirmed + delivery.failed,
             state=_short_state(delivery),
@@ -507,7 +505,7 @@ class _PlainDisplay(_Display):
         self._stream = stream
         self._every = every
         self._last = 0.0
-        self._label = ""
+        self._started_studies: set[str] = set()
         self._total = 0
         self._done = 0
         self._started = 0.0
@@ -527,11 +525,12 @@ class _PlainDisplay(_Display):
         )
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
-        self._label, self._total, self._done = self._next_label(plan), total_bytes, already_bytes
+        self._started_studies.add(plan.study_instance_uid)
+        self._total, self._done = total_bytes, already_bytes
         self._base = already_bytes
         self._started = self._last = time.monotonic()
         self._line(
-            f"uploading {self._label}: {_mb(total_bytes - already_bytes)} to send, "
+            f"uploading {self._label(plan)}: {_mb(total_bytes - already_bytes)} to send, "
             f"{_mb(already_bytes)} already on the server"
         )
 
@@ -547,7 +546,9 @@ class _PlainDisplay(_Display):
             )
 
     def study_finished(self, result: StudyResult) -> None:
-        self._line(f"  {result.study_instance_uid}: {result.status.value}")
+        # Under its "uploading" line; a study that ended before it started on a line of its own.
+        indent = "  " if result.study_instance_uid in self._started_studies else ""
+        self._line(f"{indent}{self._label(result)}: {result.status.value.replace('_', ' ')}")
 
     def waiting(self, results: Sequence[StudyResult]) -> None:
         count = len(results)
@@ -560,7 +561,7 @@ class _PlainDisplay(_Display):
         delivery = result.delivery
         if delivery is None:
             return
-        text = f"  {self._label_of(result)}: {_pacs_count(delivery)} ({_delivery_state(delivery)})"
+        text = f"  {self._label(result)}: {_pacs_count(delivery)} ({_delivery_state(delivery)})"
         said, when = self._said.get(result.study_instance_uid, ("", -self._every))
         now = time.monotonic()
         if text != said and now - when >= self._every:
@@ -570,7 +571,12 @@ class _PlainDisplay(_Display):
     def delivery_finished(self, result: StudyResult) -> None:
         delivery = result.delivery
         if delivery is not None:
-            self._line(f"  {self._label_of(result)}: {_delivery_line(delivery)}")
+            self._line(f"  {self._label(result)}: {_delivery_line(delivery)}")
+
+
+def _study_label(number: int, count: int, modalities: Sequence[str], files: int) -> str:
+    modality = "/".join(modalities) or "?"
+    return f"Study {number}/{count} {modality}, {_count(files, 'file')}"
 
 
 def _mb(n_bytes: int) -> str:
@@ -659,8 +665,9 @@ _DELIVERY_STYLE = {
 
 
 def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> None:
-    """Per study: status, modality, date, counts and the Study Instance UID, then where it
-    stands with the PACS (--wait); never the patient's name."""
+    """Per study, by its number (as in the progress): status, modality, date, counts and the
+    Study Instance UID, then where it stands with the PACS (--wait); never the patient's
+    name."""
     from rich.console import Console
     from rich.text import Text
 
@@ -669,11 +676,13 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
     console = Console(highlight=False, soft_wrap=True)  # long lines: the terminal wraps
     if summary.studies:
         console.print(f"Upload to {server}:", markup=False)
+    count = len(summary.studies)
     for study in summary.studies:
         style = _STATUS_STYLE.get(study.status.value, "yellow")
         status = study.status.value.replace("_", " ")
         modality = "/".join(study.modalities) or "?"
         line = Text.assemble(
+            f"{study.number:>{len(str(count))}}/{count} ",
             (f"{status:<17} ", style),
             f"{modality} {_format_date(study.study_date)}  {study.instances} instances  "
             f"{_mb(study.bytes_sent)} sent, {_mb(study.bytes_skipped)} already there",

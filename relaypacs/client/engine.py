@@ -136,6 +136,7 @@ class StudyResult:
     study_instance_uid: str
     status: StudyStatus
     upload_id: str | None = None
+    number: int = 0  # the study's place in the run (StudyPlan.number)
     files: int = 0
     instances: int = 0
     total_bytes: int = 0
@@ -153,8 +154,14 @@ class StudyResult:
     # With --wait: where the study stands with the PACS (None: not followed).
     delivery: Delivery | None = None
 
+    @property
+    def file_count(self) -> int:
+        """``files`` (as StudyPlan.file_count)."""
+        return self.files
+
     def as_dict(self) -> dict[str, Any]:
         return {
+            "number": self.number,
             "study_instance_uid": self.study_instance_uid,
             "upload_id": self.upload_id,
             "status": self.status.value,
@@ -533,7 +540,8 @@ async def upload_study(
     result = StudyResult(
         study_instance_uid=plan.study_instance_uid,
         status=StudyStatus.NOT_STARTED,
-        files=len(plan.files),
+        number=plan.number,
+        files=plan.file_count,
         instances=len(plan.files),
         total_bytes=plan.total_bytes,
         duplicates_skipped=len(plan.duplicates),
@@ -846,7 +854,8 @@ async def _upload_studies(
         StudyResult(
             study_instance_uid=plan.study_instance_uid,
             status=StudyStatus.NOT_STARTED,
-            files=len(plan.files),
+            number=plan.number,
+            files=plan.file_count,
             instances=len(plan.files),
             total_bytes=plan.total_bytes,
             modalities=list(plan.modalities),

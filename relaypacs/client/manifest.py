@@ -54,6 +54,13 @@ class StudyPlan:
     duplicates: list[str] = field(default_factory=list)
     # Same SOP Instance UID with different bytes: the study is not uploaded.
     conflicts: list[FileProblem] = field(default_factory=list)
+    # Its place among the studies of the run (1, 2, ...): how progress and summary name it.
+    number: int = 0
+
+    @property
+    def file_count(self) -> int:
+        """The files of the study: those to send and the conflicting copies (not sent)."""
+        return len(self.files) + len(self.conflicts)
 
     @property
     def study_hash(self) -> str:
@@ -100,7 +107,8 @@ def _metadata(files: Sequence[DiscoveredFile], modality: str) -> dict[str, str]:
 
 
 def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) -> list[StudyPlan]:
-    """One plan per StudyInstanceUID, in order of first appearance; files sorted by name.
+    """One plan per StudyInstanceUID, in order of first appearance (numbered 1, 2, ... in that
+    order); files sorted by name.
 
     ``hashes`` maps each file's ``cache_key`` to its SHA-256.
     """
@@ -109,7 +117,7 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
         by_study.setdefault(f.header.study_instance_uid, []).append(f)
 
     plans: list[StudyPlan] = []
-    for uid, members in by_study.items():
+    for number, (uid, members) in enumerate(by_study.items(), start=1):
         members = sorted(members, key=lambda f: (f.name, f.cache_key))
         kept: dict[str, StudyFile] = {}
         duplicates: list[str] = []
@@ -151,6 +159,7 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
                 study_date=dates[0] if dates else "",
                 duplicates=duplicates,
                 conflicts=conflicts,
+                number=number,
             )
         )
     return plans

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +24,16 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from rich.console import Console
 
 import relaypacs.client
-from relaypacs.cli.upload import upload
+from relaypacs.cli.upload import _PlainDisplay, _RichDisplay, upload
 from relaypacs.client import (
+    Discovery,
     GatewayClient,
+    StudyPlan,
+    StudyResult,
+    StudyStatus,
 )
 from relaypacs.devtools import synth
 from tests.cli.fakegateway import FakeGateway
@@ -188,6 +194,22 @@ def _json_run(cli: Run, corpus: Corpus) -> dict[str, Any]:
 
 
 class TestJsonSummary:
+    def test_every_study_is_numbered_in_order(self, cli: Run, corpus: Corpus) -> None:
+        summary = _json_run(cli, corpus)
+        studies = summary["studies"]
+        assert [s["number"] for s in studies] == list(range(1, 10))
+        assert [s["status"] for s in studies] == [
+            "validated",
+            "validated",
+            "validated",
+            "failed",
+            "validated",
+            "validated",
+            "rejected",
+            "validated",
+            "validated",
+        ]
+
     def test_every_skipped_file_is_named_with_its_reason(self, cli: Run, corpus: Corpus) -> None:
         summary = _json_run(cli, corpus)
         named = {reason: set(names) for reason, names in summary["skipped_files"].items()}
@@ -197,6 +219,14 @@ class TestJsonSummary:
 
 
 class TestHumanSummary:
+    def test_progress_numbers_every_study(self, cli: Run, corpus: Corpus) -> None:
+        code, _, stderr = cli(_gateway(corpus), str(corpus.root))
+        assert code == 1
+        for number in range(1, 10):
+            assert f"Study {number}/9 " in stderr, stderr
+        assert "Study 4/9 MR, 2 files: failed" in stderr
+        assert "Study 7/9 CT, 2 files: rejected" in stderr
+
     def test_skipped_files_are_counted_and_named_by_reason(self, cli: Run, corpus: Corpus) -> None:
         _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
         assert "Skipped 10 files: 3 not DICOM, 2 without StudyInstanceUID" in stdout
@@ -218,3 +248,54 @@ class TestHumanSummary:
         _, verbose, _ = cli(_gateway(corpus), str(corpus.root), "-v")
         for number in range(6):
             assert f"junk/notes{number}.txt" in verbose
+
+
+class TestProgressDisplays:
+    """A study that fails before it starts (init refused, conflicting copies) still shows with
+    its number on the terminal's progress display."""
+
+    def _plans(self, tmp_path: Path) -> list[StudyPlan]:
+        from relaypacs.client.manifest import StudyFile
+
+        plans = []
+        for number, modality in ((1, "CT"), (2, "MR")):
+            path = tmp_path / f"f{number}"
+            path.write_bytes(b"x")
+            file = StudyFile(f"f{number}", path, 1, 0, "0" * 64, None)
+            plans.append(
+                StudyPlan(f"1.2.{number}", {}, [file], [modality], "20240102", number=number)
+            )
+        return plans
+
+    def test_rich_display_shows_a_study_that_never_started(self, tmp_path: Path) -> None:
+        out = io.StringIO()
+        display = _RichDisplay(Console(file=out, force_terminal=True, width=120))
+        first, second = self._plans(tmp_path)
+        display.discovered(Discovery(), [first, second])
+        display.study_started(first, 1, 0)
+        display.sent(1)
+        display.study_finished(_result(first, StudyStatus.VALIDATED))
+        display.study_finished(_result(second, StudyStatus.FAILED))
+        display.close()
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+        assert "Study 1/2 CT, 1 file validated" in text
+        assert "Study 2/2 MR, 1 file failed" in text
+
+    def test_plain_display_names_the_study_by_number(self, tmp_path: Path) -> None:
+        out = io.StringIO()
+        display = _PlainDisplay(out)
+        first, second = self._plans(tmp_path)
+        display.discovered(Discovery(), [first, second])
+        display.study_finished(_result(second, StudyStatus.FAILED))
+        assert "Study 2/2 MR, 1 file: failed" in out.getvalue()
+        assert "1.2.2" not in out.getvalue()
+
+
+def _result(plan: StudyPlan, status: StudyStatus) -> StudyResult:
+    return StudyResult(
+        study_instance_uid=plan.study_instance_uid,
+        status=status,
+        number=plan.number,
+        files=len(plan.files),
+        modalities=list(plan.modalities),
+    )
