@@ -530,8 +530,8 @@ class _PlainDisplay(_Display):
         self._base = already_bytes
         self._started = self._last = time.monotonic()
         self._line(
-            f"uploading {self._label(plan)}: {_mb(total_bytes - already_bytes)} to send, "
-            f"{_mb(already_bytes)} already on the server"
+            f"uploading {self._label(plan)}: {_size(total_bytes - already_bytes)} to send, "
+            f"{_size(already_bytes)} already on the server"
         )
 
     def sent(self, n_bytes: int) -> None:
@@ -542,7 +542,8 @@ class _PlainDisplay(_Display):
             rate = (self._done - self._base) / max(now - self._started, 1e-6)
             percent = 100 * self._done / self._total if self._total else 100.0
             self._line(
-                f"  {_mb(self._done)} / {_mb(self._total)} ({percent:.0f}%), {rate / 1e6:.1f} MB/s"
+                f"  {_size(self._done)} / {_size(self._total)} ({percent:.0f}%), "
+                f"{rate / 1e6:.1f} MB/s"
             )
 
     def study_finished(self, result: StudyResult) -> None:
@@ -579,8 +580,14 @@ def _study_label(number: int, count: int, modalities: Sequence[str], files: int)
     return f"Study {number}/{count} {modality}, {_count(files, 'file')}"
 
 
-def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / 1e6:.1f} MB"
+def _size(n_bytes: int) -> str:
+    """``512 B``, ``12.3 kB``, ``4.5 MB``, ``1.2 GB``: a small file never shows as 0.0 MB."""
+    if n_bytes < 1000:
+        return f"{n_bytes} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if n_bytes < scale * 999.95:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1e9:.1f} GB"
 
 
 def _pacs_count(delivery: Delivery) -> str:
@@ -684,13 +691,13 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
         line = Text.assemble(
             f"{study.number:>{len(str(count))}}/{count} ",
             (f"{status:<17} ", style),
-            f"{modality} {_format_date(study.study_date)}  {study.instances} instances  "
-            f"{_mb(study.bytes_sent)} sent, {_mb(study.bytes_skipped)} already there",
+            f"{modality} {_format_date(study.study_date)}  {_what_happened(study)}",
         )
         console.print(line)
         console.print(f"  study {study.study_instance_uid}", markup=False)
         if study.duplicates_skipped:
-            console.print(f"  {study.duplicates_skipped} identical duplicate files sent once")
+            copies = _count(study.duplicates_skipped, "identical duplicate file")
+            console.print(f"  {copies} sent once", markup=False)
         if study.message:
             console.print(f"  {study.message}", markup=False)
         for problem in study.errors:
@@ -705,6 +712,7 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
                 )
             if delivery.status is DeliveryStatus.UNREACHABLE:
                 console.print(f"  {delivery.message}", markup=False)
+    _print_totals(console, summary)
     _print_skipped(console, summary, verbose)
     if summary.error:
         console.print(Text.assemble(("Error: ", "red"), summary.error))
@@ -716,6 +724,83 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
             )
         else:
             console.print("Run the same command again to resume; nothing acknowledged is lost.")
+
+
+def _what_happened(study: StudyResult) -> str:
+    """What the gateway has of the study, what was sent."""
+    from relaypacs.client import StudyStatus
+
+    files = _count(study.files, "file")
+    if study.accepted:
+        text = _count(study.instances, "instance")
+        if study.bytes_sent:
+            text += f", {_size(study.bytes_sent)} sent"
+            if study.bytes_skipped:
+                text += f", {_size(study.bytes_skipped)} already there"
+        elif study.total_bytes:
+            text += ", all already there"
+        return text
+    if study.status is StudyStatus.REJECTED:
+        return f"{files}, {study.files_refused} refused: not accepted"
+    if study.status is StudyStatus.INTERRUPTED:
+        there = study.bytes_sent + study.bytes_skipped
+        return f"{files}, {_size(there)} of {_size(study.total_bytes)} there: not accepted yet"
+    if study.bytes_sent:
+        return f"{files}, {_size(study.bytes_sent)} sent: not accepted"
+    return f"{files}, not sent"
+
+
+def _print_totals(console: Console, summary: RunSummary) -> None:
+    """What the gateway accepted (and the PACS, with --wait), then what it did not."""
+    if not summary.studies:
+        return
+    totals = summary.as_dict()["totals"]
+    count = totals["studies"]
+    accepted = totals["studies_accepted"]
+    console.print(
+        f"{accepted} of {count} {'study' if count == 1 else 'studies'} accepted: "
+        f"{_count(totals['instances'], 'instance')}, {_size(totals['total_bytes'])}; "
+        f"{_size(totals['bytes_sent'])} sent by this run",
+        markup=False,
+    )
+    _print_pacs_totals(console, summary.deliveries)
+    not_accepted = totals["studies_not_accepted"]
+    if not_accepted:
+        by_status = ", ".join(
+            f"{n} {status.replace('_', ' ')}"
+            for status, n in totals.items()
+            if status in _NOT_ACCEPTED and n
+        )
+        refused = totals["files_refused"]
+        console.print(
+            f"{_count(not_accepted, 'study', 'studies')} not accepted ({by_status}): "
+            f"{_count(totals['files_not_accepted'], 'file')}"
+            + (f", {refused} refused" if refused else ""),
+            markup=False,
+        )
+
+
+_NOT_ACCEPTED = ("rejected", "failed", "interrupted", "not_started")
+
+
+def _print_pacs_totals(console: Console, deliveries: Sequence[Delivery]) -> None:
+    """With --wait: the instances the PACS confirmed, refused, not yet."""
+    from relaypacs.client.delivery import DeliveryStatus
+
+    followed = [d for d in deliveries if d.status is not DeliveryStatus.NO_PACS]
+    if not followed:
+        if deliveries:
+            console.print("PACS: none configured on the gateway (the studies are kept there)")
+        return
+    instances = sum(d.instances for d in followed)
+    confirmed = sum(d.confirmed for d in followed)
+    refused = sum(d.failed or len(d.failures) for d in followed)
+    text = f"PACS: {confirmed} of {_count(instances, 'instance')} confirmed"
+    if refused:
+        text += f", {refused} refused"
+    if instances - confirmed - refused > 0:
+        text += f", {instances - confirmed - refused} not yet"
+    console.print(text, markup=False)
 
 
 # How many names of skipped files the summary shows per reason (-v: all of them).

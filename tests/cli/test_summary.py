@@ -198,6 +198,7 @@ class TestJsonSummary:
         summary = _json_run(cli, corpus)
         studies = summary["studies"]
         assert [s["number"] for s in studies] == list(range(1, 10))
+        assert [s["accepted"] for s in studies] == [s["status"] == "validated" for s in studies]
         assert [s["status"] for s in studies] == [
             "validated",
             "validated",
@@ -208,6 +209,37 @@ class TestJsonSummary:
             "rejected",
             "validated",
             "validated",
+        ]
+
+    def test_totals_count_what_was_accepted(self, cli: Run, corpus: Corpus) -> None:
+        summary = _json_run(cli, corpus)
+        studies = summary["studies"]
+        accepted = [s for s in studies if s["accepted"]]
+        totals = summary["totals"]
+        # 3 (CD) + 1 + 1 + 4 (mixed) + 1 + 1 + 1
+        assert totals["files"] == totals["instances"] == 12
+        assert totals["files"] == sum(s["files"] for s in accepted)
+        assert totals["total_bytes"] == sum(s["total_bytes"] for s in accepted)
+        assert totals["studies"] == 9
+        assert totals["studies_accepted"] == 7
+        assert totals["studies_not_accepted"] == 2
+        assert (totals["validated"], totals["rejected"], totals["failed"]) == (7, 1, 1)
+        # The conflicting pair was never sent; the rejected study was sent, not accepted.
+        assert totals["files_found"] == 16
+        assert totals["files_not_accepted"] == 4
+        assert totals["files_refused"] == 2  # the refused file, and the conflicting copy
+        assert totals["files_skipped"] == sum(len(v) for v in corpus.skipped.values())
+        # What went over the wire: every accepted byte (nothing was there before), and the
+        # rejected study's; nothing of the study that failed here.
+        rejected = studies[6]
+        assert totals["bytes_sent"] == totals["total_bytes"] + rejected["total_bytes"]
+        failed = studies[3]
+        assert failed["bytes_sent"] == 0
+        assert failed["instances"] == 0
+        assert failed["files"] == 2
+        assert rejected["instances"] == 0
+        assert [(e["file"], e["code"]) for e in rejected["errors"]] == [
+            (corpus.rejected_name, "dicom_truncated")
         ]
 
     def test_every_skipped_file_is_named_with_its_reason(self, cli: Run, corpus: Corpus) -> None:
@@ -226,6 +258,20 @@ class TestHumanSummary:
             assert f"Study {number}/9 " in stderr, stderr
         assert "Study 4/9 MR, 2 files: failed" in stderr
         assert "Study 7/9 CT, 2 files: rejected" in stderr
+
+    def test_summary_says_what_happened_to_each_study(self, cli: Run, corpus: Corpus) -> None:
+        _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
+        lines = stdout.splitlines()
+        numbered = [line for line in lines if re.match(r"\s*\d+/9 ", line)]
+        assert [int(line.split("/")[0]) for line in numbered] == list(range(1, 10))
+        failed, rejected = numbered[3], numbered[6]
+        assert "failed" in failed
+        assert "not sent" in failed
+        assert "instances" not in failed
+        assert "rejected" in rejected
+        assert "1 refused" in rejected
+        assert "7 of 9 studies accepted: 12 instances" in stdout
+        assert "2 studies not accepted (1 rejected, 1 failed): 4 files" in stdout
 
     def test_skipped_files_are_counted_and_named_by_reason(self, cli: Run, corpus: Corpus) -> None:
         _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
