@@ -576,8 +576,12 @@ class _PlainDisplay(_Display):
 
 
 def _study_label(number: int, count: int, modalities: Sequence[str], files: int) -> str:
-    modality = "/".join(modalities) or "?"
-    return f"Study {number}/{count} {modality}, {_count(files, 'file')}"
+    return f"Study {number}/{count} {_modalities(modalities)}, {_count(files, 'file')}"
+
+
+def _modalities(modalities: Sequence[str]) -> str:
+    """``CT``, ``CT/SR``; ``no modality`` when no file of the study has its own."""
+    return "/".join(modalities) or "no modality"
 
 
 def _size(n_bytes: int) -> str:
@@ -687,11 +691,10 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
     for study in summary.studies:
         style = _STATUS_STYLE.get(study.status.value, "yellow")
         status = study.status.value.replace("_", " ")
-        modality = "/".join(study.modalities) or "?"
         line = Text.assemble(
             f"{study.number:>{len(str(count))}}/{count} ",
             (f"{status:<17} ", style),
-            f"{modality} {_format_date(study.study_date)}  {_what_happened(study)}",
+            f"{_modalities(study.modalities)} {study.study_date or '-'}  {_what_happened(study)}",
         )
         console.print(line)
         console.print(f"  study {study.study_instance_uid}", markup=False)
@@ -847,9 +850,3 @@ def _print_skipped(console: Console, summary: RunSummary, verbose: bool) -> None
 def _count(n: int, noun: str, plural: str | None = None) -> str:
     """``1 file``, ``2 files``."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
-
-def _format_date(value: str) -> str:
-    if len(value) == 8 and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value or "-"

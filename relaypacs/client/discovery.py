@@ -30,6 +30,7 @@ __all__ = [
     "discover",
     "display_name",
     "extraction_workspace",
+    "printable",
 ]
 
 MAX_NAME_LENGTH = 255
@@ -99,10 +100,15 @@ def _shown(ch: str) -> bool:
     return not (code < 32 or 127 <= code < 160 or 0xD800 <= code < 0xE000 or ch in _BIDI_CONTROLS)
 
 
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal: control characters, undecodable bytes and
+    bidirectional controls become '?'."""
+    return "".join(ch if _shown(ch) else "?" for ch in text)
+
+
 def display_name(raw: str) -> str:
-    """A manifest name: '/'-separated, at most 255 characters, every character printable
-    (control characters, undecodable bytes and bidirectional controls become '?')."""
-    cleaned = "".join(ch if _shown(ch) else "?" for ch in raw)
+    """A manifest name: '/'-separated, at most 255 characters, every character printable."""
+    cleaned = printable(raw)
     cleaned = cleaned.replace("\\", "/").lstrip("/") or "unnamed"
     if len(cleaned) > MAX_NAME_LENGTH:
         # Keep the end: the file name is more telling than the leading folders.

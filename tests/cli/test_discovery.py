@@ -25,7 +25,7 @@ from relaypacs.client import (
 )
 from relaypacs.client.dicomheader import read_instance, why_not_an_instance
 from relaypacs.client.discovery import display_name
-from relaypacs.client.manifest import hash_jobs
+from relaypacs.client.manifest import file_modalities, hash_jobs, iso_date
 from relaypacs.devtools.synth import (
     make_dicomdir_bytes,
     make_instance,
@@ -241,3 +241,41 @@ class TestWhySkipped:
 
     def test_names_are_printable(self) -> None:
         assert display_name("caf\udce9/\x1b[2J\u202eevil\x9b.dcm") == "caf?/?[2J?evil?.dcm"
+
+
+class TestModalityAndDate:
+    """Read the same way for every file, whichever reader decoded it."""
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("20040119", "2004-01-19"),
+            ("1997.04.24", "1997-04-24"),  # ACR-NEMA
+            ("2004-01-19", "2004-01-19"),
+            (" 20040119 ", "2004-01-19"),
+            ("20241301", "20241301"),  # not a date: as given
+            ("00000000", "00000000"),
+            ("UNKNOWN", "UNKNOWN"),
+            ("\u0662\u0660\u0660\u0664\u0660\u0661\u0661\u0669", "٢٠٠٤٠١١٩"),  # not ASCII digits
+            ("2004\x1b[2J", "2004?[2J"),
+            ("", ""),
+            (None, ""),
+        ],
+    )
+    def test_dates(self, value: str | None, shown: str) -> None:
+        assert iso_date(value) == shown
+
+    @pytest.mark.parametrize(
+        ("value", "modalities"),
+        [
+            ("CT", ["CT"]),
+            ("ct ", ["CT"]),
+            ("CT\\PT", ["CT", "PT"]),  # several values, as the fast reader gives them
+            ("['CT', 'PT']", ["CT", "PT"]),  # as pydicom gives them
+            ("C\x1bT", ["C?T"]),
+            ("", []),
+            (None, []),
+        ],
+    )
+    def test_modalities(self, value: str | None, modalities: list[str]) -> None:
+        assert file_modalities(value) == modalities

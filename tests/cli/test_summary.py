@@ -249,6 +249,25 @@ class TestJsonSummary:
         # The counts, as before.
         assert summary["skipped"] == {r: len(names) for r, names in corpus.skipped.items()}
 
+    def test_modalities_from_each_files_own_modality(self, cli: Run, corpus: Corpus) -> None:
+        by_uid = {s["study_instance_uid"]: s for s in _json_run(cli, corpus)["studies"]}
+        studies = list(by_uid.values())
+        assert [s["modalities"] for s in studies[:4]] == [["CT"], ["CT"], ["US"], ["MR"]]
+        # The study's modalities, most frequent first: not only the first file's.
+        assert by_uid[corpus.mixed_uid]["modalities"] == ["CT", "SR"]
+        # A Modality inside a sequence item is another series': not this file's.
+        assert by_uid[corpus.nested_uid]["modalities"] == []
+        assert studies[7]["modalities"] == []  # no Modality in the file
+
+    def test_dates_are_iso_old_dates_normalised(self, cli: Run, corpus: Corpus) -> None:
+        studies = _json_run(cli, corpus)["studies"]
+        assert [s["study_date"] for s in studies[:3]] == [
+            "2024-01-02",
+            "2004-01-19",
+            "1997-04-24",  # 1997.04.24 in the file (ACR-NEMA)
+        ]
+        assert studies[8]["study_date"] == "20241301"  # not a date: as given
+
 
 class TestHumanSummary:
     def test_progress_numbers_every_study(self, cli: Run, corpus: Corpus) -> None:
@@ -272,6 +291,18 @@ class TestHumanSummary:
         assert "1 refused" in rejected
         assert "7 of 9 studies accepted: 12 instances" in stdout
         assert "2 studies not accepted (1 rejected, 1 failed): 4 files" in stdout
+
+    def test_modality_and_dates_shown_the_same_way(self, cli: Run, corpus: Corpus) -> None:
+        _, stdout, stderr = cli(_gateway(corpus), str(corpus.root))
+        assert "1997-04-24" in stdout
+        assert "1997.04.24" not in stdout
+        assert "2004-01-19" in stdout
+        assert "20241301" in stdout
+        assert " ? " not in stdout + stderr
+        assert "?," not in stderr
+        assert "CT/SR" in stdout
+        assert "Study 5/9 CT/SR, 4 files" in stderr
+        assert "Study 8/9 no modality, 1 file" in stderr
 
     def test_skipped_files_are_counted_and_named_by_reason(self, cli: Run, corpus: Corpus) -> None:
         _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
