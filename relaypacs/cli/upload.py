@@ -40,16 +40,43 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 _HELP = f"""Upload the DICOM studies found in PATH... to a RelayPACS gateway.
 
 PATH may be folders (searched recursively, e.g. a CD export with a DICOMDIR), single files and
-ZIP archives, in any mix. Non-DICOM files are ignored and counted; the DICOMDIR is not sent.
-Files are grouped by StudyInstanceUID: one upload per study. An interrupted upload (network
-cut, Ctrl-C, killed) resumes when the same command is run again, without re-sending what the
-server already has. Hashes are cached in $RELAYPACS_STATE_DIR (default
-~/.local/state/relaypacs).
+ZIP archives, in any mix. Files are grouped by StudyInstanceUID: one upload per study. An
+interrupted upload (network cut, Ctrl-C, killed) resumes when the same command is run again,
+without re-sending what the server already has. Hashes are cached in $RELAYPACS_STATE_DIR
+(default ~/.local/state/relaypacs).
 
 With --wait, once every study is accepted the command follows each one until the PACS has
 confirmed every instance (or refused some): the gateway forwards studies on its own, the
 command only watches. A study the gateway has already forwarded (or is forwarding) is followed
 too.
+
+The progress and the summary number every study (Study 4/9) whatever happens to it; the
+summary says what happened to each and ends with the totals: what the gateway accepted
+(studies, instances, bytes), what it did not (rejected or failed studies, their files, the
+refused ones) and, with --wait, what the PACS confirmed. The files not sent are counted and
+named by reason: not DICOM, without StudyInstanceUID, damaged DICOM (cut or broken before its
+StudyInstanceUID), DICOMDIR (the CD's index: never sent), unreadable, archive in an archive,
+link to a folder (not followed); the first few names per reason, all with -v. The modality is
+each file's own (a study's joined: CT/SR); dates are shown as YYYY-MM-DD (an ACR-NEMA
+YYYY.MM.DD too), a value that is not a date as it is.
+
+\b
+--json prints one object instead:
+  exit_code, error, archives, timings
+  studies: in order; each: number, study_instance_uid, upload_id, status,
+    accepted, files, instances (the gateway's: 0 unless accepted), total_bytes,
+    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
+    duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
+    errors [{{file, code, message}}], message, delivery (with --wait)
+  skipped: {{reason: count}}; skipped_files: {{reason: [name, ...]}}; reasons:
+    not_dicom, no_study_uid, damaged, dicomdir, unreadable, nested_archive,
+    folder_link
+  totals: studies and a count per status; studies_accepted,
+    studies_not_accepted; files, instances, total_bytes (of the accepted
+    studies); bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
+    hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
+    files_refused, files_skipped, duplicates_skipped; pacs_confirmed,
+    pacs_refused (with --wait)
 
 An account with a second factor (TOTP; required for radiologists and administrators) signs in
 with the current code of its authenticator app: --totp-code or RELAYPACS_TOTP_CODE, or asked for
@@ -138,7 +165,7 @@ When several apply, the first of 4, 3, 1, 5 wins.
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON summary object on stdout and nothing else.",
+    help="Print one JSON summary object on stdout and nothing else (its keys: above).",
 )
 @click.option(
     "--wait",

@@ -376,3 +376,16 @@ def _result(plan: StudyPlan, status: StudyStatus) -> StudyResult:
         files=len(plan.files),
         modalities=list(plan.modalities),
     )
+
+
+def test_help_documents_every_json_key(cli: Run, corpus: Corpus) -> None:
+    summary = _json_run(cli, corpus)
+    help_text = CliRunner().invoke(upload, ["--help"]).stdout
+    words = set(re.findall(r"[a-z_]+", help_text))
+    keys = (
+        set(summary)
+        | set(summary["studies"][0])
+        | set(summary["totals"]) - {status.value for status in StudyStatus}  # "per status"
+        | set(summary["skipped_files"])
+    )
+    assert keys - words == set()
