@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import sys
@@ -546,9 +547,9 @@ class _PlainDisplay(_Display):
         super().discovered(discovery, studies)
         skipped = len(discovery.skipped)
         self._line(
-            f"found {len(discovery.files)} DICOM files in {len(studies)} "
-            + ("study" if len(studies) == 1 else "studies")
-            + (f", {skipped} files skipped" if skipped else "")
+            f"found {_count(len(discovery.files), 'DICOM file')} in "
+            f"{_count(len(studies), 'study', 'studies')}"
+            + (f", {_count(skipped, 'file')} skipped" if skipped else "")
         )
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
@@ -711,6 +712,7 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
 
     from relaypacs.client.delivery import DeliveryStatus
 
+    _replace_unencodable(sys.stdout)
     console = Console(highlight=False, soft_wrap=True)  # long lines: the terminal wraps
     if summary.studies:
         console.print(f"Upload to {server}:", markup=False)
@@ -754,6 +756,13 @@ def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> N
             )
         else:
             console.print("Run the same command again to resume; nothing acknowledged is lost.")
+
+
+def _replace_unencodable(stream: TextIO) -> None:
+    """A file name that the terminal's encoding cannot show (an ASCII or Latin-1 locale) is
+    shown with '?' rather than ending the command before its summary."""
+    if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+        stream.reconfigure(errors="replace")
 
 
 def _what_happened(study: StudyResult) -> str:

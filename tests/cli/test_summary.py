@@ -389,3 +389,18 @@ def test_help_documents_every_json_key(cli: Run, corpus: Corpus) -> None:
         | set(summary["skipped_files"])
     )
     assert keys - words == set()
+
+
+def test_names_the_terminal_cannot_show_do_not_end_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An ASCII terminal (LANG=C without UTF-8): the summary shows '?' for what it cannot."""
+    monkeypatch.setenv("RELAYPACS_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "洪 café.txt").write_text("not an image")
+    arguments = [str(tmp_path / "in"), "--server", "http://127.0.0.1:9"]
+    result = CliRunner(charset="ascii").invoke(
+        upload, [*arguments, "--username", "u", "--password", "p"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "not DICOM: ? caf?.txt" in result.stdout
