@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import sys
@@ -40,16 +41,43 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 _HELP = f"""Upload the DICOM studies found in PATH... to a RelayPACS gateway.
 
 PATH may be folders (searched recursively, e.g. a CD export with a DICOMDIR), single files and
-ZIP archives, in any mix. Non-DICOM files are ignored and counted; the DICOMDIR is not sent.
-Files are grouped by StudyInstanceUID: one upload per study. An interrupted upload (network
-cut, Ctrl-C, killed) resumes when the same command is run again, without re-sending what the
-server already has. Hashes are cached in $RELAYPACS_STATE_DIR (default
-~/.local/state/relaypacs).
+ZIP archives, in any mix. Files are grouped by StudyInstanceUID: one upload per study. An
+interrupted upload (network cut, Ctrl-C, killed) resumes when the same command is run again,
+without re-sending what the server already has. Hashes are cached in $RELAYPACS_STATE_DIR
+(default ~/.local/state/relaypacs).
 
 With --wait, once every study is accepted the command follows each one until the PACS has
 confirmed every instance (or refused some): the gateway forwards studies on its own, the
 command only watches. A study the gateway has already forwarded (or is forwarding) is followed
 too.
+
+The progress and the summary number every study (Study 4/9) whatever happens to it; the
+summary says what happened to each and ends with the totals: what the gateway accepted
+(studies, instances, bytes), what it did not (rejected or failed studies, their files, the
+refused ones) and, with --wait, what the PACS confirmed. The files not sent are counted and
+named by reason: not DICOM, without StudyInstanceUID, damaged DICOM (cut or broken before its
+StudyInstanceUID), DICOMDIR (the CD's index: never sent), unreadable, archive in an archive,
+link to a folder (not followed); the first few names per reason, all with -v. The modality is
+each file's own (a study's joined: CT/SR); dates are shown as YYYY-MM-DD (an ACR-NEMA
+YYYY.MM.DD too), a value that is not a date as it is.
+
+\b
+--json prints one object instead:
+  exit_code, error, archives, timings
+  studies: in order; each: number, study_instance_uid, upload_id, status,
+    accepted, files, instances (the gateway's: 0 unless accepted), total_bytes,
+    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
+    duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
+    errors [{{file, code, message}}], message, delivery (with --wait)
+  skipped: {{reason: count}}; skipped_files: {{reason: [name, ...]}}; reasons:
+    not_dicom, no_study_uid, damaged, dicomdir, unreadable, nested_archive,
+    folder_link
+  totals: studies and a count per status; studies_accepted,
+    studies_not_accepted; files, instances, total_bytes (of the accepted
+    studies); bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
+    hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
+    files_refused, files_skipped, duplicates_skipped; pacs_confirmed,
+    pacs_refused (with --wait)
 
 An account with a second factor (TOTP; required for radiologists and administrators) signs in
 with the current code of its authenticator app: --totp-code or RELAYPACS_TOTP_CODE, or asked for
@@ -138,7 +166,7 @@ When several apply, the first of 4, 3, 1, 5 wins.
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON summary object on stdout and nothing else.",
+    help="Print one JSON summary object on stdout and nothing else (its keys: above).",
 )
 @click.option(
     "--wait",
@@ -154,7 +182,12 @@ When several apply, the first of 4, 3, 1, 5 wins.
     help="With --wait (given alone, it implies --wait): stop waiting after this long (exit 3; "
     "the gateway goes on forwarding).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log retries and requests on stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log retries and requests on stderr, and name every skipped file in the summary.",
+)
 @click.pass_context
 def upload(
     ctx: click.Context,
@@ -229,7 +262,7 @@ def upload(
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
-        _print_summary(summary, server)
+        _print_summary(summary, server, verbose)
     sys.exit(summary.exit_code)
 
 
@@ -340,20 +373,11 @@ class _Display:
 
     def __init__(self) -> None:
         self._study_count = 0
-        self._study_position = 0
-        self._labels: dict[str, str] = {}  # by Study Instance UID
 
-    def _next_label(self, plan: StudyPlan) -> str:
-        self._study_position += 1
-        modality = "/".join(plan.modalities) or "?"
-        label = (
-            f"Study {self._study_position}/{self._study_count} {modality}, {len(plan.files)} files"
-        )
-        self._labels[plan.study_instance_uid] = label
-        return label
-
-    def _label_of(self, result: StudyResult) -> str:
-        return self._labels.get(result.study_instance_uid) or (f"Study {result.study_instance_uid}")
+    def _label(self, study: StudyPlan | StudyResult) -> str:
+        """``Study 3/12 CT/SR, 240 files``: every study by its number, whether it started or
+        not (a study that fails before it starts, one never started)."""
+        return _study_label(study.number, self._study_count, study.modalities, study.file_count)
 
     def discovered(self, discovery: Discovery, studies: Sequence[StudyPlan]) -> None:
         self._study_count = len(studies)
@@ -419,7 +443,7 @@ class _RichDisplay(_Display):
         self._progress.start()
         self._hash_task: TaskID | None = None
         self._study_task: TaskID | None = None
-        self._label = ""
+        self._study_tasks: dict[str, TaskID] = {}  # by Study Instance UID
         self._delivery: Progress | None = None
         self._delivery_tasks: dict[str, TaskID] = {}
 
@@ -431,20 +455,27 @@ class _RichDisplay(_Display):
             self._progress.advance(self._hash_task, n_bytes)
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
-        self._label = self._next_label(plan)
         self._study_task = self._progress.add_task(
-            self._label, total=total_bytes, completed=already_bytes
+            self._label(plan), total=total_bytes, completed=already_bytes
         )
+        self._study_tasks[plan.study_instance_uid] = self._study_task
 
     def sent(self, n_bytes: int) -> None:
         if self._study_task is not None:
             self._progress.advance(self._study_task, n_bytes)
 
     def study_finished(self, result: StudyResult) -> None:
-        if self._study_task is not None:
-            label = f"{self._label} {result.status.value.replace('_', ' ')}"
-            self._progress.update(self._study_task, description=label)
-            self._study_task = None
+        label = f"{self._label(result)} {result.status.value.replace('_', ' ')}"
+        task = self._study_tasks.get(result.study_instance_uid)
+        if task is None:  # ended before it started: a line of its own all the same
+            self._progress.add_task(
+                label,
+                total=result.total_bytes,
+                completed=result.bytes_sent + result.bytes_skipped,
+            )
+        else:
+            self._progress.update(task, description=label)
+        self._study_task = None
 
     def waiting(self, results: Sequence[StudyResult]) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -462,7 +493,7 @@ class _RichDisplay(_Display):
         self._delivery.start()
         for result in results:
             self._delivery_tasks[result.study_instance_uid] = self._delivery.add_task(
-                f"{self._label_of(result)}: PACS", total=None, state="asking the gateway"
+                f"{self._label(result)}: PACS", total=None, state="asking the gateway"
             )
 
     def delivery_progress(self, result: StudyResult) -> None:
@@ -472,7 +503,7 @@ class _RichDisplay(_Display):
             return
         self._delivery.update(
             task,
-            description=f"{self._label_of(result)}: {_pacs_count(delivery)}",
+            description=f"{self._label(result)}: {_pacs_count(delivery)}",
             total=delivery.instances or None,
             completed=delivery.confirmed + delivery.failed,
             state=_short_state(delivery),
@@ -502,7 +533,7 @@ class _PlainDisplay(_Display):
         self._stream = stream
         self._every = every
         self._last = 0.0
-        self._label = ""
+        self._started_studies: set[str] = set()
         self._total = 0
         self._done = 0
         self._started = 0.0
@@ -516,18 +547,19 @@ class _PlainDisplay(_Display):
         super().discovered(discovery, studies)
         skipped = len(discovery.skipped)
         self._line(
-            f"found {len(discovery.files)} DICOM files in {len(studies)} "
-            + ("study" if len(studies) == 1 else "studies")
-            + (f", {skipped} files skipped" if skipped else "")
+            f"found {_count(len(discovery.files), 'DICOM file')} in "
+            f"{_count(len(studies), 'study', 'studies')}"
+            + (f", {_count(skipped, 'file')} skipped" if skipped else "")
         )
 
     def study_started(self, plan: StudyPlan, total_bytes: int, already_bytes: int) -> None:
-        self._label, self._total, self._done = self._next_label(plan), total_bytes, already_bytes
+        self._started_studies.add(plan.study_instance_uid)
+        self._total, self._done = total_bytes, already_bytes
         self._base = already_bytes
         self._started = self._last = time.monotonic()
         self._line(
-            f"uploading {self._label}: {_mb(total_bytes - already_bytes)} to send, "
-            f"{_mb(already_bytes)} already on the server"
+            f"uploading {self._label(plan)}: {_size(total_bytes - already_bytes)} to send, "
+            f"{_size(already_bytes)} already on the server"
         )
 
     def sent(self, n_bytes: int) -> None:
@@ -538,11 +570,14 @@ class _PlainDisplay(_Display):
             rate = (self._done - self._base) / max(now - self._started, 1e-6)
             percent = 100 * self._done / self._total if self._total else 100.0
             self._line(
-                f"  {_mb(self._done)} / {_mb(self._total)} ({percent:.0f}%), {rate / 1e6:.1f} MB/s"
+                f"  {_size(self._done)} / {_size(self._total)} ({percent:.0f}%), "
+                f"{rate / 1e6:.1f} MB/s"
             )
 
     def study_finished(self, result: StudyResult) -> None:
-        self._line(f"  {result.study_instance_uid}: {result.status.value}")
+        # Under its "uploading" line; a study that ended before it started on a line of its own.
+        indent = "  " if result.study_instance_uid in self._started_studies else ""
+        self._line(f"{indent}{self._label(result)}: {result.status.value.replace('_', ' ')}")
 
     def waiting(self, results: Sequence[StudyResult]) -> None:
         count = len(results)
@@ -555,7 +590,7 @@ class _PlainDisplay(_Display):
         delivery = result.delivery
         if delivery is None:
             return
-        text = f"  {self._label_of(result)}: {_pacs_count(delivery)} ({_delivery_state(delivery)})"
+        text = f"  {self._label(result)}: {_pacs_count(delivery)} ({_delivery_state(delivery)})"
         said, when = self._said.get(result.study_instance_uid, ("", -self._every))
         now = time.monotonic()
         if text != said and now - when >= self._every:
@@ -565,11 +600,26 @@ class _PlainDisplay(_Display):
     def delivery_finished(self, result: StudyResult) -> None:
         delivery = result.delivery
         if delivery is not None:
-            self._line(f"  {self._label_of(result)}: {_delivery_line(delivery)}")
+            self._line(f"  {self._label(result)}: {_delivery_line(delivery)}")
 
 
-def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / 1e6:.1f} MB"
+def _study_label(number: int, count: int, modalities: Sequence[str], files: int) -> str:
+    return f"Study {number}/{count} {_modalities(modalities)}, {_count(files, 'file')}"
+
+
+def _modalities(modalities: Sequence[str]) -> str:
+    """``CT``, ``CT/SR``; ``no modality`` when no file of the study has its own."""
+    return "/".join(modalities) or "no modality"
+
+
+def _size(n_bytes: int) -> str:
+    """``512 B``, ``12.3 kB``, ``4.5 MB``, ``1.2 GB``: a small file never shows as 0.0 MB."""
+    if n_bytes < 1000:
+        return f"{n_bytes} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if n_bytes < scale * 999.95:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1e9:.1f} GB"
 
 
 def _pacs_count(delivery: Delivery) -> str:
@@ -653,30 +703,33 @@ _DELIVERY_STYLE = {
 }
 
 
-def _print_summary(summary: RunSummary, server: str) -> None:
-    """Per study: status, modality, date, counts and the Study Instance UID, then where it
-    stands with the PACS (--wait); never the patient's name."""
+def _print_summary(summary: RunSummary, server: str, verbose: bool = False) -> None:
+    """Per study, by its number (as in the progress): status, modality, date, counts and the
+    Study Instance UID, then where it stands with the PACS (--wait); never the patient's
+    name."""
     from rich.console import Console
     from rich.text import Text
 
     from relaypacs.client.delivery import DeliveryStatus
 
+    _replace_unencodable(sys.stdout)
     console = Console(highlight=False, soft_wrap=True)  # long lines: the terminal wraps
     if summary.studies:
         console.print(f"Upload to {server}:", markup=False)
+    count = len(summary.studies)
     for study in summary.studies:
         style = _STATUS_STYLE.get(study.status.value, "yellow")
         status = study.status.value.replace("_", " ")
-        modality = "/".join(study.modalities) or "?"
         line = Text.assemble(
+            f"{study.number:>{len(str(count))}}/{count} ",
             (f"{status:<17} ", style),
-            f"{modality} {_format_date(study.study_date)}  {study.instances} instances  "
-            f"{_mb(study.bytes_sent)} sent, {_mb(study.bytes_skipped)} already there",
+            f"{_modalities(study.modalities)} {study.study_date or '-'}  {_what_happened(study)}",
         )
         console.print(line)
         console.print(f"  study {study.study_instance_uid}", markup=False)
         if study.duplicates_skipped:
-            console.print(f"  {study.duplicates_skipped} identical duplicate files sent once")
+            copies = _count(study.duplicates_skipped, "identical duplicate file")
+            console.print(f"  {copies} sent once", markup=False)
         if study.message:
             console.print(f"  {study.message}", markup=False)
         for problem in study.errors:
@@ -691,11 +744,8 @@ def _print_summary(summary: RunSummary, server: str) -> None:
                 )
             if delivery.status is DeliveryStatus.UNREACHABLE:
                 console.print(f"  {delivery.message}", markup=False)
-    if summary.skipped:
-        parts = ", ".join(
-            f"{n} {reason.replace('_', ' ')}" for reason, n in summary.skipped.items()
-        )
-        console.print(f"Skipped files: {parts}", markup=False)
+    _print_totals(console, summary)
+    _print_skipped(console, summary, verbose)
     if summary.error:
         console.print(Text.assemble(("Error: ", "red"), summary.error))
     if summary.exit_code == ExitCode.UNREACHABLE:
@@ -708,7 +758,131 @@ def _print_summary(summary: RunSummary, server: str) -> None:
             console.print("Run the same command again to resume; nothing acknowledged is lost.")
 
 
-def _format_date(value: str) -> str:
-    if len(value) == 8 and value.isdigit():
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value or "-"
+def _replace_unencodable(stream: TextIO) -> None:
+    """A file name that the terminal's encoding cannot show (an ASCII or Latin-1 locale) is
+    shown with '?' rather than ending the command before its summary."""
+    if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+        stream.reconfigure(errors="replace")
+
+
+def _what_happened(study: StudyResult) -> str:
+    """What the gateway has of the study, what was sent."""
+    from relaypacs.client import StudyStatus
+
+    files = _count(study.files, "file")
+    if study.accepted:
+        text = _count(study.instances, "instance")
+        if study.bytes_sent:
+            text += f", {_size(study.bytes_sent)} sent"
+            if study.bytes_skipped:
+                text += f", {_size(study.bytes_skipped)} already there"
+        elif study.total_bytes:
+            text += ", all already there"
+        return text
+    if study.status is StudyStatus.REJECTED:
+        return f"{files}, {study.files_refused} refused: not accepted"
+    if study.status is StudyStatus.INTERRUPTED:
+        there = study.bytes_sent + study.bytes_skipped
+        return f"{files}, {_size(there)} of {_size(study.total_bytes)} there: not accepted yet"
+    if study.bytes_sent:
+        return f"{files}, {_size(study.bytes_sent)} sent: not accepted"
+    return f"{files}, not sent"
+
+
+def _print_totals(console: Console, summary: RunSummary) -> None:
+    """What the gateway accepted (and the PACS, with --wait), then what it did not."""
+    if not summary.studies:
+        return
+    totals = summary.as_dict()["totals"]
+    count = totals["studies"]
+    accepted = totals["studies_accepted"]
+    console.print(
+        f"{accepted} of {count} {'study' if count == 1 else 'studies'} accepted: "
+        f"{_count(totals['instances'], 'instance')}, {_size(totals['total_bytes'])}; "
+        f"{_size(totals['bytes_sent'])} sent by this run",
+        markup=False,
+    )
+    _print_pacs_totals(console, summary.deliveries)
+    not_accepted = totals["studies_not_accepted"]
+    if not_accepted:
+        by_status = ", ".join(
+            f"{n} {status.replace('_', ' ')}"
+            for status, n in totals.items()
+            if status in _NOT_ACCEPTED and n
+        )
+        refused = totals["files_refused"]
+        console.print(
+            f"{_count(not_accepted, 'study', 'studies')} not accepted ({by_status}): "
+            f"{_count(totals['files_not_accepted'], 'file')}"
+            + (f", {refused} refused" if refused else ""),
+            markup=False,
+        )
+
+
+_NOT_ACCEPTED = ("rejected", "failed", "interrupted", "not_started")
+
+
+def _print_pacs_totals(console: Console, deliveries: Sequence[Delivery]) -> None:
+    """With --wait: the instances the PACS confirmed, refused, not yet."""
+    from relaypacs.client.delivery import DeliveryStatus
+
+    followed = [d for d in deliveries if d.status is not DeliveryStatus.NO_PACS]
+    if not followed:
+        if deliveries:
+            console.print("PACS: none configured on the gateway (the studies are kept there)")
+        return
+    instances = sum(d.instances for d in followed)
+    confirmed = sum(d.confirmed for d in followed)
+    refused = sum(d.failed or len(d.failures) for d in followed)
+    text = f"PACS: {confirmed} of {_count(instances, 'instance')} confirmed"
+    if refused:
+        text += f", {refused} refused"
+    if instances - confirmed - refused > 0:
+        text += f", {instances - confirmed - refused} not yet"
+    console.print(text, markup=False)
+
+
+# How many names of skipped files the summary shows per reason (-v: all of them).
+_SKIPPED_NAMES_SHOWN = 5
+# Each reason a file is skipped for (relaypacs.client.SkipReason): singular, plural.
+_SKIP_REASONS = {
+    "not_dicom": ("not DICOM", "not DICOM"),
+    "no_study_uid": ("without StudyInstanceUID", "without StudyInstanceUID"),
+    "damaged": ("damaged DICOM", "damaged DICOM"),
+    "dicomdir": ("DICOMDIR", "DICOMDIR"),
+    "unreadable": ("unreadable", "unreadable"),
+    "nested_archive": ("archive in an archive", "archives in an archive"),
+    "folder_link": ("link to a folder (not followed)", "links to folders (not followed)"),
+}
+
+
+def _skip_reason(reason: str, count: int) -> str:
+    singular, plural = _SKIP_REASONS.get(reason, (reason.replace("_", " "),) * 2)
+    return singular if count == 1 else plural
+
+
+def _print_skipped(console: Console, summary: RunSummary, verbose: bool) -> None:
+    """The files not sent, counted by reason, then named: the first few per reason, or all
+    of them with ``verbose``."""
+    if not summary.skipped:
+        return
+    total = sum(summary.skipped.values())
+    counts = ", ".join(f"{n} {_skip_reason(r, n)}" for r, n in summary.skipped.items())
+    console.print(f"Skipped {_count(total, 'file')}: {counts}", markup=False)
+    for reason, names in summary.skipped_files.items():
+        label = _skip_reason(reason, len(names))
+        if verbose:
+            console.print(f"  {label}:", markup=False)
+            for name in names:
+                console.print(f"    {name}", markup=False)
+            continue
+        shown = ", ".join(names[:_SKIPPED_NAMES_SHOWN])
+        more = len(names) - _SKIPPED_NAMES_SHOWN
+        if more > 0:
+            shown += f" and {more} more (-v lists them all)"
+        console.print(f"  {label}: {shown}", markup=False)
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

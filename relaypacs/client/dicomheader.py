@@ -17,12 +17,28 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from relaypacs.dicom._walk import _FileSource, _walk
-from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_instance_prefix
+from relaypacs.client.discovery import SkipReason
+from relaypacs.dicom._walk import NOT_DICOM, _FileSource, _walk
+from relaypacs.dicom.header import (
+    _FIRST_READ,
+    _PREFIX_LIMIT,
+    StudyHeader,
+    is_dicomdir,
+    read_instance_prefix,
+)
 from relaypacs.dicom.header import read_header as pydicom_read_header
-from relaypacs.dicom.inspect import _TAG_STUDY_UID, DicomLimits, DicomRejected
+from relaypacs.dicom.inspect import (
+    _TAG_DIRECTORY_RECORDS,
+    _TAG_MEDIA_SOP_CLASS,
+    _TAG_STUDY_UID,
+    MEDIA_STORAGE_DIRECTORY,
+    DicomLimits,
+    DicomRejected,
+    _parse,
+    _valid_uid,
+)
 
-__all__ = ["StudyHeader", "is_dicomdir", "read_header"]
+__all__ = ["StudyHeader", "is_dicomdir", "read_header", "read_instance", "why_not_an_instance"]
 
 _LIMITS: Final = DicomLimits()
 
@@ -83,6 +99,47 @@ def read_header(path: Path) -> StudyHeader | None:
         return _decode(prefix.study_instance_uid, walk.values, walk.seen)
     except (_Undecided, DicomRejected):
         return _with_pydicom(path)
+
+
+def read_instance(path: Path) -> StudyHeader | SkipReason:
+    """The study header of a DICOM instance, or why ``path`` is not one."""
+    header = read_header(path)
+    return why_not_an_instance(path) if header is None else header
+
+
+def why_not_an_instance(path: Path) -> SkipReason:
+    """Why ``read_header`` finds no instance in ``path``: the same bounded read of the start
+    of the file, its failure named. Only for the files without a header (the read is done
+    again: an instance's header is read once)."""
+    try:
+        parsed = _parse(
+            path,
+            _LIMITS,
+            stop=_TAG_STUDY_UID,
+            prefix_limit=_PREFIX_LIMIT,
+            refuse_executable_preamble=False,
+            first_read=_FIRST_READ,
+        )
+    except OSError:
+        return SkipReason.UNREADABLE
+    except MemoryError:
+        return SkipReason.DAMAGED
+    except DicomRejected as exc:
+        if exc.code == NOT_DICOM:
+            return SkipReason.NOT_DICOM
+        # A DICOMDIR with broken records is still a DICOMDIR (never sent).
+        return SkipReason.DICOMDIR if is_dicomdir(path) else SkipReason.DAMAGED
+    if (
+        _valid_uid(parsed.meta.values.get(_TAG_MEDIA_SOP_CLASS)) == MEDIA_STORAGE_DIRECTORY
+        or _TAG_DIRECTORY_RECORDS in parsed.dataset.seen
+    ):
+        return SkipReason.DICOMDIR
+    if not parsed.dataset.elements and parsed.dataset.stopped_at is None:
+        return SkipReason.DAMAGED  # a preamble and a file meta, no data set
+    if _valid_uid(parsed.dataset.values.get(_TAG_STUDY_UID)) is None:
+        return SkipReason.NO_STUDY_UID  # none, empty, or not a UID
+    # More than 16 MiB before the StudyInstanceUID, or values that pydicom cannot decode.
+    return SkipReason.DAMAGED
 
 
 def _decode(study_uid: str, values: dict[int, bytes], seen: set[int]) -> StudyHeader:

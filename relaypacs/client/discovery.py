@@ -30,6 +30,7 @@ __all__ = [
     "discover",
     "display_name",
     "extraction_workspace",
+    "printable",
 ]
 
 MAX_NAME_LENGTH = 255
@@ -37,10 +38,16 @@ _CLASSIFY_BATCH = 16  # files classified per thread call
 
 
 class SkipReason(StrEnum):
-    NOT_DICOM = "not_dicom"
-    DICOMDIR = "dicomdir"
-    UNREADABLE = "unreadable"
-    NESTED_ARCHIVE = "nested_archive"
+    """Why a file found is not sent (the keys of ``--json``'s ``skipped`` and
+    ``skipped_files``)."""
+
+    NOT_DICOM = "not_dicom"  # not a DICOM file (nor a ZIP archive)
+    NO_STUDY_UID = "no_study_uid"  # a DICOM data set without a (valid) StudyInstanceUID
+    DAMAGED = "damaged"  # DICOM, but cut or broken before its StudyInstanceUID is read
+    DICOMDIR = "dicomdir"  # the index of a CD export: never sent
+    UNREADABLE = "unreadable"  # cannot be read: permissions, I/O error, gone, not a file
+    NESTED_ARCHIVE = "nested_archive"  # a ZIP archive inside a ZIP archive
+    FOLDER_LINK = "folder_link"  # a link to a folder inside a folder: not followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +79,36 @@ class Discovery:
     def skipped_count(self, reason: SkipReason) -> int:
         return sum(1 for item in self.skipped if item.reason is reason)
 
+    def skipped_names(self) -> dict[SkipReason, list[str]]:
+        """The names of the skipped files by reason (in the order of SkipReason), each in
+        the order found."""
+        names: dict[SkipReason, list[str]] = {reason: [] for reason in SkipReason}
+        for item in self.skipped:
+            names[item.reason].append(item.name)
+        return {reason: found for reason, found in names.items() if found}
+
+
+# Bidirectional embeddings, overrides and isolates: they reorder what a terminal shows.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _shown(ch: str) -> bool:
+    """Whether ``ch`` may be shown as it is: not a control character (C0, DEL, C1: a
+    terminal escape), not half of an undecodable byte (a lone surrogate of a file name that
+    is not UTF-8), not a bidirectional control."""
+    code = ord(ch)
+    return not (code < 32 or 127 <= code < 160 or 0xD800 <= code < 0xE000 or ch in _BIDI_CONTROLS)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal: control characters, undecodable bytes and
+    bidirectional controls become '?'."""
+    return "".join(ch if _shown(ch) else "?" for ch in text)
+
 
 def display_name(raw: str) -> str:
-    """A manifest name: '/'-separated, no control characters, at most 255 characters."""
-    cleaned = "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in raw)
+    """A manifest name: '/'-separated, at most 255 characters, every character printable."""
+    cleaned = printable(raw)
     cleaned = cleaned.replace("\\", "/").lstrip("/") or "unnamed"
     if len(cleaned) > MAX_NAME_LENGTH:
         # Keep the end: the file name is more telling than the leading folders.
@@ -134,47 +167,48 @@ class _Classified:
 
 def _classify(candidate: _Candidate) -> _Classified:
     """Runs in a worker thread: stat and header read of one file."""
-    from relaypacs.client.dicomheader import is_dicomdir, read_header
+    from relaypacs.client.dicomheader import read_instance
 
     path = candidate.path
     try:
         st = path.stat()
-    except OSError:
+    except OSError:  # gone, or a dangling link
         return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):  # a FIFO, a device, a socket: never opened
         return _Classified(candidate, None, 0, 0, SkipReason.UNREADABLE, archive=False)
-    header = read_header(path)
-    if header is not None:
+    header = read_instance(path)
+    if not isinstance(header, SkipReason):
         found = _discovered(candidate, header, st.st_size, st.st_mtime_ns)
         return _Classified(candidate, found, st.st_size, st.st_mtime_ns, None, archive=False)
-    # Only now (one system call less per instance): no header, because it cannot be read?
-    if not os.access(path, os.R_OK):
-        return _Classified(
-            candidate, None, st.st_size, st.st_mtime_ns, SkipReason.UNREADABLE, archive=False
-        )
-    if looks_like_zip(path):
+    if header is SkipReason.NOT_DICOM and looks_like_zip(path):
         if candidate.in_archive:
             reason = SkipReason.NESTED_ARCHIVE
             return _Classified(candidate, None, st.st_size, st.st_mtime_ns, reason, archive=False)
         return _Classified(candidate, None, st.st_size, st.st_mtime_ns, None, archive=True)
-    reason = SkipReason.DICOMDIR if is_dicomdir(path) else SkipReason.NOT_DICOM
-    return _Classified(candidate, None, st.st_size, st.st_mtime_ns, reason, archive=False)
+    return _Classified(candidate, None, st.st_size, st.st_mtime_ns, header, archive=False)
 
 
 def _import_header_reader() -> None:
     import relaypacs.client.dicomheader  # noqa: F401
 
 
-def _walk(top: Path, exclude: frozenset[str] = frozenset()) -> Iterator[Path]:
-    """Regular files under ``top``, sorted, without following directory symlinks, and
-    without the folders in ``exclude`` (real paths)."""
+def _walk(top: Path, exclude: frozenset[str] = frozenset()) -> Iterator[tuple[Path, bool]]:
+    """The files under ``top``, sorted, without the folders in ``exclude`` (real paths); each
+    with whether it is a link to a folder (listed, not followed: a link may loop)."""
     errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):
-        dirnames[:] = sorted(
-            d for d in dirnames if os.path.realpath(Path(dirpath) / d) not in exclude
-        )
+        folders = []
+        for name in sorted(dirnames):
+            path = Path(dirpath) / name
+            if os.path.realpath(path) in exclude:
+                continue
+            if path.is_symlink():
+                yield path, True
+            else:
+                folders.append(name)
+        dirnames[:] = folders
         for filename in sorted(filenames):
-            yield Path(dirpath) / filename
+            yield Path(dirpath) / filename, False
     if errors:
         first = errors[0]
         raise InputError(f"cannot read folder {first.filename}: {first.strerror}")
@@ -185,6 +219,7 @@ class _Collector:
 
     def __init__(self, exclude: Sequence[Path] = ()) -> None:
         self.candidates: list[_Candidate] = []
+        self.folder_links: list[SkippedFile] = []
         self._seen: set[str] = set()
         self._exclude = frozenset(os.path.realpath(p) for p in exclude)
 
@@ -193,8 +228,13 @@ class _Collector:
         for raw in paths:
             path = Path(raw).expanduser().absolute()
             if path.is_dir():
-                for file_path in _walk(path, self._exclude):
-                    self.add_file(file_path, file_path.relative_to(path).as_posix())
+                for file_path, folder_link in _walk(path, self._exclude):
+                    name = file_path.relative_to(path).as_posix()
+                    if folder_link:
+                        skipped = SkippedFile(display_name(name), SkipReason.FOLDER_LINK)
+                        self.folder_links.append(skipped)
+                    else:
+                        self.add_file(file_path, name)
             elif path.exists():
                 self.add_file(path, path.name)
             else:
@@ -236,7 +276,7 @@ async def discover(
     # Import the header reader once here, rather than racing to in every worker thread.
     await asyncio.to_thread(_import_header_reader)
     candidates = collector.candidates
-    result = Discovery()
+    result = Discovery(skipped=list(collector.folder_links))
     semaphore = asyncio.Semaphore(max(1, workers))
 
     async def classify(batch: list[_Candidate]) -> list[_Classified]:

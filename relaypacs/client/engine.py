@@ -30,7 +30,7 @@ from relaypacs.client.delivery import (
     DeliveryStatus,
     delivery_of,
 )
-from relaypacs.client.discovery import Discovery, SkipReason, discover, extraction_workspace
+from relaypacs.client.discovery import Discovery, discover, extraction_workspace
 from relaypacs.client.errors import (
     ApiError,
     AuthenticationError,
@@ -43,6 +43,7 @@ from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_s
 from relaypacs.client.state import ensure_state_dir
 
 __all__ = [
+    "ACCEPTED",
     "ExitCode",
     "NullProgress",
     "ProgressListener",
@@ -64,6 +65,9 @@ class StudyStatus(StrEnum):
     INTERRUPTED = "interrupted"  # gave up after retries or lost the upload: run again
     NOT_STARTED = "not_started"  # the run stopped before this study
 
+
+# The gateway has the study: validated now, or earlier.
+ACCEPTED = frozenset({StudyStatus.VALIDATED, StudyStatus.ALREADY_DELIVERED})
 
 # Chunk errors that are worth a few more tries (nothing was kept by the server).
 _TRANSIENT_CHUNK_CODES = frozenset({"content_md5_mismatch", "content_digest_mismatch"})
@@ -136,8 +140,9 @@ class StudyResult:
     study_instance_uid: str
     status: StudyStatus
     upload_id: str | None = None
-    files: int = 0
-    instances: int = 0
+    number: int = 0  # the study's place in the run (StudyPlan.number)
+    files: int = 0  # found: to send, and conflicting copies (not sent)
+    instances: int = 0  # the gateway has (0 unless accepted)
     total_bytes: int = 0
     bytes_sent: int = 0
     bytes_skipped: int = 0  # already on the server
@@ -153,11 +158,29 @@ class StudyResult:
     # With --wait: where the study stands with the PACS (None: not followed).
     delivery: Delivery | None = None
 
+    @property
+    def file_count(self) -> int:
+        """``files`` (as StudyPlan.file_count)."""
+        return self.files
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the gateway has the study (validated, now or before)."""
+        return self.status in ACCEPTED
+
+    @property
+    def files_refused(self) -> int:
+        """The files named in ``errors``: refused by the gateway's validation or on their
+        way there, or conflicting copies."""
+        return len({problem.name for problem in self.errors})
+
     def as_dict(self) -> dict[str, Any]:
         return {
+            "number": self.number,
             "study_instance_uid": self.study_instance_uid,
             "upload_id": self.upload_id,
             "status": self.status.value,
+            "accepted": self.accepted,
             "files": self.files,
             "instances": self.instances,
             "total_bytes": self.total_bytes,
@@ -177,7 +200,8 @@ class StudyResult:
 @dataclass(slots=True)
 class RunSummary:
     studies: list[StudyResult] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # by SkipReason value
+    skipped_files: dict[str, list[str]] = field(default_factory=dict)  # their names
     archives: int = 0
     hash_cache_hits: int = 0
     error: str | None = None  # why the run stopped early, if it did
@@ -224,24 +248,42 @@ class RunSummary:
         def count(status: StudyStatus) -> int:
             return sum(1 for s in self.studies if s.status is status)
 
+        accepted = [s for s in self.studies if s.accepted]
+        not_accepted = [s for s in self.studies if not s.accepted]
         return {
             "exit_code": self.exit_code,
             "error": self.error,
             "studies": [s.as_dict() for s in self.studies],
             "skipped": dict(self.skipped),
+            "skipped_files": {reason: list(names) for reason, names in self.skipped_files.items()},
             "archives": self.archives,
             "timings": {key: round(value, 3) for key, value in self.timings.items()},
             "totals": {
                 "studies": len(self.studies),
                 **{status.value: count(status) for status in StudyStatus},
-                "files": sum(s.files for s in self.studies),
-                "instances": sum(s.instances for s in self.studies),
-                "total_bytes": sum(s.total_bytes for s in self.studies),
+                "studies_accepted": len(accepted),
+                "studies_not_accepted": len(not_accepted),
+                # What the gateway accepted (validated now or before).
+                "files": sum(s.files for s in accepted),
+                "instances": sum(s.instances for s in accepted),
+                "total_bytes": sum(s.total_bytes for s in accepted),
+                # What this run sent (to every study, accepted or not), what it did not
+                # have to send (on the gateway already).
                 "bytes_sent": sum(s.bytes_sent for s in self.studies),
                 "bytes_skipped": sum(s.bytes_skipped for s in self.studies),
                 "chunks_sent": sum(s.chunks_sent for s in self.studies),
                 "chunks_already_stored": sum(s.chunks_already_stored for s in self.studies),
                 "hash_cache_hits": self.hash_cache_hits,
+                # Everything found, and what of it the gateway does not have.
+                "files_found": sum(s.files for s in self.studies),
+                "bytes_found": sum(s.total_bytes for s in self.studies),
+                "files_not_accepted": sum(s.files for s in not_accepted),
+                "files_refused": sum(s.files_refused for s in self.studies),
+                "files_skipped": sum(self.skipped.values()),
+                "duplicates_skipped": sum(s.duplicates_skipped for s in self.studies),
+                # With --wait: the instances the PACS confirmed, and refused.
+                "pacs_confirmed": sum(d.confirmed for d in self.deliveries),
+                "pacs_refused": sum(d.failed or len(d.failures) for d in self.deliveries),
             },
         }
 
@@ -531,7 +573,8 @@ async def upload_study(
     result = StudyResult(
         study_instance_uid=plan.study_instance_uid,
         status=StudyStatus.NOT_STARTED,
-        files=len(plan.files),
+        number=plan.number,
+        files=plan.file_count,
         instances=len(plan.files),
         total_bytes=plan.total_bytes,
         duplicates_skipped=len(plan.duplicates),
@@ -540,6 +583,7 @@ async def upload_study(
     )
     if plan.conflicts:
         result.status = StudyStatus.FAILED
+        result.instances = 0
         result.errors.extend(plan.conflicts)
         result.message = "two files have the same SOP Instance UID and different content"
         return result
@@ -574,6 +618,8 @@ async def upload_study(
             result.message += ": " + "; ".join(
                 f"{p.get('field')}: {p.get('message')}" for p in problems if isinstance(p, dict)
             )
+    if not result.accepted:
+        result.instances = 0  # the gateway has none of them
     return result
 
 
@@ -772,11 +818,10 @@ async def run_upload(
             raise
         summary.timings["discover_seconds"] = clock() - started
         summary.archives = len(discovery.archives)
-        summary.skipped = {
-            reason.value: discovery.skipped_count(reason)
-            for reason in SkipReason
-            if discovery.skipped_count(reason)
+        summary.skipped_files = {
+            reason.value: names for reason, names in discovery.skipped_names().items()
         }
+        summary.skipped = {reason: len(names) for reason, names in summary.skipped_files.items()}
         if not discovery.files:
             hasher.cancel()
             summary.error = "no DICOM instance found in the given paths"
@@ -845,8 +890,8 @@ async def _upload_studies(
         StudyResult(
             study_instance_uid=plan.study_instance_uid,
             status=StudyStatus.NOT_STARTED,
-            files=len(plan.files),
-            instances=len(plan.files),
+            number=plan.number,
+            files=plan.file_count,
             total_bytes=plan.total_bytes,
             modalities=list(plan.modalities),
             study_date=plan.study_date,

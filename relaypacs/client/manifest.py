@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from relaypacs.client.discovery import DiscoveredFile
+from relaypacs.client.discovery import DiscoveredFile, printable
 from relaypacs.client.hashing import HashJob, study_hash
 
-__all__ = ["FileProblem", "StudyFile", "StudyPlan", "group_studies", "hash_jobs"]
+__all__ = [
+    "FileProblem",
+    "StudyFile",
+    "StudyPlan",
+    "file_modalities",
+    "group_studies",
+    "hash_jobs",
+    "iso_date",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +58,19 @@ class StudyPlan:
     study_instance_uid: str
     metadata: dict[str, str]
     files: list[StudyFile]
-    modalities: list[str]
-    study_date: str
+    modalities: list[str]  # of its files (file_modalities), the most frequent first
+    study_date: str  # YYYY-MM-DD, or as given when not a date (iso_date); "" for none
     # Exact copies (same SOP Instance UID, same bytes) sent only once.
     duplicates: list[str] = field(default_factory=list)
     # Same SOP Instance UID with different bytes: the study is not uploaded.
     conflicts: list[FileProblem] = field(default_factory=list)
+    # Its place among the studies of the run (1, 2, ...): how progress and summary name it.
+    number: int = 0
+
+    @property
+    def file_count(self) -> int:
+        """The files of the study: those to send and the conflicting copies (not sent)."""
+        return len(self.files) + len(self.conflicts)
 
     @property
     def study_hash(self) -> str:
@@ -70,6 +87,51 @@ class StudyPlan:
             "metadata": dict(self.metadata),
             "files": [f.manifest_entry() for f in self.files],
         }
+
+
+# A date as DICOM writes it (DA: YYYYMMDD), as ACR-NEMA did (YYYY.MM.DD), or already ISO.
+_DATE_FORMS: Final = tuple(
+    re.compile(form)
+    for form in (
+        r"([0-9]{4})([0-9]{2})([0-9]{2})",
+        r"([0-9]{4})\.([0-9]{2})\.([0-9]{2})",
+        r"([0-9]{4})-([0-9]{2})-([0-9]{2})",
+    )
+)
+_MAX_SHOWN_DATE: Final = 32
+
+
+def iso_date(value: str | None) -> str:
+    """A file's date as ``YYYY-MM-DD``, whichever form it was written in; a value that is not
+    a date as given (printable, at most 32 characters); "" for none. Never raises."""
+    text = printable((value or "").strip(" \x00"))[:_MAX_SHOWN_DATE]
+    for form in _DATE_FORMS:
+        match = form.fullmatch(text)
+        if match is not None:
+            try:
+                return datetime.date(*(int(part) for part in match.groups())).isoformat()
+            except ValueError:  # 20241301, 00000000: not a date
+                return text
+    return text
+
+
+def file_modalities(value: str | None) -> list[str]:
+    """The modalities a file's own Modality (0008,0060) gives, read the same way for every
+    file: upper case, without padding, each value of a (non-conforming) multi-valued one,
+    as the fast reader gives it (``CT\\PT``) or pydicom (``['CT', 'PT']``). Characters that
+    a code string may not hold are shown as '?'."""
+    text = (value or "").strip(" \x00")
+    if text.startswith("[") and text.endswith("]"):
+        parts = [part.strip().strip("'\"") for part in text[1:-1].split(",")]
+    else:
+        parts = text.split("\\")
+    found: list[str] = []
+    for part in parts:
+        code = part.strip(" \x00").upper()[:16]
+        code = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_ ") else "?" for ch in code)
+        if code and code not in found:
+            found.append(code)
+    return found
 
 
 def hash_jobs(files: Sequence[DiscoveredFile]) -> list[HashJob]:
@@ -99,8 +161,13 @@ def _metadata(files: Sequence[DiscoveredFile], modality: str) -> dict[str, str]:
     return {key: value[:256] for key, value in values.items() if value}
 
 
+def _is_iso_date(text: str) -> bool:
+    return len(text) == 10 and _DATE_FORMS[2].fullmatch(text) is not None
+
+
 def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) -> list[StudyPlan]:
-    """One plan per StudyInstanceUID, in order of first appearance; files sorted by name.
+    """One plan per StudyInstanceUID, in order of first appearance (numbered 1, 2, ... in that
+    order); files sorted by name.
 
     ``hashes`` maps each file's ``cache_key`` to its SHA-256.
     """
@@ -109,7 +176,7 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
         by_study.setdefault(f.header.study_instance_uid, []).append(f)
 
     plans: list[StudyPlan] = []
-    for uid, members in by_study.items():
+    for number, (uid, members) in enumerate(by_study.items(), start=1):
         members = sorted(members, key=lambda f: (f.name, f.cache_key))
         kept: dict[str, StudyFile] = {}
         duplicates: list[str] = []
@@ -139,18 +206,25 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
                         f"same SOP Instance UID as {previous.name} but different content",
                     )
                 )
-        modality_counts = Counter(f.header.modality for f in members if f.header.modality)
+        # Each file's own Modality: the study's are all those found, the most frequent first
+        # (a study of several series: CT/SR), whichever file comes first.
+        modality_counts = Counter(m for f in members for m in file_modalities(f.header.modality))
         modalities = [m for m, _ in modality_counts.most_common()]
-        dates = sorted({f.header.study_date for f in members if f.header.study_date})
+        # The earliest date among the files' (ISO), or a value that is not a date as given.
+        dates = [iso_date(f.header.study_date) for f in members]
+        valid = sorted(d for d in dates if _is_iso_date(d))
+        given = [d for d in dates if d]
+        study_date = valid[0] if valid else given[0] if given else ""
         plans.append(
             StudyPlan(
                 study_instance_uid=uid,
                 metadata=_metadata(members, modalities[0] if modalities else ""),
                 files=list(kept.values()),
                 modalities=modalities,
-                study_date=dates[0] if dates else "",
+                study_date=study_date,
                 duplicates=duplicates,
                 conflicts=conflicts,
+                number=number,
             )
         )
     return plans

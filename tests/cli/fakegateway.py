@@ -176,6 +176,8 @@ class FakeGateway:
         self.chunk_faults: list[Callable[[], httpx.Response | Exception]] = []
         # Per-file errors the validation reports at complete (file index -> code).
         self.reject: dict[int, str] = {}
+        # ... and by file name, in any upload (file name -> code).
+        self.reject_names: dict[str, str] = {}
         # Chunks "lost" by the server right before the first complete.
         self.lose_before_complete: list[tuple[int, int]] = []
 
@@ -283,6 +285,9 @@ class FakeGateway:
                 problems.append({"index": i, "name": f["name"], "code": "sha256_mismatch"})
             elif i in self.reject:
                 problems.append({"index": i, "name": f["name"], "code": self.reject[i]})
+            elif f["name"] in self.reject_names:
+                code = self.reject_names[f["name"]]
+                problems.append({"index": i, "name": f["name"], "code": code})
         if problems:
             upload.status = "rejected"
             return _error(422, "upload_rejected", {"files": problems})

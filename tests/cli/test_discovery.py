@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 
 from relaypacs.client import (
     ArchiveLimits,
@@ -21,9 +23,16 @@ from relaypacs.client import (
     hash_files,
     study_hash,
 )
+from relaypacs.client.dicomheader import read_instance, why_not_an_instance
 from relaypacs.client.discovery import display_name
-from relaypacs.client.manifest import hash_jobs
-from relaypacs.devtools.synth import write_study
+from relaypacs.client.manifest import file_modalities, hash_jobs, iso_date
+from relaypacs.devtools.synth import (
+    make_dicomdir_bytes,
+    make_instance,
+    make_missing_uid,
+    new_uids,
+    write_study,
+)
 
 
 def _zip_folder(folder: Path, archive: Path) -> Path:
@@ -184,3 +193,89 @@ class TestDisplayName:
         name = display_name(long)
         assert len(name) == 255
         assert name.endswith("IM0001")
+
+
+class TestWhySkipped:
+    """Every file that is not sent says why, so that a real DICOM file without a
+    StudyInstanceUID is not taken for a text file, nor a broken one for either."""
+
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (b"", SkipReason.NOT_DICOM),
+            (b"%PDF-1.7\n" * 50, SkipReason.NOT_DICOM),
+            (make_missing_uid("StudyInstanceUID"), SkipReason.NO_STUDY_UID),
+            (bytes(128) + b"DICM", SkipReason.DAMAGED),  # no data set
+            (make_instance(**new_uids(), rows=16, columns=16)[:300], SkipReason.DAMAGED),
+            (make_dicomdir_bytes(), SkipReason.DICOMDIR),
+            (make_dicomdir_bytes()[:-10], SkipReason.DICOMDIR),  # broken records
+        ],
+        ids=["empty", "pdf", "no-study-uid", "meta-only", "cut", "dicomdir", "cut-dicomdir"],
+    )
+    def test_reason(self, tmp_path: Path, data: bytes, reason: SkipReason) -> None:
+        path = tmp_path / "file"
+        path.write_bytes(data)
+        assert read_instance(path) is reason
+
+    def test_real_dicom_files_without_study_uid(self) -> None:
+        for name in ("JPEGLSNearLossless_08.dcm", "UN_sequence.dcm", "meta_missing_tsyntax.dcm"):
+            path = get_testdata_file(name)
+            assert path is not None
+            assert read_instance(Path(path)) is SkipReason.NO_STUDY_UID, name
+
+    def test_a_file_gone_before_it_is_read_is_unreadable(self, tmp_path: Path) -> None:
+        assert why_not_an_instance(tmp_path / "gone.dcm") is SkipReason.UNREADABLE
+
+    async def test_fifos_dangling_links_and_folder_links(self, tmp_path: Path) -> None:
+        study = write_study(tmp_path / "in", instances=1, rows=16, columns=16)
+        os.mkfifo(tmp_path / "in" / "fifo.dcm")  # never opened: reading it would block
+        (tmp_path / "in" / "dangling.dcm").symlink_to(tmp_path / "nowhere")
+        write_study(tmp_path / "other", instances=1, rows=16, columns=16)
+        (tmp_path / "in" / "linked").symlink_to(tmp_path / "other", target_is_directory=True)
+        found = await discover([tmp_path / "in"], workspace=tmp_path / "ws")
+        assert [f.header.study_instance_uid for f in found.files] == [study.study_uid]
+        assert found.skipped_names() == {
+            SkipReason.UNREADABLE: ["dangling.dcm", "fifo.dcm"],
+            SkipReason.FOLDER_LINK: ["linked"],
+        }
+
+    def test_names_are_printable(self) -> None:
+        assert display_name("caf\udce9/\x1b[2J\u202eevil\x9b.dcm") == "caf?/?[2J?evil?.dcm"
+
+
+class TestModalityAndDate:
+    """Read the same way for every file, whichever reader decoded it."""
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("20040119", "2004-01-19"),
+            ("1997.04.24", "1997-04-24"),  # ACR-NEMA
+            ("2004-01-19", "2004-01-19"),
+            (" 20040119 ", "2004-01-19"),
+            ("20241301", "20241301"),  # not a date: as given
+            ("00000000", "00000000"),
+            ("UNKNOWN", "UNKNOWN"),
+            ("\u0662\u0660\u0660\u0664\u0660\u0661\u0661\u0669", "٢٠٠٤٠١١٩"),  # not ASCII digits
+            ("2004\x1b[2J", "2004?[2J"),
+            ("", ""),
+            (None, ""),
+        ],
+    )
+    def test_dates(self, value: str | None, shown: str) -> None:
+        assert iso_date(value) == shown
+
+    @pytest.mark.parametrize(
+        ("value", "modalities"),
+        [
+            ("CT", ["CT"]),
+            ("ct ", ["CT"]),
+            ("CT\\PT", ["CT", "PT"]),  # several values, as the fast reader gives them
+            ("['CT', 'PT']", ["CT", "PT"]),  # as pydicom gives them
+            ("C\x1bT", ["C?T"]),
+            ("", []),
+            (None, []),
+        ],
+    )
+    def test_modalities(self, value: str | None, modalities: list[str]) -> None:
+        assert file_modalities(value) == modalities

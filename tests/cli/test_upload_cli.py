@@ -22,9 +22,16 @@ from relaypacs.client import (
     UploadOptions,
     run_upload,
 )
-from relaypacs.devtools.synth import make_truncated, write_study
+from relaypacs.devtools.synth import (
+    FAKE_PATIENTS,
+    make_missing_uid,
+    make_truncated,
+    new_uids,
+    write_study,
+)
 from tests.cli.conftest import Gateway
 from tests.gateway import relaypacs_command, subprocess_env
+from tests.phiscan import contains_patient_data, record_server_output
 
 
 def run_cli(
@@ -180,6 +187,88 @@ class TestUploadStudy:
         assert [(e["file"], e["code"]) for e in result["errors"]] == [
             (bad.relative_to(tmp_path / "s").as_posix(), "dicom_truncated")
         ]
+
+
+class TestVerbose:
+    def test_no_patient_data_in_the_log_nor_the_summary(
+        self, gateway: Gateway, state_dir: Path, tmp_path: Path
+    ) -> None:
+        """`-v` logs requests and retries: never a patient's name or birth date, whichever
+        reader decoded the file (the fast one, pydicom for a name with several groups or a
+        value that does not decode), whatever happened to it (accepted, refused, skipped).
+        The summary on stdout names files and studies, never patients."""
+        folder = tmp_path / "in"
+        zz = next(p for p in FAKE_PATIENTS if p.name.startswith("ZZPHITEST^"))
+        write_study(folder / "a", instances=2, rows=32, columns=32)  # DEFAULT_PATIENT
+        write_study(
+            folder / "b",
+            instances=1,
+            rows=32,
+            columns=32,
+            patient_name=zz.name,
+            patient_id=zz.patient_id,
+            birth_date=zz.birth_date,
+            study_date="1997.04.24",
+        )
+        hong = next(p for p in FAKE_PATIENTS if "=" in p.name)
+        _write_utf8_instance(folder / "c" / "IM1.dcm", hong.name, hong.birth_date)
+        _write_utf8_instance(folder / "c" / "IM2.dcm", zz.name, zz.birth_date, bad_byte=True)
+        refused = write_study(folder / "d", instances=1, rows=32, columns=32)
+        path = Path(refused.paths[0])
+        path.write_bytes(make_truncated(path.read_bytes(), path.stat().st_size - 100))
+        (folder / "e").mkdir()
+        (folder / "e" / "nostudy.dcm").write_bytes(make_missing_uid("StudyInstanceUID"))
+        (folder / "e" / "notes.txt").write_text("no images here")
+        completed = subprocess.run(
+            [*relaypacs_command(), "upload", "-v", str(folder)],
+            env=_cli_env(gateway, state_dir),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        record_server_output("cli-upload-verbose", completed.stderr)
+        assert completed.returncode == 1, completed.stdout + completed.stderr
+        assert "HTTP Request: POST" in completed.stderr  # -v logs the requests
+        assert "e/nostudy.dcm" in completed.stdout
+        assert "1 refused" in completed.stdout
+        assert not contains_patient_data(completed.stderr)
+        assert not contains_patient_data(completed.stdout)
+
+
+def _write_utf8_instance(
+    path: Path, patient_name: str, birth_date: str, *, bad_byte: bool = False
+) -> None:
+    """An instance in UTF-8 (ISO_IR 192) with ``patient_name``; with ``bad_byte``, a byte
+    that does not decode in the name (pydicom decodes it with a warning)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ids = new_uids()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ids["sop_uid"]
+    ds.StudyDate = "20240102"
+    ds.Modality = "OT"
+    ds.PatientName = patient_name
+    ds.PatientID = "TEST0001"
+    ds.PatientBirthDate = birth_date
+    ds.StudyInstanceUID = ids["study_uid"]
+    ds.SeriesInstanceUID = ids["series_uid"]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    if bad_byte:
+        data = path.read_bytes()
+        name = patient_name.encode()
+        path.write_bytes(data.replace(name, name[:-1] + b"\xff", 1))
+    assert pydicom.dcmread(path).StudyInstanceUID == ids["study_uid"]
 
 
 class TestFailures:

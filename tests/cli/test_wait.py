@@ -308,6 +308,8 @@ class TestCommandLine:
             "instances": 3,
         }
         assert "wait_seconds" in summary["timings"]
+        totals = summary["totals"]
+        assert (totals["pacs_confirmed"], totals["pacs_refused"]) == (3, 0)
 
     def test_without_wait_there_is_no_delivery(
         self, cli: Callable[[FakeGateway, list[str]], tuple[int, str, str]]
@@ -327,6 +329,7 @@ class TestCommandLine:
         assert "waiting for the PACS to confirm 1 study" in stderr
         assert "PACS confirmed 2/3, not delivered: the PACS refused 1 instance" in stdout
         assert "IM000003.dcm: A900 (data set does not match SOP class)" in stdout
+        assert "PACS: 2 of 3 instances confirmed, 1 refused" in stdout
         assert DEFAULT_PATIENT.name not in stdout + stderr
 
     def test_delivered_says_pacs_confirmed(
@@ -336,6 +339,7 @@ class TestCommandLine:
         code, stdout, stderr = cli(gateway, ["--wait"])
         assert code == 0, stdout
         assert "PACS confirmed 3/3, delivered to pacs" in stdout
+        assert "PACS: 3 of 3 instances confirmed\n" in stdout
         assert "Study 1/1 CT, 3 files: PACS confirmed 3/3, delivered to pacs" in stderr
 
     def test_wait_timeout_alone_implies_wait_and_exits_3(
@@ -345,6 +349,7 @@ class TestCommandLine:
         code, stdout, _ = cli(gateway, ["--wait-timeout", "0"])
         assert code == ExitCode.UNREACHABLE
         assert "stopped waiting (--wait-timeout)" in stdout
+        assert "PACS: 0 of 3 instances confirmed, 3 not yet" in stdout
         assert "goes on forwarding them: run the same command again" in stdout
 
     def test_no_pacs_configured_is_said(
@@ -353,6 +358,7 @@ class TestCommandLine:
         code, stdout, _ = cli(FakeGateway(), ["--wait"])
         assert code == 0
         assert "the gateway has no PACS configured" in stdout
+        assert "PACS: none configured on the gateway" in stdout
 
     def test_help_documents_exit_code_5(self) -> None:
         result = CliRunner().invoke(upload, ["--help"])
