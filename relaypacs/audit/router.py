@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from relaypacs.audit.repository import AuditFilter, query_events, stream_events
 from relaypacs.audit.schemas import AuditEventList, AuditEventRead, AuditExport, AuditPage
-from relaypacs.audit.service import AuditFilter, query_events, record_for_request, stream_events
+from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import AdminUser
 from relaypacs.db import utcnow
 from relaypacs.state import ReadSessionDep, get_app_state
