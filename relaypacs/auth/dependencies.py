@@ -20,6 +20,7 @@ from relaypacs.auth.security import AccessClaims, decode_access_token
 from relaypacs.config import Settings
 from relaypacs.db import Database, column_processor, read_in_one_call, readonly_engine
 from relaypacs.errors import Forbidden, NotAuthenticated
+from relaypacs.ratelimit import LimitName, RateLimits
 from relaypacs.state import get_app_state
 
 bearer_scheme = HTTPBearer(auto_error=False)
@@ -147,3 +148,13 @@ def require_roles(*roles: Role) -> Callable[[User], Awaitable[User]]:
 
 
 AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
+
+
+def per_user(name: LimitName) -> Callable[[Request, CurrentUser], Awaitable[None]]:
+    """A route dependency: `name` counted per signed-in user."""
+
+    async def _limit(request: Request, user: CurrentUser) -> None:
+        limits: RateLimits = get_app_state(request).rate_limits
+        await limits.hit(name, user.id.hex)
+
+    return _limit
