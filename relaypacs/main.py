@@ -19,8 +19,8 @@ from starlette.types import ASGIApp
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
 from relaypacs.audit.router import router as audit_router
-from relaypacs.auth.dependencies import UserRows
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
+from relaypacs.auth.repository import user_loader
 from relaypacs.auth.revocation import (
     DatabaseRevocations,
     MemoryRevocations,
@@ -173,7 +173,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         token_context=TokenContext(
             settings=settings, signing_key=signing_key, revocations=revocations
         ),
-        user_rows=UserRows(db.sync_engine) if db.sync_engine is not None else None,
+        user_loader=user_loader(db),
         rate_limits=rate_limits,
         upload_limits=UploadLimits(
             chunk_size=settings.chunk_size,

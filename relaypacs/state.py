@@ -22,7 +22,7 @@ from relaypacs.dicom import DicomValidator
 from relaypacs.storage import ObjectStorage
 
 if TYPE_CHECKING:
-    from relaypacs.auth.dependencies import UserRows
+    from relaypacs.auth.repository import UserLoader
     from relaypacs.auth.revocation import Revocations
     from relaypacs.auth.sessions import TokenContext
     from relaypacs.auth.totp import TotpCipher
@@ -50,7 +50,7 @@ class AppState:
     totp_cipher: TotpCipher
     revocations: Revocations
     token_context: TokenContext
-    user_rows: UserRows | None  # SQLite: the user of each request in one plain statement
+    user_loader: UserLoader  # the user of each request (SQLite: one plain statement)
     rate_limits: RateLimits
     # uploads
     upload_limits: UploadLimits

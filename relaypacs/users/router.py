@@ -16,9 +16,10 @@ from relaypacs.audit.service import record_event
 from relaypacs.auth.dependencies import AdminUser
 from relaypacs.auth.errors import WeakPassword
 from relaypacs.auth.models import AuthSession, User
+from relaypacs.auth.repository import live_sessions
 from relaypacs.auth.schemas import SessionRead
 from relaypacs.auth.service import check_new_password
-from relaypacs.auth.sessions import TokenContext, live_sessions
+from relaypacs.auth.sessions import TokenContext
 from relaypacs.errors import GatewayError
 from relaypacs.state import ReadSessionDep, get_app_state
 from relaypacs.users import service
