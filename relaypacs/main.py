@@ -18,7 +18,6 @@ from starlette.types import ASGIApp
 
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
-from relaypacs.audit.router import router as audit_router
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.repository import user_loader
 from relaypacs.auth.revocation import (
@@ -340,7 +339,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
-    app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

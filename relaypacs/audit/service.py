@@ -6,14 +6,26 @@ A record names its actor (who, their role, from where) with an `Actor`, bound on
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit import repository
 from relaypacs.audit.models import Actor, AuditEvent
+from relaypacs.audit.repository import AuditFilter
+from relaypacs.audit.schemas import (
+    AuditEventList,
+    AuditEventRead,
+    AuditExport,
+    AuditPage,
+    AuditQuery,
+)
 from relaypacs.state import get_app_state
 
 if TYPE_CHECKING:
@@ -90,3 +102,105 @@ async def record_for_request(request: Request, *, action: str, **fields: Any) ->
     """record_alone, for the request's user and client address."""
     sessionmaker: async_sessionmaker[AsyncSession] = get_app_state(request).db.sessionmaker
     await record_alone(sessionmaker, actor=request_actor(request), action=action, **fields)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+EXPORT_COLUMNS = [
+    "id",
+    "at",
+    "actor_id",
+    "actor_role",
+    "action",
+    "outcome",
+    "object_type",
+    "object_id",
+    "study_instance_uid",
+    "client_ip",
+    "details",
+]
+
+
+def _filter(query: AuditQuery) -> AuditFilter:
+    return AuditFilter(
+        actor_id=query.actor_id,
+        action=query.action,
+        outcome=query.outcome,
+        object_type=query.object_type,
+        object_id=query.object_id,
+        study_instance_uid=query.study_instance_uid,
+        since=query.since,
+        until=query.until,
+    )
+
+
+async def query_log(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    actor: Actor,
+    query: AuditPage,
+) -> AuditEventList:
+    """One page of the log, newest first (`session` reads it); the query itself is recorded
+    first, in a transaction of its own (`sessionmaker`)."""
+    where = _filter(query)
+    await record_alone(
+        sessionmaker,
+        actor=actor,
+        action="audit.query",
+        details={**where.as_details(), "limit": query.limit, "before": query.before},
+    )
+    rows = await repository.query_events(session, where, limit=query.limit, before=query.before)
+    return AuditEventList(
+        items=[AuditEventRead.model_validate(r) for r in rows],
+        next_before=rows[-1].id if len(rows) == query.limit else None,
+    )
+
+
+def _safe_cell(value: str) -> str:
+    # A spreadsheet would run a cell starting like a formula (CSV injection).
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _csv_line(values: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([_safe_cell(v) for v in values])
+    return buffer.getvalue()
+
+
+async def export_log(
+    read_sessionmaker: async_sessionmaker[AsyncSession],
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    actor: Actor,
+    query: AuditExport,
+) -> AsyncIterator[str]:
+    """Every matching record, oldest first, as the lines of a CSV or JSON-lines file, read as
+    they are sent (nothing is built in memory). The export is recorded before this returns."""
+    where = _filter(query)
+    await record_alone(
+        sessionmaker,
+        actor=actor,
+        action="audit.export",
+        details={**where.as_details(), "format": query.format},
+    )
+    records = repository.stream_events(read_sessionmaker, where)
+
+    async def lines() -> AsyncIterator[str]:
+        if query.format == "csv":
+            yield _csv_line(EXPORT_COLUMNS)
+        async for event in records:
+            row = AuditEventRead.model_validate(event).model_dump(mode="json")
+            if query.format == "csv":
+                yield _csv_line(
+                    [
+                        json.dumps(row[c], sort_keys=True)
+                        if c == "details"
+                        else ("" if row[c] is None else str(row[c]))
+                        for c in EXPORT_COLUMNS
+                    ]
+                )
+            else:
+                yield json.dumps(row, sort_keys=True) + "\n"
+
+    return lines()
