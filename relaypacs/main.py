@@ -20,9 +20,8 @@ from starlette.types import ASGIApp
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
 from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, install_api_docs
-from relaypacs.audit.router import router as audit_router
-from relaypacs.auth.dependencies import UserRows
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
+from relaypacs.auth.repository import user_loader
 from relaypacs.auth.revocation import (
     DatabaseRevocations,
     MemoryRevocations,
@@ -175,7 +174,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         token_context=TokenContext(
             settings=settings, signing_key=signing_key, revocations=revocations
         ),
-        user_rows=UserRows(db.sync_engine) if db.sync_engine is not None else None,
+        user_loader=user_loader(db),
         rate_limits=rate_limits,
         upload_limits=UploadLimits(
             chunk_size=settings.chunk_size,
@@ -359,7 +358,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
-    app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

@@ -1,7 +1,8 @@
 """Rate limits (the `limits` library): in Redis when configured, else in this process's memory.
 
 A limit is named after its setting (`login_ip` is `rate_limit_login_ip`). When Redis fails, the
-limits are counted in memory for a while: still limited per replica, never unlimited.
+limits are counted in memory for a while: still limited per replica, never unlimited. A route's
+per-user limit is relaypacs.auth.dependencies.per_user.
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from fastapi import Request
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.exceptions import RedisError
 
-from relaypacs.auth.dependencies import CurrentUser
 from relaypacs.config import Settings
 from relaypacs.errors import GatewayError
 from relaypacs.redisconn import SOCKET_TIMEOUT, Breaker
-from relaypacs.state import get_app_state
 
 LimitName = Literal[
     "login_ip",
@@ -131,13 +129,3 @@ class RateLimits:
             with contextlib.suppress(AttributeError, RedisError, OSError):
                 if client is not None:
                     await client.aclose()
-
-
-def per_user(name: LimitName) -> Callable[[Request, CurrentUser], Awaitable[None]]:
-    """A route dependency: `name` counted per signed-in user."""
-
-    async def _limit(request: Request, user: CurrentUser) -> None:
-        limits: RateLimits = get_app_state(request).rate_limits
-        await limits.hit(name, user.id.hex)
-
-    return _limit

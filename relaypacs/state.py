@@ -22,7 +22,7 @@ from relaypacs.dicom import DicomValidator
 from relaypacs.storage import ObjectStorage
 
 if TYPE_CHECKING:
-    from relaypacs.auth.dependencies import UserRows
+    from relaypacs.auth.repository import UserLoader
     from relaypacs.auth.revocation import Revocations
     from relaypacs.auth.sessions import TokenContext
     from relaypacs.auth.totp import TotpCipher
@@ -50,7 +50,7 @@ class AppState:
     totp_cipher: TotpCipher
     revocations: Revocations
     token_context: TokenContext
-    user_rows: UserRows | None  # SQLite: the user of each request in one plain statement
+    user_loader: UserLoader  # the user of each request (SQLite: one plain statement)
     rate_limits: RateLimits
     # uploads
     upload_limits: UploadLimits
@@ -87,15 +87,25 @@ def get_settings(request: Request) -> Settings:
     return app_settings(request.app)
 
 
-AppStateDep = Annotated[AppState, Depends(get_app_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def _app_state_dependency(request: Request) -> AppState:
+    return app_state(request.app)
 
 
-def get_storage(state: AppStateDep) -> ObjectStorage:
+async def _settings_dependency(request: Request) -> Settings:
+    return app_settings(request.app)
+
+
+# Dependencies are coroutines: FastAPI runs a plain `def` one in a worker thread (a thread hop
+# per request); the plain functions above are for code that has the request at hand.
+AppStateDep = Annotated[AppState, Depends(_app_state_dependency)]
+SettingsDep = Annotated[Settings, Depends(_settings_dependency)]
+
+
+async def get_storage(state: AppStateDep) -> ObjectStorage:
     return state.storage
 
 
-def get_database(state: AppStateDep) -> Database:
+async def get_database(state: AppStateDep) -> Database:
     return state.db
 
 

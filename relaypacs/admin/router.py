@@ -1,72 +1,95 @@
-"""Administration of forwarding: uploads that failed or are stuck, retry and cancel."""
+"""HTTP endpoints of the administration console: uploads that failed or are stuck (retry and
+cancel their forwarding), and the audit log (query it page by page, or export it as CSV or
+JSON lines; each query and export is itself recorded). User administration is
+relaypacs/users/router.py."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
 from relaypacs.admin import service
-from relaypacs.audit.service import record_for_request
-from relaypacs.auth.dependencies import AdminUser
-from relaypacs.state import ReadSessionDep, get_app_state
-from relaypacs.uploads import service as uploads_service
+from relaypacs.audit import service as audit
+from relaypacs.audit.schemas import AuditEventList, AuditExport, AuditPage
+from relaypacs.auth.dependencies import ActorDep, AdminUser
+from relaypacs.db import utcnow
+from relaypacs.state import AppStateDep, ReadSessionDep
 from relaypacs.uploads.schemas import UploadList, UploadRead
-from relaypacs.uploads.service import ProblemKind, read_upload
+from relaypacs.uploads.service import ProblemKind
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @router.get("/uploads", response_model=UploadList)
 async def list_problem_uploads(
-    request: Request,
     _admin: AdminUser,
+    actor: ActorDep,
     session: ReadSessionDep,
+    state: AppStateDep,
     problem: Annotated[ProblemKind, Query(alias="status")] = "failed",
     stuck_minutes: Annotated[int, Query(ge=1, le=7 * 24 * 60)] = 15,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> UploadList:
-    items, total = await uploads_service.list_problem_uploads(
-        session, problem=problem, stuck_minutes=stuck_minutes, limit=limit, offset=offset
+    items, total = await service.list_problem_uploads(
+        session,
+        state.db.sessionmaker,
+        actor=actor,
+        problem=problem,
+        stuck_minutes=stuck_minutes,
+        limit=limit,
+        offset=offset,
     )
-    if items:  # other users' study details are shown
-        await record_for_request(
-            request,
-            action="admin.upload_list",
-            object_type="upload",
-            details={"status": problem, "upload_ids": [str(u.id) for u in items]},
-        )
     return UploadList(items=items, total=total)
 
 
 @router.post("/uploads/{upload_id}/retry", response_model=UploadRead)
-async def retry_upload(upload_id: uuid.UUID, request: Request, admin: AdminUser) -> UploadRead:
+async def retry_upload(
+    upload_id: uuid.UUID, _admin: AdminUser, actor: ActorDep, state: AppStateDep
+) -> UploadRead:
     """Send again what failed (and anything pending) now, resetting the retry schedule."""
-    state = get_app_state(request)
-    async with state.db.sessionmaker() as session, session.begin():
-        upload = await service.retry_forwarding(
-            session, upload_id=upload_id, admin=admin, client_ip=_ip(request)
-        )
-        view = await read_upload(session, upload)
-    if state.forwarder is not None:
-        state.forwarder.wake()
-    return view
+    return await service.retry_forwarding(
+        state.db.sessionmaker, state.forwarder, actor=actor, upload_id=upload_id
+    )
 
 
 @router.post("/uploads/{upload_id}/cancel", response_model=UploadRead)
-async def cancel_upload(upload_id: uuid.UUID, request: Request, admin: AdminUser) -> UploadRead:
+async def cancel_upload(
+    upload_id: uuid.UUID, _admin: AdminUser, actor: ActorDep, state: AppStateDep
+) -> UploadRead:
     """Stop forwarding this upload for good and delete its stored files."""
-    state = get_app_state(request)
-    async with state.db.sessionmaker() as session, session.begin():
-        upload = await service.cancel_forwarding(
-            session, upload_id=upload_id, admin=admin, client_ip=_ip(request)
-        )
-        view = await read_upload(session, upload)
-    await state.storage.delete_prefix(f"uploads/{upload_id}/")
-    return view
+    return await service.cancel_forwarding(
+        state.db.sessionmaker, state.storage, actor=actor, upload_id=upload_id
+    )
 
 
-def _ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+@router.get("/audit", response_model=AuditEventList)
+async def query_audit(
+    query: Annotated[AuditPage, Query()],
+    _admin: AdminUser,
+    actor: ActorDep,
+    session: ReadSessionDep,
+    state: AppStateDep,
+) -> AuditEventList:
+    """Newest first; `limit` at most 500; page with `before`."""
+    return await audit.query_log(session, state.db.sessionmaker, actor=actor, query=query)
+
+
+@router.get("/audit/export")
+async def export_audit(
+    query: Annotated[AuditExport, Query()], _admin: AdminUser, actor: ActorDep, state: AppStateDep
+) -> StreamingResponse:
+    """Every matching record, oldest first, streamed (nothing is built in memory)."""
+    lines = await audit.export_log(
+        state.db.read_sessionmaker, state.db.sessionmaker, actor=actor, query=query
+    )
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    media = "text/csv; charset=utf-8" if query.format == "csv" else "application/x-ndjson"
+    return StreamingResponse(
+        lines,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.{query.format}"'},
+    )

@@ -1,47 +1,92 @@
-"""Retry and cancel forwarding, for administrators: the upload domain changes the upload, this
-records who asked."""
+"""The administration console's use cases for uploads: the list of problem uploads, retry and
+cancel of their forwarding. The upload domain changes the upload; this records who asked.
+(The console's audit log endpoints call relaypacs.audit.service; its user administration is
+relaypacs.users.)"""
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relaypacs.audit.service import record_event
-from relaypacs.auth.models import User
+from relaypacs.audit.models import Actor
+from relaypacs.audit.service import record_alone, record_event
+from relaypacs.forwarding.worker import Forwarder
+from relaypacs.storage import ObjectStorage
 from relaypacs.uploads import service as uploads
-from relaypacs.uploads.models import Upload
+from relaypacs.uploads.schemas import UploadRead, UploadSummary
+from relaypacs.uploads.service import ProblemKind
+
+
+async def list_problem_uploads(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    actor: Actor,
+    problem: ProblemKind,
+    stuck_minutes: int,
+    limit: int,
+    offset: int,
+) -> tuple[list[UploadSummary], int]:
+    """A page of the uploads with `problem` (read with `session`), and how many in all. Other
+    users' study details are shown: a non-empty page is recorded first (`sessionmaker`)."""
+    items, total = await uploads.list_problem_uploads(
+        session, problem=problem, stuck_minutes=stuck_minutes, limit=limit, offset=offset
+    )
+    if items:
+        await record_alone(
+            sessionmaker,
+            actor=actor,
+            action="admin.upload_list",
+            object_type="upload",
+            details={"status": problem, "upload_ids": [str(u.id) for u in items]},
+        )
+    return items, total
 
 
 async def retry_forwarding(
-    session: AsyncSession, *, upload_id: uuid.UUID, admin: User, client_ip: str | None
-) -> Upload:
-    upload = await uploads.retry_forwarding(session, upload_id=upload_id)
-    await record_event(
-        session,
-        action="admin.upload_retry",
-        actor_id=admin.id,
-        actor_role=admin.role.value,
-        object_type="upload",
-        object_id=upload_id,
-        study_instance_uid=upload.study_instance_uid,
-        client_ip=client_ip,
-    )
-    return upload
+    sessionmaker: async_sessionmaker[AsyncSession],
+    forwarder: Forwarder | None,
+    *,
+    actor: Actor,
+    upload_id: uuid.UUID,
+) -> UploadRead:
+    """Send again what failed (and anything pending) now, resetting the retry schedule; the
+    forwarding worker of this process (if any) is woken."""
+    async with sessionmaker() as session, session.begin():
+        upload = await uploads.retry_forwarding(session, upload_id=upload_id)
+        await record_event(
+            session,
+            actor=actor,
+            action="admin.upload_retry",
+            object_type="upload",
+            object_id=upload_id,
+            study_instance_uid=upload.study_instance_uid,
+        )
+        view = await uploads.read_upload(session, upload)
+    if forwarder is not None:
+        forwarder.wake()
+    return view
 
 
 async def cancel_forwarding(
-    session: AsyncSession, *, upload_id: uuid.UUID, admin: User, client_ip: str | None
-) -> Upload:
-    upload = await uploads.cancel_forwarding(session, upload_id=upload_id)
-    await record_event(
-        session,
-        action="admin.upload_cancel",
-        actor_id=admin.id,
-        actor_role=admin.role.value,
-        object_type="upload",
-        object_id=upload_id,
-        study_instance_uid=upload.study_instance_uid,
-        client_ip=client_ip,
-    )
-    return upload
+    sessionmaker: async_sessionmaker[AsyncSession],
+    storage: ObjectStorage,
+    *,
+    actor: Actor,
+    upload_id: uuid.UUID,
+) -> UploadRead:
+    """Stop forwarding the upload for good and delete its stored files."""
+    async with sessionmaker() as session, session.begin():
+        upload = await uploads.cancel_forwarding(session, upload_id=upload_id)
+        await record_event(
+            session,
+            actor=actor,
+            action="admin.upload_cancel",
+            object_type="upload",
+            object_id=upload_id,
+            study_instance_uid=upload.study_instance_uid,
+        )
+        view = await uploads.read_upload(session, upload)
+    await storage.delete_prefix(f"uploads/{upload_id}/")
+    return view

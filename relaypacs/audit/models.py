@@ -1,9 +1,11 @@
-"""The append-only audit log: who did what to which object, when, from where, with what outcome."""
+"""The append-only audit log: who did what to which object, when, from where, with what outcome;
+and the Actor, the "who" and "from where" of a record."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Index, Integer, String, Uuid
@@ -39,3 +41,17 @@ class AuditEvent(Base):
     # The hash chain (relaypacs/audit/chain.py): the predecessor's hash, and this record's.
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     hash: Mapped[str | None] = mapped_column(String(64))
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acted and from where, as a record names them: plain values (the audit log knows
+    nothing of the auth domain's users). Bound once per request (auth's `ActorDep`) and passed
+    to every record of it. All None: the system itself (the command line, the first start)."""
+
+    id: uuid.UUID | None = None
+    role: str | None = None
+    client_ip: str | None = None
+
+
+SYSTEM = Actor()

@@ -1,18 +1,31 @@
-"""Writing and reading audit records. Callers pass ids, codes and counts: never patient data."""
+"""Writing and reading audit records. Callers pass ids, codes and counts: never patient data.
+
+A record names its actor (who, their role, from where) with an `Actor`, bound once per request
+(see relaypacs/auth/dependencies.py, `ActorDep`). The older keyword form (`actor_id=`,
+`actor_role=`, `client_ip=`) still works for the callers that have not switched yet."""
 
 from __future__ import annotations
 
-import datetime as dt
+import csv
+import io
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relaypacs.audit.models import AuditEvent
+from relaypacs.audit import repository
+from relaypacs.audit.models import Actor, AuditEvent
+from relaypacs.audit.repository import AuditFilter
+from relaypacs.audit.schemas import (
+    AuditEventList,
+    AuditEventRead,
+    AuditExport,
+    AuditPage,
+    AuditQuery,
+)
 from relaypacs.state import get_app_state
 
 if TYPE_CHECKING:
@@ -27,6 +40,7 @@ async def record_event(
     *,
     action: str,
     outcome: str = "success",
+    actor: Actor | None = None,
     actor_id: uuid.UUID | None = None,
     actor_role: str | None = None,
     object_type: str | None = None,
@@ -35,7 +49,14 @@ async def record_event(
     client_ip: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
+    """One record, in the caller's transaction. Who acted: `actor`, or (the older form)
+    `actor_id`, `actor_role` and `client_ip`; not both."""
+    if actor is not None:
+        if actor_id is not None or actor_role is not None or client_ip is not None:
+            raise TypeError("record_event: give `actor` or actor_id/actor_role/client_ip")
+        actor_id, actor_role, client_ip = actor.id, actor.role, actor.client_ip
+    await repository.add_event(
+        session,
         AuditEvent(
             action=action,
             outcome=outcome,
@@ -46,101 +67,140 @@ async def record_event(
             study_instance_uid=study_instance_uid,
             client_ip=client_ip,
             details=details or {},
-        )
+        ),
     )
-    await session.flush()
 
 
-def request_actor(request: Request) -> dict[str, Any]:
-    """Who and from where, for record_event: the authenticated user (if any) and client IP."""
+def client_address(request: Request) -> str | None:
+    """The client's address, for rate limits and audit records: the peer's, or the one a
+    trusted proxy reported (the server believes X-Forwarded-For only from
+    RELAYPACS_TRUSTED_PROXIES: `relaypacs serve`)."""
+    client = request.client
+    return client.host if client else None
+
+
+def request_actor(request: Request) -> Actor:
+    """Who and from where: the request's authenticated user (if any) and client address."""
     user = getattr(request.state, "user", None)
-    return {
-        "actor_id": user.id if user is not None else None,
-        "actor_role": user.role.value if user is not None else None,
-        "client_ip": request.client.host if request.client else None,
-    }
+    return Actor(
+        id=user.id if user is not None else None,
+        role=user.role.value if user is not None else None,
+        client_ip=client_address(request),
+    )
+
+
+async def record_alone(
+    sessionmaker: async_sessionmaker[AsyncSession], *, actor: Actor, action: str, **fields: Any
+) -> None:
+    """One record in a transaction of its own, committed before the caller answers: a read of
+    patient data is not served unless its record is stored."""
+    async with sessionmaker() as session, session.begin():
+        await record_event(session, actor=actor, action=action, **fields)
 
 
 async def record_for_request(request: Request, *, action: str, **fields: Any) -> None:
-    """One record in a transaction of its own, committed before the caller answers: a read of
-    patient data is not served unless its record is stored."""
+    """record_alone, for the request's user and client address."""
     sessionmaker: async_sessionmaker[AsyncSession] = get_app_state(request).db.sessionmaker
-    async with sessionmaker() as session, session.begin():
-        await record_event(session, action=action, **request_actor(request), **fields)
+    await record_alone(sessionmaker, actor=request_actor(request), action=action, **fields)
 
 
 # --- reading ---------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class AuditFilter:
-    actor_id: uuid.UUID | None = None
-    action: str | None = None
-    outcome: str | None = None
-    object_type: str | None = None
-    object_id: str | None = None
-    study_instance_uid: str | None = None
-    since: dt.datetime | None = None  # inclusive
-    until: dt.datetime | None = None  # exclusive
-
-    def conditions(self) -> list[ColumnElement[bool]]:
-        found: list[ColumnElement[bool]] = []
-        for column, value in (
-            (AuditEvent.actor_id, self.actor_id),
-            (AuditEvent.action, self.action),
-            (AuditEvent.outcome, self.outcome),
-            (AuditEvent.object_type, self.object_type),
-            (AuditEvent.object_id, self.object_id),
-            (AuditEvent.study_instance_uid, self.study_instance_uid),
-        ):
-            if value is not None:
-                found.append(column == value)
-        if self.since is not None:
-            found.append(AuditEvent.at >= self.since)
-        if self.until is not None:
-            found.append(AuditEvent.at < self.until)
-        return found
-
-    def as_details(self) -> dict[str, str]:
-        return {
-            name: value.isoformat() if isinstance(value, dt.datetime) else str(value)
-            for name, value in vars(self).items()
-            if value is not None
-        }
+EXPORT_COLUMNS = [
+    "id",
+    "at",
+    "actor_id",
+    "actor_role",
+    "action",
+    "outcome",
+    "object_type",
+    "object_id",
+    "study_instance_uid",
+    "client_ip",
+    "details",
+]
 
 
-async def query_events(
-    session: AsyncSession, where: AuditFilter, *, limit: int, before: int | None
-) -> Sequence[AuditEvent]:
-    """Newest first, `limit` records with ids below `before` (keyset pagination)."""
-    query = select(AuditEvent).where(*where.conditions())
-    if before is not None:
-        query = query.where(AuditEvent.id < before)
-    return (await session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))).all()
+def _filter(query: AuditQuery) -> AuditFilter:
+    return AuditFilter(
+        actor_id=query.actor_id,
+        action=query.action,
+        outcome=query.outcome,
+        object_type=query.object_type,
+        object_id=query.object_id,
+        study_instance_uid=query.study_instance_uid,
+        since=query.since,
+        until=query.until,
+    )
 
 
-async def stream_events(
-    sessionmaker: async_sessionmaker[AsyncSession], where: AuditFilter, *, batch: int = 500
-) -> AsyncIterator[AuditEvent]:
-    """Every matching record, oldest first, read in batches by id (a short transaction each:
-    an export of millions of records holds no transaction or memory for its whole length)."""
-    async with sessionmaker() as session, session.begin():
-        last = await session.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1))
-    if last is None:
-        return
-    after = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            rows = (
-                await session.scalars(
-                    select(AuditEvent)
-                    .where(*where.conditions(), AuditEvent.id > after, AuditEvent.id <= last)
-                    .order_by(AuditEvent.id)
-                    .limit(batch)
+async def query_log(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    actor: Actor,
+    query: AuditPage,
+) -> AuditEventList:
+    """One page of the log, newest first (`session` reads it); the query itself is recorded
+    first, in a transaction of its own (`sessionmaker`)."""
+    where = _filter(query)
+    await record_alone(
+        sessionmaker,
+        actor=actor,
+        action="audit.query",
+        details={**where.as_details(), "limit": query.limit, "before": query.before},
+    )
+    rows = await repository.query_events(session, where, limit=query.limit, before=query.before)
+    return AuditEventList(
+        items=[AuditEventRead.model_validate(r) for r in rows],
+        next_before=rows[-1].id if len(rows) == query.limit else None,
+    )
+
+
+def _safe_cell(value: str) -> str:
+    # A spreadsheet would run a cell starting like a formula (CSV injection).
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _csv_line(values: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([_safe_cell(v) for v in values])
+    return buffer.getvalue()
+
+
+async def export_log(
+    read_sessionmaker: async_sessionmaker[AsyncSession],
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    actor: Actor,
+    query: AuditExport,
+) -> AsyncIterator[str]:
+    """Every matching record, oldest first, as the lines of a CSV or JSON-lines file, read as
+    they are sent (nothing is built in memory). The export is recorded before this returns."""
+    where = _filter(query)
+    await record_alone(
+        sessionmaker,
+        actor=actor,
+        action="audit.export",
+        details={**where.as_details(), "format": query.format},
+    )
+    records = repository.stream_events(read_sessionmaker, where)
+
+    async def lines() -> AsyncIterator[str]:
+        if query.format == "csv":
+            yield _csv_line(EXPORT_COLUMNS)
+        async for event in records:
+            row = AuditEventRead.model_validate(event).model_dump(mode="json")
+            if query.format == "csv":
+                yield _csv_line(
+                    [
+                        json.dumps(row[c], sort_keys=True)
+                        if c == "details"
+                        else ("" if row[c] is None else str(row[c]))
+                        for c in EXPORT_COLUMNS
+                    ]
                 )
-            ).all()
-        for row in rows:
-            yield row
-        if len(rows) < batch:
-            return
-        after = rows[-1].id
+            else:
+                yield json.dumps(row, sort_keys=True) + "\n"
+
+    return lines()

@@ -5,6 +5,17 @@ from __future__ import annotations
 from relaypacs.errors import Conflict, Forbidden, GatewayError, NotAuthenticated
 
 
+class InvalidLoginRequest(GatewayError):
+    status_code = 422
+    code = "invalid_request"
+    message = "Give either `code` or `recovery_code`."
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+    message = "That username is already taken."
+
+
 class SessionEnded(NotAuthenticated):
     code = "session_ended"
     message = "This session has ended (signed out, password changed or account disabled)."

@@ -12,6 +12,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
+from relaypacs.audit.models import Actor
 from relaypacs.db import Base, UTCDateTime, utcnow
 from relaypacs.fields import name_key
 
@@ -60,6 +61,10 @@ class User(Base):
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def actor(self, client_ip: str | None) -> Actor:
+        """This user as the actor of an audit record, acting from `client_ip`."""
+        return Actor(id=self.id, role=self.role.value, client_ip=client_ip)
 
 
 class AuthSession(Base):

@@ -26,11 +26,9 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from redis.asyncio import Redis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relaypacs.auth.models import AuthSession
-from relaypacs.db import utcnow
+from relaypacs.auth import repository
 from relaypacs.redisconn import Breaker
 
 logger = logging.getLogger("relaypacs.auth")
@@ -57,19 +55,11 @@ class DatabaseRevocations:
 
     async def is_revoked(self, session_id: uuid.UUID) -> bool:
         async with self._sessionmaker() as session, session.begin():
-            row = await session.execute(
-                select(AuthSession.revoked_at).where(AuthSession.id == session_id)
-            )
-            found = row.first()
-        # An unknown session (deleted with its user) counts as revoked.
-        return found is None or found.revoked_at is not None
+            return await repository.is_session_revoked(session, session_id)
 
     async def recently_revoked(self, within: dt.timedelta) -> list[uuid.UUID]:
         async with self._sessionmaker() as session, session.begin():
-            ids = await session.scalars(
-                select(AuthSession.id).where(AuthSession.revoked_at > utcnow() - within)
-            )
-            return list(ids)
+            return await repository.sessions_revoked_within(session, within)
 
     async def close(self) -> None:
         return None

@@ -1,5 +1,6 @@
 """Sessions: a login starts one; its refresh tokens rotate on every use; reuse of a rotated one
-revokes the whole session (family). Services flush, the caller's transaction commits."""
+revokes the whole session (family). Services flush, the caller's transaction commits; the
+queries are in relaypacs/auth/repository.py."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.audit.service import record_event
+from relaypacs.auth import repository
 from relaypacs.auth.errors import InvalidRefreshToken, RefreshTokenReused, SessionExpired
-from relaypacs.auth.models import AuthSession, RefreshToken, User
+from relaypacs.auth.models import AuthSession, User
 from relaypacs.auth.revocation import Revocations
 from relaypacs.auth.security import create_access_token, hash_refresh_token, new_refresh_token
 from relaypacs.config import Settings
@@ -56,8 +57,7 @@ def issue_access_token(ctx: TokenContext, *, user: User, session_id: uuid.UUID) 
 
 async def _new_refresh_token(session: AsyncSession, session_id: uuid.UUID) -> str:
     token = new_refresh_token()
-    session.add(RefreshToken(token_hash=hash_refresh_token(token), session_id=session_id))
-    await session.flush()
+    await repository.add_refresh_token(session, hash_refresh_token(token), session_id)
     return token
 
 
@@ -79,8 +79,7 @@ async def start_session(
         client_ip=client_ip,
         user_agent=(user_agent or "")[:256] or None,
     )
-    session.add(auth_session)
-    await session.flush()
+    await repository.add_session(session, auth_session)
     refresh = await _new_refresh_token(session, auth_session.id)
     access, expires_in = issue_access_token(ctx, user=user, session_id=auth_session.id)
     return IssuedTokens(access, expires_in, refresh, auth_session.id, auth_session.expires_at)
@@ -88,27 +87,25 @@ async def start_session(
 
 @dataclass(frozen=True)
 class RefreshOutcome:
-    """Either new tokens, or the error to raise once the transaction (with its audit record
-    and revocations) is committed."""
+    """Either new tokens (and their user), or the error to raise once the transaction (with
+    its audit record and revocations) is committed."""
 
     tokens: IssuedTokens | None = None
+    user: User | None = None
     error: InvalidRefreshToken | RefreshTokenReused | SessionExpired | None = None
 
 
 async def rotate_refresh_token(
     session: AsyncSession, ctx: TokenContext, *, token: str, client_ip: str | None
 ) -> RefreshOutcome:
-    found = await session.scalar(
-        select(RefreshToken)
-        .where(RefreshToken.token_hash == hash_refresh_token(token))
-        .with_for_update()
-    )
+    found = await repository.lock_refresh_token(session, hash_refresh_token(token))
     if found is None:
         return RefreshOutcome(error=InvalidRefreshToken())
-    auth_session = await session.get(AuthSession, found.session_id, with_for_update=True)
-    user = await session.get(User, auth_session.user_id) if auth_session else None
+    auth_session = await repository.get_session(session, found.session_id, lock=True)
+    user = await repository.get_user(session, auth_session.user_id) if auth_session else None
     if auth_session is None or user is None or auth_session.revoked_at is not None:
         return RefreshOutcome(error=InvalidRefreshToken())
+    actor = user.actor(client_ip)
     now = utcnow()
     if found.used_at is not None:
         # A rotated token again: someone holds a copy. End the family, the newest token too.
@@ -117,11 +114,9 @@ async def rotate_refresh_token(
             session,
             action="auth.refresh_reuse",
             outcome="failure",
-            actor_id=user.id,
-            actor_role=user.role.value,
+            actor=actor,
             object_type="session",
             object_id=auth_session.id,
-            client_ip=client_ip,
         )
         return RefreshOutcome(error=RefreshTokenReused())
     idle_end = auth_session.last_used_at + dt.timedelta(minutes=ctx.settings.refresh_idle_minutes)
@@ -132,11 +127,9 @@ async def rotate_refresh_token(
             session,
             action="auth.refresh",
             outcome="failure",
-            actor_id=user.id,
-            actor_role=user.role.value,
+            actor=actor,
             object_type="session",
             object_id=auth_session.id,
-            client_ip=client_ip,
             details={"reason": reason},
         )
         return RefreshOutcome(error=SessionExpired())
@@ -147,14 +140,13 @@ async def rotate_refresh_token(
     await record_event(
         session,
         action="auth.refresh",
-        actor_id=user.id,
-        actor_role=user.role.value,
+        actor=actor,
         object_type="session",
         object_id=auth_session.id,
-        client_ip=client_ip,
     )
     return RefreshOutcome(
-        tokens=IssuedTokens(access, expires_in, refresh, auth_session.id, auth_session.expires_at)
+        tokens=IssuedTokens(access, expires_in, refresh, auth_session.id, auth_session.expires_at),
+        user=user,
     )
 
 
@@ -172,12 +164,7 @@ async def revoke_sessions(
     await session.flush()
     if live and not await ctx.revocations.revoke([s.id for s in live]):
         for user_id in {s.user_id for s in live}:
-            await session.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(token_version=User.token_version + 1)
-                .execution_options(synchronize_session="fetch")
-            )
+            await repository.raise_token_version(session, user_id)
 
 
 async def revoke_all_sessions(
@@ -185,30 +172,7 @@ async def revoke_all_sessions(
 ) -> int:
     """End all of the user's sessions (but `keep`): their refresh tokens in the database, every
     access token at once through token_version (the caller issues a new one for `keep`)."""
-    query = update(AuthSession).where(
-        AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None)
-    )
-    if keep is not None:
-        query = query.where(AuthSession.id != keep)
-    result = await session.execute(
-        query.values(revoked_at=utcnow(), revoked_reason=reason).execution_options(
-            synchronize_session=False
-        )
-    )
+    ended = await repository.end_sessions_of(session, user.id, reason=reason, keep=keep)
     user.token_version += 1
     await session.flush()
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def live_sessions(session: AsyncSession, *, user_id: uuid.UUID) -> list[AuthSession]:
-    """Sessions not revoked and not past their absolute end (newest first)."""
-    rows = await session.scalars(
-        select(AuthSession)
-        .where(
-            AuthSession.user_id == user_id,
-            AuthSession.revoked_at.is_(None),
-            AuthSession.expires_at > utcnow(),
-        )
-        .order_by(AuthSession.created_at.desc())
-    )
-    return list(rows)
+    return ended

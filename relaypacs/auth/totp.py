@@ -9,12 +9,17 @@ import hashlib
 import hmac
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
 import pyotp
 import segno
 from cryptography.fernet import Fernet, InvalidToken
 
 from relaypacs.errors import GatewayError
+
+if TYPE_CHECKING:
+    from relaypacs.auth.models import User
+    from relaypacs.config import Settings
 
 logger = logging.getLogger("relaypacs.auth")
 
@@ -53,6 +58,11 @@ class TotpCipher:
         return hmac.new(
             self._hmac_key, normalise_recovery_code(code).encode(), "sha256"
         ).hexdigest()
+
+
+def totp_required(settings: Settings, user: User) -> bool:
+    """Whether the user's role must sign in with a second factor (RELAYPACS_TOTP_REQUIRED_ROLES)."""
+    return user.role.value in settings.totp_required_roles
 
 
 def new_secret() -> str:

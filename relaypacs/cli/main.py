@@ -152,8 +152,9 @@ def users_create(
     username: str, role: str, email: str | None, password_stdin: bool, generate_password: bool
 ) -> None:
     """Create a user account."""
+    from relaypacs.auth.errors import UsernameTaken
     from relaypacs.auth.models import Role
-    from relaypacs.auth.service import UsernameTaken, create_user
+    from relaypacs.auth.service import create_user
     from relaypacs.db import create_engine, create_sessionmaker
     from relaypacs.migrate import upgrade
 
@@ -196,11 +197,7 @@ def users_create(
 def users_reset_totp(username: str) -> None:
     """Remove a user's TOTP (e.g. the only administrator lost their phone and codes): they
     enrol again at next login. Ends their sessions; audited."""
-    from sqlalchemy import delete, select
-
-    from relaypacs.audit.service import record_event
-    from relaypacs.auth.models import RecoveryCode, User
-    from relaypacs.auth.sessions import revoke_all_sessions
+    from relaypacs.auth.service import reset_totp_by_username
     from relaypacs.db import create_engine, create_sessionmaker
 
     settings = _settings()
@@ -209,22 +206,7 @@ def users_reset_totp(username: str) -> None:
         engine = create_engine(settings.resolved_database_url)
         try:
             async with create_sessionmaker(engine)() as session, session.begin():
-                user = await session.scalar(select(User).where(User.username == username))
-                if user is None:
-                    return False
-                user.totp_secret = None
-                user.totp_enabled = False
-                user.totp_last_step = None
-                await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-                await revoke_all_sessions(session, user=user, reason="totp_reset")
-                await record_event(
-                    session,
-                    action="admin.user_totp_reset",
-                    object_type="user",
-                    object_id=user.id,
-                    details={"via": "cli"},
-                )
-                return True
+                return await reset_totp_by_username(session, username)
         finally:
             await engine.dispose()
 

@@ -18,9 +18,9 @@ from relaypacs.auth.dependencies import (
     bearer_scheme,
     get_current_user,
     get_session_user,
+    per_user,
 )
 from relaypacs.auth.policy import authorize
-from relaypacs.ratelimit import per_user
 from relaypacs.state import ReadSessionDep, SessionDep, get_app_state
 from relaypacs.uploads import service
 from relaypacs.uploads.models import UploadStatus

@@ -1,5 +1,5 @@
-"""UserRows: on SQLite the user of every request is read with one plain statement, and a User
-object is reused only while its row is unchanged, column for column. A change made by another
+"""SqliteUserLoader: on SQLite the user of every request is read with one plain statement, and a
+User object is reused only while its row is unchanged, column for column. A change made by another
 process (here: another SQLite connection, as `relaypacs users ...` or a second gateway would
 make it) is seen by the very next request."""
 
@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from relaypacs.auth.dependencies import UserRows
 from relaypacs.auth.models import Role
+from relaypacs.auth.repository import SqliteUserLoader
 from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.state import app_settings, app_state
@@ -49,23 +49,23 @@ async def me(app: FastAPI, token: str) -> httpx.Response:
         return await client.get(f"{API}/auth/me", headers=bearer(token))
 
 
-class TestUserRows:
+class TestSqliteUserLoader:
     async def test_embedded_mode_uses_it(self, sqlite_app: FastAPI) -> None:
-        assert isinstance(app_state(sqlite_app).user_rows, UserRows)
+        assert isinstance(app_state(sqlite_app).user_loader, SqliteUserLoader)
 
     async def test_an_unchanged_row_gives_the_same_object_and_a_changed_one_a_new_object(
         self, sqlite_app: FastAPI
     ) -> None:
         person = await make_user(sqlite_app)
-        rows = app_state(sqlite_app).user_rows
-        assert rows is not None
-        first = rows.load(person.id)
+        rows = app_state(sqlite_app).user_loader
+        assert isinstance(rows, SqliteUserLoader)
+        first = rows.load_blocking(person.id)
         assert first is not None
-        assert rows.load(person.id) is first
+        assert rows.load_blocking(person.id) is first
         other_process_writes(
             sqlite_app, 'UPDATE "user" SET email = ? WHERE id = ?', "new@example.org", person.id.hex
         )
-        changed = rows.load(person.id)
+        changed = rows.load_blocking(person.id)
         assert changed is not first
         assert changed is not None
         assert changed.email == "new@example.org"
@@ -111,8 +111,8 @@ class TestUserRows:
 
     async def test_a_deleted_user_is_gone_at_once(self, sqlite_app: FastAPI) -> None:
         person = await make_user(sqlite_app)
-        rows = app_state(sqlite_app).user_rows
-        assert rows is not None
-        assert rows.load(person.id) is not None
+        rows = app_state(sqlite_app).user_loader
+        assert isinstance(rows, SqliteUserLoader)
+        assert rows.load_blocking(person.id) is not None
         other_process_writes(sqlite_app, 'DELETE FROM "user" WHERE id = ?', person.id.hex)
-        assert rows.load(person.id) is None
+        assert rows.load_blocking(person.id) is None

@@ -1,4 +1,5 @@
-"""Login, access tokens and the first administrator."""
+"""Login, access tokens and the first administrator, on the upload tests' app (tests/api): its
+fixtures are imported here, and replace the identity tests' `app` and `client` in this module."""
 
 from __future__ import annotations
 
@@ -17,8 +18,15 @@ from relaypacs.auth import security
 from relaypacs.auth.models import Role, User
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.state import app_state
+from tests.api import conftest as upload_tests
 from tests.api.conftest import PASSWORD, Account, MakeAccount
 from tests.api.uploading import API, error_code
+
+# The fixtures of the upload tests' app, in place of this directory's `app` and `client`.
+app = upload_tests.app
+client = upload_tests.client
+make_account = upload_tests.make_account
+clinician = upload_tests.clinician
 
 
 class TestLogin:
