@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         "a gateway reached over plain HTTP on localhost.",
     )
 
+    audit_head_log_minutes: float = Field(
+        default=60,
+        gt=0,
+        description="How often the audit chain's head (id and hash of the newest record) is "
+        "written to the log, for `relaypacs audit verify --head` to detect a truncation.",
+    )
     api_docs: bool = Field(
         default=False,
         description="Publish the OpenAPI document and the interactive API documentation "

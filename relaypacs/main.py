@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
 from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, install_api_docs
+from relaypacs.audit.service import log_chain_head_every
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.repository import user_loader
 from relaypacs.auth.revocation import (
@@ -202,9 +204,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     password = await ensure_first_admin(db.sessionmaker)
     if password is not None:
         announce_first_admin(password)
+    chain_heads = asyncio.create_task(
+        log_chain_head_every(db.read_sessionmaker, settings.audit_head_log_minutes * 60)
+    )
     try:
         yield
     finally:
+        chain_heads.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chain_heads
         if forwarder is not None:
             await forwarder.stop()
         await early_verifier.close()

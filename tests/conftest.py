@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import secrets
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,6 +35,13 @@ def _psql(sql: str, database: str = "postgres") -> None:
     )
 
 
+def _off_loop(function: Callable[..., object], *args: object) -> None:
+    """Run `function` in a thread of its own: it uses asyncio.run, and a session fixture may be
+    first asked for from inside a running event loop (an async test or fixture)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(function, *args).result()
+
+
 @pytest.fixture(scope="session")
 def postgres_owner_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, migrated by its owner (the migrations'
@@ -43,7 +51,7 @@ def postgres_owner_url() -> Iterator[str]:
     try:
         host = POSTGRES_ADMIN_URL.removeprefix("postgresql://")
         url = f"postgresql+asyncpg://{host}/{name}"
-        migrate.upgrade(url)
+        _off_loop(migrate.upgrade, url)
         yield url
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -57,7 +65,7 @@ def postgres_url(postgres_owner_url: str) -> Iterator[str]:
     password = secrets.token_hex(16)
     _psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     try:
-        migrate.grant_app_role(postgres_owner_url, role)
+        _off_loop(migrate.grant_app_role, postgres_owner_url, role)
         where = urlsplit(postgres_owner_url)
         address = f"{where.hostname}:{where.port or 5432}"
         yield f"postgresql+asyncpg://{role}:{password}@{address}{where.path}"

@@ -3,20 +3,67 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs.audit.chain import GENESIS, ChainedRecord, link
 from relaypacs.audit.models import AuditEvent
+from relaypacs.db import utcnow
+
+# The key of the PostgreSQL advisory lock that makes appends to the chain one line (any value
+# the gateway uses for nothing else).
+CHAIN_LOCK = 0x72656C6179  # "relay"
 
 
 async def add_event(session: AsyncSession, event: AuditEvent) -> None:
-    """Insert one record (the caller's transaction commits it)."""
+    """Append one record to the hash chain (relaypacs/audit/chain.py); the caller's transaction
+    commits it. Appends take turns: on PostgreSQL an advisory lock held to the end of the
+    transaction (so put the record last in a long one); on SQLite a writing transaction already
+    holds the database's only write lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
+    prev = await session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    prev = prev or GENESIS
+    event.at = event.at or utcnow()
+    # As the database will give it back (JSON types, string keys): the hash must match then.
+    event.details = json.loads(json.dumps(event.details or {}))
+    event.prev_hash = prev
+    event.hash = link(prev, chained(event))
     session.add(event)
     await session.flush()
+
+
+def chained(event: AuditEvent) -> ChainedRecord:
+    return ChainedRecord(
+        id=event.id or 0,
+        at=event.at,
+        actor_id=event.actor_id,
+        actor_role=event.actor_role,
+        action=event.action,
+        object_type=event.object_type,
+        object_id=event.object_id,
+        study_instance_uid=event.study_instance_uid,
+        outcome=event.outcome,
+        client_ip=event.client_ip,
+        details=event.details,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+async def chain_head(session: AsyncSession) -> tuple[int, str | None] | None:
+    """The newest record's id and hash (None: an empty log)."""
+    row = (
+        await session.execute(
+            select(AuditEvent.id, AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+        )
+    ).one_or_none()
+    return (row.id, row.hash) if row is not None else None
 
 
 @dataclass(frozen=True)

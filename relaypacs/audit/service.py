@@ -6,6 +6,7 @@ A record names its actor (who, their role, from where) with an `Actor`, bound on
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -204,3 +205,30 @@ async def export_log(
                 yield json.dumps(row, sort_keys=True) + "\n"
 
     return lines()
+
+
+# --- the chain's head ------------------------------------------------------------------------
+
+chain_logger = logging.getLogger("relaypacs.audit.chain")
+
+
+async def log_chain_head(read_sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Write the audit chain's head (the newest record's id and hash) to the log: kept by the
+    log's own retention or shipped elsewhere, it lets `relaypacs audit verify --head ID:HASH`
+    see a truncation later. Ids and hashes only."""
+    async with read_sessionmaker() as session, session.begin():
+        head = await repository.chain_head(session)
+    if head is not None:
+        chain_logger.info("audit chain head %d:%s", head[0], head[1])
+
+
+async def log_chain_head_every(
+    read_sessionmaker: async_sessionmaker[AsyncSession], interval_seconds: float
+) -> None:
+    """log_chain_head at start and then every `interval_seconds`, until cancelled."""
+    while True:
+        try:
+            await log_chain_head(read_sessionmaker)
+        except Exception as error:  # a database hiccup: the next one will do
+            chain_logger.warning("could not read the audit chain head: %s", type(error).__name__)
+        await asyncio.sleep(interval_seconds)
