@@ -39,6 +39,7 @@ from relaypacs.auth.totp import TotpCipher, matching_step, totp_required
 from relaypacs.db import Database, utcnow
 from relaypacs.dicom import DicomValidator
 from relaypacs.errors import GatewayError, InvalidCredentials
+from relaypacs.fields import name_key
 from relaypacs.ratelimit import RateLimited, RateLimits
 
 
@@ -108,7 +109,7 @@ async def log_in(
     user_agent: str | None,
 ) -> SignedIn | MfaChallenge:
     """Password step: a session, or the second factor's challenge when TOTP is enrolled."""
-    account = username.lower()
+    account = name_key(username)  # one account's limits, however its name is typed
     try:
         # Per address: every attempt. Per account: failures only, so that a flood of wrong
         # passwords from one address does not lock the real user (elsewhere) out.

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from relaypacs.auth.errors import UsernameTaken
 from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, User
 from relaypacs.db import Database, column_processor, read_in_one_call, readonly_engine, utcnow
+from relaypacs.fields import name_key
 
 # --- users -----------------------------------------------------------------------------------
 
@@ -28,12 +29,20 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = Fa
     return await session.get(User, user_id, with_for_update=lock)
 
 
+def _by_name(username: str) -> ColumnElement[bool]:
+    """The account a typed name means: its exact name first (accounts that collided before
+    migration 0006 keep theirs), else the one whose identity key it has (`ADMIN` is `admin`)."""
+    return or_(User.username == username, User.username_key == name_key(username))
+
+
 async def user_by_username(session: AsyncSession, username: str) -> User | None:
-    return await session.scalar(select(User).where(User.username == username))
+    users = (await session.scalars(select(User).where(_by_name(username)).limit(2))).all()
+    return next((u for u in users if u.username == username), users[0] if users else None)
 
 
 async def user_id_by_username(session: AsyncSession, username: str) -> uuid.UUID | None:
-    return await session.scalar(select(User.id).where(User.username == username))
+    user = await user_by_username(session, username)
+    return user.id if user is not None else None
 
 
 async def count_users(session: AsyncSession) -> int:

@@ -51,6 +51,7 @@ from relaypacs.auth.totp import (
 )
 from relaypacs.db import Database, utcnow
 from relaypacs.errors import NotFound
+from relaypacs.fields import name_key
 from relaypacs.ratelimit import RateLimits
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -200,7 +201,7 @@ async def confirm_password(
 ) -> None:
     """The signed-in user's current password again, before a sensitive change: limited like a
     login per account and address; a wrong one is audited as a failed `action`."""
-    key = f"{user.username.lower()}|{actor.client_ip}"
+    key = f"{name_key(user.username)}|{actor.client_ip}"
     await limits.check("login_account_ip", key)
     if await asyncio.to_thread(verify_password, user.password_hash, password):
         return
