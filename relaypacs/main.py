@@ -110,12 +110,13 @@ async def open_revocations(settings: Settings, db: Database) -> Revocations:
             connect_redis(settings.redis_url),
             prefix=settings.redis_prefix,
             ttl=ttl,
+            session_ttl=dt.timedelta(minutes=settings.refresh_absolute_minutes),
             database=database,
         )
         await store.ensure_complete()
         return store
     if settings.is_sqlite:
-        memory = MemoryRevocations(ttl)
+        memory = MemoryRevocations(ttl, database)
         await memory.revoke(await database.recently_revoked(ttl))  # from before a restart
         return memory
     return database

@@ -44,7 +44,9 @@ async def get_session_user(
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")
     revocations: Revocations = state.revocations
-    if claims.version != user.token_version or await revocations.is_revoked(claims.session_id):
+    if claims.version != user.token_version or not await revocations.is_live(
+        claims.session_id, user.id
+    ):
         raise SessionEnded()
     request.state.user_id = user.id
     request.state.user = user

@@ -137,11 +137,16 @@ async def live_sessions(session: AsyncSession, *, user_id: uuid.UUID) -> list[Au
     return list(rows)
 
 
-async def is_session_revoked(session: AsyncSession, session_id: uuid.UUID) -> bool:
-    """Revoked, or unknown (deleted with its user)."""
-    row = await session.execute(select(AuthSession.revoked_at).where(AuthSession.id == session_id))
+async def live_session_owner(session: AsyncSession, session_id: uuid.UUID) -> uuid.UUID | None:
+    """The user of a session that is not revoked; None: revoked or unknown (deleted with its
+    user, or never issued)."""
+    row = await session.execute(
+        select(AuthSession.user_id).where(
+            AuthSession.id == session_id, AuthSession.revoked_at.is_(None)
+        )
+    )
     found = row.first()
-    return found is None or found.revoked_at is not None
+    return found.user_id if found is not None else None
 
 
 async def sessions_revoked_within(session: AsyncSession, within: dt.timedelta) -> list[uuid.UUID]:

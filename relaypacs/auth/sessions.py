@@ -80,6 +80,7 @@ async def start_session(
         user_agent=(user_agent or "")[:256] or None,
     )
     await repository.add_session(session, auth_session)
+    await ctx.revocations.started(auth_session.id, user.id)
     refresh = await _new_refresh_token(session, auth_session.id)
     access, expires_in = issue_access_token(ctx, user=user, session_id=auth_session.id)
     return IssuedTokens(access, expires_in, refresh, auth_session.id, auth_session.expires_at)
