@@ -16,7 +16,8 @@ from relaypacs.audit import service as audit
 from relaypacs.audit.schemas import AuditEventList, AuditExport, AuditPage
 from relaypacs.auth.dependencies import ActorDep, AdminUser
 from relaypacs.db import utcnow
-from relaypacs.state import AppStateDep, ReadSessionDep
+from relaypacs.fields import Offset
+from relaypacs.state import AppStateDep
 from relaypacs.uploads.schemas import UploadList, UploadRead
 from relaypacs.uploads.service import ProblemKind
 
@@ -27,15 +28,14 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 async def list_problem_uploads(
     _admin: AdminUser,
     actor: ActorDep,
-    session: ReadSessionDep,
     state: AppStateDep,
     problem: Annotated[ProblemKind, Query(alias="status")] = "failed",
     stuck_minutes: Annotated[int, Query(ge=1, le=7 * 24 * 60)] = 15,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[Offset, Query()] = 0,
 ) -> UploadList:
     items, total = await service.list_problem_uploads(
-        session,
+        state.db.read_sessionmaker,
         state.db.sessionmaker,
         actor=actor,
         problem=problem,
@@ -71,11 +71,12 @@ async def query_audit(
     query: Annotated[AuditPage, Query()],
     _admin: AdminUser,
     actor: ActorDep,
-    session: ReadSessionDep,
     state: AppStateDep,
 ) -> AuditEventList:
     """Newest first; `limit` at most 500; page with `before`."""
-    return await audit.query_log(session, state.db.sessionmaker, actor=actor, query=query)
+    return await audit.query_log(
+        state.db.read_sessionmaker, state.db.sessionmaker, actor=actor, query=query
+    )
 
 
 @router.get("/audit/export")

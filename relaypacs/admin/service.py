@@ -19,7 +19,7 @@ from relaypacs.uploads.service import ProblemKind
 
 
 async def list_problem_uploads(
-    session: AsyncSession,
+    read_sessionmaker: async_sessionmaker[AsyncSession],
     sessionmaker: async_sessionmaker[AsyncSession],
     *,
     actor: Actor,
@@ -28,11 +28,13 @@ async def list_problem_uploads(
     limit: int,
     offset: int,
 ) -> tuple[list[UploadSummary], int]:
-    """A page of the uploads with `problem` (read with `session`), and how many in all. Other
-    users' study details are shown: a non-empty page is recorded first (`sessionmaker`)."""
-    items, total = await uploads.list_problem_uploads(
-        session, problem=problem, stuck_minutes=stuck_minutes, limit=limit, offset=offset
-    )
+    """A page of the uploads with `problem`, and how many in all. Other users' study details
+    are shown: a non-empty page is recorded before it is answered, once the read has given its
+    connection back (never one held while waiting for another)."""
+    async with read_sessionmaker() as session, session.begin():
+        items, total = await uploads.list_problem_uploads(
+            session, problem=problem, stuck_minutes=stuck_minutes, limit=limit, offset=offset
+        )
     if items:
         await record_alone(
             sessionmaker,

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from relaypacs.fields import Line, RowId
+
 AUDIT_PAGE_MAX = 500
 
 
@@ -17,18 +19,18 @@ class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     actor_id: uuid.UUID | None = Field(default=None, description="The user who acted.")
-    action: str | None = Field(default=None, max_length=64, description="e.g. upload.read")
-    outcome: str | None = Field(default=None, max_length=16, description="e.g. denied")
-    object_type: str | None = Field(default=None, max_length=32, description="e.g. upload")
-    object_id: str | None = Field(default=None, max_length=64)
-    study_instance_uid: str | None = Field(default=None, max_length=64)
+    action: Line | None = Field(default=None, max_length=64, description="e.g. upload.read")
+    outcome: Line | None = Field(default=None, max_length=16, description="e.g. denied")
+    object_type: Line | None = Field(default=None, max_length=32, description="e.g. upload")
+    object_id: Line | None = Field(default=None, max_length=64)
+    study_instance_uid: Line | None = Field(default=None, max_length=64)
     since: AwareDatetime | None = Field(default=None, description="From (inclusive, with zone).")
     until: AwareDatetime | None = Field(default=None, description="To (exclusive, with zone).")
 
 
 class AuditPage(AuditQuery):
     limit: int = Field(default=100, ge=1, le=AUDIT_PAGE_MAX)
-    before: int | None = Field(
+    before: RowId | None = Field(
         default=None, ge=1, description="The `next_before` of the previous page."
     )
 

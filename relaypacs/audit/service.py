@@ -136,14 +136,16 @@ def _filter(query: AuditQuery) -> AuditFilter:
 
 
 async def query_log(
-    session: AsyncSession,
+    read_sessionmaker: async_sessionmaker[AsyncSession],
     sessionmaker: async_sessionmaker[AsyncSession],
     *,
     actor: Actor,
     query: AuditPage,
 ) -> AuditEventList:
-    """One page of the log, newest first (`session` reads it); the query itself is recorded
-    first, in a transaction of its own (`sessionmaker`)."""
+    """One page of the log, newest first; the query itself is recorded first, in a transaction
+    of its own. One connection at a time: the record's is back in the pool before the read
+    takes one (a request holding a connection while waiting for a second deadlocks the pool
+    once enough such requests run at once)."""
     where = _filter(query)
     await record_alone(
         sessionmaker,
@@ -151,7 +153,8 @@ async def query_log(
         action="audit.query",
         details={**where.as_details(), "limit": query.limit, "before": query.before},
     )
-    rows = await repository.query_events(session, where, limit=query.limit, before=query.before)
+    async with read_sessionmaker() as session, session.begin():
+        rows = await repository.query_events(session, where, limit=query.limit, before=query.before)
     return AuditEventList(
         items=[AuditEventRead.model_validate(r) for r in rows],
         next_before=rows[-1].id if len(rows) == query.limit else None,
@@ -186,11 +189,21 @@ async def export_log(
         details={**where.as_details(), "format": query.format},
     )
     records = repository.stream_events(read_sessionmaker, where)
+    # The first record is read before the answer starts: a query that fails does so while a
+    # clear error can still be sent, not after a 200 and its headers.
+    first = await anext(records, None)
+
+    async def rest() -> AsyncIterator[AuditEvent]:
+        if first is None:
+            return
+        yield first
+        async for event in records:
+            yield event
 
     async def lines() -> AsyncIterator[str]:
         if query.format == "csv":
             yield _csv_line(EXPORT_COLUMNS)
-        async for event in records:
+        async for event in rest():
             row = AuditEventRead.model_validate(event).model_dump(mode="json")
             if query.format == "csv":
                 yield _csv_line(

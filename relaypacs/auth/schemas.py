@@ -9,11 +9,12 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaypacs.auth.models import Role
+from relaypacs.fields import Line
 
 
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
+    username: Line = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
     refresh_in_body: bool = Field(
         default=False,
@@ -24,15 +25,15 @@ class LoginRequest(BaseModel):
 
 class TotpLoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mfa_token: str = Field(min_length=1, max_length=4096)
-    code: str | None = Field(default=None, min_length=1, max_length=16)
-    recovery_code: str | None = Field(default=None, min_length=1, max_length=64)
+    mfa_token: Line = Field(min_length=1, max_length=4096)
+    code: Line | None = Field(default=None, min_length=1, max_length=16)
+    recovery_code: Line | None = Field(default=None, min_length=1, max_length=64)
     refresh_in_body: bool = False
 
 
 class RefreshRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    refresh_token: str | None = Field(
+    refresh_token: Line | None = Field(
         default=None, min_length=1, max_length=256, description="Default: the cookie."
     )
 
@@ -55,7 +56,7 @@ class TotpEnrolRequest(BaseModel):
 
 class TotpCodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    code: str = Field(min_length=1, max_length=16)
+    code: Line = Field(min_length=1, max_length=16)
 
 
 class TokenResponse(BaseModel):

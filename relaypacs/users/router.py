@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, status
 from relaypacs.auth.dependencies import ActorDep, AdminUser
 from relaypacs.auth.models import AuthSession, User
 from relaypacs.auth.schemas import SessionRead
+from relaypacs.fields import Offset
 from relaypacs.state import AppStateDep, ReadSessionDep
 from relaypacs.users import service
 from relaypacs.users.schemas import (
@@ -35,7 +36,7 @@ async def list_users(
     _admin: AdminUser,
     session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[Offset, Query()] = 0,
 ) -> AdminUserList:
     users, total = await service.list_users(session, limit=limit, offset=offset)
     return AdminUserList(items=[AdminUserRead.model_validate(u) for u in users], total=total)

@@ -8,13 +8,14 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaypacs.auth.models import Role
+from relaypacs.fields import Line
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
     role: Role
-    email: str | None = Field(default=None, max_length=320)
+    email: Line | None = Field(default=None, max_length=320)
     temporary_password: str | None = Field(
         default=None,
         min_length=1,
