@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as SqlalchemyTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -38,14 +39,17 @@ from relaypacs.config import Settings, load_settings
 from relaypacs.db import Database
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
+from relaypacs.forwarding.source import Settlement
 from relaypacs.forwarding.worker import Forwarder
 from relaypacs.middleware import HttpSurface, StrictCORSMiddleware
 from relaypacs.migrate import upgrade_in_subprocess
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
+from relaypacs.reports.service import open_report
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
 from relaypacs.uploads.early import EarlyVerifier
+from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import (
@@ -136,6 +140,12 @@ def open_validator(settings: Settings) -> DicomValidator:
     )
 
 
+async def open_report_when_delivered(session: AsyncSession, settled: Settlement) -> None:
+    """Settle hook of the forwarder: a delivered study awaits its report."""
+    if settled.delivered:
+        open_report(session, upload_id=settled.upload_id)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app_settings(app)
@@ -164,6 +174,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings=settings,
             engine=db.engine,
             sync_engine=db.sync_engine,
+            source=UploadRelay(),
+            settle_hooks=(open_report_when_delivered, notify_uploader),
         )
         await forwarder.start()
     state = AppState(

@@ -2,7 +2,8 @@
 not the worker's own (enqueue, requeue, cancel) and the job's summary for an upload's view.
 
 The worker (relaypacs/forwarding/worker.py) claims, leases and settles jobs; everything else
-asks this module, never the forward_job table."""
+asks this module. Both reach the forward_job table through relaypacs/forwarding/repository.py.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from relaypacs.db import utcnow
-from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.forwarding import repository
+from relaypacs.forwarding.models import JobStatus
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,12 @@ class JobSummary:
 def enqueue(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
     """The outbox: call it in the transaction that accepts the upload, so that the job exists
     if and only if that transaction commits."""
-    session.add(ForwardJob(upload_id=upload_id, target=target))
+    repository.add_job(session, upload_id=upload_id, target=target)
 
 
 def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:
     """Synchronous (a read in one call, or `AsyncSession.run_sync`)."""
-    job = session.scalar(
-        select(ForwardJob).where(ForwardJob.upload_id == upload_id).order_by(ForwardJob.created_at)
-    )
+    job = repository.first_job(session, upload_id)
     if job is None:
         return None
     return JobSummary(
@@ -54,36 +53,18 @@ def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:
 async def requeue(session: AsyncSession, *, upload_id: uuid.UUID) -> bool:
     """Make the upload's job due now with fresh attempts (False: it has no job). A new lease
     token fences off any worker still holding the old lease."""
-    job = await session.scalar(select(ForwardJob).where(ForwardJob.upload_id == upload_id))
+    job = await repository.job_of_upload(session, upload_id)
     if job is None:
         return False
-    job.status = JobStatus.QUEUED
-    job.attempts = 0
-    job.next_attempt_at = utcnow()
-    job.lease_owner = None
-    job.lease_until = None
-    job.lease_token += 1
-    job.finished_at = None
+    repository.make_due_again(job)
     return True
 
 
 async def cancel(session: AsyncSession, *, upload_id: uuid.UUID) -> None:
     """Cancel the upload's jobs; a worker holding a lease is fenced off and writes nothing more."""
-    await session.execute(
-        update(ForwardJob)
-        .where(ForwardJob.upload_id == upload_id)
-        .values(
-            status=JobStatus.CANCELLED,
-            lease_token=ForwardJob.lease_token + 1,
-            lease_owner=None,
-            lease_until=None,
-            finished_at=utcnow(),
-        )
-    )
+    await repository.cancel_jobs(session, upload_id)
 
 
 def retrying_uploads() -> Select[uuid.UUID]:
     """The ids of uploads whose job is queued again after a failed attempt (a subquery)."""
-    return select(ForwardJob.upload_id).where(
-        ForwardJob.status == JobStatus.QUEUED, ForwardJob.attempts > 0
-    )
+    return repository.retrying_upload_ids()

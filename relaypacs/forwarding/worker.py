@@ -18,43 +18,23 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, cast
 
 import httpx
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relaypacs.audit.service import record_event
 from relaypacs.config import PacsTarget, Settings
-from relaypacs.db import sqlite_write_lock, utcnow
+from relaypacs.db import utcnow
+from relaypacs.forwarding import repository
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
-from relaypacs.forwarding.models import ForwardJob, JobStatus
-from relaypacs.notifications.models import Notification
+from relaypacs.forwarding.errors import LeaseLost
+from relaypacs.forwarding.repository import Claim
+from relaypacs.forwarding.source import InstanceSource, SettleHook, Settlement
 from relaypacs.pacs.dicomweb import DicomWebClient, Disposition, InstancePart, InstanceResult
-from relaypacs.reports.models import Report
 from relaypacs.storage import ObjectStorage
-from relaypacs.uploads.models import (
-    ForwardStatus,
-    Upload,
-    UploadFile,
-    UploadStatus,
-)
-from relaypacs.uploads.service import recorded_chunk_keys
 
 logger = logging.getLogger(__name__)
-
-
-class LeaseLost(Exception):
-    """Another worker owns the job now: stop, write nothing more."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    job_id: uuid.UUID
-    token: int
-    upload_id: uuid.UUID
-    target: str
 
 
 def make_batches(
@@ -76,34 +56,16 @@ def make_batches(
     return batches
 
 
-_FILES = cast(Table, UploadFile.__table__)
-_RECORD_FILE = (
-    update(_FILES)
-    .where(_FILES.c.upload_id == bindparam("b_upload"), _FILES.c.index == bindparam("b_index"))
-    .values(forward_status=bindparam("b_status"), forward_error=bindparam("b_error"))
-)
-
-
-def _record_sync(
-    connection: Connection, claim: Claim, lease: dt.timedelta, rows: list[dict[str, Any]]
-) -> None:
-    """One batch's answers, fenced by the lease token (see Forwarder._fence)."""
-    now = utcnow()
-    fenced = connection.execute(
-        update(ForwardJob)
-        .where(ForwardJob.id == claim.job_id, ForwardJob.lease_token == claim.token)
-        .values(
-            lease_until=now + lease,
-            updated_at=now,
-            stow_requests=ForwardJob.stow_requests + 1,
-        )
-    )
-    if not fenced.rowcount:
-        raise LeaseLost()
-    connection.execute(_RECORD_FILE, [{"b_upload": claim.upload_id, **row} for row in rows])
-
-
 class Forwarder:
+    """The forwarding workers of this process (`jobs_at_once` jobs at a time), their PACS
+    clients and circuit breakers.
+
+    `source` owns the instances (relaypacs/uploads/relay.py; a Forwarder built without one can
+    be woken and polled, not run a job); `settle_hooks` run in the transaction that settles a
+    study (delivered or failed for good). On SQLite, give `engine` and `sync_engine`: each
+    batch's answers are then recorded in one thread call (see repository.batch_recorder).
+    """
+
     def __init__(
         self,
         *,
@@ -113,12 +75,15 @@ class Forwarder:
         jobs_at_once: int = 2,
         engine: AsyncEngine | None = None,
         sync_engine: Engine | None = None,
+        source: InstanceSource | None = None,
+        settle_hooks: Sequence[SettleHook] = (),
     ) -> None:
         self._sessionmaker = sessionmaker
-        # SQLite: each batch's record is one thread call on the synchronous engine (through
-        # aiosqlite it was a dozen hops between threads, 30 times for a CT series).
-        self._engine = engine
-        self._sync_engine = sync_engine if engine is not None else None
+        self._batches = repository.batch_recorder(
+            sessionmaker, engine=engine, sync_engine=sync_engine
+        )
+        self._source = source
+        self._settle_hooks = tuple(settle_hooks)
         self._settings = settings
         self._targets: dict[str, PacsTarget] = {t.name: t for t in settings.pacs_targets}
         self._clients = {name: DicomWebClient(t, storage) for name, t in self._targets.items()}
@@ -143,7 +108,15 @@ class Forwarder:
         """A job became due now (a study was accepted): do not wait for the next poll."""
         self._wakeup.set()
 
+    @property
+    def _instances(self) -> InstanceSource:
+        if self._source is None:
+            raise RuntimeError("this Forwarder was built without an instance source")
+        return self._source
+
     async def start(self) -> None:
+        if self._source is None:  # at start, not at the first job
+            raise RuntimeError("a Forwarder needs an instance source to run jobs")
         for name, client in self._clients.items():
             problem = await client.probe()
             if problem is None:
@@ -201,54 +174,17 @@ class Forwarder:
         targets = [name for name, b in self._breakers.items() if b.would_allow()]
         if not targets:
             return None
-        now = utcnow()
         async with self._sessionmaker() as session, session.begin():
-            job = await session.scalar(
-                select(ForwardJob)
-                .where(
-                    ForwardJob.status == JobStatus.QUEUED,
-                    ForwardJob.next_attempt_at <= now,
-                    (ForwardJob.lease_until.is_(None)) | (ForwardJob.lease_until < now),
-                    ForwardJob.target.in_(targets),
-                )
-                .order_by(ForwardJob.next_attempt_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
+            return await repository.claim_due(
+                session, targets=targets, owner=self.worker_id, lease=self._lease
             )
-            if job is None:
-                return None
-            job.lease_owner = self.worker_id
-            job.lease_until = now + self._lease
-            job.lease_token += 1
-            await session.flush()
-            return Claim(job.id, job.lease_token, job.upload_id, job.target)
-
-    async def _fence(self, session: AsyncSession, claim: Claim, **values: Any) -> None:
-        """Extend the lease (and set `values` on the job); raise LeaseLost if the job is no
-        longer ours. Fences the writes of the transaction it runs in (on PostgreSQL it also
-        locks the job's row)."""
-        result = await session.execute(
-            update(ForwardJob)
-            .where(ForwardJob.id == claim.job_id, ForwardJob.lease_token == claim.token)
-            .values(lease_until=utcnow() + self._lease, updated_at=utcnow(), **values)
-            .execution_options(synchronize_session=False)
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            raise LeaseLost()
-
-    async def _renew(self, session: AsyncSession, claim: Claim) -> ForwardJob:
-        """:meth:`_fence`, then the job's row."""
-        await self._fence(session, claim)
-        job = await session.get(ForwardJob, claim.job_id, populate_existing=True)
-        assert job is not None
-        return job
 
     async def _heartbeat(self, claim: Claim, lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
             try:
                 async with self._sessionmaker() as session, session.begin():
-                    await self._fence(session, claim)
+                    await repository.fence(session, claim, self._lease)
             except LeaseLost:
                 lost.set()
                 return
@@ -281,64 +217,30 @@ class Forwarder:
         client = self._clients[claim.target]
         breaker = self._breakers[claim.target]
         async with self._sessionmaker() as session, session.begin():
-            job = await self._renew(session, claim)
-            upload = await session.get(Upload, claim.upload_id)
-            assert upload is not None
-            if upload.status == UploadStatus.CANCELLED:
-                job.status = JobStatus.CANCELLED
-                job.finished_at = utcnow()
+            job = await repository.renew(session, claim, self._lease)
+            study = await self._instances.start(session, claim.upload_id)
+            if study is None:  # the upload was cancelled
+                repository.mark_cancelled(job)
                 return
-            if upload.status == UploadStatus.QUEUED:
-                upload.status = UploadStatus.FORWARDING
-            study_uid = upload.study_instance_uid
-            # Columns, not ORM objects: a study has thousands of files, and this is the fixed
-            # cost before the first request goes out.
-            files = (
-                await session.execute(
-                    select(
-                        UploadFile.index,
-                        UploadFile.sop_instance_uid,
-                        UploadFile.size,
-                        UploadFile.preamble,
-                        UploadFile.forward_status,
-                    )
-                    .where(
-                        UploadFile.upload_id == claim.upload_id,
-                        UploadFile.forward_status.is_not(None),
-                    )
-                    .order_by(UploadFile.index)
-                )
-            ).all()
-            keys = await recorded_chunk_keys(session, claim.upload_id)
-        to_send = [
-            InstancePart(
-                file_index=index,
-                sop_instance_uid=sop or "",
-                size=size,
-                keys=tuple(keys[index].values()),
-                zero_preamble=preamble == "nonzero",
-            )
-            for index, sop, size, preamble, status in files
-            if status == ForwardStatus.PENDING
-        ]
-        sop_of = {index: sop for index, sop, *_ in files}
 
         retry_reasons: list[str] = []
-        if to_send:
-            batches = make_batches(to_send, target.batch_instances, target.batch_bytes)
-            retry_reasons = await self._send_all(claim, client, breaker, study_uid, batches)
+        if study.to_send:
+            batches = make_batches(study.to_send, target.batch_instances, target.batch_bytes)
+            retry_reasons = await self._send_all(
+                claim, client, breaker, study.study_instance_uid, batches
+            )
         if retry_reasons:
             await self._schedule_retry(claim, retry_reasons[0])
             return
         # Everything was answered: verify with QIDO-RS before anything counts as delivered.
         try:
-            listed = await client.instance_uids(study_uid, expected=len(files))
+            listed = await client.instance_uids(study.study_instance_uid, expected=study.instances)
         except httpx.HTTPError as exc:
             self._target_failed(claim.target, type(exc).__name__)
             await self._schedule_retry(claim, f"verification: {type(exc).__name__}")
             return
         breaker.record_success()
-        await self._settle(claim, sop_of, listed)
+        await self._settle(claim, study.sop_uids, listed)
 
     async def _send_all(
         self,
@@ -405,173 +307,94 @@ class Forwarder:
             )
 
     async def _record(self, claim: Claim, results: list[InstanceResult]) -> None:
-        status_of = {
-            Disposition.STORED: ForwardStatus.SENT,
-            Disposition.FAILED: ForwardStatus.FAILED,
-            Disposition.RETRY: ForwardStatus.PENDING,
-        }
-        if self._sync_engine is not None and self._engine is not None:
-            sync_engine = self._sync_engine
-            rows = [
-                {
-                    "b_index": r.file_index,
-                    "b_status": status_of[r.disposition],
-                    "b_error": r.reason if r.disposition != Disposition.STORED else None,
-                }
-                for r in results
-            ]
+        """One batch's answers, in one transaction fenced by the lease token."""
+        source = self._instances
 
-            def in_thread() -> None:
-                with sync_engine.begin() as connection:
-                    _record_sync(connection, claim, self._lease, rows)
+        def answers(connection: Connection) -> None:
+            source.record_answers(connection, claim.upload_id, results)
 
-            async with sqlite_write_lock(self._engine):
-                await asyncio.to_thread(in_thread)
-            return
-        async with self._sessionmaker() as session, session.begin():
-            await self._fence(session, claim, stow_requests=ForwardJob.stow_requests + 1)
-            await session.execute(
-                update(UploadFile),
-                [
-                    {
-                        "upload_id": claim.upload_id,
-                        "index": r.file_index,
-                        "forward_status": status_of[r.disposition],
-                        "forward_error": r.reason if r.disposition != Disposition.STORED else None,
-                    }
-                    for r in results
-                ],
-            )
+        await self._batches.record(claim, self._lease, answers)
 
     async def _schedule_retry(self, claim: Claim, reason: str) -> None:
         async with self._sessionmaker() as session, session.begin():
-            job = await self._renew(session, claim)
-            job.attempts += 1
+            job = await repository.renew(session, claim, self._lease)
+            attempts = job.attempts + 1
             delay = retry_delay(
-                job.attempts,
+                attempts,
                 self._settings.forward_retry_delays,
                 self._settings.forward_retry_interval,
             )
             breaker = self._breakers[claim.target]
             delay = max(delay, breaker.seconds_until_retry())
-            job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
-            job.last_error = reason[:500]
-            job.lease_owner = None
-            job.lease_until = None
-            await self._refresh_counts(session, job)
+            repository.schedule_retry(
+                job,
+                attempts=attempts,
+                next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
+                reason=reason,
+            )
+            repository.set_counts(job, await self._instances.counts(session, claim.upload_id))
         logger.info(
-            "forwarding job %s: retry %d in %.1f s (%s)", claim.job_id, job.attempts, delay, reason
+            "forwarding job %s: retry %d in %.1f s (%s)", claim.job_id, attempts, delay, reason
         )
 
     async def _release_after_error(self, claim: Claim, reason: str) -> None:
         with contextlib.suppress(Exception):
             await self._schedule_retry(claim, f"internal: {reason}")
 
-    async def _refresh_counts(self, session: AsyncSession, job: ForwardJob) -> int:
-        """Update the job's counters from its files; returns the number of instances."""
-        rows = await session.execute(
-            select(UploadFile.forward_status, func.count())
-            .where(UploadFile.upload_id == job.upload_id, UploadFile.forward_status.is_not(None))
-            .group_by(UploadFile.forward_status)
-        )
-        counts: dict[ForwardStatus | None, int] = {}
-        for status, n in rows:
-            counts[status] = n
-        job.confirmed_count = counts.get(ForwardStatus.CONFIRMED, 0)
-        job.failed_count = counts.get(ForwardStatus.FAILED, 0)
-        job.sent_count = job.confirmed_count + counts.get(ForwardStatus.SENT, 0)
-        return sum(counts.values())
-
-    async def _settle(self, claim: Claim, sop_of: dict[int, str | None], listed: set[str]) -> None:
+    async def _settle(
+        self, claim: Claim, sop_uids: dict[int, str | None], listed: set[str]
+    ) -> None:
         """Mark what QIDO-RS lists as confirmed; deliver, fail, or retry the rest."""
+        source = self._instances
         async with self._sessionmaker() as session, session.begin():
-            job = await self._renew(session, claim)
-            answered = (
-                await session.execute(
-                    select(UploadFile.index).where(
-                        UploadFile.upload_id == claim.upload_id,
-                        UploadFile.forward_status.in_(
-                            (ForwardStatus.SENT, ForwardStatus.CONFIRMED)
-                        ),
-                    )
-                )
-            ).scalars()
-            # The PACS said stored but does not list it: send it again.
-            unlisted = [index for index in answered if sop_of.get(index) not in listed]
-            unconfirmed = len(unlisted)
-            if unlisted:
-                await session.execute(
-                    update(UploadFile),
-                    [
-                        {
-                            "upload_id": claim.upload_id,
-                            "index": index,
-                            "forward_status": ForwardStatus.PENDING,
-                            "forward_error": "not_listed_by_qido",
-                        }
-                        for index in unlisted
-                    ],
-                )
-            await session.execute(
-                update(UploadFile)
-                .where(
-                    UploadFile.upload_id == claim.upload_id,
-                    UploadFile.forward_status == ForwardStatus.SENT,
-                )
-                .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
-                .execution_options(synchronize_session=False)
+            job = await repository.renew(session, claim, self._lease)
+            # The PACS said stored but does not list it: sent again (by the retry below).
+            unconfirmed = await source.confirm_listed(
+                session, claim.upload_id, sop_uids=sop_uids, listed=listed
             )
-            instances = await self._refresh_counts(session, job)
+            counts = await source.counts(session, claim.upload_id)
+            repository.set_counts(job, counts)
             if not unconfirmed:
-                upload = await session.get(Upload, claim.upload_id)
-                assert upload is not None
-                if upload.status == UploadStatus.CANCELLED:
-                    return  # cancelled meanwhile (the cancel also took the job from us)
                 now = utcnow()
-                job.status = JobStatus.DONE
-                job.finished_at = now
-                job.lease_owner = None
-                job.lease_until = None
-                job.last_error = None
-                delivered = job.failed_count == 0
-                upload.status = UploadStatus.DELIVERED if delivered else UploadStatus.FAILED
-                if delivered:
-                    upload.delivered_at = now
-                    session.add(Report(upload_id=upload.id))
-                session.add(
-                    Notification(
-                        user_id=upload.user_id,
-                        type="upload_delivered" if delivered else "upload_failed",
-                        related_id=upload.id,
-                        payload={
-                            "target": claim.target,
-                            "confirmed": job.confirmed_count,
-                            "failed": job.failed_count,
-                            "instances": instances,
-                        },
-                    )
+                delivered = counts.failed == 0
+                upload = await source.finish(session, claim.upload_id, delivered=delivered, at=now)
+                if upload is None:
+                    return  # cancelled meanwhile (the cancel also took the job from us)
+                repository.mark_done(job, at=now)
+                settlement = Settlement(
+                    upload_id=claim.upload_id,
+                    user_id=upload.user_id,
+                    study_instance_uid=upload.study_instance_uid,
+                    target=claim.target,
+                    delivered=delivered,
+                    confirmed=counts.confirmed,
+                    failed=counts.failed,
+                    instances=counts.instances,
+                    stow_requests=job.stow_requests,
                 )
+                for hook in self._settle_hooks:
+                    await hook(session, settlement)
                 await record_event(
                     session,
                     action="forward.delivered" if delivered else "forward.failed",
                     outcome="success" if delivered else "failure",
                     object_type="upload",
-                    object_id=upload.id,
+                    object_id=claim.upload_id,
                     study_instance_uid=upload.study_instance_uid,
                     details={
                         "target": claim.target,
-                        "confirmed": job.confirmed_count,
-                        "failed": job.failed_count,
+                        "confirmed": counts.confirmed,
+                        "failed": counts.failed,
                         "stow_requests": job.stow_requests,
                     },
                 )
                 logger.info(
                     "upload %s %s: %s confirmed %d/%d",
-                    upload.id,
-                    upload.status.value,
+                    claim.upload_id,
+                    "delivered" if delivered else "failed",
                     claim.target,
-                    job.confirmed_count,
-                    instances,
+                    counts.confirmed,
+                    counts.instances,
                 )
                 return
         await self._schedule_retry(claim, f"{unconfirmed} instances not listed by QIDO-RS")

@@ -11,7 +11,8 @@ import pytest
 
 from relaypacs.config import Settings
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
-from relaypacs.forwarding.worker import Claim, Forwarder, make_batches
+from relaypacs.forwarding.repository import Claim
+from relaypacs.forwarding.worker import Forwarder, make_batches
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, _failures, classify_reason
 
 

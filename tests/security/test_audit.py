@@ -289,7 +289,7 @@ class TestAppendOnly:
             async with app_state(app).db.sessionmaker() as session:
                 # SQLite: the triggers; PostgreSQL: the gateway's role may not even try (the
                 # owner meets the triggers: tests/security/test_audit_tamper.py).
-                with pytest.raises(Exception, match="append-only|permission denied"):
+                with pytest.raises(Exception, match=r"append-only|permission denied"):
                     async with session.begin():
                         await session.execute(text(statement))
 

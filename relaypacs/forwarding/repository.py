@@ -1,0 +1,251 @@
+"""Every query of the forward_job table: enqueue, claim with a lease, fence by the lease token,
+schedule a retry, settle, requeue, cancel, summarise.
+
+A job's lease is taken by bumping its lease_token; every later write of the worker that holds
+it goes through `fence` (or the fenced batch of `BatchRecorder`), which matches that token: a
+worker whose lease moved on writes nothing. Functions taking a session run in the caller's
+transaction; those taking a job (`ForwardJob`, as `renew` returned it) change it in the
+caller's session, written when it flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from sqlalchemy import Connection, CursorResult, Engine, Select, Update, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from relaypacs.db import sqlite_write_lock, utcnow
+from relaypacs.forwarding.errors import LeaseLost
+from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.forwarding.source import ForwardCounts
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job whose lease a worker holds, and the token that fences its writes."""
+
+    job_id: uuid.UUID
+    token: int
+    upload_id: uuid.UUID
+    target: str
+
+
+# --- jobs of an upload (the forwarding service's use cases) ----------------------------------
+
+
+def add_job(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
+    session.add(ForwardJob(upload_id=upload_id, target=target))
+
+
+def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
+    """The upload's first job (synchronous: a read in one call, or `run_sync`)."""
+    return session.scalar(
+        select(ForwardJob).where(ForwardJob.upload_id == upload_id).order_by(ForwardJob.created_at)
+    )
+
+
+async def job_of_upload(session: AsyncSession, upload_id: uuid.UUID) -> ForwardJob | None:
+    return await session.scalar(select(ForwardJob).where(ForwardJob.upload_id == upload_id))
+
+
+def make_due_again(job: ForwardJob) -> None:
+    """Due now with fresh attempts; a new lease token fences off any worker still holding the
+    old lease."""
+    job.status = JobStatus.QUEUED
+    job.attempts = 0
+    job.next_attempt_at = utcnow()
+    job.lease_owner = None
+    job.lease_until = None
+    job.lease_token += 1
+    job.finished_at = None
+
+
+async def cancel_jobs(session: AsyncSession, upload_id: uuid.UUID) -> None:
+    """Cancel the upload's jobs, fencing off any worker that holds a lease on one."""
+    await session.execute(
+        update(ForwardJob)
+        .where(ForwardJob.upload_id == upload_id)
+        .values(
+            status=JobStatus.CANCELLED,
+            lease_token=ForwardJob.lease_token + 1,
+            lease_owner=None,
+            lease_until=None,
+            finished_at=utcnow(),
+        )
+    )
+
+
+def retrying_upload_ids() -> Select[uuid.UUID]:
+    """The ids of uploads whose job is queued again after a failed attempt (a subquery)."""
+    return select(ForwardJob.upload_id).where(
+        ForwardJob.status == JobStatus.QUEUED, ForwardJob.attempts > 0
+    )
+
+
+# --- the worker's lease ----------------------------------------------------------------------
+
+
+async def claim_due(
+    session: AsyncSession, *, targets: Sequence[str], owner: str, lease: dt.timedelta
+) -> Claim | None:
+    """Take the lease of the job due first for one of `targets` (FOR UPDATE SKIP LOCKED: the
+    workers of other replicas skip it rather than wait)."""
+    now = utcnow()
+    job = await session.scalar(
+        select(ForwardJob)
+        .where(
+            ForwardJob.status == JobStatus.QUEUED,
+            ForwardJob.next_attempt_at <= now,
+            (ForwardJob.lease_until.is_(None)) | (ForwardJob.lease_until < now),
+            ForwardJob.target.in_(targets),
+        )
+        .order_by(ForwardJob.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if job is None:
+        return None
+    job.lease_owner = owner
+    job.lease_until = now + lease
+    job.lease_token += 1
+    await session.flush()
+    return Claim(job.id, job.lease_token, job.upload_id, job.target)
+
+
+def _fence(claim: Claim, lease: dt.timedelta, **values: Any) -> Update:
+    """Extend the lease (and set `values`) if the job is still the claim's; on PostgreSQL it
+    also locks the job's row until the transaction ends."""
+    now = utcnow()
+    return (
+        update(ForwardJob)
+        .where(ForwardJob.id == claim.job_id, ForwardJob.lease_token == claim.token)
+        .values(lease_until=now + lease, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def fence(session: AsyncSession, claim: Claim, lease: dt.timedelta) -> None:
+    """Fence the writes of the session's transaction by the claim's lease token (and extend
+    the lease); raise LeaseLost if the job is no longer ours."""
+    result = cast(CursorResult[Any], await session.execute(_fence(claim, lease)))
+    if not result.rowcount:
+        raise LeaseLost()
+
+
+async def renew(session: AsyncSession, claim: Claim, lease: dt.timedelta) -> ForwardJob:
+    """:func:`fence`, then the job's row as it is now."""
+    await fence(session, claim, lease)
+    job = await session.get(ForwardJob, claim.job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+def _fence_batch(connection: Connection, claim: Claim, lease: dt.timedelta) -> None:
+    """:func:`fence` for a STOW-RS batch's answers: it also counts the request."""
+    fenced = connection.execute(_fence(claim, lease, stow_requests=ForwardJob.stow_requests + 1))
+    if not fenced.rowcount:
+        raise LeaseLost()
+
+
+def mark_cancelled(job: ForwardJob) -> None:
+    """The job's upload was cancelled: nothing more to send."""
+    job.status = JobStatus.CANCELLED
+    job.finished_at = utcnow()
+
+
+def set_counts(job: ForwardJob, counts: ForwardCounts) -> None:
+    job.confirmed_count = counts.confirmed
+    job.failed_count = counts.failed
+    job.sent_count = counts.confirmed + counts.sent
+
+
+def schedule_retry(
+    job: ForwardJob, *, attempts: int, next_attempt_at: dt.datetime, reason: str
+) -> None:
+    """Release the lease; the job is due again at `next_attempt_at`."""
+    job.attempts = attempts
+    job.next_attempt_at = next_attempt_at
+    job.last_error = reason[:500]
+    job.lease_owner = None
+    job.lease_until = None
+
+
+def mark_done(job: ForwardJob, *, at: dt.datetime) -> None:
+    """Delivered, or failed for good: nothing more to send."""
+    job.status = JobStatus.DONE
+    job.finished_at = at
+    job.lease_owner = None
+    job.lease_until = None
+    job.last_error = None
+
+
+# --- a batch's answers: one fenced transaction, in as few hops as the database allows --------
+
+
+class BatchRecorder(Protocol):
+    async def record(
+        self, claim: Claim, lease: dt.timedelta, answers: Callable[[Connection], None]
+    ) -> None:
+        """In one transaction: fence the job by the claim's lease token and count the STOW-RS
+        request (raise LeaseLost if the job is no longer ours), then write `answers`."""
+        ...
+
+
+class _SessionBatchRecorder:
+    """A writing session; `answers` runs on its connection (`run_sync`: asyncpg needs no
+    thread)."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def record(
+        self, claim: Claim, lease: dt.timedelta, answers: Callable[[Connection], None]
+    ) -> None:
+        def in_transaction(connection: Connection) -> None:
+            _fence_batch(connection, claim, lease)
+            answers(connection)
+
+        async with self._sessionmaker() as session, session.begin():
+            connection = await session.connection()
+            await connection.run_sync(in_transaction)
+
+
+class _SqliteBatchRecorder:
+    """SQLite: the whole transaction is one thread call on the synchronous engine (through
+    aiosqlite it was a dozen hops between threads, 30 times for a CT series), taking its turn
+    on the process's write lock like every writing session."""
+
+    def __init__(self, engine: AsyncEngine, sync_engine: Engine) -> None:
+        self._engine = engine
+        self._sync_engine = sync_engine
+
+    async def record(
+        self, claim: Claim, lease: dt.timedelta, answers: Callable[[Connection], None]
+    ) -> None:
+        def in_thread() -> None:
+            with self._sync_engine.begin() as connection:
+                _fence_batch(connection, claim, lease)
+                answers(connection)
+
+        async with sqlite_write_lock(self._engine):
+            await asyncio.to_thread(in_thread)
+
+
+def batch_recorder(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    engine: AsyncEngine | None = None,
+    sync_engine: Engine | None = None,
+) -> BatchRecorder:
+    """The recorder for this database, chosen once: SQLite's when its synchronous engine is
+    given (with the async engine, whose write lock it shares), else the session's."""
+    if engine is not None and sync_engine is not None:
+        return _SqliteBatchRecorder(engine, sync_engine)
+    return _SessionBatchRecorder(sessionmaker)

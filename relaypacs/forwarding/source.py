@@ -1,0 +1,112 @@
+"""What the forwarding worker needs from the domain that owns the instances it sends.
+
+The worker sits below the upload domain: it never reads the upload tables. Whoever owns the
+instances (relaypacs/uploads/relay.py) implements `InstanceSource`, and main.py hands it to the
+Forwarder together with the settle hooks (what else happens when a study is settled: a report
+is opened, the uploader is notified). Every method runs in a transaction of the worker whose
+first statement fenced the job by its lease token, so a worker that lost its lease writes
+nothing through the source either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relaypacs.pacs.dicomweb import InstancePart, InstanceResult
+
+
+@dataclass(frozen=True)
+class StudyToForward:
+    """An upload being forwarded: what is still to send, and every instance it has."""
+
+    study_instance_uid: str
+    to_send: list[InstancePart]  # in file order
+    sop_uids: dict[int, str | None]  # every instance to forward, by file index
+
+    @property
+    def instances(self) -> int:
+        return len(self.sop_uids)
+
+
+@dataclass(frozen=True)
+class ForwardCounts:
+    """An upload's instances by forwarding state."""
+
+    pending: int = 0
+    sent: int = 0  # answered stored, not yet listed by QIDO-RS
+    confirmed: int = 0
+    failed: int = 0
+
+    @property
+    def instances(self) -> int:
+        return self.pending + self.sent + self.confirmed + self.failed
+
+
+@dataclass(frozen=True)
+class SettledUpload:
+    """The upload whose forwarding was just settled."""
+
+    user_id: uuid.UUID
+    study_instance_uid: str
+
+
+class InstanceSource(Protocol):
+    async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
+        """The upload's instances to forward, the upload marked as forwarding; None when the
+        upload was cancelled (the job is then cancelled too)."""
+        ...
+
+    def record_answers(
+        self, connection: Connection, upload_id: uuid.UUID, results: Sequence[InstanceResult]
+    ) -> None:
+        """One STOW-RS batch's answers, per instance (synchronous: on SQLite the whole fenced
+        transaction is one thread call, see forwarding.repository.BatchRecorder)."""
+        ...
+
+    async def counts(self, session: AsyncSession, upload_id: uuid.UUID) -> ForwardCounts: ...
+
+    async def confirm_listed(
+        self,
+        session: AsyncSession,
+        upload_id: uuid.UUID,
+        *,
+        sop_uids: Mapping[int, str | None],
+        listed: set[str],
+    ) -> int:
+        """Mark the instances answered stored and listed by QIDO-RS confirmed; put those
+        answered stored but not listed back to be sent again. Returns how many were not
+        listed."""
+        ...
+
+    async def finish(
+        self, session: AsyncSession, upload_id: uuid.UUID, *, delivered: bool, at: dt.datetime
+    ) -> SettledUpload | None:
+        """Mark the upload delivered (at `at`) or failed; None when it was cancelled meanwhile
+        (then nothing is settled)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A study delivered (the PACS lists every instance) or failed for good (it refused some)."""
+
+    upload_id: uuid.UUID
+    user_id: uuid.UUID
+    study_instance_uid: str
+    target: str
+    delivered: bool
+    confirmed: int
+    failed: int
+    instances: int
+    stow_requests: int
+
+
+# Run in the settling transaction, in the order given, before the forwarding's audit record.
+SettleHook = Callable[[AsyncSession, Settlement], Awaitable[None]]
