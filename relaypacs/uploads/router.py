@@ -23,6 +23,7 @@ from relaypacs.auth.policy import authorize
 from relaypacs.ratelimit import per_user
 from relaypacs.state import ReadSessionDep, SessionDep, get_app_state
 from relaypacs.uploads import service
+from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
 from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
 
@@ -164,11 +165,7 @@ async def put_chunk(
 ) -> ChunkStored:
     state = get_app_state(request)
     headers = request.headers
-    declared = service.parse_chunk_digests(
-        headers.get("content-md5"), headers.get("content-digest")
-    )
-    length_header = request.headers.get("content-length", "")
-    content_length = int(length_header) if length_header.isdigit() else None
+    declared = parse_chunk_digests(headers.get("content-md5"), headers.get("content-digest"))
     target = await service.prepare_chunk(
         state.db,
         state.upload_facts,
@@ -176,7 +173,7 @@ async def put_chunk(
         upload_id=upload_id,
         file_index=file_index,
         chunk_index=chunk_index,
-        content_length=content_length,
+        content_length=parse_content_length(headers.get("content-length")),
     )
     # Bounded memory: at most `chunk_slots` chunk bodies are held at once.
     slots: asyncio.Semaphore = state.chunk_slots
