@@ -51,6 +51,7 @@ from relaypacs.uploads.service import (
     UploadFactsCache,
     UploadLimits,
 )
+from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
 
 logger = logging.getLogger("relaypacs")
@@ -185,13 +186,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chunk_recorder=ChunkRecorder(db.engine, sync_engine=db.sync_engine),
         early_verifier=early_verifier,
         complete_context=CompleteContext(
-            sessionmaker=db.sessionmaker,
-            storage=storage,
-            validator=validator,
-            spool_dir=settings.spool_dir,
-            concurrency=settings.dicom_workers * 2,
-            early=early_verifier,
-            read_sessionmaker=db.read_sessionmaker,
+            db=db,
+            verifier=StudyVerifier(
+                storage=storage,
+                validator=validator,
+                spool_dir=settings.spool_dir,
+                concurrency=settings.dicom_workers * 2,
+                early=early_verifier,
+            ),
             default_target=target,
             on_queued=forwarder.wake if forwarder else None,
         ),

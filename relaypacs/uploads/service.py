@@ -8,13 +8,11 @@ import datetime as dt
 import enum
 import functools
 import hashlib
-import shutil
 import sqlite3
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import delete, func, insert, or_, select, tuple_, update
@@ -27,10 +25,9 @@ from sqlalchemy.orm import Session
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, column_processor, read_in_one_call, sqlite_write_lock, utcnow
-from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ChecksumMismatch, ObjectStorage
-from relaypacs.uploads.early import EarlyResult, EarlyVerifier, sha256_of_path
+from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
     ChunkConflict,
     ChunkOutOfRange,
@@ -69,6 +66,7 @@ from relaypacs.uploads.schemas import (
     UploadRead,
     UploadSummary,
 )
+from relaypacs.uploads.verify import FileToVerify, FileVerdict, StudyVerifier, is_instance
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -914,118 +912,12 @@ def _digests(data: bytes, declared: ChunkDigests, want_md5: bool) -> tuple[str, 
 # --- completing -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FileVerdict:
-    index: int
-    summary: DicomSummary | None
-    error: FileError | None
-
-
-async def _materialise(storage: ObjectStorage, keys: list[str], spool: Path) -> tuple[Path, str]:
-    """A local path holding the file's bytes, and their SHA-256 as read from storage."""
-    if len(keys) == 1:
-        local = storage.local_path(keys[0])
-        if local is not None:
-            return local, await asyncio.to_thread(sha256_of_path, local)
-    digest = hashlib.sha256()
-    handle = await asyncio.to_thread(spool.open, "wb")
-    try:
-        for key in keys:
-            async for block in storage.stream(key):
-                digest.update(block)
-                await asyncio.to_thread(handle.write, block)
-    finally:
-        await asyncio.to_thread(handle.close)
-    return spool, digest.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class _FileToVerify:
-    index: int
-    sha256: str
-    chunk_count: int
-
-
-_SHA256_MISMATCH = FileError(
-    code="sha256_mismatch", message="The file's SHA-256 does not match the one in the manifest."
-)
-
-
-async def _verify_file(
-    storage: ObjectStorage,
-    validator: DicomValidator,
-    *,
-    file: _FileToVerify,
-    keys: list[str],
-    spool_dir: Path,
-) -> FileVerdict:
-    spool = spool_dir / f"{file.index}.dcm"
-    try:
-        path, sha256 = await _materialise(storage, keys, spool)
-        if sha256 != file.sha256:
-            return FileVerdict(file.index, None, _SHA256_MISMATCH)
-        try:
-            summary = await validator.inspect(path)
-        except DicomRejected as exc:
-            return FileVerdict(file.index, None, FileError(code=exc.code, message=exc.message))
-        return FileVerdict(file.index, summary, None)
-    finally:
-        await asyncio.to_thread(spool.unlink, missing_ok=True)
-
-
-def _early_verdict(file: _FileToVerify, result: EarlyResult) -> FileVerdict:
-    """What _verify_file would say, from the early check of the same stored bytes."""
-    if result.sha256 != file.sha256:
-        return FileVerdict(file.index, None, _SHA256_MISMATCH)
-    if result.rejection is not None:
-        error = FileError(code=result.rejection.code, message=result.rejection.message)
-        return FileVerdict(file.index, None, error)
-    return FileVerdict(file.index, result.summary, None)
-
-
-def _judge_study(declared_uid: str, verdicts: list[FileVerdict]) -> list[FileVerdict]:
-    """Study-level rules: every instance of the declared study, no SOP instance twice."""
-    seen: dict[str, int] = {}
-    judged = []
-    for verdict in verdicts:
-        summary = verdict.summary
-        if summary is not None and summary.kind == "instance":
-            if summary.study_instance_uid != declared_uid:
-                verdict = FileVerdict(
-                    verdict.index,
-                    summary,
-                    FileError(
-                        code="study_uid_mismatch",
-                        message="This file belongs to another study than the one declared.",
-                    ),
-                )
-            elif summary.sop_instance_uid in seen:
-                verdict = FileVerdict(
-                    verdict.index,
-                    summary,
-                    FileError(
-                        code="duplicate_sop_instance",
-                        message="Another file of this upload (index "
-                        f"{seen[summary.sop_instance_uid]}) has the same SOP Instance UID.",
-                    ),
-                )
-            else:
-                seen[summary.sop_instance_uid or ""] = verdict.index
-        judged.append(verdict)
-    return judged
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class CompleteContext:
-    sessionmaker: async_sessionmaker[AsyncSession]
-    storage: ObjectStorage
-    validator: DicomValidator
-    spool_dir: Path
-    concurrency: int
-    default_target: str | None = None
-    on_queued: Callable[[], None] | None = None
-    early: EarlyVerifier | None = None
-    read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    db: Database
+    verifier: StudyVerifier
+    default_target: str | None = None  # the PACS that accepted studies are queued for
+    on_queued: Callable[[], None] | None = None  # a study was queued: wake the forwarder
 
 
 async def complete_upload(
@@ -1036,7 +928,7 @@ async def complete_upload(
     No transaction is held while the files are verified. A crash during verification leaves the
     upload `received`; completing it again verifies it again.
     """
-    async with ctx.sessionmaker() as session, session.begin():
+    async with ctx.db.sessionmaker() as session, session.begin():
         upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             return await read_upload(session, upload)
@@ -1047,7 +939,7 @@ async def complete_upload(
         # Columns, not ORM objects or the API view: a study has thousands of files, and this
         # was the gateway's peak of memory for a large one.
         files = [
-            _FileToVerify(index, sha256, count)
+            FileToVerify(index, sha256, count)
             for index, sha256, count in await session.execute(
                 select(UploadFile.index, UploadFile.sha256, UploadFile.chunk_count)
                 .where(UploadFile.upload_id == upload_id)
@@ -1075,51 +967,15 @@ async def complete_upload(
         upload.status = UploadStatus.RECEIVED
         declared_uid = upload.study_instance_uid
 
-    spool_dir = ctx.spool_dir / str(upload_id)
-    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
-    # A few workers pull files from one iterator: memory does not grow with the file count
-    # (one task per file would hold thousands of coroutines for a large study).
-    early = await ctx.early.take(upload_id) if ctx.early is not None else {}
-    found: dict[int, FileVerdict] = {}
-    left = []
-    for file in files:
-        result = early.get(file.index)
-        if result is not None and [result.key] == keys[file.index]:
-            found[file.index] = _early_verdict(file, result)
-        else:
-            left.append(file)
-    pending = iter(left)
-
-    async def verify() -> None:
-        for file in pending:
-            found[file.index] = await _verify_file(
-                ctx.storage, ctx.validator, file=file, keys=keys[file.index], spool_dir=spool_dir
-            )
-
-    try:
-        await asyncio.gather(*(verify() for _ in range(ctx.concurrency)))
-        verdicts = _judge_study(declared_uid, [found[f.index] for f in files])
-    finally:
-        await asyncio.to_thread(shutil.rmtree, spool_dir, ignore_errors=True)
-        # The workers hold ~60 MiB each: they go as soon as no study is being verified (they
-        # start again in ~0.5 s for the next), so forwarding and idling run without them.
-        await ctx.validator.release_idle()
-
+    verdicts = await ctx.verifier.verify(
+        upload_id, declared_uid=declared_uid, files=files, keys=keys
+    )
     rejected = [v for v in verdicts if v.error is not None]
-    instances = sum(1 for v in verdicts if v.summary is not None and v.summary.kind == "instance")
-    if not rejected and instances == 0:
-        rejected = [
-            FileVerdict(
-                verdicts[0].index,
-                verdicts[0].summary,
-                FileError(code="no_instances", message="The upload holds no DICOM instance."),
-            )
-        ]
-        verdicts = [rejected[0], *verdicts[1:]]
+    instances = sum(1 for v in verdicts if is_instance(v))
     final = UploadStatus.REJECTED if rejected else UploadStatus.VALIDATED
     queue = final == UploadStatus.VALIDATED and ctx.default_target is not None
 
-    async with ctx.sessionmaker() as session, session.begin():
+    async with ctx.db.sessionmaker() as session, session.begin():
         await session.execute(
             update(UploadFile),
             [_file_update(upload_id, v) for v in verdicts],
@@ -1168,7 +1024,7 @@ async def complete_upload(
     # Committed: the forwarder starts now, while the answer (every file) is being built.
     if queued and ctx.on_queued is not None:
         ctx.on_queued()
-    async with (ctx.read_sessionmaker or ctx.sessionmaker)() as session, session.begin():
+    async with ctx.db.read_sessionmaker() as session, session.begin():
         finished = await session.get(Upload, upload_id)
         assert finished is not None
         view = await read_upload(session, finished)
