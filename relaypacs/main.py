@@ -42,15 +42,12 @@ from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
+from relaypacs.uploads.chunks import ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.early import EarlyVerifier
+from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
-from relaypacs.uploads.service import (
-    ChunkRecorder,
-    CompleteContext,
-    UploadFactsCache,
-    UploadLimits,
-)
+from relaypacs.uploads.service import CompleteContext, UploadLimits
 from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
 
@@ -183,7 +180,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         chunk_slots=asyncio.Semaphore(16),
         upload_facts=UploadFactsCache(),
-        chunk_recorder=ChunkRecorder(db.engine, sync_engine=db.sync_engine),
+        # The group commit's executor (SQLite: the driver's connection), chosen once.
+        chunk_recorder=ChunkRecorder(chunk_row_writer(db)),
         early_verifier=early_verifier,
         complete_context=CompleteContext(
             db=db,

@@ -28,13 +28,9 @@ if TYPE_CHECKING:
     from relaypacs.auth.totp import TotpCipher
     from relaypacs.forwarding.worker import Forwarder
     from relaypacs.ratelimit import RateLimits
+    from relaypacs.uploads.chunks import ChunkRecorder, UploadFactsCache
     from relaypacs.uploads.early import EarlyVerifier
-    from relaypacs.uploads.service import (
-        ChunkRecorder,
-        CompleteContext,
-        UploadFactsCache,
-        UploadLimits,
-    )
+    from relaypacs.uploads.service import CompleteContext, UploadLimits
 
 
 @dataclass(eq=False, kw_only=True)

@@ -40,7 +40,7 @@ from relaypacs.uploads.models import (
     UploadFile,
     UploadStatus,
 )
-from relaypacs.uploads.service import recorded_chunk_keys
+from relaypacs.uploads.repository import recorded_chunk_keys
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 
+from relaypacs.uploads.chunks import ChunkDigests
 from relaypacs.uploads.errors import ContentDigestInvalid, ContentMd5Required
-from relaypacs.uploads.service import ChunkDigests
 
 
 def parse_content_md5(header: str | None) -> str:

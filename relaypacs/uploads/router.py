@@ -22,7 +22,7 @@ from relaypacs.auth.dependencies import (
 from relaypacs.auth.policy import authorize
 from relaypacs.ratelimit import per_user
 from relaypacs.state import ReadSessionDep, SessionDep, get_app_state
-from relaypacs.uploads import service
+from relaypacs.uploads import chunks, service
 from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
 from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
@@ -166,7 +166,7 @@ async def put_chunk(
     state = get_app_state(request)
     headers = request.headers
     declared = parse_chunk_digests(headers.get("content-md5"), headers.get("content-digest"))
-    target = await service.prepare_chunk(
+    target = await chunks.prepare_chunk(
         state.db,
         state.upload_facts,
         user=user,
@@ -179,7 +179,7 @@ async def put_chunk(
     slots: asyncio.Semaphore = state.chunk_slots
     async with slots:
         data = await request.body()
-        return await service.store_chunk(
+        return await chunks.store_chunk(
             state.chunk_recorder,
             state.storage,
             target=target,
