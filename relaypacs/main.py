@@ -42,7 +42,7 @@ from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
-from relaypacs.uploads.chunks import ChunkRecorder, UploadFactsCache
+from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
@@ -178,10 +178,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_files=settings.max_files_per_upload,
             max_file_size=settings.max_file_size,
         ),
-        chunk_slots=asyncio.Semaphore(16),
-        upload_facts=UploadFactsCache(),
-        # The group commit's executor (SQLite: the driver's connection), chosen once.
-        chunk_recorder=ChunkRecorder(chunk_row_writer(db)),
+        chunk_intake=ChunkIntake(
+            db=db,
+            facts=UploadFactsCache(),
+            # The group commit's executor (SQLite: the driver's connection), chosen once.
+            recorder=ChunkRecorder(chunk_row_writer(db)),
+            early=early_verifier,
+            slots=asyncio.Semaphore(16),
+        ),
         early_verifier=early_verifier,
         complete_context=CompleteContext(
             db=db,

@@ -284,3 +284,16 @@ def _digests(data: bytes, declared: ChunkDigests, want_md5: bool) -> tuple[str, 
         if declared.md5 is not None and md5 != declared.md5:
             raise ChecksumMismatch("md5")
     return sha256, md5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkIntake:
+    """What the chunk PUT uses besides the storage, built once at start and held by the app's
+    state as one part: the hot path reaches it without dependency resolution. (The storage is
+    the app's, `AppState.storage`, read on each request like every route's.)"""
+
+    db: Database
+    facts: UploadFactsCache
+    recorder: ChunkRecorder
+    early: EarlyVerifier | None
+    slots: asyncio.Semaphore  # chunk bodies held in memory at once

@@ -8,11 +8,11 @@ import datetime as dt
 import functools
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from relaypacs.audit.service import record_event
@@ -20,8 +20,9 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
-from relaypacs.uploads import repository
-from relaypacs.uploads.chunks import chunk_count
+from relaypacs.uploads import chunks, repository
+from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
+from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
     DeliveredUploadNotCancellable,
     InvalidManifest,
@@ -41,6 +42,7 @@ from relaypacs.uploads.models import (
     UploadStatus,
 )
 from relaypacs.uploads.schemas import (
+    ChunkStored,
     FileError,
     ForwardingRead,
     StudyMetadata,
@@ -108,17 +110,29 @@ async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
     return await session.run_sync(_view, upload, with_files=True)
 
 
-async def read_upload_light(
+async def read_upload_status(
     db: Database, *, upload_id: uuid.UUID, user: User
 ) -> tuple[UploadRead, Upload]:
-    """The upload without its files (the view `upload --wait` polls) and its (detached) row, if
-    this user may see it, in one read (see read_in_one_call); otherwise the 404 of get_upload."""
+    """The upload's status without its file list (the view `upload --wait` polls: a few
+    aggregate queries whatever the study's size) and its (detached) row, if this user may see
+    it, in one read (see read_in_one_call); otherwise the UploadNotFound of get_upload."""
 
     def read(session: Session) -> tuple[UploadRead, Upload]:
         upload = _visible(repository.find_upload(session, upload_id), upload_id, user)
         return _view(session, upload, with_files=False), upload
 
     return await read_in_one_call(db, read)
+
+
+async def show_upload(
+    db: Database, *, upload_id: uuid.UUID, user: User, with_files: bool
+) -> tuple[UploadRead, Upload]:
+    """GET /uploads/{id}: the upload's view (with its files, or its status alone) and its row."""
+    if not with_files:
+        return await read_upload_status(db, upload_id=upload_id, user=user)
+    async with db.read_sessionmaker() as session, session.begin():
+        upload = await get_upload(session, upload_id=upload_id, user=user)
+        return await read_upload(session, upload), upload
 
 
 def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
@@ -209,10 +223,10 @@ async def start_upload(
     body: UploadCreate,
     limits: UploadLimits,
     client_ip: str | None,
-) -> tuple[Upload, bool]:
+) -> tuple[UploadRead, bool]:
     """Create the upload, or return the user's upload of the same study still in progress.
 
-    Returns (upload, created).
+    Returns (its view, created).
     """
     if len(body.files) > limits.max_files:
         raise InvalidManifest(f"An upload may list at most {limits.max_files} files.")
@@ -251,7 +265,7 @@ async def start_upload(
             study_instance_uid=existing.study_instance_uid,
             client_ip=client_ip,
         )
-        return existing, False
+        return await read_upload(session, existing), False
 
     upload = await repository.create_upload(
         session,
@@ -276,7 +290,46 @@ async def start_upload(
         client_ip=client_ip,
         details={"files": upload.file_count, "bytes": upload.total_bytes},
     )
-    return upload, True
+    return await read_upload(session, upload), True
+
+
+# --- chunks ---------------------------------------------------------------------------------
+
+
+async def put_chunk(
+    intake: ChunkIntake,
+    storage: ObjectStorage,
+    *,
+    user: User,
+    upload_id: uuid.UUID,
+    file_index: int,
+    chunk_index: int,
+    content_length: int | None,
+    declared: ChunkDigests,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> ChunkStored:
+    """Check the chunk against the upload before its body is read, then read the body
+    (`read_body`) and store it (see relaypacs.uploads.chunks)."""
+    target = await chunks.prepare_chunk(
+        intake.db,
+        intake.facts,
+        user=user,
+        upload_id=upload_id,
+        file_index=file_index,
+        chunk_index=chunk_index,
+        content_length=content_length,
+    )
+    # Bounded memory: at most `slots` chunk bodies are held at once.
+    async with intake.slots:
+        data = await read_body()
+        return await chunks.store_chunk(
+            intake.recorder,
+            storage,
+            target=target,
+            declared=declared,
+            data=data,
+            early=intake.early,
+        )
 
 
 # --- completing -----------------------------------------------------------------------------
@@ -405,15 +458,16 @@ def _rejection(view: UploadRead) -> UploadRejected:
 
 
 async def cancel_upload(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    db: Database,
     storage: ObjectStorage,
+    early: EarlyVerifier,
     *,
     user: User,
     upload_id: uuid.UUID,
     client_ip: str | None,
 ) -> UploadRead:
     """The uploader gives up: the upload takes no more chunks and its stored chunks go."""
-    async with sessionmaker() as session, session.begin():
+    async with db.sessionmaker() as session, session.begin():
         upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             raise UploadNotCancellable()
@@ -434,6 +488,7 @@ async def cancel_upload(
         view = await read_upload(session, upload)
     # After the commit: a chunk written concurrently finds the upload cancelled and removes itself.
     await storage.delete_prefix(repository.upload_prefix(upload_id))
+    early.forget(upload_id)
     return view
 
 
