@@ -141,14 +141,21 @@ def _record_batch(execute: Execute, dialect: str, batch: list[ChunkRow]) -> Reco
     stored: dict[ChunkKey, tuple[str | None, str | None]] = {}
     if writable:
         now = utcnow()
-        new = [(*r.key, r.size, r.sha256, r.md5, now) for r in writable]
+        new = [
+            (r.upload_id, r.file_index, r.chunk_index, r.size, r.sha256, r.md5, now)
+            for r in writable
+        ]
         inserted = {(u, f, c) for u, f, c in execute(_insert_new(dialect, len(new)), new)}
         # Rows there already (rare: a retry): the same bytes or not?
-        there = list(dict.fromkeys(r.key for r in writable if r.key not in inserted))
+        there = [] if len(inserted) == len(writable) else _keys_not_in(writable, inserted)
         if there:
             found = execute(_stored_digests(len(there)), there)
             stored = {(u, f, c): (sha256, md5) for u, f, c, sha256, md5 in found}
     return RecordedBatch(statuses, inserted, stored)
+
+
+def _keys_not_in(rows: list[ChunkRow], keys: set[ChunkKey]) -> list[ChunkKey]:
+    return list(dict.fromkeys(r.key for r in rows if r.key not in keys))
 
 
 def record_chunk_rows(connection: Connection, batch: list[ChunkRow]) -> RecordedBatch:
@@ -171,29 +178,41 @@ class CoreChunkRowWriter:
             return await connection.run_sync(record_chunk_rows, batch)
 
 
+Convert = Callable[[Any], Any]
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     """A statement compiled for the driver: its SQL, and the column types' converters of its
-    parameters (one per column of a row) and of its result columns (None: none needed)."""
+    parameters (by position in a row of parameters) and of its result columns (by position),
+    for the columns that need one."""
 
     sql: str
-    bind: tuple[Callable[[Any], Any] | None, ...]
-    result: tuple[Callable[[Any], Any] | None, ...]
+    bind: tuple[tuple[int, Convert], ...]
+    result: tuple[tuple[int, Convert], ...]
 
-    def run(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        params = [
-            value if convert is None else convert(value)
-            for row in rows
-            for convert, value in zip(self.bind, row, strict=True)
-        ]
+    def run(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        params: list[Any] = []
+        for row in rows:
+            values = list(row)
+            for i, convert in self.bind:
+                values[i] = convert(values[i])
+            params += values
         cursor.execute(self.sql, params)
-        return [
-            tuple(
-                v if convert is None else convert(v)
-                for convert, v in zip(self.result, found, strict=True)
-            )
-            for found in cursor.fetchall()
-        ]
+        found = cursor.fetchall()
+        if not self.result:
+            return found  # type: ignore[no-any-return]
+        converted = []
+        for row in found:
+            values = list(row)
+            for i, convert in self.result:
+                values[i] = convert(values[i])
+            converted.append(values)
+        return converted
+
+
+def _converters(processors: Sequence[Convert | None]) -> tuple[tuple[int, Convert], ...]:
+    return tuple((i, p) for i, p in enumerate(processors) if p is not None)
 
 
 class SqliteChunkRowWriter:
@@ -236,7 +255,7 @@ class SqliteChunkRowWriter:
             connection.close()
 
     def _record(self, cursor: Any, batch: list[ChunkRow]) -> RecordedBatch:
-        def execute(statement: _Statement, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        def execute(statement: _Statement, rows: Sequence[Sequence[Any]]) -> list[Any]:
             compiled = self._compiled.get(statement)
             if compiled is None:
                 compiled = self._compiled[statement] = self._compile(statement)
@@ -259,6 +278,6 @@ class SqliteChunkRowWriter:
         results = [column.type for column in statement.sql.exported_columns]
         return _Compiled(
             sql=compiled.string,
-            bind=tuple(t.bind_processor(self._dialect) for t in binds),
-            result=tuple(t.result_processor(self._dialect, None) for t in results),
+            bind=_converters([t.bind_processor(self._dialect) for t in binds]),
+            result=_converters([t.result_processor(self._dialect, None) for t in results]),
         )
