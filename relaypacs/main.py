@@ -48,16 +48,14 @@ from relaypacs.redisconn import connect as connect_redis
 from relaypacs.reports.service import open_report
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
+from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
+from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
-from relaypacs.uploads.service import (
-    ChunkRecorder,
-    CompleteContext,
-    UploadFactsCache,
-    UploadLimits,
-)
+from relaypacs.uploads.service import CompleteContext, UploadLimits
+from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
 
 logger = logging.getLogger("relaypacs")
@@ -196,18 +194,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_files=settings.max_files_per_upload,
             max_file_size=settings.max_file_size,
         ),
-        chunk_slots=asyncio.Semaphore(16),
-        upload_facts=UploadFactsCache(),
-        chunk_recorder=ChunkRecorder(db.engine, sync_engine=db.sync_engine),
+        chunk_intake=ChunkIntake(
+            db=db,
+            facts=UploadFactsCache(),
+            # The group commit's executor (SQLite: the driver's connection), chosen once.
+            recorder=ChunkRecorder(chunk_row_writer(db)),
+            early=early_verifier,
+            slots=asyncio.Semaphore(16),
+        ),
         early_verifier=early_verifier,
         complete_context=CompleteContext(
-            sessionmaker=db.sessionmaker,
-            storage=storage,
-            validator=validator,
-            spool_dir=settings.spool_dir,
-            concurrency=settings.dicom_workers * 2,
-            early=early_verifier,
-            read_sessionmaker=db.read_sessionmaker,
+            db=db,
+            verifier=StudyVerifier(
+                storage=storage,
+                validator=validator,
+                spool_dir=settings.spool_dir,
+                concurrency=settings.dicom_workers * 2,
+                early=early_verifier,
+            ),
             default_target=target,
             on_queued=forwarder.wake if forwarder else None,
         ),

@@ -8,7 +8,6 @@ this module sits below every domain (the import contracts in pyproject.toml say 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
@@ -28,13 +27,9 @@ if TYPE_CHECKING:
     from relaypacs.auth.totp import TotpCipher
     from relaypacs.forwarding.worker import Forwarder
     from relaypacs.ratelimit import RateLimits
+    from relaypacs.uploads.chunks import ChunkIntake
     from relaypacs.uploads.early import EarlyVerifier
-    from relaypacs.uploads.service import (
-        ChunkRecorder,
-        CompleteContext,
-        UploadFactsCache,
-        UploadLimits,
-    )
+    from relaypacs.uploads.service import CompleteContext, UploadLimits
 
 
 @dataclass(eq=False, kw_only=True)
@@ -54,9 +49,7 @@ class AppState:
     rate_limits: RateLimits
     # uploads
     upload_limits: UploadLimits
-    chunk_slots: asyncio.Semaphore  # chunk bodies held in memory at once
-    upload_facts: UploadFactsCache
-    chunk_recorder: ChunkRecorder
+    chunk_intake: ChunkIntake  # the chunk PUT's parts, reached without dependency resolution
     early_verifier: EarlyVerifier
     complete_context: CompleteContext
     # forwarding: None when no PACS is configured or this process runs no worker

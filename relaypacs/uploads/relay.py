@@ -27,7 +27,7 @@ from relaypacs.forwarding.source import (
 from relaypacs.notifications.service import notify
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, InstanceResult
 from relaypacs.uploads.models import ForwardStatus, Upload, UploadFile, UploadStatus
-from relaypacs.uploads.service import recorded_chunk_keys  # TODO(merge): uploads.repository
+from relaypacs.uploads.repository import recorded_chunk_keys
 
 _STATUS_OF = {
     Disposition.STORED: ForwardStatus.SENT,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -21,8 +20,10 @@ from relaypacs.auth.dependencies import (
     per_user,
 )
 from relaypacs.auth.policy import authorize
-from relaypacs.state import ReadSessionDep, SessionDep, get_app_state
+from relaypacs.state import DatabaseDep, ReadSessionDep, SessionDep, StorageDep, get_app_state
 from relaypacs.uploads import service
+from relaypacs.uploads.dependencies import CompleteContextDep, EarlyVerifierDep, UploadLimitsDep
+from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
 from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
 
@@ -85,18 +86,19 @@ def client_ip(request: Request) -> str | None:
     dependencies=[Depends(per_user("upload_init"))],
 )
 async def start_upload(
-    body: UploadCreate, request: Request, response: Response, user: CurrentUser, session: SessionDep
+    body: UploadCreate,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    session: SessionDep,
+    limits: UploadLimitsDep,
 ) -> UploadRead:
-    upload, created = await service.start_upload(
-        session,
-        user=user,
-        body=body,
-        limits=get_app_state(request).upload_limits,
-        client_ip=client_ip(request),
+    view, created = await service.start_upload(
+        session, user=user, body=body, limits=limits, client_ip=client_ip(request)
     )
     if not created:
         response.status_code = status.HTTP_200_OK
-    return await service.read_upload(session, upload)
+    return view
 
 
 @router.get("", response_model=UploadList)
@@ -130,14 +132,10 @@ async def get_upload(
         bool, Query(description="false: without the file list (cheap to poll)")
     ] = True,
 ) -> UploadRead:
-    if files:
-        async with get_app_state(request).db.read_sessionmaker() as session, session.begin():
-            upload = await service.get_upload(session, upload_id=upload_id, user=user)
-            view = await service.read_upload(session, upload)
-    else:
-        view, upload = await service.read_upload_light(
-            get_app_state(request).db, upload_id=upload_id, user=user
-        )
+    # A plain call, not a dependency (resolved in a thread): clients poll this view, and its
+    # cost per request is measured (bench/README.md).
+    db = get_app_state(request).db
+    view, upload = await service.show_upload(db, upload_id=upload_id, user=user, with_files=files)
     owner = upload.user_id == user.id
     # Audited: every read of the study's files, and any read by someone else than the
     # uploader. Not the uploader's own status poll (files=false), made every few seconds.
@@ -162,57 +160,43 @@ async def get_upload(
 async def put_chunk(
     upload_id: uuid.UUID, file_index: int, chunk_index: int, request: Request, user: CurrentUser
 ) -> ChunkStored:
+    # A plain call, not a dependency: ChunkRoute resolves none (see its docstring).
     state = get_app_state(request)
     headers = request.headers
-    declared = service.parse_chunk_digests(
-        headers.get("content-md5"), headers.get("content-digest")
-    )
-    length_header = request.headers.get("content-length", "")
-    content_length = int(length_header) if length_header.isdigit() else None
-    target = await service.prepare_chunk(
-        state.db,
-        state.upload_facts,
+    declared = parse_chunk_digests(headers.get("content-md5"), headers.get("content-digest"))
+    return await service.put_chunk(
+        state.chunk_intake,
+        state.storage,
         user=user,
         upload_id=upload_id,
         file_index=file_index,
         chunk_index=chunk_index,
-        content_length=content_length,
+        content_length=parse_content_length(headers.get("content-length")),
+        declared=declared,
+        read_body=request.body,
     )
-    # Bounded memory: at most `chunk_slots` chunk bodies are held at once.
-    slots: asyncio.Semaphore = state.chunk_slots
-    async with slots:
-        data = await request.body()
-        return await service.store_chunk(
-            state.chunk_recorder,
-            state.storage,
-            target=target,
-            declared=declared,
-            data=data,
-            early=state.early_verifier,
-        )
 
 
 @router.post(
     "/{upload_id}/complete", response_model=UploadRead, status_code=status.HTTP_202_ACCEPTED
 )
-async def complete_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
+async def complete_upload(
+    upload_id: uuid.UUID, request: Request, user: CurrentUser, context: CompleteContextDep
+) -> UploadRead:
     return await service.complete_upload(
-        get_app_state(request).complete_context,
-        user=user,
-        upload_id=upload_id,
-        client_ip=client_ip(request),
+        context, user=user, upload_id=upload_id, client_ip=client_ip(request)
     )
 
 
 @router.delete("/{upload_id}", response_model=UploadRead)
-async def cancel_upload(upload_id: uuid.UUID, request: Request, user: CurrentUser) -> UploadRead:
-    state = get_app_state(request)
-    view = await service.cancel_upload(
-        state.db.sessionmaker,
-        state.storage,
-        user=user,
-        upload_id=upload_id,
-        client_ip=client_ip(request),
+async def cancel_upload(
+    upload_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    db: DatabaseDep,
+    storage: StorageDep,
+    early: EarlyVerifierDep,
+) -> UploadRead:
+    return await service.cancel_upload(
+        db, storage, early, user=user, upload_id=upload_id, client_ip=client_ip(request)
     )
-    state.early_verifier.forget(upload_id)
-    return view

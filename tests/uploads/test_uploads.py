@@ -19,7 +19,7 @@ from relaypacs.devtools import synth
 from relaypacs.state import ReadSessionDep, SessionDep, app_settings, app_state
 from relaypacs.storage.faulty import FaultyStorage
 from relaypacs.uploads.models import UploadChunk
-from relaypacs.uploads.service import chunk_key
+from relaypacs.uploads.repository import chunk_key
 from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
 from tests.api.uploading import (
     API,

@@ -1,6 +1,6 @@
 """The group commit of chunk rows on SQLite runs its statements on the driver's connection
-(_SqliteChunkWriter) instead of through SQLAlchemy Core (_record_chunks, still used on
-PostgreSQL). Both must say the same of every chunk and store the same rows."""
+(SqliteChunkRowWriter) instead of through SQLAlchemy (record_chunk_rows, used on PostgreSQL).
+Both must say the same of every chunk and store the same rows."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.state import app_state
+from relaypacs.uploads.chunks import ChunkOutcome, outcomes
 from relaypacs.uploads.models import Upload, UploadChunk, UploadFile, UploadStatus
-from relaypacs.uploads.service import (
-    ChunkTarget,
-    _ChunkRecord,
-    _Outcome,
-    _record_chunks,
-    _SqliteChunkWriter,
+from relaypacs.uploads.repository.chunk_rows import (
+    ChunkRow,
+    RecordedBatch,
+    SqliteChunkRowWriter,
+    record_chunk_rows,
 )
 from tests.api.conftest import PASSWORD
 from tests.api.uploading import make_study
@@ -78,11 +78,8 @@ async def new_upload(app: FastAPI, files: int = 3) -> uuid.UUID:
         return upload.id
 
 
-def record(
-    upload_id: uuid.UUID, file_index: int, sha256: str, md5: str | None = None
-) -> _ChunkRecord:
-    target = ChunkTarget(upload_id, file_index, 0, 10, whole_file=True)
-    return _ChunkRecord(target, 10, sha256, md5)
+def record(upload_id: uuid.UUID, file_index: int, sha256: str, md5: str | None = None) -> ChunkRow:
+    return ChunkRow(upload_id, file_index, 0, 10, sha256, md5)
 
 
 def sync_engine(app: FastAPI) -> Engine:
@@ -91,27 +88,27 @@ def sync_engine(app: FastAPI) -> Engine:
     return engine
 
 
-def run_core(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
+def run_core(app: FastAPI, batch: list[ChunkRow]) -> list[ChunkOutcome]:
     with sync_engine(app).begin() as connection:
-        return _record_chunks(connection, batch)
+        return outcomes(batch, record_chunk_rows(connection, batch))
 
 
-def run_driver(app: FastAPI, batch: list[_ChunkRecord]) -> list[_Outcome]:
-    return _SqliteChunkWriter(sync_engine(app)).record(batch)
+def run_driver(app: FastAPI, batch: list[ChunkRow]) -> list[ChunkOutcome]:
+    return outcomes(batch, SqliteChunkRowWriter(sync_engine(app)).record(batch))
 
 
 SCENARIO = [
     # (batch as (file, sha256) pairs, expected outcomes)
-    ([(0, "a" * 64), (1, "b" * 64)], [_Outcome.STORED, _Outcome.STORED]),
-    ([(0, "a" * 64), (1, "c" * 64)], [_Outcome.ALREADY_STORED, _Outcome.CONFLICT]),
+    ([(0, "a" * 64), (1, "b" * 64)], [ChunkOutcome.STORED, ChunkOutcome.STORED]),
+    ([(0, "a" * 64), (1, "c" * 64)], [ChunkOutcome.ALREADY_STORED, ChunkOutcome.CONFLICT]),
     (
         [(2, "d" * 64), (2, "d" * 64), (2, "e" * 64)],
-        [_Outcome.STORED, _Outcome.ALREADY_STORED, _Outcome.CONFLICT],
+        [ChunkOutcome.STORED, ChunkOutcome.ALREADY_STORED, ChunkOutcome.CONFLICT],
     ),
 ]
 
 
-Runner = Callable[[FastAPI, list[_ChunkRecord]], list[_Outcome]]
+Runner = Callable[[FastAPI, list[ChunkRow]], list[ChunkOutcome]]
 
 
 @pytest.mark.parametrize("run", [run_core, run_driver], ids=["core", "driver"])
@@ -121,11 +118,11 @@ async def test_outcomes(sqlite_app: FastAPI, run: Runner) -> None:
         batch = [record(upload_id, f, sha256) for f, sha256 in pairs]
         assert run(sqlite_app, batch) == expected
     await set_status(sqlite_app, upload_id, UploadStatus.CANCELLED)
-    assert run(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.CANCELLED]
+    assert run(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [ChunkOutcome.CANCELLED]
     await set_status(sqlite_app, upload_id, UploadStatus.RECEIVED)
-    assert run(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.NOT_WRITABLE]
+    assert run(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [ChunkOutcome.NOT_WRITABLE]
     missing = record(uuid.uuid4(), 0, "a" * 64)
-    assert run(sqlite_app, [missing]) == [_Outcome.NOT_WRITABLE]
+    assert run(sqlite_app, [missing]) == [ChunkOutcome.NOT_WRITABLE]
 
 
 @pytest.mark.parametrize("run", [run_core, run_driver], ids=["core", "driver"])
@@ -144,8 +141,8 @@ async def test_rows_from_before_sha256_are_compared_by_md5(
                 )
             )
     batch = [record(upload_id, 0, "f" * 64, "a" * 32), record(upload_id, 1, "f" * 64, "c" * 32)]
-    assert run(sqlite_app, batch) == [_Outcome.ALREADY_STORED_LEGACY, _Outcome.CONFLICT]
-    assert run(sqlite_app, [record(upload_id, 1, "f" * 64)]) == [_Outcome.CONFLICT]
+    assert run(sqlite_app, batch) == [ChunkOutcome.ALREADY_STORED_LEGACY, ChunkOutcome.CONFLICT]
+    assert run(sqlite_app, [record(upload_id, 1, "f" * 64)]) == [ChunkOutcome.CONFLICT]
 
 
 async def set_status(app: FastAPI, upload_id: uuid.UUID, status: UploadStatus) -> None:
@@ -189,14 +186,14 @@ async def test_a_failure_after_the_transaction_ended_keeps_its_own_error(
     batch is recorded normally."""
     upload_id = await new_upload(sqlite_app)
 
-    class Failing(_SqliteChunkWriter):
-        def _record(self, cursor: Any, batch: list[_ChunkRecord]) -> list[_Outcome]:
+    class Failing(SqliteChunkRowWriter):
+        def _record(self, cursor: Any, batch: list[ChunkRow]) -> RecordedBatch:
             cursor.execute("COMMIT")
             raise ValueError("the batch's own error")
 
     with pytest.raises(ValueError, match="the batch's own error"):
         Failing(sync_engine(sqlite_app)).record([record(upload_id, 0, "a" * 64)])
-    assert run_driver(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [_Outcome.STORED]
+    assert run_driver(sqlite_app, [record(upload_id, 0, "a" * 64)]) == [ChunkOutcome.STORED]
 
 
 async def test_migration_0004_keeps_md5_rows_and_its_downgrade_drops_sha256_rows(
@@ -233,4 +230,4 @@ async def test_migration_0004_keeps_md5_rows_and_its_downgrade_drops_sha256_rows
     async with app.router.lifespan_context(app):
         # compared by its MD5 after the upgrade
         batch = [record(upload_id, 0, "f" * 64, "a" * 32)]
-        assert run_driver(app, batch) == [_Outcome.ALREADY_STORED_LEGACY]
+        assert run_driver(app, batch) == [ChunkOutcome.ALREADY_STORED_LEGACY]

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from relaypacs.devtools import synth
 from relaypacs.state import app_state
-from relaypacs.uploads import service
+from relaypacs.uploads import verify
 from tests.api.conftest import Account
 from tests.api.uploading import (
     API,
@@ -67,13 +67,13 @@ async def upload_and_complete(
     if not early:
         monkeypatch.setattr(verifier, "submit", lambda *args: None)
     verified_at_complete: list[int] = []
-    original = service._verify_file
+    original = verify.verify_file
 
-    async def spy(*args: Any, **kwargs: Any) -> service.FileVerdict:
+    async def spy(*args: Any, **kwargs: Any) -> verify.FileVerdict:
         verified_at_complete.append(kwargs["file"].index)
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(service, "_verify_file", spy)
+    monkeypatch.setattr(verify, "verify_file", spy)
     response = await client.post(f"{API}/uploads", json=manifest, headers=account.headers)
     assert response.status_code == 201, response.text
     upload_id = response.json()["id"]
@@ -150,10 +150,10 @@ async def test_a_valid_study_completes_from_early_results_alone(
         while app_state(app).early_verifier.ready(uuid.UUID(upload_id)) < 4:
             await asyncio.sleep(0.05)
 
-    async def refuse(*args: Any, **kwargs: Any) -> service.FileVerdict:
+    async def refuse(*args: Any, **kwargs: Any) -> verify.FileVerdict:
         raise AssertionError("complete verified a file the early check had verified")
 
-    monkeypatch.setattr(service, "_verify_file", refuse)
+    monkeypatch.setattr(verify, "verify_file", refuse)
     response = await complete(client, clinician, upload_id)
     assert response.status_code == 202, response.text
     assert response.json()["instance_count"] == 4

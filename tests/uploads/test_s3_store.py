@@ -14,7 +14,7 @@ from relaypacs.auth.service import create_user
 from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.state import app_state
-from relaypacs.uploads.service import chunk_key
+from relaypacs.uploads.repository import chunk_key
 from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
 from tests.api.uploading import (
     API,

@@ -1,0 +1,413 @@
+"""Every query of the upload tables (upload, upload_file, upload_chunk), and the object keys of
+the chunks they record.
+
+The reads of an upload's view are synchronous (`Session`): a view is read in one call, through
+`read_in_one_call` or `AsyncSession.run_sync`. The group commit of chunk rows, the chunk PUT's
+one write, is in `chunk_rows` (this package's other module)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from relaypacs.db import utcnow
+from relaypacs.uploads.models import (
+    FileStatus,
+    ForwardStatus,
+    Upload,
+    UploadChunk,
+    UploadFile,
+    UploadStatus,
+)
+from relaypacs.uploads.verify import FileToVerify, FileVerdict
+
+# --- object keys ----------------------------------------------------------------------------
+
+
+def upload_prefix(upload_id: uuid.UUID) -> str:
+    """The storage prefix of every chunk of the upload."""
+    return f"uploads/{upload_id}/"
+
+
+def chunk_key(upload_id: uuid.UUID, file_index: int, chunk_index: int, digest: str) -> str:
+    # The digest (hex SHA-256; MD5 for rows from before migration 0004) is part of the key:
+    # two racing writers of different bytes never overwrite each other's object; the database
+    # row decides which one is the chunk. One flat directory per upload: a directory per file
+    # would cost a mkdir and a parent fsync for every file.
+    return f"{upload_prefix(upload_id)}{file_index}-{chunk_index}-{digest}"
+
+
+async def recorded_chunk_keys(
+    session: AsyncSession, upload_id: uuid.UUID
+) -> dict[int, dict[int, str]]:
+    """The object key of every recorded chunk of the upload, by file index, then by chunk
+    index in order. A chunk is named by its SHA-256, or by its MD5 for rows from before
+    migration 0004 (which have no SHA-256)."""
+    rows = await session.execute(
+        select(UploadChunk.file_index, UploadChunk.chunk_index, UploadChunk.sha256, UploadChunk.md5)
+        .where(UploadChunk.upload_id == upload_id)
+        .order_by(UploadChunk.file_index, UploadChunk.chunk_index)
+    )
+    keys: dict[int, dict[int, str]] = defaultdict(dict)
+    for file_index, chunk_index, sha256, md5 in rows:
+        digest = sha256 or md5
+        if digest is None:  # the schema's rows always have one of them
+            raise ValueError("a chunk row with neither SHA-256 nor MD5")
+        keys[file_index][chunk_index] = chunk_key(upload_id, file_index, chunk_index, digest)
+    return keys
+
+
+# --- an upload and its view (synchronous: read in one call) ---------------------------------
+
+
+def find_upload(session: Session, upload_id: uuid.UUID, *, lock: bool = False) -> Upload | None:
+    """The upload's row (`lock`: FOR UPDATE, until the transaction ends)."""
+    return session.get(Upload, upload_id, with_for_update=lock)
+
+
+def received_bytes(session: Session, upload_id: uuid.UUID) -> int:
+    """The bytes of the upload's recorded chunks."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(UploadChunk.size), 0)).where(
+            UploadChunk.upload_id == upload_id
+        )
+    )
+    return int(total or 0)
+
+
+def stored_chunk_indexes(session: Session, upload_id: uuid.UUID) -> dict[int, set[int]]:
+    """The indexes of the recorded chunks, by file index."""
+    rows = session.execute(
+        select(UploadChunk.file_index, UploadChunk.chunk_index).where(
+            UploadChunk.upload_id == upload_id
+        )
+    )
+    stored: dict[int, set[int]] = defaultdict(set)
+    for file_index, chunk_index in rows:
+        stored[file_index].add(chunk_index)
+    return stored
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """The columns of a file that its view shows (columns, not ORM objects: thousands of files
+    for a large study)."""
+
+    index: int
+    name: str
+    size: int
+    sha256: str
+    chunk_count: int
+    status: FileStatus
+    kind: str | None
+    preamble: str | None
+    sop_instance_uid: str | None
+    error_code: str | None
+    error_message: str | None
+    forward_status: ForwardStatus | None
+    forward_error: str | None
+
+
+_FILE_ROW = tuple(getattr(UploadFile, f.name) for f in dataclasses.fields(FileRow))
+
+
+def file_rows(session: Session, upload_id: uuid.UUID) -> list[FileRow]:
+    """The upload's files, by index."""
+    rows = session.execute(
+        select(*_FILE_ROW).where(UploadFile.upload_id == upload_id).order_by(UploadFile.index)
+    )
+    return [FileRow(*tuple(row)) for row in rows]
+
+
+def forward_status_counts(session: Session, upload_id: uuid.UUID) -> dict[ForwardStatus, int]:
+    """How many of the upload's files are in each forwarding status (files with none: not
+    counted)."""
+    rows = session.execute(
+        select(UploadFile.forward_status, func.count())
+        .where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
+        .group_by(UploadFile.forward_status)
+    )
+    return {status: int(n) for status, n in rows if status is not None}
+
+
+# --- lists ----------------------------------------------------------------------------------
+
+
+async def _page(
+    session: AsyncSession,
+    query: Select[Upload],
+    order: Sequence[Any],
+    limit: int,
+    offset: int,
+) -> tuple[list[Upload], int]:
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    uploads = (await session.scalars(query.order_by(*order).limit(limit).offset(offset))).all()
+    return list(uploads), int(total or 0)
+
+
+async def user_uploads(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    status: UploadStatus | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Upload], int]:
+    """A page of the user's uploads (newest first) and how many there are in all."""
+    query = select(Upload).where(Upload.user_id == user_id)
+    if status is not None:
+        query = query.where(Upload.status == status)
+    return await _page(session, query, (Upload.created_at.desc(), Upload.id), limit, offset)
+
+
+async def received_bytes_of(
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """The bytes of the recorded chunks of each upload (those with none: absent)."""
+    if not upload_ids:
+        return {}
+    rows = await session.execute(
+        select(UploadChunk.upload_id, func.sum(UploadChunk.size))
+        .where(UploadChunk.upload_id.in_(upload_ids))
+        .group_by(UploadChunk.upload_id)
+    )
+    return {upload_id: int(size) for upload_id, size in rows}
+
+
+async def uploads_in_status(
+    session: AsyncSession,
+    *,
+    statuses: Sequence[UploadStatus],
+    unmoved_since: dt.datetime | None = None,
+    or_among: Select[uuid.UUID] | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Upload], int]:
+    """A page of the uploads in one of `statuses` (latest change first) and how many there are
+    in all; with `unmoved_since`, only those not changed since then or whose id is `or_among`
+    (a subquery of upload ids)."""
+    query = select(Upload).where(Upload.status.in_(statuses))
+    if unmoved_since is not None:
+        moved = Upload.updated_at < unmoved_since
+        query = query.where(or_(Upload.id.in_(or_among), moved) if or_among is not None else moved)
+    return await _page(session, query, (Upload.updated_at.desc(),), limit, offset)
+
+
+# --- starting -------------------------------------------------------------------------------
+
+
+async def serialise_starts(session: AsyncSession, user_id: uuid.UUID, study_hash: str) -> None:
+    """Two inits of the same study by the same user at once must not both create an upload.
+    SQLite runs writers one at a time already; on PostgreSQL (read committed) neither would see
+    the other's row, so they take turns on an advisory lock of the transaction."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    key = hashlib.blake2b(f"{user_id}:{study_hash}".encode(), digest_size=8).digest()
+    await session.execute(
+        select(func.pg_advisory_xact_lock(int.from_bytes(key, "big", signed=True)))
+    )
+
+
+async def accepted_upload(
+    session: AsyncSession, *, study_hash: str, accepted: Sequence[UploadStatus], user_id: uuid.UUID
+) -> Upload | None:
+    """An upload of the study in one of the `accepted` statuses: the user's own first, then
+    the oldest."""
+    return await session.scalar(
+        select(Upload)
+        .where(Upload.study_hash == study_hash, Upload.status.in_(accepted))
+        .order_by(Upload.user_id != user_id, Upload.created_at)
+        .limit(1)
+    )
+
+
+async def users_upload_of_study(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    study_hash: str,
+    statuses: Sequence[UploadStatus],
+) -> Upload | None:
+    """The user's oldest upload of the study in one of `statuses`."""
+    return await session.scalar(
+        select(Upload)
+        .where(
+            Upload.user_id == user_id,
+            Upload.study_hash == study_hash,
+            Upload.status.in_(statuses),
+        )
+        .order_by(Upload.created_at)
+        .limit(1)
+    )
+
+
+class NewFile(NamedTuple):
+    name: str
+    size: int
+    sha256: str
+    chunk_count: int
+
+
+async def create_upload(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    study_instance_uid: str,
+    study_hash: str,
+    study_metadata: dict[str, Any],
+    chunk_size: int,
+    files: Sequence[NewFile],
+) -> Upload:
+    """A new pending upload and its pending files (indexed in the order given)."""
+    upload = Upload(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        study_instance_uid=study_instance_uid,
+        study_hash=study_hash,
+        status=UploadStatus.PENDING,
+        study_metadata=study_metadata,
+        chunk_size=chunk_size,
+        file_count=len(files),
+        total_bytes=sum(f.size for f in files),
+    )
+    session.add(upload)
+    await session.flush()
+    await session.execute(
+        insert(UploadFile),
+        [
+            {
+                "upload_id": upload.id,
+                "index": index,
+                "name": f.name,
+                "size": f.size,
+                "sha256": f.sha256,
+                "chunk_count": f.chunk_count,
+                "status": FileStatus.PENDING,
+            }
+            for index, f in enumerate(files)
+        ],
+    )
+    return upload
+
+
+# --- chunks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadFacts:
+    """What never changes about an upload once created: checked before a chunk's body is read."""
+
+    user_id: uuid.UUID
+    chunk_size: int
+    file_sizes: tuple[int, ...]
+    # Some chunk rows are from before migration 0004 (no SHA-256): compared by MD5, so every
+    # chunk of this upload needs its MD5. Never becomes true later: new rows have a SHA-256.
+    legacy_chunks: bool = False
+
+
+def upload_facts(session: Session, upload_id: uuid.UUID) -> UploadFacts | None:
+    row = session.execute(
+        select(Upload.user_id, Upload.chunk_size).where(Upload.id == upload_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    sizes = session.scalars(
+        select(UploadFile.size).where(UploadFile.upload_id == upload_id).order_by(UploadFile.index)
+    )
+    legacy = session.scalar(
+        select(UploadChunk.chunk_index)
+        .where(UploadChunk.upload_id == upload_id, UploadChunk.sha256.is_(None))
+        .limit(1)
+    )
+    return UploadFacts(
+        user_id=row.user_id,
+        chunk_size=row.chunk_size,
+        file_sizes=tuple(sizes),
+        legacy_chunks=legacy is not None,
+    )
+
+
+async def delete_chunk_rows(session: AsyncSession, upload_id: uuid.UUID) -> None:
+    await session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload_id))
+
+
+# --- completing -----------------------------------------------------------------------------
+
+
+async def files_to_verify(session: AsyncSession, upload_id: uuid.UUID) -> list[FileToVerify]:
+    """The upload's files as verification needs them, by index. Columns, not ORM objects: a
+    study has thousands of files, and this was the gateway's peak of memory for a large one."""
+    rows = await session.execute(
+        select(UploadFile.index, UploadFile.sha256, UploadFile.chunk_count)
+        .where(UploadFile.upload_id == upload_id)
+        .order_by(UploadFile.index)
+    )
+    return [FileToVerify(index, sha256, count) for index, sha256, count in rows]
+
+
+async def record_verdicts(
+    session: AsyncSession, upload_id: uuid.UUID, verdicts: Sequence[FileVerdict]
+) -> None:
+    """Each file's verdict: valid or rejected (and why), what it is, and whether it is to be
+    forwarded (a valid instance)."""
+    await session.execute(update(UploadFile), [_verdict_row(upload_id, v) for v in verdicts])
+
+
+def _verdict_row(upload_id: uuid.UUID, verdict: FileVerdict) -> dict[str, Any]:
+    summary, error = verdict.summary, verdict.error
+    return {
+        "upload_id": upload_id,
+        "index": verdict.index,
+        "status": FileStatus.REJECTED if error else FileStatus.VALID,
+        "forward_status": ForwardStatus.PENDING
+        if error is None and summary is not None and summary.kind == "instance"
+        else None,
+        "kind": summary.kind if summary else None,
+        "preamble": summary.preamble if summary else None,
+        "sop_instance_uid": summary.sop_instance_uid if summary else None,
+        "sop_class_uid": summary.sop_class_uid if summary else None,
+        "series_instance_uid": summary.series_instance_uid if summary else None,
+        "transfer_syntax_uid": summary.transfer_syntax_uid if summary else None,
+        "error_code": error.code if error else None,
+        "error_message": error.message if error else None,
+    }
+
+
+async def finish_verification(
+    session: AsyncSession, upload_id: uuid.UUID, *, status: UploadStatus, instance_count: int
+) -> bool:
+    """Move the upload from `received` to `status`; False if it was no longer `received` (a
+    concurrent `complete` moved it first)."""
+    moved = await session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.status == UploadStatus.RECEIVED)
+        .values(
+            status=status,
+            instance_count=instance_count,
+            completed_at=utcnow(),
+            updated_at=utcnow(),
+        )
+    )
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+
+async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:
+    """The files the PACS refused are to be sent again."""
+    await session.execute(
+        update(UploadFile)
+        .where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status == ForwardStatus.FAILED,
+        )
+        .values(forward_status=ForwardStatus.PENDING)
+    )

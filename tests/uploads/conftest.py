@@ -1,0 +1,7 @@
+"""The upload tests: the in-process app of tests/api (fixtures shared with other suites)."""
+
+from __future__ import annotations
+
+from tests.api.conftest import app, client, clinician, make_account
+
+__all__ = ["app", "client", "clinician", "make_account"]
