@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from relaypacs.audit.service import record_for_request
 from relaypacs.auth.dependencies import (
+    ActorDep,
     CurrentUser,
     bearer_scheme,
     get_current_user,
@@ -20,7 +21,8 @@ from relaypacs.auth.dependencies import (
     per_user,
 )
 from relaypacs.auth.policy import authorize
-from relaypacs.state import DatabaseDep, ReadSessionDep, SessionDep, StorageDep, get_app_state
+from relaypacs.fields import Offset
+from relaypacs.state import DatabaseDep, SessionDep, StorageDep, get_app_state
 from relaypacs.uploads import service
 from relaypacs.uploads.dependencies import CompleteContextDep, EarlyVerifierDep, UploadLimitsDep
 from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
@@ -103,23 +105,16 @@ async def start_upload(
 
 @router.get("", response_model=UploadList)
 async def list_uploads(
-    request: Request,
     user: CurrentUser,
-    session: ReadSessionDep,
+    actor: ActorDep,
+    db: DatabaseDep,
     upload_status: Annotated[UploadStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[Offset, Query()] = 0,
 ) -> UploadList:
     items, total = await service.list_uploads(
-        session, user=user, status=upload_status, limit=limit, offset=offset
+        db, user=user, actor=actor, status=upload_status, limit=limit, offset=offset
     )
-    if items:  # study details of these uploads are shown
-        await record_for_request(
-            request,
-            action="upload.list",
-            object_type="upload",
-            details={"upload_ids": [str(i.id) for i in items]},
-        )
     return UploadList(items=items, total=total)
 
 
@@ -132,7 +127,7 @@ async def get_upload(
         bool, Query(description="false: without the file list (cheap to poll)")
     ] = True,
 ) -> UploadRead:
-    # A plain call, not a dependency (resolved in a thread): clients poll this view, and its
+    # A plain call, not a dependency: clients poll this view every few seconds, and its
     # cost per request is measured (bench/README.md).
     db = get_app_state(request).db
     view, upload = await service.show_upload(db, upload_id=upload_id, user=user, with_files=files)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from relaypacs.fields import Line
 from relaypacs.uploads.models import FileStatus, ForwardStatus, UploadStatus
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
@@ -15,7 +16,9 @@ Uid = Annotated[str, StringConstraints(max_length=64, pattern=UID_PATTERN)]
 Sha256Hex = Annotated[
     str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-fA-F]{64}$")
 ]
-ShortText = Annotated[str, StringConstraints(max_length=256)]
+# Study details as the files carry them: one line, no control character (NUL: PostgreSQL
+# refuses it, and SQLite stored it).
+ShortText = Annotated[Line, StringConstraints(max_length=256)]
 
 
 class StudyMetadata(BaseModel):
@@ -32,16 +35,9 @@ class StudyMetadata(BaseModel):
 
 class ManifestFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=255)
+    name: Line = Field(min_length=1, max_length=255)
     size: int = Field(ge=1)
     sha256: Sha256Hex
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            raise ValueError("the file name must not contain control characters")
-        return value
 
     @field_validator("sha256")
     @classmethod

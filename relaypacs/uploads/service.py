@@ -15,7 +15,8 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from relaypacs.audit.service import record_event
+from relaypacs.audit.models import Actor
+from relaypacs.audit.service import record_alone, record_event
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
@@ -191,19 +192,33 @@ def _forwarding(session: Session, upload: Upload) -> ForwardingRead | None:
 
 
 async def list_uploads(
-    session: AsyncSession,
+    db: Database,
     *,
     user: User,
+    actor: Actor,
     status: UploadStatus | None,
     limit: int,
     offset: int,
 ) -> tuple[list[UploadSummary], int]:
-    """A page of the user's own uploads, newest first, and how many there are in all."""
-    uploads, total = await repository.user_uploads(
-        session, user_id=user.id, status=status, limit=limit, offset=offset
-    )
-    received = await repository.received_bytes_of(session, [u.id for u in uploads])
-    return [_summary(u, received.get(u.id, 0)) for u in uploads], total
+    """A page of the user's own uploads, newest first, and how many there are in all. A page
+    that shows study details is recorded before it is answered, once the read has given its
+    connection back: a request never holds one pooled connection while it waits for another
+    (as many lists at once as the pool has connections stalled the whole gateway)."""
+    async with db.read_sessionmaker() as session, session.begin():
+        uploads, total = await repository.user_uploads(
+            session, user_id=user.id, status=status, limit=limit, offset=offset
+        )
+        received = await repository.received_bytes_of(session, [u.id for u in uploads])
+    items = [_summary(u, received.get(u.id, 0)) for u in uploads]
+    if items:
+        await record_alone(
+            db.sessionmaker,
+            actor=actor,
+            action="upload.list",
+            object_type="upload",
+            details={"upload_ids": [str(i.id) for i in items]},
+        )
+    return items, total
 
 
 # --- starting -------------------------------------------------------------------------------
