@@ -10,5 +10,6 @@ if [ -f .tools/test.env ]; then . .tools/test.env; fi
 echo "== ruff format --check" && .venv/bin/ruff format --check .
 echo "== ruff check" && .venv/bin/ruff check .
 echo "== mypy --strict" && .venv/bin/mypy
+echo "== import contracts" && .venv/bin/lint-imports --no-cache
 echo "== pytest"
 exec .venv/bin/pytest "$@"

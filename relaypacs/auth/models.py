@@ -35,7 +35,7 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     # The name's identity (relaypacs.fields.name_key): unique, so `ADMIN` cannot join `admin`.
     username_key: Mapped[str] = mapped_column(
-        String(256), unique=True, index=True, default=_username_key
+        String(256), unique=True, index=True, default=_username_key, server_default=""
     )
     email: Mapped[str | None] = mapped_column(String(320))
     password_hash: Mapped[str] = mapped_column(Text)

@@ -223,3 +223,30 @@ def test_the_command_says_intact_or_broken(tmp_path: Path) -> None:
     assert cut.returncode == 1
     assert f"BROKEN at record {head[0]}" in cut.stderr
     assert "truncated" in cut.stderr
+
+
+async def test_records_from_before_the_chain_are_chained_by_the_upgrade(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    await asyncio.to_thread(migrate.upgrade, url, "0004")
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for i in range(5):
+                await connection.execute(
+                    text(
+                        "INSERT INTO audit_event (at, action, outcome, details) "
+                        "VALUES (:at, 'old.record', 'success', :details)"
+                    ),
+                    {"at": f"2026-11-0{i + 1} 10:00:00.123456", "details": f'{{"n": {i}}}'},
+                )
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(migrate.upgrade, url)
+    engine = create_engine(url)
+    try:
+        await record_alone(create_sessionmaker(engine), actor=Actor(), action="new.record")
+        report = await verify(engine)
+        assert report.intact, report
+        assert report.records == 6
+    finally:
+        await engine.dispose()

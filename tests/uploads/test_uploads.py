@@ -713,7 +713,9 @@ class TestAuditLog:
     async def test_the_database_refuses_to_change_audit_records(self, app: FastAPI) -> None:
         for statement in ("UPDATE audit_event SET outcome = 'x'", "DELETE FROM audit_event"):
             async with app_state(app).db.sessionmaker() as session:
-                with pytest.raises(Exception, match="append-only"):
+                # PostgreSQL: the gateway's role may not even try (the owner meets the
+                # triggers: tests/security/test_audit_tamper.py).
+                with pytest.raises(Exception, match=r"append-only|permission denied"):
                     async with session.begin():
                         await session.execute(text(statement))
 

@@ -33,8 +33,13 @@ _USER = sa.table(
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("user", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("username_key", sa.String(length=256), nullable=True))
+    # Added in place, never by rebuilding the table (SQLite's batch mode would drop `user`,
+    # which every upload and session references): NOT NULL with an empty default, filled below,
+    # then unique.
+    op.add_column(
+        "user",
+        sa.Column("username_key", sa.String(length=256), nullable=False, server_default=""),
+    )
     bind = op.get_bind()
     taken: set[str] = set()
     collisions = 0
@@ -54,12 +59,9 @@ def upgrade() -> None:
             "they keep signing in with their exact username",
             collisions,
         )
-    with op.batch_alter_table("user", schema=None) as batch_op:
-        batch_op.alter_column("username_key", existing_type=sa.String(length=256), nullable=False)
-        batch_op.create_index(batch_op.f("ix_user_username_key"), ["username_key"], unique=True)
+    op.create_index(op.f("ix_user_username_key"), "user", ["username_key"], unique=True)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("user", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_user_username_key"))
-        batch_op.drop_column("username_key")
+    op.drop_index(op.f("ix_user_username_key"), table_name="user")
+    op.execute('ALTER TABLE "user" DROP COLUMN username_key')  # in place (SQLite 3.35+ too)
