@@ -6,6 +6,7 @@ relaypacs.users.)"""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -14,6 +15,8 @@ from relaypacs.audit.service import record_alone, record_event
 from relaypacs.forwarding.worker import Forwarder
 from relaypacs.storage import ObjectStorage
 from relaypacs.uploads import service as uploads
+from relaypacs.uploads.models import Upload
+from relaypacs.uploads.repository import upload_prefix
 from relaypacs.uploads.schemas import UploadRead, UploadSummary
 from relaypacs.uploads.service import ProblemKind
 
@@ -46,6 +49,28 @@ async def list_problem_uploads(
     return items, total
 
 
+async def _act_on_upload(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    change: Callable[[AsyncSession], Awaitable[Upload]],
+    *,
+    actor: Actor,
+    action: str,
+    upload_id: uuid.UUID,
+) -> UploadRead:
+    """Apply an administrator's `change` to an upload and record it, in one transaction."""
+    async with sessionmaker() as session, session.begin():
+        upload = await change(session)
+        await record_event(
+            session,
+            actor=actor,
+            action=action,
+            object_type="upload",
+            object_id=upload_id,
+            study_instance_uid=upload.study_instance_uid,
+        )
+        return await uploads.read_upload(session, upload)
+
+
 async def retry_forwarding(
     sessionmaker: async_sessionmaker[AsyncSession],
     forwarder: Forwarder | None,
@@ -55,17 +80,13 @@ async def retry_forwarding(
 ) -> UploadRead:
     """Send again what failed (and anything pending) now, resetting the retry schedule; the
     forwarding worker of this process (if any) is woken."""
-    async with sessionmaker() as session, session.begin():
-        upload = await uploads.retry_forwarding(session, upload_id=upload_id)
-        await record_event(
-            session,
-            actor=actor,
-            action="admin.upload_retry",
-            object_type="upload",
-            object_id=upload_id,
-            study_instance_uid=upload.study_instance_uid,
-        )
-        view = await uploads.read_upload(session, upload)
+    view = await _act_on_upload(
+        sessionmaker,
+        lambda session: uploads.retry_forwarding(session, upload_id=upload_id),
+        actor=actor,
+        action="admin.upload_retry",
+        upload_id=upload_id,
+    )
     if forwarder is not None:
         forwarder.wake()
     return view
@@ -79,16 +100,12 @@ async def cancel_forwarding(
     upload_id: uuid.UUID,
 ) -> UploadRead:
     """Stop forwarding the upload for good and delete its stored files."""
-    async with sessionmaker() as session, session.begin():
-        upload = await uploads.cancel_forwarding(session, upload_id=upload_id)
-        await record_event(
-            session,
-            actor=actor,
-            action="admin.upload_cancel",
-            object_type="upload",
-            object_id=upload_id,
-            study_instance_uid=upload.study_instance_uid,
-        )
-        view = await uploads.read_upload(session, upload)
-    await storage.delete_prefix(f"uploads/{upload_id}/")
+    view = await _act_on_upload(
+        sessionmaker,
+        lambda session: uploads.cancel_forwarding(session, upload_id=upload_id),
+        actor=actor,
+        action="admin.upload_cancel",
+        upload_id=upload_id,
+    )
+    await storage.delete_prefix(upload_prefix(upload_id))
     return view
