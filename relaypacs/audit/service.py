@@ -1,8 +1,7 @@
 """Writing and reading audit records. Callers pass ids, codes and counts: never patient data.
 
 A record names its actor (who, their role, from where) with an `Actor`, bound once per request
-(see relaypacs/auth/dependencies.py, `ActorDep`). The older keyword form (`actor_id=`,
-`actor_role=`, `client_ip=`) still works for the callers that have not switched yet."""
+(see relaypacs/auth/dependencies.py, `ActorDep`)."""
 
 from __future__ import annotations
 
@@ -39,23 +38,17 @@ logger = logging.getLogger(__name__)
 async def record_event(
     session: AsyncSession,
     *,
+    actor: Actor,
     action: str,
     outcome: str = "success",
-    actor: Actor | None = None,
-    actor_id: uuid.UUID | None = None,
-    actor_role: str | None = None,
     object_type: str | None = None,
     object_id: uuid.UUID | str | None = None,
     study_instance_uid: str | None = None,
-    client_ip: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """One record, in the caller's transaction. Who acted: `actor`, or (the older form)
-    `actor_id`, `actor_role` and `client_ip`; not both."""
-    if actor is not None:
-        if actor_id is not None or actor_role is not None or client_ip is not None:
-            raise TypeError("record_event: give `actor` or actor_id/actor_role/client_ip")
-        actor_id, actor_role, client_ip = actor.id, actor.role, actor.client_ip
+    """One record, in the caller's transaction: `actor` did `action` (SYSTEM: nobody signed in,
+    e.g. the command line or the forwarding worker)."""
+    actor_id, actor_role, client_ip = actor.id, actor.role, actor.client_ip
     await repository.add_event(
         session,
         AuditEvent(

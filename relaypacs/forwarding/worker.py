@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from relaypacs.audit.models import SYSTEM
 from relaypacs.audit.service import record_event
 from relaypacs.config import PacsTarget, Settings
 from relaypacs.db import utcnow
@@ -376,6 +377,7 @@ class Forwarder:
                     await hook(session, settlement)
                 await record_event(
                     session,
+                    actor=SYSTEM,
                     action="forward.delivered" if delivered else "forward.failed",
                     outcome="success" if delivered else "failure",
                     object_type="upload",

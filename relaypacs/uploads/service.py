@@ -273,12 +273,10 @@ async def start_upload(
         await record_event(
             session,
             action="upload.resume",
-            actor_id=user.id,
-            actor_role=user.role.value,
+            actor=user.actor(client_ip),
             object_type="upload",
             object_id=existing.id,
             study_instance_uid=existing.study_instance_uid,
-            client_ip=client_ip,
         )
         return await read_upload(session, existing), False
 
@@ -297,12 +295,10 @@ async def start_upload(
     await record_event(
         session,
         action="upload.start",
-        actor_id=user.id,
-        actor_role=user.role.value,
+        actor=user.actor(client_ip),
         object_type="upload",
         object_id=upload.id,
         study_instance_uid=upload.study_instance_uid,
-        client_ip=client_ip,
         details={"files": upload.file_count, "bytes": upload.total_bytes},
     )
     return await read_upload(session, upload), True
@@ -415,12 +411,10 @@ async def complete_upload(
         audit = functools.partial(
             record_event,
             session,
-            actor_id=user.id,
-            actor_role=user.role.value,
+            actor=user.actor(client_ip),
             object_type="upload",
             object_id=upload_id,
             study_instance_uid=declared_uid,
-            client_ip=client_ip,
         )
         if moved and queue:
             # The outbox: the job exists if and only if this transaction commits.
@@ -492,12 +486,10 @@ async def cancel_upload(
             await record_event(
                 session,
                 action="upload.cancel",
-                actor_id=user.id,
-                actor_role=user.role.value,
+                actor=user.actor(client_ip),
                 object_type="upload",
                 object_id=upload_id,
                 study_instance_uid=upload.study_instance_uid,
-                client_ip=client_ip,
             )
         await session.flush()
         view = await read_upload(session, upload)

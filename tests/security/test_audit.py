@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 import relaypacs
+from relaypacs.audit.models import SYSTEM
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import Role
 from relaypacs.devtools.synth import DEFAULT_PATIENT
@@ -281,7 +282,7 @@ class TestMassAssignment:
 class TestAppendOnly:
     async def test_the_database_refuses_to_change_or_remove_a_record(self, app: FastAPI) -> None:
         async with app_state(app).db.sessionmaker() as session, session.begin():
-            await record_event(session, action="access.denied", outcome="denied")
+            await record_event(session, actor=SYSTEM, action="access.denied", outcome="denied")
         for statement in (
             "UPDATE audit_event SET outcome = 'success' WHERE outcome = 'denied'",
             "DELETE FROM audit_event WHERE action = 'access.denied'",
