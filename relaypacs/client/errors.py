@@ -92,3 +92,25 @@ class ApiError(ClientError):
         self.code = code
         self.message = message
         self.details: dict[str, Any] = details or {}
+
+
+def most_serious(
+    group: BaseExceptionGroup[BaseException], order: tuple[type[BaseException], ...]
+) -> BaseException:
+    """The error of `group` (nested groups flattened) that comes first in `order`: the one the
+    user must hear of when several parallel tasks failed; else the first."""
+    leaves: list[BaseException] = []
+
+    def flatten(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                flatten(inner)
+        else:
+            leaves.append(error)
+
+    flatten(group)
+    for kind in order:
+        for error in leaves:
+            if isinstance(error, kind):
+                return error
+    return leaves[0]

@@ -27,7 +27,8 @@ from pydicom.uid import generate_uid
 from rich.console import Console
 
 import relaypacs.client
-from relaypacs.cli.upload import _PlainDisplay, _RichDisplay, upload
+from relaypacs.cli.display import PlainDisplay, RichDisplay
+from relaypacs.cli.upload import upload
 from relaypacs.client import (
     Discovery,
     GatewayClient,
@@ -346,7 +347,7 @@ class TestProgressDisplays:
 
     def test_rich_display_shows_a_study_that_never_started(self, tmp_path: Path) -> None:
         out = io.StringIO()
-        display = _RichDisplay(Console(file=out, force_terminal=True, width=120))
+        display = RichDisplay(Console(file=out, force_terminal=True, width=120))
         first, second = self._plans(tmp_path)
         display.discovered(Discovery(), [first, second])
         display.study_started(first, 1, 0)
@@ -360,7 +361,7 @@ class TestProgressDisplays:
 
     def test_plain_display_names_the_study_by_number(self, tmp_path: Path) -> None:
         out = io.StringIO()
-        display = _PlainDisplay(out)
+        display = PlainDisplay(out)
         first, second = self._plans(tmp_path)
         display.discovered(Discovery(), [first, second])
         display.study_finished(_result(second, StudyStatus.FAILED))
