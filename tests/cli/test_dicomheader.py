@@ -22,7 +22,7 @@ from pydicom.uid import (
 )
 
 from relaypacs.client import dicomheader
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 from relaypacs.dicom import header as reference
 from tests.gateway import subprocess_env
 
@@ -67,7 +67,7 @@ def _instance(transfer_syntax: str = ExplicitVRLittleEndian, **elements: object)
 
 
 def _build(elements: Mapping[str, object], transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
-    uids = synth.new_uids()
+    uids = unusual.new_uids()
     ds = Dataset()
     ds.SOPClassUID = synth.CT_IMAGE_STORAGE
     ds.SOPInstanceUID = uids["sop_uid"]
@@ -111,7 +111,7 @@ class TestSameAnswersAsPydicom:
             ExplicitVRBigEndian,
             DeflatedExplicitVRLittleEndian,
         ):
-            ids = synth.new_uids()
+            ids = unusual.new_uids()
             data = synth.make_instance(
                 **ids,
                 rows=16,
@@ -127,9 +127,9 @@ class TestSameAnswersAsPydicom:
             assert header.accession_number is None
             assert header.study_description == "CT THORAX"
             assert header.sop_instance_uid == ids["sop_uid"]
-        assert _same(write(synth.make_no_preamble())) is not None
-        assert _same(write(synth.make_tiff_preamble())) is not None
-        assert _same(write(synth.make_preamble_executable())) is not None
+        assert _same(write(unusual.make_no_preamble())) is not None
+        assert _same(write(unusual.make_tiff_preamble())) is not None
+        assert _same(write(unusual.make_preamble_executable())) is not None
 
     def test_utf8_and_default_character_sets_without_pydicom(
         self, write: Write, no_pydicom: None
@@ -189,9 +189,9 @@ class TestSameAnswersAsPydicom:
             b"%PDF-1.7" * 100,
             b"PK\x03\x04" + bytes(500),
             bytes(128) + b"DICM",
-            synth.make_dicomdir_bytes(),
-            synth.make_missing_uid("StudyInstanceUID"),
-            synth.make_preamble_executable()[:400],
+            unusual.make_dicomdir_bytes(),
+            unusual.make_missing_uid("StudyInstanceUID"),
+            unusual.make_preamble_executable()[:400],
         ):
             assert _same(write(data)) is None
         assert _same(tmp_path / "missing.dcm") is None
@@ -211,7 +211,7 @@ class TestIsDicomdir:
             tmp_path / "cd", instances=2, rows=16, columns=16, with_dicomdir=True
         )
         assert study.dicomdir is not None
-        data = synth.make_dicomdir_bytes()
+        data = unusual.make_dicomdir_bytes()
         paths = [
             study.dicomdir,
             *study.paths,
@@ -219,7 +219,7 @@ class TestIsDicomdir:
             write(data[: len(data) - 10]),
             write(data.replace(b"1.2.840.10008.1.3.10", b"1.2.840.10008.1.3.11", 1)),
             write(b"hello" * 100),
-            write(synth.make_no_preamble()),
+            write(unusual.make_no_preamble()),
             tmp_path / "DICOMDIR",
         ]
         answers = [dicomheader.is_dicomdir(path) for path in paths]

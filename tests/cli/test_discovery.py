@@ -26,13 +26,8 @@ from relaypacs.client import (
 from relaypacs.client.dicomheader import read_instance, why_not_an_instance
 from relaypacs.client.discovery import display_name
 from relaypacs.client.manifest import file_modalities, hash_jobs, iso_date
-from relaypacs.devtools.synth import (
-    make_dicomdir_bytes,
-    make_instance,
-    make_missing_uid,
-    new_uids,
-    write_study,
-)
+from relaypacs.devtools.synth import make_instance, write_study
+from relaypacs.devtools.unusual import make_dicomdir_bytes, make_missing_uid, new_uids
 
 
 def _zip_folder(folder: Path, archive: Path) -> Path:

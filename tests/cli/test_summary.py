@@ -36,7 +36,7 @@ from relaypacs.client import (
     StudyResult,
     StudyStatus,
 )
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 from tests.cli.fakegateway import FakeGateway
 
 
@@ -52,7 +52,7 @@ def _instance_without_modality(
 ) -> None:
     """A valid instance without its own Modality; with ``nested_modality``, a Modality in an
     item of a sequence (before the StudyInstanceUID) that describes another series."""
-    ids = synth.new_uids()
+    ids = unusual.new_uids()
     ids["study_uid"] = study_uid
     data = synth.make_instance(**ids, rows=16, columns=16)
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -108,7 +108,7 @@ def corpus(tmp_path: Path) -> Corpus:
     mixed = generate_uid()
     _instance_without_modality(root / "d_mixed" / "IM1.dcm", mixed)
     for number, modality in ((2, "CT"), (3, "CT"), (4, "SR")):
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         ids["study_uid"] = mixed
         synth.write_instance(
             root / "d_mixed" / f"IM{number}.dcm",
@@ -132,8 +132,8 @@ def corpus(tmp_path: Path) -> Corpus:
     os.close(os.open(os.fsencode(junk) + b"/caf\xe9.txt", os.O_CREAT | os.O_WRONLY, 0o644))
     (junk / "\x1b[2Jclear.txt").write_text("hostile name")
     _pydicom_file("JPEGLSNearLossless_08.dcm", junk)
-    (junk / "nostudy.dcm").write_bytes(synth.make_missing_uid("StudyInstanceUID"))
-    whole = synth.make_instance(**synth.new_uids(), rows=16, columns=16)
+    (junk / "nostudy.dcm").write_bytes(unusual.make_missing_uid("StudyInstanceUID"))
+    whole = synth.make_instance(**unusual.new_uids(), rows=16, columns=16)
     (junk / "cut.dcm").write_bytes(whole[:300])
     os.mkfifo(junk / "fifo.dcm")
     (junk / "dangling.dcm").symlink_to(tmp_path / "nowhere")

@@ -22,13 +22,8 @@ from relaypacs.client import (
     UploadOptions,
     run_upload,
 )
-from relaypacs.devtools.synth import (
-    FAKE_PATIENTS,
-    make_missing_uid,
-    make_truncated,
-    new_uids,
-    write_study,
-)
+from relaypacs.devtools.synth import FAKE_PATIENTS, write_study
+from relaypacs.devtools.unusual import make_missing_uid, make_truncated, new_uids
 from tests.cli.conftest import Gateway
 from tests.gateway import relaypacs_command, subprocess_env
 from tests.phiscan import contains_patient_data, record_server_output

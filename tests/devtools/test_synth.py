@@ -25,7 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 
 
 def read(data: bytes, *, force: bool = False) -> pydicom.FileDataset:
@@ -34,7 +34,7 @@ def read(data: bytes, *, force: bool = False) -> pydicom.FileDataset:
 
 class TestMakeInstance:
     def test_is_a_valid_part10_ct_image(self) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         data = synth.make_instance(**ids, instance_number=7)
         assert data[:128] == bytes(128)
         assert data[128:132] == b"DICM"
@@ -61,7 +61,7 @@ class TestMakeInstance:
 
     def test_fake_phi_can_be_chosen(self) -> None:
         data = synth.make_instance(
-            **synth.new_uids(),
+            **unusual.new_uids(),
             rows=8,
             columns=8,
             patient_name="DOE^JANE",
@@ -72,7 +72,7 @@ class TestMakeInstance:
         assert (ds.PatientName, ds.PatientID, ds.PatientBirthDate) == ("DOE^JANE", "X9", "19450203")
 
     def test_pixels_are_deterministic_per_seed(self) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         one = read(synth.make_instance(**ids, rows=32, columns=32, seed=1)).pixel_array
         again = read(synth.make_instance(**ids, rows=32, columns=32, seed=1)).pixel_array
         other = read(synth.make_instance(**ids, rows=32, columns=32, seed=2)).pixel_array
@@ -80,7 +80,7 @@ class TestMakeInstance:
         assert not np.array_equal(one, other)
 
     def test_multiframe(self) -> None:
-        ds = read(synth.make_instance(**synth.new_uids(), rows=16, columns=24, frames=5))
+        ds = read(synth.make_instance(**unusual.new_uids(), rows=16, columns=24, frames=5))
         assert ds.SOPClassUID == synth.MULTIFRAME_SC_STORAGE
         assert ds.NumberOfFrames == 5
         assert ds.pixel_array.shape == (5, 16, 24)
@@ -90,7 +90,7 @@ class TestMakeInstance:
         [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian],
     )
     def test_native_transfer_syntaxes(self, transfer_syntax: str) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         reference = read(synth.make_instance(**ids, rows=16, columns=16, seed=3)).pixel_array
         ds = read(
             synth.make_instance(**ids, rows=16, columns=16, seed=3, transfer_syntax=transfer_syntax)
@@ -103,7 +103,7 @@ class TestMakeInstance:
     def test_encapsulated_transfer_syntaxes(self, transfer_syntax: str) -> None:
         ds = read(
             synth.make_instance(
-                **synth.new_uids(), rows=16, columns=16, frames=3, transfer_syntax=transfer_syntax
+                **unusual.new_uids(), rows=16, columns=16, frames=3, transfer_syntax=transfer_syntax
             )
         )
         assert ds.file_meta.TransferSyntaxUID == transfer_syntax
@@ -118,7 +118,7 @@ class TestWriteInstance:
         tracemalloc.start()
         started = time.perf_counter()
         try:
-            size = synth.write_instance(path, **synth.new_uids(), frames=512)  # 256 MiB of pixels
+            size = synth.write_instance(path, **unusual.new_uids(), frames=512)  # 256 MiB of pixels
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -130,14 +130,14 @@ class TestWriteInstance:
 
     def test_sparse_2gb(self, tmp_path: Path) -> None:
         path = tmp_path / "sparse.dcm"
-        size = synth.write_instance(path, **synth.new_uids(), frames=4000, sparse=True)
+        size = synth.write_instance(path, **unusual.new_uids(), frames=4000, sparse=True)
         assert size == path.stat().st_size == 4000 * 512 * 512 * 2 + (size - 4000 * 512 * 512 * 2)
         assert size > 2_000_000_000
         ds = pydicom.dcmread(path, defer_size=1024)
         assert ds.NumberOfFrames == 4000
 
     def test_same_bytes_as_make_instance(self, tmp_path: Path) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         path = tmp_path / "x.dcm"
         synth.write_instance(path, **ids, rows=32, columns=32, seed=5)
         assert path.read_bytes() == synth.make_instance(**ids, rows=32, columns=32, seed=5)
@@ -197,26 +197,26 @@ class TestWriteStudy:
 
 class TestHostileFiles:
     def test_preamble_executable(self) -> None:
-        data = synth.make_preamble_executable()
+        data = unusual.make_preamble_executable()
         assert data[:2] == b"MZ"
         pe = struct.unpack_from("<I", data, 0x3C)[0]
         assert data[pe : pe + 4] == b"PE\x00\x00"
         assert read(data).SOPInstanceUID  # otherwise a valid instance
 
     def test_tiff_preamble(self) -> None:
-        data = synth.make_tiff_preamble()
+        data = unusual.make_tiff_preamble()
         assert data[:4] == b"II*\x00"
         assert read(data).SOPInstanceUID
 
     def test_truncated(self) -> None:
-        assert synth.make_truncated(b"abcdef", keep=4) == b"abcd"
+        assert unusual.make_truncated(b"abcdef", keep=4) == b"abcd"
 
     def test_deflate_bomb_is_small_and_inflates_to_what_it_says(self) -> None:
         def meta_end(data: bytes) -> int:
             # each bomb has its own UIDs, of random length: its own meta group length
             return 132 + 12 + int(struct.unpack_from("<I", data, 140)[0])
 
-        bomb = synth.make_deflate_bomb()  # 2 GiB
+        bomb = unusual.make_deflate_bomb()  # 2 GiB
         assert len(bomb) < 4 << 20
         bomb_meta_end = meta_end(bomb)
         assert DeflatedExplicitVRLittleEndian.encode() in bomb[:bomb_meta_end]
@@ -226,7 +226,7 @@ class TestHostileFiles:
         declared = struct.unpack_from("<I", head, offset + 8)[0]
         assert declared > (2 << 30) - 4096
         # a smaller one, inflated completely (streaming): one valid stream of that size
-        small = synth.make_deflate_bomb(inflated_bytes=32 << 20)
+        small = unusual.make_deflate_bomb(inflated_bytes=32 << 20)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         total = 0
         data = small[meta_end(small) :]
@@ -238,7 +238,7 @@ class TestHostileFiles:
         assert read(small).StudyInstanceUID
 
     def test_deep_nesting(self) -> None:
-        ds = read(synth.make_deep_nesting(depth=20))
+        ds = read(unusual.make_deep_nesting(depth=20))
         depth = 0
         items = ds
         while "ContentSequence" in items:
@@ -246,10 +246,10 @@ class TestHostileFiles:
             depth += 1
         assert depth == 20
         with pytest.raises(RecursionError):
-            read(synth.make_deep_nesting())  # 5000: too deep for pydicom
+            read(unusual.make_deep_nesting())  # 5000: too deep for pydicom
 
     def test_no_preamble(self) -> None:
-        data = synth.make_no_preamble()
+        data = unusual.make_no_preamble()
         assert data[:2] == b"\x08\x00"
         assert b"DICM" not in data[:200]
         ds = read(data, force=True)
@@ -257,7 +257,7 @@ class TestHostileFiles:
         assert ds.StudyInstanceUID
 
     def test_big_endian(self) -> None:
-        ds = read(synth.make_big_endian())
+        ds = read(unusual.make_big_endian())
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
         assert ds.pixel_array.shape == (16, 16)
 
@@ -265,23 +265,23 @@ class TestHostileFiles:
         "keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
     )
     def test_missing_uid(self, keyword: str) -> None:
-        ds = read(synth.make_missing_uid(keyword))
+        ds = read(unusual.make_missing_uid(keyword))
         assert keyword not in ds
         assert {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"} - {keyword} <= set(
             ds.dir()
         )
 
     def test_jpeg_compressed(self) -> None:
-        ds = read(synth.make_jpeg_compressed(frames=2))
+        ds = read(unusual.make_jpeg_compressed(frames=2))
         assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
         assert len(list(generate_frames(ds.PixelData, number_of_frames=2))) == 2
 
     def test_many_fragments(self) -> None:
-        ds = read(synth.make_many_fragments(fragments=10))
+        ds = read(unusual.make_many_fragments(fragments=10))
         assert len(list(generate_fragments(ds.PixelData))) == 11  # + the offset table
 
     def test_dicomdir(self) -> None:
-        ds = read(synth.make_dicomdir_bytes(instances=3))
+        ds = read(unusual.make_dicomdir_bytes(instances=3))
         assert ds.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.1.3.10"
         kinds = [record.DirectoryRecordType for record in ds.DirectoryRecordSequence]
         assert kinds.count("IMAGE") == 3

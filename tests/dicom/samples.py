@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydicom.uid import ExplicitVRLittleEndian
 
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 
 
 def small(*, preamble: bytes | None = None, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
     return synth.make_instance(
-        **synth.new_uids(),
+        **unusual.new_uids(),
         rows=16,
         columns=16,
         preamble=preamble,

@@ -16,13 +16,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 from relaypacs.dicom.header import StudyHeader, is_dicomdir, read_header
 
 
 class TestReadHeader:
     def test_reads_the_study_fields(self, write: Callable[[bytes], Path]) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         data = synth.make_instance(
             **ids,
             rows=32,
@@ -47,7 +47,7 @@ class TestReadHeader:
 
     def test_decodes_the_character_set(self, write: Callable[[bytes], Path]) -> None:
         data = synth.make_instance(
-            **synth.new_uids(), rows=16, columns=16, patient_name="MÜLLER^JÜRGEN"
+            **unusual.new_uids(), rows=16, columns=16, patient_name="MÜLLER^JÜRGEN"
         )
         assert b"M\xdcLLER" in data  # ISO_IR 100 (latin-1) on disk
         header = read_header(write(data))
@@ -55,7 +55,7 @@ class TestReadHeader:
         assert header.patient_name == "MÜLLER^JÜRGEN"
 
     def test_empty_values_are_none(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_instance(**synth.new_uids(), rows=16, columns=16, accession_number="")
+        data = synth.make_instance(**unusual.new_uids(), rows=16, columns=16, accession_number="")
         header = read_header(write(data))
         assert header is not None
         assert header.accession_number is None
@@ -65,7 +65,7 @@ class TestReadHeader:
         [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian],
     )
     def test_other_encodings(self, write: Callable[[bytes], Path], transfer_syntax: str) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         data = synth.make_instance(**ids, rows=16, columns=16, transfer_syntax=transfer_syntax)
         header = read_header(write(data))
         assert header is not None
@@ -75,7 +75,7 @@ class TestReadHeader:
         )
 
     def test_file_without_preamble(self, write: Callable[[bytes], Path]) -> None:
-        path = write(synth.make_no_preamble())
+        path = write(unusual.make_no_preamble())
         header = read_header(path)
         assert header is not None
         assert header.study_instance_uid == pydicom.dcmread(path, force=True).StudyInstanceUID
@@ -87,9 +87,9 @@ class TestReadHeader:
             b"%PDF-1.7" * 100,
             b"PK\x03\x04" + bytes(500),
             bytes(128) + b"DICM",
-            synth.make_dicomdir_bytes(),
-            synth.make_missing_uid("StudyInstanceUID"),
-            synth.make_preamble_executable()[:400],  # cut before its StudyInstanceUID
+            unusual.make_dicomdir_bytes(),
+            unusual.make_missing_uid("StudyInstanceUID"),
+            unusual.make_preamble_executable()[:400],  # cut before its StudyInstanceUID
         ],
         ids=["empty", "pdf", "zip", "meta-only", "dicomdir", "no-study-uid", "cut"],
     )
@@ -105,14 +105,14 @@ class TestReadHeader:
         the study UID) all give their header, instantly and in bounded memory: the server
         is the one to reject them."""
         big = tmp_path / "big.dcm"
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         size = synth.write_instance(big, **ids, frames=4000, sparse=True)
-        whole = synth.make_instance(**synth.new_uids(), rows=64, columns=64)
+        whole = synth.make_instance(**unusual.new_uids(), rows=64, columns=64)
         paths = [
             big,
             write(whole[: len(whole) // 2]),
-            write(synth.make_deflate_bomb()),
-            write(synth.make_deep_nesting(5000)),
+            write(unusual.make_deflate_bomb()),
+            write(unusual.make_deep_nesting(5000)),
         ]
         assert size > 2_000_000_000
         tracemalloc.start()
@@ -162,7 +162,7 @@ class TestReadHeader:
 
 class TestIsDicomdir:
     def test_dicomdir(self, write: Callable[[bytes], Path]) -> None:
-        assert is_dicomdir(write(synth.make_dicomdir_bytes()))
+        assert is_dicomdir(write(unusual.make_dicomdir_bytes()))
 
     def test_dicomdir_of_a_cd_export(self, tmp_path: Path) -> None:
         study = synth.write_study(tmp_path, instances=3, rows=16, columns=16, with_dicomdir=True)
@@ -171,16 +171,16 @@ class TestIsDicomdir:
         assert not any(is_dicomdir(path) for path in study.paths)
 
     def test_directory_records_without_dicomdir_meta(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_dicomdir_bytes()
+        data = unusual.make_dicomdir_bytes()
         patched = data.replace(b"1.2.840.10008.1.3.10", b"1.2.840.10008.1.3.11", 1)
         assert is_dicomdir(write(patched))
 
     def test_dicomdir_with_broken_records(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_dicomdir_bytes()
+        data = unusual.make_dicomdir_bytes()
         assert is_dicomdir(write(data[: len(data) - 10]))
 
     @pytest.mark.parametrize(
-        "data", [b"", b"hello" * 100, synth.make_no_preamble(), synth.make_tiff_preamble()]
+        "data", [b"", b"hello" * 100, unusual.make_no_preamble(), unusual.make_tiff_preamble()]
     )
     def test_not_dicomdir(self, write: Callable[[bytes], Path], data: bytes) -> None:
         assert not is_dicomdir(write(data))

@@ -20,7 +20,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 from relaypacs.dicom import DicomLimits, DicomRejected, DicomSummary, inspect_file
 from tests.dicom.samples import small
 
@@ -72,7 +72,7 @@ def pixel_data_offset(data: bytes) -> int:
 
 class TestValidInstances:
     def test_ct_instance_summary(self, write: Callable[[bytes], Path]) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         path = write(synth.make_instance(**ids))
         assert inspect_file(path) == DicomSummary(
             kind="instance",
@@ -105,7 +105,7 @@ class TestValidInstances:
     def test_accepts_transfer_syntax(
         self, write: Callable[[bytes], Path], transfer_syntax: str
     ) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         data = synth.make_instance(
             **ids, rows=64, columns=64, frames=3, transfer_syntax=transfer_syntax
         )
@@ -115,7 +115,7 @@ class TestValidInstances:
         assert summary.sop_class_uid == synth.MULTIFRAME_SC_STORAGE
 
     def test_file_without_preamble_is_valid(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_no_preamble()
+        data = unusual.make_no_preamble()
         assert data[128:132] != b"DICM"
         summary = inspect_file(write(data))
         assert summary.kind == "instance"
@@ -126,14 +126,14 @@ class TestValidInstances:
         )
 
     def test_big_endian_is_valid(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_big_endian()
+        data = unusual.make_big_endian()
         summary = inspect_file(write(data))
         assert summary.transfer_syntax_uid == ExplicitVRBigEndian
         assert summary.series_instance_uid == str(pydicom.dcmread(write(data)).SeriesInstanceUID)
 
     def test_jpeg_pixel_data_is_not_decoded(self, write: Callable[[bytes], Path]) -> None:
         # The fragments are not JPEG images: decoding them would fail.
-        summary = inspect_file(write(synth.make_jpeg_compressed()))
+        summary = inspect_file(write(unusual.make_jpeg_compressed()))
         assert summary.transfer_syntax_uid == "1.2.840.10008.1.2.4.50"
 
     def test_trailing_zero_padding_is_tolerated(self, write: Callable[[bytes], Path]) -> None:
@@ -181,7 +181,7 @@ class TestValidInstances:
 
 class TestDicomdir:
     def test_dicomdir_is_not_an_instance(self, write: Callable[[bytes], Path]) -> None:
-        summary = inspect_file(write(synth.make_dicomdir_bytes()))
+        summary = inspect_file(write(unusual.make_dicomdir_bytes()))
         assert summary.kind == "dicomdir"
         assert summary.study_instance_uid is None
         assert summary.sop_class_uid == "1.2.840.10008.1.3.10"
@@ -189,7 +189,7 @@ class TestDicomdir:
     def test_directory_record_sequence_without_dicomdir_meta(
         self, write: Callable[[bytes], Path]
     ) -> None:
-        data = synth.make_dicomdir_bytes()
+        data = unusual.make_dicomdir_bytes()
         # Relabel the Media Storage SOP Class as CT: the data set still makes it a DICOMDIR.
         patched = data.replace(b"1.2.840.10008.1.3.10", b"1.2.840.10008.1.3.11", 1)
         assert patched != data
@@ -244,12 +244,12 @@ class TestPreamble:
         assert rejection(write(data)).code == "dicom_preamble_executable"
 
     def test_rejects_pe_preamble_of_synth(self, write: Callable[[bytes], Path]) -> None:
-        assert rejection(write(synth.make_preamble_executable())).code == (
+        assert rejection(write(unusual.make_preamble_executable())).code == (
             "dicom_preamble_executable"
         )
 
     def test_tiff_preamble_is_accepted_as_nonzero(self, write: Callable[[bytes], Path]) -> None:
-        summary = inspect_file(write(synth.make_tiff_preamble()))
+        summary = inspect_file(write(unusual.make_tiff_preamble()))
         assert summary.kind == "instance"
         assert summary.preamble == "nonzero"
 
@@ -259,12 +259,12 @@ class TestPreamble:
 
 class TestTruncated:
     def test_cut_pixel_data(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_instance(**synth.new_uids())
+        data = synth.make_instance(**unusual.new_uids())
         for keep in (len(data) - 1, len(data) - 2, len(data) // 2, pixel_data_offset(data) + 13):
-            assert rejection(write(synth.make_truncated(data, keep))).code == "dicom_truncated"
+            assert rejection(write(unusual.make_truncated(data, keep))).code == "dicom_truncated"
 
     def test_cut_inside_header(self, write: Callable[[bytes], Path]) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         data = synth.make_instance(**ids, rows=16, columns=16)
         inside_uid = data.index(ids["study_uid"].encode()) + 5
         inside_pixel_header = pixel_data_offset(data) + 6
@@ -290,7 +290,7 @@ class TestTruncated:
             path.unlink()
 
     def test_cut_encapsulated_pixel_data(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_jpeg_compressed(frames=2)
+        data = unusual.make_jpeg_compressed(frames=2)
         for keep in (len(data) - 8, len(data) - 4, len(data) - 100):
             assert rejection(write(data[:keep])).code == "dicom_truncated"
 
@@ -300,7 +300,7 @@ class TestTruncated:
 
     def test_cut_2gb_file_is_found_without_reading_it(self, tmp_path: Path) -> None:
         path = tmp_path / "big.dcm"
-        size = synth.write_instance(path, **synth.new_uids(), frames=4000, sparse=True)
+        size = synth.write_instance(path, **unusual.new_uids(), frames=4000, sparse=True)
         os.truncate(path, size - 1)
         started = time.perf_counter()
         assert rejection(path).code == "dicom_truncated"
@@ -312,13 +312,13 @@ class TestMissingUid:
         "keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
     )
     def test_rejects_missing_uid(self, write: Callable[[bytes], Path], keyword: str) -> None:
-        error = rejection(write(synth.make_missing_uid(keyword)))
+        error = rejection(write(unusual.make_missing_uid(keyword)))
         assert error.code == "dicom_missing_uid"
         assert keyword in error.message
 
     @pytest.mark.parametrize("bad", ["1.2.abc", "1.02.3", "1..2", "1.2." + "3" * 70, "1.2\\1.3"])
     def test_rejects_invalid_uid(self, write: Callable[[bytes], Path], bad: str) -> None:
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         ids["sop_uid"] = bad
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -332,7 +332,7 @@ class TestDeflate:
     def test_rejects_deflate_bomb_quickly_in_bounded_memory(
         self, write: Callable[[bytes], Path]
     ) -> None:
-        path = write(synth.make_deflate_bomb())  # 2 GiB of zeros in ~2 MB
+        path = write(unusual.make_deflate_bomb())  # 2 GiB of zeros in ~2 MB
         tracemalloc.start()
         started = time.perf_counter()
         try:
@@ -346,7 +346,7 @@ class TestDeflate:
     def test_bomb_is_a_valid_file_but_for_its_size(self, write: Callable[[bytes], Path]) -> None:
         # Same construction, 64 MiB: accepted when the limits allow it, so the rejection
         # above is the limit's doing and not a broken stream.
-        path = write(synth.make_deflate_bomb(inflated_bytes=64 << 20))
+        path = write(unusual.make_deflate_bomb(inflated_bytes=64 << 20))
         generous = DicomLimits(max_inflate_ratio=10_000)
         assert inspect_file(path, generous).transfer_syntax_uid == DeflatedExplicitVRLittleEndian
         assert rejection(path).code == "dicom_inflate_too_large"  # ratio ~1000 > 200
@@ -355,7 +355,7 @@ class TestDeflate:
         # Noise barely compresses: only the size limit can refuse it.
         path = write(
             synth.make_instance(
-                **synth.new_uids(),
+                **unusual.new_uids(),
                 rows=1024,
                 columns=1024,
                 transfer_syntax=DeflatedExplicitVRLittleEndian,
@@ -384,20 +384,20 @@ def _implicit_nested_defined_length(depth: int) -> bytes:
 
 class TestNesting:
     def test_rejects_5000_deep_nesting(self, write: Callable[[bytes], Path]) -> None:
-        data = synth.make_deep_nesting(depth=5000)
+        data = unusual.make_deep_nesting(depth=5000)
         with pytest.raises(RecursionError):  # the file really is hostile for pydicom
             pydicom.dcmread(write(data))
         assert rejection(write(data)).code == "dicom_too_deep"
 
     def test_max_depth_is_accepted_one_more_is_not(self, write: Callable[[bytes], Path]) -> None:
         limits = DicomLimits(max_sequence_depth=16)
-        assert inspect_file(write(synth.make_deep_nesting(depth=16)), limits).kind == "instance"
-        assert rejection(write(synth.make_deep_nesting(depth=17)), limits).code == (
+        assert inspect_file(write(unusual.make_deep_nesting(depth=16)), limits).kind == "instance"
+        assert rejection(write(unusual.make_deep_nesting(depth=17)), limits).code == (
             "dicom_too_deep"
         )
 
     def test_defined_length_sequences_in_implicit_vr(self, write: Callable[[bytes], Path]) -> None:
-        base = synth.make_no_preamble()  # implicit VR, ends with pixel data
+        base = unusual.make_no_preamble()  # implicit VR, ends with pixel data
         pixel = base.rindex(b"\xe0\x7f\x10\x00")
         for depth, ok in ((16, True), (40, False)):
             data = base[:pixel] + _implicit_nested_defined_length(depth) + base[pixel:]
@@ -437,9 +437,9 @@ class TestInvalid:
             small(),
             small(transfer_syntax=ImplicitVRLittleEndian),
             small(transfer_syntax=DeflatedExplicitVRLittleEndian),
-            synth.make_jpeg_compressed(rows=16, columns=16),
-            synth.make_deep_nesting(depth=6),
-            synth.make_dicomdir_bytes(),
+            unusual.make_jpeg_compressed(rows=16, columns=16),
+            unusual.make_deep_nesting(depth=6),
+            unusual.make_dicomdir_bytes(),
         ]
         for i in range(600):
             data = bytearray(originals[i % len(originals)])
@@ -470,7 +470,7 @@ class TestInvalid:
 class TestBounds:
     def test_2gb_multiframe_in_bounded_memory(self, tmp_path: Path) -> None:
         path = tmp_path / "big.dcm"
-        ids = synth.new_uids()
+        ids = unusual.new_uids()
         size = synth.write_instance(path, **ids, frames=4000, sparse=True)
         assert size > 2_000_000_000
         tracemalloc.start()

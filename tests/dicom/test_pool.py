@@ -15,7 +15,7 @@ import psutil
 import pydicom
 import pytest
 
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 from relaypacs.dicom import DicomLimits, DicomRejected, DicomSummary, DicomValidator, inspect_file
 from tests.dicom.samples import small
 
@@ -31,7 +31,7 @@ async def validator() -> AsyncIterator[DicomValidator]:
 def slow_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Valid, small (32 MB), but takes over a second to walk: 4 million fragments."""
     path = tmp_path_factory.mktemp("slow") / "fragments.dcm"
-    path.write_bytes(synth.make_many_fragments(4_000_000))
+    path.write_bytes(unusual.make_many_fragments(4_000_000))
     return path
 
 
@@ -55,7 +55,7 @@ class TestDicomValidator:
         self, validator: DicomValidator, write: Callable[[bytes], Path]
     ) -> None:
         paths = [
-            write(synth.make_instance(**synth.new_uids(), rows=64, columns=64)) for _ in range(6)
+            write(synth.make_instance(**unusual.new_uids(), rows=64, columns=64)) for _ in range(6)
         ]
         results = await asyncio.gather(*(validator.inspect(p) for p in paths))
         assert results == [inspect_file(p) for p in paths]
@@ -65,8 +65,8 @@ class TestDicomValidator:
     ) -> None:
         for data, code in [
             (b"not dicom at all" * 20, "not_dicom"),
-            (synth.make_preamble_executable(), "dicom_preamble_executable"),
-            (synth.make_missing_uid(), "dicom_missing_uid"),
+            (unusual.make_preamble_executable(), "dicom_preamble_executable"),
+            (unusual.make_missing_uid(), "dicom_missing_uid"),
         ]:
             with pytest.raises(DicomRejected) as info:
                 await validator.inspect(write(data))
@@ -80,8 +80,8 @@ class TestDicomValidator:
         me = psutil.Process()
         before = me.memory_info().rss
         for data, code in [
-            (synth.make_deflate_bomb(), "dicom_inflate_too_large"),
-            (synth.make_deep_nesting(depth=5000), "dicom_too_deep"),
+            (unusual.make_deflate_bomb(), "dicom_inflate_too_large"),
+            (unusual.make_deep_nesting(depth=5000), "dicom_too_deep"),
         ]:
             path = write(data)
             with pytest.raises(DicomRejected) as info:
@@ -165,10 +165,10 @@ class TestDicomValidator:
         v = DicomValidator(DicomLimits(memory_bytes=256 << 20), workers=1)
         try:
             big = tmp_path / "big.dcm"
-            synth.write_instance(big, **synth.new_uids(), frames=4000, sparse=True)
+            synth.write_instance(big, **unusual.new_uids(), frames=4000, sparse=True)
             assert (await v.inspect(big)).kind == "instance"
             with pytest.raises(DicomRejected) as info:
-                await v.inspect(write(synth.make_deflate_bomb()))
+                await v.inspect(write(unusual.make_deflate_bomb()))
             assert info.value.code == "dicom_inflate_too_large"
         finally:
             await v.close()
@@ -188,10 +188,10 @@ class TestDicomValidator:
         paths = [
             write(small()),
             write(b"not dicom at all" * 20),
-            write(synth.make_deflate_bomb()),
-            write(synth.make_deep_nesting(depth=5000)),
+            write(unusual.make_deflate_bomb()),
+            write(unusual.make_deep_nesting(depth=5000)),
             tmp_path / "nope.dcm",
-            write(synth.make_preamble_executable()),
+            write(unusual.make_preamble_executable()),
             write(small()),
         ]
         batch = await validator.inspect_batch(paths)
@@ -328,7 +328,7 @@ class TestIdleWorkers:
             await v.start()
             # ~0.25 s to walk (200,000 fragments took 40-60 ms: as long as the sleep below, so
             # the worker was sometimes done before release_idle looked).
-            slow = asyncio.create_task(v.inspect(write(synth.make_many_fragments(1_000_000))))
+            slow = asyncio.create_task(v.inspect(write(unusual.make_many_fragments(1_000_000))))
             await asyncio.sleep(0.05)
             assert await v.release_idle() == 0  # one is busy: nothing is stopped
             await slow

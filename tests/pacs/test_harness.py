@@ -13,7 +13,8 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from relaypacs.devtools.synth import make_instance, make_missing_uid
+from relaypacs.devtools.synth import make_instance
+from relaypacs.devtools.unusual import make_missing_uid
 from tests.pacs import (
     FAILED_SOP_SEQUENCE,
     FAILURE_REASON,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from relaypacs.devtools import synth
+from relaypacs.devtools import unusual
 from relaypacs.state import app_state
 from relaypacs.uploads import verify
 from tests.api.conftest import Account
@@ -38,13 +38,13 @@ def mixed_study() -> tuple[Study, dict[str, Any]]:
         "b.dcm": good.files[1],
         "wrong-sha.dcm": good.files[2],
         "not-dicom.pdf": b"%PDF-1.7 this is not dicom" * 50,
-        "truncated.dcm": synth.make_truncated(good.files[0], keep=len(good.files[0]) // 2),
-        "exe.dcm": synth.make_preamble_executable(),
-        "bomb.dcm": synth.make_deflate_bomb(),
-        "deep.dcm": synth.make_deep_nesting(),
-        "no-uid.dcm": synth.make_missing_uid(),
-        "tiff.dcm": synth.make_tiff_preamble(),
-        "DICOMDIR": synth.make_dicomdir_bytes(),
+        "truncated.dcm": unusual.make_truncated(good.files[0], keep=len(good.files[0]) // 2),
+        "exe.dcm": unusual.make_preamble_executable(),
+        "bomb.dcm": unusual.make_deflate_bomb(),
+        "deep.dcm": unusual.make_deep_nesting(),
+        "no-uid.dcm": unusual.make_missing_uid(),
+        "tiff.dcm": unusual.make_tiff_preamble(),
+        "DICOMDIR": unusual.make_dicomdir_bytes(),
         "big.dcm": big.files[0],
     }
     study = Study(good.uid, list(files.values()), list(files))

@@ -15,7 +15,7 @@ from sqlalchemy import select, text, update
 
 from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import Role, User
-from relaypacs.devtools import synth
+from relaypacs.devtools import synth, unusual
 from relaypacs.state import ReadSessionDep, SessionDep, app_settings, app_state
 from relaypacs.storage.faulty import FaultyStorage
 from relaypacs.uploads.models import UploadChunk
@@ -518,13 +518,13 @@ class TestComplete:
         [
             (lambda s: b"%PDF-1.7 this is not dicom" * 50, "not_dicom"),
             (
-                lambda s: synth.make_truncated(s.files[0], keep=len(s.files[0]) // 2),
+                lambda s: unusual.make_truncated(s.files[0], keep=len(s.files[0]) // 2),
                 "dicom_truncated",
             ),
-            (lambda s: synth.make_preamble_executable(), "dicom_preamble_executable"),
-            (lambda s: synth.make_deflate_bomb(), "dicom_inflate_too_large"),
-            (lambda s: synth.make_deep_nesting(), "dicom_too_deep"),
-            (lambda s: synth.make_missing_uid(), "dicom_missing_uid"),
+            (lambda s: unusual.make_preamble_executable(), "dicom_preamble_executable"),
+            (lambda s: unusual.make_deflate_bomb(), "dicom_inflate_too_large"),
+            (lambda s: unusual.make_deep_nesting(), "dicom_too_deep"),
+            (lambda s: unusual.make_missing_uid(), "dicom_missing_uid"),
             (lambda s: make_study(1).files[0], "study_uid_mismatch"),
         ],
         ids=[
@@ -578,7 +578,9 @@ class TestComplete:
         self, client: httpx.AsyncClient, clinician: Account
     ) -> None:
         good = make_study(2)
-        study = Study(good.uid, [*good.files, synth.make_dicomdir_bytes()], ["a", "b", "DICOMDIR"])
+        study = Study(
+            good.uid, [*good.files, unusual.make_dicomdir_bytes()], ["a", "b", "DICOMDIR"]
+        )
         response = await upload_study(client, clinician, study)
         assert response.status_code == 202, response.text
         assert response.json()["instance_count"] == 2
@@ -587,7 +589,7 @@ class TestComplete:
     async def test_non_executable_preamble_is_accepted_and_audited(
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
     ) -> None:
-        tiff = synth.make_tiff_preamble()
+        tiff = unusual.make_tiff_preamble()
         uid = read_uid(tiff, "StudyInstanceUID")
         study = Study(uid, [tiff], ["tiff.dcm"])
         response = await upload_study(client, clinician, study)
