@@ -52,22 +52,6 @@ __all__ = [
     "new_uids",
 ]
 
-__all__ = [
-    "Uids",
-    "make_big_endian",
-    "make_deep_nesting",
-    "make_deflate_bomb",
-    "make_dicomdir_bytes",
-    "make_jpeg_compressed",
-    "make_many_fragments",
-    "make_missing_uid",
-    "make_no_preamble",
-    "make_preamble_executable",
-    "make_tiff_preamble",
-    "make_truncated",
-    "new_uids",
-]
-
 
 class Uids(TypedDict):
     study_uid: str
