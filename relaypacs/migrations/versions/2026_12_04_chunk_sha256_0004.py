@@ -1,8 +1,8 @@
 """Chunks are named and compared by their SHA-256 (Content-Digest); Content-MD5 is optional.
 
 Rows written before this revision keep their MD5 and no SHA-256: the gateway still names and
-compares those by MD5 (see relaypacs.uploads.repository.chunk_rows), so an upload in progress across the
-upgrade resumes.
+compares those by MD5 (see relaypacs.uploads.repository.chunk_rows), so an upload in progress
+across the upgrade resumes.
 
 Revision ID: 0004
 Revises: 0003
