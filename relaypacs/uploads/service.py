@@ -259,11 +259,12 @@ async def start_upload(
     accepted = await repository.accepted_upload(
         session, study_hash=digest, accepted=ACCEPTED_STATUSES, user_id=user.id
     )
-    if accepted is not None:
-        details: dict[str, Any] = {"status": accepted.status.value}
-        if may_read(user, accepted):
-            received = await session.run_sync(repository.received_bytes, accepted.id)
-            details["upload"] = _summary(accepted, received).model_dump(mode="json")
+    if accepted is not None:  # this user's own, already accepted: say where it is
+        received = await session.run_sync(repository.received_bytes, accepted.id)
+        details: dict[str, Any] = {
+            "status": accepted.status.value,
+            "upload": _summary(accepted, received).model_dump(mode="json"),
+        }
         raise StudyAlreadyDelivered(details=details)
 
     existing = await repository.users_upload_of_study(

@@ -97,6 +97,27 @@ class TestStartUpload:
         assert (a.status_code, b.status_code) == (201, 201)
         assert a.json()["id"] != b.json()["id"]
 
+    async def test_a_study_another_user_already_uploaded_is_a_new_upload_of_ones_own(
+        self, client: httpx.AsyncClient, make_account: MakeAccount
+    ) -> None:
+        """A second clinician with the same CD is not turned away, and learns nothing of the
+        first one's upload."""
+        study = make_study(2)
+        alice, bob = await make_account(), await make_account()
+        done = await upload_study(client, alice, study)
+        assert done.status_code == 202, done.text
+        started = await init(client, bob, study)
+        assert started.status_code == 201, started.text
+        assert done.json()["id"] not in started.text
+        assert started.json()["status"] == "pending"
+        await send_all(client, bob, started.json()["id"], study)
+        completed = await complete(client, bob, started.json()["id"])
+        assert completed.status_code == 202, completed.text
+        assert completed.json()["id"] == started.json()["id"]
+        assert completed.json()["status"] == done.json()["status"]
+        listed = await client.get("/api/v1/uploads", headers=bob.headers)
+        assert [u["id"] for u in listed.json()["items"]] == [started.json()["id"]]
+
     async def test_study_already_accepted_is_409_with_the_existing_upload(
         self, client: httpx.AsyncClient, clinician: Account
     ) -> None:

@@ -221,12 +221,16 @@ async def serialise_starts(session: AsyncSession, user_id: uuid.UUID, study_hash
 async def accepted_upload(
     session: AsyncSession, *, study_hash: str, accepted: Sequence[UploadStatus], user_id: uuid.UUID
 ) -> Upload | None:
-    """An upload of the study in one of the `accepted` statuses: the user's own first, then
-    the oldest."""
+    """The user's own oldest upload of the study in one of the `accepted` statuses. Another
+    user's upload of the same study is theirs: it neither blocks this user nor is told of."""
     return await session.scalar(
         select(Upload)
-        .where(Upload.study_hash == study_hash, Upload.status.in_(accepted))
-        .order_by(Upload.user_id != user_id, Upload.created_at)
+        .where(
+            Upload.study_hash == study_hash,
+            Upload.status.in_(accepted),
+            Upload.user_id == user_id,
+        )
+        .order_by(Upload.created_at)
         .limit(1)
     )
 
