@@ -402,13 +402,18 @@ async def complete_upload(
     queue = final == UploadStatus.VALIDATED and ctx.default_target is not None
 
     async with ctx.db.sessionmaker() as session, session.begin():
-        await repository.record_verdicts(session, upload_id, verdicts)
+        # Compare-and-set first: only the `complete` that moves the upload out of `received`
+        # writes the verdicts. A concurrent one (two clients, a resend after a timeout) that
+        # verified the same files writes nothing: it would set every file's forwarding state
+        # back to pending under a relay already under way.
         moved = await repository.finish_verification(
             session,
             upload_id,
             status=UploadStatus.QUEUED if queue else final,
             instance_count=instances,
         )
+        if moved:
+            await repository.record_verdicts(session, upload_id, verdicts)
         audit = functools.partial(
             record_event,
             session,
