@@ -3,8 +3,8 @@ worker sends them (relaypacs.forwarding.source.InstanceSource), and the uploader
 its study is settled.
 
 The worker fences every transaction it hands to these methods by its job's lease token; here
-are only the upload tables: the upload's status, each file's forward_status and forward_error,
-the recorded chunks whose concatenation is an instance.
+is only what the upload domain decides (its queries are in uploads.repository): the upload's
+status, each file's forwarding state, the recorded chunks whose concatenation is an instance.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.forwarding.source import (
@@ -26,23 +25,14 @@ from relaypacs.forwarding.source import (
 )
 from relaypacs.notifications.service import notify
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, InstanceResult
-from relaypacs.uploads.models import ForwardStatus, Upload, UploadFile, UploadStatus
-from relaypacs.uploads.repository import recorded_chunk_keys
+from relaypacs.uploads import repository
+from relaypacs.uploads.models import ForwardStatus, Upload, UploadStatus
 
 _STATUS_OF = {
     Disposition.STORED: ForwardStatus.SENT,
     Disposition.FAILED: ForwardStatus.FAILED,
     Disposition.RETRY: ForwardStatus.PENDING,
 }
-
-_FILES = cast(Table, UploadFile.__table__)
-# Core, with its own parameter names: run executemany on the worker's connection (on SQLite
-# in a thread call), a row per instance of the batch.
-_RECORD_ANSWER = (
-    update(_FILES)
-    .where(_FILES.c.upload_id == bindparam("b_upload"), _FILES.c.index == bindparam("b_index"))
-    .values(forward_status=bindparam("b_status"), forward_error=bindparam("b_error"))
-)
 
 
 class UploadRelay(InstanceSource):
@@ -55,22 +45,8 @@ class UploadRelay(InstanceSource):
             return None
         if upload.status == UploadStatus.QUEUED:
             upload.status = UploadStatus.FORWARDING
-        # Columns, not ORM objects: a study has thousands of files, and this is the fixed
-        # cost before the first request goes out.
-        files = (
-            await session.execute(
-                select(
-                    UploadFile.index,
-                    UploadFile.sop_instance_uid,
-                    UploadFile.size,
-                    UploadFile.preamble,
-                    UploadFile.forward_status,
-                )
-                .where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
-                .order_by(UploadFile.index)
-            )
-        ).all()
-        keys = await recorded_chunk_keys(session, upload_id)
+        files = await repository.files_to_forward(session, upload_id)
+        keys = await repository.recorded_chunk_keys(session, upload_id)
         return StudyToForward(
             study_instance_uid=upload.study_instance_uid,
             to_send=[
@@ -90,28 +66,21 @@ class UploadRelay(InstanceSource):
     def record_answers(
         self, connection: Connection, upload_id: uuid.UUID, results: Sequence[InstanceResult]
     ) -> None:
-        connection.execute(
-            _RECORD_ANSWER,
+        repository.record_forward_answers(
+            connection,
+            upload_id,
             [
-                {
-                    "b_upload": upload_id,
-                    "b_index": r.file_index,
-                    "b_status": _STATUS_OF[r.disposition],
-                    "b_error": r.reason if r.disposition != Disposition.STORED else None,
-                }
+                (
+                    r.file_index,
+                    _STATUS_OF[r.disposition],
+                    r.reason if r.disposition != Disposition.STORED else None,
+                )
                 for r in results
             ],
         )
 
     async def counts(self, session: AsyncSession, upload_id: uuid.UUID) -> ForwardCounts:
-        rows = await session.execute(
-            select(UploadFile.forward_status, func.count())
-            .where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
-            .group_by(UploadFile.forward_status)
-        )
-        counts: dict[ForwardStatus | None, int] = {}
-        for status, n in rows:
-            counts[status] = n
+        counts = await session.run_sync(repository.forward_status_counts, upload_id)
         return ForwardCounts(
             pending=counts.get(ForwardStatus.PENDING, 0),
             sent=counts.get(ForwardStatus.SENT, 0),
@@ -127,38 +96,11 @@ class UploadRelay(InstanceSource):
         sop_uids: Mapping[int, str | None],
         listed: set[str],
     ) -> int:
-        answered = (
-            await session.execute(
-                select(UploadFile.index).where(
-                    UploadFile.upload_id == upload_id,
-                    UploadFile.forward_status.in_((ForwardStatus.SENT, ForwardStatus.CONFIRMED)),
-                )
-            )
-        ).scalars()
+        answered = await repository.answered_file_indexes(session, upload_id)
         # The PACS said stored but does not list it: send it again.
         unlisted = [index for index in answered if sop_uids.get(index) not in listed]
-        if unlisted:
-            await session.execute(
-                update(UploadFile),
-                [
-                    {
-                        "upload_id": upload_id,
-                        "index": index,
-                        "forward_status": ForwardStatus.PENDING,
-                        "forward_error": "not_listed_by_qido",
-                    }
-                    for index in unlisted
-                ],
-            )
-        await session.execute(
-            update(UploadFile)
-            .where(
-                UploadFile.upload_id == upload_id,
-                UploadFile.forward_status == ForwardStatus.SENT,
-            )
-            .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
-            .execution_options(synchronize_session=False)
-        )
+        await repository.send_again(session, upload_id, unlisted, "not_listed_by_qido")
+        await repository.confirm_sent(session, upload_id)
         return len(unlisted)
 
     async def finish(

@@ -14,9 +14,20 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -414,4 +425,98 @@ async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> 
             UploadFile.forward_status == ForwardStatus.FAILED,
         )
         .values(forward_status=ForwardStatus.PENDING)
+    )
+
+
+# --- forwarding (uploads.relay, the forwarding worker's source) -----------------------------
+
+
+class FileToForward(NamedTuple):
+    file_index: int
+    sop_instance_uid: str | None
+    size: int
+    preamble: str | None
+    forward_status: ForwardStatus | None
+
+
+async def files_to_forward(session: AsyncSession, upload_id: uuid.UUID) -> list[FileToForward]:
+    """Every file of the upload that is forwarded (an instance), by index. Columns, not ORM
+    objects: a study has thousands of files, and this is the fixed cost before the first
+    request goes out."""
+    rows = await session.execute(
+        select(
+            UploadFile.index,
+            UploadFile.sop_instance_uid,
+            UploadFile.size,
+            UploadFile.preamble,
+            UploadFile.forward_status,
+        )
+        .where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
+        .order_by(UploadFile.index)
+    )
+    return [FileToForward._make(row) for row in rows]
+
+
+_FILES = cast(Table, UploadFile.__table__)
+# Core, with its own parameter names: run executemany on the worker's connection (on SQLite in
+# a thread call), a row per instance of the batch.
+_RECORD_FORWARD_ANSWER = (
+    update(_FILES)
+    .where(_FILES.c.upload_id == bindparam("b_upload"), _FILES.c.index == bindparam("b_index"))
+    .values(forward_status=bindparam("b_status"), forward_error=bindparam("b_error"))
+)
+
+
+def record_forward_answers(
+    connection: Connection,
+    upload_id: uuid.UUID,
+    answers: Sequence[tuple[int, ForwardStatus, str | None]],
+) -> None:
+    """Each instance's (file index, forwarding status, error) after a STOW-RS answer."""
+    connection.execute(
+        _RECORD_FORWARD_ANSWER,
+        [
+            {"b_upload": upload_id, "b_index": index, "b_status": status, "b_error": error}
+            for index, status, error in answers
+        ],
+    )
+
+
+async def answered_file_indexes(session: AsyncSession, upload_id: uuid.UUID) -> list[int]:
+    """The files the PACS answered stored (sent, or confirmed already)."""
+    rows = await session.scalars(
+        select(UploadFile.index).where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status.in_((ForwardStatus.SENT, ForwardStatus.CONFIRMED)),
+        )
+    )
+    return list(rows)
+
+
+async def send_again(
+    session: AsyncSession, upload_id: uuid.UUID, indexes: Sequence[int], reason: str
+) -> None:
+    """These files are to be sent again, for `reason`."""
+    if indexes:
+        await session.execute(
+            update(UploadFile),
+            [
+                {
+                    "upload_id": upload_id,
+                    "index": index,
+                    "forward_status": ForwardStatus.PENDING,
+                    "forward_error": reason,
+                }
+                for index in indexes
+            ],
+        )
+
+
+async def confirm_sent(session: AsyncSession, upload_id: uuid.UUID) -> None:
+    """Every file still `sent` is confirmed (the PACS lists it)."""
+    await session.execute(
+        update(UploadFile)
+        .where(UploadFile.upload_id == upload_id, UploadFile.forward_status == ForwardStatus.SENT)
+        .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
+        .execution_options(synchronize_session=False)
     )
