@@ -3,8 +3,9 @@ its own content (a canonical encoding), so that editing, deleting, replacing or 
 record breaks the chain at that record, and a truncated tail shows against a chain head noted
 earlier (logged periodically, or kept by an outside sink).
 
-Pure functions: computing a link, encoding a record, walking a chain. Writing happens in
-relaypacs/audit/repository.py, which serialises writers so the chain is one line."""
+Pure functions: computing a link, encoding a record, walking a chain. Reading and writing the
+log happen in relaypacs/audit/repository.py, which serialises writers so the chain is one
+line."""
 
 from __future__ import annotations
 
@@ -12,12 +13,8 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 GENESIS = "0" * 64  # the predecessor of the first record
 
@@ -26,7 +23,7 @@ GENESIS = "0" * 64  # the predecessor of the first record
 class ChainedRecord:
     """What the chain covers of one record (everything but its own hashes)."""
 
-    id: int
+    id: int | None  # None: not inserted yet
     at: dt.datetime
     actor_id: uuid.UUID | None
     actor_role: str | None
@@ -39,6 +36,11 @@ class ChainedRecord:
     details: dict[str, Any]
     prev_hash: str | None
     hash: str | None
+
+    @classmethod
+    def of(cls, record: Any) -> ChainedRecord:
+        """From an audit_event row or AuditEvent object (any object with its columns)."""
+        return cls(**{name: getattr(record, name) for name in FIELDS})
 
 
 def canonical(record: ChainedRecord) -> bytes:
@@ -137,34 +139,4 @@ class ChainWalk:
         return ChainReport(self.count, head_id, head_hash)
 
 
-def verify_chain(
-    records: Iterable[ChainedRecord], *, expected_head: tuple[int, str] | None = None
-) -> ChainReport:
-    walk = ChainWalk(expected_head)
-    for record in records:
-        if not walk.feed(record):
-            break
-    return walk.report()
-
-
-_FIELDS = [f.name for f in fields(ChainedRecord)]
-
-
-async def walk_log(
-    connection: AsyncConnection, *, expected_head: tuple[int, str] | None = None, page: int = 2000
-) -> ChainReport:
-    """Verify the whole audit log, read in id order, a page at a time."""
-    from relaypacs.audit.models import AuditEvent
-
-    table = AuditEvent.__table__
-    walk = ChainWalk(expected_head)
-    after = -1
-    while True:
-        query = select(table).where(table.c.id > after).order_by(table.c.id).limit(page)
-        rows = (await connection.execute(query)).mappings().all()
-        for row in rows:
-            if not walk.feed(ChainedRecord(**{name: row[name] for name in _FIELDS})):
-                return walk.report()
-        if len(rows) < page:
-            return walk.report()
-        after = rows[-1]["id"]
+FIELDS = [f.name for f in fields(ChainedRecord)]

@@ -1,4 +1,5 @@
-"""Every query of the audit log: the insert of a record, the filtered page and the export stream."""
+"""Every query of the audit log: the append of a record to the chain, the chain's head and its
+walk, the filtered page and the export stream."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from relaypacs.audit.chain import GENESIS, ChainedRecord, link
+from relaypacs.audit.chain import FIELDS, GENESIS, ChainedRecord, ChainReport, ChainWalk, link
 from relaypacs.audit.models import AuditEvent
 from relaypacs.db import utcnow
 
@@ -27,33 +28,15 @@ async def add_event(session: AsyncSession, event: AuditEvent) -> None:
     holds the database's only write lock."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
-    prev = await session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
-    prev = prev or GENESIS
+    head = await chain_head(session)
+    prev = head[1] if head is not None and head[1] is not None else GENESIS
     event.at = event.at or utcnow()
     # As the database will give it back (JSON types, string keys): the hash must match then.
     event.details = json.loads(json.dumps(event.details or {}))
     event.prev_hash = prev
-    event.hash = link(prev, chained(event))
+    event.hash = link(prev, ChainedRecord.of(event))
     session.add(event)
     await session.flush()
-
-
-def chained(event: AuditEvent) -> ChainedRecord:
-    return ChainedRecord(
-        id=event.id or 0,
-        at=event.at,
-        actor_id=event.actor_id,
-        actor_role=event.actor_role,
-        action=event.action,
-        object_type=event.object_type,
-        object_id=event.object_id,
-        study_instance_uid=event.study_instance_uid,
-        outcome=event.outcome,
-        client_ip=event.client_ip,
-        details=event.details,
-        prev_hash=event.prev_hash,
-        hash=event.hash,
-    )
 
 
 async def chain_head(session: AsyncSession) -> tuple[int, str | None] | None:
@@ -64,6 +47,29 @@ async def chain_head(session: AsyncSession) -> tuple[int, str | None] | None:
         )
     ).one_or_none()
     return (row.id, row.hash) if row is not None else None
+
+
+async def walk_log(
+    connection: AsyncConnection, *, expected_head: tuple[int, str] | None = None, page: int = 2000
+) -> ChainReport:
+    """Verify the whole log's chain (relaypacs.audit.chain.ChainWalk), read in id order, a
+    page at a time."""
+    walk = ChainWalk(expected_head)
+    after = -1
+    while True:
+        query = (
+            select(*(getattr(AuditEvent, name) for name in FIELDS))
+            .where(AuditEvent.id > after)
+            .order_by(AuditEvent.id)
+            .limit(page)
+        )
+        rows = (await connection.execute(query)).all()
+        for row in rows:
+            if not walk.feed(ChainedRecord.of(row)):
+                return walk.report()
+        if len(rows) < page:
+            return walk.report()
+        after = rows[-1].id
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,7 @@ def audit() -> None:
 )
 def audit_verify(expected_head: str | None) -> None:
     """Walk the audit log's hash chain and name the first broken record. Exit 1 if broken."""
-    from relaypacs.audit.chain import walk_log
+    from relaypacs.audit.repository import walk_log
     from relaypacs.db import create_engine
 
     head: tuple[int, str] | None = None

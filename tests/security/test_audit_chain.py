@@ -15,8 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from relaypacs import migrate
-from relaypacs.audit.chain import ChainReport, walk_log
+from relaypacs.audit.chain import ChainReport
 from relaypacs.audit.models import Actor
+from relaypacs.audit.repository import walk_log
 from relaypacs.audit.service import log_chain_head, record_alone, record_event
 from relaypacs.db import create_engine, create_sessionmaker
 from tests.gateway import relaypacs_command

@@ -83,15 +83,10 @@ def _chain_existing_records() -> None:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("audit_event", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("prev_hash", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("hash", sa.String(length=64), nullable=True))
-    if not _postgresql():
-        # SQLite's batch mode rebuilt the table: its triggers went with the old one.
-        op.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
-        op.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
-    else:
-        _row_triggers(create=False)
+    # Added in place (ALTER TABLE ADD COLUMN on SQLite too): the table and its triggers stay.
+    op.add_column("audit_event", sa.Column("prev_hash", sa.String(length=64), nullable=True))
+    op.add_column("audit_event", sa.Column("hash", sa.String(length=64), nullable=True))
+    _row_triggers(create=False)  # the existing records get their links
     _chain_existing_records()
     _row_triggers(create=True)
     if _postgresql():
