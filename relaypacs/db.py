@@ -227,10 +227,6 @@ class Database:
             else None,
         )
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
     async def close(self) -> None:
         if self.sync_engine is not None:
             self.sync_engine.dispose()

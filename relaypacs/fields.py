@@ -15,35 +15,24 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-# C0 controls but TAB, LF and CR; DEL; C1 controls. (Free text keeps line breaks and tabs.)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_LINE_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 controls, DEL, C1 controls.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 MAX_OFFSET = 1_000_000_000  # far past any real list, far below BIGINT
 MAX_ID = 2**63 - 1  # BIGINT
 
 
-def _clean(value: str, pattern: re.Pattern[str], what: str) -> str:
-    if pattern.search(value):
-        raise ValueError(f"{what} may not contain control characters (NUL included)")
-    if _SURROGATE.search(value):
-        raise ValueError(f"{what} must be valid Unicode text")
-    return value
-
-
 def single_line(value: str) -> str:
-    return _clean(value, _LINE_CONTROL, "this text")
-
-
-def multi_line(value: str) -> str:
-    return _clean(value, _CONTROL, "this text")
+    if _CONTROL.search(value):
+        raise ValueError("this text may not contain control characters (NUL included)")
+    if _SURROGATE.search(value):
+        raise ValueError("this text must be valid Unicode text")
+    return value
 
 
 # A name, identifier, code or filter: one line, no control character.
 Line = Annotated[str, AfterValidator(single_line)]
-# Free text (findings, descriptions): tabs and line breaks allowed, no other control character.
-Text = Annotated[str, AfterValidator(multi_line)]
 # An offset into a list.
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 # A database row id (BIGINT).

@@ -76,22 +76,13 @@ def get_app_state(request: Request) -> AppState:
     return app_state(request.app)
 
 
-def get_settings(request: Request) -> Settings:
-    return app_settings(request.app)
-
-
 async def _app_state_dependency(request: Request) -> AppState:
     return app_state(request.app)
-
-
-async def _settings_dependency(request: Request) -> Settings:
-    return app_settings(request.app)
 
 
 # Dependencies are coroutines: FastAPI runs a plain `def` one in a worker thread (a thread hop
 # per request); the plain functions above are for code that has the request at hand.
 AppStateDep = Annotated[AppState, Depends(_app_state_dependency)]
-SettingsDep = Annotated[Settings, Depends(_settings_dependency)]
 
 
 async def get_storage(state: AppStateDep) -> ObjectStorage:
