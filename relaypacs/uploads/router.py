@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from relaypacs.audit.service import record_for_request
+from relaypacs.audit.service import request_actor
 from relaypacs.auth.dependencies import (
     ActorDep,
     CurrentUser,
@@ -127,23 +127,15 @@ async def get_upload(
         bool, Query(description="false: without the file list (cheap to poll)")
     ] = True,
 ) -> UploadRead:
-    # A plain call, not a dependency: clients poll this view every few seconds, and its
-    # cost per request is measured (bench/README.md).
-    db = get_app_state(request).db
-    view, upload = await service.show_upload(db, upload_id=upload_id, user=user, with_files=files)
-    owner = upload.user_id == user.id
-    # Audited: every read of the study's files, and any read by someone else than the
-    # uploader. Not the uploader's own status poll (files=false), made every few seconds.
-    if files or not owner:
-        await record_for_request(
-            request,
-            action="upload.read",
-            object_type="upload",
-            object_id=upload.id,
-            study_instance_uid=upload.study_instance_uid,
-            details={"files": files, "owner": owner},
-        )
-    return view
+    # Plain calls, not dependencies: clients poll this view every few seconds, and its cost
+    # per request is measured (bench/README.md).
+    return await service.show_upload(
+        get_app_state(request).db,
+        upload_id=upload_id,
+        user=user,
+        actor=request_actor(request),
+        with_files=files,
+    )
 
 
 @chunk_router.put(

@@ -126,14 +126,30 @@ async def read_upload_status(
 
 
 async def show_upload(
-    db: Database, *, upload_id: uuid.UUID, user: User, with_files: bool
-) -> tuple[UploadRead, Upload]:
-    """GET /uploads/{id}: the upload's view (with its files, or its status alone) and its row."""
-    if not with_files:
-        return await read_upload_status(db, upload_id=upload_id, user=user)
-    async with db.read_sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user)
-        return await read_upload(session, upload), upload
+    db: Database, *, upload_id: uuid.UUID, user: User, actor: Actor, with_files: bool
+) -> UploadRead:
+    """GET /uploads/{id}: the upload's view, with its files or its status alone. Recorded:
+    every read of the study's files, and any read by someone else than the uploader; not the
+    uploader's own status poll (with_files=False), made every few seconds. The read has given
+    its connection back before the record takes one."""
+    if with_files:
+        async with db.read_sessionmaker() as session, session.begin():
+            upload = await get_upload(session, upload_id=upload_id, user=user)
+            view = await read_upload(session, upload)
+    else:
+        view, upload = await read_upload_status(db, upload_id=upload_id, user=user)
+    owner = upload.user_id == user.id
+    if with_files or not owner:
+        await record_alone(
+            db.sessionmaker,
+            actor=actor,
+            action="upload.read",
+            object_type="upload",
+            object_id=upload.id,
+            study_instance_uid=upload.study_instance_uid,
+            details={"files": with_files, "owner": owner},
+        )
+    return view
 
 
 def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
