@@ -94,8 +94,3 @@ class ContentLengthRequired(GatewayError):
 class UploadNotRetryable(Conflict):
     code = "upload_not_retryable"
     message = "Only uploads that failed, or are queued or being forwarded, can be retried."
-
-
-class DeliveredUploadNotCancellable(Conflict):
-    code = "upload_not_cancellable"
-    message = "A delivered upload cannot be cancelled."

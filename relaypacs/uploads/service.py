@@ -25,7 +25,6 @@ from relaypacs.uploads import chunks, repository
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
-    DeliveredUploadNotCancellable,
     InvalidManifest,
     StudyAlreadyDelivered,
     UploadIncomplete,
@@ -550,7 +549,7 @@ async def cancel_forwarding(session: AsyncSession, *, upload_id: uuid.UUID) -> U
     """Stop forwarding this upload for good (its stored files are the caller's to delete)."""
     upload = await _locked(session, upload_id)
     if upload.status == UploadStatus.DELIVERED:
-        raise DeliveredUploadNotCancellable()
+        raise UploadNotCancellable("A delivered upload cannot be cancelled.")
     upload.status = UploadStatus.CANCELLED
     await forwarding.cancel(session, upload_id=upload_id)
     return upload
