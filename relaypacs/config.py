@@ -66,10 +66,43 @@ class PacsTarget(BaseModel):
     max_in_flight: int = Field(default=5, ge=1, le=64)
     batch_instances: int = Field(default=10, ge=1, le=1000)
     batch_bytes: int = Field(default=64 * MiB, ge=MiB)
+    verify: Literal["uids", "sample", "content"] | None = Field(
+        default=None,
+        description="How delivery is verified: `uids` (QIDO-RS lists every SOP Instance UID), "
+        "`content` (also the bytes the PACS holds, every instance: the stored file's MD5 "
+        "through Orthanc's REST API with the orthanc profile, else a WADO-RS retrieval in the "
+        "original transfer syntax compared by SHA-256), `sample` (content, for `verify_sample` "
+        "instances of each study). Default: content for the orthanc profile, else uids.",
+    )
+    verify_sample: int = Field(default=10, ge=1, le=10_000)
+    rest_url: str | None = Field(
+        default=None,
+        description="Orthanc's REST API root, for content verification (default: `url` "
+        "without its trailing /dicom-web).",
+    )
+    all_or_nothing: bool = Field(
+        default=False,
+        description="Take a study whole or not at all: one refused file refuses the study "
+        "(otherwise its valid instances go on without the refused files).",
+    )
 
-    @field_validator("url")
+    @property
+    def verify_mode(self) -> Literal["uids", "sample", "content"]:
+        if self.verify is not None:
+            return self.verify
+        return "content" if self.profile == "orthanc" else "uids"
+
+    @property
+    def orthanc_rest_url(self) -> str:
+        if self.rest_url is not None:
+            return self.rest_url
+        return self.url.removesuffix("/dicom-web")
+
+    @field_validator("url", "rest_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")

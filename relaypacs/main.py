@@ -213,6 +213,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 early=early_verifier,
             ),
             default_target=target,
+            strict_targets=frozenset(t.name for t in settings.pacs_targets if t.all_or_nothing),
             on_queued=forwarder.wake if forwarder else None,
         ),
         forwarder=forwarder,

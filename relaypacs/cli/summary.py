@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 _STATUS_STYLE = {
     "validated": "green",
+    "partial": "yellow",
     "already_delivered": "green",
     "rejected": "red",
     "failed": "red",
@@ -110,6 +111,12 @@ def _what_happened(study: StudyResult) -> str:
     files = count_of(study.files, "file")
     if study.accepted:
         text = count_of(study.instances, "instance")
+        if study.status is StudyStatus.PARTIAL:
+            refused = study.files_refused
+            text = (
+                f"accepted {study.files - refused} of {files}; {refused} refused (listed "
+                f"below): {text}"
+            )
         if study.bytes_sent:
             text += f", {size_text(study.bytes_sent)} sent"
             if study.bytes_skipped:
@@ -136,10 +143,12 @@ def _print_totals(console: Console, summary: RunSummary) -> None:
     totals = summary.as_dict()["totals"]
     count = totals["studies"]
     accepted = totals["studies_accepted"]
+    partial = totals["files_refused_in_accepted"]
     console.print(
         f"{accepted} of {count} {'study' if count == 1 else 'studies'} accepted: "
-        f"{count_of(totals['instances'], 'instance')}, {size_text(totals['total_bytes'])}; "
-        f"{size_text(totals['bytes_sent'])} sent by this run",
+        f"{count_of(totals['instances'], 'instance')}, {size_text(totals['total_bytes'])}"
+        + (f" ({count_of(partial, 'file')} of them refused, listed above)" if partial else "")
+        + f"; {size_text(totals['bytes_sent'])} sent by this run",
         markup=False,
     )
     _print_pacs_totals(console, summary.deliveries)
@@ -150,7 +159,7 @@ def _print_totals(console: Console, summary: RunSummary) -> None:
             for status, n in totals.items()
             if status in _NOT_ACCEPTED and n
         )
-        refused = totals["files_refused"]
+        refused = totals["files_refused"] - partial
         console.print(
             f"{count_of(not_accepted, 'study', 'studies')} not accepted ({by_status}): "
             f"{count_of(totals['files_not_accepted'], 'file')}"

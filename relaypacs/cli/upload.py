@@ -57,8 +57,10 @@ YYYY.MM.DD too), a value that is not a date as it is.
 \b
 --json prints one object instead:
   exit_code, error, archives, timings
-  studies: in order; each: number, study_instance_uid, upload_id, status,
-    accepted, files, instances (the gateway's: 0 unless accepted), total_bytes,
+  studies: in order; each: number, study_instance_uid, upload_id, status (validated,
+    partial: accepted without the files in errors, already_delivered, rejected, failed,
+    interrupted, not_started),
+    accepted, files, instances (the gateway accepted: 0 unless accepted), total_bytes,
     bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
     duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
     errors [{{file, code, message}}], message, delivery (with --wait)
@@ -69,7 +71,8 @@ YYYY.MM.DD too), a value that is not a date as it is.
     studies_not_accepted; files, instances, total_bytes (of the accepted
     studies); bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
     hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
-    files_refused, files_skipped, duplicates_skipped; pacs_confirmed,
+    files_refused, files_refused_in_accepted (partial studies), files_skipped,
+    duplicates_skipped; pacs_confirmed,
     pacs_refused (with --wait)
 
 An account with a second factor (TOTP; required for radiologists and administrators) signs in
@@ -94,8 +97,11 @@ Exit codes:
      password) in the web app
   {ExitCode.NOT_DELIVERED}  with --wait: the PACS refused some instance for good (the files and
      reasons are listed), or forwarding was cancelled on the gateway
+  {ExitCode.PARTIAL}  some study was accepted without some of its files (each is listed with its
+     code: damaged, not of the study, two valid copies of one instance that differ...); its
+     other instances go on to the PACS. With --all-or-nothing such a study is rejected (1)
   130  interrupted (Ctrl-C): run again to resume
-When several apply, the first of 4, 3, 1, 5 wins.
+When several apply, the first of 4, 3, 1, 5, 6 wins.
 """
 
 
@@ -176,6 +182,12 @@ When several apply, the first of 4, 3, 1, 5 wins.
     "the gateway goes on forwarding).",
 )
 @click.option(
+    "--all-or-nothing",
+    is_flag=True,
+    help="Strict mode: a study with any refused file is rejected whole (exit 1), nothing of it "
+    "forwarded. By default its valid instances go on without the refused files (exit 6).",
+)
+@click.option(
     "-v",
     "--verbose",
     is_flag=True,
@@ -196,6 +208,7 @@ def upload(
     as_json: bool,
     wait: bool,
     wait_timeout: float,
+    all_or_nothing: bool,
     verbose: bool,
 ) -> None:
     if ctx.get_parameter_source("wait_timeout") is click.core.ParameterSource.COMMANDLINE:
@@ -229,7 +242,9 @@ def upload(
         display = PlainDisplay(sys.stderr)
     else:
         display = Display()
-    options = UploadOptions(parallel=parallel, wait=wait, wait_timeout=wait_timeout)
+    options = UploadOptions(
+        parallel=parallel, wait=wait, wait_timeout=wait_timeout, all_or_nothing=all_or_nothing
+    )
     try:
         summary = asyncio.run(
             _run(

@@ -260,8 +260,15 @@ class _StudyRun:
             self.result.status = StudyStatus.FAILED
             self.result.message = "the upload was cancelled on the server"
         else:
-            # validated, or any later delivery status.
-            self.result.status = StudyStatus.VALIDATED
+            # validated, or any later delivery status; with refused files, the study goes on
+            # without them (the gateway's partial acceptance).
+            if upload.refused_files and not any(f.status == "rejected" for f in upload.files):
+                upload = await self.client.get_upload(upload.id)
+            refused = [f for f in upload.files if f.status == "rejected"]
+            self.result.status = StudyStatus.PARTIAL if refused else StudyStatus.VALIDATED
+            self.result.errors.extend(
+                FileProblem(f.name, _error_code(f.error), _error_message(f.error)) for f in refused
+            )
 
     def reject(self, details: dict[str, Any]) -> None:
         self.result.status = StudyStatus.REJECTED
@@ -337,12 +344,6 @@ async def upload_study(
         modalities=list(plan.modalities),
         study_date=plan.study_date,
     )
-    if plan.conflicts:
-        result.status = StudyStatus.FAILED
-        result.instances = 0
-        result.errors.extend(plan.conflicts)
-        result.message = "two files have the same SOP Instance UID and different content"
-        return result
     try:
         for attempt in (1, 2):
             run = _StudyRun(client, plan, options, progress, result)
@@ -468,6 +469,8 @@ async def run_upload(
             started = clock()
             try:
                 studies = group_studies(discovery.files, await hasher.results())
+                for study in studies:
+                    study.all_or_nothing = options.all_or_nothing
             finally:
                 summary.hash_cache_hits = cache.hits
                 summary.timings["hash_seconds"] = clock() - started

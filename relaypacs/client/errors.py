@@ -38,6 +38,7 @@ class ExitCode:
     UNREACHABLE = 3
     AUTH = 4
     NOT_DELIVERED = 5  # --wait: the PACS refused some instance, or forwarding was cancelled
+    PARTIAL = 6  # a study was accepted without some of its files (each named, with its code)
 
 
 class ClientError(Exception):

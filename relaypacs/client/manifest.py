@@ -60,17 +60,19 @@ class StudyPlan:
     files: list[StudyFile]
     modalities: list[str]  # of its files (file_modalities), the most frequent first
     study_date: str  # YYYY-MM-DD, or as given when not a date (iso_date); "" for none
-    # Exact copies (same SOP Instance UID, same bytes) sent only once.
+    # Exact copies (same SOP Instance UID, same bytes) sent only once. Copies with other
+    # bytes are all sent: the gateway judges them once it has validated each one (a truncated
+    # copy is refused for what it is; valid copies that differ are all refused).
     duplicates: list[str] = field(default_factory=list)
-    # Same SOP Instance UID with different bytes: the study is not uploaded.
-    conflicts: list[FileProblem] = field(default_factory=list)
     # Its place among the studies of the run (1, 2, ...): how progress and summary name it.
     number: int = 0
+    # Strict mode: one refused file refuses the whole study (`--all-or-nothing`).
+    all_or_nothing: bool = False
 
     @property
     def file_count(self) -> int:
-        """The files of the study: those to send and the conflicting copies (not sent)."""
-        return len(self.files) + len(self.conflicts)
+        """The files of the study that are sent."""
+        return len(self.files)
 
     @property
     def study_hash(self) -> str:
@@ -82,11 +84,14 @@ class StudyPlan:
 
     def manifest(self) -> dict[str, Any]:
         """The body of ``POST /uploads``."""
-        return {
+        body: dict[str, Any] = {
             "study_instance_uid": self.study_instance_uid,
             "metadata": dict(self.metadata),
             "files": [f.manifest_entry() for f in self.files],
         }
+        if self.all_or_nothing:
+            body["all_or_nothing"] = True
+        return body
 
 
 # A date as DICOM writes it (DA: YYYYMMDD), as ACR-NEMA did (YYYY.MM.DD), or already ISO.
@@ -180,11 +185,7 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
         members = sorted(members, key=lambda f: (f.name, f.cache_key))
         kept: dict[str, StudyFile] = {}
         duplicates: list[str] = []
-        conflicts: list[FileProblem] = []
         for f in members:
-            # Without a SOP Instance UID a file cannot be a duplicate of another (the
-            # server's validation will have its say on it).
-            sop = f.header.sop_instance_uid or f"\0{f.cache_key}"
             entry = StudyFile(
                 name=f.name,
                 path=f.path,
@@ -193,19 +194,10 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
                 sha256=hashes[f.cache_key],
                 sop_instance_uid=f.header.sop_instance_uid,
             )
-            previous = kept.get(sop)
-            if previous is None:
-                kept[sop] = entry
-            elif previous.sha256 == entry.sha256:
+            if entry.sha256 in kept:  # the same bytes: sent once
                 duplicates.append(entry.name)
             else:
-                conflicts.append(
-                    FileProblem(
-                        entry.name,
-                        "duplicate_sop_instance",
-                        f"same SOP Instance UID as {previous.name} but different content",
-                    )
-                )
+                kept[entry.sha256] = entry
         # Each file's own Modality: the study's are all those found, the most frequent first
         # (a study of several series: CT/SR), whichever file comes first.
         modality_counts = Counter(m for f in members for m in file_modalities(f.header.modality))
@@ -223,7 +215,6 @@ def group_studies(files: Sequence[DiscoveredFile], hashes: Mapping[str, str]) ->
                 modalities=modalities,
                 study_date=study_date,
                 duplicates=duplicates,
-                conflicts=conflicts,
                 number=number,
             )
         )

@@ -94,6 +94,8 @@ class RemoteUpload:
     total_bytes: int
     received_bytes: int
     files: tuple[RemoteFile, ...]
+    # Files that verification refused (None before verification, or from an older gateway).
+    refused_files: int | None = None
     # None when the study is not queued for a PACS (or in an UploadSummary).
     forwarding: RemoteForwarding | None = None
 
@@ -112,6 +114,7 @@ class RemoteUpload:
             total_bytes=int(data.get("total_bytes", 0)),
             received_bytes=int(data.get("received_bytes", 0)),
             files=tuple(RemoteFile.from_json(f) for f in data.get("files") or ()),
+            refused_files=None if data.get("refused_files") is None else int(data["refused_files"]),
             forwarding=RemoteForwarding.from_json(forwarding)
             if isinstance(forwarding, Mapping)
             else None,

@@ -25,6 +25,7 @@ from relaypacs.client.manifest import FileProblem, StudyPlan
 
 class StudyStatus(StrEnum):
     VALIDATED = "validated"  # complete answered 202: accepted for forwarding
+    PARTIAL = "partial"  # accepted without the files it refused (listed in errors)
     ALREADY_DELIVERED = "already_delivered"  # 409 study_already_delivered at init
     REJECTED = "rejected"  # the server's validation refused files (422 upload_rejected)
     FAILED = "failed"  # a permanent error here or on a chunk; not completed
@@ -33,7 +34,7 @@ class StudyStatus(StrEnum):
 
 
 # The gateway has the study: validated now, or earlier.
-ACCEPTED = frozenset({StudyStatus.VALIDATED, StudyStatus.ALREADY_DELIVERED})
+ACCEPTED = frozenset({StudyStatus.VALIDATED, StudyStatus.PARTIAL, StudyStatus.ALREADY_DELIVERED})
 
 # Chunk errors that are worth a few more tries (nothing was kept by the server).
 
@@ -54,6 +55,8 @@ class UploadOptions:
     # Seconds between polls of a study: the first, and the most when nothing changes.
     wait_poll_min: float = 1.0
     wait_poll_max: float = 5.0
+    # Strict mode: a study with any refused file is rejected whole (nothing forwarded).
+    all_or_nothing: bool = False
 
 
 class ProgressListener(Protocol):
@@ -106,8 +109,8 @@ class StudyResult:
     status: StudyStatus
     upload_id: str | None = None
     number: int = 0  # the study's place in the run (StudyPlan.number)
-    files: int = 0  # found: to send, and conflicting copies (not sent)
-    instances: int = 0  # the gateway has (0 unless accepted)
+    files: int = 0  # sent (identical copies: once)
+    instances: int = 0  # the gateway accepted (0 unless accepted)
     total_bytes: int = 0
     bytes_sent: int = 0
     bytes_skipped: int = 0  # already on the server
@@ -136,7 +139,7 @@ class StudyResult:
     @property
     def files_refused(self) -> int:
         """The files named in ``errors``: refused by the gateway's validation or on their
-        way there, or conflicting copies."""
+        way there."""
         return len({problem.name for problem in self.errors})
 
     def as_dict(self) -> dict[str, Any]:
@@ -178,8 +181,8 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         """4 auth failed, else 3 gave up (resumable) or stopped waiting for the PACS, else 1
-        rejected/failed, else 5 not delivered (--wait), else 0; 2 when there was nothing to
-        upload or the input was refused."""
+        rejected/failed, else 5 not delivered (--wait), else 6 accepted without some files,
+        else 0; 2 when there was nothing to upload or the input was refused."""
         if self.error_kind == "auth":
             return ExitCode.AUTH
         if self.error_kind == "input":
@@ -195,6 +198,8 @@ class RunSummary:
             return ExitCode.REJECTED
         if any(d.status in NOT_DELIVERED for d in self.deliveries):
             return ExitCode.NOT_DELIVERED
+        if StudyStatus.PARTIAL in statuses:
+            return ExitCode.PARTIAL
         if not self.studies:
             return ExitCode.USAGE
         return ExitCode.OK
@@ -228,8 +233,9 @@ class RunSummary:
                 **{status.value: count(status) for status in StudyStatus},
                 "studies_accepted": len(accepted),
                 "studies_not_accepted": len(not_accepted),
-                # What the gateway accepted (validated now or before).
-                "files": sum(s.files for s in accepted),
+                # What the gateway accepted (validated now or before), without the files it
+                # refused from accepted studies.
+                "files": sum(s.files - s.files_refused for s in accepted),
                 "instances": sum(s.instances for s in accepted),
                 "total_bytes": sum(s.total_bytes for s in accepted),
                 # What this run sent (to every study, accepted or not), what it did not
@@ -244,6 +250,7 @@ class RunSummary:
                 "bytes_found": sum(s.total_bytes for s in self.studies),
                 "files_not_accepted": sum(s.files for s in not_accepted),
                 "files_refused": sum(s.files_refused for s in self.studies),
+                "files_refused_in_accepted": sum(s.files_refused for s in accepted),
                 "files_skipped": sum(self.skipped.values()),
                 "duplicates_skipped": sum(s.duplicates_skipped for s in self.studies),
                 # With --wait: the instances the PACS confirmed, and refused.

@@ -58,3 +58,20 @@ class ForwardJob(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeliveredInstance(Base):
+    """What a target holds, as far as the gateway delivered it: the content (SHA-256 of the
+    uploaded file; the MD5 of the bytes sent) of every SOP instance it delivered there and
+    the PACS confirmed. A later instance with the same UID and other bytes is a conflict, never
+    "confirmed"; one with the same bytes is not sent again."""
+
+    __tablename__ = "delivered_instance"
+
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    md5: Mapped[str | None] = mapped_column(String(32))
+    # The upload that delivered it first (no foreign key: the record outlives the upload).
+    upload_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    delivered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Select, Update, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from relaypacs.db import sqlite_write_lock, utcnow
 from relaypacs.forwarding.errors import LeaseLost
-from relaypacs.forwarding.models import ForwardJob, JobStatus
+from relaypacs.forwarding.models import DeliveredInstance, ForwardJob, JobStatus
 from relaypacs.forwarding.source import ForwardCounts
 
 
@@ -249,3 +251,85 @@ def batch_recorder(
     if engine is not None and sync_engine is not None:
         return _SqliteBatchRecorder(engine, sync_engine)
     return _SessionBatchRecorder(sessionmaker)
+
+
+# --- what each target holds, as delivered by the gateway -------------------------------------
+
+_IN_LIST = 1000  # SOP Instance UIDs per IN (...) list: far below every database's limit
+
+
+async def delivered_instances(
+    session: AsyncSession, target: str, sop_instance_uids: Sequence[str]
+) -> list[DeliveredInstance]:
+    """The registry's rows of these SOP Instance UIDs at `target`."""
+    uids = sorted(set(sop_instance_uids))
+    found: list[DeliveredInstance] = []
+    for start in range(0, len(uids), _IN_LIST):
+        rows = await session.scalars(
+            select(DeliveredInstance).where(
+                DeliveredInstance.target == target,
+                DeliveredInstance.sop_instance_uid.in_(uids[start : start + _IN_LIST]),
+            )
+        )
+        found.extend(rows)
+    return found
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An instance the PACS confirmed, as the registry records it."""
+
+    sop_instance_uid: str
+    sha256: str
+    md5: str | None
+    content_verified: bool  # the PACS said it holds these very bytes (its MD5, or WADO-RS)
+
+
+async def register_delivered(
+    session: AsyncSession, *, target: str, upload_id: uuid.UUID, instances: Sequence[Delivered]
+) -> set[str]:
+    """Record what the target now holds; returns the SOP Instance UIDs it holds with other
+    bytes, as delivered earlier (a conflict: never "confirmed"). An instance whose content the
+    PACS itself vouched for replaces an older record that says otherwise (what the PACS holds
+    changed: the record follows it).
+
+    Concurrent settles of the same UID take turns on the row (insert-or-nothing, then read):
+    the first one's content is the record."""
+    if not instances:
+        return set()
+    values = [
+        {
+            "target": target,
+            "sop_instance_uid": i.sop_instance_uid,
+            "sha256": i.sha256,
+            "md5": i.md5,
+            "upload_id": upload_id,
+            "delivered_at": utcnow(),
+        }
+        for i in instances
+    ]
+    insert_ = _insert_for(session)
+    for start in range(0, len(values), _IN_LIST):
+        await session.execute(
+            insert_(DeliveredInstance).on_conflict_do_nothing(),
+            values[start : start + _IN_LIST],
+        )
+    mine = {i.sop_instance_uid: i for i in instances}
+    conflicts: set[str] = set()
+    for row in await delivered_instances(session, target, list(mine)):
+        ours = mine[row.sop_instance_uid]
+        if row.sha256 == ours.sha256:
+            continue
+        if ours.content_verified:
+            row.sha256, row.md5, row.upload_id = ours.sha256, ours.md5, upload_id
+            row.delivered_at = utcnow()
+        else:
+            conflicts.add(row.sop_instance_uid)
+    return conflicts
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    """INSERT with ON CONFLICT for the session's database (SQLite or PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert
+    return sqlite_insert

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Select
@@ -28,6 +29,28 @@ class JobSummary:
     attempts: int
     next_attempt_at: dt.datetime | None  # only while queued
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class DeliveredContent:
+    """What the gateway delivered to a target under one SOP Instance UID."""
+
+    sha256: str
+    md5: str | None
+    upload_id: uuid.UUID
+    delivered_at: dt.datetime
+
+
+async def delivered_contents(
+    session: AsyncSession, *, target: str, sop_instance_uids: Sequence[str]
+) -> dict[str, DeliveredContent]:
+    """Of these SOP Instance UIDs, those the gateway delivered to `target` (and the PACS
+    confirmed), with the content delivered."""
+    rows = await repository.delivered_instances(session, target, sop_instance_uids)
+    return {
+        row.sop_instance_uid: DeliveredContent(row.sha256, row.md5, row.upload_id, row.delivered_at)
+        for row in rows
+    }
 
 
 def enqueue(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:

@@ -36,6 +36,16 @@ class StudyToForward:
 
 
 @dataclass(frozen=True)
+class SentInstance:
+    """An instance the PACS answered stored: what verifying its content needs."""
+
+    part: InstancePart  # its stored bytes, as sent
+    series_instance_uid: str | None
+    sha256: str  # of the uploaded file
+    md5: str | None  # of the bytes sent, where recorded
+
+
+@dataclass(frozen=True)
 class ForwardCounts:
     """An upload's instances by forwarding state."""
 
@@ -83,6 +93,19 @@ class InstanceSource(Protocol):
         """Mark the instances answered stored and listed by QIDO-RS confirmed; put those
         answered stored but not listed back to be sent again. Returns how many were not
         listed."""
+        ...
+
+    async def sent_instances(
+        self, session: AsyncSession, upload_id: uuid.UUID
+    ) -> list[SentInstance]:
+        """The instances the PACS answered stored (sent or confirmed), by file index."""
+        ...
+
+    async def refuse(
+        self, session: AsyncSession, upload_id: uuid.UUID, reasons: Mapping[int, str]
+    ) -> None:
+        """These instances (by file index) failed for good, for the reason given: the PACS
+        holds other bytes under their UID."""
         ...
 
     async def finish(

@@ -30,12 +30,18 @@ from relaypacs.db import utcnow
 from relaypacs.forwarding import repository
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
 from relaypacs.forwarding.errors import LeaseLost
-from relaypacs.forwarding.repository import Claim
-from relaypacs.forwarding.source import InstanceSource, SettleHook, Settlement
+from relaypacs.forwarding.repository import Claim, Delivered
+from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook, Settlement
+from relaypacs.forwarding.verification import ContentCheck, ContentUnverifiable, check_content
 from relaypacs.pacs.dicomweb import DicomWebClient, Disposition, InstancePart, InstanceResult
-from relaypacs.storage import ObjectStorage
+from relaypacs.storage import ObjectStorage, StorageError
 
 logger = logging.getLogger(__name__)
+
+SOP_INSTANCE_CONFLICT = (
+    "sop_instance_conflict: the gateway delivered other bytes under this SOP Instance UID to "
+    "this PACS before (a PACS keeps the first copy of an instance)"
+)
 
 
 def make_batches(
@@ -233,15 +239,22 @@ class Forwarder:
         if retry_reasons:
             await self._schedule_retry(claim, retry_reasons[0])
             return
-        # Everything was answered: verify with QIDO-RS before anything counts as delivered.
+        # Everything was answered: verify with QIDO-RS (and the content, as the target asks)
+        # before anything counts as delivered.
         try:
             listed = await client.instance_uids(study.study_instance_uid, expected=study.instances)
+            async with self._sessionmaker() as session:
+                sent = await self._instances.sent_instances(session, claim.upload_id)
+            content = await check_content(client, study.study_instance_uid, sent, listed)
         except httpx.HTTPError as exc:
             self._target_failed(claim.target, type(exc).__name__)
             await self._schedule_retry(claim, f"verification: {type(exc).__name__}")
             return
+        except (StorageError, ContentUnverifiable) as exc:
+            await self._schedule_retry(claim, f"verification: {exc}")
+            return
         breaker.record_success()
-        await self._settle(claim, study.sop_uids, listed)
+        await self._settle(claim, study.sop_uids, listed, sent, content)
 
     async def _send_all(
         self,
@@ -343,9 +356,16 @@ class Forwarder:
             await self._schedule_retry(claim, f"internal: {reason}")
 
     async def _settle(
-        self, claim: Claim, sop_uids: dict[int, str | None], listed: set[str]
+        self,
+        claim: Claim,
+        sop_uids: dict[int, str | None],
+        listed: set[str],
+        sent: Sequence[SentInstance],
+        content: ContentCheck,
     ) -> None:
-        """Mark what QIDO-RS lists as confirmed; deliver, fail, or retry the rest."""
+        """Mark what QIDO-RS lists as confirmed; deliver, fail, or retry the rest. Instances
+        whose content is not what was sent, or whose UID the target holds with other bytes as
+        delivered earlier, fail for good."""
         source = self._instances
         async with self._sessionmaker() as session, session.begin():
             job = await repository.renew(session, claim, self._lease)
@@ -353,6 +373,8 @@ class Forwarder:
             unconfirmed = await source.confirm_listed(
                 session, claim.upload_id, sop_uids=sop_uids, listed=listed
             )
+            if not unconfirmed:
+                await self._register(session, claim, sent, listed, content)
             counts = await source.counts(session, claim.upload_id)
             repository.set_counts(job, counts)
             if not unconfirmed:
@@ -387,6 +409,8 @@ class Forwarder:
                         "target": claim.target,
                         "confirmed": counts.confirmed,
                         "failed": counts.failed,
+                        "content_mismatches": len(content.mismatched),
+                        "content_verified": len(content.verified),
                         "stow_requests": job.stow_requests,
                     },
                 )
@@ -400,3 +424,42 @@ class Forwarder:
                 )
                 return
         await self._schedule_retry(claim, f"{unconfirmed} instances not listed by QIDO-RS")
+
+    async def _register(
+        self,
+        session: AsyncSession,
+        claim: Claim,
+        sent: Sequence[SentInstance],
+        listed: set[str],
+        content: ContentCheck,
+    ) -> None:
+        """Refuse the instances whose content the PACS holds otherwise, and record the rest in
+        the registry of what the target holds; refuse those it records with other bytes."""
+        source = self._instances
+        if content.mismatched:
+            await source.refuse(session, claim.upload_id, content.mismatched)
+        held = {
+            i.part.sop_instance_uid: i
+            for i in sent
+            if i.part.file_index not in content.mismatched and i.part.sop_instance_uid in listed
+        }
+        conflicts = await repository.register_delivered(
+            session,
+            target=claim.target,
+            upload_id=claim.upload_id,
+            instances=[
+                Delivered(
+                    sop_instance_uid=uid,
+                    sha256=i.sha256,
+                    md5=content.md5s.get(i.part.file_index) or i.md5,
+                    content_verified=i.part.file_index in content.verified,
+                )
+                for uid, i in held.items()
+            ],
+        )
+        if conflicts:
+            await source.refuse(
+                session,
+                claim.upload_id,
+                {held[uid].part.file_index: SOP_INSTANCE_CONFLICT for uid in conflicts},
+            )

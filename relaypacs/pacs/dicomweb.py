@@ -9,7 +9,9 @@ read. Credentials never appear in messages or logs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import hashlib
 import json
 import logging
 import ssl
@@ -56,6 +58,7 @@ class InstanceResult:
     file_index: int
     disposition: Disposition
     reason: str | None = None
+    md5: str | None = None  # of the bytes sent, when stored and the target verifies by MD5
 
 
 @dataclass(frozen=True)
@@ -153,19 +156,18 @@ class DicomWebClient:
         ]
         tail = f"--{boundary}--\r\n".encode()
         length = sum(len(h) + p.size + 2 for h, p in zip(heads, parts, strict=True)) + len(tail)
+        md5s: dict[int, str] = {}
 
         async def body() -> AsyncIterator[bytes]:
             for head, part in zip(heads, parts, strict=True):
                 yield head
-                offset = 0
-                async for block in self._instance_blocks(part):
-                    if part.zero_preamble and offset < PREAMBLE:
-                        cut = min(PREAMBLE - offset, len(block))
-                        block = bytes(cut) + bytes(block[cut:])
-                    offset += len(block)
+                digest = hashlib.md5(usedforsecurity=False) if self.md5_on_send else None
+                async for block in self.sent_bytes(part):
+                    if digest is not None:
+                        digest.update(block)
                     yield block
-                if offset != part.size:
-                    raise StorageError("stored instance does not have its manifest size")
+                if digest is not None:
+                    md5s[part.file_index] = digest.hexdigest()
                 yield b"\r\n"
             yield tail
 
@@ -186,7 +188,34 @@ class DicomWebClient:
         except httpx.TransportError as exc:
             error = f"network: {type(exc).__name__}"
             return StowOutcome(_all(parts, Disposition.RETRY, error), None, error)
-        return self._judge(parts, response)
+        outcome = self._judge(parts, response)
+        if md5s:
+            outcome.results[:] = [
+                dataclasses.replace(r, md5=md5s.get(r.file_index))
+                if r.disposition == Disposition.STORED
+                else r
+                for r in outcome.results
+            ]
+        return outcome
+
+    @property
+    def md5_on_send(self) -> bool:
+        """Whether the MD5 of each instance is taken as it is sent: Orthanc's content
+        verification compares it with the stored file's."""
+        return self.target.profile == "orthanc" and self.target.verify_mode != "uids"
+
+    async def sent_bytes(self, part: InstancePart) -> AsyncIterator[bytes]:
+        """The instance's bytes as the PACS is sent them: as stored, a nonzero preamble
+        zeroed. Raises StorageError when storage does not have them all."""
+        offset = 0
+        async for block in self._instance_blocks(part):
+            if part.zero_preamble and offset < PREAMBLE:
+                cut = min(PREAMBLE - offset, len(block))
+                block = bytes(cut) + bytes(block[cut:])
+            offset += len(block)
+            yield block
+        if offset != part.size:
+            raise StorageError("stored instance does not have its manifest size")
 
     async def _instance_blocks(self, part: InstancePart) -> AsyncIterator[bytes]:
         """The stored bytes of one instance. A small single-chunk instance (most of them: a CT
@@ -315,6 +344,57 @@ class DicomWebClient:
                     uids.append(values[0])
         return uids, len(items)
 
+    # --- what the PACS holds: content ---------------------------------------------------
+
+    async def orthanc_md5s(self, study_uid: str, sop_uids: Sequence[str]) -> dict[str, str]:
+        """Orthanc's REST API: the MD5 of the file it stores for each of these SOP instances
+        of the study (those it does not hold: absent). One /tools/find for the study, then one
+        request per instance, `max_in_flight` at once. Raises httpx.HTTPError."""
+        root = self.target.orthanc_rest_url
+        response = await self._client.post(
+            f"{root}/tools/find",
+            json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
+        )
+        response.raise_for_status()
+        ids: dict[str, str] = {}
+        for item in response.json():
+            if isinstance(item, dict):
+                tags = item.get("MainDicomTags") or {}
+                uid, orthanc_id = tags.get("SOPInstanceUID"), item.get("ID")
+                if isinstance(uid, str) and isinstance(orthanc_id, str):
+                    ids[uid] = orthanc_id
+        wanted = [uid for uid in sop_uids if uid in ids]
+        semaphore = asyncio.Semaphore(self.target.max_in_flight)
+
+        async def md5_of(uid: str) -> tuple[str, str]:
+            async with semaphore:
+                answer = await self._client.get(
+                    f"{root}/instances/{ids[uid]}/attachments/dicom/md5"
+                )
+            answer.raise_for_status()
+            return uid, answer.text.strip().lower()
+
+        return dict(await asyncio.gather(*(md5_of(uid) for uid in wanted)))
+
+    async def retrieve_sha256(self, study_uid: str, series_uid: str, sop_uid: str) -> str | None:
+        """WADO-RS: the SHA-256 of the instance as the PACS holds it (original transfer
+        syntax, `transfer-syntax=*`), streamed; None when the PACS does not have it. Raises
+        httpx.HTTPError."""
+        url = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        async with self._client.stream("GET", url, headers={"Accept": accept}) as response:
+            if response.status_code in (204, 404):
+                return None
+            response.raise_for_status()
+            _, _, rest = (response.headers.get("content-type") or "").partition("boundary=")
+            boundary = rest.split(";")[0].strip().strip('"')
+            if not boundary:
+                raise httpx.DecodingError("a WADO-RS answer without a multipart boundary")
+            part = _FirstPartDigest(boundary.encode())
+            async for block in response.aiter_bytes():
+                part.feed(block)
+            return part.hexdigest()
+
     async def probe(self) -> str | None:
         """None if the PACS answers (any HTTP status but 5xx), else why not."""
         try:
@@ -328,6 +408,45 @@ class DicomWebClient:
         if response.status_code >= 500:
             return f"http_{response.status_code}"
         return None
+
+
+class _FirstPartDigest:
+    """The SHA-256 of the first part's body of a multipart answer, fed as it arrives: memory
+    stays a few blocks whatever the instance's size."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self._opening = b"--" + boundary
+        self._delimiter = b"\r\n--" + boundary
+        self._buffer = b""
+        self._in_body = False
+        self._done = False
+        self._digest = hashlib.sha256()
+
+    def feed(self, block: bytes) -> None:
+        if self._done:
+            return
+        self._buffer += block
+        if not self._in_body:
+            start = self._buffer.find(self._opening)
+            end = self._buffer.find(b"\r\n\r\n", start) if start >= 0 else -1
+            if end < 0:
+                return
+            self._buffer = self._buffer[end + 4 :]
+            self._in_body = True
+        stop = self._buffer.find(self._delimiter)
+        if stop >= 0:
+            self._digest.update(self._buffer[:stop])
+            self._buffer, self._done = b"", True
+            return
+        # Keep what could be the start of the delimiter split across blocks.
+        keep = len(self._delimiter)
+        self._digest.update(self._buffer[:-keep])
+        self._buffer = self._buffer[-keep:]
+
+    def hexdigest(self) -> str:
+        if not self._done:
+            raise httpx.DecodingError("a WADO-RS answer whose part does not end")
+        return self._digest.hexdigest()
 
 
 def _all(

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Enum,
     ForeignKey,
     ForeignKeyConstraint,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -38,7 +40,7 @@ class UploadStatus(enum.StrEnum):
     PENDING = "pending"  # taking chunks
     RECEIVED = "received"  # all chunks stored, being verified
     VALIDATED = "validated"  # verified (momentary: queued in the same transaction)
-    REJECTED = "rejected"  # some file failed verification
+    REJECTED = "rejected"  # no instance passed verification, or any failed in strict mode
     QUEUED = "queued"  # waiting for the forwarder (or for the PACS to come back)
     FORWARDING = "forwarding"  # being sent to the PACS
     DELIVERED = "delivered"  # the PACS confirmed every instance (QIDO-RS)
@@ -88,6 +90,11 @@ class Upload(Base):
     file_count: Mapped[int] = mapped_column(Integer)
     total_bytes: Mapped[int] = mapped_column(BigInteger)
     instance_count: Mapped[int | None] = mapped_column(Integer)
+    # Strict mode: one refused file refuses the whole study (otherwise the valid instances go
+    # on without the refused files: STOW-RS's partial success).
+    all_or_nothing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How many files verification refused (set with the verdicts; None before).
+    refused_count: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -120,6 +127,11 @@ class UploadFile(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     forward_status: Mapped[ForwardStatus | None] = mapped_column(_enum(ForwardStatus))
     forward_error: Mapped[str | None] = mapped_column(Text)
+    # A valid file whose bytes another file of this upload also has (that one is sent).
+    duplicate_of: Mapped[int | None] = mapped_column(Integer)
+    # The MD5 of the bytes the PACS was sent (as sent: a zeroed preamble included), for
+    # verifying what the PACS holds where it can tell its stored file's MD5 (Orthanc).
+    forward_md5: Mapped[str | None] = mapped_column(String(32))
 
     upload: Mapped[Upload] = relationship(back_populates="files", lazy="raise")
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relaypacs.forwarding.source import (
     ForwardCounts,
     InstanceSource,
+    SentInstance,
     SettledUpload,
     Settlement,
     StudyToForward,
@@ -50,18 +51,34 @@ class UploadRelay(InstanceSource):
         return StudyToForward(
             study_instance_uid=upload.study_instance_uid,
             to_send=[
-                InstancePart(
-                    file_index=index,
-                    sop_instance_uid=sop or "",
-                    size=size,
-                    keys=tuple(keys[index].values()),
-                    zero_preamble=preamble == "nonzero",
-                )
-                for index, sop, size, preamble, status in files
-                if status == ForwardStatus.PENDING
+                _part(f, keys[f.file_index])
+                for f in files
+                if f.forward_status == ForwardStatus.PENDING
             ],
-            sop_uids={index: sop for index, sop, *_ in files},
+            sop_uids={f.file_index: f.sop_instance_uid for f in files},
         )
+
+    async def sent_instances(
+        self, session: AsyncSession, upload_id: uuid.UUID
+    ) -> list[SentInstance]:
+        files = await repository.files_to_forward(
+            session, upload_id, statuses=(ForwardStatus.SENT, ForwardStatus.CONFIRMED)
+        )
+        keys = await repository.recorded_chunk_keys(session, upload_id)
+        return [
+            SentInstance(
+                part=_part(f, keys[f.file_index]),
+                series_instance_uid=f.series_instance_uid,
+                sha256=f.sha256,
+                md5=f.forward_md5,
+            )
+            for f in files
+        ]
+
+    async def refuse(
+        self, session: AsyncSession, upload_id: uuid.UUID, reasons: Mapping[int, str]
+    ) -> None:
+        await repository.fail_forwards(session, upload_id, reasons)
 
     def record_answers(
         self, connection: Connection, upload_id: uuid.UUID, results: Sequence[InstanceResult]
@@ -74,6 +91,7 @@ class UploadRelay(InstanceSource):
                     r.file_index,
                     _STATUS_OF[r.disposition],
                     r.reason if r.disposition != Disposition.STORED else None,
+                    r.md5,
                 )
                 for r in results
             ],
@@ -114,6 +132,16 @@ class UploadRelay(InstanceSource):
         if delivered:
             upload.delivered_at = at
         return SettledUpload(user_id=upload.user_id, study_instance_uid=upload.study_instance_uid)
+
+
+def _part(file: repository.FileToForward, keys: Mapping[int, str]) -> InstancePart:
+    return InstancePart(
+        file_index=file.file_index,
+        sop_instance_uid=file.sop_instance_uid or "",
+        size=file.size,
+        keys=tuple(keys.values()),
+        zero_preamble=file.preamble == "nonzero",
+    )
 
 
 async def notify_uploader(session: AsyncSession, settled: Settlement) -> None:

@@ -50,6 +50,11 @@ class UploadCreate(BaseModel):
     study_instance_uid: Uid
     metadata: StudyMetadata = Field(default_factory=StudyMetadata)
     files: list[ManifestFile] = Field(min_length=1)
+    all_or_nothing: bool = Field(
+        default=False,
+        description="Strict mode: one refused file refuses the whole study. By default the "
+        "valid instances go on without the refused files (partial acceptance).",
+    )
 
 
 class FileError(BaseModel):
@@ -86,6 +91,10 @@ class UploadFileRead(BaseModel):
     error: FileError | None
     forward_status: ForwardStatus | None = None
     forward_error: str | None = None
+    duplicate_of: int | None = Field(
+        default=None,
+        description="Valid, and the same bytes as that file of the upload, which is the one sent.",
+    )
 
 
 class UploadSummary(BaseModel):
@@ -96,6 +105,11 @@ class UploadSummary(BaseModel):
     chunk_size: int
     file_count: int
     instance_count: int | None
+    refused_files: int | None = Field(
+        description="Files that verification refused (null before verification). With some "
+        "refused and the upload accepted, the study goes on without them."
+    )
+    all_or_nothing: bool
     total_bytes: int
     received_bytes: int
     metadata: StudyMetadata

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,7 +51,7 @@ from relaypacs.uploads.schemas import (
     UploadRead,
     UploadSummary,
 )
-from relaypacs.uploads.verify import StudyVerifier, is_instance
+from relaypacs.uploads.verify import FileVerdict, StudyVerifier
 
 
 def study_hash(sha256s: Sequence[str]) -> str:
@@ -73,6 +73,8 @@ def _summary(upload: Upload, received_bytes: int) -> UploadSummary:
         chunk_size=upload.chunk_size,
         file_count=upload.file_count,
         instance_count=upload.instance_count,
+        refused_files=upload.refused_count,
+        all_or_nothing=upload.all_or_nothing,
         total_bytes=upload.total_bytes,
         received_bytes=received_bytes,
         metadata=StudyMetadata.model_validate(upload.study_metadata),
@@ -175,6 +177,7 @@ def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
                 else None,
                 forward_status=f.forward_status,
                 forward_error=f.forward_error,
+                duplicate_of=f.duplicate_of,
             )
             for f in rows
         ]
@@ -265,10 +268,8 @@ async def start_upload(
         raise InvalidManifest(
             f"File {too_big[0]} is larger than the limit of {limits.max_file_size} bytes."
         )
-    hashes = [f.sha256 for f in body.files]
-    if len(set(hashes)) != len(hashes):
-        raise InvalidManifest("The manifest lists the same file content more than once.")
-    digest = study_hash(hashes)
+    # The same bytes twice are allowed: verification sends one copy.
+    digest = study_hash([f.sha256 for f in body.files])
     await repository.serialise_starts(session, user.id, digest)
 
     accepted = await repository.accepted_upload(
@@ -303,6 +304,7 @@ async def start_upload(
         study_hash=digest,
         study_metadata=body.metadata.model_dump(exclude_none=True),
         chunk_size=limits.chunk_size,
+        all_or_nothing=body.all_or_nothing,
         files=[
             repository.NewFile(f.name, f.size, f.sha256, chunk_count(f.size, limits.chunk_size))
             for f in body.files
@@ -367,6 +369,8 @@ class CompleteContext:
     db: Database
     verifier: StudyVerifier
     default_target: str | None = None  # the PACS that accepted studies are queued for
+    # Targets that take a study whole or not at all (one refused file refuses it).
+    strict_targets: frozenset[str] = frozenset()
     on_queued: Callable[[], None] | None = None  # a study was queued: wake the forwarder
 
 
@@ -407,16 +411,25 @@ async def complete_upload(
             )
         upload.status = UploadStatus.RECEIVED
         declared_uid = upload.study_instance_uid
+        all_or_nothing = upload.all_or_nothing
 
     verdicts = await ctx.verifier.verify(
         upload_id, declared_uid=declared_uid, files=files, keys=keys
     )
-    rejected = [v for v in verdicts if v.error is not None]
-    instances = sum(1 for v in verdicts if is_instance(v))
-    final = UploadStatus.REJECTED if rejected else UploadStatus.VALIDATED
-    queue = final == UploadStatus.VALIDATED and ctx.default_target is not None
+    target = ctx.default_target
 
     async with ctx.db.sessionmaker() as session, session.begin():
+        delivered: dict[int, forwarding.DeliveredContent] = {}
+        if target is not None:
+            sha256 = {f.index: f.sha256 for f in files}
+            verdicts, delivered = await _against_target(session, user, target, verdicts, sha256)
+        rejected = [v for v in verdicts if v.error is not None]
+        forwarded = sum(1 for v in verdicts if v.to_forward)
+        strict = all_or_nothing or target in ctx.strict_targets
+        refused_all = bool(rejected) and (strict or forwarded == 0)
+        final = UploadStatus.REJECTED if refused_all else UploadStatus.VALIDATED
+        queue = final == UploadStatus.VALIDATED and target is not None
+        instances = forwarded  # distinct valid instances: those the PACS is to hold
         # Compare-and-set first: only the `complete` that moves the upload out of `received`
         # writes the verdicts. A concurrent one (two clients, a resend after a timeout) that
         # verified the same files writes nothing: it would set every file's forwarding state
@@ -426,9 +439,13 @@ async def complete_upload(
             upload_id,
             status=UploadStatus.QUEUED if queue else final,
             instance_count=instances,
+            refused_count=len(rejected),
+            all_or_nothing=strict,
         )
         if moved:
-            await repository.record_verdicts(session, upload_id, verdicts)
+            await repository.record_verdicts(
+                session, upload_id, verdicts, forward=not refused_all, delivered=delivered
+            )
         audit = functools.partial(
             record_event,
             session,
@@ -439,8 +456,8 @@ async def complete_upload(
         )
         if moved and queue:
             # The outbox: the job exists if and only if this transaction commits.
-            assert ctx.default_target is not None
-            forwarding.enqueue(session, upload_id=upload_id, target=ctx.default_target)
+            assert target is not None
+            forwarding.enqueue(session, upload_id=upload_id, target=target)
         if moved:
             for v in verdicts:
                 if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:
@@ -448,12 +465,16 @@ async def complete_upload(
                         action="dicom.preamble_nonzero",
                         details={"file_index": v.index, "handling": "zeroed_on_forward"},
                     )
+            outcome = "rejected" if refused_all else "partial" if rejected else "success"
             await audit(
                 action="upload.complete",
-                outcome="success" if final == UploadStatus.VALIDATED else "rejected",
+                outcome=outcome,
                 details={
                     "instances": instances,
+                    "accepted_files": 0 if refused_all else len(verdicts) - len(rejected),
                     "rejected_files": len(rejected),
+                    "already_delivered": len(delivered),
+                    "all_or_nothing": strict,
                     "codes": sorted({v.error.code for v in rejected if v.error}),
                 },
             )
@@ -472,14 +493,60 @@ async def complete_upload(
     return view
 
 
+async def _against_target(
+    session: AsyncSession,
+    user: User,
+    target: str,
+    verdicts: list[FileVerdict],
+    sha256: dict[int, str],
+) -> tuple[list[FileVerdict], dict[int, forwarding.DeliveredContent]]:
+    """The verdicts against what the target holds as delivered by the gateway: an instance
+    whose SOP Instance UID it holds with other bytes is refused (`sop_instance_conflict`); one
+    it holds with the same bytes is not sent again (returned by file index: the forwarding
+    only verifies that the PACS still lists it)."""
+    sops = {v.index: v.summary.sop_instance_uid for v in verdicts if v.to_forward and v.summary}
+    known = await forwarding.delivered_contents(
+        session, target=target, sop_instance_uids=[uid for uid in sops.values() if uid]
+    )
+    if not known:
+        return verdicts, {}
+    owners = await repository.upload_owners(session, [k.upload_id for k in known.values()])
+    judged: list[FileVerdict] = []
+    delivered: dict[int, forwarding.DeliveredContent] = {}
+    for verdict in verdicts:
+        content = known.get(sops.get(verdict.index) or "")
+        if content is None:
+            judged.append(verdict)
+        elif content.sha256 == sha256[verdict.index]:
+            delivered[verdict.index] = content
+            judged.append(verdict)
+        else:
+            yours = owners.get(content.upload_id) == user.id
+            where = f" by your upload {content.upload_id}" if yours else ""
+            conflict = FileError(
+                code="sop_instance_conflict",
+                message=f"The PACS ({target}) already holds an instance with this SOP Instance "
+                f"UID and other content, delivered through the gateway on "
+                f"{content.delivered_at:%Y-%m-%d}{where}. It is not sent: a PACS keeps the "
+                "first copy of an instance, so this one would never be what it holds.",
+            )
+            judged.append(replace(verdict, error=conflict))
+    return judged, delivered
+
+
 def _rejection(view: UploadRead) -> UploadRejected:
     files = [
         {"index": f.index, "name": f.name, "code": f.error.code, "message": f.error.message}
         for f in view.files or ()
         if f.error is not None
     ]
+    why = (
+        "; the study is taken all or nothing"
+        if view.all_or_nothing and len(files) < view.file_count
+        else ""
+    )
     return UploadRejected(
-        f"{len(files)} of {view.file_count} files failed verification.",
+        f"{len(files)} of {view.file_count} files failed verification{why}.",
         details={"files": files, "upload": view.model_dump(mode="json", exclude={"files"})},
     )
 

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from relaypacs.dicom import DicomRejected, DicomSummary, DicomValidator
@@ -22,6 +22,7 @@ class FileToVerify:
     index: int
     sha256: str  # the manifest's
     chunk_count: int
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class FileVerdict:
     index: int
     summary: DicomSummary | None
     error: FileError | None
+    # Valid, and the same bytes as that file of the upload (which is the one sent).
+    duplicate_of: int | None = None
+
+    @property
+    def to_forward(self) -> bool:
+        """A valid instance to send (not a DICOMDIR, not a second copy of the same bytes)."""
+        return self.error is None and is_instance(self) and self.duplicate_of is None
 
 
 _SHA256_MISMATCH = FileError(
@@ -84,7 +92,7 @@ class StudyVerifier:
 
         try:
             await asyncio.gather(*(work() for _ in range(self.concurrency)))
-            return _judge_study(declared_uid, [found[f.index] for f in files])
+            return judge_study(declared_uid, files, [found[f.index] for f in files])
         finally:
             await asyncio.to_thread(shutil.rmtree, spool_dir, ignore_errors=True)
             # The workers hold ~60 MiB each: they go as soon as no study is being verified
@@ -144,41 +152,58 @@ def _early_verdict(file: FileToVerify, result: EarlyResult) -> FileVerdict:
     return FileVerdict(file.index, result.summary, None)
 
 
-def _judge_study(declared_uid: str, verdicts: list[FileVerdict]) -> list[FileVerdict]:
-    """Study-level rules: every instance of the declared study, no SOP instance twice, at
-    least one instance."""
-    seen: dict[str, int] = {}
-    judged = []
+def judge_study(
+    declared_uid: str, files: list[FileToVerify], verdicts: list[FileVerdict]
+) -> list[FileVerdict]:
+    """The rules of the study as a whole, on each file's own verdict: every instance belongs
+    to the declared study; of valid files with one SOP Instance UID, identical bytes are sent
+    once and differing ones are all refused (the gateway cannot know which one is right; a
+    refused copy, truncated say, was refused for what it is and does not count); an upload
+    holds at least one instance."""
+    sha256 = {f.index: f.sha256 for f in files}
+    names = {f.index: f.name for f in files}
+    judged: dict[int, FileVerdict] = {}
+    by_sop: dict[str, list[FileVerdict]] = {}
     for verdict in verdicts:
         summary = verdict.summary
-        if summary is not None and summary.kind == "instance":
+        if verdict.error is None and summary is not None and summary.kind == "instance":
             if summary.study_instance_uid != declared_uid:
-                verdict = FileVerdict(
-                    verdict.index,
-                    summary,
-                    FileError(
-                        code="study_uid_mismatch",
-                        message="This file belongs to another study than the one declared.",
-                    ),
-                )
-            elif summary.sop_instance_uid in seen:
-                verdict = FileVerdict(
-                    verdict.index,
-                    summary,
-                    FileError(
-                        code="duplicate_sop_instance",
-                        message="Another file of this upload (index "
-                        f"{seen[summary.sop_instance_uid]}) has the same SOP Instance UID.",
-                    ),
-                )
+                verdict = replace(verdict, error=_STUDY_UID_MISMATCH)
             else:
-                seen[summary.sop_instance_uid or ""] = verdict.index
-        judged.append(verdict)
-    if not any(v.error is not None for v in judged) and not any(is_instance(v) for v in judged):
-        first = judged[0]
+                by_sop.setdefault(summary.sop_instance_uid or "", []).append(verdict)
+        judged[verdict.index] = verdict
+    for copies in by_sop.values():
+        if len(copies) == 1:
+            continue
+        first_of: dict[str, int] = {}
+        for copy in copies:
+            first_of.setdefault(sha256[copy.index], copy.index)
+        if len(first_of) == 1:  # the same bytes several times: the first copy is sent
+            for copy in copies[1:]:
+                judged[copy.index] = replace(copy, duplicate_of=copies[0].index)
+            continue
+        for copy in copies:
+            others = sorted(i for i in first_of.values() if sha256[i] != sha256[copy.index])
+            named = ", ".join(f"{names[i]} (file {i})" for i in others)
+            judged[copy.index] = replace(
+                copy,
+                error=FileError(
+                    code="duplicate_sop_instance",
+                    message=f"Same SOP Instance UID as {named}, with other content; none of "
+                    "these copies is sent, since the gateway cannot know which one is right.",
+                ),
+            )
+    result = [judged[v.index] for v in verdicts]
+    if not any(v.error is not None for v in result) and not any(is_instance(v) for v in result):
+        first = result[0]
         no_instances = FileError(code="no_instances", message="The upload holds no DICOM instance.")
-        judged[0] = FileVerdict(first.index, first.summary, no_instances)
-    return judged
+        result[0] = replace(first, error=no_instances)
+    return result
+
+
+_STUDY_UID_MISMATCH = FileError(
+    code="study_uid_mismatch", message="This file belongs to another study than the one declared."
+)
 
 
 def is_instance(verdict: FileVerdict) -> bool:

@@ -34,6 +34,7 @@ class Study:
     uid: str
     files: list[bytes]
     names: list[str]
+    all_or_nothing: bool = False  # strict mode: one refused file refuses the study
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -43,7 +44,7 @@ class Study:
                 {"name": name, "size": len(data), "sha256": sha256_hex(data)}
                 for name, data in zip(self.names, self.files, strict=True)
             ],
-        }
+        } | ({"all_or_nothing": True} if self.all_or_nothing else {})
 
     @property
     def hash(self) -> str:

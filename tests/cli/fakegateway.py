@@ -59,6 +59,9 @@ class FakeUpload:
     status: str = "pending"
     chunks: dict[tuple[int, int], bytes] = field(default_factory=dict)
     forwarding: FakeForwarding | None = None
+    all_or_nothing: bool = False
+    # After complete: the refused files (index -> error), as the gateway's verdicts.
+    refused: dict[int, dict[str, str]] | None = None
 
     def chunk_count(self, index: int) -> int:
         size = int(self.files[index]["size"])
@@ -77,10 +80,16 @@ class FakeUpload:
                 "sha256": f["sha256"],
                 "chunk_count": self.chunk_count(i),
                 "missing_chunks": self.missing(i),
-                "status": "pending",
+                "status": "pending"
+                if self.refused is None
+                else "rejected"
+                if i in self.refused
+                else "valid",
                 "kind": None,
-                "error": None,
-                "forward_status": fw.forward_status[i] if fw else None,
+                "error": (self.refused or {}).get(i),
+                "forward_status": fw.forward_status[i]
+                if fw and fw.forward_status[i] != "refused"
+                else None,
                 "forward_error": fw.forward_error[i] if fw else None,
             }
             for i, f in enumerate(self.files)
@@ -92,7 +101,11 @@ class FakeUpload:
             "study_hash": self.study_hash,
             "chunk_size": self.chunk_size,
             "file_count": len(self.files),
-            "instance_count": len(self.files) if self.status in ACCEPTED else None,
+            "instance_count": len(self.files) - len(self.refused or ())
+            if self.status in ACCEPTED
+            else None,
+            "refused_files": None if self.refused is None else len(self.refused),
+            "all_or_nothing": self.all_or_nothing,
             "total_bytes": sum(int(f["size"]) for f in self.files),
             "received_bytes": sum(len(b) for b in self.chunks.values()),
             "files": files,
@@ -110,7 +123,7 @@ class FakeUpload:
         return {
             "target": pacs.target if pacs else "pacs",
             "status": fw.status,
-            "instances": len(fw.forward_status),
+            "instances": len(fw.forward_status) - fw.forward_status.count("refused"),
             "sent": confirmed + fw.forward_status.count("sent"),
             "confirmed": confirmed,
             "failed": fw.forward_status.count("failed"),
@@ -238,6 +251,7 @@ class FakeGateway:
             study_hash=digest,
             files=body["files"],
             chunk_size=self.chunk_size,
+            all_or_nothing=bool(body.get("all_or_nothing")),
         )
         self.uploads[upload.id] = upload
         return httpx.Response(201, json=upload.read())
@@ -288,7 +302,13 @@ class FakeGateway:
             elif f["name"] in self.reject_names:
                 code = self.reject_names[f["name"]]
                 problems.append({"index": i, "name": f["name"], "code": code})
-        if problems:
+        upload.refused = {
+            p["index"]: {"code": p["code"], "message": p["code"].replace("_", " ")}
+            for p in problems
+        }
+        # As the gateway: the study goes on without its refused files, unless it asked for all
+        # or nothing or none is left.
+        if problems and (upload.all_or_nothing or len(problems) == len(upload.files)):
             upload.status = "rejected"
             return _error(422, "upload_rejected", {"files": problems})
         upload.status = "validated"
@@ -296,7 +316,10 @@ class FakeGateway:
             # Queued for the PACS in the same transaction.
             upload.status = "queued"
             upload.forwarding = FakeForwarding(
-                forward_status=["pending"] * len(upload.files),
+                forward_status=[
+                    "refused" if i in upload.refused else "pending"
+                    for i in range(len(upload.files))
+                ],
                 forward_error=[None] * len(upload.files),
             )
         return httpx.Response(202, json=upload.read(self.pacs))

@@ -171,13 +171,18 @@ class TestUploadStudy:
         assert gateway.chunk_puts.count((0, 1)) == 2
         assert result.chunks_sent == 3
 
-    async def test_rejection_is_reported_per_file_by_name(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("strict", [False, True])
+    async def test_refusal_is_reported_per_file_by_name(self, tmp_path: Path, strict: bool) -> None:
         gateway = FakeGateway(chunk_size=CHUNK)
         gateway.reject = {1: "dicom_preamble_executable"}
         plan = make_plan(tmp_path, [100, 200])
+        plan.all_or_nothing = strict
         async with make_client(gateway) as client:
             result = await upload_study(client, plan)
-        assert result.status is StudyStatus.REJECTED
+        # By default the study goes on without its refused file; strict, it is rejected.
+        assert result.status is (StudyStatus.REJECTED if strict else StudyStatus.PARTIAL)
+        assert result.accepted is not strict
+        assert result.instances == (0 if strict else 1)
         assert [(e.name, e.code) for e in result.errors] == [
             ("DICOM/IM0001", "dicom_preamble_executable")
         ]

@@ -86,10 +86,12 @@ def corpus(tmp_path: Path) -> Corpus:
     2. b_old/CT_small.dcm (pydicom): CT, 20040119: validated
     3. b_old/ExplVR_BigEnd.dcm (pydicom): US, an ACR-NEMA style date 1997.04.24: validated
     4. c_conflict: MR_small.dcm and MR_small_RLE.dcm (pydicom): the same SOP Instance UID with
-       different bytes: failed before anything is sent
+       different bytes: both sent, both refused by the gateway (which judges copies once it
+       has validated each): rejected
     5. d_mixed: a first file without Modality, then two CT and one SR in later series
     6. e_nested: a file whose only Modality is in a sequence item (another series')
-    7. f_rejected: 2 CT instances, the second refused by the gateway's validation: rejected
+    7. f_rejected: 2 CT instances, the second refused by the gateway's validation: accepted
+       without it (partial)
     8. g_sc/GDCMJ2K_TextGBR.dcm (pydicom): secondary capture without Modality
     9. h_date: a study date that is not a date (20241301)
 
@@ -184,13 +186,15 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Run:
 def _gateway(corpus: Corpus) -> FakeGateway:
     gateway = FakeGateway()
     gateway.reject_names[corpus.rejected_name] = "dicom_truncated"
+    for name in ("c_conflict/MR_small.dcm", "c_conflict/MR_small_RLE.dcm"):
+        gateway.reject_names[name] = "duplicate_sop_instance"
     return gateway
 
 
 def _json_run(cli: Run, corpus: Corpus) -> dict[str, Any]:
     code, stdout, _ = cli(_gateway(corpus), str(corpus.root), "--json")
     summary: dict[str, Any] = json.loads(stdout)
-    assert code == summary["exit_code"] == 1  # a rejected and a failed study
+    assert code == summary["exit_code"] == 1  # a rejected study (and a partial one)
     return summary
 
 
@@ -199,49 +203,63 @@ class TestJsonSummary:
         summary = _json_run(cli, corpus)
         studies = summary["studies"]
         assert [s["number"] for s in studies] == list(range(1, 10))
-        assert [s["accepted"] for s in studies] == [s["status"] == "validated" for s in studies]
+        assert [s["accepted"] for s in studies] == [s["status"] != "rejected" for s in studies]
         assert [s["status"] for s in studies] == [
             "validated",
-            "validated",
-            "validated",
-            "failed",
             "validated",
             "validated",
             "rejected",
             "validated",
             "validated",
+            "partial",
+            "validated",
+            "validated",
         ]
 
-    def test_totals_count_what_was_accepted(self, cli: Run, corpus: Corpus) -> None:
+    def test_totals_count_what_was_sent_and_accepted(self, cli: Run, corpus: Corpus) -> None:
         summary = _json_run(cli, corpus)
         studies = summary["studies"]
         accepted = [s for s in studies if s["accepted"]]
         totals = summary["totals"]
-        # 3 (CD) + 1 + 1 + 4 (mixed) + 1 + 1 + 1
-        assert totals["files"] == totals["instances"] == 12
-        assert totals["files"] == sum(s["files"] for s in accepted)
+        # 3 (CD) + 1 + 1 + 4 (mixed) + 1 + 1 (of the partial study's 2) + 1 + 1
+        assert totals["files"] == totals["instances"] == 13
+        assert totals["files"] == sum(s["files"] for s in accepted) - 1
         assert totals["total_bytes"] == sum(s["total_bytes"] for s in accepted)
         assert totals["studies"] == 9
-        assert totals["studies_accepted"] == 7
-        assert totals["studies_not_accepted"] == 2
-        assert (totals["validated"], totals["rejected"], totals["failed"]) == (7, 1, 1)
-        # The conflicting pair was never sent; the rejected study was sent, not accepted.
+        assert totals["studies_accepted"] == 8
+        assert totals["studies_not_accepted"] == 1
+        assert (totals["validated"], totals["partial"], totals["rejected"]) == (7, 1, 1)
         assert totals["files_found"] == 16
-        assert totals["files_not_accepted"] == 4
-        assert totals["files_refused"] == 2  # the refused file, and the conflicting copy
+        assert totals["files_not_accepted"] == 2
+        # The partial study's refused file, and the two differing copies of one instance.
+        assert totals["files_refused"] == 3
+        assert totals["files_refused_in_accepted"] == 1
         assert totals["files_skipped"] == sum(len(v) for v in corpus.skipped.values())
         # What went over the wire: every accepted byte (nothing was there before), and the
-        # rejected study's; nothing of the study that failed here.
-        rejected = studies[6]
+        # rejected study's.
+        rejected, partial = studies[3], studies[6]
         assert totals["bytes_sent"] == totals["total_bytes"] + rejected["total_bytes"]
-        failed = studies[3]
-        assert failed["bytes_sent"] == 0
-        assert failed["instances"] == 0
-        assert failed["files"] == 2
-        assert rejected["instances"] == 0
-        assert [(e["file"], e["code"]) for e in rejected["errors"]] == [
+        assert (rejected["files"], rejected["instances"]) == (2, 0)
+        assert sorted(e["code"] for e in rejected["errors"]) == ["duplicate_sop_instance"] * 2
+        assert (partial["files"], partial["instances"]) == (2, 1)
+        assert [(e["file"], e["code"]) for e in partial["errors"]] == [
             (corpus.rejected_name, "dicom_truncated")
         ]
+
+    @pytest.mark.parametrize("strict", [False, True])
+    def test_exit_code_for_a_partial_study_and_all_or_nothing(
+        self, cli: Run, corpus: Corpus, tmp_path: Path, strict: bool
+    ) -> None:
+        gateway = FakeGateway()
+        # Names are relative to the folder given.
+        gateway.reject_names[corpus.rejected_name.removeprefix("f_rejected/")] = "dicom_truncated"
+        args = ["--json", "--all-or-nothing"] if strict else ["--json"]
+        code, stdout, _ = cli(gateway, str(corpus.root / "f_rejected"), *args)
+        summary = json.loads(stdout)
+        assert code == summary["exit_code"] == (1 if strict else 6)
+        [study] = summary["studies"]
+        assert study["status"] == ("rejected" if strict else "partial")
+        assert study["instances"] == (0 if strict else 1)
 
     def test_every_skipped_file_is_named_with_its_reason(self, cli: Run, corpus: Corpus) -> None:
         summary = _json_run(cli, corpus)
@@ -276,22 +294,23 @@ class TestHumanSummary:
         assert code == 1
         for number in range(1, 10):
             assert f"Study {number}/9 " in stderr, stderr
-        assert "Study 4/9 MR, 2 files: failed" in stderr
-        assert "Study 7/9 CT, 2 files: rejected" in stderr
+        assert "Study 4/9 MR, 2 files: rejected" in stderr
+        assert "Study 7/9 CT, 2 files: partial" in stderr
 
     def test_summary_says_what_happened_to_each_study(self, cli: Run, corpus: Corpus) -> None:
         _, stdout, _ = cli(_gateway(corpus), str(corpus.root))
         lines = stdout.splitlines()
         numbered = [line for line in lines if re.match(r"\s*\d+/9 ", line)]
         assert [int(line.split("/")[0]) for line in numbered] == list(range(1, 10))
-        failed, rejected = numbered[3], numbered[6]
-        assert "failed" in failed
-        assert "not sent" in failed
-        assert "instances" not in failed
+        rejected, partial = numbered[3], numbered[6]
         assert "rejected" in rejected
-        assert "1 refused" in rejected
-        assert "7 of 9 studies accepted: 12 instances" in stdout
-        assert "2 studies not accepted (1 rejected, 1 failed): 4 files" in stdout
+        assert "2 refused" in rejected
+        assert "instances" not in rejected
+        assert "partial" in partial
+        assert "accepted 1 of 2 files; 1 refused (listed below): 1 instance" in partial
+        assert "8 of 9 studies accepted: 13 instances" in stdout
+        assert "(1 file of them refused, listed above)" in stdout
+        assert "1 study not accepted (1 rejected): 2 files, 2 refused" in stdout
 
     def test_modality_and_dates_shown_the_same_way(self, cli: Run, corpus: Corpus) -> None:
         _, stdout, stderr = cli(_gateway(corpus), str(corpus.root))

@@ -151,14 +151,20 @@ class TestStartUpload:
         assert error_code(response) == "invalid_request"
         assert field in str(response.json()["error"]["details"])
 
-    async def test_same_content_twice_in_a_manifest_is_422(
+    async def test_the_same_content_twice_is_one_instance_sent_once(
         self, client: httpx.AsyncClient, clinician: Account
     ) -> None:
-        study = make_study(1)
-        study = Study(study.uid, study.files * 2, ["a", "b"])
-        response = await init(client, clinician, study)
-        assert response.status_code == 422
-        assert "same file content" in response.json()["error"]["message"]
+        study = make_study(2)
+        study = Study(study.uid, [study.files[0], study.files[1], study.files[0]], ["a", "b", "c"])
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert (body["instance_count"], body["refused_files"]) == (2, 0)
+        files = body["files"]
+        assert [f["status"] for f in files] == ["valid"] * 3
+        assert [f["duplicate_of"] for f in files] == [None, None, 0]
+        # The copy is not forwarded: the first file is.
+        assert [f["forward_status"] is not None for f in files] == [True, True, False]
 
     async def test_path_like_names_are_display_names_only(
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
@@ -529,10 +535,13 @@ class TestComplete:
         ).json()["id"]
         await send_all(client, clinician, upload_id, study)
         response = await complete(client, clinician, upload_id)
-        assert response.status_code == 422
-        assert error_code(response) == "upload_rejected"
-        files = response.json()["error"]["details"]["files"]
-        assert [(f["index"], f["code"]) for f in files] == [(1, "sha256_mismatch")]
+        assert response.status_code == 202, response.text
+        files = response.json()["files"]
+        assert [(f["status"], (f["error"] or {}).get("code")) for f in files] == [
+            ("valid", None),
+            ("rejected", "sha256_mismatch"),
+        ]
+        assert response.json()["refused_files"] == 1
 
     @pytest.mark.parametrize(
         ("make_bad", "code"),
@@ -558,6 +567,7 @@ class TestComplete:
             "other_study",
         ],
     )
+    @pytest.mark.parametrize("strict", [False, True], ids=["partial", "all_or_nothing"])
     async def test_bad_files_get_their_code_and_the_rest_is_kept(
         self,
         app: FastAPI,
@@ -565,19 +575,31 @@ class TestComplete:
         clinician: Account,
         make_bad: object,
         code: str,
+        strict: bool,
     ) -> None:
         good = make_study(2, rows=512, columns=512)
         bad: bytes = make_bad(good)  # type: ignore[operator]
-        study = Study(good.uid, [*good.files, bad], ["a.dcm", "b.dcm", "bad.dcm"])
+        study = Study(good.uid, [*good.files, bad], ["a.dcm", "b.dcm", "bad.dcm"], strict)
         upload_id = (await init(client, clinician, study)).json()["id"]
         await send_all(client, clinician, upload_id, study)
         response = await complete(client, clinician, upload_id)
-        assert response.status_code == 422, response.text
-        files = response.json()["error"]["details"]["files"]
-        assert [(f["index"], f["name"], f["code"]) for f in files] == [(2, "bad.dcm", code)]
+        if strict:  # one refused file refuses the study
+            assert response.status_code == 422, response.text
+            files = response.json()["error"]["details"]["files"]
+            assert [(f["index"], f["name"], f["code"]) for f in files] == [(2, "bad.dcm", code)]
+            assert "all or nothing" in response.json()["error"]["message"]
+        else:  # the study goes on without its bad file
+            assert response.status_code == 202, response.text
+            body = response.json()
+            assert (body["instance_count"], body["refused_files"]) == (2, 1)
+            files = [f for f in body["files"] if f["error"]]
+            assert [(f["index"], f["name"], f["error"]["code"]) for f in files] == [
+                (2, "bad.dcm", code)
+            ]
+            assert [f["forward_status"] for f in body["files"]] == ["pending", "pending", None]
         assert synth.DEFAULT_PATIENT.name not in str(files)  # error messages carry no patient data
         status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
-        assert status.json()["status"] == "rejected"
+        assert status.json()["status"] == ("rejected" if strict else "validated")
         # Every stored chunk is still there and intact.
         keys = [k async for k in app_state(app).storage.list(f"uploads/{upload_id}/")]
         assert len(keys) == sum(len(chunks_of(f)) for f in study.files)
@@ -592,8 +614,9 @@ class TestComplete:
         # The process is healthy and takes the next upload.
         assert (await client.get(f"{API}/health")).status_code == 200
         assert (await upload_study(client, clinician, make_study(1))).status_code == 202
+        # Completing again changes nothing and answers the same.
         again = await complete(client, clinician, upload_id)
-        assert again.status_code == 422
+        assert again.status_code == (422 if strict else 202)
 
     async def test_dicomdir_is_accepted_but_not_an_instance(
         self, client: httpx.AsyncClient, clinician: Account
@@ -618,7 +641,35 @@ class TestComplete:
         assert response.json()["files"][0]["preamble"] == "nonzero"
         assert "dicom.preamble_nonzero" in await audit_actions(app, response.json()["id"])
 
-    async def test_duplicate_sop_instance_in_one_upload_is_rejected(
+    async def test_differing_copies_of_one_sop_instance_are_all_refused(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        good = make_study(2)
+        sop = read_uid(good.files[0], "SOPInstanceUID")
+        twin = synth.make_instance(
+            study_uid=good.uid, series_uid="1.2.3", sop_uid=sop, rows=64, columns=64, seed=99
+        )
+        truncated = unusual.make_truncated(good.files[0], keep=len(good.files[0]) // 2)
+        study = Study(
+            good.uid, [good.files[0], good.files[1], twin, truncated], ["a", "b", "twin", "cut"]
+        )
+        response = await upload_study(client, clinician, study)
+        assert response.status_code == 202, response.text
+        files = response.json()["files"]
+        # The truncated copy is refused for what it is and does not count as a copy; the two
+        # valid copies with other bytes are both refused, each naming the other; b goes on.
+        codes = [(f["name"], (f["error"] or {}).get("code")) for f in files]
+        assert codes == [
+            ("a", "duplicate_sop_instance"),
+            ("b", None),
+            ("twin", "duplicate_sop_instance"),
+            ("cut", "dicom_truncated"),
+        ]
+        assert "twin (file 2)" in files[0]["error"]["message"]
+        assert "a (file 0)" in files[2]["error"]["message"]
+        assert response.json()["instance_count"] == 1
+
+    async def test_an_upload_with_no_valid_instance_is_rejected(
         self, client: httpx.AsyncClient, clinician: Account
     ) -> None:
         good = make_study(1)
@@ -626,11 +677,15 @@ class TestComplete:
         twin = synth.make_instance(
             study_uid=good.uid, series_uid="1.2.3", sop_uid=sop, rows=64, columns=64, seed=99
         )
-        study = Study(good.uid, [good.files[0], twin], ["a", "b"])
-        response = await upload_study(client, clinician, study)
+        response = await upload_study(
+            client, clinician, Study(good.uid, [good.files[0], twin], ["a", "b"])
+        )
         assert response.status_code == 422
         files = response.json()["error"]["details"]["files"]
-        assert [(f["index"], f["code"]) for f in files] == [(1, "duplicate_sop_instance")]
+        assert [(f["index"], f["code"]) for f in files] == [
+            (0, "duplicate_sop_instance"),
+            (1, "duplicate_sop_instance"),
+        ]
 
 
 class TestOwnership:

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from relaypacs.db import utcnow
+from relaypacs.forwarding.service import DeliveredContent
 from relaypacs.uploads.models import (
     FileStatus,
     ForwardStatus,
@@ -127,6 +128,7 @@ class FileRow:
     error_message: str | None
     forward_status: ForwardStatus | None
     forward_error: str | None
+    duplicate_of: int | None
 
 
 _FILE_ROW = tuple(getattr(UploadFile, f.name) for f in dataclasses.fields(FileRow))
@@ -282,9 +284,11 @@ async def create_upload(
     study_metadata: dict[str, Any],
     chunk_size: int,
     files: Sequence[NewFile],
+    all_or_nothing: bool = False,
 ) -> Upload:
     """A new pending upload and its pending files (indexed in the order given)."""
     upload = Upload(
+        all_or_nothing=all_or_nothing,
         id=uuid.uuid4(),
         user_id=user_id,
         study_instance_uid=study_instance_uid,
@@ -363,30 +367,48 @@ async def files_to_verify(session: AsyncSession, upload_id: uuid.UUID) -> list[F
     """The upload's files as verification needs them, by index. Columns, not ORM objects: a
     study has thousands of files, and this was the gateway's peak of memory for a large one."""
     rows = await session.execute(
-        select(UploadFile.index, UploadFile.sha256, UploadFile.chunk_count)
+        select(UploadFile.index, UploadFile.sha256, UploadFile.chunk_count, UploadFile.name)
         .where(UploadFile.upload_id == upload_id)
         .order_by(UploadFile.index)
     )
-    return [FileToVerify(index, sha256, count) for index, sha256, count in rows]
+    return [FileToVerify(*row) for row in rows]
 
 
 async def record_verdicts(
-    session: AsyncSession, upload_id: uuid.UUID, verdicts: Sequence[FileVerdict]
+    session: AsyncSession,
+    upload_id: uuid.UUID,
+    verdicts: Sequence[FileVerdict],
+    *,
+    forward: bool,
+    delivered: Mapping[int, DeliveredContent],
 ) -> None:
     """Each file's verdict: valid or rejected (and why), what it is, and whether it is to be
-    forwarded (a valid instance)."""
-    await session.execute(update(UploadFile), [_verdict_row(upload_id, v) for v in verdicts])
+    forwarded (`forward`: the study was accepted; then each valid instance, but a second copy
+    of the same bytes). An instance the target already holds with the same bytes (`delivered`)
+    starts as sent: the forwarding only checks that the PACS still lists it."""
+    await session.execute(
+        update(UploadFile),
+        [_verdict_row(upload_id, v, forward, delivered.get(v.index)) for v in verdicts],
+    )
 
 
-def _verdict_row(upload_id: uuid.UUID, verdict: FileVerdict) -> dict[str, Any]:
+def _verdict_row(
+    upload_id: uuid.UUID,
+    verdict: FileVerdict,
+    forward: bool,
+    delivered: DeliveredContent | None,
+) -> dict[str, Any]:
     summary, error = verdict.summary, verdict.error
+    status = None
+    if forward and verdict.to_forward:
+        status = ForwardStatus.SENT if delivered is not None else ForwardStatus.PENDING
     return {
         "upload_id": upload_id,
         "index": verdict.index,
         "status": FileStatus.REJECTED if error else FileStatus.VALID,
-        "forward_status": ForwardStatus.PENDING
-        if error is None and summary is not None and summary.kind == "instance"
-        else None,
+        "forward_status": status,
+        "forward_md5": delivered.md5 if delivered is not None else None,
+        "duplicate_of": verdict.duplicate_of,
         "kind": summary.kind if summary else None,
         "preamble": summary.preamble if summary else None,
         "sop_instance_uid": summary.sop_instance_uid if summary else None,
@@ -399,7 +421,13 @@ def _verdict_row(upload_id: uuid.UUID, verdict: FileVerdict) -> dict[str, Any]:
 
 
 async def finish_verification(
-    session: AsyncSession, upload_id: uuid.UUID, *, status: UploadStatus, instance_count: int
+    session: AsyncSession,
+    upload_id: uuid.UUID,
+    *,
+    status: UploadStatus,
+    instance_count: int,
+    refused_count: int,
+    all_or_nothing: bool,
 ) -> bool:
     """Move the upload from `received` to `status`; False if it was no longer `received` (a
     concurrent `complete` moved it first)."""
@@ -409,11 +437,23 @@ async def finish_verification(
         .values(
             status=status,
             instance_count=instance_count,
+            refused_count=refused_count,
+            all_or_nothing=all_or_nothing,
             completed_at=utcnow(),
             updated_at=utcnow(),
         )
     )
     return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+
+async def upload_owners(
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, uuid.UUID]:
+    """The user of each of these uploads (those that no longer exist: absent)."""
+    rows = await session.execute(
+        select(Upload.id, Upload.user_id).where(Upload.id.in_(set(upload_ids)))
+    )
+    return dict(rows)
 
 
 async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:
@@ -437,24 +477,53 @@ class FileToForward(NamedTuple):
     size: int
     preamble: str | None
     forward_status: ForwardStatus | None
+    series_instance_uid: str | None
+    sha256: str
+    forward_md5: str | None
 
 
-async def files_to_forward(session: AsyncSession, upload_id: uuid.UUID) -> list[FileToForward]:
-    """Every file of the upload that is forwarded (an instance), by index. Columns, not ORM
-    objects: a study has thousands of files, and this is the fixed cost before the first
-    request goes out."""
-    rows = await session.execute(
-        select(
-            UploadFile.index,
-            UploadFile.sop_instance_uid,
-            UploadFile.size,
-            UploadFile.preamble,
-            UploadFile.forward_status,
-        )
-        .where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
-        .order_by(UploadFile.index)
-    )
+async def files_to_forward(
+    session: AsyncSession,
+    upload_id: uuid.UUID,
+    *,
+    statuses: Sequence[ForwardStatus] | None = None,
+) -> list[FileToForward]:
+    """Every file of the upload that is forwarded (an instance), by index; with `statuses`,
+    those in one of them. Columns, not ORM objects: a study has thousands of files, and this
+    is the fixed cost before the first request goes out."""
+    query = select(
+        UploadFile.index,
+        UploadFile.sop_instance_uid,
+        UploadFile.size,
+        UploadFile.preamble,
+        UploadFile.forward_status,
+        UploadFile.series_instance_uid,
+        UploadFile.sha256,
+        UploadFile.forward_md5,
+    ).where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
+    if statuses is not None:
+        query = query.where(UploadFile.forward_status.in_(statuses))
+    rows = await session.execute(query.order_by(UploadFile.index))
     return [FileToForward._make(row) for row in rows]
+
+
+async def fail_forwards(
+    session: AsyncSession, upload_id: uuid.UUID, reasons: Mapping[int, str]
+) -> None:
+    """These files (by index) failed for good, each for its reason."""
+    if reasons:
+        await session.execute(
+            update(UploadFile),
+            [
+                {
+                    "upload_id": upload_id,
+                    "index": index,
+                    "forward_status": ForwardStatus.FAILED,
+                    "forward_error": reason,
+                }
+                for index, reason in reasons.items()
+            ],
+        )
 
 
 _FILES = cast(Table, UploadFile.__table__)
@@ -463,21 +532,32 @@ _FILES = cast(Table, UploadFile.__table__)
 _RECORD_FORWARD_ANSWER = (
     update(_FILES)
     .where(_FILES.c.upload_id == bindparam("b_upload"), _FILES.c.index == bindparam("b_index"))
-    .values(forward_status=bindparam("b_status"), forward_error=bindparam("b_error"))
+    .values(
+        forward_status=bindparam("b_status"),
+        forward_error=bindparam("b_error"),
+        forward_md5=bindparam("b_md5"),
+    )
 )
 
 
 def record_forward_answers(
     connection: Connection,
     upload_id: uuid.UUID,
-    answers: Sequence[tuple[int, ForwardStatus, str | None]],
+    answers: Sequence[tuple[int, ForwardStatus, str | None, str | None]],
 ) -> None:
-    """Each instance's (file index, forwarding status, error) after a STOW-RS answer."""
+    """Each instance's (file index, forwarding status, error, MD5 of the bytes sent) after a
+    STOW-RS answer."""
     connection.execute(
         _RECORD_FORWARD_ANSWER,
         [
-            {"b_upload": upload_id, "b_index": index, "b_status": status, "b_error": error}
-            for index, status, error in answers
+            {
+                "b_upload": upload_id,
+                "b_index": index,
+                "b_status": status,
+                "b_error": error,
+                "b_md5": md5,
+            }
+            for index, status, error, md5 in answers
         ],
     )
 
