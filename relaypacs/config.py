@@ -278,6 +278,8 @@ class Settings(BaseSettings):
     pacs_password: SecretStr | None = None
     pacs_token: SecretStr | None = None
     pacs_profile: Literal["orthanc", "dcm4chee", "generic"] = "generic"
+    pacs_verify: Literal["uids", "sample", "content"] | None = None
+    pacs_all_or_nothing: bool = False
     pacs_targets: list[PacsTarget] = Field(default_factory=list)
     default_target: str | None = Field(
         default=None, description="Name of the target new studies go to (default: the first)."
@@ -406,6 +408,8 @@ class Settings(BaseSettings):
                     password=self.pacs_password,
                     token=self.pacs_token,
                     profile=self.pacs_profile,
+                    verify=self.pacs_verify,
+                    all_or_nothing=self.pacs_all_or_nothing,
                 ),
                 *self.pacs_targets,
             ]
