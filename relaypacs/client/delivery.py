@@ -94,9 +94,7 @@ def delivery_of(upload: RemoteUpload) -> Delivery:
     elif status == "failed":
         delivery.status = DeliveryStatus.FAILED
         delivery.failures = [
-            FileProblem(
-                f.name, f.forward_error or "failed", describe_forward_error(f.forward_error)
-            )
+            FileProblem(f.name, *_code_and_meaning(f.forward_error))
             for f in upload.files
             if f.forward_status == "failed"
         ]
@@ -137,6 +135,15 @@ _GATEWAY_CODES = {
     "timeout": "the PACS did not answer in time",
     "not_listed_by_qido": "sent, but the PACS does not list it",
 }
+
+
+def _code_and_meaning(forward_error: str | None) -> tuple[str, str]:
+    """A file's ``forward_error`` as a code and a few words: the gateway's own refusals come as
+    ``"content_mismatch: the PACS holds other bytes..."``, the PACS's as a bare code."""
+    code, sep, text = (forward_error or "failed").partition(": ")
+    if sep and code.replace("_", "").isalnum() and code.islower():
+        return code, text
+    return forward_error or "failed", describe_forward_error(forward_error)
 
 
 def describe_forward_error(code: str | None) -> str:

@@ -26,7 +26,6 @@ from relaypacs.client.results import (
     NullProgress,
     ProgressListener,
     StudyResult,
-    StudyStatus,
     UploadOptions,
 )
 
@@ -49,23 +48,19 @@ async def wait_for_delivery(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Follow every accepted study (validated or already delivered) of ``results`` until the
-    PACS has it, refused some instance, or ``options.wait_timeout`` ran out; sets each one's
-    ``delivery``. The studies are followed together, each polled every ``wait_poll_min``
-    seconds while it moves, backing off to ``wait_poll_max`` while it does not, and never more
-    often than 1/20 of the time its answers take (a study of thousands of files).
+    """Follow every accepted study (validated, whole or partly, or already delivered) of
+    ``results`` until the PACS has it, refused some instance, or ``options.wait_timeout`` ran
+    out; sets each one's ``delivery``. The studies are followed together, each polled every
+    ``wait_poll_min`` seconds while it moves, backing off to ``wait_poll_max`` while it does
+    not, and never more often than 1/20 of the time its answers take (a study of thousands of
+    files).
 
     Raises AuthenticationError; a gateway that cannot be reached any more makes the studies
     UNREACHABLE (the gateway goes on forwarding them meanwhile).
     """
     options = options or UploadOptions()
     progress = progress or NullProgress()
-    followed = [
-        r
-        for r in results
-        if r.upload_id is not None
-        and r.status in (StudyStatus.VALIDATED, StudyStatus.ALREADY_DELIVERED)
-    ]
+    followed = [r for r in results if r.upload_id is not None and r.accepted]
     if not followed:
         return
     progress.waiting(followed)

@@ -168,6 +168,31 @@ class TestWaitForDelivery:
         rejected = StudyResult(study_instance_uid="9.9", status=StudyStatus.REJECTED)
         assert RunSummary(studies=[result, rejected]).exit_code == ExitCode.REJECTED
 
+    async def test_the_gateways_own_refusals_are_split_into_code_and_meaning(
+        self, tmp_path: Path
+    ) -> None:
+        mismatch = "content_mismatch: the PACS holds other bytes under this SOP Instance UID"
+        pacs = FakePacs(per_step=10, refuse={2: mismatch})
+        gateway = FakeGateway(chunk_size=CHUNK, pacs=pacs)
+        result, _, _ = await _upload_and_wait(gateway, tmp_path)
+        assert result.delivery is not None
+        assert [(p.name, p.code, p.message) for p in result.delivery.failures] == [
+            ("DICOM/IM0002", "content_mismatch", mismatch.partition(": ")[2])
+        ]
+
+    async def test_a_partly_accepted_study_is_followed(self, tmp_path: Path) -> None:
+        gateway = FakeGateway(chunk_size=CHUNK, pacs=FakePacs(per_step=10, queued_steps=0))
+        plan = make_plan(tmp_path, [1000, 2000])
+        async with make_client(gateway) as client:
+            result = await upload_study(client, plan)
+            result.status = StudyStatus.PARTIAL  # as when the gateway refused some other file
+            await wait_for_delivery(
+                client, [result], options=UploadOptions(wait=True), sleep=FakeTime().sleep
+            )
+        assert result.delivery is not None
+        assert result.delivery.status is DeliveryStatus.DELIVERED
+        assert RunSummary(studies=[result]).exit_code == ExitCode.PARTIAL
+
     async def test_without_a_pacs_it_says_so_at_once(self, tmp_path: Path) -> None:
         gateway = FakeGateway(chunk_size=CHUNK)
         result, fake_time, _ = await _upload_and_wait(gateway, tmp_path)
@@ -364,4 +389,5 @@ class TestCommandLine:
         result = CliRunner().invoke(upload, ["--help"])
         assert "5  with --wait: the PACS refused some instance" in result.stdout
         assert "--wait-timeout SECONDS" in result.stdout
-        assert "the first of 4, 3, 1, 5 wins" in result.stdout
+        assert "the first of 4, 3, 1, 5, 6 wins" in result.stdout
+        assert "6  some study was accepted without some of its files" in result.stdout

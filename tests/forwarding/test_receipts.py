@@ -199,6 +199,13 @@ class TestPartialAcceptance:
         # The identical copy was sent once; nothing refused was sent.
         assert sorted(gw.sent()) == sorted(read_uid(study.files[i], "SOPInstanceUID") for i in held)
 
+        # The right copy of the refused instance, sent later, joins the same study at the PACS.
+        fixed = Study(study.uid, [study.files[6]], ["IM5.dcm"])
+        later = api.send(fixed)
+        assert api.complete(later).status_code == 202
+        assert api.wait(later)["status"] == "delivered"
+        held_bytes(orthanc, Study(study.uid, study.files, []), held | {6})
+
     def test_all_or_nothing_forwards_nothing(
         self, make_gateway: Any, orthanc: OrthancServer
     ) -> None:

@@ -117,10 +117,23 @@ def test_a_whole_flow_leaves_no_patient_data_in_the_server_log(tmp_path: Path) -
             f"Patient: {NAME}, born {BIRTH}, id {PATIENT_ID}\n".encode() * 20,
             instance(new_uid(), 2, size=64),
         ]
+        # By default the study goes on without its refused files (their reasons are recorded
+        # and logged); in strict mode the whole upload is refused.
         bad = client.post(f"{API}/uploads", json=manifest(rejected_uid, bad_files)).json()
         send(client, bad["id"], bad_files)
         verdict = client.post(f"{API}/uploads/{bad['id']}/complete")
-        assert verdict.status_code == 422
+        assert verdict.status_code == 202, verdict.text
+        assert verdict.json()["refused_files"] == 2
+        codes = {f["error"]["code"] for f in verdict.json()["files"] if f["error"]}
+        assert codes == {"not_dicom", "study_uid_mismatch"}
+        strict_uid = new_uid()
+        strict_files = [instance(strict_uid, 1, size=64), *bad_files[1:]]
+        strict = client.post(
+            f"{API}/uploads", json=manifest(strict_uid, strict_files) | {"all_or_nothing": True}
+        ).json()
+        send(client, strict["id"], strict_files)
+        verdict = client.post(f"{API}/uploads/{strict['id']}/complete")
+        assert verdict.status_code == 422, verdict.text
         codes = {f["code"] for f in verdict.json()["error"]["details"]["files"]}
         assert codes == {"not_dicom", "study_uid_mismatch"}
 
