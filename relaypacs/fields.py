@@ -13,7 +13,7 @@ import re
 import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 # C0 controls, DEL, C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -31,8 +31,28 @@ def single_line(value: str) -> str:
     return value
 
 
-# A name, identifier, code or filter: one line, no control character.
-Line = Annotated[str, AfterValidator(single_line)]
+# A name, identifier, code or filter: one line, no control character. The pattern only
+# documents the rule in the OpenAPI document (clients and fuzzers read it); single_line
+# enforces it, with its own message.
+LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+Line = Annotated[
+    str, AfterValidator(single_line), Field(json_schema_extra={"pattern": LINE_PATTERN})
+]
+
+
+def iso_8601(value: object) -> object:
+    """Pydantic takes a number (or a text of digits) for a Unix time stamp; this API's times are
+    ISO 8601 texts only, as its document says: `-1167` is a mistake, not 1969."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("a date and time in ISO 8601 with its zone, e.g. 2026-12-06T10:00:00Z")
+    return value
+
+
+_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
+# A moment, with its zone, as ISO 8601 text.
+Instant = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
 # An offset into a list.
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 # A database row id (BIGINT).

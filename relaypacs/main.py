@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
-from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, install_api_docs
+from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, document_errors, install_api_docs
 from relaypacs.audit.service import log_chain_head_every
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.repository import user_loader
@@ -364,6 +364,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_docs:
         app.docs_csp = install_api_docs(app)
     install_error_handlers(app)
+    document_errors(app)
     if settings.cors_origins:
         app.add_middleware(
             StrictCORSMiddleware,
