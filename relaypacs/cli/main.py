@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import logging
 import secrets
 import sys
 from typing import TYPE_CHECKING
@@ -63,16 +62,12 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from relaypacs.main import create_app
+    from relaypacs.telemetry import configure_logging
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     # httpx logs every request's URL at INFO: noise, and URLs carry study identifiers.
     # The others log SQL statements with their parameters, or HTTP bodies, at INFO or DEBUG:
     # patient data. They stay at WARNING whatever the level (tests/security/test_phi_logs.py).
-    for name in DATA_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, quiet=DATA_LOGGERS)
     host = host or settings.host
     port = port or settings.port
     click.echo(
@@ -86,6 +81,7 @@ def serve(host: str | None, port: int | None) -> None:
         host=host,
         port=port,
         log_level=settings.log_level,
+        log_config=None,  # relaypacs.telemetry.configure_logging: one format for every line
         # Only the configured proxies may say who the client is (rate limits, audit).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
