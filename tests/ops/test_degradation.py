@@ -152,7 +152,7 @@ class TestStorageFull:
 
 class TestBucketMissing:
     async def test_a_clear_error_not_a_retry_later(self, tmp_path: Path) -> None:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         with moto_server() as endpoint:
             settings = ops_settings(
