@@ -47,6 +47,8 @@ async def metrics(
         authorization=authorization,
     )
     body, content_type = await service.scrape_metrics(
-        db=state.db, within=state.settings.health_timeout_seconds
+        db=state.db,
+        within=state.settings.health_timeout_seconds,
+        breakers=state.forwarder.breaker_states() if state.forwarder else {},
     )
     return Response(body, media_type=content_type)

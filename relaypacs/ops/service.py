@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -31,6 +31,7 @@ from relaypacs.storage import ObjectStorage
 from relaypacs.telemetry import render_metrics
 from relaypacs.telemetry.metrics import (
     DEPENDENCY_UP,
+    FORWARD_BREAKER_OPEN,
     FORWARD_OLDEST_JOB_AGE,
     FORWARD_QUEUE_JOBS,
     UPLOADS,
@@ -144,9 +145,14 @@ def check_metrics_access(
         raise MetricsLoopbackOnly()
 
 
-async def scrape_metrics(*, db: Database, within: float) -> tuple[bytes, str]:
+async def scrape_metrics(
+    *, db: Database, within: float, breakers: Mapping[str, str]
+) -> tuple[bytes, str]:
     """The metrics, with the gauges read from the database first (if it answers in time: a
-    scrape must not hang on it, and the other metrics matter most when it is down)."""
+    scrape must not hang on it, and the other metrics matter most when it is down), and the
+    state of this process's breakers (`breakers`: target -> state)."""
+    for target, state in breakers.items():
+        FORWARD_BREAKER_OPEN.labels(target).set(0 if state == "closed" else 1)
 
     async def read_gauges() -> None:
         async with db.read_sessionmaker() as session, session.begin():

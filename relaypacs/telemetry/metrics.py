@@ -75,6 +75,12 @@ FORWARD_OLDEST_JOB_AGE = Gauge(
     "Age of the oldest unfinished forward job (0 when none), read at each scrape.",
     multiprocess_mode="mostrecent",
 )
+FORWARD_BREAKER_OPEN = Gauge(
+    "relaypacs_forward_breaker_open",
+    "Whether a PACS target's circuit breaker holds requests back (1: open or half-open).",
+    ("target",),
+    multiprocess_mode="max",
+)
 PACS_REQUEST_DURATION = Histogram(
     "relaypacs_pacs_request_duration_seconds",
     "Time of a request to a PACS, by target and operation (stow, qido, verify, probe).",
@@ -159,6 +165,7 @@ def exported_metric_names() -> set[str]:
         UPLOADS,
         FORWARD_QUEUE_JOBS,
         FORWARD_OLDEST_JOB_AGE,
+        FORWARD_BREAKER_OPEN,
         PACS_REQUEST_DURATION,
         PACS_REQUEST_ERRORS,
         DEPENDENCY_UP,

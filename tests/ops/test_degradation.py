@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from tests.api.conftest import Account
 from tests.api.uploading import Study, chunks_of, complete, init, make_study, put_chunk
@@ -212,10 +211,11 @@ class TestRedisDown:
                 assert not ready.json()["checks"]["redis"]["ok"]
 
 
-async def _wait_for(predicate_app: FastAPI, client: httpx.AsyncClient, name: str) -> str:
+async def _scrape_until(client: httpx.AsyncClient, name: str, **labels: str) -> str:
+    """The metrics once `name` is above zero (or after 10 s)."""
     for _ in range(100):
         scraped = (await client.get("/metrics")).text
-        if metric_value(scraped, name) > 0:
+        if metric_value(scraped, name, **labels) > 0:
             return scraped
         await asyncio.sleep(0.1)
     return scraped
@@ -228,6 +228,7 @@ class TestPacsDown:
             pacs_url=f"http://127.0.0.1:{closed_port()}/dicom-web",
             forward_retry_delays=[0.2],
             forward_retry_interval=60,
+            breaker_failures=1,
         )
         async with started(settings) as app, client_of(app) as client:
             clinician = await account(app, client)
@@ -237,9 +238,11 @@ class TestPacsDown:
                 assert (await send(client, clinician, upload_id, chunk)).status_code == 200
             done = await complete(client, clinician, upload_id)
             assert done.status_code == 202, done.text
-            scraped = await _wait_for(app, client, "relaypacs_pacs_request_errors_total")
+            scraped = await _scrape_until(client, "relaypacs_forward_breaker_open", target="pacs")
+            assert metric_value(scraped, "relaypacs_forward_breaker_open", target="pacs") == 1
             assert metric_value(scraped, "relaypacs_pacs_request_errors_total", target="pacs") > 0
             assert metric_value(scraped, "relaypacs_forward_queue_jobs") == 1
+            assert metric_value(scraped, "relaypacs_forward_oldest_job_age_seconds") > 0
             assert (
                 metric_value(scraped, "relaypacs_uploads", status="queued")
                 + metric_value(scraped, "relaypacs_uploads", status="forwarding")
