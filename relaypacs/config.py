@@ -271,6 +271,29 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Operations (relaypacs/telemetry, relaypacs/ops).
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object per log line, for log shippers."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that Prometheus sends to read /metrics. Default: none, and "
+        "then /metrics answers only clients on the loopback interface.",
+    )
+    sentry_dsn: SecretStr | None = Field(
+        default=None, description="Report unexpected errors to Sentry (scrubbed of patient data)."
+    )
+    sentry_environment: str = Field(default="production", max_length=64)
+    sentry_traces_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests traced to Sentry."
+    )
+    health_timeout_seconds: float = Field(
+        default=0.8,
+        gt=0,
+        le=10,
+        description="How long each readiness check waits for its dependency.",
+    )
+
     # The PACS. One target from RELAYPACS_PACS_URL (+ _USERNAME, _PASSWORD or _TOKEN, _PROFILE),
     # or several as [[pacs_targets]] tables in the configuration file.
     pacs_url: str | None = None

@@ -601,3 +601,9 @@ async def confirm_sent(session: AsyncSession, upload_id: uuid.UUID) -> None:
         .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
         .execution_options(synchronize_session=False)
     )
+
+
+async def count_by_status(session: AsyncSession) -> dict[UploadStatus, int]:
+    """How many uploads are in each status (the operators' gauge)."""
+    rows = await session.execute(select(Upload.status, func.count()).group_by(Upload.status))
+    return {row[0]: row[1] for row in rows.all()}
