@@ -33,6 +33,19 @@ def single_line(value: str) -> str:
 
 # A name, identifier, code or filter: one line, no control character.
 Line = Annotated[str, AfterValidator(single_line)]
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def multi_line(value: str) -> str:
+    if _CONTROL_BUT_LINES.search(value):
+        raise ValueError("this text may not contain control characters but line breaks and tabs")
+    if _SURROGATE.search(value):
+        raise ValueError("this text must be valid Unicode text")
+    return value
+
+
+# Free text of several lines (a report's findings): line breaks and tabs, no other control.
+Paragraphs = Annotated[str, AfterValidator(multi_line)]
 # An offset into a list.
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 # A database row id (BIGINT).

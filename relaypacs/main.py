@@ -39,12 +39,14 @@ from relaypacs.config import Settings, load_settings
 from relaypacs.db import Database
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
-from relaypacs.forwarding.source import Settlement
+from relaypacs.forwarding.source import SettleHook, Settlement
 from relaypacs.forwarding.worker import Forwarder
 from relaypacs.middleware import HttpSurface, StrictCORSMiddleware
 from relaypacs.migrate import upgrade_in_subprocess
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
+from relaypacs.reports.router import admin_router as reports_admin_router
+from relaypacs.reports.router import router as reports_router
 from relaypacs.reports.service import open_report
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
@@ -138,10 +140,17 @@ def open_validator(settings: Settings) -> DicomValidator:
     )
 
 
-async def open_report_when_delivered(session: AsyncSession, settled: Settlement) -> None:
-    """Settle hook of the forwarder: a delivered study awaits its report."""
-    if settled.delivered:
-        open_report(session, upload_id=settled.upload_id)
+def open_report_when_delivered(settings: Settings) -> SettleHook:
+    """Settle hook of the forwarder: a delivered study awaits its report (assigned at once by
+    the rule with RELAYPACS_REPORT_AUTO_ASSIGN)."""
+
+    async def hook(session: AsyncSession, settled: Settlement) -> None:
+        if settled.delivered:
+            await open_report(
+                session, upload_id=settled.upload_id, auto_assign=settings.report_auto_assign
+            )
+
+    return hook
 
 
 @asynccontextmanager
@@ -173,7 +182,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine=db.engine,
             sync_engine=db.sync_engine,
             source=UploadRelay(),
-            settle_hooks=(open_report_when_delivered, notify_uploader),
+            settle_hooks=(open_report_when_delivered(settings), notify_uploader),
         )
         await forwarder.start()
     state = AppState(
@@ -385,5 +394,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
+    app.include_router(reports_router, prefix=API_PREFIX)
+    app.include_router(reports_admin_router, prefix=API_PREFIX)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

@@ -68,6 +68,7 @@ ANY_ROLE = allow(Role.CLINICIAN, Role.RADIOLOGIST, Role.ADMIN)
 # second opinion). Administrators run the system and do not upload.
 UPLOADERS = allow(Role.CLINICIAN, Role.RADIOLOGIST)
 ADMIN = allow(Role.ADMIN)
+RADIOLOGIST = allow(Role.RADIOLOGIST)
 
 API = "/api/v1"
 UPLOAD_INIT = f"POST {API}/uploads"  # who may start an upload (also: who gets a warm validator)
@@ -105,6 +106,18 @@ POLICY: dict[str, Rule] = {
     ),
     f"POST {API}/uploads/{{upload_id}}/complete": UPLOADERS,
     f"DELETE {API}/uploads/{{upload_id}}": UPLOADERS,
+    # Reports: the uploader reads the reports of their own uploads, a radiologist those
+    # assigned to them (the only ones they write), an administrator all (audited).
+    f"GET {API}/reports": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}/versions/{{version}}": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}/study": ANY_ROLE,
+    f"PUT {API}/reports/{{report_id}}/draft": RADIOLOGIST,
+    f"POST {API}/reports/{{report_id}}/sign": RADIOLOGIST,
+    f"POST {API}/reports/{{report_id}}/amend": RADIOLOGIST,
+    f"POST {API}/admin/reports/{{report_id}}/assign": ADMIN,
+    f"GET {API}/admin/radiologists": ADMIN,
+    f"PUT {API}/admin/radiologists/{{user_id}}/modalities": ADMIN,
     # Administration.
     f"GET {API}/admin/uploads": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/retry": ADMIN,

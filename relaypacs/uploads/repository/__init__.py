@@ -600,3 +600,21 @@ async def confirm_sent(session: AsyncSession, upload_id: uuid.UUID) -> None:
         .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
         .execution_options(synchronize_session=False)
     )
+
+
+# --- the study as other domains see it -------------------------------------------------------
+
+
+def series_instance_counts(session: Session, upload_id: uuid.UUID) -> dict[str, int]:
+    """How many valid (not refused) instances each series of the upload has."""
+    rows = session.execute(
+        select(UploadFile.series_instance_uid, func.count())
+        .where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.series_instance_uid.is_not(None),
+            UploadFile.error_code.is_(None),
+            UploadFile.duplicate_of.is_(None),
+        )
+        .group_by(UploadFile.series_instance_uid)
+    )
+    return {str(series): int(n) for series, n in rows}
