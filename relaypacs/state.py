@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from relaypacs.auth.sessions import TokenContext
     from relaypacs.auth.totp import TotpCipher
     from relaypacs.forwarding.worker import Forwarder
+    from relaypacs.notifications.live import NoticeHub
     from relaypacs.ratelimit import RateLimits
     from relaypacs.uploads.chunks import ChunkIntake
     from relaypacs.uploads.early import EarlyVerifier
@@ -54,6 +55,8 @@ class AppState:
     complete_context: CompleteContext
     # forwarding: None when no PACS is configured or this process runs no worker
     forwarder: Forwarder | None
+    # notifications: pushed live to open streams (across replicas through Redis)
+    notice_hub: NoticeHub
 
 
 def app_state(app: FastAPI) -> AppState:

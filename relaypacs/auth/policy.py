@@ -118,6 +118,14 @@ POLICY: dict[str, Rule] = {
     f"POST {API}/admin/reports/{{report_id}}/assign": ADMIN,
     f"GET {API}/admin/radiologists": ADMIN,
     f"PUT {API}/admin/radiologists/{{user_id}}/modalities": ADMIN,
+    # Notifications: one's own only (another user's is a 404). The stream checks its own
+    # credential: the access token, or a one-time ticket (a browser's EventSource sends no
+    # Authorization header).
+    f"GET {API}/notifications": ANY_ROLE,
+    f"POST {API}/notifications/{{notification_id}}/read": ANY_ROLE,
+    f"POST {API}/notifications/read-all": ANY_ROLE,
+    f"POST {API}/notifications/stream-ticket": ANY_ROLE,
+    f"GET {API}/notifications/stream": PUBLIC,
     # Administration.
     f"GET {API}/admin/uploads": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/retry": ADMIN,

@@ -128,6 +128,9 @@ class TestTheTableItself:
             "POST /api/v1/auth/totp",
             "POST /api/v1/auth/refresh",
             "POST /api/v1/auth/logout",
+            # the event stream: it checks the access token or a one-time ticket itself (a
+            # browser's EventSource sends no Authorization header)
+            "GET /api/v1/notifications/stream",
         }
 
     def test_administration_is_for_administrators_only(self) -> None:
