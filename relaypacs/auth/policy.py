@@ -112,6 +112,7 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/reports/{{report_id}}": ANY_ROLE,
     f"GET {API}/reports/{{report_id}}/versions/{{version}}": ANY_ROLE,
     f"GET {API}/reports/{{report_id}}/study": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}/pdf": ANY_ROLE,
     f"PUT {API}/reports/{{report_id}}/draft": RADIOLOGIST,
     f"POST {API}/reports/{{report_id}}/sign": RADIOLOGIST,
     f"POST {API}/reports/{{report_id}}/amend": RADIOLOGIST,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ScalarResult, Select, delete, func, insert, select
+from sqlalchemy import ScalarResult, Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.reports.models import (
@@ -34,6 +34,15 @@ async def get_report(
 
 async def report_of_upload(session: AsyncSession, upload_id: uuid.UUID) -> Report | None:
     return await session.scalar(select(Report).where(Report.upload_id == upload_id))
+
+
+async def set_pdf_key(
+    session: AsyncSession, report_id: uuid.UUID, *, version: int, key: str
+) -> None:
+    """The PDF of `version` is stored (unless a later version was signed meanwhile)."""
+    await session.execute(
+        update(Report).where(Report.id == report_id, Report.version == version).values(pdf_key=key)
+    )
 
 
 async def add_version(session: AsyncSession, version: ReportVersion) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from relaypacs.auth.dependencies import ActorDep, AdminUser, CurrentUser
 from relaypacs.fields import Offset
@@ -79,6 +79,25 @@ async def read_report_study(
         user=user,
         actor=actor,
         viewer_template=state.settings.pacs_viewer_url,
+    )
+
+
+@router.get(
+    "/{report_id}/pdf",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}, "description": "The PDF."}},
+)
+async def download_report_pdf(
+    report_id: uuid.UUID, user: CurrentUser, actor: ActorDep, state: AppStateDep
+) -> Response:
+    """The latest signed version as a PDF (409 report_not_signed before the first signature)."""
+    data, name = await service.report_pdf(
+        state.db, state.storage, report_id=report_id, user=user, actor=actor
+    )
+    return Response(
+        data,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

@@ -5,7 +5,9 @@ is assigned to, administrators (audited); anyone else gets the same 404 as a mis
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Sequence
 from urllib.parse import quote
@@ -18,7 +20,7 @@ from relaypacs.auth import repository as users
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, utcnow
 from relaypacs.notifications.service import notify
-from relaypacs.reports import repository
+from relaypacs.reports import pdf, repository
 from relaypacs.reports.errors import (
     NotARadiologist,
     RadiologistNotFound,
@@ -42,6 +44,7 @@ from relaypacs.reports.schemas import (
     SeriesRead,
     StudyView,
 )
+from relaypacs.storage import ObjectStorage
 from relaypacs.uploads import service as uploads
 from relaypacs.uploads.schemas import StudyMetadata
 
@@ -480,3 +483,66 @@ async def set_radiologist_modalities(
     )
     (view,) = await _radiologist_views(session, [radiologist])
     return view
+
+
+# --- the PDF ---------------------------------------------------------------------------------
+
+
+def pdf_key(report: Report) -> str:
+    """The object of the report's latest signed version (each version has its own)."""
+    return f"reports/{report.id}/v{report.version}.pdf"
+
+
+async def _pdf_document(session: AsyncSession, report: Report) -> pdf.ReportDocument:
+    versions = await repository.versions(session, report.id)
+    names: dict[uuid.UUID, str] = {}
+    for v in versions:
+        if v.signed_by_id not in names:
+            signer = await users.get_user(session, v.signed_by_id)
+            names[v.signed_by_id] = signer.username if signer else str(v.signed_by_id)
+    metadata = StudyMetadata.model_validate(report.study_metadata or {})
+    return pdf.ReportDocument(
+        report_id=str(report.id),
+        upload_id=str(report.upload_id),
+        study_instance_uid=report.study_instance_uid or "-",
+        patient_name=metadata.patient_name,
+        patient_id=metadata.patient_id,
+        study_date=metadata.study_date,
+        modality=metadata.modality,
+        study_description=metadata.study_description,
+        accession_number=metadata.accession_number,
+        versions=[
+            pdf.SignedVersion(
+                version=v.version,
+                findings=v.findings,
+                impression=v.impression,
+                signed_by=names[v.signed_by_id],
+                signed_at=v.signed_at,
+                reason=v.reason,
+            )
+            for v in versions
+        ],
+    )
+
+
+async def report_pdf(
+    db: Database, storage: ObjectStorage, *, report_id: uuid.UUID, user: User, actor: Actor
+) -> tuple[bytes, str]:
+    """The PDF of the report's latest signed version, and its file name: made once per version
+    and kept in object storage. Whoever may read the report may download it (audited)."""
+    async with db.read_sessionmaker() as session, session.begin():
+        report = await get_report(session, report_id=report_id, user=user)
+        if report.status not in SIGNED_STATUSES:
+            raise ReportNotSigned("A report has a PDF once it is signed.")
+        key = pdf_key(report)
+        stored = report.pdf_key == key
+        document = None if stored else await _pdf_document(session, report)
+    if document is None:
+        data = await storage.get(key)
+    else:
+        data = await asyncio.to_thread(pdf.render, document)
+        await storage.put(key, data, sha256=hashlib.sha256(data).hexdigest())
+        async with db.sessionmaker() as session, session.begin():
+            await repository.set_pdf_key(session, report.id, version=report.version, key=key)
+    await _record_read(db, actor=actor, report=report, action="report.pdf", version=report.version)
+    return data, f"report-{report.id}-v{report.version}.pdf"
