@@ -50,6 +50,7 @@ from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
 from relaypacs.reports.router import admin_router as reports_admin_router
 from relaypacs.reports.router import router as reports_router
+from relaypacs.reports.router import timeline_router as upload_timeline_router
 from relaypacs.reports.service import open_report
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
@@ -431,6 +432,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(reports_admin_router, prefix=API_PREFIX)
+    app.include_router(upload_timeline_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

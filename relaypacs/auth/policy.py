@@ -106,6 +106,7 @@ POLICY: dict[str, Rule] = {
     ),
     f"POST {API}/uploads/{{upload_id}}/complete": UPLOADERS,
     f"DELETE {API}/uploads/{{upload_id}}": UPLOADERS,
+    f"GET {API}/uploads/{{upload_id}}/timeline": ANY_ROLE,
     # Reports: the uploader reads the reports of their own uploads, a radiologist those
     # assigned to them (the only ones they write), an administrator all (audited).
     f"GET {API}/reports": ANY_ROLE,

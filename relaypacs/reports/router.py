@@ -25,11 +25,14 @@ from relaypacs.reports.schemas import (
     ReportSign,
     ReportVersionRead,
     StudyView,
+    Timeline,
 )
 from relaypacs.state import AppStateDep, DatabaseDep, ReadSessionDep, SessionDep
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"])
+# The upload's journey reaches its report: this domain (above uploads) tells it whole.
+timeline_router = APIRouter(prefix="/uploads", tags=["uploads"])
 
 
 @router.get("", response_model=ReportList)
@@ -169,3 +172,13 @@ async def set_radiologist_modalities(
     return await service.set_radiologist_modalities(
         session, user_id=user_id, modalities=body.modalities, actor=actor
     )
+
+
+@timeline_router.get("/{upload_id}/timeline", response_model=Timeline)
+async def upload_timeline(
+    upload_id: uuid.UUID, user: CurrentUser, actor: ActorDep, db: DatabaseDep
+) -> Timeline:
+    """Every step of the upload's journey with its time, oldest first: started, received,
+    validated (or rejected, with why), queued, PACS confirmed N/N (or failed), report opened,
+    assigned, ready, amended."""
+    return await service.upload_timeline(db, upload_id=upload_id, user=user, actor=actor)

@@ -117,3 +117,20 @@ class RadiologistRead(BaseModel):
 
 class RadiologistList(BaseModel):
     items: list[RadiologistRead]
+
+
+class TimelineStep(BaseModel):
+    step: str = Field(
+        description="started, received, validated, rejected, queued, pacs_confirmed, failed, "
+        "retried, cancelled, report_opened, report_assigned, report_ready, report_amended"
+    )
+    at: dt.datetime
+    detail: str | None = None
+
+
+class Timeline(BaseModel):
+    upload_id: uuid.UUID
+    status: str
+    steps: list[TimelineStep] = Field(description="Oldest first.")
+    forwarding_retries: int = Field(description="Forwarding attempts that failed (retried).")
+    last_error: str | None = Field(description="The last forwarding attempt's error, if any.")

@@ -265,6 +265,10 @@ class StudyOverview:
     target: str | None
     confirmed: int
     delivered_at: dt.datetime | None
+    created_at: dt.datetime
+    completed_at: dt.datetime | None
+    attempts: int  # forwarding attempts that failed (reset by an administrator's retry)
+    last_error: str | None  # the last forwarding attempt's error, if it failed
 
 
 def _facts(upload: Upload) -> StudyFacts:
@@ -303,6 +307,10 @@ async def study_overview(session: AsyncSession, *, upload_id: uuid.UUID) -> Stud
             target=job.target if job else None,
             confirmed=counts.get(ForwardStatus.CONFIRMED, 0),
             delivered_at=upload.delivered_at,
+            created_at=upload.created_at,
+            completed_at=upload.completed_at,
+            attempts=job.attempts if job else 0,
+            last_error=job.last_error if job else None,
         )
 
     return await session.run_sync(read)

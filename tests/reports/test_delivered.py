@@ -76,5 +76,11 @@ async def test_a_delivered_study_gets_its_report_assigned_signed_and_announced(
         assert kinds == [("upload_delivered", upload_id), ("report_ready", report["id"])]
         mine = clinician.http.get(f"/reports/{report['id']}").json()
         assert mine["latest"]["impression"] == "Normal."
+        timeline = clinician.http.get(f"/uploads/{upload_id}/timeline").json()
+        steps = {s["step"]: s for s in timeline["steps"]}
+        assert list(steps)[:4] == ["started", "received", "validated", "queued"]
+        assert steps["pacs_confirmed"]["detail"] == "PACS confirmed 3/3"
+        assert {"report_opened", "report_assigned", "report_ready"} <= set(steps)
+        assert timeline["forwarding_retries"] == 0  # the first attempt delivered it
     finally:
         gw.stop()

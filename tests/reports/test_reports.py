@@ -400,3 +400,47 @@ class TestAssignmentRule:
         )
         assert response.status_code == 404
         assert error_code(response) == "radiologist_not_found"
+
+
+class TestTimeline:
+    async def test_every_step_with_its_time(
+        self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount
+    ) -> None:
+        uploader, radiologist, admin, report_id = await _assigned(app, client, make_account)
+        assert (await sign(client, radiologist, report_id)).status_code == 200
+        amended = await client.post(
+            f"{API}/reports/{report_id}/amend",
+            json={"findings": "f", "impression": "i", "reason": "r"},
+            headers=radiologist.headers,
+        )
+        assert amended.status_code == 200
+        report = (await client.get(f"{API}/reports/{report_id}", headers=uploader.headers)).json()
+        response = await client.get(
+            f"{API}/uploads/{report['upload_id']}/timeline", headers=uploader.headers
+        )
+        assert response.status_code == 200, response.text
+        timeline = response.json()
+        steps = [s["step"] for s in timeline["steps"]]
+        # No PACS in this app: nothing queued, the report opened as a delivery opens it.
+        assert steps == [
+            "started",
+            "received",
+            "validated",
+            "report_opened",
+            "report_assigned",
+            "report_ready",
+            "report_amended",
+        ]
+        assert timeline["steps"][2]["detail"] == "accepted 2 of 2 files"
+        assert timeline["steps"][-1]["detail"] == "version 2"
+        times = [s["at"] for s in timeline["steps"]]
+        assert times == sorted(times)
+        assert (
+            await client.get(f"{API}/uploads/{report['upload_id']}/timeline", headers=admin.headers)
+        ).status_code == 200
+        for other in (await make_account(Role.CLINICIAN), radiologist):
+            refused = await client.get(
+                f"{API}/uploads/{report['upload_id']}/timeline", headers=other.headers
+            )
+            assert refused.status_code == 404
+            assert error_code(refused) == "upload_not_found"
