@@ -37,6 +37,8 @@ ROLE_ACCOUNT = {Role.CLINICIAN: "clin", Role.RADIOLOGIST: "radio", Role.ADMIN: "
 # Ending the caller's own session (or second factor) would end the run's: not fuzzed here
 # (tests/auth covers them, tests/security/test_hostile_params.py sends them hostile values).
 SESSION_ENDING = re.compile(r"/auth/(logout|password|sessions|totp)")
+# The live stream of notices answers for minutes (Server-Sent Events): tests/notifications.
+NOT_FUZZED = re.compile(rf"{SESSION_ENDING.pattern}|/notifications/stream$")
 # A valid request by the schema that the gateway may still refuse, for a rule the document
 # cannot state: a chunk's checksum must match its body; an upload's sizes are checked against
 # the gateway's settings; a password must be strong.
@@ -67,7 +69,7 @@ def _operations() -> list[Any]:
     for result in SCHEMA.get_all_operations():
         if isinstance(result, Err):  # the document itself is wrong: no run at all
             raise result.err()
-        if not SESSION_ENDING.search(result.ok().path):
+        if not NOT_FUZZED.search(result.ok().path):
             operations.append(result.ok())
     return operations
 
@@ -93,12 +95,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
 
 
 def test_every_operation_is_fuzzed() -> None:
-    """Every route of the policy table is in the run, but the session-ending ones and the
-    API's own documentation."""
+    """Every route of the policy table is in the run, but the session-ending ones, the stream
+    and the API's own documentation."""
     fuzzed = {f"{op.method.upper()} {op.path}" for op in OPERATIONS}
     undocumented = re.compile(r"^(MOUNT |GET /api/v1/(docs|openapi\.json)$)")
     expected = {
-        key for key in POLICY if not undocumented.search(key) and not SESSION_ENDING.search(key)
+        key for key in POLICY if not undocumented.search(key) and not NOT_FUZZED.search(key)
     }
     assert fuzzed == expected
     assert {f"{m} {p}" for m, p in SEMANTIC_RULES} <= fuzzed  # no exemption for a gone route
