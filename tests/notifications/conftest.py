@@ -3,6 +3,6 @@ reports), and real gateway processes for the event stream."""
 
 from __future__ import annotations
 
-from tests.reports.conftest import app, client, clinician, make_account
+from tests.reports.conftest import app, client, clinician, make_account, smtp
 
-__all__ = ["app", "client", "clinician", "make_account"]
+__all__ = ["app", "client", "clinician", "make_account", "smtp"]
