@@ -263,6 +263,27 @@ def audit_verify(expected_head: str | None) -> None:
     sys.exit(1)
 
 
+def openapi_text() -> str:
+    """The API's OpenAPI document as scripts/web.sh api-types stores it (web/src/lib/api)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from relaypacs.config import Settings
+    from relaypacs.main import create_app
+
+    with tempfile.TemporaryDirectory() as data_dir:  # built, never started: nothing is written
+        settings = Settings(data_dir=Path(data_dir), secret_key="o" * 40, api_docs=True)
+        document = create_app(settings).openapi()
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@cli.command("openapi")
+def openapi_document() -> None:
+    """Print the API's OpenAPI document (JSON), from which the web app's types are generated."""
+    click.echo(openapi_text(), nl=False)
+
+
 def _register_optional_commands() -> None:
     try:
         from relaypacs.cli.upload import upload

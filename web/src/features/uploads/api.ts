@@ -1,0 +1,31 @@
+// The clinician's uploads as the gateway records them.
+import { queryOptions } from "@tanstack/react-query";
+import { api, data } from "../../lib/api/client";
+
+const POLL_MS = 4000;
+const SETTLED = new Set(["delivered", "failed", "rejected", "cancelled"]);
+
+export function myUploadsQuery() {
+  return queryOptions({
+    queryKey: ["uploads"],
+    queryFn: () => data(api.GET("/api/v1/uploads", { params: { query: { limit: 50 } } })),
+    refetchInterval: POLL_MS,
+  });
+}
+
+/** One upload without its file list (cheap to poll), for the PACS's progress. */
+export function uploadStatusQuery(id: string, status: string) {
+  return queryOptions({
+    queryKey: ["upload", id],
+    queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}", { params: { path: { upload_id: id }, query: { files: false } } })),
+    refetchInterval: SETTLED.has(status) ? false : POLL_MS,
+  });
+}
+
+/** The refused files of a finished upload, with their reasons. */
+export function uploadFilesQuery(id: string) {
+  return queryOptions({
+    queryKey: ["upload", id, "files"],
+    queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}", { params: { path: { upload_id: id } } })),
+  });
+}

@@ -1,0 +1,95 @@
+// My uploads: every study the clinician sent, its state at the gateway and at the PACS.
+import { useQuery } from "@tanstack/react-query";
+import { useState } from "react";
+import { Alert, Card, SecondaryButton } from "../../components/ui";
+import type { UploadSummary } from "../../lib/api/client";
+import { describeError } from "../../lib/api/errors";
+import { myUploadsQuery, uploadFilesQuery, uploadStatusQuery } from "./api";
+
+const STATUS: Record<string, string> = {
+  pending: "Uploading",
+  received: "Received, being checked",
+  validated: "Checked",
+  rejected: "Refused",
+  queued: "Waiting for the PACS",
+  forwarding: "Sending to the PACS",
+  delivered: "Delivered",
+  failed: "PACS delivery failed",
+  cancelled: "Cancelled",
+};
+
+function formatDate(value: string | null | undefined): string {
+  if (!value) return "";
+  const d = /^(\d{4})(\d{2})(\d{2})$/.exec(value);
+  return d ? `${d[1]}-${d[2]}-${d[3]}` : value;
+}
+
+export function MyUploadsPage() {
+  const uploads = useQuery(myUploadsQuery());
+  return (
+    <div className="flex flex-col gap-4">
+      <h1 className="text-2xl font-semibold">My uploads</h1>
+      {uploads.error && <Alert>{describeError(uploads.error)}</Alert>}
+      {uploads.data?.items.length === 0 && <p>No upload yet.</p>}
+      <ul className="flex flex-col gap-3" aria-label="Uploads">
+        {uploads.data?.items.map((upload) => (
+          <li key={upload.id}>
+            <UploadRow upload={upload} />
+          </li>
+        ))}
+      </ul>
+    </div>
+  );
+}
+
+function UploadRow({ upload }: { upload: UploadSummary }) {
+  const detail = useQuery(uploadStatusQuery(upload.id, upload.status));
+  const current = detail.data ?? upload;
+  const forwarding = detail.data?.forwarding;
+  const total = current.instance_count ?? forwarding?.instances ?? null;
+  const confirmed = current.status === "delivered" ? total : (forwarding?.confirmed ?? 0);
+  const [showRefused, setShowRefused] = useState(false);
+  const meta = current.metadata;
+  return (
+    <Card>
+      <div className="flex flex-wrap items-baseline justify-between gap-2">
+        <p className="font-medium">
+          {meta?.patient_name?.split("^").join(", ") || "(no name)"} · {formatDate(meta?.study_date)} · {meta?.modality} · {meta?.study_description}
+        </p>
+        <p data-testid="upload-status" data-status={current.status}>
+          {STATUS[current.status] ?? current.status}
+        </p>
+      </div>
+      <p className="text-sm text-slate-700">
+        {current.file_count} files · sent {new Date(current.created_at).toLocaleString()}
+        {current.refused_files ? ` · accepted ${current.file_count - current.refused_files} of ${current.file_count}` : ""}
+      </p>
+      {total !== null && ["queued", "forwarding", "delivered", "failed"].includes(current.status) && (
+        <p data-testid="pacs-confirmed" className="font-medium">
+          PACS confirmed {confirmed}/{total}
+        </p>
+      )}
+      {forwarding?.last_error && current.status !== "delivered" && <p className="text-sm">Last PACS answer: {forwarding.last_error}</p>}
+      {(current.refused_files ?? 0) > 0 && (
+        <SecondaryButton className="mt-2" onClick={() => setShowRefused(!showRefused)} aria-expanded={showRefused}>
+          {showRefused ? "Hide refused files" : "Show refused files"}
+        </SecondaryButton>
+      )}
+      {showRefused && <RefusedFiles id={upload.id} />}
+    </Card>
+  );
+}
+
+function RefusedFiles({ id }: { id: string }) {
+  const files = useQuery(uploadFilesQuery(id));
+  const refused = files.data?.files?.filter((f) => f.error) ?? [];
+  return (
+    <ul className="mt-2 list-inside list-disc text-sm">
+      {refused.map((f) => (
+        <li key={f.index}>
+          {f.name}: {f.error?.message}
+        </li>
+      ))}
+    </ul>
+  );
+}
