@@ -59,6 +59,7 @@ export class UploadEngine {
   private current: string | null = null;
   private progress = new Map<string, Progress>();
   private samples = new Map<string, { at: number; bytes: number }[]>();
+  private saved = new Map<string, number>();
   private listeners = new Set<() => void>();
   private readonly parallel: number;
   private readonly retryDelays: number[];
@@ -331,6 +332,12 @@ export class UploadEngine {
 
   private track(study: QueuedStudy): void {
     const now = Date.now();
+    // The bytes sent, kept on the device now and then (a reload shows them before the
+    // gateway's record is read again).
+    if (now - (this.saved.get(study.id) ?? 0) > 1000) {
+      this.saved.set(study.id, now);
+      void updateStudy(this.deps.db, study.id, { sentBytes: study.sentBytes });
+    }
     const samples = this.samples.get(study.id) ?? [];
     samples.push({ at: now, bytes: study.sentBytes });
     while (samples.length > 2 && now - samples[0]!.at > 10_000) samples.shift();

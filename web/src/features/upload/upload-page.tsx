@@ -76,13 +76,14 @@ export function UploadPage() {
           ref={folderInput}
           type="file"
           className="sr-only"
-          aria-label="Folder to upload"
+          aria-hidden="true"
+          tabIndex={-1}
           data-testid="folder-input"
           webkitdirectory=""
           multiple
           onChange={(e) => void read(fromInput(e.target.files))}
         />
-        <input ref={filesInput} type="file" className="sr-only" aria-label="Files to upload" data-testid="files-input" multiple onChange={(e) => void read(fromInput(e.target.files))} />
+        <input ref={filesInput} type="file" className="sr-only" aria-hidden="true" tabIndex={-1} data-testid="files-input" multiple onChange={(e) => void read(fromInput(e.target.files))} />
       </div>
       {reading && (
         <p role="status">

@@ -1,0 +1,232 @@
+"""The web app end to end, in headless Chromium against a real gateway and a real Orthanc: a
+clinician enrols TOTP and signs in with it, uploads a multi-series study from a folder, loses
+the network in the middle, reloads the page offline, comes back online: the study is
+delivered, Orthanc holds every instance byte for byte, no chunk the gateway acknowledged went
+twice, and signing out empties the device's queue (IndexedDB)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyotp
+import pytest
+from playwright.sync_api import BrowserContext, Page, Request, Response, Route, expect
+
+from relaypacs.devtools.synth import write_study
+from tests.gateway import create_user, run_gateway
+from tests.pacs import OrthancServer, run_orthanc
+
+PASSWORD = "browser-e2e-password-1"
+CHUNK = 64 * 1024
+CHUNK_PATH = re.compile(r"/api/v1/uploads/([0-9a-f-]+)/files/(\d+)/chunks/(\d+)$")
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    with run_orthanc(tmp_path / "orthanc") as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, orthanc: OrthancServer, web_dist: Path) -> Iterator[str]:
+    data_dir = tmp_path / "data"
+    env = {
+        "RELAYPACS_PACS_URL": orthanc.dicomweb_url,
+        "RELAYPACS_PACS_USERNAME": orthanc.auth[0],
+        "RELAYPACS_PACS_PASSWORD": orthanc.auth[1],
+        "RELAYPACS_PACS_PROFILE": "orthanc",
+        "RELAYPACS_CHUNK_SIZE": str(CHUNK),
+        "RELAYPACS_WEB_DIR": str(web_dist),
+        "RELAYPACS_TOTP_REQUIRED_ROLES": '["clinician"]',
+        "RELAYPACS_FORWARD_POLL_SECONDS": "0.2",
+    }
+    create_user(data_dir, "clin", PASSWORD, env=env)
+    with run_gateway(data_dir, env) as base_url:
+        yield base_url
+
+
+@dataclass
+class NetworkLog:
+    """Every chunk PUT the page made and every one the gateway acknowledged, in order."""
+
+    events: list[tuple[str, tuple[str, int, int]]] = field(default_factory=list)
+
+    def on_request(self, request: Request) -> None:
+        if request.method == "PUT" and (key := _chunk(request.url)):
+            self.events.append(("sent", key))
+
+    def on_response(self, response: Response) -> None:
+        key = _chunk(response.url) if response.request.method == "PUT" else None
+        if key is not None and response.status == 200:
+            self.events.append(("acknowledged", key))
+
+    @property
+    def acknowledged(self) -> set[tuple[str, int, int]]:
+        return {key for kind, key in self.events if kind == "acknowledged"}
+
+    def resent_after_acknowledgement(self) -> list[tuple[str, int, int]]:
+        acknowledged: set[tuple[str, int, int]] = set()
+        resent = []
+        for kind, key in self.events:
+            if kind == "acknowledged":
+                acknowledged.add(key)
+            elif key in acknowledged:
+                resent.append(key)
+        return resent
+
+
+def _chunk(url: str) -> tuple[str, int, int] | None:
+    found = CHUNK_PATH.search(url.split("?", 1)[0])
+    return (found[1], int(found[2]), int(found[3])) if found else None
+
+
+def totp_at(secret: str, steps: int) -> str:
+    totp = pyotp.TOTP(secret)
+    return totp.generate_otp(totp.timecode(time.time()) + steps)  # type: ignore[arg-type]
+
+
+def sign_in(page: Page, base_url: str) -> None:
+    page.goto(base_url)
+    expect(page).to_have_url(re.compile(r"/sign-in$"))
+    page.get_by_label("Username").fill("clin")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def queue_count(page: Page) -> int:
+    count: int = page.evaluate(
+        """() => new Promise((resolve, reject) => {
+            const open = indexedDB.open("relaypacs");
+            open.onsuccess = () => {
+                const db = open.result;
+                if (!db.objectStoreNames.contains("files")) { db.close(); resolve(0); return; }
+                const tx = db.transaction(["studies", "files"]);
+                let n = 0, pending = 2;
+                for (const name of ["studies", "files"]) {
+                    const req = tx.objectStore(name).count();
+                    req.onsuccess = () => {
+                        n += req.result;
+                        if (--pending === 0) { db.close(); resolve(n); }
+                    };
+                }
+            };
+            open.onerror = () => reject(open.error);
+        })"""
+    )
+    return count
+
+
+class TestUploadFromTheBrowser:
+    def test_totp_upload_offline_reload_online_delivered(
+        self,
+        gateway: str,
+        orthanc: OrthancServer,
+        context: BrowserContext,
+        page: Page,
+        tmp_path: Path,
+        artefacts: Path,
+    ) -> None:
+        # A CD-like folder: 3 series, 12 instances of 3 chunks each.
+        study = write_study(
+            tmp_path / "study", instances=12, series=3, rows=256, columns=256, nested=True
+        )
+        chunks = sum(-(-path.stat().st_size // CHUNK) for path in study.paths)
+        assert chunks == 36
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+
+        # First sign-in: the role must have TOTP, so the app enrols it (QR code and key).
+        sign_in(page, gateway)
+        expect(page).to_have_url(re.compile(r"/enrol$"))
+        page.screenshot(path=artefacts / "enrol.png")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Continue").click()
+        expect(page.get_by_alt_text("QR code for your authenticator app")).to_be_visible()
+        secret = page.locator("code").inner_text().strip()
+        page.screenshot(path=artefacts / "enrol-qr.png")
+        page.get_by_label("Code from the app").fill(totp_at(secret, -1))
+        page.get_by_role("button", name="Turn on").click()
+        expect(page.get_by_role("list", name="Recovery codes")).to_be_visible()
+        page.get_by_role("button", name="Continue").click()
+        expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+
+        # Signed out, then in again: password, then the authenticator's code.
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(re.compile(r"/sign-in$"))
+        sign_in(page, gateway)
+        page.screenshot(path=artefacts / "sign-in-totp.png")
+        page.get_by_label("Code from your authenticator app").fill(totp_at(secret, 0))
+        page.get_by_role("button", name="Verify").click()
+        expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+        # The service worker holds the app shell before the network goes.
+        page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+
+        # Pick the folder; the headers are read on the device and the study shown to confirm.
+        page.get_by_test_id("folder-input").set_input_files(tmp_path / "study")
+        expect(page.get_by_test_id("patient-name")).to_have_text("QUAXWORTHY, PERPETUA (TEST0001)")
+        expect(page.get_by_test_id("study-contents")).to_contain_text("3 series, 12 images")
+        page.screenshot(path=artefacts / "confirm.png")
+
+        # A slow network (fault injection: each chunk waits before it goes), so that the
+        # connection can be cut in the middle of the upload.
+        log = NetworkLog()
+        page.on("request", log.on_request)
+        page.on("response", log.on_response)
+
+        def slow_chunk(route: Route) -> None:
+            time.sleep(0.15)
+            route.continue_()
+
+        context.route(CHUNK_PATH, slow_chunk)
+        page.get_by_role("button", name="Send this study").click()
+        deadline = time.monotonic() + 60
+        while len(log.acknowledged) < 8 and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert 8 <= len(log.acknowledged) < chunks, len(log.acknowledged)
+
+        # Offline in the middle; the page reloads offline (the service worker serves the app).
+        context.set_offline(True)
+        page.wait_for_timeout(300)
+        page.reload()
+        context.unroute(CHUNK_PATH)
+        expect(page.get_by_test_id("queue-state")).to_have_attribute("data-state", "paused")
+        page.screenshot(path=artefacts / "offline.png")
+        sent_before = len(log.acknowledged)
+
+        # Back online: the upload goes on from the gateway's record and completes.
+        context.set_offline(False)
+        expect(page.get_by_test_id("queue-state")).to_have_attribute(
+            "data-state", "sent", timeout=60_000
+        )
+        assert len(log.acknowledged) == chunks
+        assert sent_before < chunks
+        assert log.resent_after_acknowledgement() == []
+
+        # My uploads: delivered, PACS confirmed 12/12.
+        page.get_by_role("link", name="My uploads").click()
+        expect(page.get_by_test_id("upload-status")).to_have_attribute(
+            "data-status", "delivered", timeout=60_000
+        )
+        expect(page.get_by_test_id("pacs-confirmed")).to_have_text("PACS confirmed 12/12")
+        page.screenshot(path=artefacts / "my-uploads.png")
+
+        # Orthanc holds every instance, byte for byte.
+        assert orthanc.sop_instance_uids(study.study_uid) == set(study.sop_uids)
+        for path, sop_uid in zip(study.paths, study.sop_uids, strict=True):
+            stored = orthanc.file_by_sop_uid(sop_uid)
+            assert stored is not None
+            assert hashlib.sha256(stored).digest() == hashlib.sha256(path.read_bytes()).digest()
+
+        # Sign-out empties the device's queue; nothing of the patient went to the console
+        # or into an address.
+        assert queue_count(page) > 0
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(re.compile(r"/sign-in$"))
+        assert queue_count(page) == 0
+        assert not any("QUAXWORTHY" in line or "19310412" in line for line in console)
+        assert not any("QUAXWORTHY" in url for _, (url, *_) in log.events)
