@@ -41,10 +41,15 @@ case "${1:-}" in
   check)
     deps
     cd "$WEB"
-    echo "== eslint" && npx eslint --max-warnings 0 .
-    echo "== tsc --noEmit" && npx tsc --noEmit -p tsconfig.json && npx tsc --noEmit -p src/sw \
-      && npx tsc --noEmit -p tsconfig.node.json
-    echo "== vitest" && RELAYPACS_PYTHON="$ROOT/.venv/bin/python" npx vitest run
+    # One command a line: under `set -e`, a failure inside an && list would not stop the script.
+    echo "== eslint"
+    npx eslint --max-warnings 0 .
+    echo "== tsc --noEmit (app, service worker, tests and configuration)"
+    npx tsc --noEmit -p tsconfig.json
+    npx tsc --noEmit -p src/sw
+    npx tsc --noEmit -p tsconfig.node.json
+    echo "== vitest"
+    RELAYPACS_PYTHON="$ROOT/.venv/bin/python" npx vitest run
     ;;
   api-types)
     deps

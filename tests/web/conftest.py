@@ -33,6 +33,6 @@ def web_dist() -> Path:
 @pytest.fixture
 def artefacts(request: pytest.FixtureRequest) -> Path:
     """Where a test keeps its screenshots (kept after the run)."""
-    directory = ARTEFACTS / request.node.name
+    directory: Path = ARTEFACTS / str(request.node.name)
     directory.mkdir(parents=True, exist_ok=True)
     return directory

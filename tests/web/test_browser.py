@@ -87,7 +87,7 @@ def _chunk(url: str) -> tuple[str, int, int] | None:
 
 def totp_at(secret: str, steps: int) -> str:
     totp = pyotp.TOTP(secret)
-    return totp.generate_otp(totp.timecode(time.time()) + steps)  # type: ignore[arg-type]
+    return totp.generate_otp(totp.timecode(time.time()) + steps)
 
 
 def sign_in(page: Page, base_url: str) -> None:
