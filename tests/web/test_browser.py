@@ -230,3 +230,72 @@ class TestUploadFromTheBrowser:
         assert queue_count(page) == 0
         assert not any("QUAXWORTHY" in line or "19310412" in line for line in console)
         assert not any("QUAXWORTHY" in url for _, (url, *_) in log.events)
+
+
+@pytest.fixture
+def short_token_gateway(tmp_path: Path, web_dist: Path) -> Iterator[str]:
+    """A gateway without a PACS whose access tokens live 3 s."""
+    data_dir = tmp_path / "data"
+    env = {"RELAYPACS_WEB_DIR": str(web_dist), "RELAYPACS_ACCESS_TOKEN_MINUTES": "0.05"}
+    create_user(data_dir, "clin", PASSWORD, env=env)
+    with run_gateway(data_dir, env) as base_url:
+        yield base_url
+
+
+class TestTwoTabs:
+    def test_refreshes_at_once_take_turns_and_the_session_lives(
+        self, short_token_gateway: str, context: BrowserContext, page: Page
+    ) -> None:
+        sign_in(page, short_token_gateway)
+        expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+        other = context.new_page()
+        other.goto(f"{short_token_gateway}/uploads")  # signed in by the refresh cookie
+        expect(other.get_by_role("heading", name="My uploads")).to_be_visible()
+        page.goto(f"{short_token_gateway}/uploads")
+        expect(page.get_by_role("heading", name="My uploads")).to_be_visible()
+
+        # The refresh calls of both tabs, in the order the browser made and finished them.
+        refreshes: list[tuple[str, int]] = []
+        for tab in (page, other):
+            tab.on("request", lambda r: _on_refresh(refreshes, "start", r))
+            tab.on("requestfinished", lambda r: _on_refresh(refreshes, "end", r))
+            tab.on("requestfailed", lambda r: _on_refresh(refreshes, "end", r))
+
+        # A slow network (fault injection: 400 ms of latency per request), so that the two
+        # tabs' refreshes would be in flight together if nothing made them take turns.
+        for tab in (page, other):
+            context.new_cdp_session(tab).send(
+                "Network.emulateNetworkConditions",
+                {
+                    "offline": False,
+                    "latency": 400,
+                    "downloadThroughput": -1,
+                    "uploadThroughput": -1,
+                },
+            )
+        # Both access tokens expire; both tabs reload at once and each needs a fresh token.
+        page.wait_for_timeout(3500)
+        page.evaluate("setTimeout(() => location.reload(), 0)")
+        other.evaluate("setTimeout(() => location.reload(), 0)")
+        for tab in (page, other):
+            expect(tab.get_by_role("heading", name="My uploads")).to_be_visible()
+            expect(tab.get_by_role("list", name="Uploads")).to_be_attached()
+        page.wait_for_timeout(500)
+
+        # One tab refreshed at a time (never two with the same refresh token in flight)...
+        assert refreshes, "no refresh was made"
+        in_flight = 0
+        for kind, _ in refreshes:
+            in_flight += 1 if kind == "start" else -1
+            assert in_flight <= 1, refreshes
+        # ...and the session lives on: no reuse was detected, both tabs still call the API.
+        page.wait_for_timeout(3500)
+        for tab in (page, other):
+            tab.reload()
+            expect(tab.get_by_role("heading", name="My uploads")).to_be_visible()
+            assert "/sign-in" not in tab.url
+
+
+def _on_refresh(log: list[tuple[str, int]], kind: str, request: Request) -> None:
+    if request.url.endswith("/api/v1/auth/refresh"):
+        log.append((kind, id(request)))
