@@ -15,6 +15,8 @@ export interface EngineDeps {
   fetch: (request: Request) => Promise<Response>;
   hash: (blob: Blob) => Promise<string>;
   online: () => boolean;
+  /** The gateway's origin ("" in the browser: the page's own). */
+  baseUrl?: string;
   parallel?: number;
   retryDelays?: number[];
 }
@@ -37,7 +39,6 @@ type UploadAnswer = {
 
 class Stopped extends Error {}
 
-const API = "/api/v1";
 
 function base64(bytes: ArrayBuffer | Uint8Array): string {
   const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
@@ -54,6 +55,7 @@ function hexToBytes(hex: string): Uint8Array {
 
 export class UploadEngine {
   private running = false;
+  private looping: Promise<void> = Promise.resolve();
   private again = false;
   private controller: AbortController | null = null;
   private current: string | null = null;
@@ -63,8 +65,10 @@ export class UploadEngine {
   private listeners = new Set<() => void>();
   private readonly parallel: number;
   private readonly retryDelays: number[];
+  private readonly api: string;
 
   constructor(private readonly deps: EngineDeps) {
+    this.api = `${deps.baseUrl ?? ""}/api/v1`;
     this.parallel = deps.parallel ?? 4;
     this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
   }
@@ -89,10 +93,15 @@ export class UploadEngine {
       return;
     }
     this.running = true;
-    void this.loop().finally(() => {
+    this.looping = this.loop().finally(() => {
       this.running = false;
       this.emit();
     });
+  }
+
+  /** Resolves when the engine has nothing more to do for now. */
+  async idle(): Promise<void> {
+    while (this.running) await this.looping;
   }
 
   /** The network is gone: stop what is in flight; `kick` when it is back. */
@@ -116,7 +125,7 @@ export class UploadEngine {
     if (!study) return;
     if (this.current === studyId) this.controller?.abort();
     if (study.uploadId) {
-      const response = await this.deps.fetch(new Request(`${API}/uploads/${study.uploadId}`, { method: "DELETE" })).catch(() => null);
+      const response = await this.deps.fetch(new Request(`${this.api}/uploads/${study.uploadId}`, { method: "DELETE" })).catch(() => null);
       if (response && !response.ok && response.status !== 404) {
         const error = await errorOf(response);
         await updateStudy(this.deps.db, studyId, { note: describeError(error) });
@@ -216,7 +225,7 @@ export class UploadEngine {
       all_or_nothing: false,
     };
     const response = await this.send(
-      () => new Request(`${API}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal }),
+      () => new Request(`${this.api}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal }),
       signal,
     );
     if (response.status === 409) {
@@ -276,7 +285,7 @@ export class UploadEngine {
       chunkCount === 1 && file.sha256
         ? base64(hexToBytes(file.sha256))
         : base64(await crypto.subtle.digest("SHA-256", await body.arrayBuffer()));
-    const url = `${API}/uploads/${upload.id}/files/${file.index}/chunks/${chunk}`;
+    const url = `${this.api}/uploads/${upload.id}/files/${file.index}/chunks/${chunk}`;
     const response = await this.send(
       () =>
         new Request(url, {
@@ -297,7 +306,7 @@ export class UploadEngine {
   private async complete(study: QueuedStudy, upload: UploadAnswer, signal: AbortSignal): Promise<boolean> {
     await updateStudy(this.deps.db, study.id, { state: "completing", sentBytes: study.sentBytes });
     this.emit();
-    const response = await this.send(() => new Request(`${API}/uploads/${upload.id}/complete`, { method: "POST", signal }), signal);
+    const response = await this.send(() => new Request(`${this.api}/uploads/${upload.id}/complete`, { method: "POST", signal }), signal);
     if (response.status === 409) {
       const error = await errorOf(response);
       if (error.code === "upload_incomplete") return false;
