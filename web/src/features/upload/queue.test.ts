@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { QueueDatabase } from "../../lib/db";
 import type { StudyCandidate } from "./group";
-import { activeStudies, checkQuota, clearQueue, enqueueStudy, finishStudy, QuotaError, studyFiles, updateStudy } from "./queue";
+import { activeStudies, checkQuota, clearQueue, enqueueStudy, finishStudy, forgetStudy, QuotaError, studyFiles, updateStudy } from "./queue";
 
 function candidate(sizes: number[], studyUid = "1.2.3"): StudyCandidate {
   const files = sizes.map((size, i) => ({ file: new File([new Uint8Array(size).fill(i)], `IM${i}`), name: `DICOM/IM${i}` }));
@@ -67,6 +67,14 @@ describe("the upload queue", () => {
     await expect(enqueueStudy(db, candidate([1_000_000]), { estimate: short })).rejects.toBeInstanceOf(QuotaError);
     await expect(checkQuota(1_000_000, short)).rejects.toThrow(/it needs 2\.1 MB, 500 KB is free/);
     expect(await db.studies.count()).toBe(0);
+  });
+
+  it("forgets one study and its files, and only that one", async () => {
+    const kept = await enqueueStudy(db, candidate([1], "2.1"), { estimate: plenty });
+    const gone = await enqueueStudy(db, candidate([2, 3], "2.2"), { estimate: plenty });
+    await forgetStudy(db, gone);
+    expect((await db.studies.toArray()).map((s) => s.id)).toEqual([kept]);
+    expect((await db.files.toArray()).map((f) => f.studyId)).toEqual([kept]);
   });
 
   it("is emptied at sign-out", async () => {

@@ -101,6 +101,14 @@ export async function finishStudy(db: QueueDatabase, id: string, changes: Partia
   });
 }
 
+/** Remove one study and its files from the device (it stays in "My uploads"). */
+export async function forgetStudy(db: QueueDatabase, id: string): Promise<void> {
+  await db.transaction("rw", db.studies, db.files, async () => {
+    await db.files.where("studyId").equals(id).delete();
+    await db.studies.delete(id);
+  });
+}
+
 /** Forget everything (sign-out): the queue holds patient data. */
 export async function clearQueue(db: QueueDatabase): Promise<void> {
   await db.transaction("rw", db.studies, db.files, async () => {

@@ -6,7 +6,7 @@ import { db, type QueuedStudy } from "../../lib/db";
 import { useLive } from "../../lib/use-live";
 import { formatDicomDate, formatPersonName, groupByStudy, type Grouping, type PickedFile, type StudyCandidate } from "./group";
 import { fromDrop, fromInput } from "./pick";
-import { enqueueStudy, formatBytes, QuotaError } from "./queue";
+import { enqueueStudy, forgetStudy, formatBytes, QuotaError } from "./queue";
 import { engine, requestBackgroundSync, useProgress } from "./uploader";
 import { readHeaderInWorker } from "./workers";
 
@@ -41,6 +41,9 @@ export function UploadPage() {
     setError(null);
     try {
       await enqueueStudy(db, candidate);
+      // Ask the browser to keep the queue under storage pressure (Safari may still evict an
+      // origin's data after 7 days without use: the gateway's record lets any device resume).
+      void navigator.storage?.persist?.();
       setGrouping((g) => (g ? { ...g, studies: g.studies.filter((s) => s !== candidate) } : g));
       void requestBackgroundSync();
       engine.kick();
@@ -189,6 +192,17 @@ function QueuedStudyRow({ study }: { study: QueuedStudy }) {
         {study.state === "uploading" && progress?.remaining != null ? ` · ${duration(progress.remaining)} left` : ""}
       </p>
       {study.note && <p className="text-sm">{study.note}</p>}
+      {study.state === "failed" && (
+        <div className="mt-2 flex gap-2">
+          <SecondaryButton onClick={() => void engine.resume(study.id)}>Try again</SecondaryButton>
+          <SecondaryButton onClick={() => void engine.cancel(study.id)}>Cancel</SecondaryButton>
+        </div>
+      )}
+      {["sent", "already_sent", "cancelled"].includes(study.state) && (
+        <div className="mt-2 flex gap-2">
+          <SecondaryButton onClick={() => void forgetStudy(db, study.id)}>Remove from this device</SecondaryButton>
+        </div>
+      )}
       {active && (
         <div className="mt-2 flex gap-2">
           {study.state === "paused" && study.pausedByUser ? (
