@@ -7,6 +7,7 @@
 #   scripts/web.sh api-types   web/src/lib/api/openapi.json and schema.d.ts from the gateway's
 #                              OpenAPI document (tests/web/test_api_types.py fails when stale)
 #   scripts/web.sh stale       exit 0 when web/dist is missing or older than its sources
+#   scripts/web.sh deps        npm ci when package-lock.json changed (the others do it too)
 #   scripts/web.sh npm ARGS    npm with the pinned Node, in web/ (e.g. `npm install -D pkg`)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,6 +63,7 @@ case "${1:-}" in
       "$WEB/src/lib/api/schema.d.ts"
     ;;
   stale) stale ;;
+  deps) deps ;;
   npm) shift; cd "$WEB" && npm "$@" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Page
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,7 +24,9 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 @pytest.fixture(scope="session")
 def web_dist() -> Path:
-    """The built app (scripts/web.sh builds it when missing or older than its sources)."""
+    """The built app (scripts/web.sh builds it when missing or older than its sources), and
+    web/node_modules (axe-core for the accessibility checks)."""
+    subprocess.run([REPO / "scripts" / "web.sh", "deps"], cwd=REPO, check=True)
     stale = subprocess.run([REPO / "scripts" / "web.sh", "stale"], cwd=REPO, check=False)
     if stale.returncode == 0:
         subprocess.run([REPO / "scripts" / "web.sh", "build"], cwd=REPO, check=True)
@@ -36,3 +39,24 @@ def artefacts(request: pytest.FixtureRequest) -> Path:
     directory: Path = ARTEFACTS / str(request.node.name)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+AXE = REPO / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def assert_accessible(page: Page, name: str) -> None:
+    """axe-core (WCAG 2 A and AA rules) finds no serious or critical violation on the page.
+    Evaluated through the DevTools protocol, so the page's CSP stays as it is."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+    found: list[str] = page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {
+                runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"],
+            });
+            return result.violations
+                .filter((v) => v.impact === "serious" || v.impact === "critical")
+                .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target).join(", ")}`);
+        }"""
+    )
+    assert found == [], f"{name}: {found}"

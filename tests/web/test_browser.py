@@ -20,6 +20,7 @@ from playwright.sync_api import BrowserContext, Page, Request, Response, Route, 
 from relaypacs.devtools.synth import write_study
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
+from tests.web.conftest import assert_accessible
 
 PASSWORD = "browser-e2e-password-1"
 CHUNK = 64 * 1024
@@ -144,11 +145,13 @@ class TestUploadFromTheBrowser:
         sign_in(page, gateway)
         expect(page).to_have_url(re.compile(r"/enrol$"))
         page.screenshot(path=artefacts / "enrol.png")
+        assert_accessible(page, "enrolment")
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Continue").click()
         expect(page.get_by_alt_text("QR code for your authenticator app")).to_be_visible()
         secret = page.locator("code").inner_text().strip()
         page.screenshot(path=artefacts / "enrol-qr.png")
+        assert_accessible(page, "enrolment, QR code")
         page.get_by_label("Code from the app").fill(totp_at(secret, -1))
         page.get_by_role("button", name="Turn on").click()
         expect(page.get_by_role("list", name="Recovery codes")).to_be_visible()
@@ -160,6 +163,7 @@ class TestUploadFromTheBrowser:
         expect(page).to_have_url(re.compile(r"/sign-in$"))
         sign_in(page, gateway)
         page.screenshot(path=artefacts / "sign-in-totp.png")
+        assert_accessible(page, "sign-in, TOTP step")
         page.get_by_label("Code from your authenticator app").fill(totp_at(secret, 0))
         page.get_by_role("button", name="Verify").click()
         expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
@@ -171,6 +175,7 @@ class TestUploadFromTheBrowser:
         expect(page.get_by_test_id("patient-name")).to_have_text("QUAXWORTHY, PERPETUA (TEST0001)")
         expect(page.get_by_test_id("study-contents")).to_contain_text("3 series, 12 images")
         page.screenshot(path=artefacts / "confirm.png")
+        assert_accessible(page, "upload, confirmation")
 
         # A slow network (fault injection: each chunk waits before it goes), so that the
         # connection can be cut in the middle of the upload.
@@ -196,6 +201,7 @@ class TestUploadFromTheBrowser:
         context.unroute(CHUNK_PATH)
         expect(page.get_by_test_id("queue-state")).to_have_attribute("data-state", "paused")
         page.screenshot(path=artefacts / "offline.png")
+        assert_accessible(page, "upload, queue offline")
         sent_before = len(log.acknowledged)
 
         # Back online: the upload goes on from the gateway's record and completes.
@@ -214,6 +220,7 @@ class TestUploadFromTheBrowser:
         )
         expect(page.get_by_test_id("pacs-confirmed")).to_have_text("PACS confirmed 12/12")
         page.screenshot(path=artefacts / "my-uploads.png")
+        assert_accessible(page, "my uploads")
 
         # Orthanc holds every instance, byte for byte.
         assert orthanc.sop_instance_uids(study.study_uid) == set(study.sop_uids)
@@ -227,6 +234,7 @@ class TestUploadFromTheBrowser:
         assert queue_count(page) > 0
         page.get_by_role("button", name="Sign out").click()
         expect(page).to_have_url(re.compile(r"/sign-in$"))
+        assert_accessible(page, "sign-in")
         assert queue_count(page) == 0
         assert not any("QUAXWORTHY" in line or "19310412" in line for line in console)
         assert not any("QUAXWORTHY" in url for _, (url, *_) in log.events)
