@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,3 +308,19 @@ class TestTwoTabs:
 def _on_refresh(log: list[tuple[str, int]], kind: str, request: Request) -> None:
     if request.url.endswith("/api/v1/auth/refresh"):
         log.append((kind, id(request)))
+
+
+class TestZipArchive:
+    def test_a_zipped_cd_export_is_read_on_the_device(
+        self, short_token_gateway: str, page: Page, tmp_path: Path
+    ) -> None:
+        write_study(tmp_path / "cd", instances=4, series=2, rows=16, columns=16, with_dicomdir=True)
+        archive = tmp_path / "export.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+            for path in sorted((tmp_path / "cd").rglob("*")):
+                out.write(path, path.relative_to(tmp_path))
+        sign_in(page, short_token_gateway)
+        expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+        page.get_by_test_id("files-input").set_input_files(archive)
+        expect(page.get_by_test_id("study-contents")).to_contain_text("2 series, 4 images")
+        expect(page.get_by_text("Not sent")).to_have_count(0)  # the DICOMDIR goes with the study

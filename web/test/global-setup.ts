@@ -23,6 +23,10 @@ for n in range(3):  # the upload engine's studies: 2 series, 4 instances of 3 ch
                 patient_name="ROE^RICHARD", patient_id="TEST0001", birth_date="19310412")
 (out / "raw.dcm").write_bytes(make_no_preamble())
 (out / "notes.txt").write_text("not DICOM at all")
+import zipfile
+with zipfile.ZipFile(out / "cd.zip", "w", zipfile.ZIP_DEFLATED) as archive:  # a zipped CD
+    for path in sorted((out / "cd").rglob("*")):
+        archive.write(path, path.relative_to(out))
 `;
 
 declare module "vitest" {

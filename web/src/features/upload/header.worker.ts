@@ -1,22 +1,20 @@
-// Reads the DICOM headers of the picked files off the main thread.
-import { readFileHeader, type HeaderResult } from "./dicom-header";
+// Reads the DICOM headers of the picked files off the main thread, and opens ZIP archives
+// (each member becomes a file of its own, read the same way).
+import { readMember, unzip, type ReadResult, type ZipMember } from "./zip";
 
-export interface HeaderRequest {
-  id: number;
-  file: File;
-}
-export interface HeaderResponse {
-  id: number;
-  result: HeaderResult | { ok: false; reason: "unreadable" };
-}
+export type { ReadResult, ZipMember };
+
+export type HeaderRequest = { id: number; op: "header"; file: Blob } | { id: number; op: "zip"; file: Blob };
+
+export type HeaderResponse =
+  | { id: number; op: "header"; result: ReadResult }
+  | { id: number; op: "zip"; members: ZipMember[] | null };
 
 self.onmessage = async (event: MessageEvent<HeaderRequest>) => {
-  const { id, file } = event.data;
-  let result: HeaderResponse["result"];
-  try {
-    result = await readFileHeader(file);
-  } catch {
-    result = { ok: false, reason: "unreadable" };
+  const request = event.data;
+  if (request.op === "zip") {
+    self.postMessage({ id: request.id, op: "zip", members: await unzip(request.file) } satisfies HeaderResponse);
+  } else {
+    self.postMessage({ id: request.id, op: "header", result: await readMember(request.file) } satisfies HeaderResponse);
   }
-  self.postMessage({ id, result } satisfies HeaderResponse);
 };

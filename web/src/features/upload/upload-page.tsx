@@ -8,7 +8,7 @@ import { formatDicomDate, formatPersonName, groupByStudy, type Grouping, type Pi
 import { fromDrop, fromInput } from "./pick";
 import { enqueueStudy, forgetStudy, formatBytes, QuotaError } from "./queue";
 import { engine, requestBackgroundSync, useProgress } from "./uploader";
-import { readHeaderInWorker } from "./workers";
+import { readHeaderInWorker, readZipInWorker } from "./workers";
 
 export function UploadPage() {
   const [reading, setReading] = useState<{ done: number; total: number } | null>(null);
@@ -25,16 +25,26 @@ export function UploadPage() {
     if (picked.length === 0) return;
     setReading({ done: 0, total: picked.length });
     let done = 0;
-    const results = await Promise.all(
-      picked.map(async (p) => {
-        const result = await readHeaderInWorker(p.file);
+    const read = await Promise.all(
+      picked.map(async (p): Promise<Parameters<typeof groupByStudy>[0]> => {
+        let results: Parameters<typeof groupByStudy>[0];
+        if (/\.zip$/i.test(p.name)) {
+          // A ZIP archive: each member is a file of the study (a zipped CD export works).
+          const members = await readZipInWorker(p.file);
+          results =
+            members === null
+              ? [{ picked: p, result: { ok: false, reason: "not a readable ZIP archive" } }]
+              : members.map((m) => ({ picked: { file: new File([m.blob], m.name.split("/").pop() ?? m.name), name: `${p.name}/${m.name}` }, result: m.result }));
+        } else {
+          results = [{ picked: p, result: await readHeaderInWorker(p.file) }];
+        }
         done += 1;
         if (done % 10 === 0 || done === picked.length) setReading({ done, total: picked.length });
-        return { picked: p, result };
+        return results;
       }),
     );
     setReading(null);
-    setGrouping(groupByStudy(results));
+    setGrouping(groupByStudy(read.flat()));
   }
 
   async function send(candidate: StudyCandidate) {
@@ -70,7 +80,7 @@ export function UploadPage() {
         onDrop={onDrop}
         className={`flex flex-col items-center gap-3 rounded-lg border-2 border-dashed p-6 text-center ${dragging ? "border-blue-700 bg-blue-50" : "border-slate-400 bg-white"}`}
       >
-        <p>Drop a folder or DICOM files here (a CD export with its DICOMDIR works), or:</p>
+        <p>Drop a folder, DICOM files or ZIP archives here (a CD export with its DICOMDIR works), or:</p>
         <div className="flex flex-wrap justify-center gap-2">
           <Button onClick={() => folderInput.current?.click()}>Choose a folder</Button>
           <SecondaryButton onClick={() => filesInput.current?.click()}>Choose files</SecondaryButton>

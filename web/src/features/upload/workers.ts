@@ -1,6 +1,8 @@
 // The workers of the upload: header reading and hashing, so that the page never stalls.
-import type { HeaderRequest, HeaderResponse } from "./header.worker";
+import type { HeaderRequest, HeaderResponse, ReadResult, ZipMember } from "./header.worker";
 import type { HashRequest, HashResponse } from "./hash.worker";
+
+type WithoutId<T> = T extends unknown ? Omit<T, "id"> : never;
 
 class Pool<Req extends { id: number }, Res extends { id: number }> {
   private workers: Worker[] = [];
@@ -10,7 +12,7 @@ class Pool<Req extends { id: number }, Res extends { id: number }> {
 
   constructor(private readonly make: () => Worker, private readonly size: number) {}
 
-  run(request: Omit<Req, "id">): Promise<Res> {
+  run(request: WithoutId<Req>): Promise<Res> {
     if (this.workers.length === 0) {
       for (let i = 0; i < this.size; i++) {
         const worker = this.make();
@@ -41,8 +43,15 @@ const hashers = new Pool<HashRequest, HashResponse>(
   cores,
 );
 
-export async function readHeaderInWorker(file: File): Promise<HeaderResponse["result"]> {
-  return (await headers.run({ file })).result;
+export async function readHeaderInWorker(file: File): Promise<ReadResult> {
+  const response = await headers.run({ op: "header", file });
+  return response.op === "header" ? response.result : { ok: false, reason: "unreadable" };
+}
+
+/** The members of a ZIP archive with their headers; null when it is not a readable ZIP. */
+export async function readZipInWorker(file: File): Promise<ZipMember[] | null> {
+  const response = await headers.run({ op: "zip", file });
+  return response.op === "zip" ? response.members : null;
 }
 
 export async function hashInWorker(file: Blob): Promise<string> {
