@@ -311,7 +311,7 @@ def _on_refresh(log: list[tuple[str, int]], kind: str, request: Request) -> None
 
 
 class TestZipArchive:
-    def test_a_zipped_cd_export_is_read_on_the_device(
+    def test_a_zipped_cd_export_is_read_on_the_device_of_a_phone(
         self, short_token_gateway: str, page: Page, tmp_path: Path
     ) -> None:
         write_study(tmp_path / "cd", instances=4, series=2, rows=16, columns=16, with_dicomdir=True)
@@ -324,3 +324,7 @@ class TestZipArchive:
         page.get_by_test_id("files-input").set_input_files(archive)
         expect(page.get_by_test_id("study-contents")).to_contain_text("2 series, 4 images")
         expect(page.get_by_text("Not sent")).to_have_count(0)  # the DICOMDIR goes with the study
+        # A 360 px phone: nothing wider than the screen.
+        page.set_viewport_size({"width": 360, "height": 740})
+        width = page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= 360, width
