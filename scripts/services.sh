@@ -42,7 +42,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! redis_up; then
 fi
 
 # Chromium (Debian's package, never a browser download): the browser of the web app's tests
-# (pytest-playwright launches it with executable_path=/usr/bin/chromium).
+# (tests/web launches it through Playwright with executable_path=/usr/bin/chromium).
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "relaypacs: the web app's tests need Chromium (sudo apt-get install chromium)" >&2

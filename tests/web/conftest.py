@@ -1,25 +1,51 @@
 """The web app's browser tests: Debian's Chromium (never a browser download) driven by
-pytest-playwright, against the built app served by a real gateway."""
+Playwright's Python API, against the built app served by a real gateway.
+
+The fixtures are this module's, not pytest-playwright's: that plugin's Playwright lives for the
+whole session and keeps an event loop running in the main thread, so that every asyncio test
+after the first browser test failed. Here the browser lives for one test module."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTEFACTS = REPO / "tests" / "web" / "artefacts"
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, for the tests of one module (then stopped with its Playwright, which
+    leaves no event loop behind for the asyncio tests that follow)."""
     if not CHROMIUM.exists():
         raise RuntimeError("the browser tests need Debian's chromium: scripts/services.sh")
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "headless": True}
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile (cookies, IndexedDB, service workers) per test."""
+    new = browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        yield new
+    finally:
+        new.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ export interface PickedFile {
   file: File;
   /** The path inside the picked folder, or the file name. */
   name: string;
+  /** Its SHA-256 when it was computed while reading the header. */
+  sha256?: string | null;
 }
 
 export interface SeriesGroup {

@@ -69,7 +69,7 @@ export async function enqueueStudy(
     index,
     name: picked.name.slice(-255),
     size: picked.file.size,
-    sha256: null,
+    sha256: picked.sha256 ?? null,
     blob: picked.file,
   }));
   await db.transaction("rw", db.studies, db.files, async () => {

@@ -24,9 +24,13 @@ export function UploadPage() {
     setGrouping(null);
     if (picked.length === 0) return;
     setReading({ done: 0, total: picked.length });
+    performance.mark("relaypacs:read-start");
     let done = 0;
-    const read = await Promise.all(
-      picked.map(async (p): Promise<Parameters<typeof groupByStudy>[0]> => {
+    // A few files at a time (each may be read whole into memory by its worker).
+    const read = await inLanes(
+      picked,
+      4,
+      async (p): Promise<Parameters<typeof groupByStudy>[0]> => {
         let results: Parameters<typeof groupByStudy>[0];
         if (/\.zip$/i.test(p.name)) {
           // A ZIP archive: each member is a file of the study (a zipped CD export works).
@@ -34,23 +38,30 @@ export function UploadPage() {
           results =
             members === null
               ? [{ picked: p, result: { ok: false, reason: "not a readable ZIP archive" } }]
-              : members.map((m) => ({ picked: { file: new File([m.blob], m.name.split("/").pop() ?? m.name), name: `${p.name}/${m.name}` }, result: m.result }));
+              : members.map((m) => ({
+                  picked: { file: new File([m.blob], m.name.split("/").pop() ?? m.name), name: `${p.name}/${m.name}`, sha256: m.sha256 },
+                  result: m.result,
+                }));
         } else {
-          results = [{ picked: p, result: await readHeaderInWorker(p.file) }];
+          const { result, sha256 } = await readHeaderInWorker(p.file);
+          results = [{ picked: { ...p, sha256 }, result }];
         }
         done += 1;
         if (done % 10 === 0 || done === picked.length) setReading({ done, total: picked.length });
         return results;
-      }),
+      },
     );
     setReading(null);
     setGrouping(groupByStudy(read.flat()));
+    performance.mark("relaypacs:read-end");
   }
 
   async function send(candidate: StudyCandidate) {
     setError(null);
     try {
+      performance.mark("relaypacs:queue-start");
       await enqueueStudy(db, candidate);
+      performance.mark("relaypacs:queue-end");
       // Ask the browser to keep the queue under storage pressure (Safari may still evict an
       // origin's data after 7 days without use: the gateway's record lets any device resume).
       void navigator.storage?.persist?.();
@@ -113,6 +124,20 @@ export function UploadPage() {
       </section>
     </div>
   );
+}
+
+/** `work` on every item, at most `lanes` at a time; results in the items' order. */
+async function inLanes<T, R>(items: T[], lanes: number, work: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array<R>(items.length);
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await work(items[index]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(lanes, items.length) }, lane));
+  return results;
 }
 
 function Candidates({ grouping, onSend }: { grouping: Grouping; onSend: (c: StudyCandidate) => void }) {

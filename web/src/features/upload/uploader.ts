@@ -13,6 +13,7 @@ export const engine = new UploadEngine({
   fetch: authFetch,
   hash: hashInWorker,
   online: () => navigator.onLine,
+  parallel: 6, // a browser opens at most 6 HTTP/1.1 connections to one server
 });
 
 let wired = false;

@@ -43,9 +43,10 @@ const hashers = new Pool<HashRequest, HashResponse>(
   cores,
 );
 
-export async function readHeaderInWorker(file: File): Promise<ReadResult> {
+/** A file's header, and its SHA-256 when the worker read it whole (null: hashed later). */
+export async function readHeaderInWorker(file: File): Promise<{ result: ReadResult; sha256: string | null }> {
   const response = await headers.run({ op: "header", file });
-  return response.op === "header" ? response.result : { ok: false, reason: "unreadable" };
+  return response.op === "header" ? response : { result: { ok: false, reason: "unreadable" }, sha256: null };
 }
 
 /** The members of a ZIP archive with their headers; null when it is not a readable ZIP. */
