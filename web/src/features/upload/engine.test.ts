@@ -171,6 +171,20 @@ describe("the upload engine", () => {
     expect((await studyFiles(db, id)).every((f) => f.blob === null)).toBe(true);
   });
 
+  it("pauses, not fails, when the session ends, and goes on after the next sign-in", async () => {
+    const candidate = await study("multi1"); // sent by an earlier test: recognised at once
+    const id = await enqueueStudy(db, candidate, { estimate: async () => ({}) });
+    network.fault = () => Response.json({ error: { code: "session_ended", message: "ended" } }, { status: 401 });
+    const uploader = engine();
+    uploader.kick();
+    await uploader.idle();
+    expect(await db.studies.get(id)).toMatchObject({ state: "paused", note: "Sign in again to go on with this upload." });
+    network.fault = null; // signed in again
+    uploader.kick();
+    await uploader.idle();
+    expect((await db.studies.get(id))!.state).toBe("already_sent");
+  });
+
   it("stops on a refusal that is final and says why", async () => {
     const candidate = await study("flat");
     candidate.studyUid = "1.2.3.999"; // the files say another study: the gateway refuses them

@@ -192,6 +192,10 @@ export class UploadEngine {
             note: this.deps.online() ? "Paused." : "Waiting for the network: the upload goes on by itself.",
           });
         }
+      } else if (error instanceof ApiError && error.status === 401) {
+        // The session ended (signed out elsewhere, expired): nothing is lost; the upload goes
+        // on from the gateway's record after the next sign-in.
+        await updateStudy(this.deps.db, study.id, { state: "paused", note: "Sign in again to go on with this upload." });
       } else {
         await updateStudy(this.deps.db, study.id, { state: "failed", note: describeError(error) });
       }

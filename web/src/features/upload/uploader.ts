@@ -21,7 +21,10 @@ let wired = false;
 /** Start the engine once per tab: now (page load), at `online`, and when the service worker's
  * Background Sync says the network is back. */
 export function startUploader(): void {
-  if (wired) return;
+  if (wired) {
+    engine.kick(); // signed in again: what waited for a session goes on
+    return;
+  }
   wired = true;
   window.addEventListener("offline", () => engine.stopAll());
   window.addEventListener("online", () => engine.kick());

@@ -26,7 +26,7 @@ export async function readMember(file: Blob): Promise<ReadResult> {
 
 /** Up to this size a file is read whole at once: its header, and its SHA-256 by the browser's
  * native digest in the same pass (the upload then need not read it again to hash it). */
-export const WHOLE = 64 << 20;
+export const WHOLE = 32 << 20;
 
 function hex(buffer: ArrayBuffer): string {
   return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
