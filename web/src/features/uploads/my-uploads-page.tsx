@@ -69,6 +69,13 @@ function UploadRow({ upload }: { upload: UploadSummary }) {
           PACS confirmed {confirmed}/{total}
         </p>
       )}
+      <Timeline
+        steps={[
+          ["Started", current.created_at],
+          ["Accepted by the gateway", current.completed_at],
+          ["Confirmed by the PACS", forwarding?.delivered_at],
+        ]}
+      />
       {forwarding?.last_error && current.status !== "delivered" && <p className="text-sm">Last PACS answer: {forwarding.last_error}</p>}
       {(current.refused_files ?? 0) > 0 && (
         <SecondaryButton className="mt-2" onClick={() => setShowRefused(!showRefused)} aria-expanded={showRefused}>
@@ -77,6 +84,20 @@ function UploadRow({ upload }: { upload: UploadSummary }) {
       )}
       {showRefused && <RefusedFiles id={upload.id} />}
     </Card>
+  );
+}
+
+/** The steps of the study's journey that have happened, with their time. */
+function Timeline({ steps }: { steps: [string, string | null | undefined][] }) {
+  const done = steps.filter((step): step is [string, string] => Boolean(step[1]));
+  return (
+    <ol aria-label="Timeline" className="mt-1 flex flex-wrap gap-x-4 text-sm text-slate-700">
+      {done.map(([label, at]) => (
+        <li key={label}>
+          {label}: <time dateTime={at}>{new Date(at).toLocaleString()}</time>
+        </li>
+      ))}
+    </ol>
   );
 }
 
