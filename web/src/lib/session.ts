@@ -98,7 +98,8 @@ export function refreshAccess(stale: string | null = session.token): Promise<str
  */
 export async function authFetch(input: Request): Promise<Response> {
   const retry = input.clone();
-  const token = session.token ?? (await refreshAccess(null));
+  // Signing in needs no token (and must not try the refresh cookie first).
+  const token = session.token ?? (isAuthPath(input.url) ? null : await refreshAccess(null));
   const first = await fetch(withToken(input, token));
   if (first.status !== 401 || token === null || isAuthPath(input.url)) return first;
   const fresh = await refreshAccess(token);
