@@ -453,7 +453,8 @@ async def upload_owners(
     rows = await session.execute(
         select(Upload.id, Upload.user_id).where(Upload.id.in_(set(upload_ids)))
     )
-    return dict(rows)
+    # Not dict(rows): a Result has keys(), so dict() would take it for a mapping.
+    return dict(rows.tuples().all())
 
 
 async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:
@@ -600,3 +601,27 @@ async def confirm_sent(session: AsyncSession, upload_id: uuid.UUID) -> None:
         .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
         .execution_options(synchronize_session=False)
     )
+
+
+async def count_by_status(session: AsyncSession) -> dict[UploadStatus, int]:
+    """How many uploads are in each status (the operators' gauge)."""
+    rows = await session.execute(select(Upload.status, func.count()).group_by(Upload.status))
+    return {row[0]: row[1] for row in rows.all()}
+
+
+# --- the study as other domains see it -------------------------------------------------------
+
+
+def series_instance_counts(session: Session, upload_id: uuid.UUID) -> dict[str, int]:
+    """How many valid (not refused) instances each series of the upload has."""
+    rows = session.execute(
+        select(UploadFile.series_instance_uid, func.count())
+        .where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.series_instance_uid.is_not(None),
+            UploadFile.error_code.is_(None),
+            UploadFile.duplicate_of.is_(None),
+        )
+        .group_by(UploadFile.series_instance_uid)
+    )
+    return {str(series): int(n) for series, n in rows}
