@@ -13,6 +13,8 @@ import { activeStudies, clearQueue } from "../features/upload/queue";
 import { UploadPage } from "../features/upload/upload-page";
 import { startUploader } from "../features/upload/uploader";
 import { MyUploadsPage } from "../features/uploads/my-uploads-page";
+import { NotificationBell } from "../features/notifications/bell";
+import { useNotificationStream } from "../features/notifications/live";
 import { db } from "../lib/db";
 import { refreshAccess, signedOut } from "../lib/session";
 
@@ -73,6 +75,7 @@ function Frame() {
   const navigate = useNavigate();
   const token = useAccessToken();
   useEffect(() => startUploader(), []);
+  useNotificationStream(queryClient, token);
 
   async function signOut() {
     const unfinished = await activeStudies(db);
@@ -104,6 +107,7 @@ function Frame() {
           </NavLink>
           <span className="grow" />
           {token === null && <span role="status">Offline</span>}
+          {token !== null && <NotificationBell />}
           <SecondaryButton onClick={() => void signOut()}>Sign out</SecondaryButton>
         </nav>
       </header>

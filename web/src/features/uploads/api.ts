@@ -3,22 +3,32 @@ import { queryOptions } from "@tanstack/react-query";
 import { api, data } from "../../lib/api/client";
 
 const POLL_MS = 4000;
+/** With the live stream open, its events refresh the uploads: a slow poll is enough. */
+const LIVE_POLL_MS = 30_000;
 const SETTLED = new Set(["delivered", "failed", "rejected", "cancelled"]);
 
-export function myUploadsQuery() {
+export function myUploadsQuery(live: boolean) {
   return queryOptions({
     queryKey: ["uploads"],
     queryFn: () => data(api.GET("/api/v1/uploads", { params: { query: { limit: 50 } } })),
-    refetchInterval: POLL_MS,
+    refetchInterval: live ? LIVE_POLL_MS : POLL_MS,
   });
 }
 
 /** One upload without its file list (cheap to poll), for the PACS's progress. */
-export function uploadStatusQuery(id: string, status: string) {
+export function uploadStatusQuery(id: string, status: string, live: boolean) {
   return queryOptions({
     queryKey: ["upload", id],
     queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}", { params: { path: { upload_id: id }, query: { files: false } } })),
-    refetchInterval: SETTLED.has(status) ? false : POLL_MS,
+    refetchInterval: SETTLED.has(status) ? false : live ? LIVE_POLL_MS : POLL_MS,
+  });
+}
+
+/** Every step of the study's journey with its time (the gateway's record). */
+export function uploadTimelineQuery(id: string) {
+  return queryOptions({
+    queryKey: ["upload", id, "timeline"],
+    queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}/timeline", { params: { path: { upload_id: id } } })),
   });
 }
 

@@ -4,7 +4,8 @@ import { useState } from "react";
 import { Alert, Card, SecondaryButton } from "../../components/ui";
 import type { UploadSummary } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
-import { myUploadsQuery, uploadFilesQuery, uploadStatusQuery } from "./api";
+import { useLiveConnected } from "../../lib/live-status";
+import { myUploadsQuery, uploadFilesQuery, uploadStatusQuery, uploadTimelineQuery } from "./api";
 
 const STATUS: Record<string, string> = {
   pending: "Uploading",
@@ -25,7 +26,8 @@ function formatDate(value: string | null | undefined): string {
 }
 
 export function MyUploadsPage() {
-  const uploads = useQuery(myUploadsQuery());
+  const live = useLiveConnected();
+  const uploads = useQuery(myUploadsQuery(live));
   return (
     <div className="flex flex-col gap-4">
       <h1 className="text-2xl font-semibold">My uploads</h1>
@@ -43,12 +45,14 @@ export function MyUploadsPage() {
 }
 
 function UploadRow({ upload }: { upload: UploadSummary }) {
-  const detail = useQuery(uploadStatusQuery(upload.id, upload.status));
+  const live = useLiveConnected();
+  const detail = useQuery(uploadStatusQuery(upload.id, upload.status, live));
   const current = detail.data ?? upload;
   const forwarding = detail.data?.forwarding;
   const total = current.instance_count ?? forwarding?.instances ?? null;
   const confirmed = current.status === "delivered" ? total : (forwarding?.confirmed ?? 0);
   const [showRefused, setShowRefused] = useState(false);
+  const [showTimeline, setShowTimeline] = useState(false);
   const meta = current.metadata;
   return (
     <Card>
@@ -69,13 +73,10 @@ function UploadRow({ upload }: { upload: UploadSummary }) {
           PACS confirmed {confirmed}/{total}
         </p>
       )}
-      <Timeline
-        steps={[
-          ["Started", current.created_at],
-          ["Accepted by the gateway", current.completed_at],
-          ["Confirmed by the PACS", forwarding?.delivered_at],
-        ]}
-      />
+      <SecondaryButton className="mt-2 mr-2" onClick={() => setShowTimeline(!showTimeline)} aria-expanded={showTimeline}>
+        {showTimeline ? "Hide timeline" : "Show timeline"}
+      </SecondaryButton>
+      {showTimeline && <Timeline id={upload.id} status={current.status} />}
       {forwarding?.last_error && current.status !== "delivered" && <p className="text-sm">Last PACS answer: {forwarding.last_error}</p>}
       {(current.refused_files ?? 0) > 0 && (
         <SecondaryButton className="mt-2" onClick={() => setShowRefused(!showRefused)} aria-expanded={showRefused}>
@@ -87,14 +88,35 @@ function UploadRow({ upload }: { upload: UploadSummary }) {
   );
 }
 
-/** The steps of the study's journey that have happened, with their time. */
-function Timeline({ steps }: { steps: [string, string | null | undefined][] }) {
-  const done = steps.filter((step): step is [string, string] => Boolean(step[1]));
+const STEPS: Record<string, string> = {
+  started: "Upload started",
+  received: "Received by the gateway",
+  validated: "Checked and accepted",
+  rejected: "Refused by the gateway",
+  queued: "Waiting for the PACS",
+  pacs_confirmed: "Confirmed by the PACS",
+  failed: "PACS delivery failed",
+  retried: "Sent again",
+  cancelled: "Cancelled",
+  report_opened: "Waiting for a report",
+  report_assigned: "Report assigned to a radiologist",
+  report_ready: "Report ready",
+  report_amended: "Report amended",
+};
+
+/** Every step of the study's journey with its time, from the gateway's record. */
+function Timeline({ id, status }: { id: string; status: string }) {
+  const timeline = useQuery({ ...uploadTimelineQuery(id), queryKey: ["upload", id, "timeline", status] });
+  if (timeline.error) return <Alert>{describeError(timeline.error)}</Alert>;
   return (
-    <ol aria-label="Timeline" className="mt-1 flex flex-wrap gap-x-4 text-sm text-slate-700">
-      {done.map(([label, at]) => (
-        <li key={label}>
-          {label}: <time dateTime={at}>{new Date(at).toLocaleString()}</time>
+    <ol aria-label="Timeline" className="mt-2 flex flex-col gap-1 border-l-2 border-slate-300 pl-3 text-sm">
+      {(timeline.data?.steps ?? []).map((step, index) => (
+        <li key={`${step.step}-${index}`}>
+          <span className="font-medium">{STEPS[step.step] ?? step.step}</span>{" "}
+          <time dateTime={step.at} className="text-slate-700">
+            {new Date(step.at).toLocaleString()}
+          </time>
+          {step.detail && <span className="block text-slate-700">{step.detail}</span>}
         </li>
       ))}
     </ol>
