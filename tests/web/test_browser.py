@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pyotp
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request, Response, Route, expect
@@ -46,8 +47,10 @@ def gateway(tmp_path: Path, orthanc: OrthancServer, web_dist: Path) -> Iterator[
         "RELAYPACS_WEB_DIR": str(web_dist),
         "RELAYPACS_TOTP_REQUIRED_ROLES": '["clinician"]',
         "RELAYPACS_FORWARD_POLL_SECONDS": "0.2",
+        "RELAYPACS_REPORT_AUTO_ASSIGN": "true",
     }
     create_user(data_dir, "clin", PASSWORD, env=env)
+    create_user(data_dir, "rad", PASSWORD, role="radiologist", env=env)
     with run_gateway(data_dir, env) as base_url:
         yield base_url
 
@@ -98,6 +101,24 @@ def sign_in(page: Page, base_url: str) -> None:
     page.get_by_label("Username").fill("clin")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
+
+
+def sign_report(base_url: str, findings: str, impression: str) -> None:
+    """The radiologist signs the report assigned to them, through the API."""
+    with httpx.Client(base_url=f"{base_url}/api/v1", timeout=30) as http:
+        login = http.post("/auth/login", json={"username": "rad", "password": PASSWORD})
+        http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        deadline = time.monotonic() + 30
+        items: list[dict[str, str]] = []
+        while not items and time.monotonic() < deadline:
+            items = http.get("/reports", params={"status": "assigned"}).json()["items"]
+            time.sleep(0.2)
+        assert len(items) == 1, items
+        signed = http.post(
+            f"/reports/{items[0]['id']}/sign",
+            json={"findings": findings, "impression": impression},
+        )
+        assert signed.status_code == 200, signed.text
 
 
 def queue_count(page: Page) -> int:
@@ -232,6 +253,23 @@ class TestUploadFromTheBrowser:
         expect(page.get_by_role("list", name="Notifications")).to_contain_text(
             "A study was delivered to the PACS."
         )
+        page.get_by_test_id("bell").click()
+
+        # The radiologist the rule assigned signs the report: the clinician sees it, reads it
+        # and downloads its PDF.
+        sign_report(gateway, "No acute findings.", "Normal study.")
+        expect(page.get_by_test_id("report-status")).to_have_attribute(
+            "data-status", "ready", timeout=30_000
+        )
+        expect(page.get_by_test_id("unread")).to_have_text("2")
+        page.get_by_role("button", name="View report").click()
+        expect(page.get_by_role("article", name="Report")).to_contain_text("No acute findings.")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download PDF").click()
+        assert "QUAXWORTHY" not in download.value.suggested_filename
+        assert Path(download.value.path()).read_bytes().startswith(b"%PDF")
+        page.screenshot(path=artefacts / "report.png")
+        assert_accessible(page, "my uploads, report")
         page.screenshot(path=artefacts / "my-uploads.png")
         assert_accessible(page, "my uploads")
 

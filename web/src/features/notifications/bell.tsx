@@ -29,7 +29,10 @@ export function NotificationBell() {
   return (
     <div className="relative">
       <SecondaryButton aria-expanded={open} aria-haspopup="true" onClick={() => setOpen(!open)} data-testid="bell">
-        <span aria-hidden="true">🔔</span> <span className="sr-only">Notifications, </span>
+        <svg aria-hidden="true" viewBox="0 0 24 24" className="mr-1 inline h-5 w-5 align-text-bottom" fill="none" stroke="currentColor" strokeWidth="2">
+          <path d="M18 8a6 6 0 1 0-12 0c0 7-3 9-3 9h18s-3-2-3-9M13.7 21a2 2 0 0 1-3.4 0" strokeLinecap="round" strokeLinejoin="round" />
+        </svg>
+        <span className="sr-only">Notifications, </span>
         <span data-testid="unread">{unread}</span>
         <span className="sr-only"> unread</span>
       </SecondaryButton>

@@ -39,6 +39,8 @@ export function useNotificationStream(queryClient: QueryClient, token: string | 
           void queryClient.invalidateQueries({ queryKey: ["notifications"] });
           void queryClient.invalidateQueries({ queryKey: ["uploads"] });
           void queryClient.invalidateQueries({ queryKey: ["upload"] });
+          void queryClient.invalidateQueries({ queryKey: ["reports"] });
+          void queryClient.invalidateQueries({ queryKey: ["report"] });
           let kind = "";
           try {
             kind = (JSON.parse(event.data) as NotificationEvent).kind;

@@ -39,3 +39,35 @@ export function uploadFilesQuery(id: string) {
     queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}", { params: { path: { upload_id: id } } })),
   });
 }
+
+/** The reports of the clinician's own uploads (the gateway's worklist, for a clinician). */
+export function myReportsQuery(live: boolean) {
+  return queryOptions({
+    queryKey: ["reports"],
+    queryFn: () => data(api.GET("/api/v1/reports", { params: { query: { limit: 200 } } })),
+    refetchInterval: live ? LIVE_POLL_MS : 15_000,
+  });
+}
+
+export function reportQuery(id: string) {
+  return queryOptions({
+    queryKey: ["report", id],
+    queryFn: () => data(api.GET("/api/v1/reports/{report_id}", { params: { path: { report_id: id } } })),
+  });
+}
+
+/** The report's PDF, fetched with the access token, saved through a temporary blob: URL. */
+export async function downloadReportPdf(id: string): Promise<void> {
+  const blob = await data(api.GET("/api/v1/reports/{report_id}/pdf", { params: { path: { report_id: id } }, parseAs: "blob" }));
+  const url = URL.createObjectURL(blob);
+  try {
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `report-${id}.pdf`; // ids only: no patient data in the file name
+    document.body.append(link);
+    link.click();
+    link.remove();
+  } finally {
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  }
+}

@@ -2,10 +2,12 @@
 import { useQuery } from "@tanstack/react-query";
 import { useState } from "react";
 import { Alert, Card, SecondaryButton } from "../../components/ui";
-import type { UploadSummary } from "../../lib/api/client";
+import type { Schemas, UploadSummary } from "../../lib/api/client";
+
+type ReportSummary = Schemas["ReportSummary"];
 import { describeError } from "../../lib/api/errors";
 import { useLiveConnected } from "../../lib/live-status";
-import { myUploadsQuery, uploadFilesQuery, uploadStatusQuery, uploadTimelineQuery } from "./api";
+import { downloadReportPdf, myReportsQuery, myUploadsQuery, reportQuery, uploadFilesQuery, uploadStatusQuery, uploadTimelineQuery } from "./api";
 
 const STATUS: Record<string, string> = {
   pending: "Uploading",
@@ -28,6 +30,8 @@ function formatDate(value: string | null | undefined): string {
 export function MyUploadsPage() {
   const live = useLiveConnected();
   const uploads = useQuery(myUploadsQuery(live));
+  const reports = useQuery(myReportsQuery(live));
+  const reportOf = new Map((reports.data?.items ?? []).map((r) => [r.upload_id, r]));
   return (
     <div className="flex flex-col gap-4">
       <h1 className="text-2xl font-semibold">My uploads</h1>
@@ -36,7 +40,7 @@ export function MyUploadsPage() {
       <ul className="flex flex-col gap-3" aria-label="Uploads">
         {uploads.data?.items.map((upload) => (
           <li key={upload.id}>
-            <UploadRow upload={upload} />
+            <UploadRow upload={upload} report={reportOf.get(upload.id)} />
           </li>
         ))}
       </ul>
@@ -44,7 +48,7 @@ export function MyUploadsPage() {
   );
 }
 
-function UploadRow({ upload }: { upload: UploadSummary }) {
+function UploadRow({ upload, report }: { upload: UploadSummary; report: ReportSummary | undefined }) {
   const live = useLiveConnected();
   const detail = useQuery(uploadStatusQuery(upload.id, upload.status, live));
   const current = detail.data ?? upload;
@@ -78,6 +82,7 @@ function UploadRow({ upload }: { upload: UploadSummary }) {
       </SecondaryButton>
       {showTimeline && <Timeline id={upload.id} status={current.status} />}
       {forwarding?.last_error && current.status !== "delivered" && <p className="text-sm">Last PACS answer: {forwarding.last_error}</p>}
+      {report && <ReportLine report={report} />}
       {(current.refused_files ?? 0) > 0 && (
         <SecondaryButton className="mt-2" onClick={() => setShowRefused(!showRefused)} aria-expanded={showRefused}>
           {showRefused ? "Hide refused files" : "Show refused files"}
@@ -120,6 +125,57 @@ function Timeline({ id, status }: { id: string; status: string }) {
         </li>
       ))}
     </ol>
+  );
+}
+
+const REPORT_STATUS: Record<string, string> = {
+  pending: "Report: waiting for a radiologist",
+  assigned: "Report: being written",
+  ready: "Report ready",
+  amended: "Report ready (amended)",
+};
+
+function ReportLine({ report }: { report: ReportSummary }) {
+  const [open, setOpen] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const signed = report.status === "ready" || report.status === "amended";
+  return (
+    <div className="mt-2">
+      <p data-testid="report-status" data-status={report.status} className="font-medium">
+        {REPORT_STATUS[report.status] ?? report.status}
+      </p>
+      {signed && (
+        <div className="mt-1 flex flex-wrap gap-2">
+          <SecondaryButton onClick={() => setOpen(!open)} aria-expanded={open}>
+            {open ? "Hide report" : "View report"}
+          </SecondaryButton>
+          <SecondaryButton onClick={() => downloadReportPdf(report.id).then(() => setError(null), (e: unknown) => setError(describeError(e)))}>
+            Download PDF
+          </SecondaryButton>
+        </div>
+      )}
+      {error && <Alert>{error}</Alert>}
+      {open && <ReportText id={report.id} />}
+    </div>
+  );
+}
+
+function ReportText({ id }: { id: string }) {
+  const report = useQuery(reportQuery(id));
+  const latest = report.data?.latest;
+  if (report.error) return <Alert>{describeError(report.error)}</Alert>;
+  if (!latest) return null;
+  return (
+    <article aria-label="Report" className="mt-2 rounded-md border border-slate-200 p-3 text-sm">
+      <h3 className="font-semibold">Findings</h3>
+      <p className="whitespace-pre-wrap">{latest.findings}</p>
+      <h3 className="mt-2 font-semibold">Impression</h3>
+      <p className="whitespace-pre-wrap">{latest.impression}</p>
+      <p className="mt-2 text-slate-700">
+        Version {latest.version}, signed {new Date(latest.signed_at).toLocaleString()}
+        {latest.reason ? ` (amended: ${latest.reason})` : ""}
+      </p>
+    </article>
   );
 }
 
