@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import time
 import zipfile
 from collections.abc import Iterator
@@ -378,3 +379,30 @@ class TestZipArchive:
         page.set_viewport_size({"width": 360, "height": 740})
         width = page.evaluate("document.scrollingElement.scrollWidth")
         assert width <= 360, width
+
+
+class TestNewVersion:
+    def test_a_deployed_version_is_offered_and_taken_on_reload(
+        self, tmp_path: Path, web_dist: Path, context: BrowserContext, page: Page
+    ) -> None:
+        deployed = tmp_path / "dist"
+        shutil.copytree(web_dist, deployed)
+        data_dir = tmp_path / "data"
+        env = {"RELAYPACS_WEB_DIR": str(deployed)}
+        create_user(data_dir, "clin", PASSWORD, env=env)
+        with run_gateway(data_dir, env) as base_url:
+            sign_in(page, base_url)
+            expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+            page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+            expect(page.get_by_text("A new version of RelayPACS is available.")).to_have_count(0)
+
+            # A new version is deployed (another service worker); the app notices it.
+            sw = deployed / "sw.js"
+            sw.write_text(sw.read_text() + "\n// the next version\n")
+            page.evaluate("navigator.serviceWorker.getRegistration().then((r) => r.update())")
+            prompt = page.get_by_text("A new version of RelayPACS is available.")
+            expect(prompt).to_be_visible(timeout=15_000)
+            with page.expect_navigation():
+                page.get_by_role("button", name="Reload").click()
+            expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+            expect(prompt).to_have_count(0)

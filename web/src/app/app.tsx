@@ -66,7 +66,16 @@ function UpdatePrompt() {
   return (
     <div role="alert" className="flex flex-wrap items-center gap-3 bg-amber-100 px-4 py-2">
       A new version of RelayPACS is available.
-      <Button onClick={() => void updateServiceWorker(true)}>Reload</Button>
+      <Button
+        onClick={() => {
+          // The new worker takes over, then the page loads again under it (workbox-window
+          // reloads only when the page was controlled at its registration: not on a first visit).
+          navigator.serviceWorker?.addEventListener("controllerchange", () => window.location.reload(), { once: true });
+          void updateServiceWorker(false);
+        }}
+      >
+        Reload
+      </Button>
     </div>
   );
 }
