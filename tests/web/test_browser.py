@@ -372,7 +372,14 @@ class TestZipArchive:
                 out.write(path, path.relative_to(tmp_path))
         sign_in(page, short_token_gateway)
         expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
-        page.get_by_test_id("files-input").set_input_files(archive)
+        # By keyboard only: Tab to "Choose files", Enter opens the file chooser.
+        for _ in range(20):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.textContent") == "Choose files":
+                break
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("Enter")
+        chooser.value.set_files(archive)
         expect(page.get_by_test_id("study-contents")).to_contain_text("2 series, 4 images")
         expect(page.get_by_text("Not sent")).to_have_count(0)  # the DICOMDIR goes with the study
         # A 360 px phone: nothing wider than the screen.
