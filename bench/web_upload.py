@@ -102,6 +102,21 @@ def web_upload(base_url: str, study: Path) -> tuple[float, list[float]]:
                 ".map((m) => [m.name.slice(10), Math.round(m.startTime)]))"
             )
             print("web app phases (ms since the page loaded):", marks)
+            chunks: dict[str, float] = page.evaluate(
+                """(() => {
+                    const puts = performance.getEntriesByType("resource")
+                        .filter((e) => e.name.includes("/chunks/"));
+                    const mean = (f) => puts.reduce((s, e) => s + f(e), 0) / (puts.length || 1);
+                    return {
+                        count: puts.length,
+                        mean_total_ms: Math.round(mean((e) => e.duration)),
+                        mean_queued_ms: Math.round(mean((e) => e.requestStart - e.startTime)),
+                        mean_sent_to_answer_ms: Math.round(
+                            mean((e) => e.responseStart - e.requestStart)),
+                    };
+                })()"""
+            )
+            print("web app chunk PUTs (resource timing):", chunks)
             return elapsed, longtasks
         finally:
             browser.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pyotp
 import pytest
-from playwright.sync_api import BrowserContext, Page, Request, Response, Route, expect
+from playwright.sync_api import BrowserContext, Dialog, Page, Request, Response, Route, expect
 
 from relaypacs.devtools.synth import write_study
 from tests.gateway import create_user, run_gateway
@@ -362,7 +362,7 @@ def _on_refresh(log: list[tuple[str, int]], kind: str, request: Request) -> None
 
 
 class TestZipArchive:
-    def test_a_zipped_cd_export_is_read_on_the_device_of_a_phone(
+    def test_a_zipped_cd_is_read_on_a_phone_and_sign_out_warns_then_clears_it(
         self, short_token_gateway: str, page: Page, tmp_path: Path
     ) -> None:
         write_study(tmp_path / "cd", instances=4, series=2, rows=16, columns=16, with_dicomdir=True)
@@ -372,13 +372,45 @@ class TestZipArchive:
                 out.write(path, path.relative_to(tmp_path))
         sign_in(page, short_token_gateway)
         expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
-        page.get_by_test_id("files-input").set_input_files(archive)
+        # By keyboard only: Tab to "Choose files", Enter opens the file chooser.
+        for _ in range(20):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.textContent") == "Choose files":
+                break
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("Enter")
+        chooser.value.set_files(archive)
         expect(page.get_by_test_id("study-contents")).to_contain_text("2 series, 4 images")
         expect(page.get_by_text("Not sent")).to_have_count(0)  # the DICOMDIR goes with the study
         # A 360 px phone: nothing wider than the screen.
         page.set_viewport_size({"width": 360, "height": 740})
         width = page.evaluate("document.scrollingElement.scrollWidth")
         assert width <= 360, width
+
+        # Queued, and held before its first chunk (fault injection: the network never answers).
+        page.route(CHUNK_PATH, lambda route: None)
+        page.get_by_role("button", name="Send this study").click()
+        expect(page.get_by_test_id("queue-state")).to_have_attribute("data-state", "uploading")
+        # Signing out warns first: the queue holds patient data and unfinished uploads.
+        warnings: list[str] = []
+
+        def answer(dialog: Dialog, accept: bool) -> None:
+            warnings.append(dialog.message)
+            if accept:
+                dialog.accept()
+            else:
+                dialog.dismiss()
+
+        page.once("dialog", lambda dialog: answer(dialog, accept=False))
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
+        assert queue_count(page) > 0
+        page.once("dialog", lambda dialog: answer(dialog, accept=True))
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(re.compile(r"/sign-in$"))
+        assert queue_count(page) == 0
+        assert len(warnings) == 2
+        assert "1 upload(s) are not finished" in warnings[0]
 
 
 class TestNewVersion:

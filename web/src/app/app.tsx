@@ -11,7 +11,7 @@ import { SignInPage } from "../features/auth/sign-in-page";
 import { loadPending, useAccessToken } from "../features/auth/use-auth";
 import { activeStudies, clearQueue } from "../features/upload/queue";
 import { UploadPage } from "../features/upload/upload-page";
-import { startUploader } from "../features/upload/uploader";
+import { engine, startUploader } from "../features/upload/uploader";
 import { MyUploadsPage } from "../features/uploads/my-uploads-page";
 import { NotificationBell } from "../features/notifications/bell";
 import { useNotificationStream } from "../features/notifications/live";
@@ -94,6 +94,7 @@ function Frame() {
     ) {
       return;
     }
+    engine.stopAll(); // nothing more leaves for this account
     await clearQueue(db);
     await logout().catch(() => undefined);
     sessionStorage.clear();

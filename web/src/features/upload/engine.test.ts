@@ -185,6 +185,50 @@ describe("the upload engine", () => {
     expect((await db.studies.get(id))!.state).toBe("already_sent");
   });
 
+  it("pauses a study when asked (chunks in flight stopped) and resumes it when asked", async () => {
+    const candidate = await study("multi3");
+    const id = await enqueueStudy(db, candidate, { estimate: async () => ({}) });
+    const uploader = engine({ parallel: 1 });
+    network.fault = () => {
+      if (network.acknowledged().length === 3) void uploader.pause(id);
+      return null;
+    };
+    uploader.kick();
+    await uploader.idle();
+    const paused = (await db.studies.get(id))!;
+    expect(paused).toMatchObject({ state: "paused", pausedByUser: true });
+    const before = network.acknowledged();
+    expect(before.length).toBeLessThan(12);
+    uploader.kick(); // paused by the clinician: the engine leaves it alone
+    await uploader.idle();
+    expect(network.acknowledged()).toEqual(before);
+    network.fault = null;
+    await uploader.resume(id);
+    await uploader.idle();
+    expect((await db.studies.get(id))!.state).toBe("sent");
+    expect(network.acknowledged().slice(before.length).filter((k) => before.includes(k))).toEqual([]);
+  });
+
+  it("cancels a started study at the gateway too and drops its files", async () => {
+    const candidate = await study("multi4");
+    const id = await enqueueStudy(db, candidate, { estimate: async () => ({}) });
+    const uploader = engine({ parallel: 1 });
+    network.fault = () => {
+      if (network.acknowledged().length === 2) {
+        network.fault = null;
+        void uploader.pause(id);
+      }
+      return null;
+    };
+    uploader.kick();
+    await uploader.idle();
+    await uploader.cancel(id);
+    const cancelled = (await db.studies.get(id))!;
+    expect(cancelled.state).toBe("cancelled");
+    expect((await serverUpload(cancelled.uploadId!)).status).toBe("cancelled");
+    expect((await studyFiles(db, id)).every((f) => f.blob === null)).toBe(true);
+  });
+
   it("stops on a refusal that is final and says why", async () => {
     const candidate = await study("flat");
     candidate.studyUid = "1.2.3.999"; // the files say another study: the gateway refuses them

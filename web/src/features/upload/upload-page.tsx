@@ -120,6 +120,10 @@ export function UploadPage() {
         <h2 id="queue-title" className="text-xl font-semibold">
           On this device
         </h2>
+        <p className="text-sm text-slate-700">
+          Studies wait here, files included, until the gateway has them. Some browsers (Safari) delete a site&apos;s data after 7 days without a visit: what
+          the gateway already received is kept there, and choosing the same files again goes on from it.
+        </p>
         {queue.length === 0 ? <p className="text-slate-700">Nothing queued.</p> : queue.map((s) => <QueuedStudyRow key={s.id} study={s} />)}
       </section>
     </div>
