@@ -16,7 +16,7 @@ from relaypacs.auth.security import AccessClaims, create_stream_ticket
 from relaypacs.db import Database, utcnow
 from relaypacs.notifications import repository
 from relaypacs.notifications.errors import NotificationNotFound
-from relaypacs.notifications.live import LiveNotice, NoticeHub, events, stash
+from relaypacs.notifications.live import LiveNotice, NoticeHub, Subscription, events, stash
 from relaypacs.notifications.models import Notification
 from relaypacs.notifications.schemas import (
     NotificationList,
@@ -141,20 +141,24 @@ async def _missed(db: Database, user: User, last_event_id: str | None) -> list[L
 async def open_stream(
     db: Database,
     hub: NoticeHub,
+    subscription: Subscription,
     *,
     user: User,
     last_event_id: str | None,
     heartbeat: float,
     lifetime: float,
 ) -> AsyncIterator[str]:
-    """The user's event stream: subscribed first, then what was missed read from the database
-    (so nothing falls between the two; a notice in both is sent once), then live notices."""
-    with hub.subscribe(user.id) as subscription:
+    """The user's event stream, on a subscription opened first (`hub.open`): what was missed,
+    read from the database after the subscription (so nothing falls between the two; a notice
+    in both is sent once), then live notices. The subscription is released at the end."""
+    try:
         replay = await _missed(db, user, last_event_id)
         async for chunk in events(
             subscription, replay, heartbeat=heartbeat, lifetime=lifetime, render=render_event
         ):
             yield chunk
+    finally:
+        hub.release(subscription)
 
 
 def stream_ticket_lifetime() -> dt.timedelta:
