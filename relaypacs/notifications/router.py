@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from relaypacs.auth.dependencies import CurrentUser, access_claims
+from relaypacs.auth.dependencies import ActorDep, CurrentUser, access_claims
 from relaypacs.fields import Offset
 from relaypacs.notifications import service
 from relaypacs.notifications.dependencies import NoticeHubDep, StreamUser
@@ -20,6 +20,8 @@ from relaypacs.notifications.live import Subscription
 from relaypacs.notifications.schemas import (
     NotificationList,
     NotificationRead,
+    Preferences,
+    PreferencesUpdate,
     ReadAll,
     StreamTicket,
 )
@@ -40,6 +42,19 @@ async def list_notifications(
     return await service.list_notifications(
         session, user=user, unread_only=unread_only, limit=limit, offset=offset
     )
+
+
+@router.get("/preferences", response_model=Preferences)
+async def read_preferences(user: CurrentUser, session: ReadSessionDep) -> Preferences:
+    return await service.email_preferences(session, user=user)
+
+
+@router.put("/preferences", response_model=Preferences)
+async def change_preferences(
+    body: PreferencesUpdate, user: CurrentUser, actor: ActorDep, session: SessionDep
+) -> Preferences:
+    """Which kinds of notice are also emailed (report_ready, report_amended, upload_failed)."""
+    return await service.set_email_preferences(session, user=user, actor=actor, body=body)
 
 
 @router.post("/read-all", response_model=ReadAll)
@@ -112,6 +127,7 @@ async def aclose_quietly(body: AsyncIterator[str]) -> None:
 
 @router.get(
     "/stream",
+    status_code=200,
     response_class=EventStreamResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "The events."}},
 )

@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relaypacs.audit.models import Actor
+from relaypacs.audit.service import record_event
 from relaypacs.auth.models import User
 from relaypacs.auth.security import AccessClaims, create_stream_ticket
 from relaypacs.db import Database, utcnow
@@ -19,8 +21,11 @@ from relaypacs.notifications.errors import NotificationNotFound
 from relaypacs.notifications.live import LiveNotice, NoticeHub, Subscription, events, stash
 from relaypacs.notifications.models import Notification
 from relaypacs.notifications.schemas import (
+    EMAIL_KINDS,
     NotificationList,
     NotificationRead,
+    Preferences,
+    PreferencesUpdate,
     ReadAll,
     StreamTicket,
 )
@@ -171,3 +176,25 @@ async def issue_stream_ticket(*, access: AccessClaims, key: str) -> StreamTicket
     lifetime = stream_ticket_lifetime()
     ticket, _ = create_stream_ticket(access=access, key=key, lifetime=lifetime)
     return StreamTicket(ticket=ticket, expires_in=int(lifetime.total_seconds()))
+
+
+async def email_preferences(session: AsyncSession, *, user: User) -> Preferences:
+    choices = await repository.email_choices(session, [user.id])
+    return Preferences(email={k: choices.get((user.id, k), True) for k in EMAIL_KINDS})
+
+
+async def set_email_preferences(
+    session: AsyncSession, *, user: User, actor: Actor, body: PreferencesUpdate
+) -> Preferences:
+    """Turn the email of some kinds of notice on or off (the notices themselves stay)."""
+    for kind, email in body.email.items():
+        await repository.set_email_choice(session, user.id, kind, email=email)
+    await record_event(
+        session,
+        actor=actor,
+        action="notification.preferences",
+        object_type="user",
+        object_id=user.id,
+        details={"email": dict(body.email)},
+    )
+    return await email_preferences(session, user=user)
