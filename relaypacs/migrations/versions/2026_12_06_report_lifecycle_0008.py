@@ -1,8 +1,7 @@
 """The report lifecycle: a report may be amended (status `amended`); what it keeps of its
 study for the worklist (uploader, StudyInstanceUID, modality, study date, the patient and study
 details, search text), when it was assigned and how many versions were signed; every signed
-version (`report_version`); which modalities each radiologist reads (`radiologist_modality`);
-which kinds of notice each user wants by email (`notification_preference`).
+version (`report_version`); which modalities each radiologist reads (`radiologist_modality`).
 
 The status's CHECK constraint is replaced: on SQLite `report` is rebuilt in a batch (no table
 points at it before this revision).
@@ -86,23 +85,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("user_id", "modality", name=op.f("pk_radiologist_modality")),
     )
-    op.create_table(
-        "notification_preference",
-        sa.Column("user_id", sa.Uuid(), nullable=False),
-        sa.Column("kind", sa.String(length=32), nullable=False),
-        sa.Column("email", sa.Boolean(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["user.id"],
-            name=op.f("fk_notification_preference_user_id_user"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("user_id", "kind", name=op.f("pk_notification_preference")),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("notification_preference")
     op.drop_table("radiologist_modality")
     op.drop_table("report_version")
     # An amended report was signed: it is `ready` in the older schema.
