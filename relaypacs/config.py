@@ -188,6 +188,12 @@ class Settings(BaseSettings):
         description="How often the audit chain's head (id and hash of the newest record) is "
         "written to the log, for `relaypacs audit verify --head` to detect a truncation.",
     )
+    web_dir: Path | None = Field(
+        default=None,
+        description="The built web app the gateway serves at / (index.html and assets/). "
+        "Default: web/dist next to the relaypacs package, when it has been built "
+        "(scripts/web.sh build; scripts/run.sh does it).",
+    )
     api_docs: bool = Field(
         default=False,
         description="Publish the OpenAPI document and the interactive API documentation "
@@ -270,6 +276,29 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Operations (relaypacs/telemetry, relaypacs/ops).
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object per log line, for log shippers."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that Prometheus sends to read /metrics. Default: none, and "
+        "then /metrics answers only clients on the loopback interface.",
+    )
+    sentry_dsn: SecretStr | None = Field(
+        default=None, description="Report unexpected errors to Sentry (scrubbed of patient data)."
+    )
+    sentry_environment: str = Field(default="production", max_length=64)
+    sentry_traces_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of requests traced to Sentry."
+    )
+    health_timeout_seconds: float = Field(
+        default=0.8,
+        gt=0,
+        le=10,
+        description="How long each readiness check waits for its dependency.",
+    )
 
     # The PACS. One target from RELAYPACS_PACS_URL (+ _USERNAME, _PASSWORD or _TOKEN, _PROFILE),
     # or several as [[pacs_targets]] tables in the configuration file.
@@ -472,6 +501,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'relaypacs.db').resolve()}"
+
+    @property
+    def resolved_web_dir(self) -> Path | None:
+        """The web app to serve: web_dir, or the checkout's web/dist once built; None: none."""
+        directory = self.web_dir or Path(__file__).resolve().parent.parent / "web" / "dist"
+        return directory if (directory / "index.html").is_file() else None
 
     @property
     def is_sqlite(self) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import sys
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SqlalchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,7 +23,7 @@ from starlette.types import ASGIApp
 
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
-from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, install_api_docs
+from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, document_errors, install_api_docs
 from relaypacs.audit.service import log_chain_head_every
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.repository import user_loader
@@ -46,6 +48,8 @@ from relaypacs.migrate import upgrade_in_subprocess
 from relaypacs.notifications.live import NoticeHub
 from relaypacs.notifications.mail import Mailer, SmtpSettings
 from relaypacs.notifications.router import router as notifications_router
+from relaypacs.ops.router import router as ops_router
+from relaypacs.ops.service import HealthChecks
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
 from relaypacs.reports.router import admin_router as reports_admin_router
@@ -53,7 +57,15 @@ from relaypacs.reports.router import router as reports_router
 from relaypacs.reports.router import timeline_router as upload_timeline_router
 from relaypacs.reports.service import open_report
 from relaypacs.state import AppState, app_settings
-from relaypacs.storage import FilesystemStorage, ObjectStorage, StorageError
+from relaypacs.storage import (
+    FilesystemStorage,
+    ObjectStorage,
+    StorageError,
+    StorageFull,
+    StorageMissing,
+)
+from relaypacs.telemetry import close_sentry, init_sentry, process_stopped
+from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
@@ -63,6 +75,7 @@ from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import CompleteContext, UploadLimits
 from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
+from relaypacs.webapp import WebApp
 
 logger = logging.getLogger("relaypacs")
 
@@ -182,6 +195,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app_settings(app)
     check_policy(app)  # again: a route added after create_app must have its entry too
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    init_sentry(settings)
     if settings.auto_migrate:
         await upgrade_in_subprocess(settings.resolved_database_url)
     db = Database.open(settings.resolved_database_url)
@@ -258,6 +272,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_queued=forwarder.wake if forwarder else None,
         ),
         forwarder=forwarder,
+        health=HealthChecks.build(settings, storage),
         notice_hub=notice_hub,
     )
     app.state.gateway = state
@@ -284,6 +299,48 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await revocations.close()
         await rate_limits.close()
         await db.close()
+        await state.health.close()
+        close_sentry()
+        process_stopped()
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached (down, restarting, the connection
+    lost), rather than a bug: a connection error of the driver, SQLSTATE class 08 or 57P0x, or
+    a socket error raised from inside SQLAlchemy or asyncpg."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc.orig, OSError):
+            return True
+        for cause in (exc.orig, exc.orig.__cause__ if exc.orig else None):
+            sqlstate = getattr(cause, "sqlstate", None)
+            if isinstance(sqlstate, str) and (
+                sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+            ):
+                return True
+        return False
+    if isinstance(exc, OSError):
+        frames = traceback.extract_tb(exc.__traceback__)
+        return any(
+            f"{sep}sqlalchemy{sep}" in frame.filename or f"{sep}asyncpg{sep}" in frame.filename
+            for frame in frames
+            for sep in ("/", "\\")
+        )
+    return False
+
+
+def _database_unavailable(exc: BaseException) -> JSONResponse:
+    DATABASE_UNAVAILABLE.inc()
+    # The type only: a driver's message may quote the statement's parameters.
+    logger.warning("database unreachable (%s): answered 503", type(exc).__name__)
+    return JSONResponse(
+        _error_body(
+            "database_unavailable",
+            "The gateway's database is unreachable; nothing acknowledged was lost, try again "
+            "shortly.",
+        ),
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 def _error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -338,6 +395,47 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
+    @app.exception_handler(StorageFull)
+    async def _storage_full(_request: Request, exc: StorageFull) -> JSONResponse:
+        STORAGE_FULL.inc()
+        logger.error(
+            "object storage is full: %s; writes are refused (507) until there is room", exc
+        )
+        return JSONResponse(
+            _error_body(
+                "storage_full",
+                "The gateway's storage is full; this chunk was not kept (every chunk acknowledged "
+                "before is). Try again later: an operator has been alerted.",
+            ),
+            status_code=507,
+            headers={"Retry-After": "60"},
+        )
+
+    @app.exception_handler(StorageMissing)
+    async def _storage_missing(_request: Request, exc: StorageMissing) -> JSONResponse:
+        logger.error("object storage is missing: %s; an operator must restore it", exc)
+        return JSONResponse(
+            _error_body(
+                "storage_missing",
+                "The gateway's object storage (its bucket) does not exist; waiting will not fix "
+                "it: an operator must restore it.",
+            ),
+            status_code=503,
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if not database_unreachable(exc):
+            raise exc
+        return _database_unavailable(exc)
+
+    @app.exception_handler(OSError)
+    async def _os_error(_request: Request, exc: OSError) -> JSONResponse:
+        # asyncpg's connect raises the socket's own error (ConnectionRefusedError...), unwrapped
+        if not database_unreachable(exc):
+            raise exc
+        return _database_unavailable(exc)
+
     @app.exception_handler(SqlalchemyTimeout)
     async def _pool_exhausted(_request: Request, exc: SqlalchemyTimeout) -> JSONResponse:
         logger.warning("no database connection free within the pool timeout: refused (503)")
@@ -372,6 +470,7 @@ class GatewayApp(FastAPI):
             max_body=settings.max_request_body,
             body_limit=self._body_limit,
             describe=lambda scope: app_policy(self).describe(scope),
+            template=lambda scope: app_policy(self).template(scope),
             trusted_proxies=settings.trusted_proxies,
             docs=(DOCS_PATH, self.docs_csp) if self.docs_csp else None,
         )
@@ -409,6 +508,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_docs:
         app.docs_csp = install_api_docs(app)
     install_error_handlers(app)
+    document_errors(app)
     if settings.cors_origins:
         app.add_middleware(
             StrictCORSMiddleware,
@@ -430,9 +530,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
+    app.include_router(ops_router)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(reports_admin_router, prefix=API_PREFIX)
     app.include_router(upload_timeline_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
+    if (web_dir := settings.resolved_web_dir) is not None:
+        # The fallback of the router: only a request that no route takes (even one added later)
+        # reaches the web app's files. It holds no data; the API checks every call.
+        app.router.default = WebApp(web_dir)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relaypacs.telemetry import REQUEST_ID, observe_request, report_exception
+
 logger = logging.getLogger("relaypacs.http")
 # One line per request: client, route and ids (never the path or query string as sent: a
 # client may put anything there), status, duration, request id. It replaces the server's own
@@ -28,11 +30,14 @@ logger = logging.getLogger("relaypacs.http")
 access_logger = logging.getLogger("relaypacs.access")
 
 # The web app is served by the gateway itself: everything from 'self', nothing inline, no
-# framing. (`img-src blob: data:` for previews the app draws itself.)
+# framing. (`img-src blob: data:` for previews the app draws itself and the TOTP QR code;
+# `'wasm-unsafe-eval'` lets the app's hashing worker compile its WebAssembly SHA-256, and
+# allows no JavaScript eval.)
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "font-src 'self'; connect-src 'self'; worker-src 'self'; manifest-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; worker-src 'self'; "
+    "manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
 )
 HSTS = b"max-age=63072000; includeSubDomains"
 
@@ -122,6 +127,7 @@ class HttpSurface:
         max_body: int,
         body_limit: Callable[[str, str], int | None],
         describe: Callable[[Scope], str] = lambda scope: f"{scope['method']} (no route)",
+        template: Callable[[Scope], str] = lambda _scope: "(no route)",
         trusted_proxies: Sequence[str] = (),
         docs: tuple[str, str] | None = None,
     ) -> None:
@@ -129,6 +135,7 @@ class HttpSurface:
         self.max_body = max_body
         self.body_limit = body_limit
         self.describe = describe
+        self.template = template
         self.trusted_proxies = frozenset(trusted_proxies)
         # The API documentation page (relaypacs/apidocs.py) and its own policy.
         self.docs_path: str | None = docs[0] if docs else None
@@ -141,6 +148,13 @@ class HttpSurface:
             return
         request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         scope.setdefault("state", {})["request_id"] = request_id
+        reset = REQUEST_ID.set(request_id)
+        try:
+            await self._handle(scope, receive, send, request_id)
+        finally:
+            REQUEST_ID.reset(reset)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         path: str = scope["path"]
         length: bytes | None = None
         chunked = False
@@ -201,8 +215,7 @@ class HttpSurface:
                 headers_refusal,
                 [(b"connection", b"close")],
             )(send_with_headers)
-            if access_logger.isEnabledFor(logging.INFO):
-                self._log_access(scope, 431, began, request_id)
+            self._finish(scope, 431, began, request_id)
             return
 
         if length is not None:
@@ -217,8 +230,7 @@ class HttpSurface:
                     refusal = (413, "request_too_large", message)
             if refusal is not None:
                 await error_json(*refusal, [(b"connection", b"close")])(send_with_headers)
-                if access_logger.isEnabledFor(logging.INFO):
-                    self._log_access(scope, refusal[0], began, request_id)
+                self._finish(scope, refusal[0], began, request_id)
                 return
         elif chunked:
             limit = self.body_limit(scope["method"], path)
@@ -227,8 +239,7 @@ class HttpSurface:
 
         try:
             await self.app(scope, receive, send_with_headers)
-            if access_logger.isEnabledFor(logging.INFO):
-                self._log_access(scope, status, began, request_id)
+            self._finish(scope, status, began, request_id)
         except Exception as exc:
             # Logged without the exception's message (it may carry data we must not log),
             # with where it happened.
@@ -239,6 +250,7 @@ class HttpSurface:
                 request_id,
                 _frames(exc),
             )
+            report_exception(exc)
             if not started:
                 await error_json(
                     500,
@@ -248,18 +260,24 @@ class HttpSurface:
                     request_id=request_id,
                 )(send_with_headers)
             # Every request has its access line, a failed one most of all.
-            self._log_access(scope, status or 500, began, request_id)
+            self._finish(scope, status or 500, began, request_id, always=True)
 
-    def _log_access(self, scope: Scope, status: int, began: float, request_id: str) -> None:
-        client = scope.get("client")
-        access_logger.info(
-            '%s "%s" %d %.1fms %s',
-            client[0] if client else "-",
-            self.describe(scope),
-            status,
-            (time.perf_counter() - began) * 1000,
-            request_id,
-        )
+    def _finish(
+        self, scope: Scope, status: int, began: float, request_id: str, *, always: bool = False
+    ) -> None:
+        """The request's duration in the metrics, and its access line."""
+        seconds = time.perf_counter() - began
+        observe_request(scope["method"], self.template(scope), status, seconds)
+        if always or access_logger.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_logger.info(
+                '%s "%s" %d %.1fms %s',
+                client[0] if client else "-",
+                self.describe(scope),
+                status,
+                seconds * 1000,
+                request_id,
+            )
 
     @staticmethod
     def _capped(receive: Receive, limit: int) -> Receive:

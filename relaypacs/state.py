@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from relaypacs.auth.totp import TotpCipher
     from relaypacs.forwarding.worker import Forwarder
     from relaypacs.notifications.live import NoticeHub
+    from relaypacs.ops.service import HealthChecks
     from relaypacs.ratelimit import RateLimits
     from relaypacs.uploads.chunks import ChunkIntake
     from relaypacs.uploads.early import EarlyVerifier
@@ -55,6 +56,8 @@ class AppState:
     complete_context: CompleteContext
     # forwarding: None when no PACS is configured or this process runs no worker
     forwarder: Forwarder | None
+    # operations: the readiness checks' own clients (Redis, each PACS)
+    health: HealthChecks
     # notifications: pushed live to open streams (across replicas through Redis)
     notice_hub: NoticeHub
 

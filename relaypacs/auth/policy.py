@@ -83,6 +83,11 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/docs": PUBLIC,
     f"MOUNT {API}/docs/assets": PUBLIC,
     f"POST {API}/auth/login": PUBLIC,
+    # Operations (relaypacs/ops), at the root: probes need no token; /metrics checks its own
+    # (RELAYPACS_METRICS_TOKEN, else loopback only).
+    "GET /health/live": PUBLIC,
+    "GET /health/ready": PUBLIC,
+    "GET /metrics": PUBLIC,
     f"GET {API}/auth/me": ANY_ROLE,
     # Sessions. Public as far as the table goes: the endpoint checks its own credential (the
     # mfa-pending token of the password step, the refresh token, the token to log out).
@@ -244,6 +249,12 @@ class PolicyIndex:
             for name, value in (scope.get("path_params") or {}).items()
         )
         return f"{key} {params}" if params else key
+
+    def template(self, scope: Scope) -> str:
+        """The route's path template ("/api/v1/uploads/{upload_id}"): a metric's label."""
+        route = scope.get("route")
+        key = self.key(route, scope["method"]) if route is not None else None
+        return key.split(" ", 1)[1] if key is not None else "(no route)"
 
     def body_limit(self, method: str, path: str) -> BodyLimit:
         """Which body limit applies to a request, before routing (from its method and path)."""

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import logging
+import os
 import secrets
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relaypacs import __version__
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from relaypacs.audit.chain import ChainReport
     from relaypacs.config import Settings
 
@@ -53,39 +56,112 @@ DATA_LOGGERS = (
 )
 
 
-@cli.command()
-@click.option("--host", default=None, help="Bind address (default RELAYPACS_HOST or 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default RELAYPACS_PORT or 8080).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run the gateway (HTTP API and background work) in this process."""
-    settings = _settings()  # before the heavy imports: a bad value is reported at once
+def _configure_logging(settings: Settings) -> None:
+    from relaypacs.telemetry import configure_logging
 
-    import uvicorn
-
-    from relaypacs.main import create_app
-
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     # httpx logs every request's URL at INFO: noise, and URLs carry study identifiers.
     # The others log SQL statements with their parameters, or HTTP bodies, at INFO or DEBUG:
     # patient data. They stay at WARNING whatever the level (tests/security/test_phi_logs.py).
-    for name in DATA_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, quiet=DATA_LOGGERS)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `serve --workers N` (uvicorn imports it by this name in
+    each process it starts): its own settings, from the same environment, and logging."""
+    settings = _settings()
+    _configure_logging(settings)
+    from relaypacs.main import create_app
+
+    return create_app(settings)
+
+
+def _prepare_workers(settings: Settings) -> None:
+    """Before the workers start: one metrics directory for all, the migrations and the first
+    administrator done once (not raced by N processes), and the workers told so."""
+    from relaypacs.telemetry.metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
+
+    if not os.environ.get(MULTIPROCESS_ENV):
+        metrics_dir = settings.data_dir / "metrics"
+        prepare_multiprocess_dir(metrics_dir)
+        os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
+    else:
+        prepare_multiprocess_dir(Path(os.environ[MULTIPROCESS_ENV]))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:
+        from relaypacs.migrate import upgrade
+
+        upgrade(settings.resolved_database_url)
+        os.environ["RELAYPACS_AUTO_MIGRATE"] = "false"
+
+    async def first_admin() -> str | None:
+        from relaypacs.auth.service import ensure_first_admin
+        from relaypacs.db import Database
+
+        database = Database.open(settings.resolved_database_url)
+        try:
+            return await ensure_first_admin(database.sessionmaker)
+        finally:
+            await database.close()
+
+    password = asyncio.run(first_admin())
+    if password is not None:
+        from relaypacs.main import announce_first_admin
+
+        announce_first_admin(password)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address (default RELAYPACS_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default RELAYPACS_PORT or 8080).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on one port (PostgreSQL only): about one per core.",
+)
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the gateway (HTTP API and background work) in this process, or in N workers."""
+    settings = _settings()  # before the heavy imports: a bad value is reported at once
+    if workers > 1 and settings.is_sqlite:
+        click.echo(
+            "relaypacs: --workers needs PostgreSQL (RELAYPACS_DATABASE_URL="
+            "postgresql+asyncpg://...). SQLite takes one writer at a time, and the embedded "
+            "mode keeps revocations, rate limits and caches in one process's memory: run it "
+            "with one worker.",
+            err=True,
+        )
+        sys.exit(2)
+    if workers > 1:
+        # Before prometheus_client is imported anywhere: it picks its storage then.
+        _prepare_workers(settings)
+
+    import uvicorn
+
+    _configure_logging(settings)
     host = host or settings.host
     port = port or settings.port
     click.echo(
         f"relaypacs {__version__}: data in {settings.data_dir.resolve()}, "
         f"database {'SQLite' if settings.is_sqlite else 'PostgreSQL'}, "
-        f"storage {settings.storage}; listening on http://{host}:{port}",
+        f"storage {settings.storage}; listening on http://{host}:{port}"
+        + (f" with {workers} workers" if workers > 1 else ""),
         err=True,
     )
+    if workers > 1:
+        app: Any = "relaypacs.cli.main:worker_app"  # each worker builds its own
+    else:
+        from relaypacs.main import create_app
+
+        app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=workers > 1,
+        workers=workers if workers > 1 else None,
         host=host,
         port=port,
         log_level=settings.log_level,
+        log_config=None,  # relaypacs.telemetry.configure_logging: one format for every line
         # Only the configured proxies may say who the client is (rate limits, audit).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
@@ -261,6 +337,60 @@ def audit_verify(expected_head: str | None) -> None:
         err=True,
     )
     sys.exit(1)
+
+
+def openapi_text() -> str:
+    """The API's OpenAPI document as scripts/web.sh api-types stores it (web/src/lib/api)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from relaypacs.config import Settings
+    from relaypacs.main import create_app
+
+    with tempfile.TemporaryDirectory() as data_dir:  # built, never started: nothing is written
+        settings = Settings(data_dir=Path(data_dir), secret_key="o" * 40, api_docs=True)
+        document = create_app(settings).openapi()
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@cli.command("openapi")
+def openapi_document() -> None:
+    """Print the API's OpenAPI document (JSON), from which the web app's types are generated."""
+    click.echo(openapi_text(), nl=False)
+
+
+@cli.command("demo-study")
+@click.argument("directory", type=click.Path(file_okay=False, writable=True))
+@click.option("--instances", type=click.IntRange(1, 5000), default=60, show_default=True)
+@click.option("--series", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--cd", is_flag=True, help="Lay it out as a CD export, with its DICOMDIR.")
+def demo_study(directory: str, instances: int, series: int, cd: bool) -> None:
+    """Write a realistic multi-series CT study of a made-up patient into DIRECTORY, to try the
+    upload from the command line or the web app without any real patient data."""
+    from pathlib import Path
+
+    try:
+        from relaypacs.devtools.synth import write_study
+    except ImportError:  # numpy, a development dependency
+        raise click.ClickException(
+            "demo-study needs the development dependencies: scripts/bootstrap.sh"
+        ) from None
+    study = write_study(
+        Path(directory),
+        instances=instances,
+        series=series,
+        rows=512,
+        columns=512,
+        with_dicomdir=cd,
+        nested=not cd,
+        study_description="DEMO CT CHEST",
+    )
+    click.echo(
+        f"wrote one study of {len(study.paths)} instances in {series} series "
+        f"({study.total_bytes / 1e6:.1f} MB{', with a DICOMDIR' if cd else ''}) to {directory}",
+        err=True,
+    )
 
 
 def _register_optional_commands() -> None:

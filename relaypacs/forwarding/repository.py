@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, CursorResult, Engine, Select, Update, select, update
+from sqlalchemy import Connection, CursorResult, Engine, Select, Update, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -333,3 +333,15 @@ def _insert_for(session: AsyncSession) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql_insert
     return sqlite_insert
+
+
+async def unfinished_jobs(session: AsyncSession) -> tuple[int, dt.datetime | None]:
+    """How many jobs are not finished, and when the oldest of them was created."""
+    row = (
+        await session.execute(
+            select(func.count(), func.min(ForwardJob.created_at)).where(
+                ForwardJob.status == JobStatus.QUEUED
+            )
+        )
+    ).one()
+    return int(row[0]), row[1]

@@ -91,3 +91,18 @@ async def cancel(session: AsyncSession, *, upload_id: uuid.UUID) -> None:
 def retrying_uploads() -> Select[uuid.UUID]:
     """The ids of uploads whose job is queued again after a failed attempt (a subquery)."""
     return repository.retrying_upload_ids()
+
+
+@dataclass(frozen=True)
+class QueueState:
+    jobs: int  # not finished: queued, being sent, or waiting to retry
+    oldest_age_seconds: float  # 0 when the queue is empty
+
+
+async def queue_state(session: AsyncSession) -> QueueState:
+    """The forward queue as an operator sees it."""
+    jobs, oldest = await repository.unfinished_jobs(session)
+    if oldest is None:
+        return QueueState(jobs, 0.0)
+    age = (dt.datetime.now(dt.UTC) - oldest.replace(tzinfo=oldest.tzinfo or dt.UTC)).total_seconds()
+    return QueueState(jobs, max(0.0, age))

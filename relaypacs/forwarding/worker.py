@@ -111,6 +111,10 @@ class Forwarder:
     def breaker(self, target: str) -> CircuitBreaker:
         return self._breakers[target]
 
+    def breaker_states(self) -> dict[str, str]:
+        """Each target's breaker: closed, open or half_open (the operators' gauge)."""
+        return {name: breaker.state for name, breaker in self._breakers.items()}
+
     def wake(self) -> None:
         """A job became due now (a study was accepted): do not wait for the next poll."""
         self._wakeup.set()

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import httpx
 
 from relaypacs.config import PacsTarget
 from relaypacs.storage import ObjectStorage, StorageError
+from relaypacs.telemetry.metrics import PACS_REQUEST_DURATION, PACS_REQUEST_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,56 @@ def _failures(body: Any) -> dict[str, int]:
     return failed
 
 
+PACS_OPERATIONS = ("stow", "qido", "verify", "probe")
+
+
+def _operation(request: httpx.Request) -> str:
+    """What a request to the PACS is for (a metric's label): never its path, which names a
+    study."""
+    path = request.url.path
+    if request.method == "POST" and "/studies/" in path and "/tools/" not in path:
+        return "stow"
+    if path.endswith("/instances"):
+        return "qido"
+    if path.endswith("/studies"):
+        return "probe"
+    return "verify"
+
+
+class MeteredTransport(httpx.AsyncBaseTransport):
+    """Times every request to a PACS (until its answer's headers) and counts its failures,
+    by target and operation; the metric children are bound once per target."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, target: str) -> None:
+        self._inner = inner
+        self._durations = {op: PACS_REQUEST_DURATION.labels(target, op) for op in PACS_OPERATIONS}
+        self._errors = {
+            (op, kind): PACS_REQUEST_ERRORS.labels(target, op, kind)
+            for op in PACS_OPERATIONS
+            for kind in ("timeout", "network", "http_5xx")
+        }
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        operation = _operation(request)
+        began = time.perf_counter()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.TimeoutException:
+            self._errors[operation, "timeout"].inc()
+            raise
+        except httpx.TransportError:
+            self._errors[operation, "network"].inc()
+            raise
+        finally:
+            self._durations[operation].observe(time.perf_counter() - began)
+        if response.status_code >= 500:
+            self._errors[operation, "http_5xx"].inc()
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class DicomWebClient:
     def __init__(self, target: PacsTarget, storage: ObjectStorage) -> None:
         self.target = target
@@ -125,17 +177,20 @@ class DicomWebClient:
         verify: ssl.SSLContext | bool = target.verify_tls
         if target.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(target.ca_file))
+        transport = httpx.AsyncHTTPTransport(
+            verify=verify,
+            limits=httpx.Limits(
+                max_connections=target.max_in_flight + 2,
+                max_keepalive_connections=target.max_in_flight,
+            ),
+        )
         self._client = httpx.AsyncClient(
             base_url=target.url,
             auth=auth,
             headers=headers,
-            verify=verify,
+            transport=MeteredTransport(transport, target.name),
             timeout=httpx.Timeout(
                 target.read_timeout, connect=target.connect_timeout, pool=target.read_timeout
-            ),
-            limits=httpx.Limits(
-                max_connections=target.max_in_flight + 2,
-                max_keepalive_connections=target.max_in_flight,
             ),
             follow_redirects=False,
         )

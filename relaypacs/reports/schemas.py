@@ -6,15 +6,17 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from relaypacs.fields import Line, Paragraphs
+from relaypacs.fields import PARAGRAPHS_DOC, multi_line
 from relaypacs.reports.models import ReportStatus
 from relaypacs.uploads.schemas import StudyMetadata
 
-ReportText = Annotated[Paragraphs, Field(max_length=20_000)]
+ReportText = Annotated[
+    str, StringConstraints(max_length=20_000), AfterValidator(multi_line), PARAGRAPHS_DOC
+]
 # A DICOM modality code (CS: upper case letters, digits, underscore; up to 16 characters).
-Modality = Annotated[Line, StringConstraints(pattern=r"^[A-Z0-9_ ]{1,16}$")]
+Modality = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_ ]{1,16}$")]
 
 
 class DraftSave(BaseModel):
@@ -32,7 +34,12 @@ class ReportSign(BaseModel):
 class ReportAmend(BaseModel):
     findings: ReportText
     impression: ReportText
-    reason: Annotated[Paragraphs, Field(min_length=1, max_length=2_000)]
+    reason: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=2_000),
+        AfterValidator(multi_line),
+        PARAGRAPHS_DOC,
+    ]
 
 
 class ReportAssign(BaseModel):

@@ -1,7 +1,9 @@
 """Object storage: one interface (:class:`ObjectStorage`), a filesystem and an S3 implementation.
 
 Exceptions: :class:`StorageError` is the base; :class:`ObjectNotFound` (missing key) and
-:class:`StorageUnavailable` (backend unreachable or failing, answered with 503) derive from it.
+:class:`StorageUnavailable` (backend unreachable or failing, answered with 503) derive from it;
+:class:`StorageFull` (no room: 507) and :class:`StorageMissing` (no bucket: 503 with its own code)
+from that.
 Invalid keys raise ``ValueError`` before any I/O.
 """
 
@@ -13,6 +15,8 @@ from ._base import (
     ObjectNotFound,
     ObjectStorage,
     StorageError,
+    StorageFull,
+    StorageMissing,
     StorageUnavailable,
     validate_key,
     validate_prefix,
@@ -40,6 +44,8 @@ __all__ = [
     "ObjectStorage",
     "S3Storage",
     "StorageError",
+    "StorageFull",
+    "StorageMissing",
     "StorageUnavailable",
     "validate_key",
     "validate_prefix",

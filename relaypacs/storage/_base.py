@@ -64,6 +64,16 @@ class StorageUnavailable(StorageError):
     """The backend is unreachable or failing (after retries); the API answers 503."""
 
 
+class StorageFull(StorageUnavailable):
+    """The backend has no room for the object (a full disk or quota, MinIO's storage full):
+    nothing was stored; the API answers 507 and the operator is warned."""
+
+
+class StorageMissing(StorageUnavailable):
+    """The bucket (or the storage's root) does not exist: a deployment problem that waiting
+    does not fix; the API answers 503 with its own code, and the operator is told."""
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe object key, else raise ``ValueError``.
 

@@ -26,6 +26,7 @@ from ._base import (
     ObjectNotFound,
     ObjectStorage,
     StorageError,
+    StorageFull,
     StorageUnavailable,
     check_digests,
     require_delete_prefix,
@@ -65,7 +66,11 @@ _DIR_MODE = 0o700
 
 def _storage_error(operation: str, key: str, exc: OSError) -> StorageError:
     name = errno.errorcode.get(exc.errno or 0, "unknown error")
-    cls = StorageUnavailable if exc.errno in _UNAVAILABLE_ERRNOS else StorageError
+    cls: type[StorageError] = StorageError
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cls = StorageFull
+    elif exc.errno in _UNAVAILABLE_ERRNOS:
+        cls = StorageUnavailable
     return cls(f"filesystem {operation} of {key!r} failed: {name} ({exc.strerror})")
 
 

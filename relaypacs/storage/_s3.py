@@ -31,6 +31,8 @@ from ._base import (
     ObjectNotFound,
     ObjectStorage,
     StorageError,
+    StorageFull,
+    StorageMissing,
     StorageUnavailable,
     check_digests,
     require_delete_prefix,
@@ -50,6 +52,8 @@ _DELETE_BATCH = 1000
 _THREAD_HASH_THRESHOLD = 64 * 1024
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+# No room: MinIO's full disks, a quota.
+_FULL_CODES = frozenset({"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded"})
 # Error codes that mean "S3 cannot serve us now" (the API answers 503), besides any 5xx: a
 # missing bucket or rejected credentials is a deployment problem, not a client's mistake, and
 # BadDigest after our own MD5 means the bytes were damaged on the way.
@@ -94,6 +98,10 @@ def _translate(exc: BaseException, operation: str, key: str) -> StorageError:
         code = str(error.get("Code", "")) or "unknown"
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         message = f"{where} failed: {code} (HTTP {status})"
+        if code == "NoSuchBucket":
+            return StorageMissing(message)
+        if code in _FULL_CODES:
+            return StorageFull(message)
         if code in _NOT_FOUND_CODES:
             return ObjectNotFound(message)
         if status >= 500 or code in _UNAVAILABLE_CODES:
@@ -381,7 +389,7 @@ class S3Storage(ObjectStorage):
             with _translated("head_bucket", ""):
                 await client.head_bucket(Bucket=self._bucket)
         except ObjectNotFound:
-            raise StorageUnavailable("S3 bucket does not exist") from None
+            raise StorageMissing("S3 bucket does not exist") from None
         except StorageUnavailable:
             raise
         except StorageError as exc:

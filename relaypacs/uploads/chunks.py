@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from relaypacs.auth.models import User
 from relaypacs.db import Database, read_in_one_call
-from relaypacs.storage import ChecksumMismatch, ObjectStorage
+from relaypacs.storage import ChecksumMismatch, ObjectStorage, StorageError
+from relaypacs.telemetry.metrics import CHUNK_BYTES, CHUNKS
 from relaypacs.uploads import repository
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
@@ -213,6 +214,22 @@ class ChunkRecorder:
                     future.set_result(outcome)
 
 
+_OUTCOME_LABELS = {
+    ChunkOutcome.STORED: "stored",
+    ChunkOutcome.ALREADY_STORED: "already_stored",
+    ChunkOutcome.ALREADY_STORED_LEGACY: "already_stored",
+    ChunkOutcome.CONFLICT: "conflict",
+    ChunkOutcome.NOT_WRITABLE: "not_writable",
+    ChunkOutcome.CANCELLED: "not_writable",
+}
+
+
+def _count(outcome: str, size: int) -> None:
+    """One chunk in the metrics (children bound at import: two dict reads and two adds)."""
+    CHUNKS[outcome].inc()
+    CHUNK_BYTES[outcome].inc(size)
+
+
 async def store_chunk(
     recorder: ChunkRecorder,
     storage: ObjectStorage,
@@ -226,6 +243,7 @@ async def store_chunk(
     chunk, newly stored, goes to the early verifier (see relaypacs.uploads.early) with its
     SHA-256, which is then the file's."""
     if len(data) != target.expected_size:
+        _count("rejected", len(data))
         raise ChunkSizeMismatch(
             f"The body has {len(data)} bytes; chunk {target.chunk_index} of file "
             f"{target.file_index} must have exactly {target.expected_size}."
@@ -236,6 +254,7 @@ async def store_chunk(
     # write, which stores nothing if it differs; with Content-MD5 only, the server hashes
     # first to know the name.
     md5 = declared.md5
+    size = len(data)
     try:
         if declared.sha256 is not None and (md5 is not None or not target.needs_md5):
             sha256 = declared.sha256
@@ -246,11 +265,20 @@ async def store_chunk(
             key = chunk_key(target.upload_id, target.file_index, target.chunk_index, sha256)
             await storage.put(key, data)
     except ChecksumMismatch as exc:
+        _count("rejected", size)
         mismatch = ContentDigestMismatch if exc.algorithm == "sha256" else ContentMd5Mismatch
         raise mismatch() from None
-    outcome = await recorder.record(
-        ChunkRow(target.upload_id, target.file_index, target.chunk_index, len(data), sha256, md5)
-    )
+    except StorageError:
+        _count("failed", size)
+        raise
+    try:
+        outcome = await recorder.record(
+            ChunkRow(target.upload_id, target.file_index, target.chunk_index, size, sha256, md5)
+        )
+    except Exception:
+        _count("failed", size)
+        raise
+    _count(_OUTCOME_LABELS[outcome], size)
     if outcome == ChunkOutcome.ALREADY_STORED_LEGACY:
         await storage.delete(key)  # ours: the recorded copy is under its MD5-named key
     if outcome == ChunkOutcome.CONFLICT:

@@ -21,6 +21,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
+from relaypacs.telemetry.metrics import FILES_ACCEPTED, FILES_REFUSED
 from relaypacs.uploads import chunks, repository
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
 from relaypacs.uploads.early import EarlyVerifier
@@ -556,6 +557,10 @@ async def complete_upload(
                 },
             )
         queued = moved and queue
+        judged = (0 if refused_all else len(verdicts) - len(rejected), len(rejected), moved)
+    if judged[2]:  # committed: the files' verdicts count once, by the complete that wrote them
+        FILES_ACCEPTED.inc(judged[0])
+        FILES_REFUSED.inc(judged[1])
     # Committed: the forwarder starts now, while the answer (every file) is being built.
     if queued and ctx.on_queued is not None:
         ctx.on_queued()
@@ -722,3 +727,9 @@ async def list_problem_uploads(
             offset=offset,
         )
     return [_summary(u, u.total_bytes) for u in uploads], total
+
+
+async def count_uploads_by_status(session: AsyncSession) -> dict[UploadStatus, int]:
+    """Every status with its number of uploads (zero included)."""
+    counts = await repository.count_by_status(session)
+    return {status: counts.get(status, 0) for status in UploadStatus}

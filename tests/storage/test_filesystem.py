@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relaypacs.storage import FilesystemStorage, StorageError, StorageUnavailable
+from relaypacs.storage import FilesystemStorage, StorageError, StorageFull, StorageUnavailable
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class TestFailedPut:
         ("code", "expected"),
         [
             (errno.EIO, StorageUnavailable),
-            (errno.ENOSPC, StorageUnavailable),
+            (errno.ENOSPC, StorageFull),  # a kind of StorageUnavailable: 507, not 503
             (errno.EINVAL, StorageError),
         ],
     )

@@ -453,7 +453,8 @@ async def upload_owners(
     rows = await session.execute(
         select(Upload.id, Upload.user_id).where(Upload.id.in_(set(upload_ids)))
     )
-    return dict(rows)
+    # Not dict(rows): a Result has keys(), so dict() would take it for a mapping.
+    return dict(rows.tuples().all())
 
 
 async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:
@@ -600,6 +601,12 @@ async def confirm_sent(session: AsyncSession, upload_id: uuid.UUID) -> None:
         .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
         .execution_options(synchronize_session=False)
     )
+
+
+async def count_by_status(session: AsyncSession) -> dict[UploadStatus, int]:
+    """How many uploads are in each status (the operators' gauge)."""
+    rows = await session.execute(select(Upload.status, func.count()).group_by(Upload.status))
+    return {row[0]: row[1] for row in rows.all()}
 
 
 # --- the study as other domains see it -------------------------------------------------------

@@ -1,0 +1,2 @@
+"""Operations endpoints: liveness, readiness (each dependency checked with a short timeout) and
+the Prometheus metrics."""

@@ -1,0 +1,185 @@
+"""The gateway's Prometheus metrics, defined once, and their exposition.
+
+Names follow Prometheus's conventions (`relaypacs_` prefix, base units, `_total` on counters).
+Labels carry only bounded, non-identifying values (route templates, status codes, outcomes,
+target names from the configuration): never a path as sent, an id, a UID or a patient's detail.
+
+With several worker processes (`relaypacs serve --workers N`) each process writes its values
+to files in the directory named by PROMETHEUS_MULTIPROC_DIR (set by the command before the
+workers start, and before prometheus_client is first imported), and any worker's `/metrics`
+adds them all up.
+
+Hot paths (the chunk PUT) use children bound once at import (`CHUNKS_STORED.inc()`), never a
+`.labels()` lookup per call."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics import MetricWrapperBase
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+HTTP_REQUEST_DURATION = Histogram(
+    "relaypacs_http_request_duration_seconds",
+    "Time to answer an HTTP request, by method, route template and status code.",
+    ("method", "route", "status"),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# --- uploads ------------------------------------------------------------------------------------
+
+UPLOAD_CHUNKS = Counter("relaypacs_upload_chunks", "Chunks received, by outcome.", ("outcome",))
+UPLOAD_BYTES = Counter(
+    "relaypacs_upload_bytes", "Bytes of chunks received, by outcome.", ("outcome",)
+)
+UPLOAD_FILES = Counter(
+    "relaypacs_upload_files", "Files judged at complete, by verdict.", ("outcome",)
+)
+UPLOADS = Gauge(
+    "relaypacs_uploads",
+    "Uploads by status (read from the database at each scrape).",
+    ("status",),
+    multiprocess_mode="mostrecent",
+)
+CHUNK_OUTCOMES = ("stored", "already_stored", "conflict", "rejected", "not_writable", "failed")
+# Bound once: the chunk PUT counts with a plain .inc().
+CHUNKS = {outcome: UPLOAD_CHUNKS.labels(outcome) for outcome in CHUNK_OUTCOMES}
+CHUNK_BYTES = {outcome: UPLOAD_BYTES.labels(outcome) for outcome in CHUNK_OUTCOMES}
+FILES_ACCEPTED = UPLOAD_FILES.labels("accepted")
+FILES_REFUSED = UPLOAD_FILES.labels("refused")
+
+# --- forwarding ---------------------------------------------------------------------------------
+
+FORWARD_QUEUE_JOBS = Gauge(
+    "relaypacs_forward_queue_jobs",
+    "Forward jobs not finished (queued, running or waiting to retry), read at each scrape.",
+    multiprocess_mode="mostrecent",
+)
+FORWARD_OLDEST_JOB_AGE = Gauge(
+    "relaypacs_forward_oldest_job_age_seconds",
+    "Age of the oldest unfinished forward job (0 when none), read at each scrape.",
+    multiprocess_mode="mostrecent",
+)
+FORWARD_BREAKER_OPEN = Gauge(
+    "relaypacs_forward_breaker_open",
+    "Whether a PACS target's circuit breaker holds requests back (1: open or half-open).",
+    ("target",),
+    multiprocess_mode="max",
+)
+PACS_REQUEST_DURATION = Histogram(
+    "relaypacs_pacs_request_duration_seconds",
+    "Time of a request to a PACS, by target and operation (stow, qido, verify, probe).",
+    ("target", "operation"),
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+PACS_REQUEST_ERRORS = Counter(
+    "relaypacs_pacs_request_errors",
+    "Requests to a PACS that failed, by target, operation and kind (timeout, network, http_5xx).",
+    ("target", "operation", "kind"),
+)
+
+# --- dependencies -------------------------------------------------------------------------------
+
+DEPENDENCY_UP = Gauge(
+    "relaypacs_dependency_up",
+    "Whether a dependency answered the last readiness check (1) or not (0).",
+    ("dependency",),
+    multiprocess_mode="mostrecent",
+)
+STORAGE_FULL = Counter(
+    "relaypacs_storage_full",
+    "Writes the object storage refused because it is full (the client was told 507).",
+)
+DATABASE_UNAVAILABLE = Counter(
+    "relaypacs_database_unavailable",
+    "Requests answered 503 because the database could not be reached.",
+)
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROCESS_ENV)
+    return Path(value) if value else None
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """An empty directory for the workers' metric files (left-overs of a previous run would be
+    added to this one's)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, mode=0o700)
+
+
+def process_stopped() -> None:
+    """A worker process stops: its live gauges no longer count."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition of every metric (of all worker processes), and its content type."""
+    if multiprocess_dir() is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# The request histogram's children, bound on first use of each (method, route, status).
+_request_children: dict[tuple[str, str, int], Histogram] = {}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """One answered request; `route` is the template ("/api/v1/uploads/{upload_id}"), or
+    "(no route)" for a path no route matched."""
+    key = (method, route, status)
+    child = _request_children.get(key)
+    if child is None:
+        child = HTTP_REQUEST_DURATION.labels(method, route, str(status))
+        _request_children[key] = child
+    child.observe(seconds)
+
+
+def exported_metric_names() -> set[str]:
+    """The names of the series this module exports (what alert rules and dashboards may name)."""
+    names: set[str] = set()
+    for metric in (
+        HTTP_REQUEST_DURATION,
+        UPLOAD_CHUNKS,
+        UPLOAD_BYTES,
+        UPLOAD_FILES,
+        UPLOADS,
+        FORWARD_QUEUE_JOBS,
+        FORWARD_OLDEST_JOB_AGE,
+        FORWARD_BREAKER_OPEN,
+        PACS_REQUEST_DURATION,
+        PACS_REQUEST_ERRORS,
+        DEPENDENCY_UP,
+        STORAGE_FULL,
+        DATABASE_UNAVAILABLE,
+    ):
+        names.update(_series_names(metric))
+    return names
+
+
+def _series_names(metric: MetricWrapperBase) -> set[str]:
+    name: str = metric._name  # the family name, without suffixes
+    if isinstance(metric, Histogram):
+        return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    if isinstance(metric, Counter):
+        return {f"{name}_total", f"{name}_created"}
+    return {name}

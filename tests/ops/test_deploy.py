@@ -1,0 +1,255 @@
+"""The deployment files: the Kustomize overlays rendered by kubectl and validated against the
+Kubernetes schemas, their probes pointing at the app's real routes, the alert rules and the
+dashboard naming only metrics the gateway exports, the Dockerfile's basic promises."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from relaypacs.auth.policy import app_policy
+from relaypacs.config import Settings
+from relaypacs.main import create_app
+from relaypacs.telemetry.metrics import exported_metric_names
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+KUBERNETES_VERSION = "1.32.0"  # the kubectl of this machine's image
+OVERLAYS = ("single-node", "ha")
+# Not the gateway's: Prometheus's own and the kubelet's, and the process collector's.
+FOREIGN_METRICS = {
+    "up",
+    "kubelet_volume_stats_available_bytes",
+    "kubelet_volume_stats_capacity_bytes",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+}
+
+
+@functools.cache
+def rendered(overlay: str) -> list[dict[str, Any]]:
+    output = subprocess.run(
+        ["kubectl", "kustomize", str(DEPLOY / "kubernetes" / "overlays" / overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
+    return doc
+
+
+@functools.cache
+def app_paths() -> set[str]:
+    """The paths of the app's GET routes (as the policy table lists them)."""
+    app = create_app(Settings(data_dir=Path("/nonexistent-not-started")))
+    keys = [endpoint.key for endpoint in app_policy(app).endpoints]
+    return {key.split(" ", 1)[1] for key in keys if key.startswith("GET ")}
+
+
+def metric_names(expression: str) -> set[str]:
+    """The metric names of a PromQL expression (identifiers followed by a selector, a range or
+    an operator; not functions, label names, keywords or strings)."""
+    without_strings = re.sub(r'"[^"]*"', '""', expression)
+    without_labels = re.sub(r"\{[^}]*\}", "{}", without_strings)
+    words = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", without_labels))
+    return {w for w in words if w.startswith(("relaypacs_", "process_", "kubelet_")) or w == "up"}
+
+
+class TestKustomize:
+    @pytest.mark.parametrize("overlay", OVERLAYS)
+    def test_every_object_is_valid_for_kubernetes(self, overlay: str) -> None:
+        docs = rendered(overlay)
+        assert docs
+        for doc in docs:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+    @pytest.mark.parametrize("overlay", OVERLAYS)
+    def test_probes_resources_and_users_of_every_deployment(self, overlay: str) -> None:
+        paths = app_paths()
+        deployments = of_kind(rendered(overlay), "Deployment")
+        assert deployments
+        for deployment in deployments:
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["runAsUser"] != 0
+            assert pod["automountServiceAccountToken"] is False
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            for container in pod["containers"]:
+                ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+                assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+                assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    get = container[probe]["httpGet"]
+                    assert get["path"] in paths, (deployment["metadata"]["name"], probe)
+                    assert get["port"] in ports
+                # the readiness answer comes within the checks' 0.8 s: the probe waits longer
+                assert container["readinessProbe"]["timeoutSeconds"] >= 1
+                assert ports["http"] == 8080
+                resources = container["resources"]
+                assert resources["requests"]["cpu"]
+                assert resources["requests"]["memory"]
+                assert resources["limits"]["memory"]
+                security = container["securityContext"]
+                assert security["allowPrivilegeEscalation"] is False
+                assert security["readOnlyRootFilesystem"] is True
+                assert security["capabilities"]["drop"] == ["ALL"]
+
+    @pytest.mark.parametrize("overlay", OVERLAYS)
+    def test_disruption_budgets_and_network_policy_select_the_pods(self, overlay: str) -> None:
+        docs = rendered(overlay)
+        pods = [d["spec"]["template"]["metadata"]["labels"] for d in of_kind(docs, "Deployment")]
+        budgets = of_kind(docs, "PodDisruptionBudget")
+        assert budgets
+        for budget in budgets:
+            selector = budget["spec"]["selector"]["matchLabels"]
+            assert any(selector.items() <= labels.items() for labels in pods)
+        (policy,) = of_kind(docs, "NetworkPolicy")
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert all(selector.items() <= labels.items() for labels in pods)
+        assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8080}
+        service = named(docs, "Service", "relaypacs")
+        api = named(docs, "Deployment", "relaypacs-api")
+        assert service["spec"]["selector"].items() <= (
+            api["spec"]["template"]["metadata"]["labels"].items()
+        )
+
+    def test_single_node_is_one_replica_on_a_volume_that_drains(self) -> None:
+        docs = rendered("single-node")
+        api = named(docs, "Deployment", "relaypacs-api")
+        assert api["spec"]["replicas"] == 1
+        assert api["spec"]["strategy"]["type"] == "Recreate"
+        volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["data"] == {
+            "name": "data",
+            "persistentVolumeClaim": {"claimName": "relaypacs-data"},
+        }
+        named(docs, "PersistentVolumeClaim", "relaypacs-data")
+        budget = named(docs, "PodDisruptionBudget", "relaypacs-api")
+        assert budget["spec"] == {
+            "maxUnavailable": 1,
+            "selector": budget["spec"]["selector"],
+        }
+
+    def test_ha_scales_the_api_and_forwards_in_workers(self) -> None:
+        docs = rendered("ha")
+        hpa = named(docs, "HorizontalPodAutoscaler", "relaypacs-api")
+        assert hpa["spec"]["minReplicas"] == 2
+        assert hpa["spec"]["maxReplicas"] == 10
+        assert hpa["spec"]["scaleTargetRef"]["name"] == "relaypacs-api"
+
+        def forward_worker(name: str) -> str:
+            (container,) = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+            values = [
+                e["value"] for e in container["env"] if e["name"] == "RELAYPACS_FORWARD_WORKER"
+            ]
+            assert len(values) == 1
+            return str(values[0])
+
+        assert forward_worker("relaypacs-api") == "false"
+        assert forward_worker("relaypacs-worker") == "true"
+        assert named(docs, "Deployment", "relaypacs-worker")["spec"]["replicas"] >= 2
+        config = named(docs, "ConfigMap", "relaypacs-config")["data"]
+        assert config["RELAYPACS_AUTO_MIGRATE"] == "false"
+        job = named(docs, "Job", "relaypacs-migrate")
+        assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
+
+    @pytest.mark.parametrize("overlay", OVERLAYS)
+    def test_every_setting_in_the_config_map_exists(self, overlay: str) -> None:
+        config = named(rendered(overlay), "ConfigMap", "relaypacs-config")["data"]
+        fields = {f"RELAYPACS_{name.upper()}" for name in Settings.model_fields}
+        assert set(config) <= fields
+
+
+class TestPrometheusRules:
+    def test_rules_name_only_exported_metrics_and_say_what_is_wrong(self) -> None:
+        rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+        known = exported_metric_names() | FOREIGN_METRICS
+        alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+        assert len(alerts) >= 10
+        named_metrics: set[str] = set()
+        for rule in alerts:
+            assert re.fullmatch(r"RelayPACS[A-Za-z]+", rule["alert"])
+            assert rule["labels"]["severity"] in ("critical", "warning")
+            assert rule["annotations"]["summary"]
+            names = metric_names(rule["expr"])
+            assert names, rule["alert"]
+            assert names <= known, (rule["alert"], names - known)
+            named_metrics |= names
+        # what the issue asks to alert on: queue age, breaker open, error rate, disk, failures
+        for wanted in (
+            "relaypacs_forward_oldest_job_age_seconds",
+            "relaypacs_forward_breaker_open",
+            "relaypacs_http_request_duration_seconds_count",
+            "relaypacs_storage_full_total",
+            "relaypacs_uploads",
+        ):
+            assert wanted in named_metrics
+
+    def test_the_metric_name_reader_sees_names_not_labels(self) -> None:
+        expression = 'sum(rate(relaypacs_x_total{route="relaypacs_y", status=~"5.."}[5m])) > up'
+        assert metric_names(expression) == {"relaypacs_x_total", "up"}
+
+
+class TestGrafana:
+    def test_dashboard_panels_query_exported_metrics(self) -> None:
+        dashboard = json.loads((DEPLOY / "grafana" / "relaypacs-dashboard.json").read_text())
+        known = exported_metric_names() | FOREIGN_METRICS
+        panels = dashboard["panels"]
+        assert len({p["id"] for p in panels}) == len(panels) >= 12
+        queried: set[str] = set()
+        for panel in panels:
+            assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                names = metric_names(target["expr"])
+                assert names <= known, (panel["title"], names - known)
+                queried |= names
+        assert {n for n in known if n.startswith("relaypacs_")} & queried
+        # every family the gateway exports has a panel
+        families = {
+            re.sub(r"_(bucket|sum|count|total|created)$", "", n) for n in exported_metric_names()
+        }
+        shown = {re.sub(r"_(bucket|sum|count|total|created)$", "", n) for n in queried}
+        assert families <= shown, families - shown
+        provisioning = yaml.safe_load(
+            (DEPLOY / "grafana" / "provisioning" / "dashboards.yaml").read_text()
+        )
+        assert provisioning["providers"][0]["type"] == "file"
+
+
+class TestDockerfile:
+    def test_pinned_non_root_and_probing_the_live_route(self) -> None:
+        text = (DEPLOY / "Dockerfile").read_text()
+        bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+        assert len(bases) >= 2  # multi-stage
+        for base in bases:
+            _image, _, tag = base.partition(":")
+            assert re.fullmatch(r"\d+\.\d+\.\d+-slim-\w+", tag), base
+        users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
+        assert users
+        assert users[-1].split(":")[0] not in ("0", "root")
+        assert "/health/live" in text
+        assert "uv sync --frozen --no-dev" in text
+        assert re.search(r'^ENTRYPOINT \["relaypacs"\]', text, flags=re.MULTILINE)
+
+    def test_every_yaml_file_parses(self) -> None:
+        files = list(DEPLOY.rglob("*.yaml"))
+        assert len(files) >= 15
+        for path in files:
+            assert list(yaml.safe_load_all(path.read_text())), path
