@@ -128,20 +128,26 @@ class Forwarder:
     async def start(self) -> None:
         if self._source is None:  # at start, not at the first job
             raise RuntimeError("a Forwarder needs an instance source to run jobs")
-        for name, client in self._clients.items():
-            problem = await client.probe()
-            if problem is None:
-                logger.info("PACS target %r answers; forwarding to it", name)
-            else:
-                logger.warning(
-                    "PACS target %r is not reachable (%s): accepted studies stay queued and "
-                    "are sent when it answers",
-                    name,
-                    problem,
-                )
         for _ in range(self._jobs_at_once):
             task = asyncio.create_task(self._loop())
             self._tasks.add(task)
+        # Beside the start, not before it: a PACS that hangs must not keep the gateway from
+        # serving (uploads do not need the PACS; they wait in the queue).
+        for name, client in self._clients.items():
+            self._tasks.add(asyncio.create_task(self._announce(name, client)))
+
+    async def _announce(self, name: str, client: DicomWebClient) -> None:
+        """Say at start whether the target answers (the operator's first clue)."""
+        problem = await client.probe()
+        if problem is None:
+            logger.info("PACS target %r answers; forwarding to it", name)
+        else:
+            logger.warning(
+                "PACS target %r is not reachable (%s): accepted studies stay queued and "
+                "are sent when it answers",
+                name,
+                problem,
+            )
 
     async def stop(self) -> None:
         self._stopping = True

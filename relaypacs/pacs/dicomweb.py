@@ -37,6 +37,9 @@ SOP_INSTANCE_UID = "00080018"
 PREAMBLE = 128
 WHOLE_READ_BYTES = 4 << 20  # at most max_in_flight of these are held at once
 
+# A first word with a PACS: a hung one is reported in seconds, not after the read timeout.
+PROBE_SECONDS = 5.0
+
 
 class Disposition(enum.StrEnum):
     STORED = "stored"
@@ -450,11 +453,15 @@ class DicomWebClient:
                 part.feed(block)
             return part.hexdigest()
 
-    async def probe(self) -> str | None:
-        """None if the PACS answers (any HTTP status but 5xx), else why not."""
+    async def probe(self, within: float = PROBE_SECONDS) -> str | None:
+        """None if the PACS answers (any HTTP status but 5xx) within `within` seconds, else
+        why not."""
         try:
             response = await self._client.get(
-                "/studies", params={"limit": 1}, headers={"Accept": "application/dicom+json"}
+                "/studies",
+                params={"limit": 1},
+                headers={"Accept": "application/dicom+json"},
+                timeout=within,
             )
         except httpx.HTTPError as exc:
             return type(exc).__name__

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -329,6 +330,10 @@ class TestNoPacs:
         settings = gateway_settings(tmp_path / "data", pacs, pacs_url=nowhere)
         with caplog.at_level("WARNING", logger="relaypacs"):
             async for gw in start_gateway(settings):
+                for _ in range(100):  # said beside the start, not before it
+                    if "is not reachable" in caplog.text:
+                        break
+                    await asyncio.sleep(0.05)
                 assert "is not reachable" in caplog.text
                 upload_id = await gw.upload(make_study(1))
                 await asyncio.sleep(2.0)
@@ -337,6 +342,32 @@ class TestNoPacs:
                 assert body["forwarding"]["last_error"].startswith(("network", "timeout"))
                 assert body["forwarding"]["attempts"] >= 1
         assert PACS_PASSWORD not in caplog.text
+
+    async def test_a_hung_pacs_does_not_hold_the_start(
+        self, tmp_path: Path, pacs: FaultPacs, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A PACS that takes connections and never answers: the gateway serves and takes
+        uploads at once (it used to wait out the 60 s read timeout before serving), and says
+        within seconds that the PACS does not answer."""
+        hung = socket.socket()
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)  # connections complete in the backlog; nothing ever answers
+        try:
+            url = f"http://127.0.0.1:{hung.getsockname()[1]}/dicom-web"
+            settings = gateway_settings(tmp_path / "data", pacs, pacs_url=url)
+            with caplog.at_level("INFO", logger="relaypacs"):
+                async for gw in start_gateway(settings):
+                    # Serving while the probe still waits for its answer.
+                    assert "PACS target 'pacs'" not in caplog.text
+                    upload_id = await gw.upload(make_study(1))
+                    assert (await gw.get(upload_id))["status"] in ("queued", "forwarding")
+                    for _ in range(200):
+                        if "is not reachable (ReadTimeout)" in caplog.text:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert "is not reachable (ReadTimeout)" in caplog.text
+        finally:
+            hung.close()
 
     async def test_admin_cancel_stops_forwarding_and_deletes_the_files(
         self, gateway: Gateway, pacs: FaultPacs
