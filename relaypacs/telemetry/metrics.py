@@ -60,6 +60,11 @@ CHUNK_OUTCOMES = ("stored", "already_stored", "conflict", "rejected", "not_writa
 # Bound once: the chunk PUT counts with a plain .inc().
 CHUNKS = {outcome: UPLOAD_CHUNKS.labels(outcome) for outcome in CHUNK_OUTCOMES}
 CHUNK_BYTES = {outcome: UPLOAD_BYTES.labels(outcome) for outcome in CHUNK_OUTCOMES}
+CHUNKS_LOST = Counter(
+    "relaypacs_upload_chunks_lost",
+    "Acknowledged chunks the storage no longer held (found at complete or by the scheduled "
+    "check); forgotten, so that clients send them again.",
+)
 FILES_ACCEPTED = UPLOAD_FILES.labels("accepted")
 FILES_REFUSED = UPLOAD_FILES.labels("refused")
 
@@ -162,6 +167,7 @@ def exported_metric_names() -> set[str]:
         UPLOAD_CHUNKS,
         UPLOAD_BYTES,
         UPLOAD_FILES,
+        CHUNKS_LOST,
         UPLOADS,
         FORWARD_QUEUE_JOBS,
         FORWARD_OLDEST_JOB_AGE,

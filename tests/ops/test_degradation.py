@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
 
@@ -151,8 +152,6 @@ class TestStorageFull:
 
 class TestBucketMissing:
     async def test_a_clear_error_not_a_retry_later(self, tmp_path: Path) -> None:
-        import boto3  # type: ignore[import-untyped]
-
         with moto_server() as endpoint:
             settings = ops_settings(
                 tmp_path,
@@ -186,6 +185,59 @@ class TestBucketMissing:
                 # the status is still readable: it lives in the database
                 status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
                 assert status.status_code == 200
+
+
+class TestStorageComesBackEmpty:
+    async def test_lost_chunks_are_asked_for_again_and_the_upload_completes(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with moto_server() as endpoint:
+            settings = ops_settings(
+                tmp_path,
+                storage="s3",
+                s3_endpoint_url=endpoint,
+                s3_bucket="gateway-objects",
+                s3_access_key_id="test",
+                s3_secret_access_key="test",
+                s3_create_bucket=True,
+            )
+            async with started(settings) as app, client_of(app) as client:
+                clinician = await account(app, client)
+                study = make_study(2, rows=400, columns=400)
+                upload_id = (await init(client, clinician, study)).json()["id"]
+                chunks = all_chunks(study)
+                for chunk in chunks:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                # S3 comes back from a failure without what it had acknowledged: the bucket
+                # deleted and created again, empty
+                s3 = boto3.client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    aws_access_key_id="test",
+                    aws_secret_access_key="test",
+                    region_name="us-east-1",
+                )
+                for item in s3.list_objects_v2(Bucket="gateway-objects").get("Contents", []):
+                    s3.delete_object(Bucket="gateway-objects", Key=item["Key"])
+                s3.delete_bucket(Bucket="gateway-objects")
+                s3.create_bucket(Bucket="gateway-objects")
+
+                refused = await complete(client, clinician, upload_id)
+                assert refused.status_code == 409, refused.text
+                assert code_of(refused) == "upload_incomplete"
+                details = refused.json()["error"]["details"]
+                assert details["lost"] is True
+                assert sum(len(f["missing_chunks"]) for f in details["missing"]) == len(chunks)
+                assert "storage lost" in caplog.text
+                # the status asks for them again; the client sends them; the upload completes
+                assert await missing_chunks(client, clinician, upload_id) == len(chunks)
+                for chunk in chunks:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                done = await complete(client, clinician, upload_id)
+                assert done.status_code == 202, done.text
+                assert done.json()["status"] == "validated"
+                scraped = (await client.get("/metrics")).text
+                assert metric_value(scraped, "relaypacs_upload_chunks_lost_total") == len(chunks)
 
 
 class TestRedisDown:
@@ -254,3 +306,34 @@ class TestPacsDown:
             assert ready.status_code == 200
             assert ready.json()["status"] == "degraded"
             assert ready.json()["checks"]["pacs:pacs"]["error"] == "ConnectError"
+
+
+class TestScheduledCheckOfStoredChunks:
+    async def test_chunks_lost_before_complete_are_asked_for_again(self, tmp_path: Path) -> None:
+        from relaypacs.state import app_state
+        from relaypacs.uploads.service import check_stored_chunks
+
+        settings = ops_settings(tmp_path)
+        async with started(settings) as app, client_of(app) as client:
+            clinician = await account(app, client)
+            study = make_study(2, rows=400, columns=400)
+            upload_id = (await init(client, clinician, study)).json()["id"]
+            chunks = all_chunks(study)
+            for chunk in chunks:
+                assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+            state = app_state(app)
+            assert await check_stored_chunks(state.db, state.storage) == 0
+            # the filesystem store restored from a copy older than the last two chunks
+            objects = sorted(
+                (p for p in settings.storage_root.rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_mtime_ns,
+            )
+            for path in objects[-2:]:
+                path.unlink()
+            assert await check_stored_chunks(state.db, state.storage) == 2
+            assert await missing_chunks(client, clinician, upload_id) == 2
+            for chunk in chunks:  # the client sends what the status asks for (here: all again)
+                assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+            assert await missing_chunks(client, clinician, upload_id) == 0
+            done = await complete(client, clinician, upload_id)
+            assert done.status_code == 202, done.text
