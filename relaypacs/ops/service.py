@@ -30,6 +30,7 @@ from relaypacs.redisconn import connect as connect_redis
 from relaypacs.storage import ObjectStorage
 from relaypacs.telemetry import render_metrics
 from relaypacs.telemetry.metrics import (
+    DATABASE_POOL,
     DEPENDENCY_UP,
     FORWARD_BREAKER_OPEN,
     FORWARD_OLDEST_JOB_AGE,
@@ -153,6 +154,11 @@ async def scrape_metrics(
     state of this process's breakers (`breakers`: target -> state)."""
     for target, state in breakers.items():
         FORWARD_BREAKER_OPEN.labels(target).set(0 if state == "closed" else 1)
+    pool = db.engine.pool
+    checked_out, checked_in = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
+    if callable(checked_out) and callable(checked_in):  # a queue pool (not SQLite's own)
+        DATABASE_POOL.labels("in_use").set(checked_out())
+        DATABASE_POOL.labels("idle").set(checked_in())
 
     async def read_gauges() -> None:
         async with db.read_sessionmaker() as session, session.begin():

@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,14 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
-from relaypacs.telemetry.metrics import CHUNKS_LOST, FILES_ACCEPTED, FILES_REFUSED
+from relaypacs.telemetry.metrics import (
+    CHUNKS_LOST,
+    FILES_ACCEPTED,
+    FILES_REFUSED,
+    SCHEDULED_RUNS,
+    VALIDATION_DURATION,
+    VALIDATION_REFUSALS,
+)
 from relaypacs.uploads import chunks, repository
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
 from relaypacs.uploads.early import EarlyVerifier
@@ -462,9 +470,11 @@ async def complete_upload(
     if lost:  # committed: the lost chunks are missing now
         raise _chunks_lost(upload_id, lost)
 
+    began = time.perf_counter()
     verdicts = await ctx.verifier.verify(
         upload_id, declared_uid=declared_uid, files=files, keys=keys
     )
+    VALIDATION_DURATION.observe(time.perf_counter() - began)
     target = ctx.default_target
 
     async with ctx.db.sessionmaker() as session, session.begin():
@@ -532,6 +542,9 @@ async def complete_upload(
     if judged[2]:  # committed: the files' verdicts count once, by the complete that wrote them
         FILES_ACCEPTED.inc(judged[0])
         FILES_REFUSED.inc(judged[1])
+        for verdict in verdicts:
+            if verdict.error is not None:
+                VALIDATION_REFUSALS.labels(verdict.error.code).inc()
     # Committed: the forwarder starts now, while the answer (every file) is being built.
     if queued and ctx.on_queued is not None:
         ctx.on_queued()
@@ -747,4 +760,7 @@ async def check_stored_chunks_every(
         try:
             await check_stored_chunks(db, storage)
         except Exception as error:  # storage or database unavailable: the next run will do
+            SCHEDULED_RUNS.labels("stored_chunks_check", "failed").inc()
             logger.warning("the check of stored chunks failed: %s", type(error).__name__)
+        else:
+            SCHEDULED_RUNS.labels("stored_chunks_check", "ok").inc()

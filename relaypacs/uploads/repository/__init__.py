@@ -478,7 +478,8 @@ async def upload_owners(
     rows = await session.execute(
         select(Upload.id, Upload.user_id).where(Upload.id.in_(set(upload_ids)))
     )
-    return dict(rows)
+    # Not dict(rows): a Result has keys(), so dict() would take it for a mapping.
+    return dict(rows.tuples().all())
 
 
 async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:
