@@ -225,6 +225,7 @@ def _gateway_run(
     workers: int | None,
     parallel: int,
     poll_seconds: float = POLL_SECONDS,
+    pacs_verify: str | None = None,
 ) -> GatewayRun:
     from tests.gateway import create_user, relaypacs_command, run_gateway
 
@@ -239,6 +240,8 @@ def _gateway_run(
         "RELAYPACS_PACS_PASSWORD": password,
         "RELAYPACS_PACS_PROFILE": "orthanc",
     }
+    if pacs_verify is not None:
+        env["RELAYPACS_PACS_VERIFY"] = pacs_verify
     log_path = logs / f"{name}.log"
     log_path.unlink(missing_ok=True)
     create_user(data_dir, USERNAME, PASSWORD, env=env)
@@ -381,6 +384,7 @@ def measure(
     settle: Callable[[Path], None],
     log: Callable[[str], None],
     poll_seconds: float = POLL_SECONDS,
+    pacs_verify: str | None = None,
 ) -> list[Measurement]:
     """Direct STOW (+ QIDO) and the gateway's forwarding, alternating, `repeat` times each."""
     from tests.pacs import OrthancStartError, run_orthanc
@@ -397,6 +401,7 @@ def measure(
         "`complete` answered (CLI log time stamp) to the first poll answering `delivered` "
         f"(GET /api/v1/uploads/{{id}} every {poll_seconds * 1000:.0f} ms); fresh gateway "
         "and Orthanc per run; RSS over that phase only"
+        + (f"; verify={pacs_verify}" if pacs_verify else "")
     )
     server = Measurement(GATEWAY_SERVER, "forward", total_bytes, len(files))
     server.note = (
@@ -467,6 +472,7 @@ def measure(
                             workers=workers,
                             parallel=parallel,
                             poll_seconds=poll_seconds,
+                            pacs_verify=pacs_verify,
                         )
                         gateway.seconds.append(g.seconds)
                         peak_main = max(peak_main, g.peak_main)

@@ -94,6 +94,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="RELAYPACS_DICOM_WORKERS for the gateway (default: its own)",
     )
     parser.add_argument(
+        "--pacs-verify",
+        choices=("uids", "sample", "content"),
+        default=None,
+        help="forwarding part: RELAYPACS_PACS_VERIFY for the gateway (default: its own, "
+        "content for Orthanc: MD5 taken while sending, checked against Orthanc's)",
+    )
+    parser.add_argument(
         "--forward-poll-ms",
         type=float,
         default=forward.POLL_SECONDS * 1000,
@@ -238,6 +245,7 @@ def measure_study(
                     settle=settle,
                     log=log,
                     poll_seconds=args.forward_poll_ms / 1000,
+                    pacs_verify=args.pacs_verify,
                 )
             )
     if "disk" in parts and len(parts) > 1:

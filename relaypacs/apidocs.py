@@ -10,6 +10,7 @@ import hashlib
 import importlib.resources
 import re
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -60,3 +61,64 @@ def install_api_docs(app: FastAPI) -> str:
         return HTMLResponse(page)
 
     return docs_csp(page)
+
+
+# Every error answer of the API, whatever its status (relaypacs/main.py renders them all).
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "Machine-readable: what went wrong (docs/api.md lists them).",
+                },
+                "message": {"type": "string", "description": "For a human: what to do."},
+                "details": {"type": "object", "additionalProperties": True},
+                "request_id": {
+                    "anyOf": [{"type": "string"}, {"type": "null"}],
+                    "description": "The request's id in the gateway's log (server errors).",
+                },
+            },
+        }
+    },
+}
+_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the app's OpenAPI document say what its errors are: one `Error` shape for every
+    status it does not list (`default`) and for 422, which FastAPI would otherwise document
+    as its own `HTTPValidationError`, a shape this API never answers."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _with_errors(generate())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _with_errors(doc: dict[str, Any]) -> None:
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = {
+                    "description": "The request is not valid (`invalid_request`; "
+                    "`details.problems` names each field).",
+                    "content": _ERROR_REF,
+                }
+            responses["default"] = {
+                "description": "An error: its `code` says which.",
+                "content": _ERROR_REF,
+            }

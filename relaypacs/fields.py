@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 # C0 controls, DEL, C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -31,8 +32,55 @@ def single_line(value: str) -> str:
     return value
 
 
-# A name, identifier, code or filter: one line, no control character.
-Line = Annotated[str, AfterValidator(single_line)]
+def _pattern(pattern: str) -> Callable[[dict[str, Any]], None]:
+    """Document `pattern` in the JSON schema, unless the field states a stricter one itself."""
+
+    def document(schema: dict[str, Any]) -> None:
+        schema.setdefault("pattern", pattern)
+
+    return document
+
+
+# A name, identifier, code or filter: one line, no control character. The pattern only
+# documents the rule in the OpenAPI document (clients and fuzzers read it); single_line
+# enforces it, with its own message.
+LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+LINE_DOC = Field(json_schema_extra=_pattern(LINE_PATTERN))
+Line = Annotated[str, AfterValidator(single_line), LINE_DOC]
+# With more constraints, they come first: pydantic enforces a constraint placed after the
+# validator (`Annotated[Line, Field(max_length=64)]`) but leaves it out of the OpenAPI document,
+# whose clients and fuzzers then send what is refused. Write
+# `Annotated[str, StringConstraints(max_length=64), AfterValidator(single_line), LINE_DOC]`.
+
+
+def iso_8601(value: object) -> object:
+    """Pydantic takes a number (or a text of digits) for a Unix time stamp; this API's times are
+    ISO 8601 texts only, as its document says: `-1167` is a mistake, not 1969."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("a date and time in ISO 8601 with its zone, e.g. 2026-12-06T10:00:00Z")
+    return value
+
+
+_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
+# A moment, with its zone, as ISO 8601 text.
+Instant = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def multi_line(value: str) -> str:
+    if _CONTROL_BUT_LINES.search(value):
+        raise ValueError("this text may not contain control characters but line breaks and tabs")
+    if _SURROGATE.search(value):
+        raise ValueError("this text must be valid Unicode text")
+    return value
+
+
+# Free text of several lines (a report's findings): line breaks and tabs, no other control.
+PARAGRAPHS_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+PARAGRAPHS_DOC = Field(json_schema_extra=_pattern(PARAGRAPHS_PATTERN))
+Paragraphs = Annotated[str, AfterValidator(multi_line), PARAGRAPHS_DOC]  # (constraints: as Line)
 # An offset into a list.
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 # A database row id (BIGINT).

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp
 
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
-from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, install_api_docs
+from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, document_errors, install_api_docs
 from relaypacs.audit.service import log_chain_head_every
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.repository import user_loader
@@ -41,14 +41,20 @@ from relaypacs.config import Settings, load_settings
 from relaypacs.db import Database
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
-from relaypacs.forwarding.source import Settlement
+from relaypacs.forwarding.source import SettleHook, Settlement
 from relaypacs.forwarding.worker import Forwarder
 from relaypacs.middleware import HttpSurface, StrictCORSMiddleware
 from relaypacs.migrate import upgrade_in_subprocess
+from relaypacs.notifications.live import NoticeHub
+from relaypacs.notifications.mail import Mailer, SmtpSettings
+from relaypacs.notifications.router import router as notifications_router
 from relaypacs.ops.router import router as ops_router
 from relaypacs.ops.service import HealthChecks
 from relaypacs.ratelimit import RateLimits
 from relaypacs.redisconn import connect as connect_redis
+from relaypacs.reports.router import admin_router as reports_admin_router
+from relaypacs.reports.router import router as reports_router
+from relaypacs.reports.router import timeline_router as upload_timeline_router
 from relaypacs.reports.service import open_report
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import (
@@ -150,10 +156,37 @@ def open_validator(settings: Settings) -> DicomValidator:
     )
 
 
-async def open_report_when_delivered(session: AsyncSession, settled: Settlement) -> None:
-    """Settle hook of the forwarder: a delivered study awaits its report."""
-    if settled.delivered:
-        open_report(session, upload_id=settled.upload_id)
+def open_mailer(settings: Settings, db: Database) -> Mailer | None:
+    """Email, where SMTP is configured (RELAYPACS_SMTP_HOST)."""
+    if settings.smtp_host is None:
+        return None
+    return Mailer(
+        SmtpSettings(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.smtp_from,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            timeout=settings.smtp_timeout_seconds,
+            retry_delays=tuple(settings.smtp_retry_delays),
+            public_url=settings.public_url,
+        ),
+        db.read_sessionmaker,
+    )
+
+
+def open_report_when_delivered(settings: Settings) -> SettleHook:
+    """Settle hook of the forwarder: a delivered study awaits its report (assigned at once by
+    the rule with RELAYPACS_REPORT_AUTO_ASSIGN)."""
+
+    async def hook(session: AsyncSession, settled: Settlement) -> None:
+        if settled.delivered:
+            await open_report(
+                session, upload_id=settled.upload_id, auto_assign=settings.report_auto_assign
+            )
+
+    return hook
 
 
 @asynccontextmanager
@@ -165,6 +198,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.auto_migrate:
         await upgrade_in_subprocess(settings.resolved_database_url)
     db = Database.open(settings.resolved_database_url)
+    # Before any session is made: committed notifications are pushed to the open streams.
+    notice_hub = NoticeHub(redis_url=settings.redis_url, channel=f"{settings.redis_prefix}notices")
+    notice_hub.attach(db.sessionmaker)
+    mailer = open_mailer(settings, db)
+    if mailer is not None:
+        notice_hub.on_committed.append(mailer.committed)
+        await mailer.start()
+    await notice_hub.start()
     signing_key = settings.signing_key()
     revocations = await open_revocations(settings, db)
     rate_limits = RateLimits(settings)
@@ -186,7 +227,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine=db.engine,
             sync_engine=db.sync_engine,
             source=UploadRelay(),
-            settle_hooks=(open_report_when_delivered, notify_uploader),
+            settle_hooks=(open_report_when_delivered(settings), notify_uploader),
         )
         await forwarder.start()
     state = AppState(
@@ -232,6 +273,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         forwarder=forwarder,
         health=HealthChecks.build(settings, storage),
+        notice_hub=notice_hub,
     )
     app.state.gateway = state
     password = await ensure_first_admin(db.sessionmaker)
@@ -252,6 +294,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await task
         if forwarder is not None:
             await forwarder.stop()
+        await notice_hub.stop()
+        if mailer is not None:
+            await mailer.stop()
         await early_verifier.close()
         await validator.close()
         await storage.close()
@@ -467,6 +512,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_docs:
         app.docs_csp = install_api_docs(app)
     install_error_handlers(app)
+    document_errors(app)
     if settings.cors_origins:
         app.add_middleware(
             StrictCORSMiddleware,
@@ -489,5 +535,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(ops_router)
+    app.include_router(reports_router, prefix=API_PREFIX)
+    app.include_router(reports_admin_router, prefix=API_PREFIX)
+    app.include_router(upload_timeline_router, prefix=API_PREFIX)
+    app.include_router(notifications_router, prefix=API_PREFIX)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

@@ -5,7 +5,7 @@ from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role,
 from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification
-from relaypacs.reports.models import Report, ReportStatus
+from relaypacs.reports.models import RadiologistModality, Report, ReportStatus, ReportVersion
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
 
 __all__ = [
@@ -16,10 +16,12 @@ __all__ = [
     "ForwardJob",
     "JobStatus",
     "Notification",
+    "RadiologistModality",
     "RecoveryCode",
     "RefreshToken",
     "Report",
     "ReportStatus",
+    "ReportVersion",
     "Role",
     "Upload",
     "UploadChunk",

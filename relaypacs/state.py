@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from relaypacs.auth.sessions import TokenContext
     from relaypacs.auth.totp import TotpCipher
     from relaypacs.forwarding.worker import Forwarder
+    from relaypacs.notifications.live import NoticeHub
     from relaypacs.ops.service import HealthChecks
     from relaypacs.ratelimit import RateLimits
     from relaypacs.uploads.chunks import ChunkIntake
@@ -57,6 +58,8 @@ class AppState:
     forwarder: Forwarder | None
     # operations: the readiness checks' own clients (Redis, each PACS)
     health: HealthChecks
+    # notifications: pushed live to open streams (across replicas through Redis)
+    notice_hub: NoticeHub
 
 
 def app_state(app: FastAPI) -> AppState:

@@ -79,7 +79,19 @@ async def query_audit(
     )
 
 
-@router.get("/audit/export")
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The records, one per line (JSON Lines) or CSV with a header row.",
+            "content": {
+                "application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 async def export_audit(
     query: Annotated[AuditExport, Query()], _admin: AdminUser, actor: ActorDep, state: AppStateDep
 ) -> StreamingResponse:

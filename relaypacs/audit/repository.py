@@ -144,3 +144,18 @@ async def stream_events(
         if len(rows) < batch:
             return
         after = rows[-1].id
+
+
+async def object_history(
+    session: AsyncSession, objects: Sequence[tuple[str, str]], actions: Sequence[str]
+) -> Sequence[AuditEvent]:
+    """The records of these actions on these objects ((type, id) pairs), oldest first."""
+    if not objects:
+        return []
+    query = select(AuditEvent).where(
+        AuditEvent.object_id.in_([object_id for _, object_id in objects]),
+        AuditEvent.action.in_(actions),
+    )
+    wanted = set(objects)
+    rows = (await session.scalars(query.order_by(AuditEvent.id))).all()
+    return [r for r in rows if (r.object_type, r.object_id) in wanted]

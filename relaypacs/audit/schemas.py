@@ -6,9 +6,9 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from relaypacs.fields import Line, RowId
+from relaypacs.fields import Instant, Line, RowId
 
 AUDIT_PAGE_MAX = 500
 
@@ -24,8 +24,8 @@ class AuditQuery(BaseModel):
     object_type: Line | None = Field(default=None, max_length=32, description="e.g. upload")
     object_id: Line | None = Field(default=None, max_length=64)
     study_instance_uid: Line | None = Field(default=None, max_length=64)
-    since: AwareDatetime | None = Field(default=None, description="From (inclusive, with zone).")
-    until: AwareDatetime | None = Field(default=None, description="To (exclusive, with zone).")
+    since: Instant | None = Field(default=None, description="From (inclusive, with zone).")
+    until: Instant | None = Field(default=None, description="To (exclusive, with zone).")
 
 
 class AuditPage(AuditQuery):

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -242,3 +242,11 @@ async def log_chain_head_every(
         else:
             SCHEDULED_RUNS.labels("audit_chain_head", "ok").inc()
         await asyncio.sleep(interval_seconds)
+
+
+async def history(
+    session: AsyncSession, *, objects: Sequence[tuple[str, str]], actions: Sequence[str]
+) -> Sequence[AuditEvent]:
+    """What was done to these objects ((type, id) pairs), by these actions, oldest first: a
+    study's timeline."""
+    return await repository.object_history(session, objects, actions)

@@ -14,7 +14,7 @@ from relaypacs.audit.service import client_address
 from relaypacs.auth.errors import PasswordChangeRequired, SessionEnded, TotpEnrolmentRequired
 from relaypacs.auth.models import Role, User
 from relaypacs.auth.revocation import Revocations
-from relaypacs.auth.security import AccessClaims, decode_access_token
+from relaypacs.auth.security import AccessClaims, decode_access_token, decode_stream_ticket
 from relaypacs.auth.totp import totp_required
 from relaypacs.errors import Forbidden, NotAuthenticated
 from relaypacs.ratelimit import LimitName, RateLimits
@@ -73,6 +73,28 @@ def access_claims(request: Request) -> AccessClaims:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_ticket_user(
+    request: Request, ticket: str, *, claim_once: Callable[[str], Awaitable[bool]]
+) -> User:
+    """The user of a one-time stream ticket (auth.security.create_stream_ticket), with the
+    checks of an access token (account active, session live, token version) and full use of
+    their role; `claim_once(ticket_id)` is False for a ticket already used."""
+    state = get_app_state(request)
+    claims = decode_stream_ticket(ticket, key=state.signing_key)
+    user = await state.user_loader.load(claims.user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated("The account is disabled or no longer exists.")
+    if claims.version != user.token_version or not await state.revocations.is_live(
+        claims.session_id, user.id
+    ):
+        raise SessionEnded()
+    if not await claim_once(claims.ticket_id):
+        raise NotAuthenticated("This stream ticket was already used.")
+    request.state.user_id = user.id
+    request.state.user = user
+    return await get_current_user(request, user)
 
 
 def require_roles(*roles: Role) -> Callable[[User], Awaitable[User]]:

@@ -68,6 +68,7 @@ ANY_ROLE = allow(Role.CLINICIAN, Role.RADIOLOGIST, Role.ADMIN)
 # second opinion). Administrators run the system and do not upload.
 UPLOADERS = allow(Role.CLINICIAN, Role.RADIOLOGIST)
 ADMIN = allow(Role.ADMIN)
+RADIOLOGIST = allow(Role.RADIOLOGIST)
 
 API = "/api/v1"
 UPLOAD_INIT = f"POST {API}/uploads"  # who may start an upload (also: who gets a warm validator)
@@ -110,6 +111,28 @@ POLICY: dict[str, Rule] = {
     ),
     f"POST {API}/uploads/{{upload_id}}/complete": UPLOADERS,
     f"DELETE {API}/uploads/{{upload_id}}": UPLOADERS,
+    f"GET {API}/uploads/{{upload_id}}/timeline": ANY_ROLE,
+    # Reports: the uploader reads the reports of their own uploads, a radiologist those
+    # assigned to them (the only ones they write), an administrator all (audited).
+    f"GET {API}/reports": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}/versions/{{version}}": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}/study": ANY_ROLE,
+    f"GET {API}/reports/{{report_id}}/pdf": ANY_ROLE,
+    f"PUT {API}/reports/{{report_id}}/draft": RADIOLOGIST,
+    f"POST {API}/reports/{{report_id}}/sign": RADIOLOGIST,
+    f"POST {API}/reports/{{report_id}}/amend": RADIOLOGIST,
+    f"POST {API}/admin/reports/{{report_id}}/assign": ADMIN,
+    f"GET {API}/admin/radiologists": ADMIN,
+    f"PUT {API}/admin/radiologists/{{user_id}}/modalities": ADMIN,
+    # Notifications: one's own only (another user's is a 404). The stream checks its own
+    # credential: the access token, or a one-time ticket (a browser's EventSource sends no
+    # Authorization header).
+    f"GET {API}/notifications": ANY_ROLE,
+    f"POST {API}/notifications/{{notification_id}}/read": ANY_ROLE,
+    f"POST {API}/notifications/read-all": ANY_ROLE,
+    f"POST {API}/notifications/stream-ticket": ANY_ROLE,
+    f"GET {API}/notifications/stream": PUBLIC,
     # Administration.
     f"GET {API}/admin/uploads": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/retry": ADMIN,

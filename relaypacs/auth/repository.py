@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from relaypacs.auth.errors import UsernameTaken
-from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, User
+from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role, User
 from relaypacs.db import Database, column_processor, read_in_one_call, readonly_engine, utcnow
 from relaypacs.fields import name_key
 
@@ -54,6 +54,16 @@ async def list_users(session: AsyncSession, *, limit: int, offset: int) -> list[
     return list(
         await session.scalars(select(User).order_by(User.username).limit(limit).offset(offset))
     )
+
+
+async def users_with_role(
+    session: AsyncSession, role: Role, *, active_only: bool = False
+) -> list[User]:
+    """Every user of `role` (only the active ones: `active_only`), by username."""
+    query = select(User).where(User.role == role)
+    if active_only:
+        query = query.where(User.is_active.is_(True))
+    return list(await session.scalars(query.order_by(User.username)))
 
 
 async def add_user(session: AsyncSession, user: User) -> None:

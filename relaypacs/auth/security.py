@@ -25,6 +25,8 @@ _LEEWAY_SECONDS = 5  # clock skew allowed on exp and nbf
 ACCESS = "access"
 # After the password, before the TOTP code: accepted by POST /auth/totp only.
 MFA_PENDING = "mfa_pending"
+# A one-time ticket that opens one event stream (a browser's EventSource sends no header).
+STREAM_TICKET = "stream_ticket"
 
 # argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): ~50 ms per hash on a
 # 2-core box, where argon2-cffi's default profile (64 MiB, 3 passes, 4 lanes) takes ~500 ms and
@@ -109,7 +111,7 @@ def _encode(
 
 
 def _decode(token: str, *, key: str, typ: str, required: list[str]) -> dict[str, object]:
-    what = "access token" if typ == ACCESS else "sign-in token"
+    what = {ACCESS: "access token", STREAM_TICKET: "stream ticket"}.get(typ, "sign-in token")
     try:
         claims: dict[str, object] = jwt.decode(
             token,
@@ -209,3 +211,43 @@ def new_refresh_token() -> str:
 
 def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TicketClaims:
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    version: int
+    ticket_id: str  # used once
+    expires_at: dt.datetime
+
+
+def create_stream_ticket(
+    *, access: AccessClaims, key: str, lifetime: dt.timedelta
+) -> tuple[str, dt.datetime]:
+    """A short-lived ticket for the access token's user and session: it opens one event
+    stream, where a browser cannot send the access token in a header (never put that in a
+    URL: URLs are logged)."""
+    return _encode(
+        {"sub": str(access.user_id), "sid": str(access.session_id), "ver": access.version},
+        typ=STREAM_TICKET,
+        key=key,
+        lifetime=lifetime,
+    )
+
+
+def decode_stream_ticket(token: str, *, key: str) -> TicketClaims:
+    claims = _decode(token, key=key, typ=STREAM_TICKET, required=["sid", "ver"])
+    try:
+        version, expires = claims["ver"], claims["exp"]
+        if not isinstance(version, int) or not isinstance(expires, int | float):
+            raise ValueError("bad claim type")
+        return TicketClaims(
+            user_id=uuid.UUID(str(claims["sub"])),
+            session_id=uuid.UUID(str(claims["sid"])),
+            version=version,
+            ticket_id=str(claims["jti"]),
+            expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+        )
+    except (ValueError, KeyError):
+        raise NotAuthenticated("The stream ticket is not valid.") from None

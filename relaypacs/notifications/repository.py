@@ -2,20 +2,77 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from typing import Any
 
+from sqlalchemy import ScalarResult, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.notifications.models import Notification
 
 
-def add_notification(
+def add_notification(session: AsyncSession, notification: Notification) -> None:
+    session.add(notification)
+
+
+async def page(
+    session: AsyncSession, *, user_id: uuid.UUID, unread_only: bool, limit: int, offset: int
+) -> tuple[list[Notification], int, int]:
+    """A page of the user's notifications, newest first; how many match; how many are unread."""
+    mine = Notification.user_id == user_id
+    query = select(Notification).where(mine)
+    if unread_only:
+        query = query.where(Notification.is_read.is_(False))
+    rows: ScalarResult[Notification] = await session.scalars(
+        query.order_by(Notification.created_at.desc(), Notification.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    total = await session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(mine, *([Notification.is_read.is_(False)] if unread_only else []))
+    )
+    unread = await session.scalar(
+        select(func.count()).select_from(Notification).where(mine, Notification.is_read.is_(False))
+    )
+    return list(rows), int(total or 0), int(unread or 0)
+
+
+async def get_notification(
+    session: AsyncSession, notification_id: uuid.UUID
+) -> Notification | None:
+    return await session.get(Notification, notification_id)
+
+
+async def mark_all_read(session: AsyncSession, user_id: uuid.UUID) -> int:
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.user_id == user_id, Notification.is_read.is_(False))
+        .values(is_read=True)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def after(
     session: AsyncSession,
     *,
     user_id: uuid.UUID,
-    kind: str,
-    related_id: uuid.UUID | None,
-    payload: dict[str, Any],
-) -> None:
-    session.add(Notification(user_id=user_id, type=kind, related_id=related_id, payload=payload))
+    created_at: dt.datetime,
+    last_id: uuid.UUID,
+    limit: int,
+) -> list[Notification]:
+    """The user's notifications after (created_at, id), oldest first: what a stream missed."""
+    rows: ScalarResult[Notification] = await session.scalars(
+        select(Notification)
+        .where(
+            Notification.user_id == user_id,
+            or_(
+                Notification.created_at > created_at,
+                and_(Notification.created_at == created_at, Notification.id > last_id),
+            ),
+        )
+        .order_by(Notification.created_at, Notification.id)
+        .limit(limit)
+    )
+    return list(rows)

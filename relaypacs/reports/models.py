@@ -1,25 +1,45 @@
-"""Tables of the report domain (the lifecycle is built by a later issue)."""
+"""Tables of the report domain: a delivered study's report (its working copy), every signed
+version of it, and which modalities each radiologist reads."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
 import uuid
+from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, String, Text, Uuid
+from sqlalchemy import (
+    JSON,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from relaypacs.db import Base, UTCDateTime, utcnow
 
 
 class ReportStatus(enum.StrEnum):
-    PENDING = "pending"
-    ASSIGNED = "assigned"
-    READY = "ready"
+    PENDING = "pending"  # the study is delivered; nobody reads it yet
+    ASSIGNED = "assigned"  # a radiologist reads it (drafts are saved)
+    READY = "ready"  # signed: version 1
+    AMENDED = "amended"  # signed again: version 2 and later
+
+
+SIGNED_STATUSES = frozenset({ReportStatus.READY, ReportStatus.AMENDED})
 
 
 class Report(Base):
     __tablename__ = "report"
+    __table_args__ = (
+        Index("ix_report_radiologist_id_created_at", "radiologist_id", "created_at"),
+        Index("ix_report_uploader_id_created_at", "uploader_id", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     upload_id: Mapped[uuid.UUID] = mapped_column(
@@ -36,6 +56,7 @@ class Report(Base):
         default=ReportStatus.PENDING,
     )
     radiologist_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id"))
+    # The working copy: the assigned radiologist's draft (before signing, or of an amendment).
     findings: Mapped[str | None] = mapped_column(Text)
     impression: Mapped[str | None] = mapped_column(Text)
     pdf_key: Mapped[str | None] = mapped_column(String(512))
@@ -43,3 +64,44 @@ class Report(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     ready_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Copied from the upload when the report opens (the worklist filters on them without
+    # reading the upload domain's tables). PHI: never logged.
+    uploader_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id"))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_date: Mapped[str | None] = mapped_column(String(16))
+    study_metadata: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSON, default=dict, server_default="{}"
+    )
+    # Lower-case patient name and id, accession number, description: the worklist's text filter.
+    search_text: Mapped[str | None] = mapped_column(Text)
+    assigned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class ReportVersion(Base):
+    """A signed version: never changed, never deleted (an amendment adds the next one)."""
+
+    __tablename__ = "report_version"
+    __table_args__ = (UniqueConstraint("report_id", "version"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    report_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("report.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    findings: Mapped[str] = mapped_column(Text)
+    impression: Mapped[str] = mapped_column(Text)
+    signed_by_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("user.id"))
+    signed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Why it was amended (None for the first version).
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RadiologistModality(Base):
+    """A radiologist reads studies of this modality (the automatic assignment's rule)."""
+
+    __tablename__ = "radiologist_modality"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("user.id", ondelete="CASCADE"), primary_key=True
+    )
+    modality: Mapped[str] = mapped_column(String(16), primary_key=True)

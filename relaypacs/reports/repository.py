@@ -1,13 +1,188 @@
-"""Every query of the report table."""
+"""Every query of the report domain's tables (report, report_version, radiologist_modality)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import ScalarResult, Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaypacs.reports.models import Report
+from relaypacs.reports.models import (
+    SIGNED_STATUSES,
+    RadiologistModality,
+    Report,
+    ReportStatus,
+    ReportVersion,
+)
 
 
-def add_report(session: AsyncSession, *, upload_id: uuid.UUID) -> None:
-    session.add(Report(upload_id=upload_id))
+async def add_report(session: AsyncSession, report: Report) -> Report:
+    session.add(report)
+    await session.flush()
+    return report
+
+
+async def get_report(
+    session: AsyncSession, report_id: uuid.UUID, *, lock: bool = False
+) -> Report | None:
+    return await session.get(Report, report_id, with_for_update=lock, populate_existing=lock)
+
+
+async def report_of_upload(session: AsyncSession, upload_id: uuid.UUID) -> Report | None:
+    return await session.scalar(select(Report).where(Report.upload_id == upload_id))
+
+
+async def set_pdf_key(
+    session: AsyncSession, report_id: uuid.UUID, *, version: int, key: str
+) -> None:
+    """The PDF of `version` is stored (unless a later version was signed meanwhile)."""
+    await session.execute(
+        update(Report).where(Report.id == report_id, Report.version == version).values(pdf_key=key)
+    )
+
+
+async def add_version(session: AsyncSession, version: ReportVersion) -> None:
+    session.add(version)
+    await session.flush()
+
+
+async def versions(session: AsyncSession, report_id: uuid.UUID) -> list[ReportVersion]:
+    """Every signed version, oldest first."""
+    return list(
+        await session.scalars(
+            select(ReportVersion)
+            .where(ReportVersion.report_id == report_id)
+            .order_by(ReportVersion.version)
+        )
+    )
+
+
+async def get_version(
+    session: AsyncSession, report_id: uuid.UUID, version: int
+) -> ReportVersion | None:
+    return await session.scalar(
+        select(ReportVersion).where(
+            ReportVersion.report_id == report_id, ReportVersion.version == version
+        )
+    )
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    radiologist_id: uuid.UUID | None = None  # assigned to this radiologist
+    uploader_id: uuid.UUID | None = None  # of this uploader's studies
+    status: ReportStatus | None = None
+    modality: str | None = None
+    created_from: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+    text: str | None = None  # lower case
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _filtered(query: Select[Any], f: WorklistFilter) -> Select[Any]:
+    if f.radiologist_id is not None:
+        query = query.where(Report.radiologist_id == f.radiologist_id)
+    if f.uploader_id is not None:
+        query = query.where(Report.uploader_id == f.uploader_id)
+    if f.status is not None:
+        query = query.where(Report.status == f.status)
+    if f.modality is not None:
+        query = query.where(Report.modality == f.modality)
+    if f.created_from is not None:
+        query = query.where(Report.created_at >= f.created_from)
+    if f.created_before is not None:
+        query = query.where(Report.created_at < f.created_before)
+    if f.text:
+        query = query.where(Report.search_text.like(_like_pattern(f.text), escape="\\"))
+    return query
+
+
+async def worklist(
+    session: AsyncSession, f: WorklistFilter, *, limit: int, offset: int
+) -> tuple[list[Report], int]:
+    """A page of the matching reports, oldest first, and how many match."""
+    rows: ScalarResult[Report] = await session.scalars(
+        _filtered(select(Report), f)
+        .order_by(Report.created_at, Report.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    total = await session.scalar(_filtered(select(func.count()).select_from(Report), f))
+    return list(rows), int(total or 0)
+
+
+# --- radiologists ---------------------------------------------------------------------------
+
+
+async def modalities_of(
+    session: AsyncSession, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[str]]:
+    rows = await session.execute(
+        select(RadiologistModality.user_id, RadiologistModality.modality)
+        .where(RadiologistModality.user_id.in_(user_ids))
+        .order_by(RadiologistModality.modality)
+    )
+    found: dict[uuid.UUID, list[str]] = {u: [] for u in user_ids}
+    for user_id, modality in rows:
+        found[user_id].append(modality)
+    return found
+
+
+async def set_modalities(
+    session: AsyncSession, user_id: uuid.UUID, modalities: Sequence[str]
+) -> None:
+    await session.execute(delete(RadiologistModality).where(RadiologistModality.user_id == user_id))
+    if modalities:
+        await session.execute(
+            insert(RadiologistModality),
+            [{"user_id": user_id, "modality": m} for m in sorted(set(modalities))],
+        )
+
+
+async def readers_of(session: AsyncSession, modality: str) -> list[uuid.UUID]:
+    """The radiologists registered for a modality."""
+    return list(
+        await session.scalars(
+            select(RadiologistModality.user_id).where(RadiologistModality.modality == modality)
+        )
+    )
+
+
+async def open_report_counts(
+    session: AsyncSession, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """How many reports assigned to each radiologist are not signed yet."""
+    rows = await session.execute(
+        select(Report.radiologist_id, func.count())
+        .where(Report.radiologist_id.in_(user_ids), Report.status.not_in(SIGNED_STATUSES))
+        .group_by(Report.radiologist_id)
+    )
+    counts = dict.fromkeys(user_ids, 0)
+    for user_id, n in rows:
+        if user_id is not None:
+            counts[user_id] = int(n)
+    return counts
+
+
+async def last_assigned(
+    session: AsyncSession, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dt.datetime | None]:
+    """When each radiologist was last assigned a report (None: never)."""
+    rows = await session.execute(
+        select(Report.radiologist_id, func.max(Report.assigned_at))
+        .where(Report.radiologist_id.in_(user_ids))
+        .group_by(Report.radiologist_id)
+    )
+    last: dict[uuid.UUID, dt.datetime | None] = dict.fromkeys(user_ids)
+    for user_id, at in rows:
+        if user_id is not None:
+            last[user_id] = at
+    return last

@@ -85,6 +85,12 @@ def client_ip(request: Request) -> str | None:
     "",
     response_model=UploadRead,
     status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {
+            "model": UploadRead,
+            "description": "An upload of this manifest exists: it is resumed (what it holds).",
+        }
+    },
     dependencies=[Depends(per_user("upload_init"))],
 )
 async def start_upload(

@@ -6,9 +6,16 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-from relaypacs.fields import Line
+from relaypacs.fields import LINE_DOC, Line, single_line
 from relaypacs.uploads.models import FileStatus, ForwardStatus, UploadStatus
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
@@ -18,7 +25,7 @@ Sha256Hex = Annotated[
 ]
 # Study details as the files carry them: one line, no control character (NUL: PostgreSQL
 # refuses it, and SQLite stored it).
-ShortText = Annotated[Line, StringConstraints(max_length=256)]
+ShortText = Annotated[str, StringConstraints(max_length=256), AfterValidator(single_line), LINE_DOC]
 
 
 class StudyMetadata(BaseModel):

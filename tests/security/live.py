@@ -54,7 +54,13 @@ def live_gateway(
 ) -> Iterator[LiveGateway]:
     """`relaypacs serve` with these accounts ({name: role}), each logged in. The usernames
     are the names with a random suffix: several gateways may share one database."""
-    full_env = {"RELAYPACS_SECRET_KEY": SECRET_KEY, "RELAYPACS_CHUNK_SIZE": str(CHUNK_SIZE), **env}
+    full_env = {
+        "RELAYPACS_SECRET_KEY": SECRET_KEY,
+        "RELAYPACS_CHUNK_SIZE": str(CHUNK_SIZE),
+        # The suites call every endpoint and read each answer whole: an event stream ends soon.
+        "RELAYPACS_SSE_MAX_SECONDS": "1",
+        **env,
+    }
     suffix = secrets.token_hex(4)
     for name, role in usernames.items():
         create_user(data_dir, f"{name}-{suffix}", PASSWORD, role=role, env=full_env)

@@ -127,6 +127,7 @@ def request_for(
         path = path.replace("{upload_id}", upload_id)
     path = ID_PARAM.sub(lambda _m: str(uuid.uuid4()), path)  # objects that do not exist
     path = path.replace("{file_index}", "0").replace("{chunk_index}", "0")
+    path = path.replace("{version}", "1")  # a report's signed version
     method = "GET" if cell.method == "MOUNT" else cell.method  # a mount's index
     request: dict[str, Any] = {"method": method, "url": path, "headers": {}}
     if cell.key == "POST /api/v1/auth/login":

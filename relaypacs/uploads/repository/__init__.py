@@ -632,3 +632,21 @@ async def count_by_status(session: AsyncSession) -> dict[UploadStatus, int]:
     """How many uploads are in each status (the operators' gauge)."""
     rows = await session.execute(select(Upload.status, func.count()).group_by(Upload.status))
     return {row[0]: row[1] for row in rows.all()}
+
+
+# --- the study as other domains see it -------------------------------------------------------
+
+
+def series_instance_counts(session: Session, upload_id: uuid.UUID) -> dict[str, int]:
+    """How many valid (not refused) instances each series of the upload has."""
+    rows = session.execute(
+        select(UploadFile.series_instance_uid, func.count())
+        .where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.series_instance_uid.is_not(None),
+            UploadFile.error_code.is_(None),
+            UploadFile.duplicate_of.is_(None),
+        )
+        .group_by(UploadFile.series_instance_uid)
+    )
+    return {str(series): int(n) for series, n in rows}
