@@ -35,6 +35,7 @@ from relaypacs.telemetry.metrics import (
     FORWARD_BREAKER_OPEN,
     FORWARD_OLDEST_JOB_AGE,
     FORWARD_QUEUE_JOBS,
+    SSE_CONNECTIONS,
     UPLOADS,
 )
 from relaypacs.uploads.service import count_uploads_by_status
@@ -147,13 +148,14 @@ def check_metrics_access(
 
 
 async def scrape_metrics(
-    *, db: Database, within: float, breakers: Mapping[str, str]
+    *, db: Database, within: float, breakers: Mapping[str, str], sse_streams: int
 ) -> tuple[bytes, str]:
     """The metrics, with the gauges read from the database first (if it answers in time: a
     scrape must not hang on it, and the other metrics matter most when it is down), and the
     state of this process's breakers (`breakers`: target -> state)."""
     for target, state in breakers.items():
         FORWARD_BREAKER_OPEN.labels(target).set(0 if state == "closed" else 1)
+    SSE_CONNECTIONS.set(sse_streams)
     pool = db.engine.pool
     checked_out, checked_in = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
     if callable(checked_out) and callable(checked_in):  # a queue pool (not SQLite's own)

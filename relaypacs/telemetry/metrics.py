@@ -138,6 +138,11 @@ DATABASE_POOL = Gauge(
     ("state",),
     multiprocess_mode="livesum",
 )
+SSE_CONNECTIONS = Gauge(
+    "relaypacs_sse_connections",
+    "Notification streams (Server-Sent Events) open on this process, read at each scrape.",
+    multiprocess_mode="livesum",
+)
 SCHEDULED_RUNS = Counter(
     "relaypacs_scheduled_runs",
     "Runs of the scheduled jobs by job and outcome (ok, failed).",
@@ -216,6 +221,7 @@ def exported_metric_names() -> set[str]:
         VALIDATION_REFUSALS,
         DATABASE_POOL,
         SCHEDULED_RUNS,
+        SSE_CONNECTIONS,
         PACS_REQUEST_DURATION,
         PACS_REQUEST_ERRORS,
         DEPENDENCY_UP,

@@ -73,6 +73,7 @@ async def test_every_metric_after_an_upload_delivered_to_orthanc(tmp_path: Path)
     assert value("relaypacs_dependency_up", dependency="database") == 1
     assert value("relaypacs_dependency_up", dependency="pacs:pacs") == 1
     assert value("relaypacs_database_pool_connections", state="idle") >= 1
+    assert value("relaypacs_sse_connections") == 0  # no notification stream open
     assert value("relaypacs_storage_full_total") == 0
     assert value("relaypacs_database_unavailable_total") == 0
     assert value("relaypacs_upload_chunks_lost_total") == 0
