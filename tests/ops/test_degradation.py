@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 import httpx
@@ -25,7 +27,7 @@ from tests.ops.conftest import (
     started,
 )
 from tests.ops.postgres import own_postgres
-from tests.servers import moto_server, redis_server
+from tests.servers import free_port, moto_server, redis_server, wait_for_http
 
 API = "/api/v1"
 Chunk = tuple[int, int, bytes]
@@ -185,6 +187,93 @@ class TestBucketMissing:
                 # the status is still readable: it lives in the database
                 status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
                 assert status.status_code == 200
+
+
+class RestartableS3:
+    """moto's S3 server on a fixed loopback port, which a test stops and starts again (moto
+    keeps everything in memory: it comes back empty, like a store that lost its data)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_http(f"{self.endpoint}/moto-api/", timeout=30, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
+
+
+class TestS3DownThenBackEmpty:
+    async def test_503_while_down_status_readable_and_the_upload_completes_after(
+        self, tmp_path: Path
+    ) -> None:
+        s3 = RestartableS3()
+        s3.start()
+        try:
+            settings = ops_settings(
+                tmp_path,
+                storage="s3",
+                s3_endpoint_url=s3.endpoint,
+                s3_bucket="gateway-objects",
+                s3_access_key_id="test",
+                s3_secret_access_key="test",
+                s3_create_bucket=True,
+            )
+            async with started(settings) as app, client_of(app) as client:
+                clinician = await account(app, client)
+                study = make_study(2, rows=400, columns=400)
+                upload_id = (await init(client, clinician, study)).json()["id"]
+                chunks = all_chunks(study)
+                half = len(chunks) // 2
+                for chunk in chunks[:half]:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+
+                s3.stop()
+                refused = await send(client, clinician, upload_id, chunks[half])
+                assert refused.status_code == 503, refused.text
+                assert code_of(refused) == "storage_unavailable"
+                assert refused.headers["retry-after"] == "5"
+                # the status is read from the database: it says what is stored
+                assert await missing_chunks(client, clinician, upload_id) == len(chunks) - half
+                ready = await client.get("/health/ready")
+                assert ready.status_code == 503
+                assert not ready.json()["checks"]["storage"]["ok"]
+
+                # S3 back, without anything it held; the operator recreates the bucket
+                s3.start()
+                s3.client().create_bucket(Bucket="gateway-objects")
+                assert (await client.get("/health/ready")).status_code == 200
+                for chunk in chunks[half:]:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                lost = await complete(client, clinician, upload_id)
+                assert lost.status_code == 409, lost.text
+                assert lost.json()["error"]["details"]["lost"] is True
+                assert await missing_chunks(client, clinician, upload_id) == half
+                for chunk in chunks[:half]:  # what the status asks for again
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                done = await complete(client, clinician, upload_id)
+                assert done.status_code == 202, done.text
+        finally:
+            s3.stop()
 
 
 class TestStorageComesBackEmpty:
