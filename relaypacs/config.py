@@ -188,6 +188,12 @@ class Settings(BaseSettings):
         description="How often the audit chain's head (id and hash of the newest record) is "
         "written to the log, for `relaypacs audit verify --head` to detect a truncation.",
     )
+    web_dir: Path | None = Field(
+        default=None,
+        description="The built web app the gateway serves at / (index.html and assets/). "
+        "Default: web/dist next to the relaypacs package, when it has been built "
+        "(scripts/web.sh build; scripts/run.sh does it).",
+    )
     api_docs: bool = Field(
         default=False,
         description="Publish the OpenAPI document and the interactive API documentation "
@@ -501,6 +507,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'relaypacs.db').resolve()}"
+
+    @property
+    def resolved_web_dir(self) -> Path | None:
+        """The web app to serve: web_dir, or the checkout's web/dist once built; None: none."""
+        directory = self.web_dir or Path(__file__).resolve().parent.parent / "web" / "dist"
+        return directory if (directory / "index.html").is_file() else None
 
     @property
     def is_sqlite(self) -> bool:

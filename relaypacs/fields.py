@@ -9,6 +9,7 @@ endpoint, so a field that forgets them is found."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from collections.abc import Callable
@@ -53,19 +54,29 @@ Line = Annotated[str, AfterValidator(single_line), LINE_DOC]
 # `Annotated[str, StringConstraints(max_length=64), AfterValidator(single_line), LINE_DOC]`.
 
 
-def iso_8601(value: object) -> object:
-    """Pydantic takes a number (or a text of digits) for a Unix time stamp; this API's times are
-    ISO 8601 texts only, as its document says: `-1167` is a mistake, not 1969."""
-    if isinstance(value, int | float) or (
-        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
-    ):
-        raise ValueError("a date and time in ISO 8601 with its zone, e.g. 2026-12-06T10:00:00Z")
-    return value
+def _not_a_number(example: str) -> Callable[[object], object]:
+    """Pydantic takes a number (or a text of digits) for a Unix time stamp; this API's dates and
+    times are ISO 8601 texts only, as its document says: `-1167` is a mistake, not 1969."""
+
+    def check(value: object) -> object:
+        if isinstance(value, int | float) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+        ):
+            raise ValueError(f"{example} is expected (ISO 8601), not a number")
+        return value
+
+    return check
+
+
+iso_8601 = _not_a_number("a date and time with its zone, e.g. 2026-12-06T10:00:00Z,")
+iso_8601_day = _not_a_number("a day, e.g. 2026-12-06,")
 
 
 _NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
 # A moment, with its zone, as ISO 8601 text.
 Instant = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
+# A day, as ISO 8601 text.
+Day = Annotated[dt.date, BeforeValidator(iso_8601_day)]
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 

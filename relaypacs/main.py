@@ -75,6 +75,7 @@ from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import CompleteContext, UploadLimits, check_stored_chunks_every
 from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
+from relaypacs.webapp import WebApp
 
 logger = logging.getLogger("relaypacs")
 
@@ -539,5 +540,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports_admin_router, prefix=API_PREFIX)
     app.include_router(upload_timeline_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
+    if (web_dir := settings.resolved_web_dir) is not None:
+        # The fallback of the router: only a request that no route takes (even one added later)
+        # reaches the web app's files. It holds no data; the API checks every call.
+        app.router.default = WebApp(web_dir)
     check_policy(app)  # every route has an entry, or the app is not built
     return app

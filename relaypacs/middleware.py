@@ -30,11 +30,14 @@ logger = logging.getLogger("relaypacs.http")
 access_logger = logging.getLogger("relaypacs.access")
 
 # The web app is served by the gateway itself: everything from 'self', nothing inline, no
-# framing. (`img-src blob: data:` for previews the app draws itself.)
+# framing. (`img-src blob: data:` for previews the app draws itself and the TOTP QR code;
+# `'wasm-unsafe-eval'` lets the app's hashing worker compile its WebAssembly SHA-256, and
+# allows no JavaScript eval.)
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "font-src 'self'; connect-src 'self'; worker-src 'self'; manifest-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+    "img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; worker-src 'self'; "
+    "manifest-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
 )
 HSTS = b"max-age=63072000; includeSubDomains"
 

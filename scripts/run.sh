@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# The web app the gateway serves at /: built when missing or older than its sources.
+if [ -z "${RELAYPACS_WEB_DIR:-}" ] && scripts/web.sh stale; then
+  echo "relaypacs: building the web app (web/dist)" >&2
+  scripts/web.sh build
+fi
 export RELAYPACS_DATA_DIR="${RELAYPACS_DATA_DIR:-$PWD/data}"
 if [ -z "${RELAYPACS_PACS_URL:-}" ]; then
   if scripts/orthanc.sh install >/dev/null 2>&1; then

@@ -41,6 +41,19 @@ if ! command -v redis-server >/dev/null 2>&1 || ! redis_up; then
   fi
 fi
 
+# Chromium (Debian's package, never a browser download): the browser of the web app's tests
+# (tests/web launches it through Playwright with executable_path=/usr/bin/chromium).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "relaypacs: the web app's tests need Chromium (sudo apt-get install chromium)" >&2
+    exit 1
+  fi
+  echo "relaypacs: installing chromium" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 chromium >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+fi
+
 # Orthanc with its DICOMweb plugin: the real PACS of the forwarding tests.
 scripts/orthanc.sh install >/dev/null
 

@@ -11,5 +11,8 @@ echo "== ruff format --check" && .venv/bin/ruff format --check .
 echo "== ruff check" && .venv/bin/ruff check .
 echo "== mypy --strict" && .venv/bin/mypy
 echo "== import contracts" && .venv/bin/lint-imports --no-cache
+echo "== web app (eslint, tsc, vitest; then the build the browser tests use)"
+scripts/web.sh check
+scripts/web.sh build
 echo "== pytest"
 exec .venv/bin/pytest "$@"

@@ -8,12 +8,13 @@ import re
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from relaypacs.fields import LINE_PATTERN, Instant, Line
+from relaypacs.fields import LINE_PATTERN, Day, Instant, Line
 
 
 class Query(BaseModel):
     name: Line | None = None
     since: Instant | None = None
+    day: Day | None = None
 
 
 @pytest.mark.parametrize("value", ["-1167", "0", "1700000000", "1e5", " 12.5 "])
@@ -23,6 +24,12 @@ def test_a_number_is_not_a_moment(value: str) -> None:
         Query(since=value)
     with pytest.raises(ValidationError, match="ISO 8601"):
         Query.model_validate({"since": 1700000000})
+    with pytest.raises(ValidationError, match=r"a day, e\.g\. 2026-12-06"):
+        Query(day=value)
+
+
+def test_an_iso_8601_day_is_taken() -> None:
+    assert Query(day="2026-12-06").day == dt.date(2026, 12, 6)
 
 
 def test_an_iso_8601_moment_with_its_zone_is_taken() -> None:

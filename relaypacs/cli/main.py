@@ -339,6 +339,60 @@ def audit_verify(expected_head: str | None) -> None:
     sys.exit(1)
 
 
+def openapi_text() -> str:
+    """The API's OpenAPI document as scripts/web.sh api-types stores it (web/src/lib/api)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from relaypacs.config import Settings
+    from relaypacs.main import create_app
+
+    with tempfile.TemporaryDirectory() as data_dir:  # built, never started: nothing is written
+        settings = Settings(data_dir=Path(data_dir), secret_key="o" * 40, api_docs=True)
+        document = create_app(settings).openapi()
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@cli.command("openapi")
+def openapi_document() -> None:
+    """Print the API's OpenAPI document (JSON), from which the web app's types are generated."""
+    click.echo(openapi_text(), nl=False)
+
+
+@cli.command("demo-study")
+@click.argument("directory", type=click.Path(file_okay=False, writable=True))
+@click.option("--instances", type=click.IntRange(1, 5000), default=60, show_default=True)
+@click.option("--series", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--cd", is_flag=True, help="Lay it out as a CD export, with its DICOMDIR.")
+def demo_study(directory: str, instances: int, series: int, cd: bool) -> None:
+    """Write a realistic multi-series CT study of a made-up patient into DIRECTORY, to try the
+    upload from the command line or the web app without any real patient data."""
+    from pathlib import Path
+
+    try:
+        from relaypacs.devtools.synth import write_study
+    except ImportError:  # numpy, a development dependency
+        raise click.ClickException(
+            "demo-study needs the development dependencies: scripts/bootstrap.sh"
+        ) from None
+    study = write_study(
+        Path(directory),
+        instances=instances,
+        series=series,
+        rows=512,
+        columns=512,
+        with_dicomdir=cd,
+        nested=not cd,
+        study_description="DEMO CT CHEST",
+    )
+    click.echo(
+        f"wrote one study of {len(study.paths)} instances in {series} series "
+        f"({study.total_bytes / 1e6:.1f} MB{', with a DICOMDIR' if cd else ''}) to {directory}",
+        err=True,
+    )
+
+
 def _register_optional_commands() -> None:
     try:
         from relaypacs.cli.upload import upload

@@ -10,7 +10,7 @@ from fastapi import Depends, Query
 
 from relaypacs.auth.dependencies import require_roles
 from relaypacs.auth.models import Role, User
-from relaypacs.fields import Line
+from relaypacs.fields import Day, Line
 from relaypacs.reports import service
 from relaypacs.reports.models import Report, ReportStatus
 from relaypacs.reports.repository import WorklistFilter
@@ -36,10 +36,10 @@ async def worklist_filter(
     status: Annotated[ReportStatus | None, Query()] = None,
     modality: Annotated[Modality | None, Query()] = None,
     date_from: Annotated[
-        dt.date | None, Query(description="Reports opened on or after this day (UTC).")
+        Day | None, Query(description="Reports opened on or after this day (UTC).")
     ] = None,
     date_to: Annotated[
-        dt.date | None, Query(description="Reports opened on or before this day (UTC).")
+        Day | None, Query(description="Reports opened on or before this day (UTC).")
     ] = None,
     q: Annotated[
         Line | None,

@@ -300,7 +300,7 @@ class TestWorklist:
             app,
             client,
             uploader,
-            metadata={"patient_name": "Other^Person", "modality": "MR", "accession_number": "A7"},
+            metadata={"patient_name": "ROE^RICHARD", "modality": "MR", "accession_number": "A7"},
         )
         _, unassigned = await deliver(app, client, uploader)
         for report_id in (ct, mr):

@@ -1,0 +1,88 @@
+"""The web app's browser tests: Debian's Chromium (never a browser download) driven by
+Playwright's Python API, against the built app served by a real gateway.
+
+The fixtures are this module's, not pytest-playwright's: that plugin's Playwright lives for the
+whole session and keeps an event loop running in the main thread, so that every asyncio test
+after the first browser test failed. Here the browser lives for one test module."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTEFACTS = REPO / "tests" / "web" / "artefacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, for the tests of one module (then stopped with its Playwright, which
+    leaves no event loop behind for the asyncio tests that follow)."""
+    if not CHROMIUM.exists():
+        raise RuntimeError("the browser tests need Debian's chromium: scripts/services.sh")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile (cookies, IndexedDB, service workers) per test."""
+    new = browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        yield new
+    finally:
+        new.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    """The built app (scripts/web.sh builds it when missing or older than its sources), and
+    web/node_modules (axe-core for the accessibility checks)."""
+    subprocess.run([REPO / "scripts" / "web.sh", "deps"], cwd=REPO, check=True)
+    stale = subprocess.run([REPO / "scripts" / "web.sh", "stale"], cwd=REPO, check=False)
+    if stale.returncode == 0:
+        subprocess.run([REPO / "scripts" / "web.sh", "build"], cwd=REPO, check=True)
+    return REPO / "web" / "dist"
+
+
+@pytest.fixture
+def artefacts(request: pytest.FixtureRequest) -> Path:
+    """Where a test keeps its screenshots (kept after the run)."""
+    directory: Path = ARTEFACTS / str(request.node.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+AXE = REPO / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def assert_accessible(page: Page, name: str) -> None:
+    """axe-core (WCAG 2 A and AA rules) finds no serious or critical violation on the page.
+    Evaluated through the DevTools protocol, so the page's CSP stays as it is."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+    found: list[str] = page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {
+                runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"],
+            });
+            return result.violations
+                .filter((v) => v.impact === "serious" || v.impact === "critical")
+                .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target).join(", ")}`);
+        }"""
+    )
+    assert found == [], f"{name}: {found}"

@@ -1,0 +1,383 @@
+// The upload engine: the gateway's chunk protocol (docs/api.md, Uploads), as the CLI speaks it.
+//
+// For each queued study: hash its files (worker), POST /uploads with the manifest (the server
+// answers with what it already has: a reload, another tab or another device resumes there and
+// re-sends nothing it acknowledged), PUT the missing chunks a few at a time with Content-Digest,
+// then complete. Offline pauses everything in flight; `online` (or Background Sync, or a page
+// load) resumes from the server's record.
+import type { QueueDatabase, QueuedFile, QueuedStudy } from "../../lib/db";
+import { ApiError, describeError, errorOf } from "../../lib/api/errors";
+import { activeStudies, finishStudy, studyFiles, updateStudy } from "./queue";
+
+export interface EngineDeps {
+  db: QueueDatabase;
+  /** fetch with the access token (lib/session.ts authFetch). */
+  fetch: (request: Request) => Promise<Response>;
+  hash: (blob: Blob) => Promise<string>;
+  online: () => boolean;
+  /** The gateway's origin ("" in the browser: the page's own). */
+  baseUrl?: string;
+  parallel?: number;
+  retryDelays?: number[];
+}
+
+export interface Progress {
+  sentBytes: number;
+  totalBytes: number;
+  /** Bytes per second over the last seconds; null before there is enough to say. */
+  speed: number | null;
+  /** Seconds left at that speed. */
+  remaining: number | null;
+}
+
+type UploadAnswer = {
+  id: string;
+  status: string;
+  chunk_size: number;
+  files: { index: number; size: number; chunk_count: number; missing_chunks: number[] }[] | null;
+};
+
+class Stopped extends Error {}
+
+/** Timing marks of the phases (bench/web_upload.py reads them); no data in their names. */
+function mark(name: string): void {
+  if (typeof performance !== "undefined") performance.mark(name);
+}
+
+
+function base64(bytes: ArrayBuffer | Uint8Array): string {
+  const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  let binary = "";
+  for (let i = 0; i < view.length; i += 0x8000) binary += String.fromCharCode(...view.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+function hexToBytes(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}
+
+export class UploadEngine {
+  private running = false;
+  private looping: Promise<void> = Promise.resolve();
+  private again = false;
+  private controller: AbortController | null = null;
+  private current: string | null = null;
+  private progress = new Map<string, Progress>();
+  private samples = new Map<string, { at: number; bytes: number }[]>();
+  private saved = new Map<string, number>();
+  private listeners = new Set<() => void>();
+  private readonly parallel: number;
+  private readonly retryDelays: number[];
+  private readonly api: string;
+
+  constructor(private readonly deps: EngineDeps) {
+    this.api = `${deps.baseUrl ?? ""}/api/v1`;
+    this.parallel = deps.parallel ?? 4;
+    this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
+  }
+
+  subscribe(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  progressOf(studyId: string): Progress | undefined {
+    return this.progress.get(studyId);
+  }
+
+  private emit(): void {
+    for (const listener of this.listeners) listener();
+  }
+
+  /** Work through the queue (again). Safe to call any time: one loop runs per tab. */
+  kick(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    this.looping = this.loop().finally(() => {
+      this.running = false;
+      this.emit();
+    });
+  }
+
+  /** Resolves when the engine has nothing more to do for now. */
+  async idle(): Promise<void> {
+    while (this.running) await this.looping;
+  }
+
+  /** The network is gone: stop what is in flight; `kick` when it is back. */
+  stopAll(): void {
+    this.controller?.abort();
+  }
+
+  async pause(studyId: string): Promise<void> {
+    await updateStudy(this.deps.db, studyId, { state: "paused", pausedByUser: true, note: null });
+    if (this.current === studyId) this.controller?.abort();
+    this.emit();
+  }
+
+  async resume(studyId: string): Promise<void> {
+    await updateStudy(this.deps.db, studyId, { state: "queued", pausedByUser: false, note: null });
+    this.kick();
+  }
+
+  async cancel(studyId: string): Promise<void> {
+    const study = await this.deps.db.studies.get(studyId);
+    if (!study) return;
+    if (this.current === studyId) this.controller?.abort();
+    if (study.uploadId) {
+      const response = await this.deps.fetch(new Request(`${this.api}/uploads/${study.uploadId}`, { method: "DELETE" })).catch(() => null);
+      if (response && !response.ok && response.status !== 404) {
+        const error = await errorOf(response);
+        await updateStudy(this.deps.db, studyId, { note: describeError(error) });
+        this.emit();
+        return;
+      }
+    }
+    await finishStudy(this.deps.db, studyId, { state: "cancelled", note: null });
+    this.emit();
+  }
+
+  private async loop(): Promise<void> {
+    do {
+      this.again = false;
+      for (const study of await activeStudies(this.deps.db)) {
+        if (study.pausedByUser) continue;
+        if (!this.deps.online()) {
+          await this.waitForNetwork(study);
+          return;
+        }
+        await this.process(study);
+        if (!this.deps.online()) return;
+      }
+    } while (this.again);
+  }
+
+  private async waitForNetwork(study: QueuedStudy): Promise<void> {
+    await updateStudy(this.deps.db, study.id, { state: "paused", note: "Waiting for the network: the upload goes on by itself." });
+    this.emit();
+  }
+
+  private async process(study: QueuedStudy): Promise<void> {
+    this.current = study.id;
+    this.controller = new AbortController();
+    const signal = this.controller.signal;
+    try {
+      const files = await studyFiles(this.deps.db, study.id);
+      mark("relaypacs:hash-start");
+      await this.hashFiles(study, files, signal);
+      mark("relaypacs:hash-end");
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const upload = await this.start(study, files, signal);
+        if (upload === null) return; // the gateway had it already
+        mark("relaypacs:chunks-start");
+        await this.sendChunks(study, files, upload, signal);
+        mark("relaypacs:chunks-end");
+        if (await this.complete(study, upload, signal)) {
+          mark("relaypacs:complete-end");
+          return;
+        }
+      }
+      throw new ApiError(409, "upload_incomplete", "incomplete");
+    } catch (error) {
+      if (error instanceof Stopped || signal.aborted) {
+        const latest = await this.deps.db.studies.get(study.id);
+        if (latest && latest.state !== "cancelled" && !latest.pausedByUser) {
+          await updateStudy(this.deps.db, study.id, {
+            state: "paused",
+            note: this.deps.online() ? "Paused." : "Waiting for the network: the upload goes on by itself.",
+          });
+        }
+      } else if (error instanceof ApiError && error.status === 401) {
+        // The session ended (signed out elsewhere, expired): nothing is lost; the upload goes
+        // on from the gateway's record after the next sign-in.
+        await updateStudy(this.deps.db, study.id, { state: "paused", note: "Sign in again to go on with this upload." });
+      } else {
+        await updateStudy(this.deps.db, study.id, { state: "failed", note: describeError(error) });
+      }
+    } finally {
+      this.current = null;
+      this.controller = null;
+      this.emit();
+    }
+  }
+
+  private async hashFiles(study: QueuedStudy, files: QueuedFile[], signal: AbortSignal): Promise<void> {
+    const todo = files.filter((f) => f.sha256 === null);
+    if (todo.length === 0) return;
+    await updateStudy(this.deps.db, study.id, { state: "hashing", note: null });
+    this.emit();
+    let next = 0;
+    const lane = async () => {
+      while (next < todo.length) {
+        const file = todo[next++]!;
+        if (!file.blob) throw new Error("The files of this study are no longer on this device.");
+        const sha256 = await this.deps.hash(file.blob);
+        if (signal.aborted) throw new Stopped();
+        file.sha256 = sha256;
+        await this.deps.db.files.update(file.id!, { sha256 });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.parallel, todo.length) }, lane));
+  }
+
+  /** POST /uploads: a new upload, or the one in progress for this study with what it lacks. */
+  private async start(study: QueuedStudy, files: QueuedFile[], signal: AbortSignal): Promise<UploadAnswer | null> {
+    const body = {
+      study_instance_uid: study.studyUid,
+      metadata: {
+        patient_name: study.patientName || null,
+        patient_id: study.patientId || null,
+        study_date: study.studyDate || null,
+        modality: study.modality || null,
+        study_description: study.description || null,
+        accession_number: study.accessionNumber || null,
+      },
+      files: files.map((f) => ({ name: f.name, size: f.size, sha256: f.sha256! })),
+      all_or_nothing: false,
+    };
+    const response = await this.send(
+      () => new Request(`${this.api}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal }),
+      signal,
+    );
+    if (response.status === 409) {
+      const error = await errorOf(response);
+      if (error.code === "study_already_delivered") {
+        const existing = (error.details.upload ?? {}) as { id?: string };
+        await finishStudy(this.deps.db, study.id, { state: "already_sent", uploadId: existing.id ?? null, note: null, sentBytes: study.totalBytes });
+        return null;
+      }
+      throw error;
+    }
+    if (!response.ok) throw await errorOf(response);
+    const upload = (await response.json()) as UploadAnswer;
+    const missing = (upload.files ?? []).reduce(
+      (sum, f) => sum + f.missing_chunks.reduce((s, c) => s + Math.min(upload.chunk_size, f.size - c * upload.chunk_size), 0),
+      0,
+    );
+    study.uploadId = upload.id;
+    study.sentBytes = study.totalBytes - missing;
+    await updateStudy(this.deps.db, study.id, { uploadId: upload.id, state: "uploading", note: null, sentBytes: study.sentBytes });
+    this.samples.set(study.id, []);
+    this.track(study);
+    return upload;
+  }
+
+  private async sendChunks(study: QueuedStudy, files: QueuedFile[], upload: UploadAnswer, signal: AbortSignal): Promise<void> {
+    const tasks: { file: QueuedFile; chunk: number; count: number }[] = [];
+    for (const remote of upload.files ?? []) {
+      const file = files[remote.index];
+      if (!file) throw new ApiError(404, "chunk_out_of_range", "manifest mismatch");
+      for (const chunk of remote.missing_chunks) tasks.push({ file, chunk, count: remote.chunk_count });
+    }
+    let next = 0;
+    const lane = async () => {
+      while (next < tasks.length) {
+        if (signal.aborted) throw new Stopped();
+        const task = tasks[next++]!;
+        await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.parallel, tasks.length) }, lane));
+  }
+
+  private async sendChunk(
+    study: QueuedStudy,
+    upload: UploadAnswer,
+    file: QueuedFile,
+    chunk: number,
+    chunkCount: number,
+    signal: AbortSignal,
+  ): Promise<void> {
+    if (!file.blob) throw new Error("The files of this study are no longer on this device.");
+    const start = chunk * upload.chunk_size;
+    // The chunk's bytes read once (a Blob body read from IndexedDB by the network stack is
+    // several times slower), then hashed unless the file is one chunk: then its SHA-256 is
+    // the chunk's.
+    const body = await file.blob.slice(start, Math.min(file.size, start + upload.chunk_size)).arrayBuffer();
+    const digest =
+      chunkCount === 1 && file.sha256
+        ? base64(hexToBytes(file.sha256))
+        : base64(await crypto.subtle.digest("SHA-256", body));
+    const url = `${this.api}/uploads/${upload.id}/files/${file.index}/chunks/${chunk}`;
+    const response = await this.send(
+      () =>
+        new Request(url, {
+          method: "PUT",
+          body,
+          headers: { "Content-Type": "application/octet-stream", "Content-Digest": `sha-256=:${digest}:` },
+          signal,
+        }),
+      signal,
+    );
+    if (!response.ok) throw await errorOf(response);
+    await response.body?.cancel();
+    study.sentBytes += body.byteLength;
+    this.track(study);
+  }
+
+  /** POST complete: true when accepted; false when chunks are missing (sent again). */
+  private async complete(study: QueuedStudy, upload: UploadAnswer, signal: AbortSignal): Promise<boolean> {
+    await updateStudy(this.deps.db, study.id, { state: "completing", sentBytes: study.sentBytes });
+    this.emit();
+    const response = await this.send(() => new Request(`${this.api}/uploads/${upload.id}/complete`, { method: "POST", signal }), signal);
+    if (response.status === 409) {
+      const error = await errorOf(response);
+      if (error.code === "upload_incomplete") return false;
+      throw error;
+    }
+    if (!response.ok) throw await errorOf(response);
+    await finishStudy(this.deps.db, study.id, { state: "sent", note: null, sentBytes: study.totalBytes });
+    this.progress.delete(study.id);
+    return true;
+  }
+
+  /** One request, retried on network errors, 5xx and 429 with backoff; offline stops it. */
+  private async send(make: () => Request, signal: AbortSignal): Promise<Response> {
+    for (let attempt = 0; ; attempt++) {
+      if (signal.aborted || !this.deps.online()) throw new Stopped();
+      let response: Response | null = null;
+      try {
+        response = await this.deps.fetch(make());
+      } catch (error) {
+        if (signal.aborted || !this.deps.online()) throw new Stopped();
+        if (attempt >= this.retryDelays.length) throw error;
+      }
+      if (response !== null) {
+        const transient = response.status >= 500 || response.status === 429;
+        if (!transient || attempt >= this.retryDelays.length) return response;
+        await response.body?.cancel();
+      }
+      const wait = this.retryDelays[Math.min(attempt, this.retryDelays.length - 1)]!;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+
+  private track(study: QueuedStudy): void {
+    const now = Date.now();
+    // The bytes sent, kept on the device now and then (a reload shows them before the
+    // gateway's record is read again).
+    if (now - (this.saved.get(study.id) ?? 0) > 1000) {
+      this.saved.set(study.id, now);
+      void updateStudy(this.deps.db, study.id, { sentBytes: study.sentBytes });
+    }
+    const samples = this.samples.get(study.id) ?? [];
+    samples.push({ at: now, bytes: study.sentBytes });
+    while (samples.length > 2 && now - samples[0]!.at > 10_000) samples.shift();
+    this.samples.set(study.id, samples);
+    const first = samples[0]!;
+    const seconds = (now - first.at) / 1000;
+    const speed = seconds >= 1 ? (study.sentBytes - first.bytes) / seconds : null;
+    this.progress.set(study.id, {
+      sentBytes: study.sentBytes,
+      totalBytes: study.totalBytes,
+      speed,
+      remaining: speed ? Math.max(0, (study.totalBytes - study.sentBytes) / speed) : null,
+    });
+    this.emit();
+  }
+}

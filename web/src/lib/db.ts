@@ -1,0 +1,61 @@
+// The upload queue in IndexedDB (Dexie): every version of the schema, in this one file.
+// It holds patient data (the files and their details): cleared at sign-out.
+import Dexie, { type EntityTable } from "dexie";
+
+export type StudyState =
+  | "queued" // waiting for its turn (or for the network)
+  | "hashing"
+  | "uploading"
+  | "paused" // by the clinician, or offline
+  | "completing"
+  | "sent" // the gateway accepted it; from now on the server's record tells the rest
+  | "already_sent" // the gateway had it already: nothing was sent
+  | "failed"
+  | "cancelled";
+
+export interface QueuedStudy {
+  id: string;
+  studyUid: string;
+  state: StudyState;
+  /** Why it is paused or failed (a readable sentence), null otherwise. */
+  note: string | null;
+  pausedByUser: boolean;
+  uploadId: string | null;
+  patientName: string;
+  patientId: string;
+  birthDate: string;
+  studyDate: string;
+  modality: string;
+  description: string;
+  accessionNumber: string;
+  seriesCount: number;
+  fileCount: number;
+  totalBytes: number;
+  sentBytes: number;
+  createdAt: number;
+}
+
+export interface QueuedFile {
+  id?: number;
+  studyId: string;
+  index: number;
+  name: string;
+  size: number;
+  sha256: string | null;
+  blob: Blob | null; // dropped once the study is sent
+}
+
+export class QueueDatabase extends Dexie {
+  studies!: EntityTable<QueuedStudy, "id">;
+  files!: EntityTable<QueuedFile, "id">;
+
+  constructor(name = "relaypacs") {
+    super(name);
+    this.version(1).stores({
+      studies: "id, state, createdAt",
+      files: "++id, studyId, [studyId+index]",
+    });
+  }
+}
+
+export const db = new QueueDatabase();
