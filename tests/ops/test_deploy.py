@@ -237,14 +237,19 @@ class TestDockerfile:
     def test_pinned_non_root_and_probing_the_live_route(self) -> None:
         text = (DEPLOY / "Dockerfile").read_text()
         bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
-        assert len(bases) >= 2  # multi-stage
+        assert len(bases) >= 3  # web app, Python build, the image
         for base in bases:
             _image, _, tag = base.partition(":")
-            assert re.fullmatch(r"\d+\.\d+\.\d+-slim-\w+", tag), base
+            assert re.fullmatch(r"\d+\.\d+\.\d+-(slim-\w+|\w+-slim)", tag), base  # exact
         users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
         assert users
         assert users[-1].split(":")[0] not in ("0", "root")
         assert "/health/live" in text
+        # the web app is built in and served from where the settings say
+        assert "RUN npm ci" in text
+        assert "COPY --from=web /web/dist /app/web" in text
+        assert "RELAYPACS_WEB_DIR=/app/web" in text
+        assert "RELAYPACS_WEB_DIR" in {f"RELAYPACS_{n.upper()}" for n in Settings.model_fields}
         assert "uv sync --frozen --no-dev" in text
         assert re.search(r'^ENTRYPOINT \["relaypacs"\]', text, flags=re.MULTILINE)
 
