@@ -4,7 +4,7 @@ from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role, User
 from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
-from relaypacs.notifications.models import Notification
+from relaypacs.notifications.models import Notification, NotificationPreference
 from relaypacs.reports.models import RadiologistModality, Report, ReportStatus, ReportVersion
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
 
@@ -16,6 +16,7 @@ __all__ = [
     "ForwardJob",
     "JobStatus",
     "Notification",
+    "NotificationPreference",
     "RadiologistModality",
     "RecoveryCode",
     "RefreshToken",

@@ -131,6 +131,8 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/notifications": ANY_ROLE,
     f"POST {API}/notifications/{{notification_id}}/read": ANY_ROLE,
     f"POST {API}/notifications/read-all": ANY_ROLE,
+    f"GET {API}/notifications/preferences": ANY_ROLE,
+    f"PUT {API}/notifications/preferences": ANY_ROLE,
     f"POST {API}/notifications/stream-ticket": ANY_ROLE,
     f"GET {API}/notifications/stream": PUBLIC,
     # Administration.

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,18 +88,26 @@ def _after_rollback(session: Session) -> None:
 
 class Subscription:
     """One open stream's queue. Overflowing (a client that does not read) ends it: the client
-    reconnects with Last-Event-ID and is replayed what it missed from the database."""
+    reconnects with Last-Event-ID and is replayed what it missed from the database. Closed
+    when the client disconnects."""
 
     def __init__(self, user_id: uuid.UUID, size: int = 256) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[LiveNotice] = asyncio.Queue(size)
+        self.queue: asyncio.Queue[LiveNotice | None] = asyncio.Queue(size)
         self.overflowed = False
+        self.closed = False
 
     def offer(self, notice: LiveNotice) -> None:
         try:
             self.queue.put_nowait(notice)
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def close(self) -> None:
+        """The client went away: the stream's loop ends at once."""
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
 
 
 @dataclass(eq=False)
@@ -144,18 +152,18 @@ class NoticeHub:
 
     # --- streams -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def subscribe(self, user_id: uuid.UUID) -> Iterator[Subscription]:
+    def open(self, user_id: uuid.UUID) -> Subscription:
+        """A new stream of the user's notices (release it when the stream ends)."""
         subscription = Subscription(user_id)
         self._streams.setdefault(user_id, set()).add(subscription)
-        try:
-            yield subscription
-        finally:
-            streams = self._streams.get(user_id)
-            if streams is not None:
-                streams.discard(subscription)
-                if not streams:
-                    del self._streams[user_id]
+        return subscription
+
+    def release(self, subscription: Subscription) -> None:
+        streams = self._streams.get(subscription.user_id)
+        if streams is not None:
+            streams.discard(subscription)
+            if not streams:
+                del self._streams[subscription.user_id]
 
     @property
     def open_streams(self) -> int:
@@ -270,14 +278,18 @@ async def events(
         seen.add(notice.id)
         yield render(notice)
     deadline = time.monotonic() + lifetime
-    while not subscription.overflowed:
+    while not subscription.overflowed and not subscription.closed:
         left = deadline - time.monotonic()
         if left <= 0:
             return
         try:
-            notice = await asyncio.wait_for(subscription.queue.get(), min(heartbeat, left))
+            # asyncio.timeout, not wait_for: no task per wait (2,000 idle streams).
+            async with asyncio.timeout(min(heartbeat, left)):
+                live = await subscription.queue.get()
         except TimeoutError:
             yield ": heartbeat\n\n"
             continue
-        if notice.id not in seen:
-            yield render(notice)
+        if live is None:  # closed
+            return
+        if live.id not in seen:
+            yield render(live)

@@ -19,6 +19,7 @@ import aiosmtplib
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.auth import repository as users
+from relaypacs.notifications import repository
 from relaypacs.notifications.live import LiveNotice
 
 logger = logging.getLogger("relaypacs.mail")
@@ -121,8 +122,11 @@ class Mailer:
         if not wanted:
             return
         async with self.read_sessionmaker() as session, session.begin():
+            choices = await repository.email_choices(session, [n.user_id for n in wanted])
             addresses = {}
             for notice in wanted:
+                if not choices.get((notice.user_id, notice.kind), True):
+                    continue  # the user turned this kind off
                 user = await users.get_user(session, notice.user_id)
                 if user is not None and user.is_active and user.email:
                     addresses[notice.id] = user.email

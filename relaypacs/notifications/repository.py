@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import ScalarResult, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaypacs.notifications.models import Notification
+from relaypacs.notifications.models import Notification, NotificationPreference
 
 
 def add_notification(session: AsyncSession, notification: Notification) -> None:
@@ -76,3 +76,30 @@ async def after(
         .limit(limit)
     )
     return list(rows)
+
+
+async def email_choices(
+    session: AsyncSession, user_ids: list[uuid.UUID]
+) -> dict[tuple[uuid.UUID, str], bool]:
+    """The (user, kind) pairs with a stored choice, and whether they are emailed."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(
+        select(
+            NotificationPreference.user_id,
+            NotificationPreference.kind,
+            NotificationPreference.email,
+        ).where(NotificationPreference.user_id.in_(user_ids))
+    )
+    return {(user_id, kind): bool(email) for user_id, kind, email in rows}
+
+
+async def set_email_choice(
+    session: AsyncSession, user_id: uuid.UUID, kind: str, *, email: bool
+) -> None:
+    row = await session.get(NotificationPreference, (user_id, kind))
+    if row is None:
+        session.add(NotificationPreference(user_id=user_id, kind=kind, email=email))
+    else:
+        row.email = email
+    await session.flush()

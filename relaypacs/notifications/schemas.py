@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class NotificationRead(BaseModel):
@@ -38,3 +38,21 @@ class StreamTicket(BaseModel):
         "`expires_in` seconds, once."
     )
     expires_in: int
+
+
+# The kinds of notice that may also be emailed.
+EmailKind = Literal["report_ready", "report_amended", "upload_failed"]
+EMAIL_KINDS: tuple[EmailKind, ...] = ("report_ready", "report_amended", "upload_failed")
+
+
+class Preferences(BaseModel):
+    email: dict[EmailKind, bool] = Field(
+        description="Each kind of notice that may be emailed, and whether it is (default: yes; "
+        "only where the gateway has SMTP and the user an address)."
+    )
+
+
+class PreferencesUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: dict[EmailKind, StrictBool] = Field(description="The kinds to change; others stay.")

@@ -11,16 +11,21 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relaypacs.audit.models import Actor
+from relaypacs.audit.service import record_event
 from relaypacs.auth.models import User
 from relaypacs.auth.security import AccessClaims, create_stream_ticket
 from relaypacs.db import Database, utcnow
 from relaypacs.notifications import repository
 from relaypacs.notifications.errors import NotificationNotFound
-from relaypacs.notifications.live import LiveNotice, NoticeHub, events, stash
+from relaypacs.notifications.live import LiveNotice, NoticeHub, Subscription, events, stash
 from relaypacs.notifications.models import Notification
 from relaypacs.notifications.schemas import (
+    EMAIL_KINDS,
     NotificationList,
     NotificationRead,
+    Preferences,
+    PreferencesUpdate,
     ReadAll,
     StreamTicket,
 )
@@ -141,20 +146,24 @@ async def _missed(db: Database, user: User, last_event_id: str | None) -> list[L
 async def open_stream(
     db: Database,
     hub: NoticeHub,
+    subscription: Subscription,
     *,
     user: User,
     last_event_id: str | None,
     heartbeat: float,
     lifetime: float,
 ) -> AsyncIterator[str]:
-    """The user's event stream: subscribed first, then what was missed read from the database
-    (so nothing falls between the two; a notice in both is sent once), then live notices."""
-    with hub.subscribe(user.id) as subscription:
+    """The user's event stream, on a subscription opened first (`hub.open`): what was missed,
+    read from the database after the subscription (so nothing falls between the two; a notice
+    in both is sent once), then live notices. The subscription is released at the end."""
+    try:
         replay = await _missed(db, user, last_event_id)
         async for chunk in events(
             subscription, replay, heartbeat=heartbeat, lifetime=lifetime, render=render_event
         ):
             yield chunk
+    finally:
+        hub.release(subscription)
 
 
 def stream_ticket_lifetime() -> dt.timedelta:
@@ -167,3 +176,25 @@ async def issue_stream_ticket(*, access: AccessClaims, key: str) -> StreamTicket
     lifetime = stream_ticket_lifetime()
     ticket, _ = create_stream_ticket(access=access, key=key, lifetime=lifetime)
     return StreamTicket(ticket=ticket, expires_in=int(lifetime.total_seconds()))
+
+
+async def email_preferences(session: AsyncSession, *, user: User) -> Preferences:
+    choices = await repository.email_choices(session, [user.id])
+    return Preferences(email={k: choices.get((user.id, k), True) for k in EMAIL_KINDS})
+
+
+async def set_email_preferences(
+    session: AsyncSession, *, user: User, actor: Actor, body: PreferencesUpdate
+) -> Preferences:
+    """Turn the email of some kinds of notice on or off (the notices themselves stay)."""
+    for kind, email in body.email.items():
+        await repository.set_email_choice(session, user.id, kind, email=email)
+    await record_event(
+        session,
+        actor=actor,
+        action="notification.preferences",
+        object_type="user",
+        object_id=user.id,
+        details={"email": dict(body.email)},
+    )
+    return await email_preferences(session, user=user)

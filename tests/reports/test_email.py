@@ -129,3 +129,51 @@ class TestReportReadyEmail:
         assert empty.status_code == 422  # rolled back: nothing to tell
         await asyncio.sleep(1.0)
         assert mailbox.to(address) == []
+
+
+class TestPreferences:
+    async def test_a_kind_turned_off_is_not_emailed_the_others_are(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        make_account: MakeAccount,
+        smtp: tuple[Mailbox, int],
+    ) -> None:
+        mailbox, _ = smtp
+        uploader, address = await _account_with_email(app, client)
+        radiologist = await make_account(Role.RADIOLOGIST)
+        admin = await make_account(Role.ADMIN)
+        defaults = await client.get(f"{API}/notifications/preferences", headers=uploader.headers)
+        assert defaults.json() == {
+            "email": {"report_ready": True, "report_amended": True, "upload_failed": True}
+        }
+        changed = await client.put(
+            f"{API}/notifications/preferences",
+            json={"email": {"report_ready": False}},
+            headers=uploader.headers,
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["email"]["report_ready"] is False
+        assert changed.json()["email"]["report_amended"] is True
+        for bad in ({"email": {"upload_received": True}}, {"email": {"report_ready": "no"}}, {}):
+            refused = await client.put(
+                f"{API}/notifications/preferences", json=bad, headers=uploader.headers
+            )
+            assert refused.status_code == 422, bad
+
+        _, report_id = await deliver(app, client, uploader)
+        await assign(client, admin, report_id, radiologist)
+        assert (await sign(client, radiologist, report_id)).status_code == 200
+        amended = await client.post(
+            f"{API}/reports/{report_id}/amend",
+            json={"findings": "f", "impression": "i", "reason": "r"},
+            headers=radiologist.headers,
+        )
+        assert amended.status_code == 200
+        (message,) = await _received(mailbox, address, 1)
+        assert message["Subject"] == "RelayPACS: a report was amended"  # not the ready one
+        await asyncio.sleep(0.5)
+        assert len(mailbox.to(address)) == 1
+        # The notices themselves are all there.
+        listed = await client.get(f"{API}/notifications", headers=uploader.headers)
+        assert [n["kind"] for n in listed.json()["items"]] == ["report_amended", "report_ready"]
