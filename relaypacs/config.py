@@ -293,6 +293,12 @@ class Settings(BaseSettings):
     sentry_traces_sample_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of requests traced to Sentry."
     )
+    stored_chunks_check_minutes: float = Field(
+        default=60,
+        gt=0,
+        description="How often the chunks of unfinished uploads are checked against the object "
+        "storage: chunks it lost (restored from an older copy, emptied) are asked for again.",
+    )
     health_timeout_seconds: float = Field(
         default=0.8,
         gt=0,

@@ -72,7 +72,7 @@ from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
-from relaypacs.uploads.service import CompleteContext, UploadLimits
+from relaypacs.uploads.service import CompleteContext, UploadLimits, check_stored_chunks_every
 from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
 from relaypacs.webapp import WebApp
@@ -260,6 +260,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         early_verifier=early_verifier,
         complete_context=CompleteContext(
             db=db,
+            storage=storage,
             verifier=StudyVerifier(
                 storage=storage,
                 validator=validator,
@@ -282,12 +283,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     chain_heads = asyncio.create_task(
         log_chain_head_every(db.read_sessionmaker, settings.audit_head_log_minutes * 60)
     )
+    stored_chunks = asyncio.create_task(
+        check_stored_chunks_every(db, storage, settings.stored_chunks_check_minutes * 60)
+    )
     try:
         yield
     finally:
-        chain_heads.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await chain_heads
+        for task in (chain_heads, stored_chunks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if forwarder is not None:
             await forwarder.stop()
         await notice_hub.stop()

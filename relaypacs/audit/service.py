@@ -27,6 +27,7 @@ from relaypacs.audit.schemas import (
     AuditQuery,
 )
 from relaypacs.state import get_app_state
+from relaypacs.telemetry.metrics import SCHEDULED_RUNS
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -236,7 +237,10 @@ async def log_chain_head_every(
         try:
             await log_chain_head(read_sessionmaker)
         except Exception as error:  # a database hiccup: the next one will do
+            SCHEDULED_RUNS.labels("audit_chain_head", "failed").inc()
             chain_logger.warning("could not read the audit chain head: %s", type(error).__name__)
+        else:
+            SCHEDULED_RUNS.labels("audit_chain_head", "ok").inc()
         await asyncio.sleep(interval_seconds)
 
 

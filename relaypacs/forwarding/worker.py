@@ -35,6 +35,8 @@ from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook
 from relaypacs.forwarding.verification import ContentCheck, ContentUnverifiable, check_content
 from relaypacs.pacs.dicomweb import DicomWebClient, Disposition, InstancePart, InstanceResult
 from relaypacs.storage import ObjectStorage, StorageError
+from relaypacs.telemetry import REQUEST_ID
+from relaypacs.telemetry.metrics import FORWARD_ATTEMPTS, FORWARD_DELIVERY, FORWARD_INSTANCES
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,17 @@ class Forwarder:
             name: CircuitBreaker(settings.breaker_failures, settings.breaker_reset_seconds)
             for name in self._targets
         }
+        self._attempts = {
+            (name, outcome): FORWARD_ATTEMPTS.labels(name, outcome)
+            for name in self._targets
+            for outcome in ("delivered", "failed", "retry")
+        }
+        self._instance_counts = {
+            (name, disposition): FORWARD_INSTANCES.labels(name, disposition.value)
+            for name in self._targets
+            for disposition in Disposition
+        }
+        self._delivery = {name: FORWARD_DELIVERY.labels(name) for name in self._targets}
         self._in_flight = {
             name: asyncio.Semaphore(t.max_in_flight) for name, t in self._targets.items()
         }
@@ -211,6 +224,15 @@ class Forwarder:
     # --- one job -----------------------------------------------------------------------
 
     async def run_job(self, claim: Claim) -> None:
+        # The job's own id on its log lines and on its requests to the PACS (X-Request-ID):
+        # one attempt of one job, followed across the gateway's and the PACS's logs.
+        reset = REQUEST_ID.set(f"fwd-{claim.job_id.hex[:12]}-{claim.token}")
+        try:
+            await self._run_job(claim)
+        finally:
+            REQUEST_ID.reset(reset)
+
+    async def _run_job(self, claim: Claim) -> None:
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(claim, lost))
         work = asyncio.create_task(self._work(claim))
@@ -281,6 +303,8 @@ class Forwarder:
 
         async def send(batch: list[InstancePart]) -> None:
             results = await request(batch)
+            for result in results:
+                self._instance_counts[claim.target, result.disposition].inc()
             if results:  # recorded outside the in-flight slot: the next request goes meanwhile
                 await self._record(claim, results)
                 retry_reasons.extend(
@@ -357,6 +381,7 @@ class Forwarder:
                 reason=reason,
             )
             repository.set_counts(job, await self._instances.counts(session, claim.upload_id))
+        self._attempts[claim.target, "retry"].inc()
         logger.info(
             "forwarding job %s: retry %d in %.1f s (%s)", claim.job_id, attempts, delay, reason
         )
@@ -394,6 +419,9 @@ class Forwarder:
                 if upload is None:
                     return  # cancelled meanwhile (the cancel also took the job from us)
                 repository.mark_done(job, at=now)
+                self._attempts[claim.target, "delivered" if delivered else "failed"].inc()
+                if delivered:
+                    self._delivery[claim.target].observe((now - job.created_at).total_seconds())
                 settlement = Settlement(
                     upload_id=claim.upload_id,
                     user_id=upload.user_id,

@@ -50,5 +50,6 @@ async def metrics(
         db=state.db,
         within=state.settings.health_timeout_seconds,
         breakers=state.forwarder.breaker_states() if state.forwarder else {},
+        sse_streams=state.notice_hub.open_streams,
     )
     return Response(body, media_type=content_type)

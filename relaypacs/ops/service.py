@@ -30,10 +30,12 @@ from relaypacs.redisconn import connect as connect_redis
 from relaypacs.storage import ObjectStorage
 from relaypacs.telemetry import render_metrics
 from relaypacs.telemetry.metrics import (
+    DATABASE_POOL,
     DEPENDENCY_UP,
     FORWARD_BREAKER_OPEN,
     FORWARD_OLDEST_JOB_AGE,
     FORWARD_QUEUE_JOBS,
+    SSE_CONNECTIONS,
     UPLOADS,
 )
 from relaypacs.uploads.service import count_uploads_by_status
@@ -146,13 +148,19 @@ def check_metrics_access(
 
 
 async def scrape_metrics(
-    *, db: Database, within: float, breakers: Mapping[str, str]
+    *, db: Database, within: float, breakers: Mapping[str, str], sse_streams: int
 ) -> tuple[bytes, str]:
     """The metrics, with the gauges read from the database first (if it answers in time: a
     scrape must not hang on it, and the other metrics matter most when it is down), and the
     state of this process's breakers (`breakers`: target -> state)."""
     for target, state in breakers.items():
         FORWARD_BREAKER_OPEN.labels(target).set(0 if state == "closed" else 1)
+    SSE_CONNECTIONS.set(sse_streams)
+    pool = db.engine.pool
+    checked_out, checked_in = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
+    if callable(checked_out) and callable(checked_in):  # a queue pool (not SQLite's own)
+        DATABASE_POOL.labels("in_use").set(checked_out())
+        DATABASE_POOL.labels("idle").set(checked_in())
 
     async def read_gauges() -> None:
         async with db.read_sessionmaker() as session, session.begin():

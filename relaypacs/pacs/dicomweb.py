@@ -25,6 +25,7 @@ import httpx
 
 from relaypacs.config import PacsTarget
 from relaypacs.storage import ObjectStorage, StorageError
+from relaypacs.telemetry import REQUEST_ID
 from relaypacs.telemetry.metrics import PACS_REQUEST_DURATION, PACS_REQUEST_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,14 @@ def _operation(request: httpx.Request) -> str:
     return "verify"
 
 
+async def _pass_request_id(request: httpx.Request) -> None:
+    """The id of the request or job this call to the PACS is made for, as X-Request-ID (a
+    header PACS servers log or ignore): the same id in both logs."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        request.headers["X-Request-ID"] = request_id
+
+
 class MeteredTransport(httpx.AsyncBaseTransport):
     """Times every request to a PACS (until its answer's headers) and counts its failures,
     by target and operation; the metric children are bound once per target."""
@@ -192,6 +201,7 @@ class DicomWebClient:
             auth=auth,
             headers=headers,
             transport=MeteredTransport(transport, target.name),
+            event_hooks={"request": [_pass_request_id]},
             timeout=httpx.Timeout(
                 target.read_timeout, connect=target.connect_timeout, pool=target.read_timeout
             ),

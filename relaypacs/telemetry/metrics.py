@@ -60,6 +60,11 @@ CHUNK_OUTCOMES = ("stored", "already_stored", "conflict", "rejected", "not_writa
 # Bound once: the chunk PUT counts with a plain .inc().
 CHUNKS = {outcome: UPLOAD_CHUNKS.labels(outcome) for outcome in CHUNK_OUTCOMES}
 CHUNK_BYTES = {outcome: UPLOAD_BYTES.labels(outcome) for outcome in CHUNK_OUTCOMES}
+CHUNKS_LOST = Counter(
+    "relaypacs_upload_chunks_lost",
+    "Acknowledged chunks the storage no longer held (found at complete or by the scheduled "
+    "check); forgotten, so that clients send them again.",
+)
 FILES_ACCEPTED = UPLOAD_FILES.labels("accepted")
 FILES_REFUSED = UPLOAD_FILES.labels("refused")
 
@@ -81,6 +86,22 @@ FORWARD_BREAKER_OPEN = Gauge(
     ("target",),
     multiprocess_mode="max",
 )
+FORWARD_ATTEMPTS = Counter(
+    "relaypacs_forward_attempts",
+    "Forward job attempts by target and outcome (delivered, failed for good, retry).",
+    ("target", "outcome"),
+)
+FORWARD_INSTANCES = Counter(
+    "relaypacs_forward_instances",
+    "Instances answered by a PACS's STOW-RS, by target and disposition (stored, retry, failed).",
+    ("target", "disposition"),
+)
+FORWARD_DELIVERY = Histogram(
+    "relaypacs_forward_delivery_seconds",
+    "From a study's acceptance (its forward job) to the PACS confirming it, by target.",
+    ("target",),
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
+)
 PACS_REQUEST_DURATION = Histogram(
     "relaypacs_pacs_request_duration_seconds",
     "Time of a request to a PACS, by target and operation (stow, qido, verify, probe).",
@@ -100,6 +121,32 @@ DEPENDENCY_UP = Gauge(
     "Whether a dependency answered the last readiness check (1) or not (0).",
     ("dependency",),
     multiprocess_mode="mostrecent",
+)
+VALIDATION_DURATION = Histogram(
+    "relaypacs_validation_duration_seconds",
+    "Time to verify a study's files at complete (hashes and DICOM validation).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+VALIDATION_REFUSALS = Counter(
+    "relaypacs_validation_refusals",
+    "Files refused at complete, by the refusal's code (sha256_mismatch, not_dicom...).",
+    ("code",),
+)
+DATABASE_POOL = Gauge(
+    "relaypacs_database_pool_connections",
+    "This process's database connections by state (in_use, idle), read at each scrape.",
+    ("state",),
+    multiprocess_mode="livesum",
+)
+SSE_CONNECTIONS = Gauge(
+    "relaypacs_sse_connections",
+    "Notification streams (Server-Sent Events) open on this process, read at each scrape.",
+    multiprocess_mode="livesum",
+)
+SCHEDULED_RUNS = Counter(
+    "relaypacs_scheduled_runs",
+    "Runs of the scheduled jobs by job and outcome (ok, failed).",
+    ("job", "outcome"),
 )
 STORAGE_FULL = Counter(
     "relaypacs_storage_full",
@@ -162,10 +209,19 @@ def exported_metric_names() -> set[str]:
         UPLOAD_CHUNKS,
         UPLOAD_BYTES,
         UPLOAD_FILES,
+        CHUNKS_LOST,
         UPLOADS,
         FORWARD_QUEUE_JOBS,
         FORWARD_OLDEST_JOB_AGE,
         FORWARD_BREAKER_OPEN,
+        FORWARD_ATTEMPTS,
+        FORWARD_INSTANCES,
+        FORWARD_DELIVERY,
+        VALIDATION_DURATION,
+        VALIDATION_REFUSALS,
+        DATABASE_POOL,
+        SCHEDULED_RUNS,
+        SSE_CONNECTIONS,
         PACS_REQUEST_DURATION,
         PACS_REQUEST_ERRORS,
         DEPENDENCY_UP,

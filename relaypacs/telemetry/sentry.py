@@ -83,7 +83,7 @@ def init_sentry(settings: Settings) -> bool:
         release=f"relaypacs@{__version__}",
         environment=settings.sentry_environment,
         traces_sample_rate=settings.sentry_traces_sample_rate,
-        send_default_pii=False,
+        # No personal data by default (send_default_pii stays off), and none of these:
         include_local_variables=False,
         include_source_context=False,
         max_request_body_size="never",

@@ -4,11 +4,14 @@ list the uploads that need attention."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import hashlib
+import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -21,7 +24,14 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
-from relaypacs.telemetry.metrics import FILES_ACCEPTED, FILES_REFUSED
+from relaypacs.telemetry.metrics import (
+    CHUNKS_LOST,
+    FILES_ACCEPTED,
+    FILES_REFUSED,
+    SCHEDULED_RUNS,
+    VALIDATION_DURATION,
+    VALIDATION_REFUSALS,
+)
 from relaypacs.uploads import chunks, repository
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
 from relaypacs.uploads.early import EarlyVerifier
@@ -53,6 +63,8 @@ from relaypacs.uploads.schemas import (
     UploadSummary,
 )
 from relaypacs.uploads.verify import FileVerdict, StudyVerifier
+
+logger = logging.getLogger("relaypacs.uploads")
 
 
 def study_hash(sha256s: Sequence[str]) -> str:
@@ -445,11 +457,46 @@ async def put_chunk(
 @dataclass(frozen=True, eq=False, kw_only=True)
 class CompleteContext:
     db: Database
+    storage: ObjectStorage  # where the chunks are: each is checked to be there before verifying
     verifier: StudyVerifier
     default_target: str | None = None  # the PACS that accepted studies are queued for
     # Targets that take a study whole or not at all (one refused file refuses it).
     strict_targets: frozenset[str] = frozenset()
     on_queued: Callable[[], None] | None = None  # a study was queued: wake the forwarder
+
+
+async def lost_chunks(
+    storage: ObjectStorage, upload_id: uuid.UUID, recorded: Mapping[int, Mapping[int, str]]
+) -> dict[int, list[int]]:
+    """The recorded chunks whose objects the storage does not hold (by file index), from one
+    listing of the upload's objects."""
+    present = {key async for key in storage.list(repository.upload_prefix(upload_id))}
+    lost = {
+        file_index: sorted(c for c, key in by_chunk.items() if key not in present)
+        for file_index, by_chunk in recorded.items()
+    }
+    return {file_index: chunks for file_index, chunks in lost.items() if chunks}
+
+
+def _chunks_lost(upload_id: uuid.UUID, lost: Mapping[int, list[int]]) -> UploadIncomplete:
+    count = sum(len(chunks) for chunks in lost.values())
+    CHUNKS_LOST.inc(count)
+    # The upload's id only: which study it is stays in the database.
+    logger.error(
+        "storage lost %d acknowledged chunks of upload %s (restored or emptied?): "
+        "forgotten, the client is asked for them again",
+        count,
+        upload_id,
+    )
+    return UploadIncomplete(
+        f"The gateway's storage lost {count} chunks it had acknowledged; send them again.",
+        details={
+            "missing": [
+                {"file_index": index, "missing_chunks": chunks} for index, chunks in lost.items()
+            ],
+            "lost": True,
+        },
+    )
 
 
 async def complete_upload(
@@ -475,8 +522,6 @@ async def complete_upload(
             for f in files
             if len(recorded[f.index]) < f.chunk_count
         }
-        keys = {index: list(by_chunk.values()) for index, by_chunk in recorded.items()}
-        del recorded
         if missing:
             raise UploadIncomplete(
                 f"{sum(len(m) for m in missing.values())} chunks are missing.",
@@ -487,13 +532,26 @@ async def complete_upload(
                     ]
                 },
             )
-        upload.status = UploadStatus.RECEIVED
+        # Every recorded chunk must still be in storage: an object store restored from an
+        # older copy, or emptied, loses chunks it had acknowledged. Those are forgotten (the
+        # status asks the client for them again) and the upload stays pending.
+        lost = await lost_chunks(ctx.storage, upload_id, recorded)
+        if lost:
+            await repository.forget_chunks(session, upload_id, lost)
+        else:
+            upload.status = UploadStatus.RECEIVED
+        keys = {index: list(by_chunk.values()) for index, by_chunk in recorded.items()}
+        del recorded
         declared_uid = upload.study_instance_uid
         all_or_nothing = upload.all_or_nothing
+    if lost:  # committed: the lost chunks are missing now
+        raise _chunks_lost(upload_id, lost)
 
+    began = time.perf_counter()
     verdicts = await ctx.verifier.verify(
         upload_id, declared_uid=declared_uid, files=files, keys=keys
     )
+    VALIDATION_DURATION.observe(time.perf_counter() - began)
     target = ctx.default_target
 
     async with ctx.db.sessionmaker() as session, session.begin():
@@ -561,6 +619,9 @@ async def complete_upload(
     if judged[2]:  # committed: the files' verdicts count once, by the complete that wrote them
         FILES_ACCEPTED.inc(judged[0])
         FILES_REFUSED.inc(judged[1])
+        for verdict in verdicts:
+            if verdict.error is not None:
+                VALIDATION_REFUSALS.labels(verdict.error.code).inc()
     # Committed: the forwarder starts now, while the answer (every file) is being built.
     if queued and ctx.on_queued is not None:
         ctx.on_queued()
@@ -733,3 +794,50 @@ async def count_uploads_by_status(session: AsyncSession) -> dict[UploadStatus, i
     """Every status with its number of uploads (zero included)."""
     counts = await repository.count_by_status(session)
     return {status: counts.get(status, 0) for status in UploadStatus}
+
+
+# --- the scheduled check of stored chunks -----------------------------------------------------
+
+
+async def check_stored_chunks(db: Database, storage: ObjectStorage, *, limit: int = 500) -> int:
+    """Find chunks of unfinished uploads that the storage lost (it was restored from an older
+    copy, or emptied) and forget them, so that the status asks the clients for them again
+    before they complete. Returns how many were forgotten.
+
+    The rows are read before the objects are listed: a chunk's object is stored before its row
+    is written, so a recorded chunk absent from the listing is lost, not on its way."""
+    async with db.read_sessionmaker() as session, session.begin():
+        pending = await repository.pending_upload_ids(session, limit=limit)
+    forgotten = 0
+    for upload_id in pending:
+        async with db.read_sessionmaker() as session, session.begin():
+            recorded = await repository.recorded_chunk_keys(session, upload_id)
+        if not recorded:
+            continue
+        lost = await lost_chunks(storage, upload_id, recorded)
+        if not lost:
+            continue
+        async with db.sessionmaker() as session, session.begin():
+            upload = await session.run_sync(repository.find_upload, upload_id, lock=True)
+            if upload is None or upload.status != UploadStatus.PENDING:
+                continue
+            await repository.forget_chunks(session, upload_id, lost)
+        _chunks_lost(upload_id, lost)  # counted and logged
+        forgotten += sum(len(chunks) for chunks in lost.values())
+    return forgotten
+
+
+async def check_stored_chunks_every(
+    db: Database, storage: ObjectStorage, interval_seconds: float
+) -> None:
+    """check_stored_chunks every `interval_seconds` (the first after one interval: a start is
+    busy enough, and `complete` checks its own upload anyway), until cancelled."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await check_stored_chunks(db, storage)
+        except Exception as error:  # storage or database unavailable: the next run will do
+            SCHEDULED_RUNS.labels("stored_chunks_check", "failed").inc()
+            logger.warning("the check of stored chunks failed: %s", type(error).__name__)
+        else:
+            SCHEDULED_RUNS.labels("stored_chunks_check", "ok").inc()

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
 
@@ -24,7 +27,7 @@ from tests.ops.conftest import (
     started,
 )
 from tests.ops.postgres import own_postgres
-from tests.servers import moto_server, redis_server
+from tests.servers import free_port, moto_server, redis_server, wait_for_http
 
 API = "/api/v1"
 Chunk = tuple[int, int, bytes]
@@ -61,6 +64,9 @@ class TestDatabaseDown:
             postgres.create_database("gateway")
             settings = ops_settings(tmp_path, database_url=postgres.url("gateway"))
             async with started(settings) as app, client_of(app) as client:
+                refusals_before = metric_value(
+                    (await client.get("/metrics")).text, "relaypacs_database_unavailable_total"
+                )
                 clinician = await account(app, client)
                 study = make_study(2, rows=400, columns=400)
                 created = await init(client, clinician, study)
@@ -84,7 +90,8 @@ class TestDatabaseDown:
                 assert not ready.json()["checks"]["database"]["ok"]
                 assert (await client.get("/health/live")).status_code == 200
                 scraped = (await client.get("/metrics")).text
-                assert metric_value(scraped, "relaypacs_database_unavailable_total") >= 2
+                refusals = metric_value(scraped, "relaypacs_database_unavailable_total")
+                assert refusals - refusals_before >= 2  # the chunk and the status
 
                 postgres.start()  # the same gateway, not restarted
                 assert (await client.get("/health/ready")).status_code == 200
@@ -118,6 +125,9 @@ class TestStorageFull:
         settings = ops_settings(tmp_path / "data")
         with small_disk(settings.storage_root, "1m"):
             async with started(settings) as app, client_of(app) as client:
+                full_before = metric_value(
+                    (await client.get("/metrics")).text, "relaypacs_storage_full_total"
+                )
                 clinician = await account(app, client)
                 study = make_study(3, rows=512, columns=512)  # 1.5 MB
                 upload_id = (await init(client, clinician, study)).json()["id"]
@@ -136,7 +146,7 @@ class TestStorageFull:
                 assert refused.headers["retry-after"] == "60"
                 assert "object storage is full" in caplog.text
                 scraped = (await client.get("/metrics")).text
-                assert metric_value(scraped, "relaypacs_storage_full_total") >= 1
+                assert metric_value(scraped, "relaypacs_storage_full_total") - full_before == 1
                 # every chunk acknowledged is there; the refused one is asked for again
                 assert await missing_chunks(client, clinician, upload_id) == (
                     len(chunks) - acknowledged
@@ -151,8 +161,6 @@ class TestStorageFull:
 
 class TestBucketMissing:
     async def test_a_clear_error_not_a_retry_later(self, tmp_path: Path) -> None:
-        import boto3  # type: ignore[import-untyped]
-
         with moto_server() as endpoint:
             settings = ops_settings(
                 tmp_path,
@@ -186,6 +194,150 @@ class TestBucketMissing:
                 # the status is still readable: it lives in the database
                 status = await client.get(f"{API}/uploads/{upload_id}", headers=clinician.headers)
                 assert status.status_code == 200
+
+
+class RestartableS3:
+    """moto's S3 server on a fixed loopback port, which a test stops and starts again (moto
+    keeps everything in memory: it comes back empty, like a store that lost its data)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_http(f"{self.endpoint}/moto-api/", timeout=30, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
+
+
+class TestS3DownThenBackEmpty:
+    async def test_503_while_down_status_readable_and_the_upload_completes_after(
+        self, tmp_path: Path
+    ) -> None:
+        s3 = RestartableS3()
+        s3.start()
+        try:
+            settings = ops_settings(
+                tmp_path,
+                storage="s3",
+                s3_endpoint_url=s3.endpoint,
+                s3_bucket="gateway-objects",
+                s3_access_key_id="test",
+                s3_secret_access_key="test",
+                s3_create_bucket=True,
+            )
+            async with started(settings) as app, client_of(app) as client:
+                clinician = await account(app, client)
+                study = make_study(2, rows=400, columns=400)
+                upload_id = (await init(client, clinician, study)).json()["id"]
+                chunks = all_chunks(study)
+                half = len(chunks) // 2
+                for chunk in chunks[:half]:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+
+                s3.stop()
+                refused = await send(client, clinician, upload_id, chunks[half])
+                assert refused.status_code == 503, refused.text
+                assert code_of(refused) == "storage_unavailable"
+                assert refused.headers["retry-after"] == "5"
+                # the status is read from the database: it says what is stored
+                assert await missing_chunks(client, clinician, upload_id) == len(chunks) - half
+                ready = await client.get("/health/ready")
+                assert ready.status_code == 503
+                assert not ready.json()["checks"]["storage"]["ok"]
+
+                # S3 back, without anything it held; the operator recreates the bucket
+                s3.start()
+                s3.client().create_bucket(Bucket="gateway-objects")
+                assert (await client.get("/health/ready")).status_code == 200
+                for chunk in chunks[half:]:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                lost = await complete(client, clinician, upload_id)
+                assert lost.status_code == 409, lost.text
+                assert lost.json()["error"]["details"]["lost"] is True
+                assert await missing_chunks(client, clinician, upload_id) == half
+                for chunk in chunks[:half]:  # what the status asks for again
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                done = await complete(client, clinician, upload_id)
+                assert done.status_code == 202, done.text
+        finally:
+            s3.stop()
+
+
+class TestStorageComesBackEmpty:
+    async def test_lost_chunks_are_asked_for_again_and_the_upload_completes(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with moto_server() as endpoint:
+            settings = ops_settings(
+                tmp_path,
+                storage="s3",
+                s3_endpoint_url=endpoint,
+                s3_bucket="gateway-objects",
+                s3_access_key_id="test",
+                s3_secret_access_key="test",
+                s3_create_bucket=True,
+            )
+            async with started(settings) as app, client_of(app) as client:
+                lost_before = metric_value(
+                    (await client.get("/metrics")).text, "relaypacs_upload_chunks_lost_total"
+                )  # the process's counter: other tests counted too
+                clinician = await account(app, client)
+                study = make_study(2, rows=400, columns=400)
+                upload_id = (await init(client, clinician, study)).json()["id"]
+                chunks = all_chunks(study)
+                for chunk in chunks:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                # S3 comes back from a failure without what it had acknowledged: the bucket
+                # deleted and created again, empty
+                s3 = boto3.client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    aws_access_key_id="test",
+                    aws_secret_access_key="test",
+                    region_name="us-east-1",
+                )
+                for item in s3.list_objects_v2(Bucket="gateway-objects").get("Contents", []):
+                    s3.delete_object(Bucket="gateway-objects", Key=item["Key"])
+                s3.delete_bucket(Bucket="gateway-objects")
+                s3.create_bucket(Bucket="gateway-objects")
+
+                refused = await complete(client, clinician, upload_id)
+                assert refused.status_code == 409, refused.text
+                assert code_of(refused) == "upload_incomplete"
+                details = refused.json()["error"]["details"]
+                assert details["lost"] is True
+                assert sum(len(f["missing_chunks"]) for f in details["missing"]) == len(chunks)
+                assert "storage lost" in caplog.text
+                # the status asks for them again; the client sends them; the upload completes
+                assert await missing_chunks(client, clinician, upload_id) == len(chunks)
+                for chunk in chunks:
+                    assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+                done = await complete(client, clinician, upload_id)
+                assert done.status_code == 202, done.text
+                assert done.json()["status"] == "validated"
+                scraped = (await client.get("/metrics")).text
+                lost_now = metric_value(scraped, "relaypacs_upload_chunks_lost_total")
+                assert lost_now - lost_before == len(chunks)
 
 
 class TestRedisDown:
@@ -254,3 +406,34 @@ class TestPacsDown:
             assert ready.status_code == 200
             assert ready.json()["status"] == "degraded"
             assert ready.json()["checks"]["pacs:pacs"]["error"] == "ConnectError"
+
+
+class TestScheduledCheckOfStoredChunks:
+    async def test_chunks_lost_before_complete_are_asked_for_again(self, tmp_path: Path) -> None:
+        from relaypacs.state import app_state
+        from relaypacs.uploads.service import check_stored_chunks
+
+        settings = ops_settings(tmp_path)
+        async with started(settings) as app, client_of(app) as client:
+            clinician = await account(app, client)
+            study = make_study(2, rows=400, columns=400)
+            upload_id = (await init(client, clinician, study)).json()["id"]
+            chunks = all_chunks(study)
+            for chunk in chunks:
+                assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+            state = app_state(app)
+            assert await check_stored_chunks(state.db, state.storage) == 0
+            # the filesystem store restored from a copy older than the last two chunks
+            objects = sorted(
+                (p for p in settings.storage_root.rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_mtime_ns,
+            )
+            for path in objects[-2:]:
+                path.unlink()
+            assert await check_stored_chunks(state.db, state.storage) == 2
+            assert await missing_chunks(client, clinician, upload_id) == 2
+            for chunk in chunks:  # the client sends what the status asks for (here: all again)
+                assert (await send(client, clinician, upload_id, chunk)).status_code == 200
+            assert await missing_chunks(client, clinician, upload_id) == 0
+            done = await complete(client, clinician, upload_id)
+            assert done.status_code == 202, done.text

@@ -237,14 +237,19 @@ class TestDockerfile:
     def test_pinned_non_root_and_probing_the_live_route(self) -> None:
         text = (DEPLOY / "Dockerfile").read_text()
         bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
-        assert len(bases) >= 2  # multi-stage
+        assert len(bases) >= 3  # web app, Python build, the image
         for base in bases:
             _image, _, tag = base.partition(":")
-            assert re.fullmatch(r"\d+\.\d+\.\d+-slim-\w+", tag), base
+            assert re.fullmatch(r"\d+\.\d+\.\d+-(slim-\w+|\w+-slim)", tag), base  # exact
         users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
         assert users
         assert users[-1].split(":")[0] not in ("0", "root")
         assert "/health/live" in text
+        # the web app is built in and served from where the settings say
+        assert "RUN npm ci" in text
+        assert "COPY --from=web /web/dist /app/web" in text
+        assert "RELAYPACS_WEB_DIR=/app/web" in text
+        assert "RELAYPACS_WEB_DIR" in {f"RELAYPACS_{n.upper()}" for n in Settings.model_fields}
         assert "uv sync --frozen --no-dev" in text
         assert re.search(r'^ENTRYPOINT \["relaypacs"\]', text, flags=re.MULTILINE)
 
@@ -253,3 +258,77 @@ class TestDockerfile:
         assert len(files) >= 15
         for path in files:
             assert list(yaml.safe_load_all(path.read_text())), path
+
+
+class TestCompose:
+    """deploy/compose: no docker on this machine to run `docker compose config`, so the file's
+    structure is checked here: the services the issue lists, only the proxy publishing ports,
+    pinned images, health checks on the real routes, settings that exist, mounted files that
+    exist."""
+
+    @functools.cached_property
+    def compose(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())
+        return loaded
+
+    def test_a_complete_single_host(self) -> None:
+        services = self.compose["services"]
+        assert {
+            "caddy",
+            "gateway-1",
+            "gateway-2",
+            "migrate",
+            "postgres",
+            "redis",
+            "minio",
+            "orthanc",
+            "prometheus",
+            "grafana",
+            "mailpit",
+        } <= set(services)
+        published = {name for name, service in services.items() if service.get("ports")}
+        assert published == {"caddy"}
+        for name, service in services.items():
+            image = service["image"]
+            assert ":" in image, name
+            assert not image.endswith(":latest"), name
+
+    def test_gateways_are_checked_on_readiness_and_configured_with_real_settings(self) -> None:
+        fields = {f"RELAYPACS_{name.upper()}" for name in Settings.model_fields}
+        paths = app_paths()
+        for name in ("gateway-1", "gateway-2"):
+            gateway = self.compose["services"][name]
+            check = " ".join(gateway["healthcheck"]["test"])
+            route = re.search(r"http://127\.0\.0\.1:8080(/[\w/]+)", check)
+            assert route is not None
+            assert route.group(1) == "/health/ready"
+            assert route.group(1) in paths
+            assert set(gateway["environment"]) <= fields, set(gateway["environment"]) - fields
+            assert gateway["environment"]["RELAYPACS_AUTO_MIGRATE"] == "false"
+            assert gateway["depends_on"]["migrate"]["condition"] == (
+                "service_completed_successfully"
+            )
+        caddy_address = self.compose["services"]["caddy"]["networks"]["internal"]["ipv4_address"]
+        assert (
+            self.compose["services"]["gateway-1"]["environment"]["RELAYPACS_TRUSTED_PROXIES"]
+            == caddy_address
+        )
+
+    def test_mounted_files_exist_and_prometheus_loads_the_rules(self) -> None:
+        compose_dir = DEPLOY / "compose"
+        for name, service in self.compose["services"].items():
+            for volume in service.get("volumes", []):
+                if isinstance(volume, str) and volume.startswith("."):
+                    source = volume.split(":", 1)[0]
+                    assert (compose_dir / source).exists(), (name, source)
+        prometheus = yaml.safe_load((compose_dir / "prometheus.yml").read_text())
+        assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yaml"]
+        (job,) = prometheus["scrape_configs"]
+        assert job["metrics_path"] == "/metrics"
+        assert job["authorization"]["type"] == "Bearer"
+        caddyfile = (compose_dir / "Caddyfile").read_text()
+        assert "health_uri /health/ready" in caddyfile
+        assert "respond @metrics 404" in caddyfile
+        example = (compose_dir / "example.env").read_text()
+        needed = set(re.findall(r"\$\{(\w+):\?\}", (compose_dir / "compose.yaml").read_text()))
+        assert needed <= set(re.findall(r"^(\w+)=", example, flags=re.MULTILINE))

@@ -356,6 +356,31 @@ def upload_facts(session: Session, upload_id: uuid.UUID) -> UploadFacts | None:
     )
 
 
+async def pending_upload_ids(session: AsyncSession, *, limit: int) -> list[uuid.UUID]:
+    """Uploads still taking chunks, most recently changed first."""
+    rows = await session.scalars(
+        select(Upload.id)
+        .where(Upload.status == UploadStatus.PENDING)
+        .order_by(Upload.updated_at.desc())
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def forget_chunks(
+    session: AsyncSession, upload_id: uuid.UUID, chunks: Mapping[int, Sequence[int]]
+) -> None:
+    """Delete the rows of chunks whose objects are gone: they are missing again."""
+    for file_index, chunk_indexes in chunks.items():
+        await session.execute(
+            delete(UploadChunk).where(
+                UploadChunk.upload_id == upload_id,
+                UploadChunk.file_index == file_index,
+                UploadChunk.chunk_index.in_(chunk_indexes),
+            )
+        )
+
+
 async def delete_chunk_rows(session: AsyncSession, upload_id: uuid.UUID) -> None:
     await session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload_id))
 
