@@ -1,0 +1,50 @@
+// The administrator's assignment calls (docs/api.md, Reports): the reports waiting for a
+// radiologist, the radiologists with their modalities, assign, and the modalities each reads.
+import { queryOptions } from "@tanstack/react-query";
+import { api, data } from "../../lib/api/client";
+
+export function unassignedOptions(live: boolean) {
+  return queryOptions({
+    queryKey: ["reports", "unassigned"],
+    queryFn: () => data(api.GET("/api/v1/reports", { params: { query: { status: "pending", limit: 100 } } })),
+    refetchInterval: live ? 30_000 : 10_000,
+  });
+}
+
+export function radiologistsOptions() {
+  return queryOptions({
+    queryKey: ["radiologists"],
+    queryFn: () => data(api.GET("/api/v1/admin/radiologists")),
+  });
+}
+
+export function assignReport(reportId: string, radiologistId: string) {
+  return data(
+    api.POST("/api/v1/admin/reports/{report_id}/assign", {
+      params: { path: { report_id: reportId } },
+      body: { radiologist_id: radiologistId },
+    }),
+  );
+}
+
+export function setModalities(userId: string, modalities: string[]) {
+  return data(
+    api.PUT("/api/v1/admin/radiologists/{user_id}/modalities", { params: { path: { user_id: userId } }, body: { modalities } }),
+  );
+}
+
+const MODALITY = /^[A-Z0-9_]{1,16}$/;
+
+/** The modalities typed as "ct, MR  us": upper case, each once, in the order typed; the
+ * malformed ones listed apart so that the page can say which. */
+export function parseModalities(text: string): { modalities: string[]; invalid: string[] } {
+  const modalities: string[] = [];
+  const invalid: string[] = [];
+  for (const word of text.split(/[\s,;]+/)) {
+    const code = word.trim().toUpperCase();
+    if (!code) continue;
+    if (!MODALITY.test(code)) invalid.push(word.trim());
+    else if (!modalities.includes(code)) modalities.push(code);
+  }
+  return { modalities, invalid };
+}
