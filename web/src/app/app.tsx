@@ -5,6 +5,8 @@ import { createBrowserRouter, Navigate, NavLink, Outlet, RouterProvider, useLoca
 import { useRegisterSW } from "virtual:pwa-register/react";
 import { Alert, Button, SecondaryButton } from "../components/ui";
 import { AssignmentPage } from "../features/admin/assignment-page";
+import { AdminUploadsPage } from "../features/admin/uploads-page";
+import { UsersPage } from "../features/admin/users-page";
 import { ChangePasswordPage } from "../features/auth/change-password-page";
 import { EnrolTotpPage } from "../features/auth/enrol-totp-page";
 import { logout } from "../features/auth/api";
@@ -63,11 +65,14 @@ function RequireSession({ children }: { children: ReactNode }) {
 }
 
 /** The page, when the role may open it; "not allowed" otherwise, before any call of the page
- * reaches the API. The role not known yet and offline: the uploader's pages only (the queue). */
+ * reaches the API. While the role is not known yet: the upload page (it asks the API nothing
+ * when it opens, and is there at once after signing in), and offline the uploader's pages (the
+ * queue on this device); anything else waits for the role. */
 function RolePage({ role, offline, children }: { role: Role | null; offline: boolean; children: ReactNode }) {
   const { pathname } = useLocation();
   if (role === null) {
-    return offline && mayOpen("clinician", pathname) ? <>{children}</> : <p role="status">Loading…</p>;
+    const now = pathname === "/" || (offline && mayOpen("clinician", pathname));
+    return now ? <>{children}</> : <p role="status">Loading…</p>;
   }
   if (pathname === "/" && !mayOpen(role, "/")) return <Navigate to={homeOf(role)} replace />;
   if (!mayOpen(role, pathname)) {
@@ -170,6 +175,8 @@ const router = createBrowserRouter([
       { path: "worklist", element: <WorklistPage /> },
       { path: "worklist/:reportId", element: <ReportPage /> },
       { path: "admin/assignment", element: <AssignmentPage /> },
+      { path: "admin/uploads", element: <AdminUploadsPage /> },
+      { path: "admin/users", element: <UsersPage /> },
     ],
   },
   { path: "*", element: <Navigate to="/" replace /> },

@@ -21,6 +21,10 @@ export const PAGES: readonly PageLink[] = [
   { to: "/uploads", label: "My uploads", roles: ["clinician", "radiologist"] },
   // POST /admin/reports/{id}/assign, GET /admin/radiologists: administrators only.
   { to: "/admin/assignment", label: "Assignment", roles: ["admin"] },
+  // GET /admin/uploads, .../retry, .../cancel: administrators only.
+  { to: "/admin/uploads", label: "Uploads", roles: ["admin"] },
+  // GET /admin/users, .../enable, .../disable: administrators only.
+  { to: "/admin/users", label: "Users", roles: ["admin"] },
 ];
 
 /** The pages a role sees, in order. */

@@ -48,3 +48,40 @@ export function parseModalities(text: string): { modalities: string[]; invalid: 
   }
   return { modalities, invalid };
 }
+
+export function usersOptions() {
+  return queryOptions({
+    queryKey: ["admin", "users"],
+    queryFn: () => data(api.GET("/api/v1/admin/users", { params: { query: { limit: 200 } } })),
+  });
+}
+
+export function setUserActive(userId: string, active: boolean) {
+  const params = { params: { path: { user_id: userId } } };
+  return data(active ? api.POST("/api/v1/admin/users/{user_id}/enable", params) : api.POST("/api/v1/admin/users/{user_id}/disable", params));
+}
+
+/** Uploads needing attention: those the PACS refused, retrying, or not moving. */
+export function problemUploadsOptions(live: boolean) {
+  return queryOptions({
+    queryKey: ["uploads", "attention"],
+    queryFn: () => data(api.GET("/api/v1/admin/uploads", { params: { query: { limit: 100 } } })),
+    refetchInterval: live ? 30_000 : 10_000,
+  });
+}
+
+export function retryUpload(uploadId: string) {
+  return data(api.POST("/api/v1/admin/uploads/{upload_id}/retry", { params: { path: { upload_id: uploadId } } }));
+}
+
+export function cancelUpload(uploadId: string) {
+  return data(api.POST("/api/v1/admin/uploads/{upload_id}/cancel", { params: { path: { upload_id: uploadId } } }));
+}
+
+/** One upload without its file list: the PACS's last answer (`forwarding.last_error`). */
+export function uploadDetailOptions(id: string, status: string) {
+  return queryOptions({
+    queryKey: ["upload", id, status],
+    queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}", { params: { path: { upload_id: id }, query: { files: false } } })),
+  });
+}

@@ -6,7 +6,7 @@ import { Alert, Button, Card, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
 import { useLiveConnected } from "../../lib/live-status";
-import { formatDicomDate, formatPersonName } from "../worklist/format";
+import { formatDicomDate, formatPersonName } from "../../lib/format";
 import { assignReport, parseModalities, radiologistsOptions, setModalities, unassignedOptions } from "./api";
 
 type Radiologist = Schemas["RadiologistRead"];

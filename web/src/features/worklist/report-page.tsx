@@ -7,10 +7,11 @@ import { Link, useParams } from "react-router";
 import { Alert, Button, Card, Field, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
-import { downloadReportPdf } from "../uploads/api";
+import { formatDicomDate, formatPersonName } from "../../lib/format";
+import { downloadReportPdf } from "../../lib/report-pdf";
 import { amendReport, reportOptions, saveDraft, signReport, studyOptions, type ReportText } from "./api";
 import { DraftSaver, type DraftState } from "./draft-saver";
-import { formatDicomDate, formatPersonName, isSigned, REPORT_STATUS } from "./format";
+import { isSigned, REPORT_STATUS } from "./format";
 
 type Report = Schemas["ReportRead"];
 const DRAFT_DELAY_MS = 800;

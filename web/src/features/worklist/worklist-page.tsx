@@ -5,9 +5,10 @@ import { useId, useState, type ChangeEvent } from "react";
 import { Link } from "react-router";
 import { Alert, Field } from "../../components/ui";
 import { describeError } from "../../lib/api/errors";
+import { formatDicomDate, formatPersonName } from "../../lib/format";
 import { useLiveConnected } from "../../lib/live-status";
 import { NO_FILTERS, worklistOptions, type WorklistFilters } from "./api";
-import { formatDicomDate, formatPersonName, REPORT_STATUS } from "./format";
+import { REPORT_STATUS } from "./format";
 
 export function WorklistPage() {
   const live = useLiveConnected();
