@@ -129,18 +129,30 @@ class TestRadiologistReportsFromTheBrowser:
             expect(boss.get_by_label("Modalities of rad")).to_have_value("CT, MR")
             boss.screenshot(path=artefacts / "assignment.png")
             assert_accessible(boss, "assignment")
-            boss.get_by_role("button", name="Assign").click()
-            expect(boss.get_by_text("Every study has its radiologist.")).to_be_visible()
+            boss.get_by_role("link", name="Users").click()
+            users = boss.get_by_test_id("user-row")
+            expect(users).to_have_count(3)
+            expect(boss.get_by_role("row", name="rad")).to_contain_text("Radiologist")
+            assert_accessible(boss, "users")
+            boss.get_by_role("link", name="Uploads").click()
+            expect(boss.get_by_text("Nothing needs attention.")).to_be_visible()
+            assert_accessible(boss, "uploads needing attention")
+            boss.get_by_role("link", name="Assignment").click()
 
-            # The radiologist: the worklist, the study, the report.
+            # The radiologist's worklist is empty; the administrator assigns the study, and it
+            # appears without a reload (the live stream: the page polls only every 30 s).
             rad_context, rad = signed_in(browser, gateway, "rad")
             contexts.append(rad_context)
             rad.on("response", watch)
             expect(rad.get_by_role("heading", name="Upload a study")).to_be_visible()
             expect_nav(rad, ["Worklist", "Upload", "My uploads"])
             rad.get_by_role("link", name="Worklist").click()
+            expect(rad.get_by_role("status").filter(has_text="studies")).to_have_text("0 studies")
+            rad.wait_for_timeout(1000)  # the stream opens (its ticket, then the connection)
+            boss.get_by_role("button", name="Assign").click()
+            expect(boss.get_by_text("Every study has its radiologist.")).to_be_visible()
             items = rad.get_by_test_id("worklist-item")
-            expect(items).to_have_count(1)
+            expect(items).to_have_count(1, timeout=8_000)
             expect(items).to_have_attribute("data-status", "assigned")
             # The filters: a modality this study is not hides it, its own shows it.
             rad.get_by_label("Modality").fill("MR")
@@ -161,15 +173,22 @@ class TestRadiologistReportsFromTheBrowser:
             expect(rad.get_by_test_id("draft-state")).to_have_attribute("data-state", "saved")
             rad.screenshot(path=artefacts / "report-editor.png")
             assert_accessible(rad, "report editor")
+            # Offline, the radiologist goes on writing: the draft waits, and goes when the
+            # network is back.
+            rad_context.set_offline(True)
+            rad.get_by_label("Findings").fill("Small nodule in the right upper lobe, 4 mm.")
+            expect(rad.get_by_test_id("draft-state")).to_have_attribute("data-state", "offline")
+            rad_context.set_offline(False)
+            expect(rad.get_by_test_id("draft-state")).to_have_attribute("data-state", "saved")
             # The draft is the gateway's: a reload shows it again.
             rad.reload()
             expect(rad.get_by_label("Findings")).to_have_value(
-                "Small nodule in the right upper lobe."
+                "Small nodule in the right upper lobe, 4 mm."
             )
             expect(rad.get_by_label("Impression")).to_have_value("Follow-up CT in 3 months.")
             rad.get_by_role("button", name="Sign the report").click()
             signed = rad.get_by_role("article", name="Signed report")
-            expect(signed).to_contain_text("Small nodule in the right upper lobe.")
+            expect(signed).to_contain_text("Small nodule in the right upper lobe, 4 mm.")
             expect(rad.get_by_test_id("report-state")).to_have_text("(Signed)")
 
             # The clinician's page shows it without a reload.
@@ -178,7 +197,7 @@ class TestRadiologistReportsFromTheBrowser:
             )
             clin.get_by_role("button", name="View report").click()
             expect(clin.get_by_role("article", name="Report")).to_contain_text(
-                "Small nodule in the right upper lobe."
+                "Small nodule in the right upper lobe, 4 mm."
             )
 
             # An amendment, with its reason; the history keeps both versions.
