@@ -1,7 +1,7 @@
 // The administrator's assignment calls (docs/api.md, Reports): the reports waiting for a
 // radiologist, the radiologists with their modalities, assign, and the modalities each reads.
 import { queryOptions } from "@tanstack/react-query";
-import { api, data } from "../../lib/api/client";
+import { api, data, type Schemas } from "../../lib/api/client";
 
 export function unassignedOptions(live: boolean) {
   return queryOptions({
@@ -84,4 +84,27 @@ export function uploadDetailOptions(id: string, status: string) {
     queryKey: ["upload", id, status],
     queryFn: () => data(api.GET("/api/v1/uploads/{upload_id}", { params: { path: { upload_id: id }, query: { files: false } } })),
   });
+}
+
+export function createUser(body: Schemas["UserCreate"]) {
+  return data(api.POST("/api/v1/admin/users", { body }));
+}
+
+export function resetTotp(userId: string) {
+  return data(api.DELETE("/api/v1/admin/users/{user_id}/totp", { params: { path: { user_id: userId } } }));
+}
+
+export function changeRole(userId: string, role: Schemas["Role"]) {
+  return data(api.PUT("/api/v1/admin/users/{user_id}/role", { params: { path: { user_id: userId } }, body: { role } }));
+}
+
+// The gateway's rule (relaypacs/users/schemas.py, UserCreate.username).
+const USERNAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+
+/** What is wrong with a new account's username, before asking the gateway (null: nothing). */
+export function usernameProblem(username: string): string | null {
+  if (username.length === 0) return "Choose a username.";
+  if (username.length > 64) return "A username has at most 64 characters.";
+  if (!USERNAME.test(username)) return "A username starts with a letter or a digit, then letters, digits, dots, dashes, underscores or @.";
+  return null;
 }

@@ -1,21 +1,95 @@
-// The administrator's users: every account with its role and state; disable (every session
-// ends at once) and enable.
+// The administrator's users: create an account (its temporary password shown once), every
+// account with its role and state; change the role, reset two-step sign-in, disable (every
+// session ends at once) and enable.
 import { useQuery, useQueryClient } from "@tanstack/react-query";
-import { useState } from "react";
-import { Alert, SecondaryButton } from "../../components/ui";
+import { useId, useState, type FormEvent } from "react";
+import { Alert, Button, Card, Field, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
-import { setUserActive, usersOptions } from "./api";
+import { changeRole, createUser, resetTotp, setUserActive, usernameProblem, usersOptions } from "./api";
 
 type User = Schemas["AdminUserRead"];
 
 const ROLE: Record<Schemas["Role"], string> = { clinician: "Clinician", radiologist: "Radiologist", admin: "Administrator" };
+const ROLES: Schemas["Role"][] = ["clinician", "radiologist", "admin"];
+
+function NewUser() {
+  const queryClient = useQueryClient();
+  const roleId = useId();
+  const [username, setUsername] = useState("");
+  const [email, setEmail] = useState("");
+  const [role, setRole] = useState<Schemas["Role"]>("clinician");
+  const [error, setError] = useState<string | null>(null);
+  const [created, setCreated] = useState<{ username: string; password: string | null } | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    setCreated(null);
+    const problem = usernameProblem(username.trim());
+    if (problem) {
+      setError(problem);
+      return;
+    }
+    setBusy(true);
+    setError(null);
+    try {
+      const user = await createUser({ username: username.trim(), role, email: email.trim() || null });
+      setCreated({ username: user.username, password: user.temporary_password ?? null });
+      setUsername("");
+      setEmail("");
+      await queryClient.invalidateQueries({ queryKey: ["admin", "users"] });
+    } catch (e) {
+      setError(describeError(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <Card>
+      <h2 className="text-lg font-semibold">New account</h2>
+      <form aria-label="New account" className="mt-2 grid grid-cols-1 gap-3 sm:grid-cols-4 sm:items-end" onSubmit={(e) => void submit(e)}>
+        <Field label="Username" value={username} onChange={(e) => setUsername(e.target.value)} autoComplete="off" required />
+        <Field label="Email (optional)" type="email" value={email} onChange={(e) => setEmail(e.target.value)} autoComplete="off" />
+        <div className="flex flex-col gap-1">
+          <label htmlFor={roleId} className="text-sm font-medium">
+            Role
+          </label>
+          <select id={roleId} className="rounded-md border border-slate-400 bg-white px-3 py-2" value={role} onChange={(e) => setRole(e.target.value as Schemas["Role"])}>
+            {ROLES.map((r) => (
+              <option key={r} value={r}>
+                {ROLE[r]}
+              </option>
+            ))}
+          </select>
+        </div>
+        <Button type="submit" disabled={busy}>
+          Create
+        </Button>
+      </form>
+      {error && <Alert>{error}</Alert>}
+      {created && (
+        <p role="status" className="mt-2 rounded-md border border-green-300 bg-green-50 px-3 py-2 text-green-900">
+          Account {created.username} created.
+          {created.password && (
+            <>
+              {" "}
+              Temporary password (shown once; they choose their own at the first sign-in): <code data-testid="temporary-password">{created.password}</code>
+            </>
+          )}
+        </p>
+      )}
+    </Card>
+  );
+}
 
 export function UsersPage() {
   const users = useQuery(usersOptions());
   return (
     <div className="flex flex-col gap-4">
       <h1 className="text-2xl font-semibold">Users</h1>
+      <NewUser />
       {users.error && <Alert>{describeError(users.error)}</Alert>}
       {users.data && (
         <div className="overflow-x-auto">
@@ -57,11 +131,13 @@ function UserRow({ user }: { user: User }) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
 
-  async function toggle() {
+  const roleId = useId();
+
+  async function act(action: () => Promise<unknown>) {
     setBusy(true);
     setError(null);
     try {
-      await setUserActive(user.id, !user.is_active);
+      await action();
       await queryClient.invalidateQueries({ queryKey: ["admin", "users"] });
     } catch (e) {
       setError(describeError(e));
@@ -75,14 +151,47 @@ function UserRow({ user }: { user: User }) {
       <th scope="row" className="p-2 font-medium">
         {user.username}
       </th>
-      <td className="p-2">{ROLE[user.role]}</td>
-      <td className="p-2">{user.totp_enabled ? "On" : "Off"}</td>
+      <td className="p-2">
+        <label htmlFor={roleId} className="sr-only">
+          Role of {user.username}
+        </label>
+        <select
+          id={roleId}
+          className="rounded-md border border-slate-400 bg-white px-2 py-1"
+          value={user.role}
+          disabled={busy}
+          onChange={(e) => void act(() => changeRole(user.id, e.target.value as Schemas["Role"]))}
+        >
+          {ROLES.map((role) => (
+            <option key={role} value={role}>
+              {ROLE[role]}
+            </option>
+          ))}
+        </select>
+      </td>
+      <td className="p-2">
+        {user.totp_enabled ? "On" : "Off"}
+        {user.totp_enabled && (
+          <SecondaryButton
+            className="ml-2"
+            disabled={busy}
+            aria-label={`Reset two-step sign-in of ${user.username}`}
+            onClick={() => {
+              if (window.confirm(`Reset the two-step sign-in of ${user.username}? Their sessions end; they set it up again at the next sign-in.`)) {
+                void act(() => resetTotp(user.id));
+              }
+            }}
+          >
+            Reset
+          </SecondaryButton>
+        )}
+      </td>
       <td className="p-2">
         {user.is_active ? "Active" : "Disabled"}
         {user.must_change_password ? " · must change password" : ""}
       </td>
       <td className="p-2">
-        <SecondaryButton onClick={() => void toggle()} disabled={busy} aria-label={`${user.is_active ? "Disable" : "Enable"} ${user.username}`}>
+        <SecondaryButton onClick={() => void act(() => setUserActive(user.id, !user.is_active))} disabled={busy} aria-label={`${user.is_active ? "Disable" : "Enable"} ${user.username}`}>
           {user.is_active ? "Disable" : "Enable"}
         </SecondaryButton>
         {error && <Alert>{error}</Alert>}

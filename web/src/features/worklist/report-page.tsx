@@ -122,9 +122,15 @@ function Editor({ report }: { report: Report }) {
     });
     saver.current = current;
     const online = () => current.retry();
+    // Closing the tab with a draft not yet at the gateway (offline): the browser asks first.
+    const leaving = (event: BeforeUnloadEvent) => {
+      if (current.dirty) event.preventDefault();
+    };
     window.addEventListener("online", online);
+    window.addEventListener("beforeunload", leaving);
     return () => {
       window.removeEventListener("online", online);
+      window.removeEventListener("beforeunload", leaving);
       void current.flush().finally(() => current.stop());
     };
   }, [report.id]);
