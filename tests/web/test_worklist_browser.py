@@ -9,6 +9,7 @@ page."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,7 +120,7 @@ class TestRadiologistReportsFromTheBrowser:
             contexts.append(boss_context)
             boss.on("response", watch)
             expect(boss).to_have_url(re.compile(r"/admin/assignment$"))
-            expect_nav(boss, ["Assignment", "Uploads", "Users"])
+            expect_nav(boss, ["Assignment", "Uploads", "Users", "Audit log"])
             waiting = boss.get_by_role("list", name="Unassigned studies").get_by_role("listitem")
             expect(waiting).to_have_count(1)
             expect(waiting).to_contain_text(FAMILY)
@@ -225,6 +226,21 @@ class TestRadiologistReportsFromTheBrowser:
             expect(clin.get_by_test_id("report-status")).to_have_attribute(
                 "data-status", "amended", timeout=30_000
             )
+            # The audit log: the signature is found, and exported as JSON lines.
+            boss.get_by_role("link", name="Audit log").click()
+            boss.get_by_label("Action").fill("report.sign")
+            rows = boss.get_by_test_id("audit-row")
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_contain_text("success")
+            assert_accessible(boss, "audit log")
+            with boss.expect_download() as download:
+                boss.get_by_role("button", name="Export JSON lines").click()
+            assert download.value.suggested_filename == "audit.jsonl"
+            exported = [
+                json.loads(line)
+                for line in Path(download.value.path()).read_text(encoding="utf-8").splitlines()
+            ]
+            assert [record["action"] for record in exported] == ["report.sign"]
             assert refused == []
             # The study the radiologist read is the one the PACS holds.
             assert orthanc.sop_instance_uids(study.study_uid) == set(study.sop_uids)

@@ -5,6 +5,7 @@ import { createBrowserRouter, Navigate, NavLink, Outlet, RouterProvider, useLoca
 import { useRegisterSW } from "virtual:pwa-register/react";
 import { Alert, Button, SecondaryButton } from "../components/ui";
 import { AssignmentPage } from "../features/admin/assignment-page";
+import { AuditPage } from "../features/admin/audit-page";
 import { AdminUploadsPage } from "../features/admin/uploads-page";
 import { UsersPage } from "../features/admin/users-page";
 import { ChangePasswordPage } from "../features/auth/change-password-page";
@@ -177,6 +178,7 @@ const router = createBrowserRouter([
       { path: "admin/assignment", element: <AssignmentPage /> },
       { path: "admin/uploads", element: <AdminUploadsPage /> },
       { path: "admin/users", element: <UsersPage /> },
+      { path: "admin/audit", element: <AuditPage /> },
     ],
   },
   { path: "*", element: <Navigate to="/" replace /> },

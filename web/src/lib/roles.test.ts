@@ -5,7 +5,7 @@ describe("the pages of each role", () => {
   it("shows each role only the pages its API calls allow", () => {
     expect(pagesFor("clinician").map((p) => p.label)).toEqual(["Upload", "My uploads"]);
     expect(pagesFor("radiologist").map((p) => p.label)).toEqual(["Worklist", "Upload", "My uploads"]);
-    expect(pagesFor("admin").map((p) => p.label)).toEqual(["Assignment", "Uploads", "Users"]);
+    expect(pagesFor("admin").map((p) => p.label)).toEqual(["Assignment", "Uploads", "Users", "Audit log"]);
   });
 
   it("lands each role on its first page", () => {

@@ -25,6 +25,8 @@ export const PAGES: readonly PageLink[] = [
   { to: "/admin/uploads", label: "Uploads", roles: ["admin"] },
   // GET /admin/users, .../enable, .../disable: administrators only.
   { to: "/admin/users", label: "Users", roles: ["admin"] },
+  // GET /admin/audit, GET /admin/audit/export: administrators only.
+  { to: "/admin/audit", label: "Audit log", roles: ["admin"] },
 ];
 
 /** The pages a role sees, in order. */
