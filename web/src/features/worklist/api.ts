@@ -42,8 +42,18 @@ export function worklistQuery(filters: WorklistFilters, page = 0, pageSize = 50)
   return query;
 }
 
-export function worklistOptions(filters: WorklistFilters, live: boolean) {
-  const query = worklistQuery(filters);
+export const PAGE_SIZE = 50;
+
+/** "1–50 of 120": the rows a page shows, for the page's status line. */
+export function pageRange(page: number, pageSize: number, total: number): string {
+  if (total === 0) return "0 studies";
+  const first = Math.min(page * pageSize + 1, total);
+  const last = Math.min((page + 1) * pageSize, total);
+  return `${first}–${last} of ${total} ${total === 1 ? "study" : "studies"}`;
+}
+
+export function worklistOptions(filters: WorklistFilters, page: number, live: boolean) {
+  const query = worklistQuery(filters, page, PAGE_SIZE);
   return queryOptions({
     // Under "reports": the live stream refreshes it when a study is assigned.
     queryKey: ["reports", "worklist", query],

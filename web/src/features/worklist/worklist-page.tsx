@@ -3,20 +3,24 @@
 import { useQuery } from "@tanstack/react-query";
 import { useId, useState, type ChangeEvent } from "react";
 import { Link } from "react-router";
-import { Alert, Field } from "../../components/ui";
+import { Alert, Field, SecondaryButton } from "../../components/ui";
 import { describeError } from "../../lib/api/errors";
 import { formatDicomDate, formatPersonName } from "../../lib/format";
 import { useLiveConnected } from "../../lib/live-status";
-import { NO_FILTERS, worklistOptions, type WorklistFilters } from "./api";
+import { NO_FILTERS, PAGE_SIZE, pageRange, worklistOptions, type WorklistFilters } from "./api";
 import { REPORT_STATUS } from "./format";
 
 export function WorklistPage() {
   const live = useLiveConnected();
   const [filters, setFilters] = useState<WorklistFilters>(NO_FILTERS);
-  const worklist = useQuery(worklistOptions(filters, live));
+  const [page, setPage] = useState(0);
+  const worklist = useQuery(worklistOptions(filters, page, live));
   const statusId = useId();
-  const set = (key: keyof WorklistFilters) => (event: ChangeEvent<HTMLInputElement | HTMLSelectElement>) =>
+  const set = (key: keyof WorklistFilters) => (event: ChangeEvent<HTMLInputElement | HTMLSelectElement>) => {
     setFilters({ ...filters, [key]: event.target.value });
+    setPage(0);
+  };
+  const total = worklist.data?.total ?? 0;
   return (
     <div className="flex flex-col gap-4">
       <h1 className="text-2xl font-semibold">Worklist</h1>
@@ -40,7 +44,7 @@ export function WorklistPage() {
       {worklist.error && <Alert>{describeError(worklist.error)}</Alert>}
       {worklist.data && (
         <p role="status" className="text-sm text-slate-700">
-          {worklist.data.total === 1 ? "1 study" : `${worklist.data.total} studies`}
+          {pageRange(page, PAGE_SIZE, worklist.data.total)}
         </p>
       )}
       <ul aria-label="Worklist" className="flex flex-col gap-2">
@@ -65,6 +69,16 @@ export function WorklistPage() {
           </li>
         ))}
       </ul>
+      {total > PAGE_SIZE && (
+        <div className="flex gap-2">
+          <SecondaryButton disabled={page === 0} onClick={() => setPage(page - 1)}>
+            Previous page
+          </SecondaryButton>
+          <SecondaryButton disabled={(page + 1) * PAGE_SIZE >= total} onClick={() => setPage(page + 1)}>
+            Next page
+          </SecondaryButton>
+        </div>
+      )}
     </div>
   );
 }
