@@ -222,6 +222,14 @@ class TestRadiologistReportsFromTheBrowser:
             expect(versions.nth(1)).to_contain_text("first signature")
             rad.screenshot(path=artefacts / "report-signed.png")
             assert_accessible(rad, "signed report, history")
+            with rad.expect_download() as pdf:
+                rad.get_by_role("button", name="Download PDF").click()
+            assert FAMILY not in pdf.value.suggested_filename
+            assert Path(pdf.value.path()).read_bytes().startswith(b"%PDF")
+            # A tablet held upright: nothing wider than the screen.
+            rad.set_viewport_size({"width": 768, "height": 1024})
+            width = rad.evaluate("document.scrollingElement.scrollWidth")
+            assert width <= 768, width
 
             expect(clin.get_by_test_id("report-status")).to_have_attribute(
                 "data-status", "amended", timeout=30_000
