@@ -142,6 +142,10 @@ class TestRadiologistReportsFromTheBrowser:
             expect(boss.get_by_test_id("temporary-password")).not_to_be_empty()
             expect(users).to_have_count(4)
             expect(boss.get_by_label("Role of newdoc", exact=True)).to_have_value("radiologist")
+            # Another temporary password for them (asked first), shown in their row.
+            boss.once("dialog", lambda dialog: dialog.accept())
+            boss.get_by_role("button", name="New password for newdoc").click()
+            expect(boss.get_by_test_id("temporary-password")).to_have_count(2)
             assert_accessible(boss, "users")
             boss.get_by_role("link", name="Uploads").click()
             expect(boss.get_by_text("Nothing needs attention.")).to_be_visible()

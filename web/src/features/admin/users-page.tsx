@@ -6,7 +6,7 @@ import { useId, useState, type FormEvent } from "react";
 import { Alert, Button, Card, Field, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
-import { changeRole, createUser, resetTotp, setUserActive, usernameProblem, usersOptions } from "./api";
+import { changeRole, createUser, endSessions, newTemporaryPassword, resetTotp, setUserActive, usernameProblem, usersOptions } from "./api";
 
 type User = Schemas["AdminUserRead"];
 
@@ -132,6 +132,7 @@ function UserRow({ user }: { user: User }) {
   const [busy, setBusy] = useState(false);
 
   const roleId = useId();
+  const [password, setPassword] = useState<string | null>(null);
 
   async function act(action: () => Promise<unknown>) {
     setBusy(true);
@@ -194,6 +195,26 @@ function UserRow({ user }: { user: User }) {
         <SecondaryButton onClick={() => void act(() => setUserActive(user.id, !user.is_active))} disabled={busy} aria-label={`${user.is_active ? "Disable" : "Enable"} ${user.username}`}>
           {user.is_active ? "Disable" : "Enable"}
         </SecondaryButton>
+        <SecondaryButton
+          className="ml-2"
+          disabled={busy}
+          aria-label={`New password for ${user.username}`}
+          onClick={() => {
+            if (window.confirm(`Give ${user.username} a new temporary password? Their sessions end.`)) {
+              void act(async () => setPassword((await newTemporaryPassword(user.id)).temporary_password ?? null));
+            }
+          }}
+        >
+          New password
+        </SecondaryButton>
+        <SecondaryButton className="ml-2" disabled={busy} aria-label={`End sessions of ${user.username}`} onClick={() => void act(() => endSessions(user.id))}>
+          End sessions
+        </SecondaryButton>
+        {password && (
+          <p role="status" className="mt-1">
+            Temporary password (shown once): <code data-testid="temporary-password">{password}</code>
+          </p>
+        )}
         {error && <Alert>{error}</Alert>}
       </td>
     </tr>
