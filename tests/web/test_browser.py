@@ -372,12 +372,14 @@ class TestZipArchive:
                 out.write(path, path.relative_to(tmp_path))
         sign_in(page, short_token_gateway)
         expect(page.get_by_role("heading", name="Upload a study")).to_be_visible()
-        # By keyboard only: Tab to "Choose files", Enter opens the file chooser.
-        for _ in range(20):
-            page.keyboard.press("Tab")
-            if page.evaluate("document.activeElement.textContent") == "Choose files":
-                break
+        # By keyboard only: Tab to "Choose files", Enter opens the file chooser. The chooser is
+        # awaited before the first Tab: Playwright turns its interception on asynchronously, and
+        # an Enter pressed before that opened a chooser nobody saw (a flaky timeout under load).
         with page.expect_file_chooser() as chooser:
+            for _ in range(20):
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.textContent") == "Choose files":
+                    break
             page.keyboard.press("Enter")
         chooser.value.set_files(archive)
         expect(page.get_by_test_id("study-contents")).to_contain_text("2 series, 4 images")

@@ -1,21 +1,29 @@
 // The app: providers, routes, the signed-in frame.
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { useEffect, useState, type ReactNode } from "react";
-import { createBrowserRouter, Navigate, NavLink, Outlet, RouterProvider, useNavigate } from "react-router";
+import { createBrowserRouter, Navigate, NavLink, Outlet, RouterProvider, useLocation, useNavigate } from "react-router";
 import { useRegisterSW } from "virtual:pwa-register/react";
-import { Button, SecondaryButton } from "../components/ui";
+import { Alert, Button, SecondaryButton } from "../components/ui";
+import { AssignmentPage } from "../features/admin/assignment-page";
+import { AuditPage } from "../features/admin/audit-page";
+import { AdminUploadsPage } from "../features/admin/uploads-page";
+import { UsersPage } from "../features/admin/users-page";
 import { ChangePasswordPage } from "../features/auth/change-password-page";
 import { EnrolTotpPage } from "../features/auth/enrol-totp-page";
 import { logout } from "../features/auth/api";
 import { SignInPage } from "../features/auth/sign-in-page";
 import { loadPending, useAccessToken } from "../features/auth/use-auth";
+import { useRole } from "../features/auth/use-role";
 import { activeStudies, clearQueue } from "../features/upload/queue";
 import { UploadPage } from "../features/upload/upload-page";
 import { engine, startUploader } from "../features/upload/uploader";
 import { MyUploadsPage } from "../features/uploads/my-uploads-page";
 import { NotificationBell } from "../features/notifications/bell";
 import { useNotificationStream } from "../features/notifications/live";
+import { ReportPage } from "../features/worklist/report-page";
+import { WorklistPage } from "../features/worklist/worklist-page";
 import { db } from "../lib/db";
+import { homeOf, mayOpen, pagesFor, type Role } from "../lib/roles";
 import { refreshAccess, signedOut } from "../lib/session";
 
 const queryClient = new QueryClient({
@@ -57,6 +65,28 @@ function RequireSession({ children }: { children: ReactNode }) {
   return <>{children}</>;
 }
 
+/** The page, when the role may open it; "not allowed" otherwise, before any call of the page
+ * reaches the API. While the role is not known yet: the upload page (it asks the API nothing
+ * when it opens, and is there at once after signing in), and offline the uploader's pages (the
+ * queue on this device); anything else waits for the role. */
+function RolePage({ role, offline, children }: { role: Role | null; offline: boolean; children: ReactNode }) {
+  const { pathname } = useLocation();
+  if (role === null) {
+    const now = pathname === "/" || (offline && mayOpen("clinician", pathname));
+    return now ? <>{children}</> : <p role="status">Loading…</p>;
+  }
+  if (pathname === "/" && !mayOpen(role, "/")) return <Navigate to={homeOf(role)} replace />;
+  if (!mayOpen(role, pathname)) {
+    return (
+      <div className="flex flex-col gap-3">
+        <h1 className="text-2xl font-semibold">Not allowed</h1>
+        <Alert>Your account may not open this page.</Alert>
+      </div>
+    );
+  }
+  return <>{children}</>;
+}
+
 function UpdatePrompt() {
   const {
     needRefresh: [needRefresh],
@@ -83,6 +113,7 @@ function UpdatePrompt() {
 function Frame() {
   const navigate = useNavigate();
   const token = useAccessToken();
+  const role = useRole(token);
   useEffect(() => startUploader(), []);
   useNotificationStream(queryClient, token);
 
@@ -109,12 +140,11 @@ function Frame() {
       <header className="border-b border-slate-200 bg-white">
         <nav aria-label="Main" className="mx-auto flex max-w-4xl flex-wrap items-center gap-2 px-4 py-2">
           <span className="mr-4 font-bold text-blue-900">RelayPACS</span>
-          <NavLink to="/" end className={link}>
-            Upload
-          </NavLink>
-          <NavLink to="/uploads" className={link}>
-            My uploads
-          </NavLink>
+          {pagesFor(role ?? "clinician").map((page) => (
+            <NavLink key={page.to} to={page.to} end={page.to === "/"} className={link}>
+              {page.label}
+            </NavLink>
+          ))}
           <span className="grow" />
           {token === null && <span role="status">Offline</span>}
           {token !== null && <NotificationBell />}
@@ -122,7 +152,9 @@ function Frame() {
         </nav>
       </header>
       <main className="mx-auto w-full max-w-4xl px-4 py-6">
-        <Outlet />
+        <RolePage role={role} offline={token === null}>
+          <Outlet />
+        </RolePage>
       </main>
     </>
   );
@@ -141,6 +173,12 @@ const router = createBrowserRouter([
     children: [
       { index: true, element: <UploadPage /> },
       { path: "uploads", element: <MyUploadsPage /> },
+      { path: "worklist", element: <WorklistPage /> },
+      { path: "worklist/:reportId", element: <ReportPage /> },
+      { path: "admin/assignment", element: <AssignmentPage /> },
+      { path: "admin/uploads", element: <AdminUploadsPage /> },
+      { path: "admin/users", element: <UsersPage /> },
+      { path: "admin/audit", element: <AuditPage /> },
     ],
   },
   { path: "*", element: <Navigate to="/" replace /> },

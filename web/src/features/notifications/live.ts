@@ -1,6 +1,6 @@
 // The live stream of notifications (Server-Sent Events): each one refreshes what it is about
-// (the uploads, the bell), and a report ready or amended shows a browser notification when the
-// clinician allowed them. EventSource cannot send the Authorization header: the stream opens
+// (the uploads, the bell), and a report ready or amended (to the clinician) or a study assigned
+// (to the radiologist) shows a browser notification when the user allowed them. EventSource cannot send the Authorization header: the stream opens
 // with a one-time ticket (never the access token in a URL); a lost stream opens again with a
 // new ticket and everything is read again, so nothing told meanwhile is missed.
 import type { QueryClient } from "@tanstack/react-query";
@@ -13,6 +13,7 @@ interface NotificationEvent {
 }
 
 const BROWSER_NOTICES: Record<string, string> = {
+  report_assigned: "A study was assigned to you in RelayPACS.",
   report_ready: "A report is ready in RelayPACS.",
   report_amended: "A report was amended in RelayPACS.",
   upload_failed: "A study could not be delivered to the PACS.",

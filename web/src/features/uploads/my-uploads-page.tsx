@@ -7,7 +7,8 @@ import type { Schemas, UploadSummary } from "../../lib/api/client";
 type ReportSummary = Schemas["ReportSummary"];
 import { describeError } from "../../lib/api/errors";
 import { useLiveConnected } from "../../lib/live-status";
-import { downloadReportPdf, myReportsQuery, myUploadsQuery, reportQuery, uploadFilesQuery, uploadStatusQuery, uploadTimelineQuery } from "./api";
+import { downloadReportPdf } from "../../lib/report-pdf";
+import { myReportsQuery, myUploadsQuery, reportQuery, uploadFilesQuery, uploadStatusQuery, uploadTimelineQuery } from "./api";
 
 const STATUS: Record<string, string> = {
   pending: "Uploading",
