@@ -188,11 +188,32 @@ class TestRadiologistReportsFromTheBrowser:
             assert_accessible(rad, "report editor")
             # Offline, the radiologist goes on writing: the draft waits, and goes when the
             # network is back.
+            # The service worker holds the app shell before the network goes.
+            rad.evaluate("navigator.serviceWorker.ready.then(() => true)")
             rad_context.set_offline(True)
             rad.get_by_label("Findings").fill("Small nodule in the right upper lobe, 4 mm.")
             expect(rad.get_by_test_id("draft-state")).to_have_attribute("data-state", "offline")
+            # A reload while still offline (the service worker serves the app): the draft kept
+            # on this device is in the editor again, still waiting for the network.
+            rad.reload()
+            expect(rad.get_by_label("Findings")).to_have_value(
+                "Small nodule in the right upper lobe, 4 mm."
+            )
+            expect(rad.get_by_label("Impression")).to_have_value("Follow-up CT in 3 months.")
+            expect(rad.get_by_test_id("draft-state")).to_have_attribute("data-state", "offline")
             rad_context.set_offline(False)
             expect(rad.get_by_test_id("draft-state")).to_have_attribute("data-state", "saved")
+            # Acknowledged by the gateway: nothing of it is left on the device.
+            rad.wait_for_function(
+                """() => new Promise((resolve) => {
+                    const open = indexedDB.open("relaypacs");
+                    open.onsuccess = () => {
+                        const db = open.result;
+                        const count = db.transaction("drafts").objectStore("drafts").count();
+                        count.onsuccess = () => { db.close(); resolve(count.result === 0); };
+                    };
+                })"""
+            )
             # The draft is the gateway's: a reload shows it again.
             rad.reload()
             expect(rad.get_by_label("Findings")).to_have_value(

@@ -68,11 +68,12 @@ function RequireSession({ children }: { children: ReactNode }) {
 /** The page, when the role may open it; "not allowed" otherwise, before any call of the page
  * reaches the API. While the role is not known yet: the upload page (it asks the API nothing
  * when it opens, and is there at once after signing in), and offline the uploader's pages (the
- * queue on this device); anything else waits for the role. */
+ * queue on this device) and a report's editor (the draft kept on this device, if any);
+ * anything else waits for the role. */
 function RolePage({ role, offline, children }: { role: Role | null; offline: boolean; children: ReactNode }) {
   const { pathname } = useLocation();
   if (role === null) {
-    const now = pathname === "/" || (offline && mayOpen("clinician", pathname));
+    const now = pathname === "/" || (offline && (mayOpen("clinician", pathname) || pathname.startsWith("/worklist/")));
     return now ? <>{children}</> : <p role="status">Loading…</p>;
   }
   if (pathname === "/" && !mayOpen(role, "/")) return <Navigate to={homeOf(role)} replace />;

@@ -1,5 +1,6 @@
 // The upload queue in IndexedDB (Dexie): every version of the schema, in this one file.
-// It holds patient data (the files and their details): cleared at sign-out.
+// It holds patient data (the files and their details, the report drafts not yet at the
+// gateway): cleared at sign-out.
 import Dexie, { type EntityTable } from "dexie";
 
 export type StudyState =
@@ -45,9 +46,21 @@ export interface QueuedFile {
   blob: Blob | null; // dropped once the study is sent
 }
 
+/** A report's draft typed on this device and not yet acknowledged by the gateway. */
+export interface LocalDraft {
+  reportId: string;
+  findings: string;
+  impression: string;
+  /** The gateway's draft it was written over: still the gateway's at reopening = this is newer. */
+  baseFindings: string;
+  baseImpression: string;
+  savedAt: number;
+}
+
 export class QueueDatabase extends Dexie {
   studies!: EntityTable<QueuedStudy, "id">;
   files!: EntityTable<QueuedFile, "id">;
+  drafts!: EntityTable<LocalDraft, "reportId">;
 
   constructor(name = "relaypacs") {
     super(name);
@@ -55,6 +68,8 @@ export class QueueDatabase extends Dexie {
       studies: "id, state, createdAt",
       files: "++id, studyId, [studyId+index]",
     });
+    // Version 2: the report editor's unsent drafts (a reload while offline keeps them).
+    this.version(2).stores({ drafts: "reportId" });
   }
 }
 

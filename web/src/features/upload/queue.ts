@@ -109,10 +109,12 @@ export async function forgetStudy(db: QueueDatabase, id: string): Promise<void> 
   });
 }
 
-/** Forget everything (sign-out): the queue holds patient data. */
+/** Forget everything (sign-out): the queue, and the report drafts not yet sent, hold patient
+ * data. */
 export async function clearQueue(db: QueueDatabase): Promise<void> {
-  await db.transaction("rw", db.studies, db.files, async () => {
+  await db.transaction("rw", db.studies, db.files, db.drafts, async () => {
     await db.studies.clear();
     await db.files.clear();
+    await db.drafts.clear();
   });
 }

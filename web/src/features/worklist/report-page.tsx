@@ -1,16 +1,19 @@
 // One report for its radiologist: the study (patient, series, "PACS confirmed N/N", the
 // viewer), the editor (findings and impression, the draft saved as they type), signing, and
-// once signed the PDF, the amendments with their reasons and every version.
+// once signed the PDF, the amendments with their reasons and every version. A draft not yet at
+// the gateway is kept on this device (draft-store.ts): offline, a reload opens the editor with it.
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useEffect, useId, useRef, useState, type TextareaHTMLAttributes } from "react";
 import { Link, useParams } from "react-router";
 import { Alert, Button, Card, Field, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
+import { db } from "../../lib/db";
 import { formatDicomDate, formatPersonName } from "../../lib/format";
 import { downloadReportPdf } from "../../lib/report-pdf";
 import { amendReport, reportOptions, saveDraft, signReport, studyOptions, type ReportText } from "./api";
 import { DraftSaver, type DraftState } from "./draft-saver";
+import { draftAcknowledged, draftToOpen, forgetDraft, keepDraft, keptDraft, type DraftText } from "./draft-store";
 import { isSigned, REPORT_STATUS } from "./format";
 
 type Report = Schemas["ReportRead"];
@@ -19,6 +22,26 @@ const DRAFT_DELAY_MS = 800;
 export function ReportPage() {
   const { reportId = "" } = useParams();
   const report = useQuery(reportOptions(reportId));
+  // This device's unsent draft, if any (read once when the page opens).
+  const kept = useQuery({
+    queryKey: ["kept-draft", reportId],
+    queryFn: async () => (await keptDraft(db, reportId)) ?? null,
+    networkMode: "always",
+    staleTime: Infinity,
+    gcTime: 0,
+  });
+  const signed = report.data !== undefined && isSigned(report.data.status);
+  const server: DraftText | null = report.data
+    ? { findings: report.data.draft?.findings ?? "", impression: report.data.draft?.impression ?? "" }
+    : null;
+  // Offline (no answer from the gateway), the editor opens with the draft kept here, if any.
+  const opening = kept.isSuccess && !signed && (report.data || kept.data) ? draftToOpen(kept.data ?? undefined, server) : null;
+  // The kept draft read at opening, when the gateway has it already, or a newer one, or the
+  // report is signed: gone (not a draft typed since).
+  const outdated = kept.data && report.data !== undefined && (signed || opening?.unsent === false) ? kept.data.savedAt : null;
+  useEffect(() => {
+    if (outdated !== null) void forgetDraft(db, reportId, outdated);
+  }, [outdated, reportId]);
   return (
     <div className="flex flex-col gap-4">
       <p>
@@ -29,7 +52,11 @@ export function ReportPage() {
       <h1 className="text-2xl font-semibold">Report</h1>
       {report.error && <Alert>{describeError(report.error)}</Alert>}
       <Study id={reportId} />
-      {report.data && (isSigned(report.data.status) ? <Signed report={report.data} /> : <Editor key={report.data.id} report={report.data} />)}
+      {report.data && signed ? (
+        <Signed report={report.data} />
+      ) : (
+        opening && <Editor key={reportId} reportId={reportId} opening={opening} />
+      )}
     </div>
   );
 }
@@ -100,20 +127,25 @@ const DRAFT_STATE: Record<DraftState, string> = {
   failed: "The draft was not saved",
 };
 
-function Editor({ report }: { report: Report }) {
+function Editor({ reportId, opening }: { reportId: string; opening: { text: DraftText; base: DraftText; unsent: boolean } }) {
   const queryClient = useQueryClient();
-  const [text, setText] = useState<ReportText>({
-    findings: report.draft?.findings ?? "",
-    impression: report.draft?.impression ?? "",
-  });
-  const [draftState, setDraftState] = useState<DraftState>("saved");
+  const [text, setText] = useState<ReportText>(opening.text);
+  const [draftState, setDraftState] = useState<DraftState>(opening.unsent ? "waiting" : "saved");
   const [error, setError] = useState<string | null>(null);
   const [signing, setSigning] = useState(false);
   const saver = useRef<DraftSaver<ReportText> | null>(null);
+  // The gateway's draft as this page last knew it; and whether the last change is kept here.
+  const base = useRef<DraftText>(opening.base);
+  const kept = useRef(opening.unsent);
+  const unsent = useRef(opening.unsent ? opening.text : null);
 
   useEffect(() => {
     const current = new DraftSaver<ReportText>({
-      save: (value) => saveDraft(report.id, value),
+      save: async (value) => {
+        await saveDraft(reportId, value);
+        base.current = value;
+        await draftAcknowledged(db, reportId, value);
+      },
       delayMs: DRAFT_DELAY_MS,
       onState: (state, cause) => {
         setDraftState(state);
@@ -121,10 +153,14 @@ function Editor({ report }: { report: Report }) {
       },
     });
     saver.current = current;
+    // The draft kept here at the last visit goes to the gateway (later, when offline).
+    if (unsent.current) current.change(unsent.current);
+    unsent.current = null;
     const online = () => current.retry();
-    // Closing the tab with a draft not yet at the gateway (offline): the browser asks first.
+    // Closing the tab with a draft neither at the gateway nor kept on this device: the browser
+    // asks first.
     const leaving = (event: BeforeUnloadEvent) => {
-      if (current.dirty) event.preventDefault();
+      if (current.dirty && !kept.current) event.preventDefault();
     };
     window.addEventListener("online", online);
     window.addEventListener("beforeunload", leaving);
@@ -133,10 +169,16 @@ function Editor({ report }: { report: Report }) {
       window.removeEventListener("beforeunload", leaving);
       void current.flush().finally(() => current.stop());
     };
-  }, [report.id]);
+  }, [reportId]);
 
-  function change(next: ReportText) {
+  function change(next: DraftText) {
     setText(next);
+    kept.current = false;
+    // On this device first (a reload while offline keeps it), then to the gateway.
+    void keepDraft(db, reportId, next, base.current).then(
+      () => (kept.current = true),
+      () => (kept.current = false),
+    );
     saver.current?.change(next);
   }
 
@@ -145,8 +187,9 @@ function Editor({ report }: { report: Report }) {
     setError(null);
     try {
       saver.current?.stop(); // the signature carries the text: no draft after it
-      await signReport(report.id, text);
-      await queryClient.invalidateQueries({ queryKey: ["report", report.id] });
+      await signReport(reportId, text);
+      await forgetDraft(db, reportId);
+      await queryClient.invalidateQueries({ queryKey: ["report", reportId] });
       await queryClient.invalidateQueries({ queryKey: ["reports"] });
     } catch (e) {
       setError(describeError(e));
