@@ -54,6 +54,13 @@ if [ ! -x /usr/bin/chromium ]; then
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 
+# kubectl (its `kustomize`): tests/ops/test_deploy.py renders the Kubernetes overlays with it.
+# This machine image ships it; Debian 12's archive has only kubernetes-client 1.20, too old
+# for the overlays (kustomize v5 syntax), so it is not installed from there.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "relaypacs: tests/ops/test_deploy.py needs kubectl >= 1.27 on the PATH (not in Debian 12)" >&2
+fi
+
 # Orthanc with its DICOMweb plugin: the real PACS of the forwarding tests.
 scripts/orthanc.sh install >/dev/null
 

@@ -1,7 +1,10 @@
 """The report lifecycle's use cases: a delivered study's report opens (pending), is assigned to a
 radiologist by an administrator or by the rule (assigned), drafted, signed (ready) and amended
 (amended; every signed version is kept). Who may see a report: its uploader, the radiologist it
-is assigned to, administrators (audited); anyone else gets the same 404 as a missing one."""
+is assigned to, administrators (audited); anyone else gets the same 404 as a missing one.
+
+Over 600 lines: the assignment rule (round robin by modality, radiologists' modalities) is the
+part to move into `reports/assignment.py` next; the lifecycle itself reads best in one place."""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """The use cases of study uploads: start or resume, read and list, store a chunk, complete
 (verify and accept or reject), cancel; and, for administrators, retry or cancel forwarding and
-list the uploads that need attention."""
+list the uploads that need attention.
+
+Over 600 lines: completion (`complete_upload` with its verdicts against the target's registry
+and the rejection it raises) is the next to move into a module of its own, `uploads/completion.py`,
+as the chunk path moved to `chunks.py`; until then it stays here, beside the views it returns."""
 
 from __future__ import annotations
 

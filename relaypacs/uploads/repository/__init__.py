@@ -3,7 +3,11 @@ the chunks they record.
 
 The reads of an upload's view are synchronous (`Session`): a view is read in one call, through
 `read_in_one_call` or `AsyncSession.run_sync`. The group commit of chunk rows, the chunk PUT's
-one write, is in `chunk_rows` (this package's other module)."""
+one write, is in `chunk_rows` (this package's other module).
+
+Over 600 lines: every query of three tables. The queries other domains use (the study as reports
+and operations see it, owners, counts by status) are the part to move to a module of this
+package next."""
 
 from __future__ import annotations
 
