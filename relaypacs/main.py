@@ -67,12 +67,13 @@ from relaypacs.storage import (
 from relaypacs.telemetry import close_sentry, init_sentry, process_stopped
 from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
+from relaypacs.uploads.completion import CompleteContext, check_stored_chunks_every
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
 from relaypacs.uploads.router import router as uploads_router
-from relaypacs.uploads.service import CompleteContext, UploadLimits, check_stored_chunks_every
+from relaypacs.uploads.service import UploadLimits
 from relaypacs.uploads.verify import StudyVerifier
 from relaypacs.users.router import router as users_router
 from relaypacs.webapp import WebApp

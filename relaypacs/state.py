@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from relaypacs.ops.service import HealthChecks
     from relaypacs.ratelimit import RateLimits
     from relaypacs.uploads.chunks import ChunkIntake
+    from relaypacs.uploads.completion import CompleteContext
     from relaypacs.uploads.early import EarlyVerifier
-    from relaypacs.uploads.service import CompleteContext, UploadLimits
+    from relaypacs.uploads.service import UploadLimits
 
 
 @dataclass(eq=False, kw_only=True)

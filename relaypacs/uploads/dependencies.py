@@ -9,8 +9,9 @@ from typing import Annotated
 from fastapi import Depends
 
 from relaypacs.state import AppStateDep
+from relaypacs.uploads.completion import CompleteContext
 from relaypacs.uploads.early import EarlyVerifier
-from relaypacs.uploads.service import CompleteContext, UploadLimits
+from relaypacs.uploads.service import UploadLimits
 
 
 async def get_upload_limits(state: AppStateDep) -> UploadLimits:

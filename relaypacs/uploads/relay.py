@@ -28,6 +28,7 @@ from relaypacs.notifications.service import notify
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, InstanceResult
 from relaypacs.uploads import repository
 from relaypacs.uploads.models import ForwardStatus, Upload, UploadStatus
+from relaypacs.uploads.repository import relay_rows
 
 _STATUS_OF = {
     Disposition.STORED: ForwardStatus.SENT,
@@ -46,7 +47,7 @@ class UploadRelay(InstanceSource):
             return None
         if upload.status == UploadStatus.QUEUED:
             upload.status = UploadStatus.FORWARDING
-        files = await repository.files_to_forward(session, upload_id)
+        files = await relay_rows.files_to_forward(session, upload_id)
         keys = await repository.recorded_chunk_keys(session, upload_id)
         return StudyToForward(
             study_instance_uid=upload.study_instance_uid,
@@ -61,7 +62,7 @@ class UploadRelay(InstanceSource):
     async def sent_instances(
         self, session: AsyncSession, upload_id: uuid.UUID
     ) -> list[SentInstance]:
-        files = await repository.files_to_forward(
+        files = await relay_rows.files_to_forward(
             session, upload_id, statuses=(ForwardStatus.SENT, ForwardStatus.CONFIRMED)
         )
         keys = await repository.recorded_chunk_keys(session, upload_id)
@@ -78,12 +79,12 @@ class UploadRelay(InstanceSource):
     async def refuse(
         self, session: AsyncSession, upload_id: uuid.UUID, reasons: Mapping[int, str]
     ) -> None:
-        await repository.fail_forwards(session, upload_id, reasons)
+        await relay_rows.fail_forwards(session, upload_id, reasons)
 
     def record_answers(
         self, connection: Connection, upload_id: uuid.UUID, results: Sequence[InstanceResult]
     ) -> None:
-        repository.record_forward_answers(
+        relay_rows.record_forward_answers(
             connection,
             upload_id,
             [
@@ -114,11 +115,11 @@ class UploadRelay(InstanceSource):
         sop_uids: Mapping[int, str | None],
         listed: set[str],
     ) -> int:
-        answered = await repository.answered_file_indexes(session, upload_id)
+        answered = await relay_rows.answered_file_indexes(session, upload_id)
         # The PACS said stored but does not list it: send it again.
         unlisted = [index for index in answered if sop_uids.get(index) not in listed]
-        await repository.send_again(session, upload_id, unlisted, "not_listed_by_qido")
-        await repository.confirm_sent(session, upload_id)
+        await relay_rows.send_again(session, upload_id, unlisted, "not_listed_by_qido")
+        await relay_rows.confirm_sent(session, upload_id)
         return len(unlisted)
 
     async def finish(
@@ -134,7 +135,7 @@ class UploadRelay(InstanceSource):
         return SettledUpload(user_id=upload.user_id, study_instance_uid=upload.study_instance_uid)
 
 
-def _part(file: repository.FileToForward, keys: Mapping[int, str]) -> InstancePart:
+def _part(file: relay_rows.FileToForward, keys: Mapping[int, str]) -> InstancePart:
     return InstancePart(
         file_index=file.file_index,
         sop_instance_uid=file.sop_instance_uid or "",

@@ -23,7 +23,7 @@ from relaypacs.auth.dependencies import (
 from relaypacs.auth.policy import authorize
 from relaypacs.fields import Offset
 from relaypacs.state import DatabaseDep, SessionDep, StorageDep, get_app_state
-from relaypacs.uploads import service
+from relaypacs.uploads import completion, service
 from relaypacs.uploads.dependencies import CompleteContextDep, EarlyVerifierDep, UploadLimitsDep
 from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
@@ -176,7 +176,7 @@ async def put_chunk(
 async def complete_upload(
     upload_id: uuid.UUID, request: Request, user: CurrentUser, context: CompleteContextDep
 ) -> UploadRead:
-    return await service.complete_upload(
+    return await completion.complete_upload(
         context, user=user, upload_id=upload_id, client_ip=client_ip(request)
     )
 

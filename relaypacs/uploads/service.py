@@ -1,22 +1,16 @@
-"""The use cases of study uploads: start or resume, read and list, store a chunk, complete
-(verify and accept or reject), cancel; and, for administrators, retry or cancel forwarding and
-list the uploads that need attention.
-
-Over 600 lines: completion (`complete_upload` with its verdicts against the target's registry
-and the rejection it raises) is the next to move into a module of its own, `uploads/completion.py`,
-as the chunk path moved to `chunks.py`; until then it stays here, beside the views it returns."""
+"""The use cases of study uploads: start or resume, read and list, store a chunk, cancel; and,
+for administrators, retry or cancel forwarding and list the uploads that need attention.
+Completing (verify, judge and accept or reject) is in `completion.py`, the chunk path in
+`chunks.py`."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import functools
 import hashlib
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,26 +22,15 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
-from relaypacs.telemetry.metrics import (
-    CHUNKS_LOST,
-    FILES_ACCEPTED,
-    FILES_REFUSED,
-    SCHEDULED_RUNS,
-    VALIDATION_DURATION,
-    VALIDATION_REFUSALS,
-)
 from relaypacs.uploads import chunks, repository
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
     InvalidManifest,
     StudyAlreadyDelivered,
-    UploadIncomplete,
     UploadNotCancellable,
     UploadNotFound,
     UploadNotRetryable,
-    UploadNotWritable,
-    UploadRejected,
 )
 from relaypacs.uploads.models import (
     ACCEPTED_STATUSES,
@@ -66,7 +49,6 @@ from relaypacs.uploads.schemas import (
     UploadRead,
     UploadSummary,
 )
-from relaypacs.uploads.verify import FileVerdict, StudyVerifier
 
 logger = logging.getLogger("relaypacs.uploads")
 
@@ -455,249 +437,6 @@ async def put_chunk(
         )
 
 
-# --- completing -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class CompleteContext:
-    db: Database
-    storage: ObjectStorage  # where the chunks are: each is checked to be there before verifying
-    verifier: StudyVerifier
-    default_target: str | None = None  # the PACS that accepted studies are queued for
-    # Targets that take a study whole or not at all (one refused file refuses it).
-    strict_targets: frozenset[str] = frozenset()
-    on_queued: Callable[[], None] | None = None  # a study was queued: wake the forwarder
-
-
-async def lost_chunks(
-    storage: ObjectStorage, upload_id: uuid.UUID, recorded: Mapping[int, Mapping[int, str]]
-) -> dict[int, list[int]]:
-    """The recorded chunks whose objects the storage does not hold (by file index), from one
-    listing of the upload's objects."""
-    present = {key async for key in storage.list(repository.upload_prefix(upload_id))}
-    lost = {
-        file_index: sorted(c for c, key in by_chunk.items() if key not in present)
-        for file_index, by_chunk in recorded.items()
-    }
-    return {file_index: chunks for file_index, chunks in lost.items() if chunks}
-
-
-def _chunks_lost(upload_id: uuid.UUID, lost: Mapping[int, list[int]]) -> UploadIncomplete:
-    count = sum(len(chunks) for chunks in lost.values())
-    CHUNKS_LOST.inc(count)
-    # The upload's id only: which study it is stays in the database.
-    logger.error(
-        "storage lost %d acknowledged chunks of upload %s (restored or emptied?): "
-        "forgotten, the client is asked for them again",
-        count,
-        upload_id,
-    )
-    return UploadIncomplete(
-        f"The gateway's storage lost {count} chunks it had acknowledged; send them again.",
-        details={
-            "missing": [
-                {"file_index": index, "missing_chunks": chunks} for index, chunks in lost.items()
-            ],
-            "lost": True,
-        },
-    )
-
-
-async def complete_upload(
-    ctx: CompleteContext, *, user: User, upload_id: uuid.UUID, client_ip: str | None
-) -> UploadRead:
-    """Check that all chunks are there, verify every file, and accept or reject the study.
-
-    No transaction is held while the files are verified. A crash during verification leaves the
-    upload `received`; completing it again verifies it again.
-    """
-    async with ctx.db.sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
-        if upload.status in ACCEPTED_STATUSES:
-            return await read_upload(session, upload)
-        if upload.status == UploadStatus.REJECTED:
-            raise _rejection(await read_upload(session, upload))
-        if upload.status == UploadStatus.CANCELLED:
-            raise UploadNotWritable("This upload was cancelled.")
-        files = await repository.files_to_verify(session, upload_id)
-        recorded = await repository.recorded_chunk_keys(session, upload_id)
-        missing = {
-            f.index: [i for i in range(f.chunk_count) if i not in recorded[f.index]]
-            for f in files
-            if len(recorded[f.index]) < f.chunk_count
-        }
-        if missing:
-            raise UploadIncomplete(
-                f"{sum(len(m) for m in missing.values())} chunks are missing.",
-                details={
-                    "missing": [
-                        {"file_index": index, "missing_chunks": absent}
-                        for index, absent in missing.items()
-                    ]
-                },
-            )
-        # Every recorded chunk must still be in storage: an object store restored from an
-        # older copy, or emptied, loses chunks it had acknowledged. Those are forgotten (the
-        # status asks the client for them again) and the upload stays pending.
-        lost = await lost_chunks(ctx.storage, upload_id, recorded)
-        if lost:
-            await repository.forget_chunks(session, upload_id, lost)
-        else:
-            upload.status = UploadStatus.RECEIVED
-        keys = {index: list(by_chunk.values()) for index, by_chunk in recorded.items()}
-        del recorded
-        declared_uid = upload.study_instance_uid
-        all_or_nothing = upload.all_or_nothing
-    if lost:  # committed: the lost chunks are missing now
-        raise _chunks_lost(upload_id, lost)
-
-    began = time.perf_counter()
-    verdicts = await ctx.verifier.verify(
-        upload_id, declared_uid=declared_uid, files=files, keys=keys
-    )
-    VALIDATION_DURATION.observe(time.perf_counter() - began)
-    target = ctx.default_target
-
-    async with ctx.db.sessionmaker() as session, session.begin():
-        delivered: dict[int, forwarding.DeliveredContent] = {}
-        if target is not None:
-            sha256 = {f.index: f.sha256 for f in files}
-            verdicts, delivered = await _against_target(session, user, target, verdicts, sha256)
-        rejected = [v for v in verdicts if v.error is not None]
-        forwarded = sum(1 for v in verdicts if v.to_forward)
-        strict = all_or_nothing or target in ctx.strict_targets
-        refused_all = bool(rejected) and (strict or forwarded == 0)
-        final = UploadStatus.REJECTED if refused_all else UploadStatus.VALIDATED
-        queue = final == UploadStatus.VALIDATED and target is not None
-        instances = forwarded  # distinct valid instances: those the PACS is to hold
-        # Compare-and-set first: only the `complete` that moves the upload out of `received`
-        # writes the verdicts. A concurrent one (two clients, a resend after a timeout) that
-        # verified the same files writes nothing: it would set every file's forwarding state
-        # back to pending under a relay already under way.
-        moved = await repository.finish_verification(
-            session,
-            upload_id,
-            status=UploadStatus.QUEUED if queue else final,
-            instance_count=instances,
-            refused_count=len(rejected),
-            all_or_nothing=strict,
-        )
-        if moved:
-            await repository.record_verdicts(
-                session, upload_id, verdicts, forward=not refused_all, delivered=delivered
-            )
-        audit = functools.partial(
-            record_event,
-            session,
-            actor=user.actor(client_ip),
-            object_type="upload",
-            object_id=upload_id,
-            study_instance_uid=declared_uid,
-        )
-        if moved and queue:
-            # The outbox: the job exists if and only if this transaction commits.
-            assert target is not None
-            forwarding.enqueue(session, upload_id=upload_id, target=target)
-        if moved:
-            for v in verdicts:
-                if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:
-                    await audit(
-                        action="dicom.preamble_nonzero",
-                        details={"file_index": v.index, "handling": "zeroed_on_forward"},
-                    )
-            outcome = "rejected" if refused_all else "partial" if rejected else "success"
-            await audit(
-                action="upload.complete",
-                outcome=outcome,
-                details={
-                    "instances": instances,
-                    "accepted_files": 0 if refused_all else len(verdicts) - len(rejected),
-                    "rejected_files": len(rejected),
-                    "already_delivered": len(delivered),
-                    "all_or_nothing": strict,
-                    "codes": sorted({v.error.code for v in rejected if v.error}),
-                },
-            )
-        queued = moved and queue
-        judged = (0 if refused_all else len(verdicts) - len(rejected), len(rejected), moved)
-    if judged[2]:  # committed: the files' verdicts count once, by the complete that wrote them
-        FILES_ACCEPTED.inc(judged[0])
-        FILES_REFUSED.inc(judged[1])
-        for verdict in verdicts:
-            if verdict.error is not None:
-                VALIDATION_REFUSALS.labels(verdict.error.code).inc()
-    # Committed: the forwarder starts now, while the answer (every file) is being built.
-    if queued and ctx.on_queued is not None:
-        ctx.on_queued()
-    async with ctx.db.read_sessionmaker() as session, session.begin():
-        finished = await session.run_sync(repository.find_upload, upload_id)
-        assert finished is not None
-        view = await read_upload(session, finished)
-    if view.status == UploadStatus.REJECTED:
-        raise _rejection(view)
-    if view.status not in ACCEPTED_STATUSES:
-        raise UploadNotWritable(f"This upload is {view.status.value}.")
-    return view
-
-
-async def _against_target(
-    session: AsyncSession,
-    user: User,
-    target: str,
-    verdicts: list[FileVerdict],
-    sha256: dict[int, str],
-) -> tuple[list[FileVerdict], dict[int, forwarding.DeliveredContent]]:
-    """The verdicts against what the target holds as delivered by the gateway: an instance
-    whose SOP Instance UID it holds with other bytes is refused (`sop_instance_conflict`); one
-    it holds with the same bytes is not sent again (returned by file index: the forwarding
-    only verifies that the PACS still lists it)."""
-    sops = {v.index: v.summary.sop_instance_uid for v in verdicts if v.to_forward and v.summary}
-    known = await forwarding.delivered_contents(
-        session, target=target, sop_instance_uids=[uid for uid in sops.values() if uid]
-    )
-    if not known:
-        return verdicts, {}
-    owners = await repository.upload_owners(session, [k.upload_id for k in known.values()])
-    judged: list[FileVerdict] = []
-    delivered: dict[int, forwarding.DeliveredContent] = {}
-    for verdict in verdicts:
-        content = known.get(sops.get(verdict.index) or "")
-        if content is None:
-            judged.append(verdict)
-        elif content.sha256 == sha256[verdict.index]:
-            delivered[verdict.index] = content
-            judged.append(verdict)
-        else:
-            yours = owners.get(content.upload_id) == user.id
-            where = f" by your upload {content.upload_id}" if yours else ""
-            conflict = FileError(
-                code="sop_instance_conflict",
-                message=f"The PACS ({target}) already holds an instance with this SOP Instance "
-                f"UID and other content, delivered through the gateway on "
-                f"{content.delivered_at:%Y-%m-%d}{where}. It is not sent: a PACS keeps the "
-                "first copy of an instance, so this one would never be what it holds.",
-            )
-            judged.append(replace(verdict, error=conflict))
-    return judged, delivered
-
-
-def _rejection(view: UploadRead) -> UploadRejected:
-    files = [
-        {"index": f.index, "name": f.name, "code": f.error.code, "message": f.error.message}
-        for f in view.files or ()
-        if f.error is not None
-    ]
-    why = (
-        "; the study is taken all or nothing"
-        if view.all_or_nothing and len(files) < view.file_count
-        else ""
-    )
-    return UploadRejected(
-        f"{len(files)} of {view.file_count} files failed verification{why}.",
-        details={"files": files, "upload": view.model_dump(mode="json", exclude={"files"})},
-    )
-
-
 # --- cancelling -----------------------------------------------------------------------------
 
 
@@ -798,50 +537,3 @@ async def count_uploads_by_status(session: AsyncSession) -> dict[UploadStatus, i
     """Every status with its number of uploads (zero included)."""
     counts = await repository.count_by_status(session)
     return {status: counts.get(status, 0) for status in UploadStatus}
-
-
-# --- the scheduled check of stored chunks -----------------------------------------------------
-
-
-async def check_stored_chunks(db: Database, storage: ObjectStorage, *, limit: int = 500) -> int:
-    """Find chunks of unfinished uploads that the storage lost (it was restored from an older
-    copy, or emptied) and forget them, so that the status asks the clients for them again
-    before they complete. Returns how many were forgotten.
-
-    The rows are read before the objects are listed: a chunk's object is stored before its row
-    is written, so a recorded chunk absent from the listing is lost, not on its way."""
-    async with db.read_sessionmaker() as session, session.begin():
-        pending = await repository.pending_upload_ids(session, limit=limit)
-    forgotten = 0
-    for upload_id in pending:
-        async with db.read_sessionmaker() as session, session.begin():
-            recorded = await repository.recorded_chunk_keys(session, upload_id)
-        if not recorded:
-            continue
-        lost = await lost_chunks(storage, upload_id, recorded)
-        if not lost:
-            continue
-        async with db.sessionmaker() as session, session.begin():
-            upload = await session.run_sync(repository.find_upload, upload_id, lock=True)
-            if upload is None or upload.status != UploadStatus.PENDING:
-                continue
-            await repository.forget_chunks(session, upload_id, lost)
-        _chunks_lost(upload_id, lost)  # counted and logged
-        forgotten += sum(len(chunks) for chunks in lost.values())
-    return forgotten
-
-
-async def check_stored_chunks_every(
-    db: Database, storage: ObjectStorage, interval_seconds: float
-) -> None:
-    """check_stored_chunks every `interval_seconds` (the first after one interval: a start is
-    busy enough, and `complete` checks its own upload anyway), until cancelled."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            await check_stored_chunks(db, storage)
-        except Exception as error:  # storage or database unavailable: the next run will do
-            SCHEDULED_RUNS.labels("stored_chunks_check", "failed").inc()
-            logger.warning("the check of stored chunks failed: %s", type(error).__name__)
-        else:
-            SCHEDULED_RUNS.labels("stored_chunks_check", "ok").inc()

@@ -411,7 +411,7 @@ class TestPacsDown:
 class TestScheduledCheckOfStoredChunks:
     async def test_chunks_lost_before_complete_are_asked_for_again(self, tmp_path: Path) -> None:
         from relaypacs.state import app_state
-        from relaypacs.uploads.service import check_stored_chunks
+        from relaypacs.uploads.completion import check_stored_chunks
 
         settings = ops_settings(tmp_path)
         async with started(settings) as app, client_of(app) as client:
