@@ -1,0 +1,55 @@
+"""`python -m bench.document` runs each command and keeps its output, its exit status and, when
+it failed, the end of its standard error, in one Markdown document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import document
+from bench.document import Entry
+
+
+@pytest.fixture
+def entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        document,
+        "ENTRIES",
+        (
+            Entry("fine", "A command that prints a table", ("calendar", "2026", "12")),
+            Entry(
+                "broken",
+                "A command that fails",
+                ("bench.no_such_module",),
+                about="It does not exist.",
+            ),
+        ),
+    )
+
+
+@pytest.mark.usefixtures("entries")
+def test_the_document_holds_each_output_and_each_failure(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    assert document.main(["--out", str(out)]) == 1  # one command failed
+    text = out.read_text()
+    assert "## Machine" in text
+    assert "cores:" in text
+    assert "| `python -m calendar 2026 12` | 0 |" in text
+    assert "December 2026" in text
+    assert "Mo Tu We Th Fr Sa Su" in text
+    assert "## A command that fails" in text
+    assert "It does not exist." in text
+    assert "exit status 1" in text
+    assert "No module named bench.no_such_module" in text
+
+
+@pytest.mark.usefixtures("entries")
+def test_only_runs_the_sections_named(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    assert document.main(["--only", "broken", "--out", str(out)]) == 1
+    text = out.read_text()
+    assert "A command that fails" in text
+    assert "A command that prints a table" not in text
+    with pytest.raises(SystemExit):
+        document.main(["--only", "nothing", "--out", str(out)])
