@@ -34,6 +34,7 @@ from relaypacs.auth.revocation import (
     Revocations,
 )
 from relaypacs.auth.router import router as auth_router
+from relaypacs.auth.security import KeyRing
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.auth.sessions import TokenContext
 from relaypacs.auth.totp import TotpCipher
@@ -207,7 +208,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notice_hub.on_committed.append(mailer.committed)
         await mailer.start()
     await notice_hub.start()
-    signing_key = settings.signing_key()
+    signing_keys = KeyRing(settings.signing_key(), settings.previous_signing_keys())
     revocations = await open_revocations(settings, db)
     rate_limits = RateLimits(settings)
     storage = await open_storage(settings)
@@ -236,11 +237,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db=db,
         storage=storage,
         validator=validator,
-        signing_key=signing_key,
-        totp_cipher=TotpCipher(settings.totp_key()),
+        signing_keys=signing_keys,
+        totp_cipher=TotpCipher(settings.totp_key(), settings.previous_totp_keys()),
         revocations=revocations,
         token_context=TokenContext(
-            settings=settings, signing_key=signing_key, revocations=revocations
+            settings=settings, signing_keys=signing_keys, revocations=revocations
         ),
         user_loader=user_loader(db),
         rate_limits=rate_limits,
