@@ -65,7 +65,7 @@ from relaypacs.storage import (
     StorageFull,
     StorageMissing,
 )
-from relaypacs.telemetry import close_sentry, init_sentry, process_stopped
+from relaypacs.telemetry import close_sentry, init_sentry, process_started, process_stopped
 from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.early import EarlyVerifier
@@ -197,6 +197,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     check_policy(app)  # again: a route added after create_app must have its entry too
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     init_sentry(settings)
+    process_started()
     if settings.auto_migrate:
         await upgrade_in_subprocess(settings.resolved_database_url)
     db = Database.open(settings.resolved_database_url)

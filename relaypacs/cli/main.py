@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import getpass
 import os
 import secrets
@@ -135,6 +136,11 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     if workers > 1:
         # Before prometheus_client is imported anywhere: it picks its storage then.
         _prepare_workers(settings)
+        from relaypacs.telemetry import process_started, process_stopped
+
+        # The supervisor's own CPU and memory count in the gateway's process metrics too.
+        process_started()
+        atexit.register(process_stopped)
 
     import uvicorn
 
