@@ -44,6 +44,17 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def _check_fernet_key(value: SecretStr) -> None:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(value.get_secret_value())
+    except ValueError:
+        raise ValueError(
+            "must be a Fernet key: urlsafe base64 of 32 bytes (44 characters)"
+        ) from None
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message lists every bad value, one per line."""
 
@@ -156,6 +167,12 @@ class Settings(BaseSettings):
         description="Key that signs access tokens (at least 32 characters). Default: generated "
         "once and kept in data_dir/secret_key. Set it explicitly when running several replicas.",
     )
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default=[],
+        description="Signing keys of before a rotation (comma-separated, or a JSON list): "
+        "tokens they signed are still accepted until they expire; new ones are signed with "
+        "secret_key. Drop them once the longest token lifetime has passed (docs/operations.md).",
+    )
     access_token_minutes: float = Field(
         default=15,
         gt=0,
@@ -217,6 +234,13 @@ class Settings(BaseSettings):
         description="Fernet key (urlsafe base64 of 32 bytes) that encrypts TOTP secrets at "
         "rest. Default: generated once and kept in data_dir/totp_key. Set it explicitly when "
         "running several replicas.",
+    )
+    totp_previous_encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default=[],
+        description="TOTP encryption keys of before a rotation (comma-separated Fernet keys): "
+        "secrets they encrypted are still read, until `relaypacs users rotate-totp-key` has "
+        "encrypted every one with totp_encryption_key; recovery codes made under them keep "
+        "working while they are configured.",
     )
     totp_required_roles: list[Literal["clinician", "radiologist", "admin"]] = Field(
         default=["admin", "radiologist"],
@@ -395,7 +419,13 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "cors_origins",
+        "trusted_proxies",
+        "previous_secret_keys",
+        "totp_previous_encryption_keys",
+        mode="before",
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _split_list(value)
@@ -417,18 +447,26 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters long")
         return value
 
+    @field_validator("previous_secret_keys")
+    @classmethod
+    def _check_previous_secret_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            if len(key.get_secret_value()) < 32:
+                raise ValueError("each key must be at least 32 characters long")
+        return value
+
     @field_validator("totp_encryption_key")
     @classmethod
     def _check_totp_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from cryptography.fernet import Fernet
+            _check_fernet_key(value)
+        return value
 
-            try:
-                Fernet(value.get_secret_value())
-            except ValueError:
-                raise ValueError(
-                    "must be a Fernet key: urlsafe base64 of 32 bytes (44 characters)"
-                ) from None
+    @field_validator("totp_previous_encryption_keys")
+    @classmethod
+    def _check_previous_totp_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            _check_fernet_key(key)
         return value
 
     @field_validator("redis_url")
@@ -531,6 +569,12 @@ class Settings(BaseSettings):
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
         return self._kept_secret("secret_key", lambda: secrets.token_urlsafe(48))
+
+    def previous_signing_keys(self) -> tuple[str, ...]:
+        return tuple(key.get_secret_value() for key in self.previous_secret_keys)
+
+    def previous_totp_keys(self) -> tuple[str, ...]:
+        return tuple(key.get_secret_value() for key in self.totp_previous_encryption_keys)
 
     def totp_key(self) -> str:
         """The key that encrypts TOTP secrets: configured, or generated once and kept (0600)."""

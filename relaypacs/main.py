@@ -34,6 +34,7 @@ from relaypacs.auth.revocation import (
     Revocations,
 )
 from relaypacs.auth.router import router as auth_router
+from relaypacs.auth.security import KeyRing
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.auth.sessions import TokenContext
 from relaypacs.auth.totp import TotpCipher
@@ -64,7 +65,7 @@ from relaypacs.storage import (
     StorageFull,
     StorageMissing,
 )
-from relaypacs.telemetry import close_sentry, init_sentry, process_stopped
+from relaypacs.telemetry import close_sentry, init_sentry, process_started, process_stopped
 from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.completion import CompleteContext, check_stored_chunks_every
@@ -197,6 +198,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     check_policy(app)  # again: a route added after create_app must have its entry too
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     init_sentry(settings)
+    process_started()
     if settings.auto_migrate:
         await upgrade_in_subprocess(settings.resolved_database_url)
     db = Database.open(settings.resolved_database_url)
@@ -208,7 +210,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notice_hub.on_committed.append(mailer.committed)
         await mailer.start()
     await notice_hub.start()
-    signing_key = settings.signing_key()
+    signing_keys = KeyRing(settings.signing_key(), settings.previous_signing_keys())
     revocations = await open_revocations(settings, db)
     rate_limits = RateLimits(settings)
     storage = await open_storage(settings)
@@ -237,11 +239,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db=db,
         storage=storage,
         validator=validator,
-        signing_key=signing_key,
-        totp_cipher=TotpCipher(settings.totp_key()),
+        signing_keys=signing_keys,
+        totp_cipher=TotpCipher(settings.totp_key(), settings.previous_totp_keys()),
         revocations=revocations,
         token_context=TokenContext(
-            settings=settings, signing_key=signing_key, revocations=revocations
+            settings=settings, signing_keys=signing_keys, revocations=revocations
         ),
         user_loader=user_loader(db),
         rate_limits=rate_limits,

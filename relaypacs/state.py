@@ -23,6 +23,7 @@ from relaypacs.storage import ObjectStorage
 if TYPE_CHECKING:
     from relaypacs.auth.repository import UserLoader
     from relaypacs.auth.revocation import Revocations
+    from relaypacs.auth.security import KeyRing
     from relaypacs.auth.sessions import TokenContext
     from relaypacs.auth.totp import TotpCipher
     from relaypacs.forwarding.worker import Forwarder
@@ -44,7 +45,7 @@ class AppState:
     storage: ObjectStorage
     validator: DicomValidator
     # identity
-    signing_key: str
+    signing_keys: KeyRing  # the current key signs; it and the previous ones verify
     totp_cipher: TotpCipher
     revocations: Revocations
     token_context: TokenContext
@@ -61,6 +62,11 @@ class AppState:
     health: HealthChecks
     # notifications: pushed live to open streams (across replicas through Redis)
     notice_hub: NoticeHub
+
+    @property
+    def signing_key(self) -> str:
+        """The key new tokens are signed with."""
+        return self.signing_keys.current
 
 
 def app_state(app: FastAPI) -> AppState:

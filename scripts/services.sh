@@ -61,6 +61,21 @@ if ! command -v kubectl >/dev/null 2>&1; then
   echo "relaypacs: tests/ops/test_deploy.py needs kubectl >= 1.27 on the PATH (not in Debian 12)" >&2
 fi
 
+# promtool: tests/ops/test_deploy.py checks the alert rules and Prometheus's configuration with
+# it. Debian 12's `prometheus` package ships it; only that binary is taken out of the package
+# (into .tools/bin), so that no Prometheus server is installed, let alone started.
+if [ ! -x .tools/bin/promtool ] && ! command -v promtool >/dev/null 2>&1; then
+  echo "relaypacs: installing promtool (from Debian's prometheus package) into .tools/bin" >&2
+  promdir=$(mktemp -d)
+  chmod 0755 "$promdir"  # apt downloads as the _apt user
+  (cd "$promdir" && { apt-get download -qq prometheus 2>/dev/null \
+    || { apt-get update -qq && apt-get download -qq prometheus; }; })
+  mkdir -p .tools/bin
+  dpkg-deb --fsys-tarfile "$promdir"/prometheus_*.deb | tar -xO ./usr/bin/promtool > .tools/bin/promtool
+  chmod 0755 .tools/bin/promtool
+  rm -rf "$promdir"
+fi
+
 # Orthanc with its DICOMweb plugin: the real PACS of the forwarding tests.
 scripts/orthanc.sh install >/dev/null
 

@@ -39,7 +39,7 @@ async def get_session_user(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated()
     state = get_app_state(request)
-    claims = decode_access_token(credentials.credentials, key=state.signing_key)
+    claims = decode_access_token(credentials.credentials, key=state.signing_keys)
     user = await state.user_loader.load(claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")
@@ -82,7 +82,7 @@ async def get_ticket_user(
     checks of an access token (account active, session live, token version) and full use of
     their role; `claim_once(ticket_id)` is False for a ticket already used."""
     state = get_app_state(request)
-    claims = decode_stream_ticket(ticket, key=state.signing_key)
+    claims = decode_stream_ticket(ticket, key=state.signing_keys)
     user = await state.user_loader.load(claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("The account is disabled or no longer exists.")

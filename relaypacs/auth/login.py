@@ -146,7 +146,7 @@ async def log_in(
             mfa_token, _ = create_mfa_token(
                 user_id=user.id,
                 version=user.token_version,
-                key=ctx.signing_key,
+                key=ctx.signing_keys,
                 lifetime=lifetime,
             )
             return MfaChallenge(mfa_token=mfa_token, expires_in=int(lifetime.total_seconds()))
@@ -176,7 +176,7 @@ async def log_in_second_factor(
     (exactly one of the two)."""
     if (code is None) == (recovery_code is None):
         raise InvalidLoginRequest()
-    claims = decode_mfa_token(mfa_token, key=ctx.signing_key)
+    claims = decode_mfa_token(mfa_token, key=ctx.signing_keys)
     account = claims.user_id.hex
     try:
         await limits.hit("totp_ip", client_ip or "-")
@@ -221,7 +221,7 @@ async def log_in_second_factor(
                 factor = "recovery_code"
                 assert recovery_code is not None
                 found = await repository.lock_unused_recovery_code(
-                    session, user.id, cipher.recovery_code_hash(recovery_code)
+                    session, user.id, cipher.recovery_code_hashes(recovery_code)
                 )
                 if found is not None:
                     found.used_at = utcnow()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, bindparam, delete, func, or_, select, update
@@ -166,19 +166,33 @@ async def sessions_revoked_within(session: AsyncSession, within: dt.timedelta) -
     return list(ids)
 
 
+async def users_with_totp_secret(
+    session: AsyncSession, *, after: uuid.UUID | None, limit: int
+) -> list[User]:
+    """The next `limit` users holding a TOTP secret, by id after `after`, locked (a rotation
+    and an enrolment never write the same secret at once)."""
+    query = select(User).where(User.totp_secret.is_not(None))
+    if after is not None:
+        query = query.where(User.id > after)
+    return list(await session.scalars(query.order_by(User.id).limit(limit).with_for_update()))
+
+
 # --- recovery codes --------------------------------------------------------------------------
 
 
 async def lock_unused_recovery_code(
-    session: AsyncSession, user_id: uuid.UUID, code_hash: str
+    session: AsyncSession, user_id: uuid.UUID, code_hashes: Sequence[str]
 ) -> RecoveryCode | None:
+    """The unused recovery code of the user stored under one of these hashes (one per
+    configured TOTP key)."""
     return await session.scalar(
         select(RecoveryCode)
         .where(
             RecoveryCode.user_id == user_id,
-            RecoveryCode.code_hash == code_hash,
+            RecoveryCode.code_hash.in_(code_hashes),
             RecoveryCode.used_at.is_(None),
         )
+        .limit(1)
         .with_for_update()
     )
 

@@ -1,15 +1,21 @@
 """Password hashing (argon2id), access and MFA-pending tokens (JWT, HS256, audience/issuer/type
-checked) and refresh tokens (random, stored as their SHA-256)."""
+checked) and refresh tokens (random, stored as their SHA-256).
+
+Signing keys rotate: tokens are signed with the current key and name it in their header (`kid`,
+a digest of the key, never the key); tokens signed with a previous key (configured beside the
+current one) are still accepted until they expire. A token naming no key (issued before kids
+existed) is checked against each configured key; a token naming an unknown key is refused."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 from argon2 import PasswordHasher
@@ -49,6 +55,52 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
+def key_id(key: str) -> str:
+    """The `kid` of a signing key: 16 hex digits of a digest of it (the key is at least 32
+    characters: nothing about it can be learnt from this)."""
+    return hashlib.sha256(b"relaypacs-token-key-id:" + key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The token signing keys: `current` signs, `current` and `previous` verify."""
+
+    current: str
+    previous: tuple[str, ...] = ()
+    _by_id: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = {key_id(key): key for key in reversed((self.current, *self.previous))}
+        object.__setattr__(self, "_by_id", keys)
+
+    @property
+    def current_id(self) -> str:
+        return key_id(self.current)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Which keys verify (the verified-token cache's part of the key)."""
+        return tuple(self._by_id)
+
+    def by_id(self, kid: str) -> str | None:
+        return self._by_id.get(kid)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.current, *(k for k in self.previous if k != self.current))
+
+
+SigningKey = str | KeyRing  # a plain string: a ring of that one key
+
+
+@functools.lru_cache(maxsize=64)
+def _ring_of(key: str) -> KeyRing:
+    return KeyRing(key)
+
+
+def _ring(key: SigningKey) -> KeyRing:
+    return key if isinstance(key, KeyRing) else _ring_of(key)
+
+
 @dataclass(frozen=True)
 class AccessClaims:
     user_id: uuid.UUID
@@ -73,7 +125,7 @@ def create_access_token(
     role: Role,
     session_id: uuid.UUID,
     version: int,
-    key: str,
+    key: SigningKey,
     lifetime: dt.timedelta,
 ) -> tuple[str, dt.datetime]:
     return _encode(
@@ -85,7 +137,7 @@ def create_access_token(
 
 
 def create_mfa_token(
-    *, user_id: uuid.UUID, version: int, key: str, lifetime: dt.timedelta
+    *, user_id: uuid.UUID, version: int, key: SigningKey, lifetime: dt.timedelta
 ) -> tuple[str, dt.datetime]:
     return _encode(
         {"sub": str(user_id), "ver": version}, typ=MFA_PENDING, key=key, lifetime=lifetime
@@ -93,7 +145,7 @@ def create_mfa_token(
 
 
 def _encode(
-    claims: dict[str, object], *, typ: str, key: str, lifetime: dt.timedelta
+    claims: dict[str, object], *, typ: str, key: SigningKey, lifetime: dt.timedelta
 ) -> tuple[str, dt.datetime]:
     now = dt.datetime.now(dt.UTC)
     expires = now + lifetime
@@ -107,27 +159,50 @@ def _encode(
         "exp": expires,
         **claims,
     }
-    return jwt.encode(payload, key, algorithm=ALGORITHM), expires
+    ring = _ring(key)
+    token = jwt.encode(payload, ring.current, algorithm=ALGORITHM, headers={"kid": ring.current_id})
+    return token, expires
 
 
-def _decode(token: str, *, key: str, typ: str, required: list[str]) -> dict[str, object]:
+def _candidate_keys(token: str, ring: KeyRing) -> tuple[str, ...]:
+    """The keys that may have signed the token: the one its `kid` names, or (no kid: a token
+    from before key ids) every configured key; none for an unknown kid."""
+    header = jwt.get_unverified_header(token)  # jwt.DecodeError on a malformed token
+    kid = header.get("kid")
+    if kid is None:
+        return ring.all()
+    if not isinstance(kid, str):
+        return ()
+    key = ring.by_id(kid)
+    return (key,) if key is not None else ()
+
+
+def _decode(token: str, *, key: SigningKey, typ: str, required: list[str]) -> dict[str, object]:
     what = {ACCESS: "access token", STREAM_TICKET: "stream ticket"}.get(typ, "sign-in token")
+    claims: dict[str, object] | None = None
     try:
-        claims: dict[str, object] = jwt.decode(
-            token,
-            key,
-            algorithms=[ALGORITHM],
-            audience=AUDIENCE,
-            issuer=ISSUER,
-            options={
-                "require": ["exp", "nbf", "iat", "sub", "iss", "aud", "jti", *required],
-                # checked below, on this module's clock: the same one as the cache's
-                "verify_exp": False,
-                "verify_nbf": False,
-            },
-        )
+        for candidate in _candidate_keys(token, _ring(key)):
+            try:
+                claims = jwt.decode(
+                    token,
+                    candidate,
+                    algorithms=[ALGORITHM],
+                    audience=AUDIENCE,
+                    issuer=ISSUER,
+                    options={
+                        "require": ["exp", "nbf", "iat", "sub", "iss", "aud", "jti", *required],
+                        # checked below, on this module's clock: the same one as the cache's
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                    },
+                )
+                break
+            except jwt.InvalidSignatureError:
+                continue  # (no kid) signed with another of the keys, or forged
     except jwt.InvalidTokenError:
         raise NotAuthenticated(f"The {what} is not valid.") from None
+    if claims is None:
+        raise NotAuthenticated(f"The {what} is not valid.")
     if claims.get("typ") != typ:
         raise NotAuthenticated(f"This token is not an {what}.")
     _check_time(claims, what)
@@ -145,30 +220,35 @@ def _check_time(claims: dict[str, object], what: str) -> None:
         raise NotAuthenticated(f"The {what} is not valid yet.")
 
 
-# Verified access tokens, by (token, key): a client sends the same token with every request
-# (hundreds of chunk PUTs a second), and checking its signature and claims again was a good part
-# of a chunk's cost. Only a token that passed every check is kept; its time limits are checked
-# again on every use; any other string, a tampered one included, is a miss and fully checked.
+# Verified access tokens, by (token, the keys that verify): a client sends the same token with
+# every request (hundreds of chunk PUTs a second), and checking its signature and claims again
+# was a good part of a chunk's cost. Only a token that passed every check is kept; its time
+# limits are checked again on every use; any other string, a tampered one included, is a miss
+# and fully checked.
 _VERIFIED_MAX = 4096
-_verified: OrderedDict[tuple[str, str], tuple[AccessClaims, float, float]] = OrderedDict()
+_verified: OrderedDict[tuple[str, tuple[str, ...]], tuple[AccessClaims, float, float]] = (
+    OrderedDict()
+)
 
 
-def decode_access_token(token: str, *, key: str) -> AccessClaims:
-    cached = _verified.get((token, key))
+def decode_access_token(token: str, *, key: SigningKey) -> AccessClaims:
+    ring = _ring(key)
+    cache_key = (token, ring.ids)
+    cached = _verified.get(cache_key)
     if cached is not None:
         claims_seen, not_before, expires = cached
         now = time.time()
         if not_before - _LEEWAY_SECONDS <= now <= expires + _LEEWAY_SECONDS:
             return claims_seen
-        del _verified[(token, key)]  # out of its time: the full check says why
-    access = _decode_access_token(token, key=key)
-    _verified[(token, key)] = (access, access.not_before, access.expires_at.timestamp())
+        del _verified[cache_key]  # out of its time: the full check says why
+    access = _decode_access_token(token, key=ring)
+    _verified[cache_key] = (access, access.not_before, access.expires_at.timestamp())
     if len(_verified) > _VERIFIED_MAX:
         _verified.popitem(last=False)
     return access
 
 
-def _decode_access_token(token: str, *, key: str) -> AccessClaims:
+def _decode_access_token(token: str, *, key: SigningKey) -> AccessClaims:
     claims = _decode(token, key=key, typ=ACCESS, required=["sid", "ver", "role"])
     try:
         version = claims["ver"]
@@ -193,7 +273,7 @@ def _decode_access_token(token: str, *, key: str) -> AccessClaims:
         raise NotAuthenticated("The access token is not valid.") from None
 
 
-def decode_mfa_token(token: str, *, key: str) -> MfaClaims:
+def decode_mfa_token(token: str, *, key: SigningKey) -> MfaClaims:
     claims = _decode(token, key=key, typ=MFA_PENDING, required=["ver"])
     try:
         version = claims["ver"]
@@ -223,7 +303,7 @@ class TicketClaims:
 
 
 def create_stream_ticket(
-    *, access: AccessClaims, key: str, lifetime: dt.timedelta
+    *, access: AccessClaims, key: SigningKey, lifetime: dt.timedelta
 ) -> tuple[str, dt.datetime]:
     """A short-lived ticket for the access token's user and session: it opens one event
     stream, where a browser cannot send the access token in a header (never put that in a
@@ -236,7 +316,7 @@ def create_stream_ticket(
     )
 
 
-def decode_stream_ticket(token: str, *, key: str) -> TicketClaims:
+def decode_stream_ticket(token: str, *, key: SigningKey) -> TicketClaims:
     claims = _decode(token, key=key, typ=STREAM_TICKET, required=["sid", "ver"])
     try:
         version, expires = claims["ver"], claims["exp"]

@@ -42,6 +42,7 @@ from relaypacs.auth.sessions import (
 )
 from relaypacs.auth.totp import (
     TotpCipher,
+    TotpUnreadable,
     matching_step,
     new_recovery_codes,
     new_secret,
@@ -191,6 +192,55 @@ async def reset_totp_by_username(session: AsyncSession, username: str) -> bool:
         details={"via": "cli"},
     )
     return True
+
+
+@dataclass(frozen=True)
+class TotpRotation:
+    rotated: int  # re-encrypted with the current key by this run
+    current: int  # already under the current key (an earlier, maybe interrupted, run)
+    unreadable: int  # no configured key decrypts them: those users need a TOTP reset
+
+
+async def rotate_totp_secrets(
+    sessionmaker: async_sessionmaker[AsyncSession], cipher: TotpCipher, *, batch: int = 200
+) -> TotpRotation:
+    """`relaypacs users rotate-totp-key`: every stored TOTP secret encrypted with the current
+    key. Idempotent and resumable: one transaction per batch of users, and a secret already
+    under the current key is left as it is, so a run that stopped half-way is simply run
+    again. Audited once per run that changed something (counts only)."""
+    rotated = current = unreadable = 0
+    after: uuid.UUID | None = None
+    while True:
+        async with sessionmaker() as session, session.begin():
+            users = await repository.users_with_totp_secret(session, after=after, limit=batch)
+            for user in users:
+                assert user.totp_secret is not None
+                if cipher.is_current(user.totp_secret):
+                    current += 1
+                    continue
+                try:
+                    user.totp_secret = cipher.rotate(user.totp_secret)
+                    rotated += 1
+                except TotpUnreadable:
+                    unreadable += 1
+        if len(users) < batch:
+            break
+        after = users[-1].id
+    if rotated or unreadable:
+        async with sessionmaker() as session, session.begin():
+            await record_event(
+                session,
+                actor=SYSTEM,
+                action="admin.totp_key_rotated",
+                outcome="success" if not unreadable else "failure",
+                details={
+                    "via": "cli",
+                    "rotated": rotated,
+                    "already_current": current,
+                    "unreadable": unreadable,
+                },
+            )
+    return TotpRotation(rotated=rotated, current=current, unreadable=unreadable)
 
 
 # --- one's own account -----------------------------------------------------------------------

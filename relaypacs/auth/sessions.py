@@ -16,7 +16,12 @@ from relaypacs.auth import repository
 from relaypacs.auth.errors import InvalidRefreshToken, RefreshTokenReused, SessionExpired
 from relaypacs.auth.models import AuthSession, User
 from relaypacs.auth.revocation import Revocations
-from relaypacs.auth.security import create_access_token, hash_refresh_token, new_refresh_token
+from relaypacs.auth.security import (
+    KeyRing,
+    create_access_token,
+    hash_refresh_token,
+    new_refresh_token,
+)
 from relaypacs.config import Settings
 from relaypacs.db import utcnow
 
@@ -26,7 +31,7 @@ class TokenContext:
     """What issuing tokens needs from the application."""
 
     settings: Settings
-    signing_key: str
+    signing_keys: KeyRing
     revocations: Revocations
 
     @property
@@ -49,7 +54,7 @@ def issue_access_token(ctx: TokenContext, *, user: User, session_id: uuid.UUID) 
         role=user.role,
         session_id=session_id,
         version=user.token_version,
-        key=ctx.signing_key,
+        key=ctx.signing_keys,
         lifetime=ctx.access_lifetime,
     )
     return token, int(ctx.access_lifetime.total_seconds())

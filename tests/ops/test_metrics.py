@@ -108,3 +108,45 @@ def _digest(data: bytes) -> str:
     from tests.api.uploading import content_digest
 
     return content_digest(data)
+
+
+class TestGatewayProcesses:
+    """relaypacs/telemetry/processes.py: which processes the multi-worker process metrics
+    count. A killed worker leaves its registration behind; a pid can be reused."""
+
+    def test_only_registered_processes_still_running_count(self, tmp_path: Path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from relaypacs.telemetry.processes import (
+            GatewayProcessesCollector,
+            live_processes,
+            register_process,
+            unregister_process,
+        )
+
+        register_process(tmp_path)
+        gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        register_process(tmp_path, gone.pid)
+        assert live_processes(tmp_path) == sorted([os.getpid(), gone.pid])
+        gone.kill()  # killed: it never unregisters
+        gone.wait()
+        # a registration whose start time is not the running process's: a reused pid
+        reused = tmp_path / "processes" / str(os.getppid())
+        reused.write_text("1")
+        assert live_processes(tmp_path) == [os.getpid()]
+        assert not (tmp_path / "processes" / str(gone.pid)).exists()
+        assert not reused.exists()
+
+        families = {f.name: f for f in GatewayProcessesCollector(tmp_path).collect()}
+        assert families["relaypacs_processes"].samples[0].value == 1
+        rss = families["process_resident_memory_bytes"].samples[0].value
+        assert rss > 10 * 2**20  # this Python process, with the gateway imported
+        assert families["process_cpu_seconds"].samples[0].name == "process_cpu_seconds_total"
+
+        unregister_process(tmp_path)
+        assert live_processes(tmp_path) == []
+        families = {f.name: f for f in GatewayProcessesCollector(tmp_path).collect()}
+        assert families["relaypacs_processes"].samples[0].value == 0
+        assert "process_resident_memory_bytes" not in families

@@ -4,6 +4,7 @@ and any worker's /metrics adds up what all of them counted."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.api.uploading import content_digest, make_study
 from tests.gateway import create_user, gateway_env, relaypacs_command
@@ -125,3 +127,70 @@ def test_workers_share_the_port_and_the_metrics(tmp_path: Path, postgres_url: st
     assert metric_value(exposition, "relaypacs_upload_files_total", outcome="accepted") == 2
     assert metric_value(exposition, "relaypacs_uploads", status="validated") >= 1
     assert upload_id not in exposition
+
+
+def _proc_stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_bytes(pid: int) -> int:
+    return int(_proc_stat(pid)[21]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _start_time(pid: int) -> float:
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + int(_proc_stat(pid)[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_process_metrics_add_up_the_supervisor_and_every_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """prometheus-client's multiprocess mode has no process metrics: the gateway's collector
+    reads every process of the gateway (the supervisor `serve` runs and its workers) and adds
+    them up; checked against /proc, read by the test itself."""
+    data_dir = tmp_path / "data"
+    env = {
+        "RELAYPACS_DATABASE_URL": postgres_url,
+        "RELAYPACS_AUTO_MIGRATE": "false",
+        "RELAYPACS_SECRET_KEY": "workers-test-signing-key-" + "w" * 32,
+        "RELAYPACS_DICOM_WORKERS": "1",
+    }
+    create_user(data_dir, f"clin{time.time_ns() % 10**9}", PASSWORD, env=env)
+    with workers_gateway(data_dir, env, workers=2) as base:
+        registered = sorted(
+            int(p.name) for p in (data_dir / "metrics" / "processes").iterdir() if p.name.isdigit()
+        )
+        assert len(registered) == 3, registered  # the supervisor and two workers
+        parents = {pid: int(_proc_stat(pid)[1]) for pid in registered}
+        (supervisor,) = [pid for pid in registered if parents[pid] not in registered]
+        assert [parents[pid] for pid in registered if pid != supervisor] == [supervisor] * 2
+
+        cpu_before = sum(_cpu_seconds(pid) for pid in registered)
+        exposition = httpx.get(f"{base}/metrics", timeout=10).text
+        cpu_after = sum(_cpu_seconds(pid) for pid in registered)
+        each_rss = [_rss_bytes(pid) for pid in registered]
+        rss = sum(each_rss)
+        fds = sum(len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in registered)
+        oldest = min(_start_time(pid) for pid in registered)
+
+    assert metric_value(exposition, "relaypacs_processes") == 3
+    assert cpu_before <= metric_value(exposition, "process_cpu_seconds_total") <= cpu_after
+    # Memory and descriptors move a little between the scrape and the test's reading.
+    reported_rss = metric_value(exposition, "process_resident_memory_bytes")
+    assert 0.8 * rss <= reported_rss <= 1.25 * rss
+    assert reported_rss > 1.5 * max(each_rss)  # more than any one process's
+    reported_fds = metric_value(exposition, "process_open_fds")
+    assert 0.8 * fds <= reported_fds <= 1.25 * fds
+    assert metric_value(exposition, "process_start_time_seconds") == pytest.approx(oldest, abs=0.02)
+    assert metric_value(exposition, "process_max_fds") > 0
+    # one family each, not one series per process
+    assert exposition.count("\nprocess_resident_memory_bytes ") == 1
