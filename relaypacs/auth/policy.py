@@ -139,6 +139,7 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/admin/uploads": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/retry": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/cancel": ADMIN,
+    f"GET {API}/admin/targets": ADMIN,
     f"GET {API}/admin/audit": ADMIN,
     f"GET {API}/admin/audit/export": ADMIN,
     f"GET {API}/admin/users": ADMIN,
