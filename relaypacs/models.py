@@ -5,10 +5,17 @@ from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role,
 from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification, NotificationPreference
-from relaypacs.reports.models import RadiologistModality, Report, ReportStatus, ReportVersion
+from relaypacs.reports.models import (
+    AssignmentRule,
+    RadiologistModality,
+    Report,
+    ReportStatus,
+    ReportVersion,
+)
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
 
 __all__ = [
+    "AssignmentRule",
     "AuditEvent",
     "AuthSession",
     "Base",

@@ -134,10 +134,15 @@ def create_user(
     *,
     role: str = "clinician",
     env: Mapping[str, str] | None = None,
+    email: str | None = None,
 ) -> None:
     """``relaypacs users create USERNAME --password-stdin`` against the same data directory."""
     completed = subprocess.run(
-        [*relaypacs_command(), "users", "create", username, "--role", role, "--password-stdin"],
+        [
+            *relaypacs_command(),
+            *("users", "create", username, "--role", role, "--password-stdin"),
+            *(("--email", email) if email else ()),
+        ],
         input=password + "\n",
         env=gateway_env(data_dir, env),
         capture_output=True,

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from relaypacs.admin import service
+from relaypacs.admin.schemas import TargetHealthList
 from relaypacs.audit import service as audit
 from relaypacs.audit.schemas import AuditEventList, AuditExport, AuditPage
 from relaypacs.auth.dependencies import ActorDep, AdminUser
@@ -63,6 +64,19 @@ async def cancel_upload(
     """Stop forwarding this upload for good and delete its stored files."""
     return await service.cancel_forwarding(
         state.db.sessionmaker, state.storage, actor=actor, upload_id=upload_id
+    )
+
+
+@router.get("/targets", response_model=TargetHealthList)
+async def list_targets(_admin: AdminUser, state: AppStateDep) -> TargetHealthList:
+    """Every configured PACS target: probed now (reachable, or why not), this replica's
+    circuit breaker, its queue (how many studies wait, the oldest's age) and its last
+    outcomes. No study or patient data."""
+    return await service.target_health(
+        state.db.read_sessionmaker,
+        settings=state.settings,
+        clients=state.health.pacs,
+        forwarder=state.forwarder,
     )
 
 

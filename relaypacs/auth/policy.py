@@ -125,6 +125,8 @@ POLICY: dict[str, Rule] = {
     f"POST {API}/admin/reports/{{report_id}}/assign": ADMIN,
     f"GET {API}/admin/radiologists": ADMIN,
     f"PUT {API}/admin/radiologists/{{user_id}}/modalities": ADMIN,
+    f"GET {API}/admin/assignment-rule": ADMIN,
+    f"PUT {API}/admin/assignment-rule": ADMIN,
     # Notifications: one's own only (another user's is a 404). The stream checks its own
     # credential: the access token, or a one-time ticket (a browser's EventSource sends no
     # Authorization header).
@@ -139,6 +141,7 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/admin/uploads": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/retry": ADMIN,
     f"POST {API}/admin/uploads/{{upload_id}}/cancel": ADMIN,
+    f"GET {API}/admin/targets": ADMIN,
     f"GET {API}/admin/audit": ADMIN,
     f"GET {API}/admin/audit/export": ADMIN,
     f"GET {API}/admin/users": ADMIN,

@@ -23,7 +23,7 @@ from relaypacs.auth.dependencies import (
 )
 from relaypacs.auth.errors import InvalidRefreshToken
 from relaypacs.auth.login import MfaChallenge, SignedIn
-from relaypacs.auth.models import AuthSession, User
+from relaypacs.auth.models import User
 from relaypacs.auth.schemas import (
     LoginRequest,
     PasswordChangeRequest,
@@ -273,8 +273,15 @@ async def me(user: SessionUser) -> User:
 
 
 @router.get("/sessions", response_model=list[SessionRead])
-async def my_sessions(user: SessionUser, session: ReadSessionDep) -> list[AuthSession]:
-    return await service.my_sessions(session, user=user)
+async def my_sessions(
+    request: Request, user: SessionUser, session: ReadSessionDep
+) -> list[SessionRead]:
+    """One's live sessions, newest first; `current` marks the one that asks."""
+    current = access_claims(request).session_id
+    return [
+        SessionRead.model_validate(s).model_copy(update={"current": s.id == current})
+        for s in await service.my_sessions(session, user=user)
+    ]
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT)

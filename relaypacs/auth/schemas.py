@@ -101,3 +101,6 @@ class SessionRead(BaseModel):
     expires_at: dt.datetime
     client_ip: str | None
     user_agent: str | None
+    current: bool = Field(
+        default=False, description="The session of the access token that asked (one's own list)."
+    )

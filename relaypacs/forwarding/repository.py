@@ -345,3 +345,50 @@ async def unfinished_jobs(session: AsyncSession) -> tuple[int, dt.datetime | Non
         )
     ).one()
     return int(row[0]), row[1]
+
+
+# --- each target's queue, as an administrator sees it ----------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetQueueRow:
+    target: str
+    queued: int  # jobs not finished
+    retrying: int  # of those, queued again after a failed attempt
+    oldest_created_at: dt.datetime | None  # the oldest unfinished job's creation
+
+
+async def target_queues(session: AsyncSession) -> list[TargetQueueRow]:
+    """Per target with unfinished jobs: how many, how many retrying, since when."""
+    rows = await session.execute(
+        select(
+            ForwardJob.target,
+            func.count(),
+            func.count().filter(ForwardJob.attempts > 0),
+            func.min(ForwardJob.created_at),
+        )
+        .where(ForwardJob.status == JobStatus.QUEUED)
+        .group_by(ForwardJob.target)
+    )
+    return [TargetQueueRow(t, int(n), int(r), oldest) for t, n, r, oldest in rows]
+
+
+async def last_deliveries(session: AsyncSession) -> dict[str, dt.datetime]:
+    """Per target, when its last study was delivered (every instance confirmed)."""
+    rows = await session.execute(
+        select(ForwardJob.target, func.max(ForwardJob.finished_at))
+        .where(ForwardJob.status == JobStatus.DONE, ForwardJob.failed_count == 0)
+        .group_by(ForwardJob.target)
+    )
+    return {target: at for target, at in rows if at is not None}
+
+
+async def last_attempted_job(session: AsyncSession, target: str) -> ForwardJob | None:
+    """The target's job attempted last (its last write: a retry scheduled, or settled)."""
+    return await session.scalar(
+        select(ForwardJob)
+        .where(ForwardJob.target == target, ForwardJob.status != JobStatus.CANCELLED)
+        .where((ForwardJob.attempts > 0) | (ForwardJob.status == JobStatus.DONE))
+        .order_by(ForwardJob.updated_at.desc())
+        .limit(1)
+    )

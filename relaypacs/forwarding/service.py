@@ -11,6 +11,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -106,3 +107,54 @@ async def queue_state(session: AsyncSession) -> QueueState:
         return QueueState(jobs, 0.0)
     age = (dt.datetime.now(dt.UTC) - oldest.replace(tzinfo=oldest.tzinfo or dt.UTC)).total_seconds()
     return QueueState(jobs, max(0.0, age))
+
+
+@dataclass(frozen=True)
+class TargetActivity:
+    """A PACS target's queue and its last outcomes, as an administrator sees them (no study,
+    no patient: counts, times and the PACS's last error)."""
+
+    queued_jobs: int  # not finished: queued, being sent, or waiting to retry
+    retrying_jobs: int  # of those, queued again after a failed attempt
+    oldest_job_age_seconds: float | None  # None when nothing waits
+    last_delivered_at: dt.datetime | None
+    last_attempt_at: dt.datetime | None
+    last_attempt_outcome: Literal["delivered", "failed", "retrying"] | None  # failed: for good
+    last_error: str | None
+
+
+def _age(since: dt.datetime, now: dt.datetime) -> float:
+    return max(0.0, (now - since.replace(tzinfo=since.tzinfo or dt.UTC)).total_seconds())
+
+
+async def target_activity(
+    session: AsyncSession, targets: Sequence[str]
+) -> dict[str, TargetActivity]:
+    """Each of `targets` (the configured names) with its queue and last outcomes."""
+    now = dt.datetime.now(dt.UTC)
+    queues = {row.target: row for row in await repository.target_queues(session)}
+    delivered = await repository.last_deliveries(session)
+    activity: dict[str, TargetActivity] = {}
+    for target in targets:
+        queue = queues.get(target)
+        last = await repository.last_attempted_job(session, target)
+        outcome: Literal["delivered", "failed", "retrying"] | None = None
+        if last is not None:
+            if last.status == JobStatus.QUEUED:
+                outcome = "retrying"
+            else:
+                outcome = "delivered" if last.failed_count == 0 else "failed"
+        activity[target] = TargetActivity(
+            queued_jobs=queue.queued if queue else 0,
+            retrying_jobs=queue.retrying if queue else 0,
+            oldest_job_age_seconds=(
+                _age(queue.oldest_created_at, now)
+                if queue and queue.oldest_created_at is not None
+                else None
+            ),
+            last_delivered_at=delivered.get(target),
+            last_attempt_at=last.updated_at if last else None,
+            last_attempt_outcome=outcome,
+            last_error=last.last_error if last and outcome == "retrying" else None,
+        )
+    return activity

@@ -1,5 +1,5 @@
 """Tables of the report domain: a delivered study's report (its working copy), every signed
-version of it, and which modalities each radiologist reads."""
+version of it, which modalities each radiologist reads, and the automatic assignment rule."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
+    CheckConstraint,
     Enum,
     ForeignKey,
     Index,
@@ -105,3 +107,20 @@ class RadiologistModality(Base):
         ForeignKey("user.id", ondelete="CASCADE"), primary_key=True
     )
     modality: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class AssignmentRule(Base):
+    """The automatic assignment rule, one row (id 1) once an administrator has set it; until
+    then RELAYPACS_REPORT_AUTO_ASSIGN decides (round robin by modality, or off)."""
+
+    __tablename__ = "assignment_rule"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    # Round robin among the active radiologists who read the study's modality (all of them
+    # when none does); False: among all active radiologists.
+    by_modality: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who set it (no foreign key: the audit log names them too, and outlives accounts).
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)

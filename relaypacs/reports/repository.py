@@ -1,4 +1,5 @@
-"""Every query of the report domain's tables (report, report_version, radiologist_modality)."""
+"""Every query of the report domain's tables (report, report_version, radiologist_modality,
+assignment_rule)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.reports.models import (
     SIGNED_STATUSES,
+    AssignmentRule,
     RadiologistModality,
     Report,
     ReportStatus,
@@ -186,3 +188,26 @@ async def last_assigned(
         if user_id is not None:
             last[user_id] = at
     return last
+
+
+# --- the automatic assignment rule ----------------------------------------------------------
+
+
+async def assignment_rule(session: AsyncSession, *, lock: bool = False) -> AssignmentRule | None:
+    """The rule an administrator set (None: never set)."""
+    return await session.get(AssignmentRule, 1, with_for_update=lock, populate_existing=lock)
+
+
+async def save_assignment_rule(
+    session: AsyncSession, *, enabled: bool, by_modality: bool, by: uuid.UUID | None
+) -> AssignmentRule:
+    rule = await assignment_rule(session, lock=True)
+    if rule is None:
+        rule = AssignmentRule(id=1)
+        session.add(rule)
+    rule.enabled = enabled
+    rule.by_modality = by_modality
+    rule.updated_at = dt.datetime.now(dt.UTC)
+    rule.updated_by = by
+    await session.flush()
+    return rule

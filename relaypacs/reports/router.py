@@ -1,6 +1,6 @@
 """HTTP endpoints of the report domain: the worklist, a report and its signed versions, its
 study, drafting, signing and amending; and, for administrators, assignment and the
-radiologists' modalities."""
+radiologists' modalities and the automatic assignment rule."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from fastapi import APIRouter, Path, Query, Response
 
 from relaypacs.auth.dependencies import ActorDep, AdminUser, CurrentUser
 from relaypacs.fields import Offset
-from relaypacs.reports import service
+from relaypacs.reports import assignment_rule, service
 from relaypacs.reports.dependencies import RadiologistUser, WorklistFilterDep, WritableReport
 from relaypacs.reports.schemas import (
+    AssignmentRuleRead,
+    AssignmentRuleSet,
     DraftSave,
     ModalitiesSet,
     RadiologistList,
@@ -182,3 +184,30 @@ async def upload_timeline(
     validated (or rejected, with why), queued, PACS confirmed N/N (or failed), report opened,
     assigned, ready, amended."""
     return await service.upload_timeline(db, upload_id=upload_id, user=user, actor=actor)
+
+
+@admin_router.get("/assignment-rule", response_model=AssignmentRuleRead)
+async def read_assignment_rule(
+    _admin: AdminUser, state: AppStateDep, session: ReadSessionDep
+) -> AssignmentRuleRead:
+    """The automatic assignment rule in force (the administrator's, else the configuration's)."""
+    return await assignment_rule.show_rule(session, configured=state.settings.report_auto_assign)
+
+
+@admin_router.put("/assignment-rule", response_model=AssignmentRuleRead)
+async def set_assignment_rule(
+    body: AssignmentRuleSet,
+    _admin: AdminUser,
+    actor: ActorDep,
+    state: AppStateDep,
+    session: SessionDep,
+) -> AssignmentRuleRead:
+    """Turn the rule on or off and choose among whom the round robin turns; applies to the
+    reports that open from now on. Audited (`assignment.rule`)."""
+    return await assignment_rule.set_rule(
+        session,
+        enabled=body.enabled,
+        by_modality=body.by_modality,
+        actor=actor,
+        configured=state.settings.report_auto_assign,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
@@ -108,6 +108,29 @@ class StudyView(BaseModel):
     pacs_confirmed: str = Field(description='"PACS confirmed N/N"')
     delivered_at: dt.datetime | None
     viewer_url: str | None
+
+
+class AssignmentRuleSet(BaseModel):
+    """The automatic assignment rule: on or off, and among whom the round robin turns."""
+
+    enabled: bool
+    by_modality: bool = Field(
+        description="Round robin among the active radiologists who read the study's modality "
+        "(all active radiologists when none does); false: among all active radiologists."
+    )
+
+
+class AssignmentRuleRead(BaseModel):
+    enabled: bool
+    by_modality: bool
+    strategy: Literal["round_robin"] = "round_robin"
+    source: Literal["configuration", "administrator"] = Field(
+        description="`configuration`: no administrator has set it; RELAYPACS_REPORT_AUTO_ASSIGN "
+        "decides (round robin by modality when true)."
+    )
+    updated_at: dt.datetime | None
+    updated_by: str | None = Field(description="The username of the administrator who set it.")
+    active_radiologists: int = Field(description="How many the round robin turns among.")
 
 
 class ModalitiesSet(BaseModel):

@@ -3,13 +3,12 @@ radiologist by an administrator or by the rule (assigned), drafted, signed (read
 (amended; every signed version is kept). Who may see a report: its uploader, the radiologist it
 is assigned to, administrators (audited); anyone else gets the same 404 as a missing one.
 
-Over 600 lines: the assignment rule (round robin by modality, radiologists' modalities) is the
-part to move into `reports/assignment.py` next; the lifecycle itself reads best in one place."""
+The assignment rule (round robin, by modality or not; on or off) is
+`reports/assignment_rule.py`; the radiologists' modalities are the part to move out next."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from relaypacs.auth import repository as users
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, utcnow
 from relaypacs.notifications.service import notify
-from relaypacs.reports import pdf, repository
+from relaypacs.reports import assignment_rule, pdf, repository
 from relaypacs.reports.errors import (
     NotARadiologist,
     RadiologistNotFound,
@@ -71,9 +70,10 @@ def _search_text(metadata: StudyMetadata, study_instance_uid: str) -> str:
 async def open_report(
     session: AsyncSession, *, upload_id: uuid.UUID, auto_assign: bool = False
 ) -> None:
-    """A delivered study awaits its report (status pending), assigned at once by the rule when
-    `auto_assign`: written when the caller's transaction, the one that settles the delivery,
-    commits. A study delivered again (a retry) keeps its report."""
+    """A delivered study awaits its report (status pending), assigned at once when the
+    assignment rule is on (relaypacs/reports/assignment_rule.py: the administrator's, else
+    `auto_assign`, the configuration's): written when the caller's transaction, the one that
+    settles the delivery, commits. A study delivered again (a retry) keeps its report."""
     if await repository.report_of_upload(session, upload_id) is not None:
         return
     facts = await uploads.study_facts(session, upload_id=upload_id)
@@ -91,27 +91,13 @@ async def open_report(
             search_text=_search_text(metadata, facts.study_instance_uid),
         ),
     )
-    if auto_assign:
-        radiologist = await _next_radiologist(session, report.modality)
+    rule = await assignment_rule.effective_rule(session, configured=auto_assign)
+    if rule.enabled:
+        radiologist = await assignment_rule.next_radiologist(
+            session, report.modality, by_modality=rule.by_modality
+        )
         if radiologist is not None:
             await _assign(session, report, radiologist, actor=SYSTEM, rule=True)
-
-
-async def _next_radiologist(session: AsyncSession, modality: str | None) -> uuid.UUID | None:
-    """Round robin: among the active radiologists registered for the modality (all active
-    radiologists where none is), the one assigned least recently (never first)."""
-    active = [
-        u.id for u in await users.users_with_role(session, Role.RADIOLOGIST, active_only=True)
-    ]
-    if not active:
-        return None
-    candidates = active
-    if modality:
-        readers = set(await repository.readers_of(session, modality))
-        candidates = [u for u in active if u in readers] or active
-    last = await repository.last_assigned(session, candidates)
-    never = dt.datetime.min.replace(tzinfo=dt.UTC)
-    return min(candidates, key=lambda u: (last[u] or never, str(u)))
 
 
 async def _assign(

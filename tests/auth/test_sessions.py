@@ -156,9 +156,17 @@ class TestLogout:
         listed = await client.get(f"{API}/auth/sessions", headers=bearer(one["access_token"]))
         assert listed.status_code == 200
         assert len(listed.json()) == 2
-        sid_two = security.decode_access_token(
-            two["access_token"], key=app_state(app).signing_key
-        ).session_id
+        sid_one, sid_two = (
+            security.decode_access_token(
+                t["access_token"], key=app_state(app).signing_key
+            ).session_id
+            for t in (one, two)
+        )
+        # The session that asks is marked: the app says "this device" of it.
+        assert {s["id"]: s["current"] for s in listed.json()} == {
+            str(sid_one): True,
+            str(sid_two): False,
+        }
         ended = await client.delete(
             f"{API}/auth/sessions/{sid_two}", headers=bearer(one["access_token"])
         )

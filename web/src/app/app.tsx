@@ -6,11 +6,13 @@ import { useRegisterSW } from "virtual:pwa-register/react";
 import { Alert, Button, SecondaryButton } from "../components/ui";
 import { AssignmentPage } from "../features/admin/assignment-page";
 import { AuditPage } from "../features/admin/audit-page";
+import { TargetsPage } from "../features/admin/targets-page";
 import { AdminUploadsPage } from "../features/admin/uploads-page";
 import { UsersPage } from "../features/admin/users-page";
 import { ChangePasswordPage } from "../features/auth/change-password-page";
 import { EnrolTotpPage } from "../features/auth/enrol-totp-page";
 import { logout } from "../features/auth/api";
+import { SessionsPage } from "../features/auth/sessions-page";
 import { SignInPage } from "../features/auth/sign-in-page";
 import { loadPending, useAccessToken } from "../features/auth/use-auth";
 import { useRole } from "../features/auth/use-role";
@@ -180,6 +182,8 @@ const router = createBrowserRouter([
       { path: "admin/uploads", element: <AdminUploadsPage /> },
       { path: "admin/users", element: <UsersPage /> },
       { path: "admin/audit", element: <AuditPage /> },
+      { path: "admin/targets", element: <TargetsPage /> },
+      { path: "sessions", element: <SessionsPage /> },
     ],
   },
   { path: "*", element: <Navigate to="/" replace /> },

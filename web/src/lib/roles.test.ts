@@ -3,9 +3,9 @@ import { homeOf, mayOpen, pagesFor } from "./roles";
 
 describe("the pages of each role", () => {
   it("shows each role only the pages its API calls allow", () => {
-    expect(pagesFor("clinician").map((p) => p.label)).toEqual(["Upload", "My uploads"]);
-    expect(pagesFor("radiologist").map((p) => p.label)).toEqual(["Worklist", "Upload", "My uploads"]);
-    expect(pagesFor("admin").map((p) => p.label)).toEqual(["Assignment", "Uploads", "Users", "Audit log"]);
+    expect(pagesFor("clinician").map((p) => p.label)).toEqual(["Upload", "My uploads", "Sessions"]);
+    expect(pagesFor("radiologist").map((p) => p.label)).toEqual(["Worklist", "Upload", "My uploads", "Sessions"]);
+    expect(pagesFor("admin").map((p) => p.label)).toEqual(["Assignment", "Uploads", "Users", "Audit log", "PACS targets", "Sessions"]);
   });
 
   it("lands each role on its first page", () => {
@@ -22,6 +22,8 @@ describe("the pages of each role", () => {
     expect(mayOpen("admin", "/")).toBe(false);
     expect(mayOpen("admin", "/uploads")).toBe(false);
     expect(mayOpen("admin", "/worklist")).toBe(false);
+    expect(mayOpen("clinician", "/admin/targets")).toBe(false);
+    expect(mayOpen("radiologist", "/admin/targets")).toBe(false);
   });
 
   it("opens a role's own pages, and does not take a prefix of a word for an area", () => {
@@ -29,6 +31,8 @@ describe("the pages of each role", () => {
     expect(mayOpen("radiologist", "/uploads")).toBe(true);
     expect(mayOpen("clinician", "/")).toBe(true);
     expect(mayOpen("admin", "/admin/assignment")).toBe(true);
+    expect(mayOpen("admin", "/admin/targets")).toBe(true);
+    for (const role of ["clinician", "radiologist", "admin"] as const) expect(mayOpen(role, "/sessions")).toBe(true);
     expect(mayOpen("clinician", "/administrative")).toBe(true);
   });
 });

@@ -27,6 +27,10 @@ export const PAGES: readonly PageLink[] = [
   { to: "/admin/users", label: "Users", roles: ["admin"] },
   // GET /admin/audit, GET /admin/audit/export: administrators only.
   { to: "/admin/audit", label: "Audit log", roles: ["admin"] },
+  // GET /admin/targets: administrators only.
+  { to: "/admin/targets", label: "PACS targets", roles: ["admin"] },
+  // GET /auth/sessions, DELETE /auth/sessions/{id}: every role, its own.
+  { to: "/sessions", label: "Sessions", roles: ["clinician", "radiologist", "admin"] },
 ];
 
 /** The pages a role sees, in order. */

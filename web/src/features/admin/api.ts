@@ -62,11 +62,12 @@ export function setUserActive(userId: string, active: boolean) {
   return data(active ? api.POST("/api/v1/admin/users/{user_id}/enable", params) : api.POST("/api/v1/admin/users/{user_id}/disable", params));
 }
 
-/** Uploads needing attention: those the PACS refused, retrying, or not moving. */
-export function problemUploadsOptions(live: boolean) {
+/** Uploads needing attention: those the PACS refused (`failed`), or retrying or not moving
+ * (`stuck`: a PACS that does not answer keeps them queued). */
+export function problemUploadsOptions(live: boolean, status: "failed" | "stuck") {
   return queryOptions({
-    queryKey: ["uploads", "attention"],
-    queryFn: () => data(api.GET("/api/v1/admin/uploads", { params: { query: { limit: 100 } } })),
+    queryKey: ["uploads", "attention", status],
+    queryFn: () => data(api.GET("/api/v1/admin/uploads", { params: { query: { status, limit: 100 } } })),
     refetchInterval: live ? 30_000 : 10_000,
   });
 }
@@ -117,5 +118,32 @@ export function newTemporaryPassword(userId: string) {
 
 export async function endSessions(userId: string): Promise<void> {
   const { response } = await api.DELETE("/api/v1/admin/users/{user_id}/sessions", { params: { path: { user_id: userId } } });
+  if (!response.ok) throw await errorOf(response);
+}
+
+/** The automatic assignment rule in force (the administrator's, else the configuration's). */
+export function assignmentRuleOptions() {
+  return queryOptions({
+    queryKey: ["admin", "assignment-rule"],
+    queryFn: () => data(api.GET("/api/v1/admin/assignment-rule")),
+  });
+}
+
+export function setAssignmentRule(body: Schemas["AssignmentRuleSet"]) {
+  return data(api.PUT("/api/v1/admin/assignment-rule", { body }));
+}
+
+/** A user's live sessions, newest first. */
+export function userSessionsOptions(userId: string) {
+  return queryOptions({
+    queryKey: ["admin", "users", userId, "sessions"],
+    queryFn: () => data(api.GET("/api/v1/admin/users/{user_id}/sessions", { params: { path: { user_id: userId } } })),
+  });
+}
+
+export async function endSession(userId: string, sessionId: string): Promise<void> {
+  const { response } = await api.DELETE("/api/v1/admin/users/{user_id}/sessions/{session_id}", {
+    params: { path: { user_id: userId, session_id: sessionId } },
+  });
   if (!response.ok) throw await errorOf(response);
 }

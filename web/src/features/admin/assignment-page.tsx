@@ -1,13 +1,14 @@
-// The administrator's assignment: the studies waiting for a radiologist, each assigned by hand,
-// and the modalities each radiologist reads (the automatic rule's choice among them).
+// The administrator's assignment: the automatic rule (on or off; round robin among the readers
+// of the study's modality or among every active radiologist), the studies waiting for a
+// radiologist, each assigned by hand, and the modalities each radiologist reads.
 import { useQuery, useQueryClient } from "@tanstack/react-query";
-import { useId, useState } from "react";
+import { useId, useState, type FormEvent } from "react";
 import { Alert, Button, Card, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
 import { useLiveConnected } from "../../lib/live-status";
 import { formatDicomDate, formatPersonName } from "../../lib/format";
-import { assignReport, parseModalities, radiologistsOptions, setModalities, unassignedOptions } from "./api";
+import { assignmentRuleOptions, assignReport, parseModalities, radiologistsOptions, setAssignmentRule, setModalities, unassignedOptions } from "./api";
 
 type Radiologist = Schemas["RadiologistRead"];
 type ReportSummary = Schemas["ReportSummary"];
@@ -20,6 +21,7 @@ export function AssignmentPage() {
   return (
     <div className="flex flex-col gap-4">
       <h1 className="text-2xl font-semibold">Assignment</h1>
+      <RuleCard />
       <section aria-labelledby="unassigned-heading" className="flex flex-col gap-2">
         <h2 id="unassigned-heading" className="text-lg font-semibold">
           Studies waiting for a radiologist
@@ -155,5 +157,80 @@ function RadiologistRow({ radiologist }: { radiologist: Radiologist }) {
       </form>
       {error && <Alert>{error}</Alert>}
     </Card>
+  );
+}
+
+type Rule = Schemas["AssignmentRuleRead"];
+
+function RuleCard() {
+  const rule = useQuery(assignmentRuleOptions());
+  return (
+    <Card>
+      <h2 className="text-lg font-semibold">Automatic assignment</h2>
+      {rule.error && <Alert>{describeError(rule.error)}</Alert>}
+      {rule.data && <RuleForm rule={rule.data} />}
+    </Card>
+  );
+}
+
+function RuleForm({ rule }: { rule: Rule }) {
+  const queryClient = useQueryClient();
+  const [enabled, setEnabled] = useState(rule.enabled);
+  const [byModality, setByModality] = useState(rule.by_modality);
+  const [error, setError] = useState<string | null>(null);
+  const [saved, setSaved] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const name = useId();
+
+  async function save(event: FormEvent) {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    setSaved(false);
+    try {
+      const next = await setAssignmentRule({ enabled, by_modality: byModality });
+      queryClient.setQueryData(assignmentRuleOptions().queryKey, next);
+      setSaved(true);
+    } catch (e) {
+      setError(describeError(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <form aria-label="Automatic assignment" className="mt-2 flex flex-col gap-3" onSubmit={(e) => void save(e)}>
+      <p data-testid="rule-summary" data-enabled={rule.enabled}>
+        {rule.enabled
+          ? `On: each new study goes in turn to ${rule.by_modality ? "the active radiologists who read its modality (all of them when none does)" : "every active radiologist"}`
+          : "Off: new studies wait here for assignment by hand"}
+        {" "}({rule.active_radiologists} active radiologist{rule.active_radiologists === 1 ? "" : "s"}).{" "}
+        {rule.source === "configuration"
+          ? "Set by the gateway's configuration until an administrator saves a rule here."
+          : `Set by ${rule.updated_by ?? "an administrator"}${rule.updated_at ? ` on ${new Date(rule.updated_at).toLocaleString()}` : ""}.`}
+      </p>
+      <label className="flex items-center gap-2">
+        <input type="checkbox" className="h-5 w-5" checked={enabled} onChange={(e) => setEnabled(e.target.checked)} />
+        Assign new studies automatically
+      </label>
+      <fieldset className="flex flex-col gap-1" disabled={!enabled}>
+        <legend className="text-sm font-medium">Round robin among</legend>
+        <label className="flex items-center gap-2">
+          <input type="radio" name={name} className="h-5 w-5" checked={byModality} onChange={() => setByModality(true)} />
+          the radiologists who read the study&apos;s modality
+        </label>
+        <label className="flex items-center gap-2">
+          <input type="radio" name={name} className="h-5 w-5" checked={!byModality} onChange={() => setByModality(false)} />
+          every active radiologist
+        </label>
+      </fieldset>
+      <div className="flex items-center gap-2">
+        <Button type="submit" disabled={busy}>
+          Save the rule
+        </Button>
+        {saved && <span role="status">Rule saved</span>}
+      </div>
+      {error && <Alert>{error}</Alert>}
+    </form>
   );
 }

@@ -10,6 +10,7 @@ import { formatDicomDate } from "../../lib/format";
 import { cancelUpload, problemUploadsOptions, retryUpload, uploadDetailOptions } from "./api";
 
 const STATUS: Record<string, string> = {
+  received: "Received, not yet queued",
   queued: "Waiting for the PACS",
   forwarding: "Sending to the PACS",
   failed: "PACS delivery failed",
@@ -17,15 +18,20 @@ const STATUS: Record<string, string> = {
 
 export function AdminUploadsPage() {
   const live = useLiveConnected();
-  const uploads = useQuery(problemUploadsOptions(live));
+  const failed = useQuery(problemUploadsOptions(live, "failed"));
+  const stuck = useQuery(problemUploadsOptions(live, "stuck"));
+  // Failed first, then those retrying or not moving (an upload is in one list only).
+  const seen = new Set<string>();
+  const uploads = [...(failed.data?.items ?? []), ...(stuck.data?.items ?? [])].filter((u) => !seen.has(u.id) && seen.add(u.id));
+  const error = failed.error ?? stuck.error;
   return (
     <div className="flex flex-col gap-4">
       <h1 className="text-2xl font-semibold">Uploads needing attention</h1>
-      {uploads.error && <Alert>{describeError(uploads.error)}</Alert>}
-      {uploads.data?.items.length === 0 && <p>Nothing needs attention.</p>}
+      {error && <Alert>{describeError(error)}</Alert>}
+      {failed.data && stuck.data && uploads.length === 0 && <p>Nothing needs attention.</p>}
       <ul aria-label="Uploads needing attention" className="flex flex-col gap-2">
-        {uploads.data?.items.map((upload) => (
-          <li key={upload.id}>
+        {uploads.map((upload) => (
+          <li key={upload.id} data-testid="attention-item">
             <ProblemRow upload={upload} />
           </li>
         ))}
@@ -39,7 +45,10 @@ function ProblemRow({ upload }: { upload: UploadSummary }) {
   const detail = useQuery(uploadDetailOptions(upload.id, upload.status));
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
-  const reason = detail.data?.forwarding?.last_error;
+  const forwarding = detail.data?.forwarding;
+  const reason = forwarding?.last_error;
+  // Queued again after a failed attempt: its status says "forwarding" or "queued", but it waits.
+  const retrying = upload.status !== "failed" && (forwarding?.attempts ?? 0) > 0 && forwarding?.status === "queued";
 
   async function act(action: (id: string) => Promise<unknown>) {
     setBusy(true);
@@ -58,7 +67,9 @@ function ProblemRow({ upload }: { upload: UploadSummary }) {
   return (
     <Card>
       <p className="font-medium" data-testid="attention-status" data-status={upload.status}>
-        {STATUS[upload.status] ?? upload.status}
+        {retrying
+          ? `Waiting to retry (${forwarding?.attempts ?? 0} failed attempt${forwarding?.attempts === 1 ? "" : "s"})${forwarding?.next_attempt_at ? `; next try ${new Date(forwarding.next_attempt_at).toLocaleString()}` : ""}`
+          : (STATUS[upload.status] ?? upload.status)}
       </p>
       <p className="text-sm text-slate-700">
         {[upload.metadata.modality, formatDicomDate(upload.metadata.study_date)].filter(Boolean).join(" · ")} · {upload.file_count} files · sent{" "}

@@ -1,12 +1,24 @@
 // The administrator's users: create an account (its temporary password shown once), every
 // account with its role and state; change the role, reset two-step sign-in, disable (every
-// session ends at once) and enable.
+// session ends at once) and enable; see a user's sessions and end one or all.
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useId, useState, type FormEvent } from "react";
+import { SessionList } from "../../components/session-list";
 import { Alert, Button, Card, Field, SecondaryButton } from "../../components/ui";
 import type { Schemas } from "../../lib/api/client";
 import { describeError } from "../../lib/api/errors";
-import { changeRole, createUser, endSessions, newTemporaryPassword, resetTotp, setUserActive, usernameProblem, usersOptions } from "./api";
+import {
+  changeRole,
+  createUser,
+  endSession,
+  endSessions,
+  newTemporaryPassword,
+  resetTotp,
+  setUserActive,
+  usernameProblem,
+  userSessionsOptions,
+  usersOptions,
+} from "./api";
 
 type User = Schemas["AdminUserRead"];
 
@@ -132,13 +144,16 @@ function UserRow({ user }: { user: User }) {
   const [busy, setBusy] = useState(false);
 
   const roleId = useId();
+  const sessionsId = useId();
   const [password, setPassword] = useState<string | null>(null);
+  const [showSessions, setShowSessions] = useState(false);
 
   async function act(action: () => Promise<unknown>) {
     setBusy(true);
     setError(null);
     try {
       await action();
+      // The user's list and their sessions (key ["admin", "users", id, "sessions"]).
       await queryClient.invalidateQueries({ queryKey: ["admin", "users"] });
     } catch (e) {
       setError(describeError(e));
@@ -148,6 +163,7 @@ function UserRow({ user }: { user: User }) {
   }
 
   return (
+    <>
     <tr className="border-b border-slate-200" data-testid="user-row" data-active={user.is_active}>
       <th scope="row" className="p-2 font-medium">
         {user.username}
@@ -207,8 +223,14 @@ function UserRow({ user }: { user: User }) {
         >
           New password
         </SecondaryButton>
-        <SecondaryButton className="ml-2" disabled={busy} aria-label={`End sessions of ${user.username}`} onClick={() => void act(() => endSessions(user.id))}>
-          End sessions
+        <SecondaryButton
+          className="ml-2"
+          aria-expanded={showSessions}
+          aria-controls={sessionsId}
+          aria-label={`Sessions of ${user.username}`}
+          onClick={() => setShowSessions(!showSessions)}
+        >
+          Sessions
         </SecondaryButton>
         {password && (
           <p role="status" className="mt-1">
@@ -218,5 +240,40 @@ function UserRow({ user }: { user: User }) {
         {error && <Alert>{error}</Alert>}
       </td>
     </tr>
+    {showSessions && (
+      <tr id={sessionsId} className="border-b border-slate-200 bg-slate-50">
+        <td colSpan={5} className="p-2">
+          <UserSessions user={user} busy={busy} act={act} />
+        </td>
+      </tr>
+    )}
+    </>
+  );
+}
+
+function UserSessions({ user, busy, act }: { user: User; busy: boolean; act: (action: () => Promise<unknown>) => Promise<void> }) {
+  const sessions = useQuery(userSessionsOptions(user.id));
+  const count = sessions.data?.length ?? 0;
+  return (
+    <section aria-label={`Sessions of ${user.username}`} className="flex flex-col gap-2">
+      <div className="flex flex-wrap items-center gap-2">
+        <h2 className="font-semibold">
+          Sessions of {user.username} ({sessions.data ? count : "…"})
+        </h2>
+        {count > 0 && (
+          <SecondaryButton
+            disabled={busy}
+            aria-label={`End all sessions of ${user.username}`}
+            onClick={() => {
+              if (window.confirm(`End every session of ${user.username}? They must sign in again everywhere.`)) void act(() => endSessions(user.id));
+            }}
+          >
+            End all
+          </SecondaryButton>
+        )}
+      </div>
+      {sessions.error && <Alert>{describeError(sessions.error)}</Alert>}
+      {sessions.data && <SessionList sessions={sessions.data} label={`Session list of ${user.username}`} busy={busy} onEnd={(s) => void act(() => endSession(user.id, s.id))} />}
+    </section>
   );
 }

@@ -1,5 +1,6 @@
 // The sign-in calls of the API (docs/api.md, Authentication).
 import { api, data, type TokenResponse, type UserRead } from "../../lib/api/client";
+import { errorOf } from "../../lib/api/errors";
 
 export function login(username: string, password: string): Promise<TokenResponse> {
   return data(api.POST("/api/v1/auth/login", { body: { username, password, refresh_in_body: false } }));
@@ -32,4 +33,14 @@ export function me(): Promise<UserRead> {
 
 export async function logout(): Promise<void> {
   await api.POST("/api/v1/auth/logout", {});
+}
+
+/** One's own live sessions, newest first (`current`: this one). */
+export function mySessions() {
+  return data(api.GET("/api/v1/auth/sessions"));
+}
+
+export async function endMySession(sessionId: string): Promise<void> {
+  const { response } = await api.DELETE("/api/v1/auth/sessions/{session_id}", { params: { path: { session_id: sessionId } } });
+  if (!response.ok) throw await errorOf(response);
 }
