@@ -287,6 +287,11 @@ def _other_benchmarks() -> list[tuple[int, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--net" or a.startswith("--net=") for a in arguments):
+        from bench import net  # shaped links: a benchmark of its own (bench/net.py)
+
+        return net.main(arguments)
     args = parse_args(argv)
     args.work_dir = args.work_dir.resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)

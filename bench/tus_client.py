@@ -27,14 +27,19 @@ import httpx
 TUS_VERSION = "1.0.0"
 
 
-def _tuspy_uploader(endpoint: str, chunk_size: int) -> Callable[[Path], int]:
+def _tuspy_uploader(endpoint: str, chunk_size: int, retries: int = 0) -> Callable[[Path], int]:
     from tusclient import client as tus_client
 
     tus = tus_client.TusClient(endpoint)
 
     def upload(path: Path) -> int:
         uploader = tus.uploader(
-            file_path=str(path), chunk_size=chunk_size, metadata={"filename": path.name}
+            file_path=str(path),
+            chunk_size=chunk_size,
+            metadata={"filename": path.name},
+            # after a failed PATCH: ask the server's offset (HEAD) and go on from there
+            retries=retries,
+            retry_delay=1,
         )
         uploader.upload()
         size: int = uploader.offset
@@ -45,7 +50,7 @@ def _tuspy_uploader(endpoint: str, chunk_size: int) -> Callable[[Path], int]:
     return upload
 
 
-def _httpx_uploader(endpoint: str, chunk_size: int) -> Callable[[Path], int]:
+def _httpx_uploader(endpoint: str, chunk_size: int, retries: int = 0) -> Callable[[Path], int]:
     local = threading.local()
 
     def session() -> httpx.Client:
@@ -86,11 +91,17 @@ def _httpx_uploader(endpoint: str, chunk_size: int) -> Callable[[Path], int]:
 
 
 def feed(
-    endpoint: str, files: Sequence[Path], *, parallel: int, chunk_size: int, impl: str
+    endpoint: str,
+    files: Sequence[Path],
+    *,
+    parallel: int,
+    chunk_size: int,
+    impl: str,
+    retries: int = 0,
 ) -> tuple[float, int]:
     """Upload every file; return (seconds, bytes)."""
     make = _tuspy_uploader if impl == "tuspy" else _httpx_uploader
-    upload = make(endpoint, chunk_size)
+    upload = make(endpoint, chunk_size, retries)
     started = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
         total = sum(pool.map(upload, files))
@@ -104,10 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=8 << 20)
     parser.add_argument("--impl", choices=["tuspy", "httpx"], default="tuspy")
+    parser.add_argument("--retries", type=int, default=0, help="tuspy: retries per PATCH")
     args = parser.parse_args(argv)
     files = [Path(line) for line in args.files_from.read_text().splitlines() if line]
     seconds, total = feed(
-        args.endpoint, files, parallel=args.parallel, chunk_size=args.chunk_size, impl=args.impl
+        args.endpoint,
+        files,
+        parallel=args.parallel,
+        chunk_size=args.chunk_size,
+        impl=args.impl,
+        retries=args.retries,
     )
     print(json.dumps({"impl": args.impl, "files": len(files), "bytes": total, "seconds": seconds}))
     return 0

@@ -61,8 +61,8 @@ YYYY.MM.DD too), a value that is not a date as it is.
     partial: accepted without the files in errors, already_delivered, rejected, failed,
     interrupted, not_started),
     accepted, files, instances (the gateway accepted: 0 unless accepted), total_bytes,
-    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
-    duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
+    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored, chunk_size (the
+    upload's), duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
     errors [{{file, code, message}}], message, delivery (with --wait)
   skipped: {{reason: count}}; skipped_files: {{reason: [name, ...]}}; reasons:
     not_dicom, no_study_uid, damaged, dicomdir, unreadable, nested_archive,
@@ -148,6 +148,24 @@ When several apply, the first of 4, 3, 1, 5, 6 wins.
     help="Chunks in flight at once (memory used: about this times the chunk size).",
 )
 @click.option(
+    "--chunk-size",
+    default="auto",
+    show_default=True,
+    metavar="SIZE|auto",
+    help="The chunk size to ask the gateway for (bytes, or with KiB / MiB; 64KiB at least, "
+    "the gateway's own size at most): a cut connection sends the chunks in flight again. "
+    "auto: fitted to the link's measured rate, the gateway's size on a local network.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A chunk's transfer that makes no progress this long is sent again on a new "
+    "connection (a link that silently stopped).",
+)
+@click.option(
     "--retries",
     type=click.IntRange(0, 1000),
     default=8,
@@ -203,6 +221,8 @@ def upload(
     totp_code: str | None,
     recovery_code: str | None,
     parallel: int,
+    chunk_size: str,
+    stall_timeout: float,
     retries: int,
     timeout: float,
     as_json: bool,
@@ -243,7 +263,11 @@ def upload(
     else:
         display = Display()
     options = UploadOptions(
-        parallel=parallel, wait=wait, wait_timeout=wait_timeout, all_or_nothing=all_or_nothing
+        parallel=parallel,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        all_or_nothing=all_or_nothing,
+        chunk_size=_chunk_size_option(chunk_size),
     )
     try:
         summary = asyncio.run(
@@ -257,6 +281,7 @@ def upload(
                 ask_code=_code_prompt(display) if interactive else None,
                 retries=retries,
                 request_timeout=timeout,
+                stall_timeout=stall_timeout,
                 parallel=parallel,
                 options=options,
                 display=display,
@@ -272,6 +297,24 @@ def upload(
     else:
         print_summary(summary, server, verbose)
     sys.exit(summary.exit_code)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20}
+
+
+def _chunk_size_option(value: str) -> int | None:
+    """``--chunk-size``: None for auto, else bytes within the gateway's bounds."""
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :].strip()
+    if not digits.strip().isdigit() or unit not in _SIZE_UNITS:
+        raise click.BadParameter(f"{value!r}: a size such as 256KiB, 1MiB or 262144, or auto")
+    size = int(digits) * _SIZE_UNITS[unit]
+    if not 64 * 1024 <= size <= 64 << 20:
+        raise click.BadParameter(f"{value!r}: from 64KiB to 64MiB")
+    return size
 
 
 def _without_httpx_command_line() -> None:
@@ -300,6 +343,7 @@ async def _run(
     ask_code: CodePrompt | None,
     retries: int,
     request_timeout: float,
+    stall_timeout: float,
     parallel: int,
     options: UploadOptions,
     display: Display,
@@ -314,6 +358,7 @@ async def _run(
         recovery_code=recovery_code,
         ask_code=ask_code,
         timeout=request_timeout,
+        stall_timeout=stall_timeout,
         retry=RetryPolicy(retries=retries),
         max_connections=parallel + 1,
     ) as client:

@@ -38,6 +38,7 @@ from relaypacs.client.errors import (
     SecondFactorError,
     ServerUnreachableError,
 )
+from relaypacs.client.link import STALL_TIMEOUT, LinkMeter, pieces
 from relaypacs.client.remote import (
     ChunkReceipt,
     RemoteFile,
@@ -156,6 +157,7 @@ class GatewayClient:
         refresh_margin: float | None = None,
         renew_early: bool = True,
         timeout: float = 60.0,
+        stall_timeout: float = STALL_TIMEOUT,
         retry: RetryPolicy | None = None,
         max_connections: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -178,6 +180,12 @@ class GatewayClient:
         self._renew_early = renew_early
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        # A chunk's body goes out in pieces, each of which (and then the answer) must move
+        # within stall_timeout: a link that silently stops is noticed in seconds.
+        self._chunk_timeout = httpx.Timeout(
+            timeout, connect=min(timeout, 15.0), read=stall_timeout, write=stall_timeout
+        )
+        self.link = LinkMeter()
         _note_missing_sniffio()
         self._http = httpx.AsyncClient(
             base_url=self.base_url + API_PREFIX,
@@ -224,6 +232,7 @@ class GatewayClient:
         json: Any = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        chunk_timeout: httpx.Timeout | None = None,
         authenticated: bool = True,
         replayable: bool = True,
         sign_in: bool = False,
@@ -248,9 +257,20 @@ class GatewayClient:
             failure: str
             retry_after: float | None = None
             try:
-                response = await self._http.request(
-                    method, path, json=json, content=content, headers=request_headers
-                )
+                if chunk_timeout is None:
+                    response = await self._http.request(
+                        method, path, json=json, content=content, headers=request_headers
+                    )
+                else:  # a chunk: its body in pieces (each attempt anew), its own timeouts
+                    assert content is not None
+                    request_headers["Content-Length"] = str(len(content))
+                    response = await self._http.request(
+                        method,
+                        path,
+                        content=pieces(content),
+                        headers=request_headers,
+                        timeout=chunk_timeout,
+                    )
             except httpx.TransportError as exc:
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if not replayable and not isinstance(exc, _NOT_SENT):
@@ -547,17 +567,24 @@ class GatewayClient:
     ) -> ChunkReceipt:
         """``PUT`` one chunk with its Content-Digest (``digest``, computed here when not
         given): SHA-256, which the server also takes as the file's when the chunk is the whole
-        file. ApiError for a refused chunk."""
-        response = await self._send(
-            "PUT",
-            f"/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}",
-            content=data,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Digest": digest or content_digest_of(data),
-            },
-        )
-        body = self._json_or_raise(response, 200)
+        file. ApiError for a refused chunk. Measured in ``link``."""
+        self.link.started()
+        acknowledged = 0
+        try:
+            response = await self._send(
+                "PUT",
+                f"/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}",
+                content=data,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Digest": digest or content_digest_of(data),
+                },
+                chunk_timeout=self._chunk_timeout,
+            )
+            body = self._json_or_raise(response, 200)
+            acknowledged = len(data)
+        finally:
+            self.link.finished(acknowledged)
         return ChunkReceipt(
             file_index=int(body.get("file_index", file_index)),
             chunk_index=int(body.get("chunk_index", chunk_index)),

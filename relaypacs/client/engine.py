@@ -31,6 +31,7 @@ from relaypacs.client.errors import (
 )
 from relaypacs.client.follow import wait_for_delivery
 from relaypacs.client.hashing import HashCache, Hasher
+from relaypacs.client.link import fitted_chunk_size, measure_rtt
 from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_studies, hash_jobs
 from relaypacs.client.results import (
     ACCEPTED,
@@ -382,8 +383,13 @@ async def upload_study(
 
 async def _upload(run: _StudyRun, *, announce: bool) -> None:
     plan, result = run.plan, run.result
-    start = await run.client.start_upload(plan.manifest())
+    manifest = plan.manifest()
+    chunk_size = await _chunk_size(run.client, run.options)
+    if chunk_size is not None:
+        manifest["chunk_size"] = chunk_size
+    start = await run.client.start_upload(manifest)
     result.upload_id = start.upload.id
+    result.chunk_size = start.upload.chunk_size
     if start.outcome is StartOutcome.ALREADY_DELIVERED:
         result.status = StudyStatus.ALREADY_DELIVERED
         result.bytes_skipped = plan.total_bytes
@@ -409,6 +415,20 @@ async def _upload(run: _StudyRun, *, announce: bool) -> None:
         result.message = "some chunks were refused; the study was not completed"
         return
     await run.complete()
+
+
+async def _chunk_size(client: GatewayClient, options: UploadOptions) -> int | None:
+    """The chunk size to ask for: the option, else fitted to the rate measured so far (the
+    round trip decides before any is: measured once per run)."""
+    if options.chunk_size is not None:
+        return options.chunk_size
+    link = client.link
+    if link.rate() is None and link.rtt is None:
+        try:
+            await measure_rtt(link, client.health)
+        except (ApiError, AuthenticationError):
+            link.rtt = 0.0  # no health answer to time: the server's own size
+    return fitted_chunk_size(link.rate(), link.rtt, options.parallel)
 
 
 async def run_upload(

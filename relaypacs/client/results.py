@@ -57,6 +57,8 @@ class UploadOptions:
     wait_poll_max: float = 5.0
     # Strict mode: a study with any refused file is rejected whole (nothing forwarded).
     all_or_nothing: bool = False
+    # The chunk size to ask the gateway for; None: fitted to the link (relaypacs.client.link).
+    chunk_size: int | None = None
 
 
 class ProgressListener(Protocol):
@@ -116,6 +118,7 @@ class StudyResult:
     bytes_skipped: int = 0  # already on the server
     chunks_sent: int = 0
     chunks_already_stored: int = 0  # sent, but the server said it had them already
+    chunk_size: int = 0  # the upload's (the server's answer to the one asked for)
     duplicates_skipped: int = 0
     modalities: list[str] = field(default_factory=list)
     study_date: str = ""
@@ -156,6 +159,7 @@ class StudyResult:
             "bytes_skipped": self.bytes_skipped,
             "chunks_sent": self.chunks_sent,
             "chunks_already_stored": self.chunks_already_stored,
+            "chunk_size": self.chunk_size,
             "duplicates_skipped": self.duplicates_skipped,
             "modalities": list(self.modalities),
             "study_date": self.study_date,

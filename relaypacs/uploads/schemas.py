@@ -25,6 +25,9 @@ Sha256Hex = Annotated[
 ]
 # Study details as the files carry them: one line, no control character (NUL: PostgreSQL
 # refuses it, and SQLite stored it).
+# The bounds of a chunk size, the server's setting (RELAYPACS_CHUNK_SIZE) as a client's request.
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
 ShortText = Annotated[str, StringConstraints(max_length=256), AfterValidator(single_line), LINE_DOC]
 
 
@@ -61,6 +64,14 @@ class UploadCreate(BaseModel):
         default=False,
         description="Strict mode: one refused file refuses the whole study. By default the "
         "valid instances go on without the refused files (partial acceptance).",
+    )
+    chunk_size: int | None = Field(
+        default=None,
+        ge=MIN_CHUNK_SIZE,
+        le=MAX_CHUNK_SIZE,
+        description="The chunk size the client asks for (bytes): smaller chunks cost less when "
+        "a connection is cut. The server's setting is the largest it grants (a larger request "
+        "gets it) and its default; the answer's `chunk_size` is the one to use.",
     )
 
 

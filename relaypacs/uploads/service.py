@@ -373,16 +373,18 @@ async def start_upload(
         )
         return await read_upload(session, existing), False
 
+    # The client may ask for smaller chunks (a cut link then resends less); never larger.
+    chunk_size = min(body.chunk_size or limits.chunk_size, limits.chunk_size)
     upload = await repository.create_upload(
         session,
         user_id=user.id,
         study_instance_uid=body.study_instance_uid,
         study_hash=digest,
         study_metadata=body.metadata.model_dump(exclude_none=True),
-        chunk_size=limits.chunk_size,
+        chunk_size=chunk_size,
         all_or_nothing=body.all_or_nothing,
         files=[
-            repository.NewFile(f.name, f.size, f.sha256, chunk_count(f.size, limits.chunk_size))
+            repository.NewFile(f.name, f.size, f.sha256, chunk_count(f.size, chunk_size))
             for f in body.files
         ],
     )

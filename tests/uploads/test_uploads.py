@@ -65,6 +65,69 @@ class TestStartUpload:
             list(range(len(chunks_of(data)))) for data in study.files
         ]
 
+    async def test_the_client_may_ask_for_smaller_chunks(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        """A client on a link that is cut now and then asks for small chunks: the upload keeps
+        them (chunk counts, the chunk PUT's size and limit), and every chunk is verified as
+        ever."""
+        study = make_study(1, rows=512, columns=512)  # ~512 KiB: 8 chunks of 64 KiB
+        small = 64 * 1024
+        data = study.files[0]
+        response = await client.post(
+            f"{API}/uploads",
+            json=study.manifest() | {"chunk_size": small},
+            headers=clinician.headers,
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["chunk_size"] == small
+        count = -(-len(data) // small)
+        assert body["files"][0]["missing_chunks"] == list(range(count))
+        upload_id = body["id"]
+        too_large = await put_chunk(client, clinician, upload_id, 0, 0, data[: small + 1])
+        assert too_large.status_code == 413
+        assert error_code(too_large) == "chunk_too_large"
+        first = await put_chunk(
+            client, clinician, upload_id, 0, 0, data[:small], digest=content_digest(data[:small])
+        )
+        assert first.status_code == 200, first.text
+        conflict = await put_chunk(client, clinician, upload_id, 0, 0, data[small : 2 * small])
+        assert conflict.status_code == 409
+        assert error_code(conflict) == "chunk_conflict"
+        for index in range(1, count):
+            stored = await put_chunk(
+                client, clinician, upload_id, 0, index, data[index * small : (index + 1) * small]
+            )
+            assert stored.status_code == 200, stored.text
+        done = await complete(client, clinician, upload_id)
+        assert done.status_code == 202, done.text
+        assert done.json()["files"][0]["status"] == "valid"
+
+    async def test_a_chunk_size_above_the_servers_gets_the_servers(
+        self, client: httpx.AsyncClient, clinician: Account
+    ) -> None:
+        study = make_study(1)
+        response = await client.post(
+            f"{API}/uploads",
+            json=study.manifest() | {"chunk_size": 4 * CHUNK_SIZE},
+            headers=clinician.headers,
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["chunk_size"] == CHUNK_SIZE
+
+    @pytest.mark.parametrize("chunk_size", [0, 1024, 64 * 1024 - 1, 128 * 1024 * 1024, "big"])
+    async def test_a_chunk_size_out_of_bounds_is_422(
+        self, client: httpx.AsyncClient, clinician: Account, chunk_size: object
+    ) -> None:
+        response = await client.post(
+            f"{API}/uploads",
+            json=make_study(1).manifest() | {"chunk_size": chunk_size},
+            headers=clinician.headers,
+        )
+        assert response.status_code == 422, response.text
+        assert error_code(response) == "invalid_request"
+
     async def test_same_study_in_progress_resumes_the_same_upload(
         self, client: httpx.AsyncClient, clinician: Account
     ) -> None:

@@ -1,0 +1,62 @@
+"""The chunk size the client asks for, fitted to the link it measured."""
+
+from __future__ import annotations
+
+from relaypacs.client.link import (
+    FIRST_GUESS,
+    LAN_RTT,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    LinkMeter,
+    fitted_chunk_size,
+)
+
+KiB = 1024
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_counts_the_time_something_was_in_flight_only() -> None:
+    clock = Clock()
+    meter = LinkMeter(clock=clock)
+    meter.started()
+    meter.started()
+    clock.now = 1.0
+    meter.finished(1 << 20)
+    clock.now = 2.0
+    meter.finished(1 << 20)
+    clock.now = 10.0  # idle: not counted
+    meter.started()
+    clock.now = 12.0
+    meter.finished(0)  # a chunk that failed: its time counts, its bytes do not
+    assert meter.rate() == (2 << 20) / 4.0
+
+
+def test_no_rate_before_enough_was_measured() -> None:
+    clock = Clock()
+    meter = LinkMeter(clock=clock)
+    meter.started()
+    clock.now = 5.0
+    meter.finished(100 * KiB)
+    assert meter.rate() is None
+
+
+def test_the_chunk_size_keeps_a_quarter_second_of_the_rate_in_flight() -> None:
+    # 20 Mbit/s, 4 in flight: 156 KB a chunk -> 128 KiB; a cut then costs at most 512 KiB
+    assert fitted_chunk_size(2.5e6, 0.1, 4) == 128 * KiB
+    assert fitted_chunk_size(12.5e6, 0.1, 4) == 512 * KiB  # 100 Mbit/s
+    assert fitted_chunk_size(1e9, 0.0001, 4) == 32 * 1024 * KiB  # the gateway: its 8 MiB
+    assert fitted_chunk_size(1e12, 0.0001, 1) == MAX_CHUNK
+    assert fitted_chunk_size(10e3, 0.3, 4) == MIN_CHUNK
+
+
+def test_before_any_rate_the_round_trip_decides() -> None:
+    assert fitted_chunk_size(None, None, 4) is None
+    assert fitted_chunk_size(None, LAN_RTT / 2, 4) is None
+    assert fitted_chunk_size(None, 0.1, 4) == FIRST_GUESS
