@@ -1,0 +1,190 @@
+"""`kill`: SIGKILL the gateway at random points of upload and relay, restart it, let the CLI
+client resume; every instance is then fetched back from Orthanc and compared by SHA-256.
+
+Each round: a new study (3-8 CT images, 128-384 pixels square, 64 KiB chunks), `relaypacs
+upload --wait` started, the gateway killed after a random delay drawn over the time a round
+takes (so kills land in upload, verification, relay and confirmation alike), restarted after
+a random pause on the same port and data; the CLI, which retries, carries on by itself (run
+again, as a user would, if it gave up). Counted: instances the PACS does not hold (lost), or
+holds with other bytes (corrupted), and studies not confirmed within the bound (stuck)."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from chaos.common import (
+    PASSWORD,
+    USERNAME,
+    ScenarioError,
+    StudyFiles,
+    Tally,
+    make_study,
+    new_gateway,
+    sha256_hex,
+)
+from tests.gateway import relaypacs_command, subprocess_env
+from tests.pacs import OrthancServer, run_orthanc
+
+ROUND_TIMEOUT = 120.0  # a round's upload and delivery, kills included
+CLI_RUNS = 4  # the CLI run again (resuming) at most this many times
+
+
+def _cli(study: StudyFiles, base_url: str, state: Path) -> subprocess.Popen[bytes]:
+    env = subprocess_env(
+        {
+            "RELAYPACS_SERVER": base_url,
+            "RELAYPACS_USERNAME": USERNAME,
+            "RELAYPACS_PASSWORD": PASSWORD,
+            "RELAYPACS_STATE_DIR": str(state),
+            "XDG_STATE_HOME": str(state / "xdg-state"),
+            "XDG_CONFIG_HOME": str(state / "xdg-config"),
+        }
+    )
+    command = [
+        *relaypacs_command(),
+        "upload",
+        str(study.directory),
+        "--json",
+        "--wait",
+        "--wait-timeout",
+        "60",
+        "--retries",
+        "1000",
+        "--timeout",
+        "10",
+    ]
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _in_pacs(orthanc: OrthancServer, study: StudyFiles) -> int:
+    try:
+        return len(orthanc.sop_instance_uids(study.study_uid))
+    except Exception:  # a QIDO answer is only a label for the kill here
+        return -1
+
+
+def _check_pacs(tally: Tally, orthanc: OrthancServer, study: StudyFiles, round_seed: int) -> None:
+    for sop_uid, data in zip(study.sop_uids, study.files, strict=True):
+        stored = orthanc.file_by_sop_uid(sop_uid)
+        if stored is None:
+            tally.lost += 1
+            tally.note(f"round seed {round_seed}: instance {sop_uid} not in the PACS")
+        elif sha256_hex(stored) != sha256_hex(data):
+            tally.corrupted += 1
+            tally.note(f"round seed {round_seed}: instance {sop_uid} differs in the PACS")
+
+
+def run(rounds: int, seed: int) -> Tally:
+    tally = Tally("kill", seed)
+    phases = {"upload": 0, "relay": 0, "after": 0}
+    durations: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="relaypacs-chaos-kill-") as tmp:
+        work = Path(tmp)
+        with run_orthanc(work / "orthanc") as orthanc:
+            gateway = new_gateway(
+                work,
+                {
+                    "RELAYPACS_PACS_URL": orthanc.dicomweb_url,
+                    "RELAYPACS_PACS_USERNAME": orthanc.auth[0],
+                    "RELAYPACS_PACS_PASSWORD": orthanc.auth[1],
+                    "RELAYPACS_PACS_PROFILE": "orthanc",
+                    "RELAYPACS_FORWARD_RETRY_DELAYS": "[0.2, 0.4, 0.8]",
+                    "RELAYPACS_FORWARD_RETRY_INTERVAL": "1.0",
+                    "RELAYPACS_FORWARD_POLL_SECONDS": "0.2",
+                },
+            )
+            gateway.start()
+            try:
+                # Calibration: a round without a kill; its time is the window kills fall in.
+                began = time.monotonic()
+                calibration = make_study(work / "calibration", instances=5, side=256, seed=seed)
+                if not _finish(
+                    _cli(calibration, gateway.base_url, work / "client-state"),
+                    calibration,
+                    gateway.base_url,
+                    work,
+                    began,
+                ):
+                    raise ScenarioError("the calibration round (no kill) did not complete")
+                window = time.monotonic() - began
+                tally.figures["round without a kill (s)"] = round(window, 2)
+                print(f"calibration: a round without a kill takes {window:.1f} s", flush=True)
+                for number in range(rounds):
+                    round_seed = seed * 100_000 + number
+                    rng = random.Random(round_seed)
+                    study = make_study(
+                        work / f"study-{number}",
+                        instances=rng.randint(3, 8),
+                        side=rng.choice([128, 256, 384]),
+                        seed=round_seed,
+                    )
+                    delay = rng.uniform(0.0, window)
+                    pause = rng.uniform(0.0, 1.0)
+                    began = time.monotonic()
+                    cli = _cli(study, gateway.base_url, work / "client-state")
+                    time.sleep(delay)
+                    if cli.poll() is None:
+                        phase = "relay" if _in_pacs(orthanc, study) > 0 else "upload"
+                    else:
+                        phase = "after"
+                    phases[phase] += 1
+                    gateway.kill()
+                    time.sleep(pause)
+                    gateway.start()
+                    finished = _finish(cli, study, gateway.base_url, work, began)
+                    took = time.monotonic() - began
+                    print(
+                        f"round {number + 1}/{rounds} seed {round_seed}: "
+                        f"{len(study.files)} files {study.total_bytes // 1024} KiB, "
+                        f"killed at {delay:.2f} s ({phase}), restarted after {pause:.2f} s, "
+                        f"{'confirmed' if finished else 'NOT confirmed'} in {took:.1f} s",
+                        flush=True,
+                    )
+                    if not finished:
+                        tally.stuck += 1
+                        tally.note(f"round seed {round_seed}: the study was not confirmed")
+                    _check_pacs(tally, orthanc, study, round_seed)
+                    durations.append(took)
+                    tally.rounds += 1
+            finally:
+                gateway.stop()
+    tally.figures["kills by phase"] = phases
+    tally.figures["gateway starts"] = gateway.starts
+    if durations:
+        tally.figures["round seconds (min/median/max)"] = (
+            f"{min(durations):.1f} / {sorted(durations)[len(durations) // 2]:.1f} / "
+            f"{max(durations):.1f}"
+        )
+    return tally
+
+
+def _finish(
+    cli: subprocess.Popen[bytes], study: StudyFiles, base_url: str, work: Path, began: float
+) -> bool:
+    """The CLI run to the end (and again, resuming, while it says "run again": exit 3)."""
+    for attempt in range(CLI_RUNS):
+        left = ROUND_TIMEOUT - (time.monotonic() - began)
+        try:
+            code = cli.wait(timeout=max(1.0, left))
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            cli.wait()
+            return False
+        if code == 0:
+            return True
+        stderr = cli.stderr.read().decode(errors="replace")[-500:] if cli.stderr else ""
+        if code != 3 or attempt == CLI_RUNS - 1:
+            print(f"  `relaypacs upload` exited {code}: {stderr}", flush=True)
+            return False
+        cli = _cli(study, base_url, work / "client-state")
+    return False
