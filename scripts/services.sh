@@ -64,16 +64,23 @@ fi
 # promtool: tests/ops/test_deploy.py checks the alert rules and Prometheus's configuration with
 # it. Debian 12's `prometheus` package ships it; only that binary is taken out of the package
 # (into .tools/bin), so that no Prometheus server is installed, let alone started.
-if [ ! -x .tools/bin/promtool ] && ! command -v promtool >/dev/null 2>&1; then
-  echo "relaypacs: installing promtool (from Debian's prometheus package) into .tools/bin" >&2
+install_promtool() {
+  local promdir
   promdir=$(mktemp -d)
   chmod 0755 "$promdir"  # apt downloads as the _apt user
   (cd "$promdir" && { apt-get download -qq prometheus 2>/dev/null \
-    || { apt-get update -qq && apt-get download -qq prometheus; }; })
-  mkdir -p .tools/bin
-  dpkg-deb --fsys-tarfile "$promdir"/prometheus_*.deb | tar -xO ./usr/bin/promtool > .tools/bin/promtool
-  chmod 0755 .tools/bin/promtool
-  rm -rf "$promdir"
+    || { apt-get update -qq && apt-get download -qq prometheus; }; }) \
+    && mkdir -p .tools/bin \
+    && dpkg-deb --fsys-tarfile "$promdir"/prometheus_*.deb \
+      | tar -xO ./usr/bin/promtool > .tools/bin/promtool.part \
+    && chmod 0755 .tools/bin/promtool.part && mv .tools/bin/promtool.part .tools/bin/promtool
+  local status=$?
+  rm -rf "$promdir" .tools/bin/promtool.part
+  return $status
+}
+if [ ! -x .tools/bin/promtool ] && ! command -v promtool >/dev/null 2>&1; then
+  echo "relaypacs: installing promtool (from Debian's prometheus package) into .tools/bin" >&2
+  install_promtool || echo "relaypacs: tests/ops/test_deploy.py needs promtool (Debian's prometheus package has it)" >&2
 fi
 
 # Orthanc with its DICOMweb plugin: the real PACS of the forwarding tests.

@@ -51,6 +51,10 @@ class ForwardJob(Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The X-Request-ID of the request that queued it (the upload's `complete`): the worker logs
+    # under it and sends it to the PACS, so one id follows the study from the client's request
+    # to the PACS's log.
+    request_id: Mapped[str | None] = mapped_column(String(64))
     sent_count: Mapped[int] = mapped_column(Integer, default=0)
     confirmed_count: Mapped[int] = mapped_column(Integer, default=0)
     failed_count: Mapped[int] = mapped_column(Integer, default=0)

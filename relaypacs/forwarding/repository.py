@@ -37,13 +37,16 @@ class Claim:
     token: int
     upload_id: uuid.UUID
     target: str
+    request_id: str | None = None  # of the request that queued the job
 
 
 # --- jobs of an upload (the forwarding service's use cases) ----------------------------------
 
 
-def add_job(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
-    session.add(ForwardJob(upload_id=upload_id, target=target))
+def add_job(
+    session: AsyncSession, *, upload_id: uuid.UUID, target: str, request_id: str | None
+) -> None:
+    session.add(ForwardJob(upload_id=upload_id, target=target, request_id=request_id))
 
 
 def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
@@ -118,7 +121,7 @@ async def claim_due(
     job.lease_until = now + lease
     job.lease_token += 1
     await session.flush()
-    return Claim(job.id, job.lease_token, job.upload_id, job.target)
+    return Claim(job.id, job.lease_token, job.upload_id, job.target, job.request_id)
 
 
 def _fence(claim: Claim, lease: dt.timedelta, **values: Any) -> Update:

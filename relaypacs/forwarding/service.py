@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from relaypacs.forwarding import repository
 from relaypacs.forwarding.models import JobStatus
+from relaypacs.telemetry import REQUEST_ID
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,15 @@ async def delivered_contents(
 
 def enqueue(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
     """The outbox: call it in the transaction that accepts the upload, so that the job exists
-    if and only if that transaction commits."""
-    repository.add_job(session, upload_id=upload_id, target=target)
+    if and only if that transaction commits. The job keeps the id of the request this runs in
+    (the `complete`), which the worker logs under and sends to the PACS."""
+    request_id = REQUEST_ID.get()
+    repository.add_job(
+        session,
+        upload_id=upload_id,
+        target=target,
+        request_id=request_id[:64] if request_id is not None else None,
+    )
 
 
 def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:

@@ -224,10 +224,19 @@ class Forwarder:
     # --- one job -----------------------------------------------------------------------
 
     async def run_job(self, claim: Claim) -> None:
-        # The job's own id on its log lines and on its requests to the PACS (X-Request-ID):
-        # one attempt of one job, followed across the gateway's and the PACS's logs.
-        reset = REQUEST_ID.set(f"fwd-{claim.job_id.hex[:12]}-{claim.token}")
+        # The id of the request that queued the job (the upload's `complete`) on its log lines
+        # and on its requests to the PACS (X-Request-ID): the study followed from the client's
+        # request across the gateway's and the PACS's logs. A job queued without one (before
+        # the request id was kept) goes by its own id and attempt.
+        request_id = claim.request_id or f"fwd-{claim.job_id.hex[:12]}-{claim.token}"
+        reset = REQUEST_ID.set(request_id)
         try:
+            logger.info(
+                "forwarding job %s to %s, attempt with lease %d",
+                claim.job_id,
+                claim.target,
+                claim.token,
+            )
             await self._run_job(claim)
         finally:
             REQUEST_ID.reset(reset)

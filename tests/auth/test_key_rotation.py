@@ -124,6 +124,9 @@ class TestSigningKeyRotation:
                 # the old token's claims changed (another role), its signature kept
                 "tampered": _with_claims(old_token, role="admin"),
                 "alg none": _unsigned(claims, kid=security.key_id(OLD_KEY)),
+                # a header that is not JSON, one nested past the parser's depth
+                "bad header": "bm90IGpzb24." + old_token.split(".", 1)[1],
+                "deep header": _part(b"[" * 20_000) + "." + old_token.split(".", 1)[1],
             }
             for what, token in forged.items():
                 answer = await me(client, token)
