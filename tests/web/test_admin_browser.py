@@ -130,6 +130,8 @@ def check_until(page: Page, shown: Locator, text: str, *, tries: int = 40) -> No
     """Press "Check now" (with the keyboard) until `shown` says `text`: the targets page probes
     each PACS when asked."""
     button = page.get_by_role("button", name=re.compile("^(Check now|Checking…)$"))
+    expect(button).to_have_text("Check now")
+    tab_to(page, button)
     for _ in range(tries):
         if text in (shown.text_content() or ""):
             return

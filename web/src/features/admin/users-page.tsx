@@ -164,89 +164,89 @@ function UserRow({ user }: { user: User }) {
 
   return (
     <>
-    <tr className="border-b border-slate-200" data-testid="user-row" data-active={user.is_active}>
-      <th scope="row" className="p-2 font-medium">
-        {user.username}
-      </th>
-      <td className="p-2">
-        <label htmlFor={roleId} className="sr-only">
-          Role of {user.username}
-        </label>
-        <select
-          id={roleId}
-          className="rounded-md border border-slate-400 bg-white px-2 py-1"
-          value={user.role}
-          disabled={busy}
-          onChange={(e) => void act(() => changeRole(user.id, e.target.value as Schemas["Role"]))}
-        >
-          {ROLES.map((role) => (
-            <option key={role} value={role}>
-              {ROLE[role]}
-            </option>
-          ))}
-        </select>
-      </td>
-      <td className="p-2">
-        {user.totp_enabled ? "On" : "Off"}
-        {user.totp_enabled && (
+      <tr className="border-b border-slate-200" data-testid="user-row" data-active={user.is_active}>
+        <th scope="row" className="p-2 font-medium">
+          {user.username}
+        </th>
+        <td className="p-2">
+          <label htmlFor={roleId} className="sr-only">
+            Role of {user.username}
+          </label>
+          <select
+            id={roleId}
+            className="rounded-md border border-slate-400 bg-white px-2 py-1"
+            value={user.role}
+            disabled={busy}
+            onChange={(e) => void act(() => changeRole(user.id, e.target.value as Schemas["Role"]))}
+          >
+            {ROLES.map((role) => (
+              <option key={role} value={role}>
+                {ROLE[role]}
+              </option>
+            ))}
+          </select>
+        </td>
+        <td className="p-2">
+          {user.totp_enabled ? "On" : "Off"}
+          {user.totp_enabled && (
+            <SecondaryButton
+              className="ml-2"
+              disabled={busy}
+              aria-label={`Reset two-step sign-in of ${user.username}`}
+              onClick={() => {
+                if (window.confirm(`Reset the two-step sign-in of ${user.username}? Their sessions end; they set it up again at the next sign-in.`)) {
+                  void act(() => resetTotp(user.id));
+                }
+              }}
+            >
+              Reset
+            </SecondaryButton>
+          )}
+        </td>
+        <td className="p-2">
+          {user.is_active ? "Active" : "Disabled"}
+          {user.must_change_password ? " · must change password" : ""}
+        </td>
+        <td className="p-2">
+          <SecondaryButton onClick={() => void act(() => setUserActive(user.id, !user.is_active))} disabled={busy} aria-label={`${user.is_active ? "Disable" : "Enable"} ${user.username}`}>
+            {user.is_active ? "Disable" : "Enable"}
+          </SecondaryButton>
           <SecondaryButton
             className="ml-2"
             disabled={busy}
-            aria-label={`Reset two-step sign-in of ${user.username}`}
+            aria-label={`New password for ${user.username}`}
             onClick={() => {
-              if (window.confirm(`Reset the two-step sign-in of ${user.username}? Their sessions end; they set it up again at the next sign-in.`)) {
-                void act(() => resetTotp(user.id));
+              if (window.confirm(`Give ${user.username} a new temporary password? Their sessions end.`)) {
+                void act(async () => setPassword((await newTemporaryPassword(user.id)).temporary_password ?? null));
               }
             }}
           >
-            Reset
+            New password
           </SecondaryButton>
-        )}
-      </td>
-      <td className="p-2">
-        {user.is_active ? "Active" : "Disabled"}
-        {user.must_change_password ? " · must change password" : ""}
-      </td>
-      <td className="p-2">
-        <SecondaryButton onClick={() => void act(() => setUserActive(user.id, !user.is_active))} disabled={busy} aria-label={`${user.is_active ? "Disable" : "Enable"} ${user.username}`}>
-          {user.is_active ? "Disable" : "Enable"}
-        </SecondaryButton>
-        <SecondaryButton
-          className="ml-2"
-          disabled={busy}
-          aria-label={`New password for ${user.username}`}
-          onClick={() => {
-            if (window.confirm(`Give ${user.username} a new temporary password? Their sessions end.`)) {
-              void act(async () => setPassword((await newTemporaryPassword(user.id)).temporary_password ?? null));
-            }
-          }}
-        >
-          New password
-        </SecondaryButton>
-        <SecondaryButton
-          className="ml-2"
-          aria-expanded={showSessions}
-          aria-controls={sessionsId}
-          aria-label={`Sessions of ${user.username}`}
-          onClick={() => setShowSessions(!showSessions)}
-        >
-          Sessions
-        </SecondaryButton>
-        {password && (
-          <p role="status" className="mt-1">
-            Temporary password (shown once): <code data-testid="temporary-password">{password}</code>
-          </p>
-        )}
-        {error && <Alert>{error}</Alert>}
-      </td>
-    </tr>
-    {showSessions && (
-      <tr id={sessionsId} className="border-b border-slate-200 bg-slate-50">
-        <td colSpan={5} className="p-2">
-          <UserSessions user={user} busy={busy} act={act} />
+          <SecondaryButton
+            className="ml-2"
+            aria-expanded={showSessions}
+            aria-controls={sessionsId}
+            aria-label={`Sessions of ${user.username}`}
+            onClick={() => setShowSessions(!showSessions)}
+          >
+            Sessions
+          </SecondaryButton>
+          {password && (
+            <p role="status" className="mt-1">
+              Temporary password (shown once): <code data-testid="temporary-password">{password}</code>
+            </p>
+          )}
+          {error && <Alert>{error}</Alert>}
         </td>
       </tr>
-    )}
+      {showSessions && (
+        <tr id={sessionsId} className="border-b border-slate-200 bg-slate-50">
+          <td colSpan={5} className="p-2">
+            <UserSessions user={user} busy={busy} act={act} />
+          </td>
+        </tr>
+      )}
     </>
   );
 }
