@@ -6,10 +6,11 @@ flight, ``parallel`` x the chunk size. The server's chunk size (8 MiB) suits a f
 where each chunk costs the gateway a write, an fsync and a row; on a slow link it makes a cut
 cost up to 32 MiB at 4 in flight. The client asks for its own chunk size per upload
 (``POST /uploads`` ``chunk_size``), fitted to the goodput measured so far in the run: the
-bytes in flight then carry about ``IN_FLIGHT_SECONDS`` of the link's rate. Before anything
-is measured, the round trip decides: a local network (under ``LAN_RTT``) keeps the server's
-size, anything further starts with ``FIRST_GUESS`` (bench/README.md, "Shaped links", has the
-measurements behind these numbers).
+bytes in flight then carry about ``IN_FLIGHT_SECONDS`` (half a second) of the link's rate
+(256 KiB chunks at 20 Mbit/s and 4 in flight). Before anything is measured, the round trip
+decides: a local network (under ``LAN_RTT``) keeps the server's size, anything further starts
+with ``FIRST_GUESS``. Smaller chunks lose nothing on a cut link but cost a round trip each
+(bench/README.md, "Shaped links", has the measurements behind these numbers).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ STALL_TIMEOUT = 10.0
 MIN_CHUNK = 64 * KiB
 MAX_CHUNK = 64 * 1024 * KiB
 # Bytes in flight worth this many seconds of the measured rate.
-IN_FLIGHT_SECONDS = 0.25
+IN_FLIGHT_SECONDS = 0.5
 # Below this round trip the link is a local network: the server's chunk size.
 LAN_RTT = 0.005
 # The chunk size before any rate is known, on a link with a longer round trip.

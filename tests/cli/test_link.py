@@ -47,11 +47,12 @@ def test_no_rate_before_enough_was_measured() -> None:
     assert meter.rate() is None
 
 
-def test_the_chunk_size_keeps_a_quarter_second_of_the_rate_in_flight() -> None:
-    # 20 Mbit/s, 4 in flight: 156 KB a chunk -> 128 KiB; a cut then costs at most 512 KiB
-    assert fitted_chunk_size(2.5e6, 0.1, 4) == 128 * KiB
-    assert fitted_chunk_size(12.5e6, 0.1, 4) == 512 * KiB  # 100 Mbit/s
-    assert fitted_chunk_size(1e9, 0.0001, 4) == 32 * 1024 * KiB  # the gateway: its 8 MiB
+def test_the_chunk_size_keeps_half_a_second_of_the_rate_in_flight() -> None:
+    # 20 Mbit/s, 4 in flight: 312 KB a chunk -> 256 KiB; a cut then costs at most 1 MiB
+    assert fitted_chunk_size(2.5e6, 0.1, 4) == 256 * KiB
+    assert fitted_chunk_size(2.5e6, 0.1, 8) == 128 * KiB  # the same bytes in flight
+    assert fitted_chunk_size(12.5e6, 0.1, 4) == 1024 * KiB  # 100 Mbit/s
+    assert fitted_chunk_size(1e9, 0.0001, 4) == 64 * 1024 * KiB  # the gateway: its 8 MiB
     assert fitted_chunk_size(1e12, 0.0001, 1) == MAX_CHUNK
     assert fitted_chunk_size(10e3, 0.3, 4) == MIN_CHUNK
 
