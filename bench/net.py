@@ -224,6 +224,8 @@ def run_tuspy(study: studies.Study, net: NetSpec, scratch: Path, seed: int) -> N
     result.cuts, result.connections = stats.cuts, stats.connections
     if run.returncode != 0:
         result.error = f"exit {run.returncode}: {run.stderr.strip()[-500:]}"
+    else:
+        result.extra["upload_seconds"] = json.loads(run.stdout.strip().splitlines()[-1])["seconds"]
     return result
 
 
@@ -297,10 +299,14 @@ def _row(result: NetResult, net: NetSpec) -> str:
     if result.error:
         return f"  {result.run:<16} ERROR {result.error}"
     chunk = f"{result.chunk_size // 1024} KiB" if result.chunk_size else "-"
+    phase = result.extra.get("upload_seconds")
+    transfer = (
+        f" ({result.payload / phase / net.rate_bytes:.2f}x in its upload phase)" if phase else ""
+    )
     return (
         f"  {result.run:<16} {result.seconds:7.1f} s  goodput {result.goodput(net):.2f}x the "
-        f"link  uplink carried {result.carried():.2f}x the payload  cuts {result.cuts:<3} "
-        f"connections {result.connections:<4} chunk {chunk}"
+        f"link{transfer}  uplink carried {result.carried():.2f}x the payload  "
+        f"cuts {result.cuts:<3} connections {result.connections:<4} chunk {chunk}"
     )
 
 

@@ -29,6 +29,7 @@ TUS_VERSION = "1.0.0"
 
 def _tuspy_uploader(endpoint: str, chunk_size: int, retries: int = 0) -> Callable[[Path], int]:
     from tusclient import client as tus_client
+    from tusclient.exceptions import TusCommunicationError, TusUploadFailed
 
     tus = tus_client.TusClient(endpoint)
 
@@ -41,7 +42,17 @@ def _tuspy_uploader(endpoint: str, chunk_size: int, retries: int = 0) -> Callabl
             retries=retries,
             retry_delay=1,
         )
-        uploader.upload()
+        for attempt in range(retries + 1):
+            try:
+                if uploader.url:  # resumed: from the server's offset (HEAD)
+                    uploader.offset = uploader.get_offset()
+                uploader.upload()
+                break
+            except (TusCommunicationError, TusUploadFailed, OSError):
+                # tuspy retries a failed PATCH itself, not a failed creation or HEAD
+                if attempt == retries:
+                    raise
+                time.sleep(1)
         size: int = uploader.offset
         if size != path.stat().st_size:
             raise RuntimeError(f"{path}: tus offset {size} != size {path.stat().st_size}")

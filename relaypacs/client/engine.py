@@ -384,7 +384,7 @@ async def upload_study(
 async def _upload(run: _StudyRun, *, announce: bool) -> None:
     plan, result = run.plan, run.result
     manifest = plan.manifest()
-    chunk_size = await _chunk_size(run.client, run.options)
+    chunk_size = await _chunk_size(run.client, run.options, [f.size for f in plan.files])
     if chunk_size is not None:
         manifest["chunk_size"] = chunk_size
     start = await run.client.start_upload(manifest)
@@ -417,9 +417,11 @@ async def _upload(run: _StudyRun, *, announce: bool) -> None:
     await run.complete()
 
 
-async def _chunk_size(client: GatewayClient, options: UploadOptions) -> int | None:
+async def _chunk_size(
+    client: GatewayClient, options: UploadOptions, sizes: Sequence[int]
+) -> int | None:
     """The chunk size to ask for: the option, else fitted to the rate measured so far (the
-    round trip decides before any is: measured once per run)."""
+    round trip decides before any is: measured once per run) and to the files' ``sizes``."""
     if options.chunk_size is not None:
         return options.chunk_size
     link = client.link
@@ -428,7 +430,7 @@ async def _chunk_size(client: GatewayClient, options: UploadOptions) -> int | No
             await measure_rtt(link, client.health)
         except (ApiError, AuthenticationError):
             link.rtt = 0.0  # no health answer to time: the server's own size
-    return fitted_chunk_size(link.rate(), link.rtt, options.parallel)
+    return fitted_chunk_size(link.rate(), link.rtt, options.parallel, sizes)
 
 
 async def run_upload(

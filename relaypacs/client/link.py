@@ -6,16 +6,17 @@ flight, ``parallel`` x the chunk size. The server's chunk size (8 MiB) suits a f
 where each chunk costs the gateway a write, an fsync and a row; on a slow link it makes a cut
 cost up to 32 MiB at 4 in flight. The client asks for its own chunk size per upload
 (``POST /uploads`` ``chunk_size``), fitted to the goodput measured so far in the run: the
-bytes in flight then carry about ``IN_FLIGHT_SECONDS`` of the link's rate. Before anything
-is measured, the round trip decides: a local network (under ``LAN_RTT``) keeps the server's
-size, anything further starts with ``FIRST_GUESS`` (bench/README.md, "Shaped links", has the
-measurements behind these numbers).
+bytes in flight then carry about ``IN_FLIGHT_SECONDS`` (half a second) of the link's rate
+(256 KiB chunks at 20 Mbit/s and 4 in flight). Before anything is measured, the round trip
+decides: a local network (under ``LAN_RTT``) keeps the server's size, anything further starts
+with ``FIRST_GUESS``. Smaller chunks lose nothing on a cut link but cost a round trip each
+(bench/README.md, "Shaped links", has the measurements behind these numbers).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "MIN_CHUNK",
     "PIECE",
     "STALL_TIMEOUT",
+    "WHOLE_FILE_MAX",
     "LinkMeter",
     "fitted_chunk_size",
     "measure_rtt",
@@ -44,11 +46,16 @@ STALL_TIMEOUT = 10.0
 MIN_CHUNK = 64 * KiB
 MAX_CHUNK = 64 * 1024 * KiB
 # Bytes in flight worth this many seconds of the measured rate.
-IN_FLIGHT_SECONDS = 0.25
+IN_FLIGHT_SECONDS = 0.5
 # Below this round trip the link is a local network: the server's chunk size.
 LAN_RTT = 0.005
 # The chunk size before any rate is known, on a link with a longer round trip.
 FIRST_GUESS = 256 * KiB
+# A file up to this size is never split: one chunk, one round trip, the manifest's SHA-256 as
+# its digest. Split into 256 KiB chunks, a study of 0.5 MB CT files (three chunks each, the
+# last a few hundred bytes) measured 0.65x the link's rate instead of 0.80x; a cut costs these
+# whole files in flight, at most parallel x this.
+WHOLE_FILE_MAX = 1 << 20
 # A rate is trusted once this much was acknowledged over this long.
 MIN_MEASURED_BYTES = 1 << 20
 MIN_MEASURED_SECONDS = 0.5
@@ -88,18 +95,23 @@ class LinkMeter:
         return self.acknowledged / busy
 
 
-def fitted_chunk_size(rate: float | None, rtt: float | None, parallel: int) -> int | None:
-    """The chunk size to ask for: a power of two, MIN_CHUNK to MAX_CHUNK; None for the
-    server's own (a local network, or nothing known)."""
+def fitted_chunk_size(
+    rate: float | None, rtt: float | None, parallel: int, sizes: Sequence[int] = ()
+) -> int | None:
+    """The chunk size to ask for, MIN_CHUNK to MAX_CHUNK: a power of two fitted to the link,
+    or larger so that the largest of ``sizes`` (the study's files) up to WHOLE_FILE_MAX is one
+    chunk; None for the server's own (a local network, or nothing known)."""
     if rate is None:
         if rtt is None or rtt < LAN_RTT:
             return None
-        return FIRST_GUESS
-    wanted = rate * IN_FLIGHT_SECONDS / max(1, parallel)
-    size = MIN_CHUNK
-    while size * 2 <= wanted and size * 2 <= MAX_CHUNK:
-        size *= 2
-    return size
+        size = FIRST_GUESS
+    else:
+        wanted = rate * IN_FLIGHT_SECONDS / max(1, parallel)
+        size = MIN_CHUNK
+        while size * 2 <= wanted and size * 2 <= MAX_CHUNK:
+            size *= 2
+    whole = max((s for s in sizes if s <= WHOLE_FILE_MAX), default=0)
+    return max(size, whole)
 
 
 async def pieces(data: bytes) -> AsyncIterator[bytes]:

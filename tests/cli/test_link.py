@@ -7,6 +7,7 @@ from relaypacs.client.link import (
     LAN_RTT,
     MAX_CHUNK,
     MIN_CHUNK,
+    WHOLE_FILE_MAX,
     LinkMeter,
     fitted_chunk_size,
 )
@@ -47,13 +48,25 @@ def test_no_rate_before_enough_was_measured() -> None:
     assert meter.rate() is None
 
 
-def test_the_chunk_size_keeps_a_quarter_second_of_the_rate_in_flight() -> None:
-    # 20 Mbit/s, 4 in flight: 156 KB a chunk -> 128 KiB; a cut then costs at most 512 KiB
-    assert fitted_chunk_size(2.5e6, 0.1, 4) == 128 * KiB
-    assert fitted_chunk_size(12.5e6, 0.1, 4) == 512 * KiB  # 100 Mbit/s
-    assert fitted_chunk_size(1e9, 0.0001, 4) == 32 * 1024 * KiB  # the gateway: its 8 MiB
+def test_the_chunk_size_keeps_half_a_second_of_the_rate_in_flight() -> None:
+    # 20 Mbit/s, 4 in flight: 312 KB a chunk -> 256 KiB; a cut then costs at most 1 MiB
+    assert fitted_chunk_size(2.5e6, 0.1, 4) == 256 * KiB
+    assert fitted_chunk_size(2.5e6, 0.1, 8) == 128 * KiB  # the same bytes in flight
+    assert fitted_chunk_size(12.5e6, 0.1, 4) == 1024 * KiB  # 100 Mbit/s
+    assert fitted_chunk_size(1e9, 0.0001, 4) == 64 * 1024 * KiB  # the gateway: its 8 MiB
     assert fitted_chunk_size(1e12, 0.0001, 1) == MAX_CHUNK
     assert fitted_chunk_size(10e3, 0.3, 4) == MIN_CHUNK
+
+
+def test_a_small_file_is_never_split() -> None:
+    """0.5 MB CT files stay one chunk each; a 31 MB file beside them gets chunks of that size,
+    and without small files the fitted size stands."""
+    ct = 525_000
+    assert fitted_chunk_size(2.5e6, 0.1, 4, [ct, ct - 10, 31_000_000]) == ct
+    assert fitted_chunk_size(None, 0.1, 4, [ct]) == ct
+    assert fitted_chunk_size(2.5e6, 0.1, 4, [31_000_000, WHOLE_FILE_MAX + 1]) == 256 * KiB
+    assert fitted_chunk_size(2.5e6, 0.1, 4, [100 * KiB]) == 256 * KiB
+    assert fitted_chunk_size(None, 0.001, 4, [ct]) is None  # a local network: the server's
 
 
 def test_before_any_rate_the_round_trip_decides() -> None:
