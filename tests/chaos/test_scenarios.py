@@ -1,5 +1,6 @@
 """Each chaos scenario (chaos/) run briefly, so that they keep working: two or three rounds
-each, with a fixed seed; every count must be zero and the report must say PASS. The long
+each, with a fixed seed; every count must be zero (slowclients' P99 limit is a time on a
+shared machine: printed, not asserted here). The long
 runs are `python -m chaos <scenario>` (docs/operations.md, "Chaos")."""
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ def test_scenario_counts_nothing_lost(name: str, capsys: pytest.CaptureFixture[s
     assert (tally.lost, tally.corrupted, tally.stuck, tally.unexpected) == (0, 0, 0, 0), (
         report + "\n" + "\n".join(tally.notes)
     )
-    assert tally.ok
-    assert report.endswith("PASS")
     assert f"{ROUNDS[name]} rounds" in report
+    if name == "slowclients":
+        # Measured and printed, not asserted: a time on a shared machine (bench/ rule).
+        assert "/health/live P50 / P95 / P99 (ms)" in tally.figures
+        assert "ordinary upload, seconds of its chunk PUTs (max)" in tally.figures
+    else:
+        assert tally.ok
+        assert report.endswith("PASS")
     # Each round says what was done to it, with its seed (a failure can be replayed).
     assert capsys.readouterr().out.count(" seed 16") >= ROUNDS[name]
 
