@@ -88,6 +88,7 @@ def run(rounds: int, seed: int) -> Tally:
     tally = Tally("kill", seed)
     phases = {"upload": 0, "relay": 0, "after": 0}
     durations: list[float] = []
+    restarts: list[float] = []  # from exec to the first answer of /health/live
     with tempfile.TemporaryDirectory(prefix="relaypacs-chaos-kill-") as tmp:
         work = Path(tmp)
         with run_orthanc(work / "orthanc") as orthanc:
@@ -140,7 +141,9 @@ def run(rounds: int, seed: int) -> Tally:
                     phases[phase] += 1
                     gateway.kill()
                     time.sleep(pause)
+                    restart = time.monotonic()
                     gateway.start()
+                    restarts.append(time.monotonic() - restart)
                     finished = _finish(cli, study, gateway.base_url, work, began)
                     took = time.monotonic() - began
                     print(
@@ -164,6 +167,10 @@ def run(rounds: int, seed: int) -> Tally:
         tally.figures["round seconds (min/median/max)"] = (
             f"{min(durations):.1f} / {sorted(durations)[len(durations) // 2]:.1f} / "
             f"{max(durations):.1f}"
+        )
+    if restarts:
+        tally.figures["gateway restart seconds (median/max)"] = (
+            f"{sorted(restarts)[len(restarts) // 2]:.1f} / {max(restarts):.1f}"
         )
     return tally
 

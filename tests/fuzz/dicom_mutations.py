@@ -198,7 +198,7 @@ def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
             del data[: seed.meta_end]
         elif kind == "nest":
             depth = draw(st.sampled_from([1, 3, 15, 16, 17, 40, 300]))
-            at = draw(st.integers(seed.meta_end, size))
+            at = draw(st.integers(min(seed.meta_end, size), size))
             data[at:at] = unusual._nested_sequences(depth)
         elif kind == "zeros":
             at = draw(st.integers(0, size - 1))
