@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from relaypacs.auth.dependencies import ActorDep, AdminUser, CurrentUser
 from relaypacs.fields import Offset
-from relaypacs.reports import service
+from relaypacs.reports import assignment, service
 from relaypacs.reports.dependencies import RadiologistUser, WorklistFilterDep, WritableReport
 from relaypacs.reports.schemas import (
     DraftSave,
@@ -158,7 +158,7 @@ async def assign_report(
 
 @admin_router.get("/radiologists", response_model=RadiologistList)
 async def list_radiologists(_admin: AdminUser, session: ReadSessionDep) -> RadiologistList:
-    return await service.list_radiologists(session)
+    return await assignment.list_radiologists(session)
 
 
 @admin_router.put("/radiologists/{user_id}/modalities", response_model=RadiologistRead)
@@ -169,7 +169,7 @@ async def set_radiologist_modalities(
     actor: ActorDep,
     session: SessionDep,
 ) -> RadiologistRead:
-    return await service.set_radiologist_modalities(
+    return await assignment.set_radiologist_modalities(
         session, user_id=user_id, modalities=body.modalities, actor=actor
     )
 

@@ -3,31 +3,27 @@ radiologist by an administrator or by the rule (assigned), drafted, signed (read
 (amended; every signed version is kept). Who may see a report: its uploader, the radiologist it
 is assigned to, administrators (audited); anyone else gets the same 404 as a missing one.
 
-Over 600 lines: the assignment rule (round robin by modality, radiologists' modalities) is the
-part to move into `reports/assignment.py` next; the lifecycle itself reads best in one place."""
+Who reads a report (the assignment by hand or by rule, the radiologists' modalities) is
+decided in reports/assignment.py."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Sequence
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.audit import service as audit
-from relaypacs.audit.models import SYSTEM, Actor, AuditEvent
+from relaypacs.audit.models import Actor, AuditEvent
 from relaypacs.audit.service import record_alone, record_event
 from relaypacs.auth import repository as users
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, utcnow
 from relaypacs.notifications.service import notify
-from relaypacs.reports import pdf, repository
+from relaypacs.reports import assignment, pdf, repository
 from relaypacs.reports.errors import (
-    NotARadiologist,
-    RadiologistNotFound,
     ReportEmpty,
     ReportNotFound,
     ReportNotSigned,
@@ -38,8 +34,6 @@ from relaypacs.reports.models import SIGNED_STATUSES, Report, ReportStatus, Repo
 from relaypacs.reports.repository import WorklistFilter
 from relaypacs.reports.schemas import (
     DraftSave,
-    RadiologistList,
-    RadiologistRead,
     ReportAmend,
     ReportRead,
     ReportSign,
@@ -92,50 +86,7 @@ async def open_report(
         ),
     )
     if auto_assign:
-        radiologist = await _next_radiologist(session, report.modality)
-        if radiologist is not None:
-            await _assign(session, report, radiologist, actor=SYSTEM, rule=True)
-
-
-async def _next_radiologist(session: AsyncSession, modality: str | None) -> uuid.UUID | None:
-    """Round robin: among the active radiologists registered for the modality (all active
-    radiologists where none is), the one assigned least recently (never first)."""
-    active = [
-        u.id for u in await users.users_with_role(session, Role.RADIOLOGIST, active_only=True)
-    ]
-    if not active:
-        return None
-    candidates = active
-    if modality:
-        readers = set(await repository.readers_of(session, modality))
-        candidates = [u for u in active if u in readers] or active
-    last = await repository.last_assigned(session, candidates)
-    never = dt.datetime.min.replace(tzinfo=dt.UTC)
-    return min(candidates, key=lambda u: (last[u] or never, str(u)))
-
-
-async def _assign(
-    session: AsyncSession, report: Report, radiologist_id: uuid.UUID, *, actor: Actor, rule: bool
-) -> None:
-    previous = report.radiologist_id
-    report.radiologist_id = radiologist_id
-    report.status = ReportStatus.ASSIGNED
-    report.assigned_at = utcnow()
-    await session.flush()
-    notify(session, user_id=radiologist_id, kind="report_assigned", related_id=report.id)
-    await record_event(
-        session,
-        actor=actor,
-        action="report.assign",
-        object_type="report",
-        object_id=report.id,
-        study_instance_uid=report.study_instance_uid,
-        details={
-            "radiologist_id": str(radiologist_id),
-            "previous": str(previous) if previous else None,
-            "by": "rule" if rule else "admin",
-        },
-    )
+        await assignment.assign_by_rule(session, report)
 
 
 # --- who sees what ---------------------------------------------------------------------------
@@ -421,13 +372,6 @@ async def _signed(session: AsyncSession, report: Report, actor: Actor, *, kind: 
 # --- administration --------------------------------------------------------------------------
 
 
-async def _radiologist(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await users.get_user(session, user_id)
-    if user is None or user.role != Role.RADIOLOGIST:
-        raise RadiologistNotFound()
-    return user
-
-
 async def assign_report(
     session: AsyncSession,
     *,
@@ -437,58 +381,11 @@ async def assign_report(
     admin: User,
 ) -> ReportRead:
     """An administrator assigns (or reassigns) a report not yet signed to an active
-    radiologist."""
-    report = await repository.get_report(session, report_id, lock=True)
-    if report is None:
-        raise ReportNotFound()
-    if report.status in SIGNED_STATUSES:
-        raise ReportSigned()
-    radiologist = await users.get_user(session, radiologist_id)
-    if radiologist is None or radiologist.role != Role.RADIOLOGIST or not radiologist.is_active:
-        raise NotARadiologist()
-    await _assign(session, report, radiologist.id, actor=actor, rule=False)
-    return await _read(session, report, admin)
-
-
-async def _radiologist_views(
-    session: AsyncSession, radiologists: Sequence[User]
-) -> list[RadiologistRead]:
-    ids = [u.id for u in radiologists]
-    modalities = await repository.modalities_of(session, ids)
-    counts = await repository.open_report_counts(session, ids)
-    return [
-        RadiologistRead(
-            id=u.id,
-            username=u.username,
-            is_active=u.is_active,
-            modalities=modalities[u.id],
-            open_reports=counts[u.id],
-        )
-        for u in radiologists
-    ]
-
-
-async def list_radiologists(session: AsyncSession) -> RadiologistList:
-    radiologists = await users.users_with_role(session, Role.RADIOLOGIST)
-    return RadiologistList(items=await _radiologist_views(session, radiologists))
-
-
-async def set_radiologist_modalities(
-    session: AsyncSession, *, user_id: uuid.UUID, modalities: Sequence[str], actor: Actor
-) -> RadiologistRead:
-    """The modalities a radiologist reads (the automatic assignment's rule), replaced."""
-    radiologist = await _radiologist(session, user_id)
-    await repository.set_modalities(session, radiologist.id, modalities)
-    await record_event(
-        session,
-        actor=actor,
-        action="radiologist.modalities",
-        object_type="user",
-        object_id=radiologist.id,
-        details={"modalities": sorted(set(modalities))},
+    radiologist (reports.assignment)."""
+    report = await assignment.assign_report(
+        session, report_id=report_id, radiologist_id=radiologist_id, actor=actor
     )
-    (view,) = await _radiologist_views(session, [radiologist])
-    return view
+    return await _read(session, report, admin)
 
 
 # --- the PDF ---------------------------------------------------------------------------------
