@@ -5,7 +5,14 @@ from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role,
 from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification, NotificationPreference
-from relaypacs.reports.models import RadiologistModality, Report, ReportStatus, ReportVersion
+from relaypacs.reports.models import (
+    RadiologistModality,
+    Report,
+    ReportPacsCopy,
+    ReportPacsInstance,
+    ReportStatus,
+    ReportVersion,
+)
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
 
 __all__ = [
@@ -21,6 +28,8 @@ __all__ = [
     "RecoveryCode",
     "RefreshToken",
     "Report",
+    "ReportPacsCopy",
+    "ReportPacsInstance",
     "ReportStatus",
     "ReportVersion",
     "Role",

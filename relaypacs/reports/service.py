@@ -21,6 +21,7 @@ from relaypacs.audit.service import record_alone, record_event
 from relaypacs.auth import repository as users
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, utcnow
+from relaypacs.forwarding import service as forwarding
 from relaypacs.notifications.service import notify
 from relaypacs.reports import assignment, pdf, repository
 from relaypacs.reports.errors import (
@@ -30,7 +31,13 @@ from relaypacs.reports.errors import (
     ReportSigned,
     ReportVersionNotFound,
 )
-from relaypacs.reports.models import SIGNED_STATUSES, Report, ReportStatus, ReportVersion
+from relaypacs.reports.models import (
+    SIGNED_STATUSES,
+    CopyStatus,
+    Report,
+    ReportStatus,
+    ReportVersion,
+)
 from relaypacs.reports.repository import WorklistFilter
 from relaypacs.reports.schemas import (
     DraftSave,
@@ -141,7 +148,7 @@ def _summary(report: Report) -> ReportSummary:
     )
 
 
-def _version(v: ReportVersion) -> ReportVersionRead:
+def _version(v: ReportVersion, receipts: dict[int, str]) -> ReportVersionRead:
     return ReportVersionRead(
         version=v.version,
         findings=v.findings,
@@ -149,11 +156,21 @@ def _version(v: ReportVersion) -> ReportVersionRead:
         signed_by=v.signed_by_id,
         signed_at=v.signed_at,
         reason=v.reason,
+        source="pacs" if v.source == "pacs" else "gateway",
+        source_instance_uid=v.source_instance_uid,
+        pacs_receipt_id=receipts.get(v.version),
     )
 
 
+async def _receipts(session: AsyncSession, report: Report) -> dict[int, str]:
+    """The SOP Instance UID of each version the PACS holds as written back."""
+    stored = await repository.copies(session, report.id, statuses=[CopyStatus.CONFIRMED])
+    return {c.version: c.sop_instance_uid for c in stored}
+
+
 async def _read(session: AsyncSession, report: Report, user: User) -> ReportRead:
-    versions = [_version(v) for v in await repository.versions(session, report.id)]
+    receipts = await _receipts(session, report)
+    versions = [_version(v, receipts) for v in await repository.versions(session, report.id)]
     sees_draft = user.role == Role.ADMIN or user.id == report.radiologist_id
     return ReportRead(
         **_summary(report).model_dump(),
@@ -162,6 +179,7 @@ async def _read(session: AsyncSession, report: Report, user: User) -> ReportRead
         else None,
         latest=versions[-1] if versions else None,
         versions=versions,
+        pacs_receipt_id=report.pacs_receipt_id,
     )
 
 
@@ -221,7 +239,7 @@ async def show_version(
         found = await repository.get_version(session, report.id, version)
         if found is None:
             raise ReportVersionNotFound()
-        view = _version(found)
+        view = _version(found, await _receipts(session, report))
     await _record_read(db, actor=actor, report=report, action="report.read", version=version)
     return view
 
@@ -330,6 +348,7 @@ async def sign_report(
     report.ready_at = version.signed_at
     await session.flush()
     await _signed(session, report, actor, kind="report_ready")
+    await _write_back(session, report)
     return await _read(session, report, user)
 
 
@@ -346,7 +365,17 @@ async def amend_report(
     report.status = ReportStatus.AMENDED
     await session.flush()
     await _signed(session, report, actor, kind="report_amended")
+    await _write_back(session, report)
     return await _read(session, report, user)
+
+
+async def _write_back(session: AsyncSession, report: Report) -> None:
+    """The outbox of the write-back: the signed version goes to the PACS that holds the study
+    (as an Encapsulated PDF instance, reports/writeback.py) once this transaction commits."""
+    targets = await forwarding.delivered_targets(session, [report.upload_id])
+    target = targets.get(report.upload_id)
+    if target is not None:
+        await forwarding.enqueue_report(session, upload_id=report.upload_id, target=target)
 
 
 async def _signed(session: AsyncSession, report: Report, actor: Actor, *, kind: str) -> None:
@@ -398,9 +427,9 @@ def pdf_key(report: Report) -> str:
 
 async def _pdf_document(session: AsyncSession, report: Report) -> pdf.ReportDocument:
     versions = await repository.versions(session, report.id)
-    names: dict[uuid.UUID, str] = {}
+    names: dict[uuid.UUID | None, str] = {None: "(from the PACS)"}
     for v in versions:
-        if v.signed_by_id not in names:
+        if v.signed_by_id is not None and v.signed_by_id not in names:
             signer = await users.get_user(session, v.signed_by_id)
             names[v.signed_by_id] = signer.username if signer else str(v.signed_by_id)
     metadata = StudyMetadata.model_validate(report.study_metadata or {})
@@ -428,6 +457,23 @@ async def _pdf_document(session: AsyncSession, report: Report) -> pdf.ReportDocu
     )
 
 
+async def _render(storage: ObjectStorage, document: pdf.ReportDocument, key: str) -> bytes:
+    data = await asyncio.to_thread(pdf.render, document)
+    await storage.put(key, data, sha256=hashlib.sha256(data).hexdigest())
+    return data
+
+
+async def stored_pdf(session: AsyncSession, storage: ObjectStorage, report: Report) -> bytes:
+    """The PDF of the report's latest signed version, made and kept in object storage (in the
+    caller's transaction) if it was not yet."""
+    key = pdf_key(report)
+    if report.pdf_key == key:
+        return await storage.get(key)
+    data = await _render(storage, await _pdf_document(session, report), key)
+    await repository.set_pdf_key(session, report.id, version=report.version, key=key)
+    return data
+
+
 async def report_pdf(
     db: Database, storage: ObjectStorage, *, report_id: uuid.UUID, user: User, actor: Actor
 ) -> tuple[bytes, str]:
@@ -443,8 +489,7 @@ async def report_pdf(
     if document is None:
         data = await storage.get(key)
     else:
-        data = await asyncio.to_thread(pdf.render, document)
-        await storage.put(key, data, sha256=hashlib.sha256(data).hexdigest())
+        data = await _render(storage, document, key)
         async with db.sessionmaker() as session, session.begin():
             await repository.set_pdf_key(session, report.id, version=report.version, key=key)
     await _record_read(db, actor=actor, report=report, action="report.pdf", version=report.version)
@@ -464,6 +509,10 @@ _TIMELINE_ACTIONS = (
     "report.assign",
     "report.sign",
     "report.amend",
+    "report.pacs_received",
+    "report.pacs_skipped",
+    "report.pacs_stored",
+    "report.pacs_failed",
 )
 
 
@@ -502,6 +551,14 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
             return [step("report_ready")]
         case "report.amend":
             return [step("report_amended", f"version {details.get('version')}")]
+        case "report.pacs_received":
+            return [step("report_ready", "from the PACS")]
+        case "report.pacs_skipped":
+            return [step("report_from_pacs_skipped", str(details.get("reason")))]
+        case "report.pacs_stored":
+            return [step("report_stored_in_pacs", f"version {details.get('version')}")]
+        case "report.pacs_failed":
+            return [step("report_refused_by_pacs", f"version {details.get('version')}")]
     return []
 
 
