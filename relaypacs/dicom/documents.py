@@ -78,8 +78,9 @@ def study_attributes(dicom_json: Mapping[str, Any]) -> dict[str, Any]:
         if not values:
             continue
         value = values[0]
-        if isinstance(value, Mapping):  # a person name: its alphabetic form
-            value = value.get("Alphabetic")
+        if isinstance(value, Mapping):  # a person name: its groups, as DICOM writes them
+            groups = [str(value.get(g) or "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            value = "=".join(groups).rstrip("=")
         if isinstance(value, str | int | float):
             found[keyword] = str(value)
     return found
@@ -145,9 +146,13 @@ class ReportText:
 
 def read_dataset(data: bytes) -> Dataset:
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        sop_class = ds.get("SOPClassUID")
     except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
         raise UnreadableReport("not_dicom") from exc
+    if not sop_class:
+        raise UnreadableReport("not_dicom")
+    return ds
 
 
 def pdf_of(ds: Dataset) -> bytes:

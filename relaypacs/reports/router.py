@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from relaypacs.auth.dependencies import ActorDep, AdminUser, CurrentUser
 from relaypacs.fields import Offset
-from relaypacs.reports import assignment, service
+from relaypacs.reports import assignment, service, timeline
 from relaypacs.reports.dependencies import RadiologistUser, WorklistFilterDep, WritableReport
 from relaypacs.reports.schemas import (
     DraftSave,
@@ -181,4 +181,4 @@ async def upload_timeline(
     """Every step of the upload's journey with its time, oldest first: started, received,
     validated (or rejected, with why), queued, PACS confirmed N/N (or failed), report opened,
     assigned, ready, amended."""
-    return await service.upload_timeline(db, upload_id=upload_id, user=user, actor=actor)
+    return await timeline.upload_timeline(db, upload_id=upload_id, user=user, actor=actor)

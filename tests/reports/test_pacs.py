@@ -44,6 +44,7 @@ from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
 from tests.api.uploading import Study, error_code, make_study, upload_study
 from tests.pacs import OrthancServer, run_orthanc
 from tests.reports.reporting import API, assign, sign
+from tests.servers import free_port
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
@@ -402,3 +403,25 @@ async def test_a_report_signed_in_the_gateway_is_stored_into_its_study_in_the_pa
     result = await run_sync(app)
     assert report_id not in {str(r) for r in result.ready}
     assert [v["source"] for v in report["versions"]] == ["gateway", "gateway"]
+
+
+async def test_a_pacs_that_does_not_answer_leaves_every_report_as_it_was(
+    app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount, orthanc: OrthancServer
+) -> None:
+    uploader = await make_account(Role.CLINICIAN)
+    study, report_id = await delivered(app, client, uploader)
+    add_to_orthanc(orthanc, make_sr(study, {"Findings": ["Seen while the PACS was down."]}))
+    state = app_state(app)
+    (target,) = state.settings.pacs_targets
+    # Fault injection: the same target's name at an address where nothing listens.
+    down = target.model_copy(update={"url": f"http://127.0.0.1:{free_port()}/dicom-web"})
+    settings = state.settings.model_copy(update={"pacs_targets": [down]})
+    result = await sync_reports_from_pacs(
+        sessionmaker=state.db.sessionmaker, settings=settings, storage=state.storage
+    )
+    assert result.errors == [f"{target.name}: ConnectError"]
+    assert result.ready == []
+    report = await get_json(client, f"{API}/reports/{report_id}", uploader)
+    assert report["status"] == "pending"
+    # Nothing was lost: once the PACS answers, the next run finds the report.
+    assert report_id in {str(r) for r in (await run_sync(app)).ready}
