@@ -369,6 +369,13 @@ class Settings(BaseSettings):
         "active radiologists registered for the study's modality (all active radiologists "
         "where none is).",
     )
+    report_sync_minutes: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the scheduler asks each PACS by QIDO-RS for reports (a "
+        "Structured Report or an Encapsulated PDF) added to the studies the gateway delivered "
+        "whose report is not ready yet.",
+    )
     pacs_viewer_url: str | None = Field(
         default=None,
         description="The PACS viewer's URL for one study, with {study_instance_uid} in it, e.g. "

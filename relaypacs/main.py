@@ -57,6 +57,7 @@ from relaypacs.reports.router import admin_router as reports_admin_router
 from relaypacs.reports.router import router as reports_router
 from relaypacs.reports.router import timeline_router as upload_timeline_router
 from relaypacs.reports.service import open_report
+from relaypacs.reports.writeback import ReportWriteBack
 from relaypacs.state import AppState, app_settings
 from relaypacs.storage import (
     FilesystemStorage,
@@ -232,6 +233,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             sync_engine=db.sync_engine,
             source=UploadRelay(),
             settle_hooks=(open_report_when_delivered(settings), notify_uploader),
+            report_source=ReportWriteBack(settings, storage),
         )
         await forwarder.start()
     state = AppState(

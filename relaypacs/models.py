@@ -9,6 +9,8 @@ from relaypacs.reports.models import (
     AssignmentRule,
     RadiologistModality,
     Report,
+    ReportPacsCopy,
+    ReportPacsInstance,
     ReportStatus,
     ReportVersion,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "RecoveryCode",
     "RefreshToken",
     "Report",
+    "ReportPacsCopy",
+    "ReportPacsInstance",
     "ReportStatus",
     "ReportVersion",
     "Role",

@@ -18,6 +18,11 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class JobKind(enum.StrEnum):
+    STUDY = "study"  # the upload's instances
+    REPORT = "report"  # the signed versions of its report, as Encapsulated PDF instances
+
+
 class ForwardJob(Base):
     """The outbox row: created in the transaction that accepts the upload.
 
@@ -28,13 +33,24 @@ class ForwardJob(Base):
 
     __tablename__ = "forward_job"
     __table_args__ = (
-        UniqueConstraint("upload_id", "target"),
+        UniqueConstraint("upload_id", "target", "kind"),
         Index("ix_forward_job_status_next_attempt_at", "status", "next_attempt_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     upload_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("upload.id", ondelete="CASCADE"))
     target: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[JobKind] = mapped_column(
+        Enum(
+            JobKind,
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda e: [m.value for m in e],
+        ),
+        default=JobKind.STUDY,
+        server_default=JobKind.STUDY.value,
+    )
     status: Mapped[JobStatus] = mapped_column(
         Enum(
             JobStatus,

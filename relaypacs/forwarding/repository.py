@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from relaypacs.db import sqlite_write_lock, utcnow
 from relaypacs.forwarding.errors import LeaseLost
-from relaypacs.forwarding.models import DeliveredInstance, ForwardJob, JobStatus
+from relaypacs.forwarding.models import DeliveredInstance, ForwardJob, JobKind, JobStatus
 from relaypacs.forwarding.source import ForwardCounts
 
 
@@ -37,6 +37,7 @@ class Claim:
     token: int
     upload_id: uuid.UUID
     target: str
+    kind: JobKind = JobKind.STUDY
     request_id: str | None = None  # of the request that queued the job
 
 
@@ -44,20 +45,65 @@ class Claim:
 
 
 def add_job(
-    session: AsyncSession, *, upload_id: uuid.UUID, target: str, request_id: str | None
+    session: AsyncSession,
+    *,
+    upload_id: uuid.UUID,
+    target: str,
+    kind: JobKind = JobKind.STUDY,
+    request_id: str | None = None,
 ) -> None:
-    session.add(ForwardJob(upload_id=upload_id, target=target, request_id=request_id))
+    session.add(ForwardJob(upload_id=upload_id, target=target, kind=kind, request_id=request_id))
 
 
 def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
-    """The upload's first job (synchronous: a read in one call, or `run_sync`)."""
+    """The upload's first study job (synchronous: a read in one call, or `run_sync`)."""
     return session.scalar(
-        select(ForwardJob).where(ForwardJob.upload_id == upload_id).order_by(ForwardJob.created_at)
+        select(ForwardJob)
+        .where(ForwardJob.upload_id == upload_id, ForwardJob.kind == JobKind.STUDY)
+        .order_by(ForwardJob.created_at)
     )
 
 
-async def job_of_upload(session: AsyncSession, upload_id: uuid.UUID) -> ForwardJob | None:
-    return await session.scalar(select(ForwardJob).where(ForwardJob.upload_id == upload_id))
+async def job_of_upload(
+    session: AsyncSession, upload_id: uuid.UUID, kind: JobKind = JobKind.STUDY
+) -> ForwardJob | None:
+    return await session.scalar(
+        select(ForwardJob)
+        .where(ForwardJob.upload_id == upload_id, ForwardJob.kind == kind)
+        .order_by(ForwardJob.created_at)
+        .limit(1)
+    )
+
+
+async def job_for(
+    session: AsyncSession, *, upload_id: uuid.UUID, target: str, kind: JobKind
+) -> ForwardJob | None:
+    return await session.scalar(
+        select(ForwardJob).where(
+            ForwardJob.upload_id == upload_id, ForwardJob.target == target, ForwardJob.kind == kind
+        )
+    )
+
+
+async def delivered_targets(
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The target each of these uploads was delivered to (its finished study job)."""
+    found: dict[uuid.UUID, str] = {}
+    ids = list(upload_ids)
+    for start in range(0, len(ids), _IN_LIST):
+        rows = await session.execute(
+            select(ForwardJob.upload_id, ForwardJob.target)
+            .where(
+                ForwardJob.upload_id.in_(ids[start : start + _IN_LIST]),
+                ForwardJob.kind == JobKind.STUDY,
+                ForwardJob.status == JobStatus.DONE,
+            )
+            .order_by(ForwardJob.created_at)
+        )
+        for upload_id, target in rows:
+            found.setdefault(upload_id, target)
+    return found
 
 
 def make_due_again(job: ForwardJob) -> None:
@@ -90,7 +136,9 @@ async def cancel_jobs(session: AsyncSession, upload_id: uuid.UUID) -> None:
 def retrying_upload_ids() -> Select[uuid.UUID]:
     """The ids of uploads whose job is queued again after a failed attempt (a subquery)."""
     return select(ForwardJob.upload_id).where(
-        ForwardJob.status == JobStatus.QUEUED, ForwardJob.attempts > 0
+        ForwardJob.status == JobStatus.QUEUED,
+        ForwardJob.attempts > 0,
+        ForwardJob.kind == JobKind.STUDY,
     )
 
 
@@ -121,7 +169,7 @@ async def claim_due(
     job.lease_until = now + lease
     job.lease_token += 1
     await session.flush()
-    return Claim(job.id, job.lease_token, job.upload_id, job.target, job.request_id)
+    return Claim(job.id, job.lease_token, job.upload_id, job.target, job.kind, job.request_id)
 
 
 def _fence(claim: Claim, lease: dt.timedelta, **values: Any) -> Update:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from relaypacs.forwarding import repository
-from relaypacs.forwarding.models import JobStatus
+from relaypacs.forwarding.models import JobKind, JobStatus
 from relaypacs.telemetry import REQUEST_ID
 
 
@@ -59,13 +59,37 @@ def enqueue(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None
     """The outbox: call it in the transaction that accepts the upload, so that the job exists
     if and only if that transaction commits. The job keeps the id of the request this runs in
     (the `complete`), which the worker logs under and sends to the PACS."""
+    repository.add_job(session, upload_id=upload_id, target=target, request_id=_request_id())
+
+
+def _request_id() -> str | None:
     request_id = REQUEST_ID.get()
-    repository.add_job(
-        session,
-        upload_id=upload_id,
-        target=target,
-        request_id=request_id[:64] if request_id is not None else None,
-    )
+    return request_id[:64] if request_id is not None else None
+
+
+async def enqueue_report(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
+    """The outbox of a report's write-back: the upload's `report` job for `target` is due now
+    (written with the transaction that signs or amends the report); one job per upload and
+    target carries every signed version not yet held by the PACS."""
+    await session.flush()
+    job = await repository.job_for(session, upload_id=upload_id, target=target, kind=JobKind.REPORT)
+    if job is None:
+        repository.add_job(
+            session,
+            upload_id=upload_id,
+            target=target,
+            kind=JobKind.REPORT,
+            request_id=_request_id(),
+        )
+    else:
+        repository.make_due_again(job)
+
+
+async def delivered_targets(
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The PACS target each of these uploads was delivered to (absent: not delivered)."""
+    return await repository.delivered_targets(session, upload_ids)
 
 
 def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:

@@ -30,6 +30,7 @@ from relaypacs.db import utcnow
 from relaypacs.forwarding import repository
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
 from relaypacs.forwarding.errors import LeaseLost
+from relaypacs.forwarding.models import JobKind
 from relaypacs.forwarding.repository import Claim, Delivered
 from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook, Settlement
 from relaypacs.forwarding.verification import ContentCheck, ContentUnverifiable, check_content
@@ -71,7 +72,10 @@ class Forwarder:
 
     `source` owns the instances (relaypacs/uploads/relay.py; a Forwarder built without one can
     be woken and polled, not run a job); `settle_hooks` run in the transaction that settles a
-    study (delivered or failed for good). On SQLite, give `engine` and `sync_engine`: each
+    study (delivered or failed for good). `report_source` owns the instances of `report` jobs
+    (relaypacs/reports/writeback.py: signed reports as Encapsulated PDF instances of their
+    study): sent, verified and retried like a study's; its `finish` records what settling them
+    means (no settle hook runs for them). On SQLite, give `engine` and `sync_engine`: each
     batch's answers are then recorded in one thread call (see repository.batch_recorder).
     """
 
@@ -86,12 +90,18 @@ class Forwarder:
         sync_engine: Engine | None = None,
         source: InstanceSource | None = None,
         settle_hooks: Sequence[SettleHook] = (),
+        report_source: InstanceSource | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._batches = repository.batch_recorder(
             sessionmaker, engine=engine, sync_engine=sync_engine
         )
         self._source = source
+        self._sources: dict[JobKind, InstanceSource] = {}
+        if source is not None:
+            self._sources[JobKind.STUDY] = source
+        if report_source is not None:
+            self._sources[JobKind.REPORT] = report_source
         self._settle_hooks = tuple(settle_hooks)
         self._settings = settings
         self._targets: dict[str, PacsTarget] = {t.name: t for t in settings.pacs_targets}
@@ -132,11 +142,12 @@ class Forwarder:
         """A job became due now (a study was accepted): do not wait for the next poll."""
         self._wakeup.set()
 
-    @property
-    def _instances(self) -> InstanceSource:
-        if self._source is None:
-            raise RuntimeError("this Forwarder was built without an instance source")
-        return self._source
+    def _source_of(self, claim: Claim) -> InstanceSource:
+        """Who owns the instances of the claimed job's kind."""
+        source = self._sources.get(claim.kind)
+        if source is None:
+            raise RuntimeError(f"this Forwarder has no instance source for {claim.kind} jobs")
+        return source
 
     async def start(self) -> None:
         if self._source is None:  # at start, not at the first job
@@ -266,7 +277,7 @@ class Forwarder:
         breaker = self._breakers[claim.target]
         async with self._sessionmaker() as session, session.begin():
             job = await repository.renew(session, claim, self._lease)
-            study = await self._instances.start(session, claim.upload_id)
+            study = await self._source_of(claim).start(session, claim.upload_id)
             if study is None:  # the upload was cancelled
                 repository.mark_cancelled(job)
                 return
@@ -285,7 +296,7 @@ class Forwarder:
         try:
             listed = await client.instance_uids(study.study_instance_uid, expected=study.instances)
             async with self._sessionmaker() as session:
-                sent = await self._instances.sent_instances(session, claim.upload_id)
+                sent = await self._source_of(claim).sent_instances(session, claim.upload_id)
             content = await check_content(client, study.study_instance_uid, sent, listed)
         except httpx.HTTPError as exc:
             self._target_failed(claim.target, type(exc).__name__)
@@ -365,7 +376,7 @@ class Forwarder:
 
     async def _record(self, claim: Claim, results: list[InstanceResult]) -> None:
         """One batch's answers, in one transaction fenced by the lease token."""
-        source = self._instances
+        source = self._source_of(claim)
 
         def answers(connection: Connection) -> None:
             source.record_answers(connection, claim.upload_id, results)
@@ -389,7 +400,9 @@ class Forwarder:
                 next_attempt_at=utcnow() + dt.timedelta(seconds=delay),
                 reason=reason,
             )
-            repository.set_counts(job, await self._instances.counts(session, claim.upload_id))
+            repository.set_counts(
+                job, await self._source_of(claim).counts(session, claim.upload_id)
+            )
         self._attempts[claim.target, "retry"].inc()
         logger.info(
             "forwarding job %s: retry %d in %.1f s (%s)", claim.job_id, attempts, delay, reason
@@ -410,7 +423,7 @@ class Forwarder:
         """Mark what QIDO-RS lists as confirmed; deliver, fail, or retry the rest. Instances
         whose content is not what was sent, or whose UID the target holds with other bytes as
         delivered earlier, fail for good."""
-        source = self._instances
+        source = self._source_of(claim)
         async with self._sessionmaker() as session, session.begin():
             job = await repository.renew(session, claim, self._lease)
             # The PACS said stored but does not list it: sent again (by the retry below).
@@ -429,6 +442,17 @@ class Forwarder:
                     return  # cancelled meanwhile (the cancel also took the job from us)
                 repository.mark_done(job, at=now)
                 self._attempts[claim.target, "delivered" if delivered else "failed"].inc()
+                if claim.kind != JobKind.STUDY:
+                    logger.info(
+                        "upload %s: %s job %s: %s confirmed %d/%d",
+                        claim.upload_id,
+                        claim.kind,
+                        "delivered" if delivered else "failed",
+                        claim.target,
+                        counts.confirmed,
+                        counts.instances,
+                    )
+                    return
                 if delivered:
                     self._delivery[claim.target].observe((now - job.created_at).total_seconds())
                 settlement = Settlement(
@@ -482,7 +506,7 @@ class Forwarder:
     ) -> None:
         """Refuse the instances whose content the PACS holds otherwise, and record the rest in
         the registry of what the target holds; refuse those it records with other bytes."""
-        source = self._instances
+        source = self._source_of(claim)
         if content.mismatched:
             await source.refuse(session, claim.upload_id, content.mismatched)
         held = {

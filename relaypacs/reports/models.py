@@ -92,10 +92,15 @@ class ReportVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     findings: Mapped[str] = mapped_column(Text)
     impression: Mapped[str] = mapped_column(Text)
-    signed_by_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("user.id"))
+    # Who signed it in the gateway; None for a report the PACS gave (source "pacs").
+    signed_by_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id"))
     signed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Why it was amended (None for the first version).
     reason: Mapped[str | None] = mapped_column(Text)
+    # Where it was written: "gateway" (signed here) or "pacs" (found in the PACS by the sync,
+    # source_instance_uid the SOP Instance UID of the SR or Encapsulated PDF it came from).
+    source: Mapped[str] = mapped_column(String(16), default="gateway", server_default="gateway")
+    source_instance_uid: Mapped[str | None] = mapped_column(String(64))
 
 
 class RadiologistModality(Base):
@@ -124,3 +129,54 @@ class AssignmentRule(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Who set it (no foreign key: the audit log names them too, and outlives accounts).
     updated_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+class CopyStatus(enum.StrEnum):
+    PENDING = "pending"  # to send
+    SENT = "sent"  # the PACS answered stored; not yet listed by QIDO-RS
+    CONFIRMED = "confirmed"  # listed by QIDO-RS: the PACS holds it
+    FAILED = "failed"  # refused for good
+
+
+class ReportPacsCopy(Base):
+    """A signed version written back to the PACS: an Encapsulated PDF instance of its PDF in
+    the report's study (built once, kept in object storage, sent by the forwarding worker as a
+    `report` job). Its SOP Instance UID is the version's receipt once the PACS lists it."""
+
+    __tablename__ = "report_pacs_copy"
+
+    report_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("report.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    md5: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=CopyStatus.PENDING.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stored_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class PacsInstanceOutcome(enum.StrEnum):
+    USED = "used"  # the report was made ready from it
+    SKIPPED = "skipped"  # unusable (reason): looked at once, not again
+
+
+class ReportPacsInstance(Base):
+    """A report instance (SR or Encapsulated PDF) the sync found in the PACS for a report,
+    and what became of it: each is looked at once."""
+
+    __tablename__ = "report_pacs_instance"
+
+    report_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("report.id", ondelete="CASCADE"), primary_key=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,5 +1,5 @@
 """Every query of the report domain's tables (report, report_version, radiologist_modality,
-assignment_rule)."""
+assignment_rule, report_pacs_copy, report_pacs_instance)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ScalarResult, Select, delete, func, insert, select, update
+from sqlalchemy import Connection, ScalarResult, Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.reports.models import (
@@ -17,6 +17,8 @@ from relaypacs.reports.models import (
     AssignmentRule,
     RadiologistModality,
     Report,
+    ReportPacsCopy,
+    ReportPacsInstance,
     ReportStatus,
     ReportVersion,
 )
@@ -211,3 +213,83 @@ async def save_assignment_rule(
     rule.updated_by = by
     await session.flush()
     return rule
+
+
+# --- reports from the PACS, and back to it ---------------------------------------------------
+
+
+async def awaiting_reports(session: AsyncSession, *, limit: int = 1000) -> list[Report]:
+    """Reports not signed yet (pending or assigned), oldest first: the sync looks for them."""
+    return list(
+        await session.scalars(
+            select(Report)
+            .where(Report.status.not_in(SIGNED_STATUSES))
+            .order_by(Report.created_at, Report.id)
+            .limit(limit)
+        )
+    )
+
+
+async def pacs_instances_seen(session: AsyncSession, report_id: uuid.UUID) -> set[str]:
+    """The SOP Instance UIDs of report instances already looked at for this report."""
+    return set(
+        await session.scalars(
+            select(ReportPacsInstance.sop_instance_uid).where(
+                ReportPacsInstance.report_id == report_id
+            )
+        )
+    )
+
+
+def add_pacs_instance(
+    session: AsyncSession,
+    report_id: uuid.UUID,
+    sop_instance_uid: str,
+    outcome: str,
+    reason: str | None,
+) -> None:
+    session.add(
+        ReportPacsInstance(
+            report_id=report_id, sop_instance_uid=sop_instance_uid, outcome=outcome, reason=reason
+        )
+    )
+
+
+async def copies(
+    session: AsyncSession, report_id: uuid.UUID, statuses: Sequence[str] | None = None
+) -> list[ReportPacsCopy]:
+    """The report's written-back versions, oldest first (of these statuses)."""
+    query = select(ReportPacsCopy).where(ReportPacsCopy.report_id == report_id)
+    if statuses is not None:
+        query = query.where(ReportPacsCopy.status.in_(statuses))
+    return list(await session.scalars(query.order_by(ReportPacsCopy.version)))
+
+
+async def copy_uids(session: AsyncSession, report_id: uuid.UUID) -> set[str]:
+    return set(
+        await session.scalars(
+            select(ReportPacsCopy.sop_instance_uid).where(ReportPacsCopy.report_id == report_id)
+        )
+    )
+
+
+def add_copy(session: AsyncSession, copy: ReportPacsCopy) -> None:
+    session.add(copy)
+
+
+def record_copy_answers(
+    connection: Connection,
+    upload_id: uuid.UUID,
+    answers: Sequence[tuple[int, str, str | None, str | None]],
+) -> None:
+    """(version, status, reason, md5) of a STOW-RS answer, for the report of the upload."""
+    report_id = select(Report.id).where(Report.upload_id == upload_id).scalar_subquery()
+    for version, status, reason, md5 in answers:
+        values: dict[str, Any] = {"status": status, "reason": reason}
+        if md5 is not None:
+            values["md5"] = md5
+        connection.execute(
+            update(ReportPacsCopy)
+            .where(ReportPacsCopy.report_id == report_id, ReportPacsCopy.version == version)
+            .values(**values)
+        )

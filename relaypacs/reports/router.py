@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from relaypacs.auth.dependencies import ActorDep, AdminUser, CurrentUser
 from relaypacs.fields import Offset
-from relaypacs.reports import assignment_rule, service
+from relaypacs.reports import assignment, assignment_rule, service, timeline
 from relaypacs.reports.dependencies import RadiologistUser, WorklistFilterDep, WritableReport
 from relaypacs.reports.schemas import (
     AssignmentRuleRead,
@@ -160,7 +160,7 @@ async def assign_report(
 
 @admin_router.get("/radiologists", response_model=RadiologistList)
 async def list_radiologists(_admin: AdminUser, session: ReadSessionDep) -> RadiologistList:
-    return await service.list_radiologists(session)
+    return await assignment.list_radiologists(session)
 
 
 @admin_router.put("/radiologists/{user_id}/modalities", response_model=RadiologistRead)
@@ -171,7 +171,7 @@ async def set_radiologist_modalities(
     actor: ActorDep,
     session: SessionDep,
 ) -> RadiologistRead:
-    return await service.set_radiologist_modalities(
+    return await assignment.set_radiologist_modalities(
         session, user_id=user_id, modalities=body.modalities, actor=actor
     )
 
@@ -183,7 +183,7 @@ async def upload_timeline(
     """Every step of the upload's journey with its time, oldest first: started, received,
     validated (or rejected, with why), queued, PACS confirmed N/N (or failed), report opened,
     assigned, ready, amended."""
-    return await service.upload_timeline(db, upload_id=upload_id, user=user, actor=actor)
+    return await timeline.upload_timeline(db, upload_id=upload_id, user=user, actor=actor)
 
 
 @admin_router.get("/assignment-rule", response_model=AssignmentRuleRead)

@@ -50,9 +50,24 @@ class ReportVersionRead(BaseModel):
     version: int
     findings: str
     impression: str
-    signed_by: uuid.UUID
+    signed_by: uuid.UUID | None = Field(
+        description="Who signed it in the gateway; null for a report found in the PACS."
+    )
     signed_at: dt.datetime
     reason: str | None
+    source: Literal["gateway", "pacs"] = Field(
+        default="gateway",
+        description="Where it was written: signed in the gateway, or found in the PACS (a "
+        "Structured Report or an Encapsulated PDF added to the study there).",
+    )
+    source_instance_uid: str | None = Field(
+        default=None, description="From the PACS: the SOP Instance UID it was read from."
+    )
+    pacs_receipt_id: str | None = Field(
+        default=None,
+        description="Signed in the gateway and written back: the SOP Instance UID of its "
+        "Encapsulated PDF instance, once the PACS lists it in the study.",
+    )
 
 
 class ReportSummary(BaseModel):
@@ -81,6 +96,11 @@ class ReportRead(ReportSummary):
     )
     versions: list[ReportVersionRead] = Field(
         default_factory=list, description="Every signed version, oldest first."
+    )
+    pacs_receipt_id: str | None = Field(
+        default=None,
+        description="The SOP Instance UID of the latest version written back to the PACS "
+        "(an Encapsulated PDF instance in the study), once the PACS lists it.",
     )
 
 
@@ -152,7 +172,10 @@ class RadiologistList(BaseModel):
 class TimelineStep(BaseModel):
     step: str = Field(
         description="started, received, validated, rejected, queued, pacs_confirmed, failed, "
-        "retried, cancelled, report_opened, report_assigned, report_ready, report_amended"
+        'retried, cancelled, report_opened, report_assigned, report_ready (detail "from the '
+        'PACS" when it came from there), report_amended, report_from_pacs_skipped (an unusable '
+        "report instance in the PACS; detail: why), report_stored_in_pacs (written back; "
+        "detail: the version), report_refused_by_pacs"
     )
     at: dt.datetime
     detail: str | None = None

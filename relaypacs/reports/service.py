@@ -3,42 +3,45 @@ radiologist by an administrator or by the rule (assigned), drafted, signed (read
 (amended; every signed version is kept). Who may see a report: its uploader, the radiologist it
 is assigned to, administrators (audited); anyone else gets the same 404 as a missing one.
 
-The assignment rule (round robin, by modality or not; on or off) is
-`reports/assignment_rule.py`; the radiologists' modalities are the part to move out next."""
+Who reads a report is decided in reports/assignment.py (by hand, the radiologists'
+modalities) and reports/assignment_rule.py (the automatic rule); an upload's timeline is
+reports/timeline.py; reports from the PACS and the write-back to it are reports/sync.py and
+reports/writeback.py."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Sequence
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaypacs.audit import service as audit
-from relaypacs.audit.models import SYSTEM, Actor, AuditEvent
+from relaypacs.audit.models import SYSTEM, Actor
 from relaypacs.audit.service import record_alone, record_event
 from relaypacs.auth import repository as users
 from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, utcnow
+from relaypacs.forwarding import service as forwarding
 from relaypacs.notifications.service import notify
-from relaypacs.reports import assignment_rule, pdf, repository
+from relaypacs.reports import assignment, assignment_rule, pdf, repository
 from relaypacs.reports.errors import (
-    NotARadiologist,
-    RadiologistNotFound,
     ReportEmpty,
     ReportNotFound,
     ReportNotSigned,
     ReportSigned,
     ReportVersionNotFound,
 )
-from relaypacs.reports.models import SIGNED_STATUSES, Report, ReportStatus, ReportVersion
+from relaypacs.reports.models import (
+    SIGNED_STATUSES,
+    CopyStatus,
+    Report,
+    ReportStatus,
+    ReportVersion,
+)
 from relaypacs.reports.repository import WorklistFilter
 from relaypacs.reports.schemas import (
     DraftSave,
-    RadiologistList,
-    RadiologistRead,
     ReportAmend,
     ReportRead,
     ReportSign,
@@ -46,8 +49,6 @@ from relaypacs.reports.schemas import (
     ReportVersionRead,
     SeriesRead,
     StudyView,
-    Timeline,
-    TimelineStep,
 )
 from relaypacs.storage import ObjectStorage
 from relaypacs.uploads import service as uploads
@@ -97,31 +98,7 @@ async def open_report(
             session, report.modality, by_modality=rule.by_modality
         )
         if radiologist is not None:
-            await _assign(session, report, radiologist, actor=SYSTEM, rule=True)
-
-
-async def _assign(
-    session: AsyncSession, report: Report, radiologist_id: uuid.UUID, *, actor: Actor, rule: bool
-) -> None:
-    previous = report.radiologist_id
-    report.radiologist_id = radiologist_id
-    report.status = ReportStatus.ASSIGNED
-    report.assigned_at = utcnow()
-    await session.flush()
-    notify(session, user_id=radiologist_id, kind="report_assigned", related_id=report.id)
-    await record_event(
-        session,
-        actor=actor,
-        action="report.assign",
-        object_type="report",
-        object_id=report.id,
-        study_instance_uid=report.study_instance_uid,
-        details={
-            "radiologist_id": str(radiologist_id),
-            "previous": str(previous) if previous else None,
-            "by": "rule" if rule else "admin",
-        },
-    )
+            await assignment.assign(session, report, radiologist, actor=SYSTEM, rule=True)
 
 
 # --- who sees what ---------------------------------------------------------------------------
@@ -176,7 +153,7 @@ def _summary(report: Report) -> ReportSummary:
     )
 
 
-def _version(v: ReportVersion) -> ReportVersionRead:
+def _version(v: ReportVersion, receipts: dict[int, str]) -> ReportVersionRead:
     return ReportVersionRead(
         version=v.version,
         findings=v.findings,
@@ -184,11 +161,21 @@ def _version(v: ReportVersion) -> ReportVersionRead:
         signed_by=v.signed_by_id,
         signed_at=v.signed_at,
         reason=v.reason,
+        source="pacs" if v.source == "pacs" else "gateway",
+        source_instance_uid=v.source_instance_uid,
+        pacs_receipt_id=receipts.get(v.version),
     )
 
 
+async def _receipts(session: AsyncSession, report: Report) -> dict[int, str]:
+    """The SOP Instance UID of each version the PACS holds as written back."""
+    stored = await repository.copies(session, report.id, statuses=[CopyStatus.CONFIRMED])
+    return {c.version: c.sop_instance_uid for c in stored}
+
+
 async def _read(session: AsyncSession, report: Report, user: User) -> ReportRead:
-    versions = [_version(v) for v in await repository.versions(session, report.id)]
+    receipts = await _receipts(session, report)
+    versions = [_version(v, receipts) for v in await repository.versions(session, report.id)]
     sees_draft = user.role == Role.ADMIN or user.id == report.radiologist_id
     return ReportRead(
         **_summary(report).model_dump(),
@@ -197,6 +184,7 @@ async def _read(session: AsyncSession, report: Report, user: User) -> ReportRead
         else None,
         latest=versions[-1] if versions else None,
         versions=versions,
+        pacs_receipt_id=report.pacs_receipt_id,
     )
 
 
@@ -256,7 +244,7 @@ async def show_version(
         found = await repository.get_version(session, report.id, version)
         if found is None:
             raise ReportVersionNotFound()
-        view = _version(found)
+        view = _version(found, await _receipts(session, report))
     await _record_read(db, actor=actor, report=report, action="report.read", version=version)
     return view
 
@@ -365,6 +353,7 @@ async def sign_report(
     report.ready_at = version.signed_at
     await session.flush()
     await _signed(session, report, actor, kind="report_ready")
+    await _write_back(session, report)
     return await _read(session, report, user)
 
 
@@ -381,7 +370,17 @@ async def amend_report(
     report.status = ReportStatus.AMENDED
     await session.flush()
     await _signed(session, report, actor, kind="report_amended")
+    await _write_back(session, report)
     return await _read(session, report, user)
+
+
+async def _write_back(session: AsyncSession, report: Report) -> None:
+    """The outbox of the write-back: the signed version goes to the PACS that holds the study
+    (as an Encapsulated PDF instance, reports/writeback.py) once this transaction commits."""
+    targets = await forwarding.delivered_targets(session, [report.upload_id])
+    target = targets.get(report.upload_id)
+    if target is not None:
+        await forwarding.enqueue_report(session, upload_id=report.upload_id, target=target)
 
 
 async def _signed(session: AsyncSession, report: Report, actor: Actor, *, kind: str) -> None:
@@ -407,13 +406,6 @@ async def _signed(session: AsyncSession, report: Report, actor: Actor, *, kind: 
 # --- administration --------------------------------------------------------------------------
 
 
-async def _radiologist(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await users.get_user(session, user_id)
-    if user is None or user.role != Role.RADIOLOGIST:
-        raise RadiologistNotFound()
-    return user
-
-
 async def assign_report(
     session: AsyncSession,
     *,
@@ -423,58 +415,11 @@ async def assign_report(
     admin: User,
 ) -> ReportRead:
     """An administrator assigns (or reassigns) a report not yet signed to an active
-    radiologist."""
-    report = await repository.get_report(session, report_id, lock=True)
-    if report is None:
-        raise ReportNotFound()
-    if report.status in SIGNED_STATUSES:
-        raise ReportSigned()
-    radiologist = await users.get_user(session, radiologist_id)
-    if radiologist is None or radiologist.role != Role.RADIOLOGIST or not radiologist.is_active:
-        raise NotARadiologist()
-    await _assign(session, report, radiologist.id, actor=actor, rule=False)
-    return await _read(session, report, admin)
-
-
-async def _radiologist_views(
-    session: AsyncSession, radiologists: Sequence[User]
-) -> list[RadiologistRead]:
-    ids = [u.id for u in radiologists]
-    modalities = await repository.modalities_of(session, ids)
-    counts = await repository.open_report_counts(session, ids)
-    return [
-        RadiologistRead(
-            id=u.id,
-            username=u.username,
-            is_active=u.is_active,
-            modalities=modalities[u.id],
-            open_reports=counts[u.id],
-        )
-        for u in radiologists
-    ]
-
-
-async def list_radiologists(session: AsyncSession) -> RadiologistList:
-    radiologists = await users.users_with_role(session, Role.RADIOLOGIST)
-    return RadiologistList(items=await _radiologist_views(session, radiologists))
-
-
-async def set_radiologist_modalities(
-    session: AsyncSession, *, user_id: uuid.UUID, modalities: Sequence[str], actor: Actor
-) -> RadiologistRead:
-    """The modalities a radiologist reads (the automatic assignment's rule), replaced."""
-    radiologist = await _radiologist(session, user_id)
-    await repository.set_modalities(session, radiologist.id, modalities)
-    await record_event(
-        session,
-        actor=actor,
-        action="radiologist.modalities",
-        object_type="user",
-        object_id=radiologist.id,
-        details={"modalities": sorted(set(modalities))},
+    radiologist (reports.assignment)."""
+    report = await assignment.assign_report(
+        session, report_id=report_id, radiologist_id=radiologist_id, actor=actor
     )
-    (view,) = await _radiologist_views(session, [radiologist])
-    return view
+    return await _read(session, report, admin)
 
 
 # --- the PDF ---------------------------------------------------------------------------------
@@ -487,9 +432,9 @@ def pdf_key(report: Report) -> str:
 
 async def _pdf_document(session: AsyncSession, report: Report) -> pdf.ReportDocument:
     versions = await repository.versions(session, report.id)
-    names: dict[uuid.UUID, str] = {}
+    names: dict[uuid.UUID | None, str] = {None: "(from the PACS)"}
     for v in versions:
-        if v.signed_by_id not in names:
+        if v.signed_by_id is not None and v.signed_by_id not in names:
             signer = await users.get_user(session, v.signed_by_id)
             names[v.signed_by_id] = signer.username if signer else str(v.signed_by_id)
     metadata = StudyMetadata.model_validate(report.study_metadata or {})
@@ -517,6 +462,23 @@ async def _pdf_document(session: AsyncSession, report: Report) -> pdf.ReportDocu
     )
 
 
+async def _render(storage: ObjectStorage, document: pdf.ReportDocument, key: str) -> bytes:
+    data = await asyncio.to_thread(pdf.render, document)
+    await storage.put(key, data, sha256=hashlib.sha256(data).hexdigest())
+    return data
+
+
+async def stored_pdf(session: AsyncSession, storage: ObjectStorage, report: Report) -> bytes:
+    """The PDF of the report's latest signed version, made and kept in object storage (in the
+    caller's transaction) if it was not yet."""
+    key = pdf_key(report)
+    if report.pdf_key == key:
+        return await storage.get(key)
+    data = await _render(storage, await _pdf_document(session, report), key)
+    await repository.set_pdf_key(session, report.id, version=report.version, key=key)
+    return data
+
+
 async def report_pdf(
     db: Database, storage: ObjectStorage, *, report_id: uuid.UUID, user: User, actor: Actor
 ) -> tuple[bytes, str]:
@@ -532,98 +494,8 @@ async def report_pdf(
     if document is None:
         data = await storage.get(key)
     else:
-        data = await asyncio.to_thread(pdf.render, document)
-        await storage.put(key, data, sha256=hashlib.sha256(data).hexdigest())
+        data = await _render(storage, document, key)
         async with db.sessionmaker() as session, session.begin():
             await repository.set_pdf_key(session, report.id, version=report.version, key=key)
     await _record_read(db, actor=actor, report=report, action="report.pdf", version=report.version)
     return data, f"report-{report.id}-v{report.version}.pdf"
-
-
-# --- the study's timeline --------------------------------------------------------------------
-
-_TIMELINE_ACTIONS = (
-    "upload.start",
-    "upload.complete",
-    "forward.delivered",
-    "forward.failed",
-    "admin.upload_retry",
-    "admin.upload_cancel",
-    "upload.cancel",
-    "report.assign",
-    "report.sign",
-    "report.amend",
-)
-
-
-def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[TimelineStep]:
-    at, details = event.at, event.details or {}
-
-    def step(name: str, detail: str | None = None) -> TimelineStep:
-        return TimelineStep(step=name, at=at, detail=detail)
-
-    match event.action:
-        case "upload.start":
-            return [step("started")]
-        case "upload.complete":
-            accepted = int(details.get("accepted_files", 0))
-            refused = int(details.get("rejected_files", 0))
-            codes = ", ".join(details.get("codes", []))
-            if event.outcome == "rejected":
-                return [step("received"), step("rejected", codes or None)]
-            verdict = f"accepted {accepted} of {accepted + refused} files"
-            if refused:
-                verdict += f" (refused: {codes})"
-            queued = [step("queued")] if forwarded else []
-            return [step("received"), step("validated", verdict), *queued]
-        case "forward.delivered":
-            confirmed = int(details.get("confirmed", 0))
-            return [step("pacs_confirmed", f"PACS confirmed {confirmed}/{instances or confirmed}")]
-        case "forward.failed":
-            return [step("failed", f"{details.get('failed', 0)} instances refused by the PACS")]
-        case "admin.upload_retry":
-            return [step("retried")]
-        case "admin.upload_cancel" | "upload.cancel":
-            return [step("cancelled")]
-        case "report.assign":
-            return [step("report_assigned")]
-        case "report.sign":
-            return [step("report_ready")]
-        case "report.amend":
-            return [step("report_amended", f"version {details.get('version')}")]
-    return []
-
-
-async def upload_timeline(
-    db: Database, *, upload_id: uuid.UUID, user: User, actor: Actor
-) -> Timeline:
-    """Every step of an upload's journey with its time, from "started" to "report amended"
-    (from the audit log, the upload and its report). The uploader's and administrators'."""
-    async with db.read_sessionmaker() as session, session.begin():
-        upload = await uploads.get_upload(session, upload_id=upload_id, user=user)
-        study = await uploads.study_overview(session, upload_id=upload.id)
-        report = await repository.report_of_upload(session, upload.id)
-        objects = [("upload", str(upload.id))]
-        if report is not None:
-            objects.append(("report", str(report.id)))
-        events = await audit.history(session, objects=objects, actions=_TIMELINE_ACTIONS)
-    forwarded = study.target is not None  # a forward job was written: the study was queued
-    steps = [s for e in events for s in _steps(e, study.instance_count, forwarded=forwarded)]
-    if report is not None:
-        steps.append(TimelineStep(step="report_opened", at=report.created_at))
-    steps.sort(key=lambda s: s.at)  # stable: a record's steps keep their order
-    await record_alone(
-        db.sessionmaker,
-        actor=actor,
-        action="upload.timeline",
-        object_type="upload",
-        object_id=upload.id,
-        study_instance_uid=upload.study_instance_uid,
-    )
-    return Timeline(
-        upload_id=upload.id,
-        status=study.status.value,
-        steps=steps,
-        forwarding_retries=study.attempts,
-        last_error=study.last_error,
-    )

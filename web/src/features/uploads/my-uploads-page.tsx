@@ -108,6 +108,9 @@ const STEPS: Record<string, string> = {
   report_assigned: "Report assigned to a radiologist",
   report_ready: "Report ready",
   report_amended: "Report amended",
+  report_from_pacs_skipped: "A report in the PACS could not be read",
+  report_stored_in_pacs: "Report stored in the PACS",
+  report_refused_by_pacs: "Report refused by the PACS",
 };
 
 /** Every step of the study's journey with its time, from the gateway's record. */
@@ -173,7 +176,8 @@ function ReportText({ id }: { id: string }) {
       <h3 className="mt-2 font-semibold">Impression</h3>
       <p className="whitespace-pre-wrap">{latest.impression}</p>
       <p className="mt-2 text-slate-700">
-        Version {latest.version}, signed {new Date(latest.signed_at).toLocaleString()}
+        Version {latest.version}, {latest.source === "pacs" ? "from the PACS" : "signed"}{" "}
+        {new Date(latest.signed_at).toLocaleString()}
         {latest.reason ? ` (amended: ${latest.reason})` : ""}
       </p>
     </article>

@@ -255,7 +255,9 @@ function Signed({ report }: { report: Report }) {
             <h3 className="mt-2 font-semibold">Impression</h3>
             <p className="whitespace-pre-wrap">{latest.impression}</p>
             <p className="mt-2 text-sm text-slate-700">
-              Version {latest.version}, signed {new Date(latest.signed_at).toLocaleString()}
+              Version {latest.version}, {latest.source === "pacs" ? "from the PACS" : "signed"}{" "}
+              {new Date(latest.signed_at).toLocaleString()}
+              {latest.pacs_receipt_id ? " · stored in the PACS" : ""}
             </p>
           </article>
         )}
