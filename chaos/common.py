@@ -113,6 +113,7 @@ class Gateway:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+        self.kill()  # never left behind
         raise ScenarioError(f"the gateway did not answer within {timeout} s:\n{self.tail()}")
 
     def kill(self) -> None:
