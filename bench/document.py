@@ -72,6 +72,21 @@ ENTRIES: tuple[Entry, ...] = (
         "The web app against the CLI",
         ("bench.web_upload",),
     ),
+    *(
+        Entry(
+            f"chaos_{scenario}",
+            f"Chaos: {scenario}",
+            ("chaos", scenario),
+            ("chaos", scenario, "--rounds", "3"),
+            about,
+        )
+        for scenario, about in (
+            ("kill", "SIGKILL of the gateway at random points of upload and relay."),
+            ("diskfull", "Chunk storage on a small tmpfs that fills up during chunk writes."),
+            ("pgrestart", "A private PostgreSQL restarted mid-upload."),
+            ("slowclients", "Slow-body clients hold connections while /health/live is probed."),
+        )
+    ),
 )
 
 
