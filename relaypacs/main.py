@@ -38,7 +38,7 @@ from relaypacs.auth.security import KeyRing
 from relaypacs.auth.service import ensure_first_admin
 from relaypacs.auth.sessions import TokenContext
 from relaypacs.auth.totp import TotpCipher
-from relaypacs.config import Settings, load_settings
+from relaypacs.config import MiB, Settings, load_settings
 from relaypacs.db import Database
 from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
@@ -68,6 +68,7 @@ from relaypacs.storage import (
 )
 from relaypacs.telemetry import close_sentry, init_sentry, process_started, process_stopped
 from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
+from relaypacs.uploads.bodies import BodyBudget
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.completion import CompleteContext, check_stored_chunks_every
 from relaypacs.uploads.early import EarlyVerifier
@@ -260,7 +261,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # The group commit's executor (SQLite: the driver's connection), chosen once.
             recorder=ChunkRecorder(chunk_row_writer(db)),
             early=early_verifier,
-            slots=asyncio.Semaphore(16),
+            bodies=BodyBudget(
+                total=settings.chunk_buffer_mb * MiB,
+                per_user=int(settings.chunk_buffer_mb * MiB * settings.chunk_buffer_user_share),
+            ),
+            body_idle_seconds=settings.chunk_body_idle_seconds,
         ),
         early_verifier=early_verifier,
         complete_context=CompleteContext(

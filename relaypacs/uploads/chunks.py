@@ -15,6 +15,7 @@ from relaypacs.db import Database, read_in_one_call
 from relaypacs.storage import ChecksumMismatch, ObjectStorage, StorageError
 from relaypacs.telemetry.metrics import CHUNK_BYTES, CHUNKS
 from relaypacs.uploads import repository
+from relaypacs.uploads.bodies import BodyBudget
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
     ChunkConflict,
@@ -324,4 +325,5 @@ class ChunkIntake:
     facts: UploadFactsCache
     recorder: ChunkRecorder
     early: EarlyVerifier | None
-    slots: asyncio.Semaphore  # chunk bodies held in memory at once
+    bodies: BodyBudget  # chunk bodies held in memory at once, and each user's share
+    body_idle_seconds: float  # a body of which nothing arrives for this long is given up

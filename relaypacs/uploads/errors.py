@@ -20,6 +20,12 @@ class ChunkOutOfRange(NotFound):
     message = "That file or chunk index is outside the upload's manifest."
 
 
+class BodyStalled(GatewayError):
+    status_code = 408
+    code = "body_stalled"
+    message = "The chunk's body stopped arriving; send the chunk again."
+
+
 class ChunkConflict(Conflict):
     code = "chunk_conflict"
     message = "That chunk is already stored with different bytes."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from relaypacs.auth.policy import authorize
 from relaypacs.fields import Offset
 from relaypacs.state import DatabaseDep, SessionDep, StorageDep, get_app_state
 from relaypacs.uploads import completion, service
+from relaypacs.uploads.bodies import read_body
 from relaypacs.uploads.dependencies import CompleteContextDep, EarlyVerifierDep, UploadLimitsDep
 from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
@@ -166,7 +168,9 @@ async def put_chunk(
         chunk_index=chunk_index,
         content_length=parse_content_length(headers.get("content-length")),
         declared=declared,
-        read_body=request.body,
+        read_body=functools.partial(
+            read_body, request, idle_seconds=state.chunk_intake.body_idle_seconds
+        ),
     )
 
 

@@ -426,8 +426,9 @@ async def put_chunk(
         chunk_index=chunk_index,
         content_length=content_length,
     )
-    # Bounded memory: at most `slots` chunk bodies are held at once.
-    async with intake.slots:
+    # Bounded memory: the body's length is reserved before it is read, within the user's
+    # share (uploads/bodies.py).
+    async with intake.bodies.hold(user.id, content_length or 0):
         data = await read_body()
         return await chunks.store_chunk(
             intake.recorder,

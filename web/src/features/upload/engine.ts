@@ -336,7 +336,7 @@ export class UploadEngine {
     return true;
   }
 
-  /** One request, retried on network errors, 5xx and 429 with backoff; offline stops it. */
+  /** One request, retried on network errors, 5xx, 408 and 429 with backoff; offline stops it. */
   private async send(make: () => Request, signal: AbortSignal): Promise<Response> {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted || !this.deps.online()) throw new Stopped();
@@ -348,7 +348,8 @@ export class UploadEngine {
         if (attempt >= this.retryDelays.length) throw error;
       }
       if (response !== null) {
-        const transient = response.status >= 500 || response.status === 429;
+        const transient =
+          response.status >= 500 || response.status === 408 || response.status === 429;
         if (!transient || attempt >= this.retryDelays.length) return response;
         await response.body?.cancel();
       }

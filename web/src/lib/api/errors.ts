@@ -44,6 +44,7 @@ const MESSAGES: Record<string, string> = {
   upload_not_writable: "This upload is closed and takes no more data.",
   upload_not_cancellable: "This upload can no longer be cancelled.",
   chunk_conflict: "A part of a file changed since it was first sent. Choose the files again.",
+  body_stalled: "A part of a file stopped arriving on the way; it is sent again.",
   chunk_size_mismatch: "A part of a file has the wrong size. Choose the files again.",
   content_digest_mismatch: "A part of a file was damaged on the way; it is sent again.",
   content_md5_mismatch: "A part of a file was damaged on the way; it is sent again.",
