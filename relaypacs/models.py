@@ -6,12 +6,15 @@ from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
 from relaypacs.notifications.models import Notification, NotificationPreference
 from relaypacs.reports.models import RadiologistModality, Report, ReportStatus, ReportVersion
+from relaypacs.scheduler.models import ScheduledJob
+from relaypacs.stats.models import DailyStat
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
 
 __all__ = [
     "AuditEvent",
     "AuthSession",
     "Base",
+    "DailyStat",
     "FileStatus",
     "ForwardJob",
     "JobStatus",
@@ -24,6 +27,7 @@ __all__ = [
     "ReportStatus",
     "ReportVersion",
     "Role",
+    "ScheduledJob",
     "Upload",
     "UploadChunk",
     "UploadFile",

@@ -166,6 +166,28 @@ async def sessions_revoked_within(session: AsyncSession, within: dt.timedelta) -
     return list(ids)
 
 
+async def delete_ended_sessions(
+    session: AsyncSession,
+    *,
+    now: dt.datetime,
+    idle_before: dt.datetime,
+    revoked_before: dt.datetime,
+) -> int:
+    """Delete the sessions that have ended (absolute end passed, idle too long, or revoked
+    before `revoked_before`) with their refresh tokens (cascade); how many."""
+    ended = select(AuthSession.id).where(
+        (AuthSession.expires_at < now)
+        | (AuthSession.last_used_at < idle_before)
+        | (AuthSession.revoked_at < revoked_before)
+    )
+    ids = list(await session.scalars(ended))
+    for at in range(0, len(ids), 500):
+        batch = ids[at : at + 500]
+        await session.execute(delete(RefreshToken).where(RefreshToken.session_id.in_(batch)))
+        await session.execute(delete(AuthSession).where(AuthSession.id.in_(batch)))
+    return len(ids)
+
+
 # --- recovery codes --------------------------------------------------------------------------
 
 

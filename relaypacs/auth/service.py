@@ -9,6 +9,7 @@ committed although the call fails); the others work in the caller's."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import secrets
 import uuid
@@ -362,3 +363,16 @@ async def end_my_session(
         await record_event(
             session, actor=actor, action="auth.logout", object_type="session", object_id=session_id
         )
+
+
+async def sweep_ended_sessions(
+    session: AsyncSession, *, idle: dt.timedelta, token_lifetime: dt.timedelta
+) -> int:
+    """The scheduled sweep: delete sessions past their absolute end or idle for longer than
+    `idle`, and revoked ones whose access tokens have all run out (`token_lifetime` after the
+    revocation; their revocation has nothing left to refuse). A deleted session is unknown,
+    which every check treats as ended. Returns how many were deleted."""
+    now = utcnow()
+    return await repository.delete_ended_sessions(
+        session, now=now, idle_before=now - idle, revoked_before=now - token_lifetime
+    )
