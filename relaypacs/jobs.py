@@ -43,12 +43,12 @@ def build_scheduler(settings: Settings, db: Database, storage: ObjectStorage) ->
         s.retention_check_minutes * 60,
         lambda: purge_delivered(db, storage, kept=s.retention_days * day),
     )
-    add("session_sweep", s.sweep_minutes * 60, lambda: _sweep(db, s))
+    add("session_sweep", s.sweep_minutes * 60, lambda: sweep(db, s))
     add("daily_stats", s.daily_stats_minutes * 60, lambda: store_past_days(db))
     return scheduler
 
 
-async def _sweep(db: Database, settings: Settings) -> None:
+async def sweep(db: Database, settings: Settings) -> None:
     """Ended sessions and their refresh tokens, revocations that refuse nothing any more (past
     an access token's life), read notifications older than RELAYPACS_READ_NOTIFICATION_DAYS."""
     async with db.sessionmaker() as session, session.begin():

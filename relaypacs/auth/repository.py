@@ -169,14 +169,14 @@ async def sessions_revoked_within(session: AsyncSession, within: dt.timedelta) -
 async def delete_ended_sessions(
     session: AsyncSession,
     *,
-    now: dt.datetime,
+    ended_before: dt.datetime,
     idle_before: dt.datetime,
     revoked_before: dt.datetime,
 ) -> int:
-    """Delete the sessions that have ended (absolute end passed, idle too long, or revoked
-    before `revoked_before`) with their refresh tokens (cascade); how many."""
+    """Delete the sessions whose absolute end came before `ended_before`, last used before
+    `idle_before` or revoked before `revoked_before`, with their refresh tokens; how many."""
     ended = select(AuthSession.id).where(
-        (AuthSession.expires_at < now)
+        (AuthSession.expires_at < ended_before)
         | (AuthSession.last_used_at < idle_before)
         | (AuthSession.revoked_at < revoked_before)
     )

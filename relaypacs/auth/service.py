@@ -368,11 +368,12 @@ async def end_my_session(
 async def sweep_ended_sessions(
     session: AsyncSession, *, idle: dt.timedelta, token_lifetime: dt.timedelta
 ) -> int:
-    """The scheduled sweep: delete sessions past their absolute end or idle for longer than
-    `idle`, and revoked ones whose access tokens have all run out (`token_lifetime` after the
-    revocation; their revocation has nothing left to refuse). A deleted session is unknown,
-    which every check treats as ended. Returns how many were deleted."""
-    now = utcnow()
+    """The scheduled sweep: delete the sessions that ended (past their absolute end, idle for
+    longer than `idle`, or revoked) more than `token_lifetime` ago, with their refresh
+    tokens: every access token of theirs has run out, so neither their row nor their
+    revocation has anything left to allow or refuse (a deleted session is unknown, which
+    every check treats as ended). Returns how many were deleted."""
+    before = utcnow() - token_lifetime
     return await repository.delete_ended_sessions(
-        session, now=now, idle_before=now - idle, revoked_before=now - token_lifetime
+        session, ended_before=before, idle_before=before - idle, revoked_before=before
     )

@@ -77,17 +77,21 @@ async def compute_day(db: Database, day: dt.date) -> DayFigures:
     )
 
 
+async def store_day(db: Database, day: dt.date) -> DayFigures:
+    """Compute one day's figures and store them (replacing any stored before)."""
+    figures = await compute_day(db, day)
+    async with db.sessionmaker() as session, session.begin():
+        await repository.store(session, day, figures.model_dump(mode="json"))
+    return figures
+
+
 async def store_past_days(db: Database, *, days: int = 2) -> list[dt.date]:
     """The scheduled job: compute and store the last `days` whole days (again: a delivery
     that came late changes its day's figures)."""
     today = utcnow().date()
-    stored = []
-    for back in range(days, 0, -1):
-        day = today - dt.timedelta(days=back)
-        figures = await compute_day(db, day)
-        async with db.sessionmaker() as session, session.begin():
-            await repository.store(session, day, figures.model_dump(mode="json"))
-        stored.append(day)
+    stored = [today - dt.timedelta(days=back) for back in range(days, 0, -1)]
+    for day in stored:
+        await store_day(db, day)
     return stored
 
 

@@ -12,7 +12,10 @@ import pytest
 
 from relaypacs import migrate
 from relaypacs.db import Database
+from tests.api.conftest import app, client, make_account
 from tests.conftest import POSTGRES_ADMIN_URL, _off_loop, _psql
+
+__all__ = ["app", "client", "make_account"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
