@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -23,10 +24,19 @@ from relaypacs.db import utcnow
 from relaypacs.main import create_app
 from relaypacs.state import app_state
 from relaypacs.uploads.models import Upload, UploadChunk
-from relaypacs.uploads.repository import recorded_chunk_keys
+from relaypacs.uploads.repository import chunk_key, recorded_chunk_keys
 from relaypacs.uploads.upkeep import expire_abandoned, purge_delivered
 from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
-from tests.api.uploading import API, chunks_of, complete, init, make_study, put_chunk, send_all
+from tests.api.uploading import (
+    API,
+    Study,
+    chunks_of,
+    complete,
+    init,
+    make_study,
+    put_chunk,
+    send_all,
+)
 from tests.pacs import OrthancServer, run_orthanc
 from tests.servers import moto_server
 
@@ -45,15 +55,25 @@ def s3_url() -> Iterator[str]:
         yield endpoint
 
 
-@pytest.fixture(scope="module", params=["fs", "s3"])
+@pytest.fixture(
+    scope="module",
+    params=[("fs", "sqlite"), ("fs", "postgresql"), ("s3", "postgresql")],
+    ids=["fs-sqlite", "fs-postgresql", "s3-postgresql"],
+)
 async def app(
     request: pytest.FixtureRequest,
     orthanc: OrthancServer,
-    postgres_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[FastAPI]:
+    store, database = request.param
+    data_dir = tmp_path_factory.mktemp("upkeep")
+    database_url = (
+        f"sqlite+aiosqlite:///{data_dir / 'relaypacs.db'}"
+        if database == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     storage: dict[str, Any] = {}
-    if request.param == "s3":
+    if store == "s3":
         storage = {
             "storage": "s3",
             "s3_endpoint_url": request.getfixturevalue("s3_url"),
@@ -63,8 +83,8 @@ async def app(
             "s3_create_bucket": True,
         }
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("upkeep"),
-        database_url=postgres_url,
+        data_dir=data_dir,
+        database_url=database_url,
         chunk_size=CHUNK_SIZE,
         secret_key="upkeep-test-signing-key-" + "u" * 32,
         totp_required_roles=[],
@@ -129,6 +149,11 @@ async def set_times(app: FastAPI, upload_id: str, **values: dt.datetime) -> None
 
 
 async def started_with_one_chunk(client: httpx.AsyncClient, account: Account) -> str:
+    return (await started(client, account))[0]
+
+
+async def started(client: httpx.AsyncClient, account: Account) -> tuple[str, Study]:
+    """An upload of two files with the first one's chunk stored."""
     study = make_study(2)
     response = await init(client, account, study)
     assert response.status_code == 201, response.text
@@ -136,7 +161,7 @@ async def started_with_one_chunk(client: httpx.AsyncClient, account: Account) ->
     first = chunks_of(study.files[0])[0]
     stored = await put_chunk(client, account, upload_id, 0, 0, first)
     assert stored.status_code == 200, stored.text
-    return upload_id
+    return upload_id, study
 
 
 async def delivered(client: httpx.AsyncClient, account: Account) -> str:
@@ -166,7 +191,7 @@ class TestExpiry:
     async def test_an_abandoned_upload_expires_and_loses_its_chunks_an_active_one_stays(
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
     ) -> None:
-        abandoned = await started_with_one_chunk(client, clinician)
+        abandoned, study = await started(client, clinician)
         active = await started_with_one_chunk(client, clinician)
         long_ago = utcnow() - 2 * DAY
         await set_times(app, abandoned, updated_at=long_ago, chunks_at=long_ago)
@@ -194,6 +219,12 @@ class TestExpiry:
         refused = await complete(client, clinician, abandoned)
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"]["code"] == "upload_not_writable"
+        late = study.files[1]
+        too_late = await put_chunk(client, clinician, abandoned, 1, 0, late)
+        assert too_late.status_code == 409, too_late.text
+        assert too_late.json()["error"]["code"] == "upload_not_writable"
+        late_key = chunk_key(uuid.UUID(abandoned), 1, 0, hashlib.sha256(late).hexdigest())
+        assert await present(app, [late_key]) == [False]  # not kept either
         # A second run finds nothing more to do for it.
         await expire_abandoned(state.db, state.storage, idle=DAY)
         notices = await client.get(f"{API}/notifications", headers=clinician.headers)
