@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -36,6 +37,9 @@ from relaypacs.scheduler.models import ScheduledJob
 from relaypacs.telemetry.metrics import SCHEDULED_RUNS
 
 logger = logging.getLogger("relaypacs.scheduler")
+
+# While a job runs: the start its lease was taken with (the run's identity in the lease row).
+RUN_STARTED: contextvars.ContextVar[dt.datetime] = contextvars.ContextVar("scheduled_run")
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Scheduler:
             ):
                 return False
         renewal = asyncio.create_task(self._renew(job, started, lease))
+        token = RUN_STARTED.set(started)
         try:
             await job.run()
         except Exception as error:
@@ -124,6 +129,7 @@ class Scheduler:
         else:
             outcome = "ok"
         finally:
+            RUN_STARTED.reset(token)
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal

@@ -4,6 +4,7 @@ shared database are held by the other suites' apps), on SQLite and PostgreSQL.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,14 +19,9 @@ from tests.conftest import POSTGRES_ADMIN_URL, _off_loop, _psql
 __all__ = ["app", "client", "make_account"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new database, migrated, dropped at the end."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'relaypacs.db'}"
-        _off_loop(migrate.upgrade, url)
-        yield url
-        return
+@contextlib.contextmanager
+def new_postgres_database() -> Iterator[str]:
+    """A new PostgreSQL database, migrated (its URL), dropped at the end."""
     name = f"relaypacs_sched_{secrets.token_hex(4)}"
     _psql(f'CREATE DATABASE "{name}"')
     try:
@@ -34,6 +30,18 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         yield url
     finally:
         _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new database, migrated, dropped at the end."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'relaypacs.db'}"
+        _off_loop(migrate.upgrade, url)
+        yield url
+        return
+    with new_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
