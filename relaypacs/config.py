@@ -342,6 +342,24 @@ class Settings(BaseSettings):
         description="How often the chunks of unfinished uploads are checked against the object "
         "storage: chunks it lost (restored from an older copy, emptied) are asked for again.",
     )
+    # The scheduled jobs (relaypacs/jobs.py): each runs on one replica per period.
+    scheduler: bool = Field(default=True, description="Take part in running scheduled jobs.")
+    scheduler_lease_seconds: float = Field(
+        default=60, ge=1, description="A run's hold on its job; a dead replica's runs out."
+    )
+    upload_expire_hours: float = Field(
+        default=24, gt=0, description="An unfinished upload with no chunk for this long expires."
+    )
+    upload_expiry_check_minutes: float = Field(default=15, gt=0)
+    retention_days: float = Field(
+        default=7, gt=0, description="The stored bytes of a delivered study are deleted after."
+    )
+    retention_check_minutes: float = Field(default=60, gt=0)
+    sweep_minutes: float = Field(
+        default=60, gt=0, description="Expired sessions, tokens and revocations are deleted."
+    )
+    read_notification_days: float = Field(default=30, gt=0)
+    daily_stats_minutes: float = Field(default=60, gt=0)
     health_timeout_seconds: float = Field(
         default=0.8,
         gt=0,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 import sys
@@ -24,7 +22,6 @@ from starlette.types import ASGIApp
 from relaypacs import __version__
 from relaypacs.admin.router import router as admin_router
 from relaypacs.apidocs import DOCS_PATH, OPENAPI_PATH, document_errors, install_api_docs
-from relaypacs.audit.service import log_chain_head_every
 from relaypacs.auth.policy import app_policy, authorize, check_policy, record_denial
 from relaypacs.auth.repository import user_loader
 from relaypacs.auth.revocation import (
@@ -44,6 +41,7 @@ from relaypacs.dicom import DicomLimits, DicomValidator
 from relaypacs.errors import Forbidden, GatewayError
 from relaypacs.forwarding.source import SettleHook, Settlement
 from relaypacs.forwarding.worker import Forwarder
+from relaypacs.jobs import build_scheduler
 from relaypacs.middleware import HttpSurface, StrictCORSMiddleware
 from relaypacs.migrate import upgrade_in_subprocess
 from relaypacs.notifications.live import NoticeHub
@@ -59,6 +57,7 @@ from relaypacs.reports.router import timeline_router as upload_timeline_router
 from relaypacs.reports.service import open_report
 from relaypacs.reports.writeback import ReportWriteBack
 from relaypacs.state import AppState, app_settings
+from relaypacs.stats.router import router as stats_router
 from relaypacs.storage import (
     FilesystemStorage,
     ObjectStorage,
@@ -70,7 +69,7 @@ from relaypacs.telemetry import close_sentry, init_sentry, process_started, proc
 from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
 from relaypacs.uploads.bodies import BodyBudget
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
-from relaypacs.uploads.completion import CompleteContext, check_stored_chunks_every
+from relaypacs.uploads.completion import CompleteContext
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
@@ -290,19 +289,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     password = await ensure_first_admin(db.sessionmaker)
     if password is not None:
         announce_first_admin(password)
-    chain_heads = asyncio.create_task(
-        log_chain_head_every(db.read_sessionmaker, settings.audit_head_log_minutes * 60)
-    )
-    stored_chunks = asyncio.create_task(
-        check_stored_chunks_every(db, storage, settings.stored_chunks_check_minutes * 60)
-    )
+    scheduler = build_scheduler(settings, db, storage) if settings.scheduler else None
+    if scheduler is not None:
+        await scheduler.start()
     try:
         yield
     finally:
-        for task in (chain_heads, stored_chunks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if scheduler is not None:
+            await scheduler.stop()
         if forwarder is not None:
             await forwarder.stop()
         await notice_hub.stop()
@@ -550,6 +544,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports_admin_router, prefix=API_PREFIX)
     app.include_router(upload_timeline_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
+    app.include_router(stats_router, prefix=API_PREFIX)
     if (web_dir := settings.resolved_web_dir) is not None:
         # The fallback of the router: only a request that no route takes (even one added later)
         # reaches the web app's files. It holds no data; the API checks every call.

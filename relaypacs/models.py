@@ -14,6 +14,8 @@ from relaypacs.reports.models import (
     ReportStatus,
     ReportVersion,
 )
+from relaypacs.scheduler.models import ScheduledJob
+from relaypacs.stats.models import DailyStat
 from relaypacs.uploads.models import FileStatus, Upload, UploadChunk, UploadFile, UploadStatus
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "AuditEvent",
     "AuthSession",
     "Base",
+    "DailyStat",
     "FileStatus",
     "ForwardJob",
     "JobStatus",
@@ -35,6 +38,7 @@ __all__ = [
     "ReportStatus",
     "ReportVersion",
     "Role",
+    "ScheduledJob",
     "Upload",
     "UploadChunk",
     "UploadFile",

@@ -5,7 +5,6 @@ A record names its actor (who, their role, from where) with an `Actor`, bound on
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -27,7 +26,6 @@ from relaypacs.audit.schemas import (
     AuditQuery,
 )
 from relaypacs.state import get_app_state
-from relaypacs.telemetry.metrics import SCHEDULED_RUNS
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -227,21 +225,6 @@ async def log_chain_head(read_sessionmaker: async_sessionmaker[AsyncSession]) ->
         head = await repository.chain_head(session)
     if head is not None:
         chain_logger.info("audit chain head %d:%s", head[0], head[1])
-
-
-async def log_chain_head_every(
-    read_sessionmaker: async_sessionmaker[AsyncSession], interval_seconds: float
-) -> None:
-    """log_chain_head at start and then every `interval_seconds`, until cancelled."""
-    while True:
-        try:
-            await log_chain_head(read_sessionmaker)
-        except Exception as error:  # a database hiccup: the next one will do
-            SCHEDULED_RUNS.labels("audit_chain_head", "failed").inc()
-            chain_logger.warning("could not read the audit chain head: %s", type(error).__name__)
-        else:
-            SCHEDULED_RUNS.labels("audit_chain_head", "ok").inc()
-        await asyncio.sleep(interval_seconds)
 
 
 async def history(

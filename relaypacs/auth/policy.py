@@ -144,6 +144,7 @@ POLICY: dict[str, Rule] = {
     f"GET {API}/admin/targets": ADMIN,
     f"GET {API}/admin/audit": ADMIN,
     f"GET {API}/admin/audit/export": ADMIN,
+    f"GET {API}/admin/stats": ADMIN,
     f"GET {API}/admin/users": ADMIN,
     f"POST {API}/admin/users": ADMIN,
     f"GET {API}/admin/users/{{user_id}}": ADMIN,

@@ -177,6 +177,28 @@ async def users_with_totp_secret(
     return list(await session.scalars(query.order_by(User.id).limit(limit).with_for_update()))
 
 
+async def delete_ended_sessions(
+    session: AsyncSession,
+    *,
+    ended_before: dt.datetime,
+    idle_before: dt.datetime,
+    revoked_before: dt.datetime,
+) -> int:
+    """Delete the sessions whose absolute end came before `ended_before`, last used before
+    `idle_before` or revoked before `revoked_before`, with their refresh tokens; how many."""
+    ended = select(AuthSession.id).where(
+        (AuthSession.expires_at < ended_before)
+        | (AuthSession.last_used_at < idle_before)
+        | (AuthSession.revoked_at < revoked_before)
+    )
+    ids = list(await session.scalars(ended))
+    for at in range(0, len(ids), 500):
+        batch = ids[at : at + 500]
+        await session.execute(delete(RefreshToken).where(RefreshToken.session_id.in_(batch)))
+        await session.execute(delete(AuthSession).where(AuthSession.id.in_(batch)))
+    return len(ids)
+
+
 # --- recovery codes --------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ committed although the call fails); the others work in the caller's."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import secrets
 import uuid
@@ -412,3 +413,17 @@ async def end_my_session(
         await record_event(
             session, actor=actor, action="auth.logout", object_type="session", object_id=session_id
         )
+
+
+async def sweep_ended_sessions(
+    session: AsyncSession, *, idle: dt.timedelta, token_lifetime: dt.timedelta
+) -> int:
+    """The scheduled sweep: delete the sessions that ended (past their absolute end, idle for
+    longer than `idle`, or revoked) more than `token_lifetime` ago, with their refresh
+    tokens: every access token of theirs has run out, so neither their row nor their
+    revocation has anything left to allow or refuse (a deleted session is unknown, which
+    every check treats as ended). Returns how many were deleted."""
+    before = utcnow() - token_lifetime
+    return await repository.delete_ended_sessions(
+        session, ended_before=before, idle_before=before - idle, revoked_before=before
+    )

@@ -38,6 +38,7 @@ _DELIVERY_STYLE = {
     "delivered": "green",
     "failed": "red",
     "cancelled": "red",
+    "expired": "red",
 }
 
 

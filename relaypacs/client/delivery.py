@@ -105,6 +105,9 @@ def delivery_of(upload: RemoteUpload) -> Delivery:
     elif status == "cancelled" or (forwarding is not None and forwarding.status == "cancelled"):
         delivery.status = DeliveryStatus.CANCELLED
         delivery.message = "forwarding to the PACS was cancelled on the gateway"
+    elif status == "expired":  # abandoned before complete: its chunks were deleted
+        delivery.status = DeliveryStatus.CANCELLED
+        delivery.message = "the upload expired on the gateway before it was complete"
     elif status == "rejected":  # not after validation; never wait for it
         delivery.status = DeliveryStatus.CANCELLED
         delivery.message = "the gateway rejected the study"

@@ -260,6 +260,9 @@ class _StudyRun:
         elif upload.status == "cancelled":
             self.result.status = StudyStatus.FAILED
             self.result.message = "the upload was cancelled on the server"
+        elif upload.status == "expired":
+            self.result.status = StudyStatus.FAILED
+            self.result.message = "the upload expired on the server (abandoned); send it again"
         else:
             # validated, or any later delivery status; with refused files, the study goes on
             # without them (the gateway's partial acceptance).

@@ -64,6 +64,24 @@ def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
     )
 
 
+async def targets_of(
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """Each upload's target (its first study job's), for those that have one."""
+    targets: dict[uuid.UUID, str] = {}
+    for at in range(0, len(upload_ids), 500):
+        rows = await session.execute(
+            select(ForwardJob.upload_id, ForwardJob.target)
+            .where(
+                ForwardJob.upload_id.in_(upload_ids[at : at + 500]),
+                ForwardJob.kind == JobKind.STUDY,
+            )
+            .order_by(ForwardJob.created_at.desc())
+        )
+        targets.update({row.upload_id: row.target for row in rows})
+    return targets
+
+
 async def job_of_upload(
     session: AsyncSession, upload_id: uuid.UUID, kind: JobKind = JobKind.STUDY
 ) -> ForwardJob | None:

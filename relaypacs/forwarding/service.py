@@ -106,6 +106,13 @@ def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:
     )
 
 
+async def targets_of(
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The target each of these uploads was queued for (absent: never queued)."""
+    return await repository.targets_of(session, upload_ids)
+
+
 async def requeue(session: AsyncSession, *, upload_id: uuid.UUID) -> bool:
     """Make the upload's job due now with fresh attempts (False: it has no job). A new lease
     token fences off any worker still holding the old lease."""

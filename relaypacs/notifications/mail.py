@@ -1,6 +1,6 @@
 """Email for the notices that matter away from the screen (a report ready or amended, a study
-that could not be delivered): sent after the transaction commits, by a background task (never
-in a request), retried, off unless SMTP is configured.
+that could not be delivered, was refused, or expired unfinished): sent after the transaction
+commits, by a background task (never in a request), retried, off unless SMTP is configured.
 
 A message carries no patient data: not in the subject, not in the body; only what happened and
 a link to the gateway, where the reader signs in to see the study."""
@@ -60,6 +60,16 @@ TEMPLATES = {
     "upload_failed": Template(
         "RelayPACS: a study could not be delivered",
         "A study you uploaded could not be delivered to the PACS.",
+        "/uploads/{related_id}",
+    ),
+    "upload_rejected": Template(
+        "RelayPACS: a study was refused",
+        "A study you uploaded was refused: none of its files could be accepted.",
+        "/uploads/{related_id}",
+    ),
+    "upload_expired": Template(
+        "RelayPACS: an unfinished upload expired",
+        "An upload you started was not finished in time and has expired; send the study again.",
         "/uploads/{related_id}",
     ),
 }

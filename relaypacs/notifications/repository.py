@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ScalarResult, and_, func, or_, select, update
+from sqlalchemy import ScalarResult, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.notifications.models import Notification, NotificationPreference
@@ -50,6 +50,13 @@ async def mark_all_read(session: AsyncSession, user_id: uuid.UUID) -> int:
         update(Notification)
         .where(Notification.user_id == user_id, Notification.is_read.is_(False))
         .values(is_read=True)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_read_before(session: AsyncSession, before: dt.datetime) -> int:
+    result = await session.execute(
+        delete(Notification).where(Notification.is_read.is_(True), Notification.created_at < before)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -14,7 +14,8 @@ class NotificationRead(BaseModel):
 
     id: uuid.UUID
     kind: str = Field(
-        description="upload_delivered, upload_failed, report_assigned, report_ready, report_amended"
+        description="upload_received, upload_validated, upload_rejected, upload_expired, "
+        "upload_delivered, upload_failed, report_assigned, report_ready, report_amended"
     )
     related_id: uuid.UUID | None = Field(description="The upload or report it is about.")
     payload: dict[str, Any] = Field(description="Ids and counts; never patient data.")
@@ -41,8 +42,16 @@ class StreamTicket(BaseModel):
 
 
 # The kinds of notice that may also be emailed.
-EmailKind = Literal["report_ready", "report_amended", "upload_failed"]
-EMAIL_KINDS: tuple[EmailKind, ...] = ("report_ready", "report_amended", "upload_failed")
+EmailKind = Literal[
+    "report_ready", "report_amended", "upload_failed", "upload_rejected", "upload_expired"
+]
+EMAIL_KINDS: tuple[EmailKind, ...] = (
+    "report_ready",
+    "report_amended",
+    "upload_failed",
+    "upload_rejected",
+    "upload_expired",
+)
 
 
 class Preferences(BaseModel):

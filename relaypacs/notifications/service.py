@@ -107,6 +107,11 @@ async def mark_all_read(session: AsyncSession, *, user: User) -> ReadAll:
     return ReadAll(marked=await repository.mark_all_read(session, user.id))
 
 
+async def sweep_read(session: AsyncSession, *, older_than: dt.timedelta) -> int:
+    """The scheduled sweep: delete read notifications older than `older_than`; how many."""
+    return await repository.delete_read_before(session, utcnow() - older_than)
+
+
 def render_event(notice: LiveNotice) -> str:
     """One Server-Sent Event: its id is the notification's (Last-Event-ID on reconnection)."""
     data = NotificationRead(

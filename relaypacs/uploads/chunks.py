@@ -145,7 +145,7 @@ def outcomes(batch: list[ChunkRow], recorded: RecordedBatch) -> list[ChunkOutcom
     found = []
     for row in batch:
         status = recorded.statuses.get(row.upload_id)
-        if status == UploadStatus.CANCELLED:
+        if status in (UploadStatus.CANCELLED, UploadStatus.EXPIRED):  # no chunk is kept
             found.append(ChunkOutcome.CANCELLED)
         elif status != UploadStatus.PENDING:
             found.append(ChunkOutcome.NOT_WRITABLE)
@@ -286,8 +286,8 @@ async def store_chunk(
         await storage.delete(key)  # ours: the recorded chunk has another digest, hence another key
         raise ChunkConflict()
     if outcome == ChunkOutcome.CANCELLED:
-        await storage.delete(key)  # a cancelled upload has no recorded chunks left
-        raise UploadNotWritable("This upload was cancelled.")
+        await storage.delete(key)  # a cancelled or expired upload has no recorded chunks left
+        raise UploadNotWritable("This upload was cancelled or has expired.")
     if outcome == ChunkOutcome.NOT_WRITABLE:
         # Never delete here: the key may be a recorded chunk of a completed upload.
         raise UploadNotWritable()

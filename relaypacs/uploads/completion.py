@@ -5,7 +5,6 @@ check that finds chunks the storage lost before their upload completes."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -24,13 +23,13 @@ from relaypacs.telemetry.metrics import (
     CHUNKS_LOST,
     FILES_ACCEPTED,
     FILES_REFUSED,
-    SCHEDULED_RUNS,
     VALIDATION_DURATION,
     VALIDATION_REFUSALS,
 )
 from relaypacs.uploads import repository
 from relaypacs.uploads.errors import UploadIncomplete, UploadNotWritable, UploadRejected
 from relaypacs.uploads.models import ACCEPTED_STATUSES, UploadStatus
+from relaypacs.uploads.notices import notify_judged, notify_received
 from relaypacs.uploads.schemas import FileError, UploadRead
 from relaypacs.uploads.service import get_upload, read_upload
 from relaypacs.uploads.verify import FileVerdict, StudyVerifier
@@ -99,6 +98,8 @@ async def complete_upload(
             raise _rejection(await read_upload(session, upload))
         if upload.status == UploadStatus.CANCELLED:
             raise UploadNotWritable("This upload was cancelled.")
+        if upload.status == UploadStatus.EXPIRED:
+            raise UploadNotWritable("This upload expired unfinished; start it again.")
         files = await repository.files_to_verify(session, upload_id)
         recorded = await repository.recorded_chunk_keys(session, upload_id)
         missing = {
@@ -123,6 +124,8 @@ async def complete_upload(
         if lost:
             await repository.forget_chunks(session, upload_id, lost)
         else:
+            if upload.status == UploadStatus.PENDING:  # not again after a crash in `received`
+                notify_received(session, upload)
             upload.status = UploadStatus.RECEIVED
         keys = {index: list(by_chunk.values()) for index, by_chunk in recorded.items()}
         del recorded
@@ -165,6 +168,14 @@ async def complete_upload(
         if moved:
             await repository.record_verdicts(
                 session, upload_id, verdicts, forward=not refused_all, delivered=delivered
+            )
+            notify_judged(
+                session,
+                user_id=user.id,
+                upload_id=upload_id,
+                rejected=refused_all,
+                instances=instances,
+                refused=len(rejected),
             )
         audit = functools.partial(
             record_event,
@@ -307,19 +318,3 @@ async def check_stored_chunks(db: Database, storage: ObjectStorage, *, limit: in
         _chunks_lost(upload_id, lost)  # counted and logged
         forgotten += sum(len(chunks) for chunks in lost.values())
     return forgotten
-
-
-async def check_stored_chunks_every(
-    db: Database, storage: ObjectStorage, interval_seconds: float
-) -> None:
-    """check_stored_chunks every `interval_seconds` (the first after one interval: a start is
-    busy enough, and `complete` checks its own upload anyway), until cancelled."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            await check_stored_chunks(db, storage)
-        except Exception as error:  # storage or database unavailable: the next run will do
-            SCHEDULED_RUNS.labels("stored_chunks_check", "failed").inc()
-            logger.warning("the check of stored chunks failed: %s", type(error).__name__)
-        else:
-            SCHEDULED_RUNS.labels("stored_chunks_check", "ok").inc()

@@ -46,6 +46,7 @@ class UploadStatus(enum.StrEnum):
     DELIVERED = "delivered"  # the PACS confirmed every instance (QIDO-RS)
     FAILED = "failed"  # the PACS refused some instance for good
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # abandoned: no chunk for RELAYPACS_UPLOAD_EXPIRE_HOURS; chunks deleted
 
 
 # Statuses in which the study counts as accepted: a second upload of it is a duplicate.
@@ -99,6 +100,9 @@ class Upload(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When its stored bytes were deleted (expired, or delivered and past the retention); its
+    # metadata, verdicts and receipts stay.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     files: Mapped[list[UploadFile]] = relationship(
         back_populates="upload", lazy="raise", order_by="UploadFile.index"

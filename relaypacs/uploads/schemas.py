@@ -134,6 +134,12 @@ class UploadSummary(BaseModel):
     created_at: dt.datetime
     updated_at: dt.datetime
     completed_at: dt.datetime | None
+    purged_at: dt.datetime | None = Field(
+        default=None,
+        description="When the gateway deleted the study's stored bytes: expired (abandoned), "
+        "or delivered and kept RELAYPACS_RETENTION_DAYS (the PACS holds it). Its details, "
+        "verdicts and receipts stay.",
+    )
 
 
 class UploadRead(UploadSummary):

@@ -80,6 +80,7 @@ def _summary(upload: Upload, received_bytes: int) -> UploadSummary:
         created_at=upload.created_at,
         updated_at=upload.updated_at,
         completed_at=upload.completed_at,
+        purged_at=upload.purged_at,
     )
 
 

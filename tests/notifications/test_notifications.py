@@ -46,11 +46,16 @@ class TestReportNotices:
         mine = await _notices(client, uploader)
         items = mine["items"]
         assert isinstance(items, list)
-        assert [n["kind"] for n in items] == ["report_amended", "report_ready"]  # newest first
+        assert [n["kind"] for n in items] == [  # newest first
+            "report_amended",
+            "report_ready",
+            "upload_validated",
+            "upload_received",
+        ]
         assert items[1]["payload"] == {"version": 1, "upload_id": upload_id}
         assert items[0]["payload"]["version"] == 2
-        assert mine["unread"] == 2
-        assert mine["total"] == 2
+        assert mine["unread"] == 4
+        assert mine["total"] == 4
 
 
 class TestMarkingRead:
@@ -102,7 +107,9 @@ class TestMarkingRead:
         )
         assert missing.json()["error"]["code"] == "notification_not_found"
         assert (await _notices(client, radiologist))["unread"] == 1
-        assert (await _notices(client, uploader))["total"] == 0
+        # The uploader has only their own (their upload's steps), none of the radiologist's.
+        own = (await _notices(client, uploader))["items"]
+        assert [n["kind"] for n in own] == ["upload_validated", "upload_received"]
 
     async def test_bad_input(
         self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount

@@ -56,7 +56,7 @@ async def test_a_delivered_study_gets_its_report_assigned_signed_and_announced(
             upload_id = await asyncio.to_thread(clinician.upload, study)
             body = await asyncio.to_thread(clinician.wait, upload_id)
             assert body["status"] == "delivered", body["forwarding"]
-            await told.wait_for(1)
+            await told.wait_for(3)  # received, validated, delivered
 
             worklist = radiologist.get("/reports").json()
             assert worklist["total"] == 1
@@ -71,9 +71,14 @@ async def test_a_delivered_study_gets_its_report_assigned_signed_and_announced(
                 json={"findings": "No fracture.", "impression": "Normal."},
             )
             assert signed.status_code == 200, signed.text
-            await told.wait_for(2)
+            await told.wait_for(4)
         kinds = [(e["data"]["kind"], e["data"]["related_id"]) for e in told.events]
-        assert kinds == [("upload_delivered", upload_id), ("report_ready", report["id"])]
+        assert kinds == [
+            ("upload_received", upload_id),
+            ("upload_validated", upload_id),
+            ("upload_delivered", upload_id),
+            ("report_ready", report["id"]),
+        ]
         mine = clinician.http.get(f"/reports/{report['id']}").json()
         assert mine["latest"]["impression"] == "Normal."
         timeline = clinician.http.get(f"/uploads/{upload_id}/timeline").json()

@@ -145,7 +145,13 @@ class TestPreferences:
         admin = await make_account(Role.ADMIN)
         defaults = await client.get(f"{API}/notifications/preferences", headers=uploader.headers)
         assert defaults.json() == {
-            "email": {"report_ready": True, "report_amended": True, "upload_failed": True}
+            "email": {
+                "report_ready": True,
+                "report_amended": True,
+                "upload_failed": True,
+                "upload_rejected": True,
+                "upload_expired": True,
+            }
         }
         changed = await client.put(
             f"{API}/notifications/preferences",
@@ -176,4 +182,9 @@ class TestPreferences:
         assert len(mailbox.to(address)) == 1
         # The notices themselves are all there.
         listed = await client.get(f"{API}/notifications", headers=uploader.headers)
-        assert [n["kind"] for n in listed.json()["items"]] == ["report_amended", "report_ready"]
+        assert [n["kind"] for n in listed.json()["items"]] == [
+            "report_amended",
+            "report_ready",
+            "upload_validated",
+            "upload_received",
+        ]

@@ -249,11 +249,12 @@ class TestUploadFromTheBrowser:
         timeline = page.get_by_role("list", name="Timeline")
         expect(timeline).to_contain_text("Confirmed by the PACS")
         expect(timeline).to_contain_text("PACS confirmed 12/12")
-        expect(page.get_by_test_id("unread")).to_have_text("1")
+        # Received, checked and accepted, delivered: three notices.
+        expect(page.get_by_test_id("unread")).to_have_text("3")
         page.get_by_test_id("bell").click()
-        expect(page.get_by_role("list", name="Notifications")).to_contain_text(
-            "A study was delivered to the PACS."
-        )
+        notices = page.get_by_role("list", name="Notifications")
+        expect(notices).to_contain_text("A study was delivered to the PACS.")
+        expect(notices).to_contain_text("A study was checked and accepted.")
         page.get_by_test_id("bell").click()
 
         # The radiologist the rule assigned signs the report: the clinician sees it, reads it
@@ -262,7 +263,7 @@ class TestUploadFromTheBrowser:
         expect(page.get_by_test_id("report-status")).to_have_attribute(
             "data-status", "ready", timeout=30_000
         )
-        expect(page.get_by_test_id("unread")).to_have_text("2")
+        expect(page.get_by_test_id("unread")).to_have_text("4")
         page.get_by_role("button", name="View report").click()
         expect(page.get_by_role("article", name="Report")).to_contain_text("No acute findings.")
         with page.expect_download() as download:

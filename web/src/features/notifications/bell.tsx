@@ -7,6 +7,10 @@ import { markAllRead, notificationsQuery } from "./api";
 import { useLiveConnected } from "../../lib/live-status";
 
 const TEXT: Record<string, string> = {
+  upload_received: "A study was received; it is being checked.",
+  upload_validated: "A study was checked and accepted.",
+  upload_rejected: "A study was refused: none of its files could be accepted.",
+  upload_expired: "An unfinished upload expired; send the study again.",
   upload_delivered: "A study was delivered to the PACS.",
   upload_failed: "A study could not be delivered to the PACS.",
   report_assigned: "A report was assigned to you.",

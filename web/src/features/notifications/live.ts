@@ -17,6 +17,8 @@ const BROWSER_NOTICES: Record<string, string> = {
   report_ready: "A report is ready in RelayPACS.",
   report_amended: "A report was amended in RelayPACS.",
   upload_failed: "A study could not be delivered to the PACS.",
+  upload_rejected: "A study was refused by RelayPACS.",
+  upload_expired: "An unfinished upload expired in RelayPACS.",
 };
 
 /** Keep the stream open while signed in (`token` changes restart it). */

@@ -5,7 +5,7 @@ import { api, data } from "../../lib/api/client";
 const POLL_MS = 4000;
 /** With the live stream open, its events refresh the uploads: a slow poll is enough. */
 const LIVE_POLL_MS = 30_000;
-const SETTLED = new Set(["delivered", "failed", "rejected", "cancelled"]);
+const SETTLED = new Set(["delivered", "failed", "rejected", "cancelled", "expired"]);
 
 export function myUploadsQuery(live: boolean) {
   return queryOptions({

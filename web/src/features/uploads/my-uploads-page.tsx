@@ -20,6 +20,7 @@ const STATUS: Record<string, string> = {
   delivered: "Delivered",
   failed: "PACS delivery failed",
   cancelled: "Cancelled",
+  expired: "Expired (abandoned)",
 };
 
 function formatDate(value: string | null | undefined): string {

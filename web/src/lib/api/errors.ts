@@ -43,6 +43,7 @@ const MESSAGES: Record<string, string> = {
   upload_rejected: "The gateway refused this study: no file in it could be accepted.",
   upload_not_writable: "This upload is closed and takes no more data.",
   upload_not_cancellable: "This upload can no longer be cancelled.",
+  stats_range_invalid: "Choose a range of at most 366 days, its start not after its end.",
   chunk_conflict: "A part of a file changed since it was first sent. Choose the files again.",
   body_stalled: "A part of a file stopped arriving on the way; it is sent again.",
   chunk_size_mismatch: "A part of a file has the wrong size. Choose the files again.",
