@@ -188,6 +188,8 @@ def test_process_metrics_add_up_the_supervisor_and_every_worker(
         fds = sum(len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in registered)
         oldest = min(_start_time(pid) for pid in registered)
 
+    # stopped (SIGTERM): every process took its registration back
+    assert _registered(data_dir) == []
     assert metric_value(exposition, "relaypacs_processes") == 3
     assert cpu_before <= metric_value(exposition, "process_cpu_seconds_total") <= cpu_after
     # Memory and descriptors move a little between the scrape and the test's reading.
