@@ -44,15 +44,9 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _check_fernet_key(value: SecretStr) -> None:
-    from cryptography.fernet import Fernet
-
-    try:
-        Fernet(value.get_secret_value())
-    except ValueError:
-        raise ValueError(
-            "must be a Fernet key: urlsafe base64 of 32 bytes (44 characters)"
-        ) from None
+def _keys(value: SecretStr | list[SecretStr] | None) -> list[SecretStr]:
+    """A key setting's keys: none, the one, or the list of previous ones."""
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 class ConfigError(Exception):
@@ -484,33 +478,26 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r}: an origin has no path")
         return [origin.rstrip("/") for origin in value]
 
-    @field_validator("secret_key")
+    @field_validator("secret_key", "previous_secret_keys")
     @classmethod
-    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("must be at least 32 characters long")
-        return value
-
-    @field_validator("previous_secret_keys")
-    @classmethod
-    def _check_previous_secret_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for key in value:
+    def _check_secret_keys(cls, value: Any) -> Any:
+        for key in _keys(value):
             if len(key.get_secret_value()) < 32:
-                raise ValueError("each key must be at least 32 characters long")
+                raise ValueError("must be at least 32 characters long")
         return value
 
-    @field_validator("totp_encryption_key")
+    @field_validator("totp_encryption_key", "totp_previous_encryption_keys")
     @classmethod
-    def _check_totp_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            _check_fernet_key(value)
-        return value
+    def _check_totp_keys(cls, value: Any) -> Any:
+        from cryptography.fernet import Fernet
 
-    @field_validator("totp_previous_encryption_keys")
-    @classmethod
-    def _check_previous_totp_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for key in value:
-            _check_fernet_key(key)
+        for key in _keys(value):
+            try:
+                Fernet(key.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    "must be a Fernet key: urlsafe base64 of 32 bytes (44 characters)"
+                ) from None
         return value
 
     @field_validator("redis_url")

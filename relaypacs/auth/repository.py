@@ -219,6 +219,13 @@ async def lock_unused_recovery_code(
     )
 
 
+async def count_unused_recovery_codes(session: AsyncSession) -> int:
+    count = await session.scalar(
+        select(func.count()).select_from(RecoveryCode).where(RecoveryCode.used_at.is_(None))
+    )
+    return int(count or 0)
+
+
 async def delete_recovery_codes(session: AsyncSession, user_id: uuid.UUID) -> None:
     await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
 

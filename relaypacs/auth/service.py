@@ -200,6 +200,9 @@ class TotpRotation:
     rotated: int  # re-encrypted with the current key by this run
     current: int  # already under the current key (an earlier, maybe interrupted, run)
     unreadable: int  # no configured key decrypts them: those users need a TOTP reset
+    # Unused recovery codes (of every user): one-way hashes, not re-keyed; those made before
+    # the new key was configured work only while the old key stays configured.
+    recovery_codes: int = 0
 
 
 async def rotate_totp_secrets(
@@ -241,7 +244,11 @@ async def rotate_totp_secrets(
                     "unreadable": unreadable,
                 },
             )
-    return TotpRotation(rotated=rotated, current=current, unreadable=unreadable)
+    async with sessionmaker() as session, session.begin():
+        recovery_codes = await repository.count_unused_recovery_codes(session)
+    return TotpRotation(
+        rotated=rotated, current=current, unreadable=unreadable, recovery_codes=recovery_codes
+    )
 
 
 # --- one's own account -----------------------------------------------------------------------

@@ -330,6 +330,13 @@ def users_rotate_totp_key(batch: int) -> None:
         f"{report.current} already were, {report.unreadable} unreadable",
         err=True,
     )
+    if report.recovery_codes and settings.previous_totp_keys():
+        click.echo(
+            f"{report.recovery_codes} unused recovery codes: those made before the new key "
+            "was configured work only while RELAYPACS_TOTP_PREVIOUS_ENCRYPTION_KEYS keeps the "
+            "old key (recovery codes are one-way hashes and cannot be re-encrypted)",
+            err=True,
+        )
     if report.unreadable:
         click.echo(
             "relaypacs: some TOTP secrets are encrypted with a key that is not configured: add "

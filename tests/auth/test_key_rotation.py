@@ -296,6 +296,9 @@ class TestTotpKeyRotation:
         first = rotate_totp_key(data_dir, new, [old])
         assert first.returncode == 0, first.stderr
         assert "4 re-encrypted with the current key, 1 already were, 0 unreadable" in first.stderr
+        # 5 users x 10 recovery codes, one used: the operator is told what the old key still
+        # serves
+        assert "49 unused recovery codes" in first.stderr
         again = rotate_totp_key(data_dir, new, [old])  # idempotent
         assert again.returncode == 0, again.stderr
         assert "0 re-encrypted with the current key, 5 already were, 0 unreadable" in again.stderr

@@ -151,6 +151,11 @@ def _start_time(pid: int) -> float:
     return boot + int(_proc_stat(pid)[19]) / os.sysconf("SC_CLK_TCK")
 
 
+def _registered(data_dir: Path) -> list[int]:
+    directory = data_dir / "metrics" / "processes"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 def test_process_metrics_add_up_the_supervisor_and_every_worker(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -166,9 +171,10 @@ def test_process_metrics_add_up_the_supervisor_and_every_worker(
     }
     create_user(data_dir, f"clin{time.time_ns() % 10**9}", PASSWORD, env=env)
     with workers_gateway(data_dir, env, workers=2) as base:
-        registered = sorted(
-            int(p.name) for p in (data_dir / "metrics" / "processes").iterdir() if p.name.isdigit()
-        )
+        # Ready means one worker answers; the other may still be starting.
+        deadline = time.monotonic() + 60
+        while len(registered := _registered(data_dir)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert len(registered) == 3, registered  # the supervisor and two workers
         parents = {pid: int(_proc_stat(pid)[1]) for pid in registered}
         (supervisor,) = [pid for pid in registered if parents[pid] not in registered]
@@ -182,6 +188,8 @@ def test_process_metrics_add_up_the_supervisor_and_every_worker(
         fds = sum(len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in registered)
         oldest = min(_start_time(pid) for pid in registered)
 
+    # stopped (SIGTERM): every process took its registration back
+    assert _registered(data_dir) == []
     assert metric_value(exposition, "relaypacs_processes") == 3
     assert cpu_before <= metric_value(exposition, "process_cpu_seconds_total") <= cpu_after
     # Memory and descriptors move a little between the scrape and the test's reading.
