@@ -397,6 +397,8 @@ async def test_a_report_signed_in_the_gateway_is_stored_into_its_study_in_the_pa
         "report_amended",
         "report_ready",
         "upload_delivered",
+        "upload_received",
+        "upload_validated",
     ]
 
     # The sync never takes the gateway's own report back.

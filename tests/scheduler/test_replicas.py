@@ -26,6 +26,7 @@ JOBS = (
     "retention",
     "session_sweep",
     "daily_stats",
+    "report_sync",
 )
 
 
@@ -50,6 +51,7 @@ async def test_two_gateway_processes_run_each_job_once_per_period(tmp_path: Path
             "RETENTION_CHECK_MINUTES",
             "SWEEP_MINUTES",
             "DAILY_STATS_MINUTES",
+            "REPORT_SYNC_MINUTES",
         )
     }
     with new_postgres_database() as url, contextlib.ExitStack() as stack:

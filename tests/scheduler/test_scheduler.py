@@ -115,6 +115,7 @@ class TestTwoReplicas:
             retention_check_minutes=period_minutes,
             sweep_minutes=period_minutes,
             daily_stats_minutes=period_minutes,
+            report_sync_minutes=period_minutes,
         )
         storage = FilesystemStorage(tmp_path / "objects")
         await storage.open()
@@ -135,6 +136,7 @@ class TestTwoReplicas:
             "retention",
             "session_sweep",
             "daily_stats",
+            "report_sync",
         }
         failed_before = {name: runs_counted(name, "failed") for name in runs}
         await asyncio.gather(*(s.start() for s in schedulers))
