@@ -159,7 +159,8 @@ class ReportPacsCopy(Base):
     status: Mapped[str] = mapped_column(String(16), default=CopyStatus.PENDING.value)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    stored_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When the PACS listed it (confirmed) or refused it for good: audited once, then.
+    settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class PacsInstanceOutcome(enum.StrEnum):

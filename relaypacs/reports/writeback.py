@@ -237,12 +237,12 @@ class ReportWriteBack(InstanceSource):
         if report is None:
             return None
         for copy in await repository.copies(session, report.id):
-            if copy.status == CopyStatus.CONFIRMED and copy.stored_at is None:
-                copy.stored_at = at
+            if copy.status == CopyStatus.CONFIRMED and copy.settled_at is None:
+                copy.settled_at = at
                 report.pacs_receipt_id = copy.sop_instance_uid
                 action, outcome = "report.pacs_stored", "success"
-            elif copy.status == CopyStatus.FAILED and copy.stored_at is None:
-                copy.stored_at = at  # settled: audited once
+            elif copy.status == CopyStatus.FAILED and copy.settled_at is None:
+                copy.settled_at = at
                 action, outcome = "report.pacs_failed", "failure"
             else:
                 continue
@@ -262,6 +262,8 @@ class ReportWriteBack(InstanceSource):
                 },
             )
         await session.flush()
+        # Only "settled, not cancelled" matters to the worker for a report job (no settle hook
+        # runs for it).
         return SettledUpload(
             user_id=report.uploader_id or report.id,
             study_instance_uid=report.study_instance_uid or "",

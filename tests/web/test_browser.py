@@ -7,6 +7,7 @@ twice, and signing out empties the device's queue (IndexedDB)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import shutil
 import time
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pydicom
 import pyotp
 import pytest
 from playwright.sync_api import BrowserContext, Dialog, Page, Request, Response, Route, expect
 
 from relaypacs.devtools.synth import write_study
+from relaypacs.dicom.documents import ENCAPSULATED_PDF
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
 from tests.web.conftest import assert_accessible
@@ -275,8 +278,15 @@ class TestUploadFromTheBrowser:
         page.screenshot(path=artefacts / "my-uploads.png")
         assert_accessible(page, "my uploads")
 
-        # Orthanc holds every instance, byte for byte.
-        assert orthanc.sop_instance_uids(study.study_uid) == set(study.sop_uids)
+        # Orthanc holds every instance, byte for byte; anything more in the study is the signed
+        # report written back (one Encapsulated PDF instance).
+        held = orthanc.sop_instance_uids(study.study_uid)
+        assert set(study.sop_uids) <= held
+        assert len(held - set(study.sop_uids)) <= 1
+        for uid in held - set(study.sop_uids):
+            report = orthanc.file_by_sop_uid(uid)
+            assert report is not None
+            assert pydicom.dcmread(io.BytesIO(report)).SOPClassUID == ENCAPSULATED_PDF
         for path, sop_uid in zip(study.paths, study.sop_uids, strict=True):
             stored = orthanc.file_by_sop_uid(sop_uid)
             assert stored is not None

@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Response, expect
 
 from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
+from relaypacs.dicom.documents import ENCAPSULATED_PDF
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
 from tests.web.conftest import assert_accessible
@@ -277,8 +278,16 @@ class TestRadiologistReportsFromTheBrowser:
             ]
             assert [record["action"] for record in exported] == ["report.sign"]
             assert refused == []
-            # The study the radiologist read is the one the PACS holds.
-            assert orthanc.sop_instance_uids(study.study_uid) == set(study.sop_uids)
+            # The study the radiologist read is the one the PACS holds; anything more in it is
+            # the report written back (an Encapsulated PDF instance per signed version).
+            held = orthanc.sop_instance_uids(study.study_uid)
+            assert set(study.sop_uids) <= held
+            assert len(held - set(study.sop_uids)) <= 2
+            with orthanc.client() as http:
+                for uid in held - set(study.sop_uids):
+                    orthanc_id = orthanc.lookup_instance(uid)
+                    tags = http.get(f"/instances/{orthanc_id}/simplified-tags").json()
+                    assert tags["SOPClassUID"] == ENCAPSULATED_PDF
         finally:
             for context in contexts:
                 context.close()
