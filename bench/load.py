@@ -167,6 +167,7 @@ async def load(
         ids = await seed(http, uploads)
         latencies: dict[str, list[float]] = {"status": [], "list": []}
         errors: dict[str, int] = {}
+        answered = [0]  # every request answered, the warm-up's too (for CPU per request)
         loop = asyncio.get_running_loop()
         start = loop.time()
         measure_from, stop_at = start + warmup, start + warmup + seconds
@@ -185,6 +186,7 @@ async def load(
                 except httpx.HTTPError as exc:
                     ok, label = False, type(exc).__name__
                 done = loop.time()
+                answered[0] += 1
                 if now >= measure_from:
                     if ok:
                         latencies[kind].append(done - now)
@@ -192,7 +194,7 @@ async def load(
                         errors[f"{kind} {label}"] = errors.get(f"{kind} {label}", 0) + 1
 
         await asyncio.gather(*(client(n) for n in range(clients)))
-    result: dict[str, Any] = {"errors": errors, "kinds": {}}
+    result: dict[str, Any] = {"errors": errors, "kinds": {}, "requests": answered[0] + uploads + 1}
     for kind, values in latencies.items():
         values.sort()
         result["kinds"][kind] = {
@@ -247,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["gateway_cpu_seconds"] = tree_cpu(pid) - cpu_gateway
         result["generator_cpu_seconds"] = sum(me.cpu_times()[:2]) - cpu_me
         result["wall_seconds"] = wall
+        result["gateway_cpu_ms_per_request"] = (
+            result["gateway_cpu_seconds"] / max(1, result["requests"]) * 1000
+        )
     result["setup"] = {k: getattr(args, k) for k in ("db", "workers", "clients", "seconds")}
     result["load_average"] = os.getloadavg()
     log(
@@ -265,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log(
         f"  errors {result['errors'] or 'none'}; CPU: gateway {result['gateway_cpu_seconds']:.1f}"
-        f" s, generator {result['generator_cpu_seconds']:.1f} s over {wall:.1f} s"
+        f" s, generator {result['generator_cpu_seconds']:.1f} s over {wall:.1f} s; gateway "
+        f"{result['gateway_cpu_ms_per_request']:.1f} ms of CPU per request"
     )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

@@ -18,8 +18,6 @@ URL (httpx logs URLs at INFO).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import importlib.util
 import logging
 import sys
@@ -37,8 +35,14 @@ from relaypacs.client.errors import (
     RateLimitedError,
     SecondFactorError,
     ServerUnreachableError,
+    api_error,
 )
-from relaypacs.client.link import STALL_TIMEOUT, LinkMeter, pieces
+from relaypacs.client.link import (
+    STALL_TIMEOUT,
+    LinkMeter,
+    content_digest_of,
+    pieces,
+)
 from relaypacs.client.remote import (
     ChunkReceipt,
     RemoteFile,
@@ -80,36 +84,6 @@ REFRESH_MARGIN_FRACTION = 0.1
 LOGOUT_TIMEOUT = 5.0
 # Transport errors after which the request surely did not reach the server.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-def content_digest(sha256_hex: str) -> str:
-    """RFC 9530 Content-Digest for content whose SHA-256 (hex) is known."""
-    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii") + ":"
-
-
-def content_digest_of(data: bytes) -> str:
-    """RFC 9530 Content-Digest (sha-256) of ``data``."""
-    return content_digest(hashlib.sha256(data).hexdigest())
-
-
-def api_error(response: httpx.Response) -> ApiError:
-    """Turn an error answer into ApiError, whatever its body."""
-    code = f"http_{response.status_code}"
-    message = response.reason_phrase or "error"
-    details: dict[str, Any] = {}
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        code = str(error.get("code") or code)
-        message = str(error.get("message") or message)
-        if isinstance(error.get("details"), dict):
-            details = error["details"]
-    elif isinstance(body, dict) and "detail" in body:
-        message = str(body["detail"])
-    return ApiError(response.status_code, code, message, details)
 
 
 def _code(response: httpx.Response) -> str:

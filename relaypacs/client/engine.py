@@ -14,13 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relaypacs.client.api import (
-    GatewayClient,
-    RemoteUpload,
-    StartOutcome,
-    content_digest,
-    content_digest_of,
-)
+from relaypacs.client.api import GatewayClient, RemoteUpload, StartOutcome
 from relaypacs.client.discovery import Discovery, discover, extraction_workspace
 from relaypacs.client.errors import (
     ApiError,
@@ -31,7 +25,12 @@ from relaypacs.client.errors import (
 )
 from relaypacs.client.follow import wait_for_delivery
 from relaypacs.client.hashing import HashCache, Hasher
-from relaypacs.client.link import fitted_chunk_size, measure_rtt
+from relaypacs.client.link import (
+    content_digest,
+    content_digest_of,
+    fitted_chunk_size,
+    measure_rtt,
+)
 from relaypacs.client.manifest import FileProblem, StudyFile, StudyPlan, group_studies, hash_jobs
 from relaypacs.client.results import (
     ACCEPTED,

@@ -13,7 +13,10 @@ ClientError
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ApiError",
@@ -26,6 +29,7 @@ __all__ = [
     "SecondFactorError",
     "ServerUnreachableError",
     "UnsafeArchiveError",
+    "api_error",
 ]
 
 
@@ -115,3 +119,23 @@ def most_serious(
             if isinstance(error, kind):
                 return error
     return leaves[0]
+
+
+def api_error(response: httpx.Response) -> ApiError:
+    """Turn an error answer into ApiError, whatever its body."""
+    code = f"http_{response.status_code}"
+    message = response.reason_phrase or "error"
+    details: dict[str, Any] = {}
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        code = str(error.get("code") or code)
+        message = str(error.get("message") or message)
+        if isinstance(error.get("details"), dict):
+            details = error["details"]
+    elif isinstance(body, dict) and "detail" in body:
+        message = str(body["detail"])
+    return ApiError(response.status_code, code, message, details)
