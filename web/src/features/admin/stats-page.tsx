@@ -144,7 +144,8 @@ function DayTable({ caption, testId, days, columns }: { caption: string; testId:
   return (
     <details>
       <summary className="cursor-pointer text-blue-900 underline">Table: {caption.toLowerCase()}</summary>
-      <div className="mt-2 max-h-80 overflow-auto">
+      {/* Scrolls when long: focusable, so the keyboard scrolls it too. */}
+      <div className="mt-2 max-h-80 overflow-auto" tabIndex={0} role="region" aria-label={`${caption}, every day`}>
         <table data-testid={testId} className="w-full border-collapse text-left text-sm">
           <caption className="sr-only">{caption}</caption>
           <thead>

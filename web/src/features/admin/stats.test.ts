@@ -128,7 +128,8 @@ describe("the figures in words", () => {
 
   it("says a latency at a glance", () => {
     expect(formatLatency(null)).toBe("none delivered");
-    expect(formatLatency(0.44)).toBe("0.4 s");
+    expect(formatLatency(0.44)).toBe("440 ms");
+    expect(formatLatency(2.46)).toBe("2.5 s");
     expect(formatLatency(42)).toBe("42 s");
     expect(formatLatency(185)).toBe("3 min 5 s");
     expect(formatLatency(7800)).toBe("2 h 10 min");

@@ -155,9 +155,11 @@ export function formatBytes(bytes: number): string {
   return `${shown} ${units[unit]}`;
 }
 
-/** A latency in words: "0.4 s", "42 s", "3 min 5 s", "2 h 10 min"; "none delivered" for null. */
+/** A latency in words: "440 ms", "2.5 s", "42 s", "3 min 5 s", "2 h 10 min"; "none delivered"
+ * for null. */
 export function formatLatency(seconds: number | null): string {
   if (seconds === null) return "none delivered";
+  if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
   if (seconds < 10) return `${Math.round(seconds * 10) / 10} s`;
   const s = Math.round(seconds);
   if (s < 60) return `${s} s`;
