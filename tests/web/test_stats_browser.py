@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Response, expect
+from playwright.sync_api import Browser, BrowserContext, Response, Route, expect
 
 from tests.api.uploading import API, Study, chunk_url, chunks_of, content_md5, make_study
 from tests.gateway import create_user, run_gateway
@@ -263,6 +263,26 @@ class TestStatisticsPage:
             expect(boss.get_by_test_id("stats-totals")).to_have_count(0)
             assert len(stats_calls) == asked
             assert_accessible(boss, "statistics, a wrong range")
+
+            # The gateway cannot answer (a fault injected in the browser): the error's
+            # sentence, and no figure.
+            def busy(route: Route) -> None:
+                route.fulfill(
+                    status=503,
+                    json={"error": {"code": "database_busy", "message": "busy"}},
+                    headers={"Retry-After": "1"},
+                )
+
+            boss.route("**/api/v1/admin/stats?*", busy)
+            boss.get_by_label("From (UTC day)").fill("2020-01-02")
+            expect(boss.get_by_role("alert")).to_have_text(
+                "The gateway is busy; try again shortly.", timeout=15_000
+            )
+            expect(boss.get_by_test_id("stats-totals")).to_have_count(0)
+            assert_accessible(boss, "statistics, the gateway busy")
+            boss.unroute("**/api/v1/admin/stats?*")
+            boss.get_by_role("button", name="Last 7 days").click()
+            expect(boss.get_by_test_id("total-uploads")).to_have_text(str(added(days, "uploads")))
 
             # The page is not the clinician's: "not allowed", nothing refused asked.
             clin_context, clin = signed_in(browser, gateway, "clin")

@@ -49,7 +49,8 @@ export function StatsPage() {
       </p>
       {problem && <Alert>{problem}</Alert>}
       {problem === null && stats.error && <Alert>{describeError(stats.error)}</Alert>}
-      {problem === null && sums && series && days && (
+      {/* After a failed read, no figure (an older answer would pass for this range's). */}
+      {problem === null && !stats.error && sums && series && days && (
         <>
           <Card>
             <h2 className="text-lg font-semibold">In these {days.length} days</h2>
