@@ -1,6 +1,6 @@
 // The app: providers, routes, the signed-in frame.
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
-import { useEffect, useState, type ReactNode } from "react";
+import { lazy, Suspense, useEffect, useState, type ReactNode } from "react";
 import { createBrowserRouter, Navigate, NavLink, Outlet, RouterProvider, useLocation, useNavigate } from "react-router";
 import { useRegisterSW } from "virtual:pwa-register/react";
 import { Alert, Button, SecondaryButton } from "../components/ui";
@@ -27,6 +27,9 @@ import { WorklistPage } from "../features/worklist/worklist-page";
 import { db } from "../lib/db";
 import { homeOf, mayOpen, pagesFor, type Role } from "../lib/roles";
 import { refreshAccess, signedOut } from "../lib/session";
+
+// The statistics' page and its chart library (uPlot), loaded when an administrator opens it.
+const StatsPage = lazy(() => import("../features/admin/stats-page").then((module) => ({ default: module.StatsPage })));
 
 const queryClient = new QueryClient({
   defaultOptions: { queries: { retry: 1, refetchOnWindowFocus: true } },
@@ -183,6 +186,14 @@ const router = createBrowserRouter([
       { path: "admin/users", element: <UsersPage /> },
       { path: "admin/audit", element: <AuditPage /> },
       { path: "admin/targets", element: <TargetsPage /> },
+      {
+        path: "admin/stats",
+        element: (
+          <Suspense fallback={<p role="status">Loading…</p>}>
+            <StatsPage />
+          </Suspense>
+        ),
+      },
       { path: "sessions", element: <SessionsPage /> },
     ],
   },

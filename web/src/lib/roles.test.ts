@@ -5,7 +5,7 @@ describe("the pages of each role", () => {
   it("shows each role only the pages its API calls allow", () => {
     expect(pagesFor("clinician").map((p) => p.label)).toEqual(["Upload", "My uploads", "Sessions"]);
     expect(pagesFor("radiologist").map((p) => p.label)).toEqual(["Worklist", "Upload", "My uploads", "Sessions"]);
-    expect(pagesFor("admin").map((p) => p.label)).toEqual(["Assignment", "Uploads", "Users", "Audit log", "PACS targets", "Sessions"]);
+    expect(pagesFor("admin").map((p) => p.label)).toEqual(["Assignment", "Uploads", "Users", "Audit log", "PACS targets", "Statistics", "Sessions"]);
   });
 
   it("lands each role on its first page", () => {
@@ -24,6 +24,8 @@ describe("the pages of each role", () => {
     expect(mayOpen("admin", "/worklist")).toBe(false);
     expect(mayOpen("clinician", "/admin/targets")).toBe(false);
     expect(mayOpen("radiologist", "/admin/targets")).toBe(false);
+    expect(mayOpen("clinician", "/admin/stats")).toBe(false);
+    expect(mayOpen("admin", "/admin/stats")).toBe(true);
   });
 
   it("opens a role's own pages, and does not take a prefix of a word for an area", () => {

@@ -29,6 +29,8 @@ export const PAGES: readonly PageLink[] = [
   { to: "/admin/audit", label: "Audit log", roles: ["admin"] },
   // GET /admin/targets: administrators only.
   { to: "/admin/targets", label: "PACS targets", roles: ["admin"] },
+  // GET /admin/stats: administrators only.
+  { to: "/admin/stats", label: "Statistics", roles: ["admin"] },
   // GET /auth/sessions, DELETE /auth/sessions/{id}: every role, its own.
   { to: "/sessions", label: "Sessions", roles: ["clinician", "radiologist", "admin"] },
 ];

@@ -85,7 +85,22 @@ const MESSAGES: Record<string, string> = {
   report_signed: "This report is signed: amend it instead.",
   report_version_not_found: "This version of the report does not exist.",
   network: "No connection to the gateway.",
+  // The reasons a file of an upload is refused (the statistics' failure reasons).
+  not_dicom: "Not a DICOM file.",
+  dicom_preamble_executable: "The DICOM file's preamble holds a program; refused for safety.",
+  dicom_truncated: "A damaged DICOM file (cut short).",
+  dicom_missing_uid: "A DICOM file without its study, series or instance UID.",
+  dicom_inflate_too_large: "A compressed DICOM file that grows too large when opened.",
+  dicom_too_deep: "A DICOM file nested too deeply to read safely.",
+  dicom_invalid: "A DICOM file that could not be read.",
+  dicom_resource_limit: "A DICOM file too costly to read.",
+  pacs_refused: "The PACS refused the file for good.",
 };
+
+/** The app's sentence for an error code, null when it has none. */
+export function messageOf(code: string): string | null {
+  return MESSAGES[code] ?? null;
+}
 
 /** The sentence to show for an error code (the server's message when the code is unknown). */
 export function describeError(error: unknown): string {
