@@ -69,6 +69,7 @@ from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.completion import CompleteContext, check_stored_chunks_every
 from relaypacs.uploads.early import EarlyVerifier
+from relaypacs.uploads.pipeline import Pipeline
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
@@ -278,6 +279,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notice_hub=notice_hub,
     )
     app.state.gateway = state
+    if settings.pipeline:
+        pipeline = Pipeline(
+            db=db,
+            target=target,
+            strict_targets=state.complete_context.strict_targets,
+            on_queued=forwarder.wake if forwarder else None,
+        )
+        if pipeline.active:
+            early_verifier.on_verified = pipeline.verified
     password = await ensure_first_admin(db.sessionmaker)
     if password is not None:
         announce_first_admin(password)

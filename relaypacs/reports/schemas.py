@@ -128,8 +128,9 @@ class RadiologistList(BaseModel):
 
 class TimelineStep(BaseModel):
     step: str = Field(
-        description="started, received, validated, rejected, queued, pacs_confirmed, failed, "
-        "retried, cancelled, report_opened, report_assigned, report_ready, report_amended"
+        description="started, pipelined (instances sent to the PACS while uploading), "
+        "received, validated, rejected, queued, pacs_confirmed, failed, retried, cancelled, "
+        "report_opened, report_assigned, report_ready, report_amended"
     )
     at: dt.datetime
     detail: str | None = None

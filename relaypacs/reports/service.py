@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -558,6 +559,7 @@ async def report_pdf(
 
 _TIMELINE_ACTIONS = (
     "upload.start",
+    "forward.pipelined",
     "upload.complete",
     "forward.delivered",
     "forward.failed",
@@ -579,15 +581,22 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
     match event.action:
         case "upload.start":
             return [step("started")]
+        case "forward.pipelined":
+            return [step("pipelined", "sending verified instances to the PACS while uploading")]
         case "upload.complete":
             accepted = int(details.get("accepted_files", 0))
             refused = int(details.get("rejected_files", 0))
             codes = ", ".join(details.get("codes", []))
+            pipelined = int(details.get("pipelined", 0))
             if event.outcome == "rejected":
-                return [step("received"), step("rejected", codes or None)]
+                why = [codes] if codes else []
+                why += _at_pacs(details)
+                return [step("received"), step("rejected", "; ".join(why) or None)]
             verdict = f"accepted {accepted} of {accepted + refused} files"
             if refused:
                 verdict += f" (refused: {codes})"
+            if pipelined:
+                verdict += f"; {pipelined} instances queued for the PACS while uploading"
             queued = [step("queued")] if forwarded else []
             return [step("received"), step("validated", verdict), *queued]
         case "forward.delivered":
@@ -598,7 +607,7 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
         case "admin.upload_retry":
             return [step("retried")]
         case "admin.upload_cancel" | "upload.cancel":
-            return [step("cancelled")]
+            return [step("cancelled", "; ".join(_at_pacs(details)) or None)]
         case "report.assign":
             return [step("report_assigned")]
         case "report.sign":
@@ -606,6 +615,12 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
         case "report.amend":
             return [step("report_amended", f"version {details.get('version')}")]
     return []
+
+
+def _at_pacs(details: dict[str, Any]) -> list[str]:
+    """What a cancel or a rejection left at the PACS (pipelined relay): it keeps them."""
+    count = int(details.get("already_at_pacs", 0))
+    return [f"{count} instances already at the PACS"] if count else []
 
 
 async def upload_timeline(
