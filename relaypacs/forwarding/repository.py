@@ -25,6 +25,7 @@ from sqlalchemy import (
     Update,
     case,
     func,
+    literal,
     select,
     update,
 )
@@ -85,7 +86,10 @@ async def wake_job(session: AsyncSession, *, upload_id: uuid.UUID, target: str) 
                 ForwardJob.status == JobStatus.QUEUED,
             )
             .values(
-                next_attempt_at=case((_parked(now), now), else_=ForwardJob.next_attempt_at),
+                next_attempt_at=case(
+                    (_parked(now), literal(now, ForwardJob.next_attempt_at.type)),
+                    else_=ForwardJob.next_attempt_at,
+                ),
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)
