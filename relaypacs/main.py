@@ -285,6 +285,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             target=target,
             strict_targets=state.complete_context.strict_targets,
             on_queued=forwarder.wake if forwarder else None,
+            wake_at=next((t.batch_instances for t in settings.pacs_targets if t.name == target), 1),
         )
         if pipeline.active:
             early_verifier.on_verified = pipeline.verified

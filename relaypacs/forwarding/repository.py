@@ -53,8 +53,13 @@ class Claim:
 # --- jobs of an upload (the forwarding service's use cases) ----------------------------------
 
 
-def add_job(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
-    session.add(ForwardJob(upload_id=upload_id, target=target))
+def add_job(
+    session: AsyncSession, *, upload_id: uuid.UUID, target: str, parked: bool = False
+) -> None:
+    job = ForwardJob(upload_id=upload_id, target=target)
+    if parked:  # nothing worth a request yet: due when woken (see wake_job)
+        job.next_attempt_at = utcnow() + PARKED_FOR
+    session.add(job)
 
 
 # A pipelined job (its upload still uploading) with nothing to send now waits "parked": due

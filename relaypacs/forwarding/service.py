@@ -68,15 +68,19 @@ async def enqueue_or_wake(session: AsyncSession, *, upload_id: uuid.UUID, target
         await repository.wake_job(session, upload_id=upload_id, target=target)
 
 
-async def send_while_uploading(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> bool:
+async def send_while_uploading(
+    session: AsyncSession, *, upload_id: uuid.UUID, target: str, due: bool = True
+) -> bool:
     """Pipelined relay: the upload has instances to send while it is still uploading, written
     in this transaction. Its job is opened (the outbox: it exists if and only if this
-    transaction commits), or woken if it waits parked. Returns True when the job was opened
+    transaction commits), or woken if it waits parked; with `due` false (not enough for a
+    request yet) it is opened parked, or left as it is. Returns True when the job was opened
     now. Nothing happens to a job that is no longer queued (the upload was cancelled)."""
     if await repository.has_job(session, upload_id=upload_id, target=target):
-        await repository.wake_job(session, upload_id=upload_id, target=target)
+        if due:
+            await repository.wake_job(session, upload_id=upload_id, target=target)
         return False
-    repository.add_job(session, upload_id=upload_id, target=target)
+    repository.add_job(session, upload_id=upload_id, target=target, parked=not due)
     return True
 
 

@@ -48,6 +48,10 @@ class Pipeline:
     target: str | None  # the PACS that accepted studies are queued for
     strict_targets: frozenset[str] = frozenset()
     on_queued: Callable[[], None] | None = None  # instances were queued: wake the forwarder
+    # The job is woken when this many instances wait (the target's instances per request):
+    # while the study uploads the worker sends full requests only, so fewer would only cost
+    # it a claim and a park.
+    wake_at: int = 1
 
     @property
     def active(self) -> bool:
@@ -98,8 +102,10 @@ class Pipeline:
             if not queued:
                 return
             await repository.record_verdicts(session, upload_id, queued, forward=True, delivered={})
+            # The upload's row is locked: the count sees every earlier pipelining commit.
+            due = await relay_rows.pending_count(session, upload_id) >= self.wake_at
             opened = await forwarding.send_while_uploading(
-                session, upload_id=upload_id, target=target
+                session, upload_id=upload_id, target=target, due=due
             )
             if opened:
                 await record_event(
@@ -112,5 +118,5 @@ class Pipeline:
                     details={"target": target, "instances": len(queued)},
                 )
         FILES_PIPELINED.inc(len(queued))
-        if self.on_queued is not None:
+        if due and self.on_queued is not None:
             self.on_queued()

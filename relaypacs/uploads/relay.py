@@ -27,7 +27,13 @@ from relaypacs.forwarding.source import (
 from relaypacs.notifications.service import notify
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, InstanceResult
 from relaypacs.uploads import repository
-from relaypacs.uploads.models import IN_PROGRESS_STATUSES, ForwardStatus, Upload, UploadStatus
+from relaypacs.uploads.models import (
+    ACCEPTED_STATUSES,
+    IN_PROGRESS_STATUSES,
+    ForwardStatus,
+    Upload,
+    UploadStatus,
+)
 from relaypacs.uploads.repository import relay_rows
 
 _STATUS_OF = {
@@ -43,12 +49,13 @@ class UploadRelay(InstanceSource):
     async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
         upload = await session.get(Upload, upload_id, populate_existing=True)
         assert upload is not None
-        if upload.status in (UploadStatus.CANCELLED, UploadStatus.REJECTED):
+        # Still uploading (pipelined relay): the instances judged so far go; nothing settles.
+        # Any other status than accepted or in progress (cancelled, rejected, ...): no more.
+        settle = upload.status in ACCEPTED_STATUSES
+        if not settle and upload.status not in IN_PROGRESS_STATUSES:
             return None
         if upload.status == UploadStatus.QUEUED:
             upload.status = UploadStatus.FORWARDING
-        # Still uploading (pipelined relay): the instances judged so far go; nothing settles.
-        settle = upload.status not in IN_PROGRESS_STATUSES
         pending = await relay_rows.pending_parts(session, upload_id)
         return StudyToForward(
             study_instance_uid=upload.study_instance_uid,

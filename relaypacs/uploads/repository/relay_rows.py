@@ -267,3 +267,14 @@ async def at_pacs_count(session: AsyncSession, upload_id: uuid.UUID) -> int:
         )
     )
     return int(count or 0)
+
+
+async def pending_count(session: AsyncSession, upload_id: uuid.UUID) -> int:
+    """How many of the upload's instances wait to be sent (forwarding pending)."""
+    count = await session.scalar(
+        select(func.count()).where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status == ForwardStatus.PENDING,
+        )
+    )
+    return int(count or 0)
