@@ -279,13 +279,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notice_hub=notice_hub,
     )
     app.state.gateway = state
-    if settings.pipeline:
+    pipeline: Pipeline | None = None
+    pacs = next((t for t in settings.pacs_targets if t.name == target), None)
+    if settings.pipeline and pacs is not None:
         pipeline = Pipeline(
             db=db,
             target=target,
             strict_targets=state.complete_context.strict_targets,
             on_queued=forwarder.wake if forwarder else None,
-            wake_at=next((t.batch_instances for t in settings.pacs_targets if t.name == target), 1),
+            wake_at=pacs.batch_instances,  # a full request
+            flush_at=pacs.batch_instances * pacs.max_in_flight,  # what one pass sends at once
         )
         if pipeline.active:
             early_verifier.on_verified = pipeline.verified
@@ -310,6 +313,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await notice_hub.stop()
         if mailer is not None:
             await mailer.stop()
+        if pipeline is not None:
+            await pipeline.close()
         await early_verifier.close()
         await validator.close()
         await storage.close()

@@ -22,11 +22,13 @@ and settles only once the upload has been accepted whole.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relaypacs.audit.models import SYSTEM
 from relaypacs.audit.service import record_event
@@ -52,12 +54,56 @@ class Pipeline:
     # while the study uploads the worker sends full requests only, so fewer would only cost
     # it a claim and a park.
     wake_at: int = 1
+    # Early results are judged together, in one transaction per `flush_at` of them (or once
+    # the oldest has waited `flush_after` seconds): one per early batch cost more CPU than the
+    # pipelining saved. What is still buffered when the upload completes (or when the process
+    # stops) is simply judged by `complete`.
+    flush_at: int = 50
+    flush_after: float = 0.5
+    _buffers: dict[uuid.UUID, list[tuple[int, EarlyResult]]] = field(default_factory=dict)
+    _timers: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         return self.target is not None and self.target not in self.strict_targets
 
     async def verified(self, upload_id: uuid.UUID, results: list[tuple[int, EarlyResult]]) -> None:
+        """Early results of this upload's files (by index): buffered, then judged."""
+        buffer = self._buffers.setdefault(upload_id, [])
+        buffer.extend(results)
+        if len(buffer) >= self.flush_at:
+            await self._flush(upload_id)
+        elif upload_id not in self._timers:
+            self._timers[upload_id] = asyncio.create_task(self._flush_later(upload_id))
+
+    async def close(self) -> None:
+        timers, self._timers = list(self._timers.values()), {}
+        for task in timers:
+            task.cancel()
+        for task in timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._buffers.clear()
+
+    async def _flush_later(self, upload_id: uuid.UUID) -> None:
+        await asyncio.sleep(self.flush_after)
+        self._timers.pop(upload_id, None)
+        try:
+            await self._flush(upload_id)
+        except Exception as exc:  # an optimisation: complete judges what was not pipelined
+            logger.warning(
+                "pipelining files of upload %s failed: %s", upload_id, type(exc).__name__
+            )
+
+    async def _flush(self, upload_id: uuid.UUID) -> None:
+        timer = self._timers.pop(upload_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        results = self._buffers.pop(upload_id, [])
+        if results:
+            await self.judge(upload_id, results)
+
+    async def judge(self, upload_id: uuid.UUID, results: list[tuple[int, EarlyResult]]) -> None:
         """Early results of this upload's files (by index): queue the final ones for the PACS."""
         target = self.target
         if target is None or target in self.strict_targets:

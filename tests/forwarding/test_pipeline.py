@@ -238,7 +238,7 @@ class TestCancel:
             upload_id = api.start(study)
             api.send(upload_id, study, range(23))
             # Two full batches went; the last three wait for more (parked).
-            wait_until(lambda: api.get(upload_id)["forwarding"]["sent"] == 20)
+            wait_until(lambda: (api.get(upload_id)["forwarding"] or {}).get("sent") == 20)
             assert len(in_orthanc(orthanc, study)) == 20
             cancelled = api.http.delete(f"/uploads/{upload_id}")
             assert cancelled.status_code == 200, cancelled.text
