@@ -23,7 +23,9 @@ The two contenders alternate run by run, so load from elsewhere on the machine h
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import resource
 import shutil
 import subprocess
 import threading
@@ -48,7 +50,7 @@ from bench.gateway import (
     server_env,
     server_pid,
 )
-from bench.report import DIRECT, DIRECT_QIDO, GATEWAY_SERVER
+from bench.report import DIRECT, DIRECT_QIDO, GATEWAY_E2E, GATEWAY_PIPELINED, GATEWAY_SERVER
 from bench.report import GATEWAY_FORWARD as GATEWAY
 from bench.results import Measurement
 from bench.rss import RssSampler, reset_hwm
@@ -122,6 +124,29 @@ def study_uids(files: Sequence[Path]) -> StudyUids:
     return StudyUids(studies.pop(), frozenset(instances))
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and its exited (waited-for) children."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+        total += getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+    return total
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -186,6 +211,16 @@ class GatewayRun:
     poll_cpu: float = 0.0  # the gateway's CPU seconds per poll, measured once idle
     rss_at_complete: int = 0  # main process, when `complete` answered
     rss_tree_at_complete: int = 0  # incl. workers
+    # End to end: the upload's created_at (init, just before the first chunk) to its
+    # delivered_at, both the gateway's clock ("first byte -> PACS confirmed").
+    e2e_server_seconds: float | None = None
+    wall_seconds: float = 0.0  # the CLI's start to the first poll answering `delivered`
+    # Every process's CPU seconds over that wall time: the gateway (incl. its validation
+    # workers, live or exited), the CLI (and its children), Orthanc. The loopback floor is
+    # their sum over the machine's cores.
+    cpu_gateway_total: float = 0.0
+    cpu_cli: float = 0.0
+    cpu_orthanc_total: float = 0.0
 
 
 def _poll_cost(api: httpx.Client, path: str, pid: int, polls: int = 10) -> float:
@@ -226,6 +261,7 @@ def _gateway_run(
     parallel: int,
     poll_seconds: float = POLL_SECONDS,
     pacs_verify: str | None = None,
+    pipeline: bool = False,
 ) -> GatewayRun:
     from tests.gateway import create_user, relaypacs_command, run_gateway
 
@@ -242,6 +278,7 @@ def _gateway_run(
     }
     if pacs_verify is not None:
         env["RELAYPACS_PACS_VERIFY"] = pacs_verify
+    env["RELAYPACS_PIPELINE"] = "true" if pipeline else "false"
     log_path = logs / f"{name}.log"
     log_path.unlink(missing_ok=True)
     create_user(data_dir, USERNAME, PASSWORD, env=env)
@@ -256,6 +293,7 @@ def _gateway_run(
         pid = server_pid(base_url)
         _login(api)
         found = _Complete()
+        cpu_start = (_tree_cpu(pid), _children_cpu(), _cpu(_pid(orthanc)))
         started = time.time()
         cli = subprocess.Popen(
             [
@@ -320,6 +358,9 @@ def _gateway_run(
                 status = doc.get("status")
                 if status == "delivered":
                     result.seconds = now - t0
+                    result.wall_seconds = now - started
+                    result.cpu_gateway_total = _tree_cpu(pid) - cpu_start[0]
+                    result.cpu_orthanc_total = _cpu(_pid(orthanc)) - cpu_start[2]
                     break
                 if status in ("failed", "rejected", "cancelled"):
                     raise RuntimeError(f"the upload became {status}: {doc.get('forwarding')}")
@@ -343,6 +384,7 @@ def _gateway_run(
             except subprocess.TimeoutExpired:
                 cli.kill()
                 cli.wait()
+            result.cpu_cli = _children_cpu() - cpu_start[1]
             reader.join(10)
         forwarding = doc.get("forwarding") or {}
         result.attempts = forwarding.get("attempts")
@@ -352,6 +394,9 @@ def _gateway_run(
         )
         if completed is not None and delivered is not None:
             result.server_seconds = delivered - completed
+        created = _parse_time(doc.get("created_at"))
+        if created is not None and delivered is not None:
+            result.e2e_server_seconds = delivered - created
         assert sampler is not None
         # VmHWM covers the forwarding phase only if it could be reset when `complete` answered.
         result.peak_main = max((sampler.hwm_main or 0) if exact_hwm else 0, sampler.peak_main)
@@ -408,7 +453,17 @@ def measure(
         "the same runs timed by the gateway itself: the upload's completed_at to its "
         "forwarding.delivered_at (no poll granularity; the polls' load is still there)"
     )
-    rows = [direct, direct_qido, gateway, server]
+    e2e = Measurement(GATEWAY_E2E, "forward", total_bytes, len(files))
+    e2e.note = (
+        "RELAYPACS_PIPELINE=false: the upload's created_at (init, before the first chunk) to its "
+        "delivered_at, the gateway's clock; the same runs as the rows above"
+    )
+    pipelined = Measurement(GATEWAY_PIPELINED, "forward", total_bytes, len(files))
+    pipelined.note = (
+        "RELAYPACS_PIPELINE=true, timed the same way; its own runs (fresh gateway and Orthanc)"
+    )
+    rows = [direct, direct_qido, gateway, server, e2e, pipelined]
+    cores = os.cpu_count() or 1
 
     def note(row: Measurement, key: str, value: Any) -> None:
         row.extra.setdefault(key, []).append(value)
@@ -421,10 +476,28 @@ def measure(
         return rows
     logs.mkdir(parents=True, exist_ok=True)
     peak_main = peak_tree = peak_pss = children = 0
+
+    def note_e2e(row: Measurement, g: GatewayRun) -> None:
+        if g.e2e_server_seconds is not None:
+            row.seconds.append(g.e2e_server_seconds)
+        else:
+            row.error = "no created_at / forwarding.delivered_at"
+        cpu = g.cpu_gateway_total + g.cpu_cli + g.cpu_orthanc_total
+        note(row, "wall_cli_start_to_delivered_seconds", g.wall_seconds)
+        note(row, "cpu_floor_seconds", cpu / cores)
+        note(row, "wall_over_cpu_floor", g.wall_seconds / (cpu / cores) if cpu else 0.0)
+        note(row, "cpu_gateway_seconds", g.cpu_gateway_total)
+        note(row, "cpu_cli_seconds", g.cpu_cli)
+        note(row, "cpu_orthanc_seconds", g.cpu_orthanc_total)
+        note(row, "complete_to_delivered_seconds", g.server_seconds)
+
+    contenders = ("direct", "gateway", "pipelined")
     for i in range(repeat):
-        for contender in ("direct", "gateway"):
-            if (contender == "direct" and direct.error) or (
-                contender == "gateway" and gateway.error
+        for contender in contenders:
+            if (
+                (contender == "direct" and direct.error)
+                or (contender == "gateway" and gateway.error)
+                or (contender == "pipelined" and pipelined.error)
             ):
                 continue
             run_dir = scratch / f"forward-{contender}-{i}"
@@ -459,6 +532,24 @@ def measure(
                         note(direct, "orthanc_cpu_seconds", orthanc_cpu)
                         note(direct_qido, "qido_seconds", d.qido_seconds)
                         note(direct_qido, "qido_requests", d.qido_requests)
+                    elif contender == "pipelined":
+                        g = _gateway_run(
+                            files,
+                            study_dir,
+                            total_bytes,
+                            uids,
+                            orthanc,
+                            run_dir,
+                            logs,
+                            f"forward-pipelined-{i}",
+                            workers=workers,
+                            parallel=parallel,
+                            poll_seconds=poll_seconds,
+                            pacs_verify=pacs_verify,
+                            pipeline=True,
+                        )
+                        note_e2e(pipelined, g)
+                        note(pipelined, "forward_attempts", g.attempts)
                     else:
                         g = _gateway_run(
                             files,
@@ -474,6 +565,7 @@ def measure(
                             poll_seconds=poll_seconds,
                             pacs_verify=pacs_verify,
                         )
+                        note_e2e(e2e, g)
                         gateway.seconds.append(g.seconds)
                         peak_main = max(peak_main, g.peak_main)
                         peak_tree = max(peak_tree, g.peak_tree)
@@ -501,10 +593,14 @@ def measure(
                 httpx.HTTPError,
                 subprocess.SubprocessError,
             ) as exc:
-                failed = [direct, direct_qido] if contender == "direct" else [gateway, server]
+                failed = {
+                    "direct": [direct, direct_qido],
+                    "gateway": [gateway, server, e2e],
+                    "pipelined": [pipelined],
+                }[contender]
                 why = f"{type(exc).__name__}: {exc}"
-                if contender == "gateway":
-                    log_path = logs / f"forward-gateway-{i}.log"
+                if contender != "direct":
+                    log_path = logs / f"forward-{contender}-{i}.log"
                     tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
                     if tail.strip():
                         why += f"; server log ends:\n{tail}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +138,10 @@ DIRECT = "direct STOW (10/req, 4 in flight)"
 DIRECT_QIDO = "direct STOW + QIDO"
 GATEWAY_FORWARD = "gateway forward (complete->delivered)"
 GATEWAY_SERVER = "gateway forward (server time stamps)"
+# End to end, first byte (the upload's init) -> "PACS confirmed" (its delivered_at).
+GATEWAY_E2E = "gateway e2e, upload then forward"
+GATEWAY_PIPELINED = "gateway e2e, pipelined relay"
+PIPELINE_FLOOR_GOAL = 1.15  # loopback: CLI start -> delivered within this of the CPU floor
 
 
 def _times(value: float, base: Measurement | None) -> str:
@@ -219,6 +224,7 @@ def forward_checks(results: Sequence[StudyResult]) -> list[Check]:
             if direct is not None:
                 detail += f"; vs STOW alone {timed.files_per_s / direct.files_per_s:.2f}x"
             out.append(Check(goal, ratio >= FORWARD_RATIO_GOAL, detail))
+        out.extend(_pipeline_checks(r))
         for label, value in (
             ("main", gw.peak_rss if gw else None),
             ("incl. workers", gw.peak_rss_tree if gw else None),
@@ -232,6 +238,45 @@ def forward_checks(results: Sequence[StudyResult]) -> list[Check]:
             if label != "main" and isinstance(pss, int) and pss:
                 detail += f" (PSS, shared pages counted once: {_mib(pss)})"
             out.append(Check(goal, value / MiB < RSS_LIMIT_MIB, detail))
+    return out
+
+
+def _pipeline_checks(r: StudyResult) -> list[Check]:
+    """The pipelined relay (issue 16): first byte -> PACS confirmed against the direct STOW-RS
+    client (informative on loopback: the goal of 1.1x is for shaped links), and the wall time
+    from the CLI's start against the CPU floor (every process's CPU seconds / cores)."""
+    key = r.study.spec.key
+    pipe, plain, direct = r.row(GATEWAY_PIPELINED), r.row(GATEWAY_E2E), r.row(DIRECT_QIDO)
+    out: list[Check] = []
+    goal = f"[{key}] pipelined: CLI start -> delivered <= {PIPELINE_FLOOR_GOAL}x the CPU floor"
+    ratios = pipe.extra.get("wall_over_cpu_floor") if pipe else None
+    if not pipe or not pipe.ok or not ratios:
+        out.append(Check(goal, None, "pipelined relay not measured"))
+    else:
+        ratio = statistics.median(ratios)
+        floors = pipe.extra.get("cpu_floor_seconds") or [0.0]
+        walls = pipe.extra.get("wall_cli_start_to_delivered_seconds") or [0.0]
+        detail = (
+            f"{statistics.median(walls):.1f} s against a floor of "
+            f"{statistics.median(floors):.1f} s = {ratio:.2f}x"
+        )
+        if plain is not None and plain.extra.get("wall_over_cpu_floor"):
+            before = statistics.median(plain.extra["wall_over_cpu_floor"])
+            detail += f" (upload then forward: {before:.2f}x)"
+        out.append(Check(goal, ratio <= PIPELINE_FLOOR_GOAL, detail))
+    if pipe is not None and pipe.ok and direct is not None and direct.ok:
+        detail = (
+            f"pipelined {pipe.median_seconds:.1f} s vs direct STOW + QIDO "
+            f"{direct.median_seconds:.1f} s = {pipe.median_seconds / direct.median_seconds:.2f}x"
+        )
+        if plain is not None and plain.ok:
+            detail += (
+                f"; upload then forward {plain.median_seconds:.1f} s = "
+                f"{plain.median_seconds / direct.median_seconds:.2f}x"
+            )
+        out.append(
+            Check(f"[{key}] first byte -> PACS confirmed vs direct STOW (loopback)", None, detail)
+        )
     return out
 
 

@@ -228,6 +228,8 @@ def measure_study(
                 (report.DIRECT_QIDO, "direct"),
                 (report.GATEWAY_FORWARD, "forward"),
                 (report.GATEWAY_SERVER, "forward"),
+                (report.GATEWAY_E2E, "forward"),
+                (report.GATEWAY_PIPELINED, "forward"),
             ):
                 skipped(name, kind, unavailable["forward"])
         else:

@@ -390,6 +390,14 @@ class Settings(BaseSettings):
         "job is due again once it runs out.",
     )
     forward_poll_seconds: float = Field(default=2.0, gt=0)
+    pipeline: bool = Field(
+        default=False,
+        description="Pipelined relay: an instance whose verdict is final on arrival (a file of "
+        "one chunk, early-verified: its SHA-256 that of the manifest, valid DICOM of the "
+        "declared study, its SOP Instance UID not yet seen in the upload nor held by the target) "
+        "is forwarded while the rest of the study is still uploading. Never for all-or-nothing "
+        "studies or targets.",
+    )
     breaker_failures: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=60.0, gt=0)
 

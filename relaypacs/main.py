@@ -71,6 +71,7 @@ from relaypacs.uploads.bodies import BodyBudget
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.completion import CompleteContext
 from relaypacs.uploads.early import EarlyVerifier
+from relaypacs.uploads.pipeline import Pipeline
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
 from relaypacs.uploads.router import chunk_router
@@ -286,6 +287,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notice_hub=notice_hub,
     )
     app.state.gateway = state
+    pipeline: Pipeline | None = None
+    pacs = next((t for t in settings.pacs_targets if t.name == target), None)
+    if settings.pipeline and pacs is not None:
+        pipeline = Pipeline(
+            db=db,
+            target=target,
+            strict_targets=state.complete_context.strict_targets,
+            on_queued=forwarder.wake if forwarder else None,
+            wake_at=pacs.batch_instances,  # a full request
+            flush_at=pacs.batch_instances * pacs.max_in_flight,  # what one pass sends at once
+        )
+        if pipeline.active:
+            early_verifier.on_verified = pipeline.verified
     password = await ensure_first_admin(db.sessionmaker)
     if password is not None:
         announce_first_admin(password)
@@ -302,6 +316,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await notice_hub.stop()
         if mailer is not None:
             await mailer.stop()
+        if pipeline is not None:
+            await pipeline.close()
         await early_verifier.close()
         await validator.close()
         await storage.close()

@@ -17,7 +17,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, CursorResult, Engine, Select, Update, func, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Select,
+    Update,
+    case,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -51,8 +62,72 @@ def add_job(
     target: str,
     kind: JobKind = JobKind.STUDY,
     request_id: str | None = None,
+    parked: bool = False,
 ) -> None:
-    session.add(ForwardJob(upload_id=upload_id, target=target, kind=kind, request_id=request_id))
+    job = ForwardJob(upload_id=upload_id, target=target, kind=kind, request_id=request_id)
+    if parked:  # nothing worth a request yet: due when woken (see wake_job)
+        job.next_attempt_at = utcnow() + PARKED_FOR
+    session.add(job)
+
+
+# A pipelined job (its upload still uploading) with nothing to send now waits "parked": due
+# this far ahead, until the upload domain wakes it (more instances, or the upload completed).
+PARKED_FOR = dt.timedelta(days=3650)
+_PARKED_BEYOND = dt.timedelta(days=365)  # a due time this far ahead is a parked job's
+
+
+def _parked(now: dt.datetime) -> Any:
+    return ForwardJob.next_attempt_at > now + _PARKED_BEYOND
+
+
+async def wake_job(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> bool:
+    """Make the upload's queued job due now if it is parked (a job waiting for its retry
+    keeps its time); False if the upload has no job for `target` (none queued).
+
+    The statement matches (and on PostgreSQL locks) the queued job's row whether parked or
+    not: a worker that decides to park it takes the same row lock first and reads the
+    upload's state after it, so the caller's writes in this transaction are either seen by
+    that worker or followed by this wake (re-evaluated on the parked row)."""
+    now = utcnow()
+    result = cast(
+        CursorResult[Any],
+        await session.execute(
+            update(ForwardJob)
+            .where(
+                ForwardJob.upload_id == upload_id,
+                ForwardJob.target == target,
+                ForwardJob.kind == JobKind.STUDY,
+                ForwardJob.status == JobStatus.QUEUED,
+            )
+            .values(
+                next_attempt_at=case(
+                    (_parked(now), literal(now, ForwardJob.next_attempt_at.type)),
+                    else_=ForwardJob.next_attempt_at,
+                ),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    return bool(result.rowcount)
+
+
+async def has_job(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> bool:
+    found = await session.scalar(
+        select(ForwardJob.id).where(
+            ForwardJob.upload_id == upload_id,
+            ForwardJob.target == target,
+            ForwardJob.kind == JobKind.STUDY,
+        )
+    )
+    return found is not None
+
+
+def park(job: ForwardJob) -> None:
+    """Release the lease: nothing to send until the upload domain wakes the job."""
+    job.next_attempt_at = utcnow() + PARKED_FOR
+    job.lease_owner = None
+    job.lease_until = None
 
 
 def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
@@ -405,11 +480,12 @@ def _insert_for(session: AsyncSession) -> Any:
 
 
 async def unfinished_jobs(session: AsyncSession) -> tuple[int, dt.datetime | None]:
-    """How many jobs are not finished, and when the oldest of them was created."""
+    """How many jobs are not finished, and when the oldest of them was created (not counting
+    parked ones: their upload is still uploading, nothing is waiting for the PACS)."""
     row = (
         await session.execute(
             select(func.count(), func.min(ForwardJob.created_at)).where(
-                ForwardJob.status == JobStatus.QUEUED
+                ForwardJob.status == JobStatus.QUEUED, ~_parked(utcnow())
             )
         )
     ).one()

@@ -92,6 +92,33 @@ async def delivered_targets(
     return await repository.delivered_targets(session, upload_ids)
 
 
+async def enqueue_or_wake(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
+    """:func:`enqueue`, for an upload whose job may exist already (pipelined: opened while the
+    study was uploading by :func:`send_while_uploading`): that job is made due now."""
+    if not await repository.has_job(session, upload_id=upload_id, target=target):
+        repository.add_job(session, upload_id=upload_id, target=target, request_id=_request_id())
+    else:
+        await repository.wake_job(session, upload_id=upload_id, target=target)
+
+
+async def send_while_uploading(
+    session: AsyncSession, *, upload_id: uuid.UUID, target: str, due: bool = True
+) -> bool:
+    """Pipelined relay: the upload has instances to send while it is still uploading, written
+    in this transaction. Its job is opened (the outbox: it exists if and only if this
+    transaction commits), or woken if it waits parked; with `due` false (not enough for a
+    request yet) it is opened parked, or left as it is. Returns True when the job was opened
+    now. Nothing happens to a job that is no longer queued (the upload was cancelled)."""
+    if await repository.has_job(session, upload_id=upload_id, target=target):
+        if due:
+            await repository.wake_job(session, upload_id=upload_id, target=target)
+        return False
+    repository.add_job(
+        session, upload_id=upload_id, target=target, parked=not due, request_id=_request_id()
+    )
+    return True
+
+
 def job_summary(session: Session, upload_id: uuid.UUID) -> JobSummary | None:
     """Synchronous (a read in one call, or `AsyncSession.run_sync`)."""
     job = repository.first_job(session, upload_id)

@@ -29,6 +29,10 @@ class StudyToForward:
     study_instance_uid: str
     to_send: list[InstancePart]  # in file order
     sop_uids: dict[int, str | None]  # every instance to forward, by file index
+    # False while the upload is still uploading (pipelined relay): what is to send goes, then
+    # the job waits for more (parked); nothing is verified or settled before the upload has
+    # been accepted whole (and `sop_uids` may be left empty until then).
+    settle: bool = True
 
     @property
     def instances(self) -> int:
@@ -69,8 +73,10 @@ class SettledUpload:
 
 class InstanceSource(Protocol):
     async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
-        """The upload's instances to forward, the upload marked as forwarding; None when the
-        upload was cancelled (the job is then cancelled too)."""
+        """The upload's instances to forward, the upload marked as forwarding once accepted
+        (`settle`); None when the upload was cancelled or rejected (the job is then cancelled
+        too). Called again after each pass while the upload is still uploading: it must read
+        the state as it is now."""
         ...
 
     def record_answers(

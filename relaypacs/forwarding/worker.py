@@ -66,6 +66,18 @@ def make_batches(
     return batches
 
 
+def _full_batches(
+    batches: list[list[InstancePart]], max_instances: int, max_bytes: int
+) -> list[list[InstancePart]]:
+    """While a study is still uploading, its last batch waits for more instances unless it is
+    full (by count, or by half its bytes): no request of two instances where ten would go."""
+    if batches:
+        last = batches[-1]
+        if len(last) < max_instances and sum(p.size for p in last) < max_bytes // 2:
+            return batches[:-1]
+    return batches
+
+
 class Forwarder:
     """The forwarding workers of this process (`jobs_at_once` jobs at a time), their PACS
     clients and circuit breakers.
@@ -275,22 +287,40 @@ class Forwarder:
         target = self._targets[claim.target]
         client = self._clients[claim.target]
         breaker = self._breakers[claim.target]
-        async with self._sessionmaker() as session, session.begin():
-            job = await repository.renew(session, claim, self._lease)
-            study = await self._source_of(claim).start(session, claim.upload_id)
-            if study is None:  # the upload was cancelled
-                repository.mark_cancelled(job)
+        sent_before: set[int] = set()
+        while True:
+            # A pass: what is to send now. While the upload is still uploading (pipelined
+            # relay), passes go on as long as instances arrive; then the job is parked in the
+            # very transaction that found nothing to send (fenced first, which on PostgreSQL
+            # locks the job's row: an instance recorded meanwhile wakes it, see
+            # repository.wake_job).
+            async with self._sessionmaker() as session, session.begin():
+                job = await repository.renew(session, claim, self._lease)
+                study = await self._source_of(claim).start(session, claim.upload_id)
+                if study is None:  # the upload was cancelled (or rejected)
+                    repository.mark_cancelled(job)
+                    return
+                batches = make_batches(study.to_send, target.batch_instances, target.batch_bytes)
+                if not study.settle:
+                    batches = _full_batches(batches, target.batch_instances, target.batch_bytes)
+                    if not batches:
+                        repository.park(job)
+                        return
+            indexes = {part.file_index for batch in batches for part in batch}
+            if indexes and indexes <= sent_before:  # sent and still unanswered: not again now
+                await self._schedule_retry(claim, "instances left unanswered")
                 return
-
-        retry_reasons: list[str] = []
-        if study.to_send:
-            batches = make_batches(study.to_send, target.batch_instances, target.batch_bytes)
-            retry_reasons = await self._send_all(
-                claim, client, breaker, study.study_instance_uid, batches
-            )
-        if retry_reasons:
-            await self._schedule_retry(claim, retry_reasons[0])
-            return
+            sent_before |= indexes
+            retry_reasons: list[str] = []
+            if batches:
+                retry_reasons = await self._send_all(
+                    claim, client, breaker, study.study_instance_uid, batches
+                )
+            if retry_reasons:
+                await self._schedule_retry(claim, retry_reasons[0])
+                return
+            if study.settle:
+                break
         # Everything was answered: verify with QIDO-RS (and the content, as the target asks)
         # before anything counts as delivered.
         try:

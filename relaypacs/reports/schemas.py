@@ -171,11 +171,12 @@ class RadiologistList(BaseModel):
 
 class TimelineStep(BaseModel):
     step: str = Field(
-        description="started, received, validated, rejected, queued, pacs_confirmed, failed, "
-        'retried, cancelled, report_opened, report_assigned, report_ready (detail "from the '
-        'PACS" when it came from there), report_amended, report_from_pacs_skipped (an unusable '
-        "report instance in the PACS; detail: why), report_stored_in_pacs (written back; "
-        "detail: the version), report_refused_by_pacs"
+        description="started, pipelined (instances sent to the PACS while uploading), "
+        "received, validated, rejected, queued, pacs_confirmed, failed, retried, cancelled, "
+        'report_opened, report_assigned, report_ready (detail "from the PACS" when it came from '
+        "there), report_amended, report_from_pacs_skipped (an unusable report instance in the "
+        "PACS; detail: why), report_stored_in_pacs (written back; detail: the version), "
+        "report_refused_by_pacs"
     )
     at: dt.datetime
     detail: str | None = None

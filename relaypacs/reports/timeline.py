@@ -5,6 +5,7 @@ report. Served by the report domain because the journey ends in the report."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from relaypacs.audit import service as audit
 from relaypacs.audit.models import Actor, AuditEvent
@@ -19,6 +20,7 @@ from relaypacs.uploads import service as uploads
 
 _TIMELINE_ACTIONS = (
     "upload.start",
+    "forward.pipelined",
     "upload.complete",
     "forward.delivered",
     "forward.failed",
@@ -44,15 +46,22 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
     match event.action:
         case "upload.start":
             return [step("started")]
+        case "forward.pipelined":
+            return [step("pipelined", "sending verified instances to the PACS while uploading")]
         case "upload.complete":
             accepted = int(details.get("accepted_files", 0))
             refused = int(details.get("rejected_files", 0))
             codes = ", ".join(details.get("codes", []))
+            pipelined = int(details.get("pipelined", 0))
             if event.outcome == "rejected":
-                return [step("received"), step("rejected", codes or None)]
+                why = [codes] if codes else []
+                why += _at_pacs(details)
+                return [step("received"), step("rejected", "; ".join(why) or None)]
             verdict = f"accepted {accepted} of {accepted + refused} files"
             if refused:
                 verdict += f" (refused: {codes})"
+            if pipelined:
+                verdict += f"; {pipelined} instances queued for the PACS while uploading"
             queued = [step("queued")] if forwarded else []
             return [step("received"), step("validated", verdict), *queued]
         case "forward.delivered":
@@ -63,7 +72,7 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
         case "admin.upload_retry":
             return [step("retried")]
         case "admin.upload_cancel" | "upload.cancel":
-            return [step("cancelled")]
+            return [step("cancelled", "; ".join(_at_pacs(details)) or None)]
         case "report.assign":
             return [step("report_assigned")]
         case "report.sign":
@@ -79,6 +88,12 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
         case "report.pacs_failed":
             return [step("report_refused_by_pacs", f"version {details.get('version')}")]
     return []
+
+
+def _at_pacs(details: dict[str, Any]) -> list[str]:
+    """What a cancel or a rejection left at the PACS (pipelined relay): it keeps them."""
+    count = int(details.get("already_at_pacs", 0))
+    return [f"{count} instances already at the PACS"] if count else []
 
 
 async def upload_timeline(

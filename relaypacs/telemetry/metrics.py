@@ -73,6 +73,11 @@ CHUNKS_LOST = Counter(
 )
 FILES_ACCEPTED = UPLOAD_FILES.labels("accepted")
 FILES_REFUSED = UPLOAD_FILES.labels("refused")
+FILES_PIPELINED = Counter(
+    "relaypacs_upload_files_pipelined",
+    "Instances queued for the PACS on arrival, while their study was still uploading "
+    "(RELAYPACS_PIPELINE).",
+)
 
 # --- forwarding ---------------------------------------------------------------------------------
 

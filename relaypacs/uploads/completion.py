@@ -9,7 +9,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +30,7 @@ from relaypacs.uploads import repository
 from relaypacs.uploads.errors import UploadIncomplete, UploadNotWritable, UploadRejected
 from relaypacs.uploads.models import ACCEPTED_STATUSES, UploadStatus
 from relaypacs.uploads.notices import notify_judged, notify_received
+from relaypacs.uploads.repository import relay_rows
 from relaypacs.uploads.schemas import FileError, UploadRead
 from relaypacs.uploads.service import get_upload, read_upload
 from relaypacs.uploads.verify import FileVerdict, StudyVerifier
@@ -133,10 +134,14 @@ async def complete_upload(
         all_or_nothing = upload.all_or_nothing
     if lost:  # committed: the lost chunks are missing now
         raise _chunks_lost(upload_id, lost)
+    # The instances queued for the PACS while uploading (pipelined relay): none can be added
+    # now that the upload is `received` (uploads.pipeline takes the upload's row first).
+    async with ctx.db.read_sessionmaker() as session, session.begin():
+        pipelined = await relay_rows.pipelined_indexes(session, upload_id)
 
     began = time.perf_counter()
     verdicts = await ctx.verifier.verify(
-        upload_id, declared_uid=declared_uid, files=files, keys=keys
+        upload_id, declared_uid=declared_uid, files=files, keys=keys, forwarded=pipelined
     )
     VALIDATION_DURATION.observe(time.perf_counter() - began)
     target = ctx.default_target
@@ -145,7 +150,9 @@ async def complete_upload(
         delivered: dict[int, forwarding.DeliveredContent] = {}
         if target is not None:
             sha256 = {f.index: f.sha256 for f in files}
-            verdicts, delivered = await _against_target(session, user, target, verdicts, sha256)
+            verdicts, delivered = await _against_target(
+                session, user, target, verdicts, sha256, pipelined
+            )
         rejected = [v for v in verdicts if v.error is not None]
         forwarded = sum(1 for v in verdicts if v.to_forward)
         strict = all_or_nothing or target in ctx.strict_targets
@@ -165,9 +172,15 @@ async def complete_upload(
             refused_count=len(rejected),
             all_or_nothing=strict,
         )
+        at_pacs = 0
         if moved:
             await repository.record_verdicts(
-                session, upload_id, verdicts, forward=not refused_all, delivered=delivered
+                session,
+                upload_id,
+                verdicts,
+                forward=not refused_all,
+                delivered=delivered,
+                pipelined=pipelined,
             )
             notify_judged(
                 session,
@@ -177,6 +190,9 @@ async def complete_upload(
                 instances=instances,
                 refused=len(rejected),
             )
+            if pipelined and not queue:  # rejected after all: the pipelined job stops
+                at_pacs = await relay_rows.at_pacs_count(session, upload_id)
+                await forwarding.cancel(session, upload_id=upload_id)
         audit = functools.partial(
             record_event,
             session,
@@ -188,7 +204,10 @@ async def complete_upload(
         if moved and queue:
             # The outbox: the job exists if and only if this transaction commits.
             assert target is not None
-            forwarding.enqueue(session, upload_id=upload_id, target=target)
+            if pipelined:  # its job exists: it waits, parked, for the rest
+                await forwarding.enqueue_or_wake(session, upload_id=upload_id, target=target)
+            else:
+                forwarding.enqueue(session, upload_id=upload_id, target=target)
         if moved:
             for v in verdicts:
                 if v.summary is not None and v.summary.preamble == "nonzero" and v.error is None:
@@ -207,7 +226,9 @@ async def complete_upload(
                     "already_delivered": len(delivered),
                     "all_or_nothing": strict,
                     "codes": sorted({v.error.code for v in rejected if v.error}),
-                },
+                    "pipelined": len(pipelined),
+                }
+                | ({"already_at_pacs": at_pacs} if at_pacs else {}),
             )
         queued = moved and queue
         judged = (0 if refused_all else len(verdicts) - len(rejected), len(rejected), moved)
@@ -237,12 +258,18 @@ async def _against_target(
     target: str,
     verdicts: list[FileVerdict],
     sha256: dict[int, str],
+    pipelined: Set[int],
 ) -> tuple[list[FileVerdict], dict[int, forwarding.DeliveredContent]]:
     """The verdicts against what the target holds as delivered by the gateway: an instance
     whose SOP Instance UID it holds with other bytes is refused (`sop_instance_conflict`); one
     it holds with the same bytes is not sent again (returned by file index: the forwarding
-    only verifies that the PACS still lists it)."""
-    sops = {v.index: v.summary.sop_instance_uid for v in verdicts if v.to_forward and v.summary}
+    only verifies that the PACS still lists it). The pipelined instances were judged so on
+    arrival (and are on their way): the settling registry judges them again."""
+    sops = {
+        v.index: v.summary.sop_instance_uid
+        for v in verdicts
+        if v.to_forward and v.summary and v.index not in pipelined
+    }
     known = await forwarding.delivered_contents(
         session, target=target, sop_instance_uids=[uid for uid in sops.values() if uid]
     )

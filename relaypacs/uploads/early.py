@@ -7,7 +7,9 @@ chunk is durable and recorded, the whole file is in storage. Its SHA-256 and its
 is busy with the next chunks. `complete` takes the results and verifies only what is left: the
 files of several chunks, and any file whose early check did not run (queue full, a restart, a
 storage without local files, another replica). It is an optimisation only: the verdicts are the
-same as `complete`'s own, and nothing is decided before `complete`.
+same as `complete`'s own. With the pipelined relay (RELAYPACS_PIPELINE), a result whose
+verdict is final on arrival also sends the instance to the PACS before `complete`
+(`on_verified`, uploads.pipeline).
 
 A result is tied to the storage key of the chunk it read, which names the chunk's SHA-256: a
 chunk stored is never replaced by other bytes (409), so the result holds as long as the upload
@@ -22,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,11 @@ class EarlyVerifier:
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # Called with each upload's new results, by file index (the pipelined relay,
+        # uploads.pipeline): set once at start.
+        self.on_verified: (
+            Callable[[uuid.UUID, list[tuple[int, EarlyResult]]], Awaitable[None]] | None
+        ) = None
 
     def submit(self, upload_id: uuid.UUID, file_index: int, key: str, sha256: str) -> None:
         """Verify this single-chunk file when a worker is free (never waits: a full queue or
@@ -131,20 +139,35 @@ class EarlyVerifier:
             for upload_id, _, _, _ in batch:
                 self._running[upload_id] = self._running.get(upload_id, 0) + 1
             try:
-                results = await self._verify([(key, sha256) for _, _, key, sha256 in batch])
-            except Exception as exc:  # left to `complete`, which reports it properly
-                logger.debug(
-                    "early verification skipped %d files: %s", len(batch), type(exc).__name__
-                )
-                results = [None] * len(batch)
+                try:
+                    results = await self._verify([(key, sha256) for _, _, key, sha256 in batch])
+                except Exception as exc:  # left to `complete`, which reports it properly
+                    logger.debug(
+                        "early verification skipped %d files: %s", len(batch), type(exc).__name__
+                    )
+                    results = [None] * len(batch)
+                kept: dict[uuid.UUID, list[tuple[int, EarlyResult]]] = {}
+                for (upload_id, file_index, _, _), result in zip(batch, results, strict=True):
+                    if result is not None and upload_id in self._open:
+                        self._keep(upload_id, file_index, result)
+                        kept.setdefault(upload_id, []).append((file_index, result))
+                # Before the files count as verified: `take` (complete) waits for this too.
+                if self.on_verified is not None:
+                    for upload_id, found in kept.items():
+                        try:
+                            await self.on_verified(upload_id, found)
+                        except Exception as exc:  # pipelining is an optimisation: complete does it
+                            logger.warning(
+                                "pipelining %d files of upload %s failed: %s",
+                                len(found),
+                                upload_id,
+                                type(exc).__name__,
+                            )
             finally:
                 for upload_id, _, _, _ in batch:
                     self._running[upload_id] -= 1
                     if not self._running[upload_id]:
                         del self._running[upload_id]
-            for (upload_id, file_index, _, _), result in zip(batch, results, strict=True):
-                if result is not None and upload_id in self._open:
-                    self._keep(upload_id, file_index, result)
             async with self._changed:
                 self._changed.notify_all()
 

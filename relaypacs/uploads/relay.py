@@ -27,7 +27,13 @@ from relaypacs.forwarding.source import (
 from relaypacs.notifications.service import notify
 from relaypacs.pacs.dicomweb import Disposition, InstancePart, InstanceResult
 from relaypacs.uploads import repository
-from relaypacs.uploads.models import ForwardStatus, Upload, UploadStatus
+from relaypacs.uploads.models import (
+    ACCEPTED_STATUSES,
+    IN_PROGRESS_STATUSES,
+    ForwardStatus,
+    Upload,
+    UploadStatus,
+)
 from relaypacs.uploads.repository import relay_rows
 
 _STATUS_OF = {
@@ -41,22 +47,30 @@ class UploadRelay(InstanceSource):
     """An upload's instances for the forwarding worker."""
 
     async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
-        upload = await session.get(Upload, upload_id)
+        upload = await session.get(Upload, upload_id, populate_existing=True)
         assert upload is not None
-        if upload.status == UploadStatus.CANCELLED:
+        # Still uploading (pipelined relay): the instances judged so far go; nothing settles.
+        # Any other status than accepted or in progress (cancelled, rejected, ...): no more.
+        settle = upload.status in ACCEPTED_STATUSES
+        if not settle and upload.status not in IN_PROGRESS_STATUSES:
             return None
         if upload.status == UploadStatus.QUEUED:
             upload.status = UploadStatus.FORWARDING
-        files = await relay_rows.files_to_forward(session, upload_id)
-        keys = await repository.recorded_chunk_keys(session, upload_id)
+        pending = await relay_rows.pending_parts(session, upload_id)
         return StudyToForward(
             study_instance_uid=upload.study_instance_uid,
             to_send=[
-                _part(f, keys[f.file_index])
-                for f in files
-                if f.forward_status == ForwardStatus.PENDING
+                InstancePart(
+                    file_index=p.file_index,
+                    sop_instance_uid=p.sop_instance_uid or "",
+                    size=p.size,
+                    keys=p.keys,
+                    zero_preamble=p.preamble == "nonzero",
+                )
+                for p in pending
             ],
-            sop_uids={f.file_index: f.sop_instance_uid for f in files},
+            sop_uids=await relay_rows.forwarded_sop_uids(session, upload_id) if settle else {},
+            settle=settle,
         )
 
     async def sent_instances(

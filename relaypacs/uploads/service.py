@@ -39,6 +39,7 @@ from relaypacs.uploads.models import (
     Upload,
     UploadStatus,
 )
+from relaypacs.uploads.repository import relay_rows
 from relaypacs.uploads.schemas import (
     ChunkStored,
     FileError,
@@ -453,14 +454,20 @@ async def cancel_upload(
     upload_id: uuid.UUID,
     client_ip: str | None,
 ) -> UploadRead:
-    """The uploader gives up: the upload takes no more chunks and its stored chunks go."""
+    """The uploader gives up: the upload takes no more chunks and its stored chunks go. The
+    instances the PACS already stored (pipelined relay) stay there: the gateway cannot take
+    them back; how many is recorded and shown (docs/api.md)."""
     async with db.sessionmaker() as session, session.begin():
-        upload = await get_upload(session, upload_id=upload_id, user=user, write=True)
+        upload = await session.run_sync(repository.find_upload, upload_id, lock=True)
+        upload = _visible(upload, upload_id, user, write=True)
         if upload.status in ACCEPTED_STATUSES:
             raise UploadNotCancellable()
         if upload.status != UploadStatus.CANCELLED:
             upload.status = UploadStatus.CANCELLED
             await repository.delete_chunk_rows(session, upload_id)
+            # A pipelined upload's job stops; a worker sending now is fenced off.
+            await forwarding.cancel(session, upload_id=upload_id)
+            at_pacs = await relay_rows.at_pacs_count(session, upload_id)
             await record_event(
                 session,
                 action="upload.cancel",
@@ -468,6 +475,7 @@ async def cancel_upload(
                 object_type="upload",
                 object_id=upload_id,
                 study_instance_uid=upload.study_instance_uid,
+                details={"already_at_pacs": at_pacs} if at_pacs else None,
             )
         await session.flush()
         view = await read_upload(session, upload)

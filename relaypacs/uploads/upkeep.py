@@ -44,6 +44,8 @@ async def expire_abandoned(db: Database, storage: ObjectStorage, *, idle: dt.tim
                 continue
             upload.status = UploadStatus.EXPIRED
             await repository.delete_chunk_rows(session, upload_id)
+            # A pipelined relay's parked job stops (what it sent stays at the PACS).
+            await forwarding.cancel(session, upload_id=upload_id)
             notify_expired(session, upload, idle_hours=idle.total_seconds() / 3600)
             await record_event(
                 session,

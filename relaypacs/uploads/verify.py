@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import shutil
 import uuid
+from collections.abc import Set
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -62,9 +63,10 @@ class StudyVerifier:
         declared_uid: str,
         files: list[FileToVerify],
         keys: dict[int, list[str]],
+        forwarded: Set[int] = frozenset(),
     ) -> list[FileVerdict]:
         """Every file's verdict, by index (`keys`: the object keys of each file's chunks, in
-        order)."""
+        order; `forwarded`: the files sent while uploading, see judge_study)."""
         spool_dir = self.spool_dir / str(upload_id)
         await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
         # A few workers pull files from one iterator: memory does not grow with the file count
@@ -92,7 +94,7 @@ class StudyVerifier:
 
         try:
             await asyncio.gather(*(work() for _ in range(self.concurrency)))
-            return judge_study(declared_uid, files, [found[f.index] for f in files])
+            return judge_study(declared_uid, files, [found[f.index] for f in files], forwarded)
         finally:
             await asyncio.to_thread(shutil.rmtree, spool_dir, ignore_errors=True)
             # The workers hold ~60 MiB each: they go as soon as no study is being verified
@@ -153,13 +155,18 @@ def _early_verdict(file: FileToVerify, result: EarlyResult) -> FileVerdict:
 
 
 def judge_study(
-    declared_uid: str, files: list[FileToVerify], verdicts: list[FileVerdict]
+    declared_uid: str,
+    files: list[FileToVerify],
+    verdicts: list[FileVerdict],
+    forwarded: Set[int] = frozenset(),
 ) -> list[FileVerdict]:
     """The rules of the study as a whole, on each file's own verdict: every instance belongs
     to the declared study; of valid files with one SOP Instance UID, identical bytes are sent
     once and differing ones are all refused (the gateway cannot know which one is right; a
     refused copy, truncated say, was refused for what it is and does not count); an upload
-    holds at least one instance."""
+    holds at least one instance. A file in `forwarded` was sent to the PACS while the study
+    was uploading (pipelined relay): its copy is the one the PACS keeps, so it stays the
+    instance; identical copies are duplicates of it, differing ones are refused."""
     sha256 = {f.index: f.sha256 for f in files}
     names = {f.index: f.name for f in files}
     judged: dict[int, FileVerdict] = {}
@@ -174,6 +181,10 @@ def judge_study(
         judged[verdict.index] = verdict
     for copies in by_sop.values():
         if len(copies) == 1:
+            continue
+        sent = [c for c in copies if c.index in forwarded]
+        if sent:  # one copy went to the PACS while uploading (pipelined): it is the instance
+            _judge_after_sent(judged, sent[0], copies, sha256, names)
             continue
         first_of: dict[str, int] = {}
         for copy in copies:
@@ -199,6 +210,31 @@ def judge_study(
         no_instances = FileError(code="no_instances", message="The upload holds no DICOM instance.")
         result[0] = replace(first, error=no_instances)
     return result
+
+
+def _judge_after_sent(
+    judged: dict[int, FileVerdict],
+    sent: FileVerdict,
+    copies: list[FileVerdict],
+    sha256: dict[int, str],
+    names: dict[int, str],
+) -> None:
+    for copy in copies:
+        if copy.index == sent.index:
+            continue
+        if sha256[copy.index] == sha256[sent.index]:
+            judged[copy.index] = replace(copy, duplicate_of=sent.index)
+            continue
+        judged[copy.index] = replace(
+            copy,
+            error=FileError(
+                code="duplicate_sop_instance",
+                message=f"Same SOP Instance UID as {names[sent.index]} (file {sent.index}), "
+                "with other content. That file was sent to the PACS while the study was "
+                "uploading, and a PACS keeps the first copy of an instance: this one is not "
+                "sent.",
+            ),
+        )
 
 
 _STUDY_UID_MISMATCH = FileError(

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -81,8 +81,12 @@ async def recorded_chunk_keys(
 
 
 def find_upload(session: Session, upload_id: uuid.UUID, *, lock: bool = False) -> Upload | None:
-    """The upload's row (`lock`: FOR UPDATE, until the transaction ends)."""
-    return session.get(Upload, upload_id, with_for_update=lock)
+    """The upload's row (`lock`: FOR NO KEY UPDATE on PostgreSQL, until the transaction ends).
+    Not FOR UPDATE: that would also block the FOR KEY SHARE lock that PostgreSQL's foreign key
+    check takes on the upload when a worker updates its forward job a second time in one
+    transaction (fence, then park or retry), while this transaction waits for that job: a
+    deadlock (the pipelined relay's, uploads.pipeline)."""
+    return session.get(Upload, upload_id, with_for_update={"key_share": True} if lock else None)
 
 
 def received_bytes(session: Session, upload_id: uuid.UUID) -> int:
@@ -404,15 +408,24 @@ async def record_verdicts(
     *,
     forward: bool,
     delivered: Mapping[int, DeliveredContent],
+    pipelined: Set[int] = frozenset(),
 ) -> None:
     """Each file's verdict: valid or rejected (and why), what it is, and whether it is to be
     forwarded (`forward`: the study was accepted; then each valid instance, but a second copy
     of the same bytes). An instance the target already holds with the same bytes (`delivered`)
-    starts as sent: the forwarding only checks that the PACS still lists it."""
-    await session.execute(
-        update(UploadFile),
-        [_verdict_row(upload_id, v, forward, delivered.get(v.index)) for v in verdicts],
-    )
+    starts as sent: the forwarding only checks that the PACS still lists it. The files in
+    `pipelined` were queued for the PACS while uploading: their forwarding state (sent,
+    confirmed...) is the relay's and stays as it is."""
+    rows = [_verdict_row(upload_id, v, forward, delivered.get(v.index)) for v in verdicts]
+    kept = [
+        {k: v for k, v in row.items() if k not in ("forward_status", "forward_md5")}
+        for row in rows
+        if row["index"] in pipelined
+    ]
+    rows = [row for row in rows if row["index"] not in pipelined]
+    for batch in (rows, kept):
+        if batch:
+            await session.execute(update(UploadFile), batch)
 
 
 def _verdict_row(

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Connection,
     Table,
     bindparam,
+    func,
     select,
     update,
 )
@@ -18,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.uploads.models import (
     ForwardStatus,
+    UploadChunk,
     UploadFile,
 )
+from relaypacs.uploads.repository import chunk_key
 
 
 class FileToForward(NamedTuple):
@@ -56,6 +59,62 @@ async def files_to_forward(
         query = query.where(UploadFile.forward_status.in_(statuses))
     rows = await session.execute(query.order_by(UploadFile.index))
     return [FileToForward._make(row) for row in rows]
+
+
+class PendingPart(NamedTuple):
+    file_index: int
+    sop_instance_uid: str | None
+    size: int
+    preamble: str | None
+    keys: tuple[str, ...]  # its recorded chunks' objects, in order
+
+
+async def pending_parts(session: AsyncSession, upload_id: uuid.UUID) -> list[PendingPart]:
+    """The files to send (forwarding pending), by index, with their chunks' object keys: one
+    query that reads only them (a pipelined upload asks after each pass, while thousands of its
+    files are sent already or not yet judged)."""
+    rows = await session.execute(
+        select(
+            UploadFile.index,
+            UploadFile.sop_instance_uid,
+            UploadFile.size,
+            UploadFile.preamble,
+            UploadChunk.chunk_index,
+            UploadChunk.sha256,
+            UploadChunk.md5,
+        )
+        .join(
+            UploadChunk,
+            (UploadChunk.upload_id == UploadFile.upload_id)
+            & (UploadChunk.file_index == UploadFile.index),
+        )
+        .where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status == ForwardStatus.PENDING,
+        )
+        .order_by(UploadFile.index, UploadChunk.chunk_index)
+    )
+    parts: list[PendingPart] = []
+    for index, sop_uid, size, preamble, chunk_index, sha256, md5 in rows:
+        digest = sha256 or md5
+        if digest is None:  # the schema's rows always have one of them
+            raise ValueError("a chunk row with neither SHA-256 nor MD5")
+        key = chunk_key(upload_id, index, chunk_index, digest)
+        if parts and parts[-1].file_index == index:
+            parts[-1] = parts[-1]._replace(keys=(*parts[-1].keys, key))
+        else:
+            parts.append(PendingPart(index, sop_uid, size, preamble, (key,)))
+    return parts
+
+
+async def forwarded_sop_uids(session: AsyncSession, upload_id: uuid.UUID) -> dict[int, str | None]:
+    """The SOP Instance UID of every file the upload forwards, by index."""
+    rows = await session.execute(
+        select(UploadFile.index, UploadFile.sop_instance_uid).where(
+            UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None)
+        )
+    )
+    return dict(rows.tuples().all())
 
 
 async def fail_forwards(
@@ -151,3 +210,71 @@ async def confirm_sent(session: AsyncSession, upload_id: uuid.UUID) -> None:
         .values(forward_status=ForwardStatus.CONFIRMED, forward_error=None)
         .execution_options(synchronize_session=False)
     )
+
+
+# --- the pipelined relay: instances judged on arrival, while the upload is still uploading ---
+
+
+class ArrivedFile(NamedTuple):
+    file_index: int
+    sha256: str  # the manifest's
+    forward_status: ForwardStatus | None
+
+
+async def arrived_files(
+    session: AsyncSession, upload_id: uuid.UUID, indexes: Sequence[int]
+) -> dict[int, ArrivedFile]:
+    """These files of the upload (by index) as the pipeline judges them."""
+    rows = await session.execute(
+        select(UploadFile.index, UploadFile.sha256, UploadFile.forward_status).where(
+            UploadFile.upload_id == upload_id, UploadFile.index.in_(sorted(set(indexes)))
+        )
+    )
+    found = [ArrivedFile._make(row) for row in rows]
+    return {f.file_index: f for f in found}
+
+
+async def sop_uids_in_upload(
+    session: AsyncSession, upload_id: uuid.UUID, sop_instance_uids: Sequence[str]
+) -> set[str]:
+    """Of these SOP Instance UIDs, those a file of the upload has already (before `complete`:
+    the instances pipelined so far)."""
+    rows = await session.scalars(
+        select(UploadFile.sop_instance_uid).where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.sop_instance_uid.in_(sorted(set(sop_instance_uids))),
+        )
+    )
+    return {uid for uid in rows if uid is not None}
+
+
+async def pipelined_indexes(session: AsyncSession, upload_id: uuid.UUID) -> set[int]:
+    """The files already judged and queued for the PACS (forwarding set) before `complete`."""
+    rows = await session.scalars(
+        select(UploadFile.index).where(
+            UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None)
+        )
+    )
+    return set(rows)
+
+
+async def at_pacs_count(session: AsyncSession, upload_id: uuid.UUID) -> int:
+    """How many of the upload's instances the PACS answered stored (sent or confirmed)."""
+    count = await session.scalar(
+        select(func.count()).where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status.in_((ForwardStatus.SENT, ForwardStatus.CONFIRMED)),
+        )
+    )
+    return int(count or 0)
+
+
+async def pending_count(session: AsyncSession, upload_id: uuid.UUID) -> int:
+    """How many of the upload's instances wait to be sent (forwarding pending)."""
+    count = await session.scalar(
+        select(func.count()).where(
+            UploadFile.upload_id == upload_id,
+            UploadFile.forward_status == ForwardStatus.PENDING,
+        )
+    )
+    return int(count or 0)

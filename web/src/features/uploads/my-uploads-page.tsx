@@ -97,6 +97,7 @@ function UploadRow({ upload, report }: { upload: UploadSummary; report: ReportSu
 
 const STEPS: Record<string, string> = {
   started: "Upload started",
+  pipelined: "Sending to the PACS while uploading",
   received: "Received by the gateway",
   validated: "Checked and accepted",
   rejected: "Refused by the gateway",
