@@ -168,23 +168,22 @@ class TestKustomize:
             "selector": budget["spec"]["selector"],
         }
 
-    def test_ha_scales_the_api_and_forwards_in_workers(self) -> None:
+    def test_ha_scales_the_api_and_forwards_and_schedules_in_workers(self) -> None:
         docs = rendered("ha")
         hpa = named(docs, "HorizontalPodAutoscaler", "relaypacs-api")
         assert hpa["spec"]["minReplicas"] == 2
         assert hpa["spec"]["maxReplicas"] == 10
         assert hpa["spec"]["scaleTargetRef"]["name"] == "relaypacs-api"
 
-        def forward_worker(name: str) -> str:
+        def setting(name: str, variable: str) -> str:
             (container,) = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
-            values = [
-                e["value"] for e in container["env"] if e["name"] == "RELAYPACS_FORWARD_WORKER"
-            ]
+            values = [e["value"] for e in container["env"] if e["name"] == variable]
             assert len(values) == 1
             return str(values[0])
 
-        assert forward_worker("relaypacs-api") == "false"
-        assert forward_worker("relaypacs-worker") == "true"
+        for variable in ("RELAYPACS_FORWARD_WORKER", "RELAYPACS_SCHEDULER"):
+            assert setting("relaypacs-api", variable) == "false"
+            assert setting("relaypacs-worker", variable) == "true"
         assert named(docs, "Deployment", "relaypacs-worker")["spec"]["replicas"] >= 2
         config = named(docs, "ConfigMap", "relaypacs-config")["data"]
         assert config["RELAYPACS_AUTO_MIGRATE"] == "false"
