@@ -1,6 +1,7 @@
 """A signed report as a PDF (fpdf2): patient and study identification, findings, impression, the
 radiologist and signing time, the amendment history, the gateway's ids. Names in any script the
-font covers render as written (DejaVu Sans: Latin, Greek, Cyrillic and more, embedded); a DICOM
+font covers render as written (DejaVu Sans: Latin, Greek, Cyrillic and more; Droid Sans
+Fallback for Chinese and Japanese, Nanum Gothic for Korean; all embedded, subset); a DICOM
 person name's `^` separators become spaces. Pure: bytes in memory, no I/O but the font files."""
 
 from __future__ import annotations
@@ -18,16 +19,29 @@ FONT_DIRS = (
 )
 
 
+# What DejaVu Sans lacks: Chinese and Japanese from Droid Sans Fallback, the font Android
+# shipped for them (Debian package fonts-droid-fallback, 7 MB), Korean from Nanum Gothic
+# (fonts-nanum, 33 MB); Noto CJK, which has all three, is 90 MB.
+FALLBACK_FONTS = (
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+    Path("/usr/share/fonts/truetype/nanum/NanumGothic.ttf"),
+)
+
+
 class FontMissing(RuntimeError):
-    """No Unicode font: install the Debian package fonts-dejavu-core (scripts/bootstrap.sh)."""
+    """A font is missing: install the Debian packages fonts-dejavu-core, fonts-droid-fallback
+    and fonts-nanum (scripts/bootstrap.sh does)."""
 
 
-def font_files() -> tuple[Path, Path]:
-    """DejaVu Sans, regular and bold."""
+def font_files() -> tuple[Path, Path, tuple[Path, ...]]:
+    """DejaVu Sans, regular and bold, and the fallbacks for the scripts it lacks."""
+    missing = [path for path in FALLBACK_FONTS if not path.is_file()]
+    if missing:
+        raise FontMissing(f"{missing[0].name} is not installed (fonts-droid-fallback, fonts-nanum)")
     for directory in FONT_DIRS:
         regular, bold = directory / "DejaVuSans.ttf", directory / "DejaVuSans-Bold.ttf"
         if regular.is_file() and bold.is_file():
-            return regular, bold
+            return regular, bold, FALLBACK_FONTS
     raise FontMissing("DejaVu Sans is not installed (Debian package fonts-dejavu-core)")
 
 
@@ -69,13 +83,18 @@ def _stamp(at: dt.datetime) -> str:
 
 
 def render(document: ReportDocument) -> bytes:
-    regular, bold = font_files()
+    regular, bold, fallbacks = font_files()
     latest = document.versions[-1]
     pdf = FPDF(format="A4")
     pdf.set_title("Radiology report")
     pdf.set_creator("RelayPACS Gateway")
     pdf.add_font("DejaVu", "", str(regular))
     pdf.add_font("DejaVu", "B", str(bold))
+    for number, path in enumerate(fallbacks):
+        pdf.add_font(f"Fallback{number}", "", str(path))
+    # A character DejaVu lacks (a name in Chinese, Japanese or Korean) is drawn with the first
+    # fallback that has it, bold text included (they have no bold face).
+    pdf.set_fallback_fonts([f"Fallback{n}" for n in range(len(fallbacks))], exact_match=False)
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.add_page()
     width = pdf.epw

@@ -16,6 +16,8 @@ from tests.api.uploading import error_code
 from tests.reports.reporting import API, assign, deliver, sign
 
 NAME = "Ковалёва^Αθηνά^Zoë"  # Cyrillic, Greek, accented Latin: one DICOM person name
+# A Japanese patient's name as DICOM writes it: alphabetic, ideographic and phonetic groups.
+CJK_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 
 
 def _text(data: bytes) -> str:
@@ -74,6 +76,34 @@ class TestReportPdf:
         assert "Précision" in text
         assert "Suivi." in text
         assert await storage.exists(f"reports/{report_id}/v2.pdf")
+
+    async def test_chinese_japanese_and_korean_names_are_drawn_with_the_fallback_font(
+        self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount
+    ) -> None:
+        uploader = await make_account(Role.CLINICIAN)
+        radiologist = await make_account(Role.RADIOLOGIST)
+        admin = await make_account(Role.ADMIN)
+        _, report_id = await deliver(
+            app,
+            client,
+            uploader,
+            metadata={"patient_name": CJK_NAME, "patient_id": "P-43", "modality": "CT"},
+        )
+        await assign(client, admin, report_id, radiologist)
+        await sign(client, radiologist, report_id, findings="肺野に異常なし。", impression="정상.")
+        answer = await client.get(f"{API}/reports/{report_id}/pdf", headers=uploader.headers)
+        assert answer.status_code == 200, answer.text
+        text = _text(answer.content)
+        for expected in ("山田", "太郎", "やまだ", "たろう", "肺野に異常なし。", "정상."):
+            assert expected in text, expected
+        reader = PdfReader(io.BytesIO(answer.content))
+        fonts = {
+            str(font["/BaseFont"])
+            for page in reader.pages
+            for font in page["/Resources"]["/Font"].values()  # type: ignore[index]
+        }
+        assert any("DroidSansFallback" in name for name in fonts), fonts
+        assert any("NanumGothic" in name for name in fonts), fonts
 
     async def test_another_users_report_pdf_is_a_404(
         self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount
