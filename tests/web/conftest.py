@@ -12,11 +12,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Response, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTEFACTS = REPO / "tests" / "web" / "artefacts"
+
+
+class RefusedCalls:
+    """A page's `response` listener that keeps the API calls refused (401, 403): a page asks
+    the API only what its user's role may (the app follows the policy table)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, response: Response) -> None:
+        if "/api/v1/" in response.url and response.status in (401, 403):
+            self.calls.append(f"{response.request.method} {response.url} {response.status}")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Response, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
 from tests.servers import free_port
-from tests.web.conftest import assert_accessible
+from tests.web.conftest import RefusedCalls, assert_accessible
 
 PASSWORD = "admin-e2e-password-1"
 FAMILY = DEFAULT_PATIENT.name.split("^")[0]
@@ -154,11 +154,7 @@ class TestAdministratorConsole:
     ) -> None:
         study = write_study(tmp_path / "study", instances=4, series=2, rows=64, columns=64)
         contexts: list[BrowserContext] = []
-        refused: list[str] = []
-
-        def watch(response: Response) -> None:
-            if "/api/v1/" in response.url and response.status in (401, 403):
-                refused.append(f"{response.request.method} {response.url} {response.status}")
+        watch = RefusedCalls()
 
         try:
             # The administrator turns the automatic assignment on, with the keyboard.
@@ -308,7 +304,7 @@ class TestAdministratorConsole:
             expect(own).to_contain_text("this device")
             boss.screenshot(path=artefacts / "own-sessions.png")
             assert_accessible(boss, "own sessions")
-            assert refused == []
+            assert watch.calls == []
         finally:
             for context in contexts:
                 context.close()

@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, BrowserContext, Response, Route, expect
 from tests.api.uploading import API, Study, chunk_url, chunks_of, content_md5, make_study
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
-from tests.web.conftest import assert_accessible
+from tests.web.conftest import RefusedCalls, assert_accessible
 from tests.web.test_admin_browser import signed_in, tab_to
 
 PASSWORD = "admin-e2e-password-1"
@@ -141,11 +141,7 @@ class TestStatisticsPage:
                 failures[code] = failures.get(code, 0) + count
 
         contexts: list[BrowserContext] = []
-        refused_calls: list[str] = []
-
-        def watch(response: Response) -> None:
-            if "/api/v1/" in response.url and response.status in (401, 403):
-                refused_calls.append(f"{response.request.method} {response.url} {response.status}")
+        watch = RefusedCalls()
 
         stats_calls: list[str] = []
 
@@ -292,7 +288,7 @@ class TestStatisticsPage:
             expect(clin.get_by_role("heading", name="Not allowed")).to_be_visible()
             expect(clin.get_by_role("link", name="Statistics")).to_have_count(0)
             assert_accessible(clin, "statistics, not allowed")
-            assert refused_calls == []
+            assert watch.calls == []
         finally:
             for context in contexts:
                 context.close()

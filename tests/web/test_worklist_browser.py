@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Response, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from pypdf import PdfReader
 
 from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
 from relaypacs.dicom.documents import ENCAPSULATED_PDF
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
-from tests.web.conftest import assert_accessible
+from tests.web.conftest import RefusedCalls, assert_accessible
 
 PASSWORD = "worklist-e2e-password-1"
 FAMILY = DEFAULT_PATIENT.name.split("^")[0]
@@ -99,11 +99,7 @@ class TestRadiologistReportsFromTheBrowser:
     ) -> None:
         study = write_study(tmp_path / "study", instances=4, series=2, rows=64, columns=64)
         contexts: list[BrowserContext] = []
-        refused: list[str] = []
-
-        def watch(response: Response) -> None:
-            if "/api/v1/" in response.url and response.status in (401, 403):
-                refused.append(f"{response.request.method} {response.url} {response.status}")
+        watch = RefusedCalls()
 
         try:
             # The clinician sends the study and sees only the uploader's pages.
@@ -302,7 +298,7 @@ class TestRadiologistReportsFromTheBrowser:
                 for line in Path(download.value.path()).read_text(encoding="utf-8").splitlines()
             ]
             assert [record["action"] for record in exported] == ["report.sign"]
-            assert refused == []
+            assert watch.calls == []
             # The study the radiologist read is the one the PACS holds, and the signed report is
             # written back into it: an Encapsulated PDF instance whose PDF holds the findings
             # and the amended impression (the latest version; the first may be there too).
