@@ -5,7 +5,7 @@ statements."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relaypacs.scheduler.models import ScheduledJob
 
 
-async def ensure_jobs(session: AsyncSession, names: Sequence[str], *, due: dt.datetime) -> None:
-    """A row for each job that has none yet (due at `due`); existing rows are left alone."""
-    if not names:
+async def ensure_jobs(session: AsyncSession, due: Mapping[str, dt.datetime]) -> None:
+    """A row for each job that has none yet (first due at `due[name]`); existing rows are left
+    alone."""
+    if not due:
         return
-    rows = [{"name": name, "lease_until": due} for name in names]
+    rows = [{"name": name, "lease_until": at} for name, at in due.items()]
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(pg_insert(ScheduledJob).values(rows).on_conflict_do_nothing())
     else:

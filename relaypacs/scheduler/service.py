@@ -42,6 +42,11 @@ logger = logging.getLogger("relaypacs.scheduler")
 RUN_STARTED: contextvars.ContextVar[dt.datetime] = contextvars.ContextVar("scheduled_run")
 
 
+# A new job's first run comes at the latest this long after the first start (a job with a
+# period of a day still runs on the day the gateway is installed).
+FIRST_RUN_WITHIN = dt.timedelta(minutes=10)
+
+
 @dataclass(frozen=True)
 class Job:
     name: str  # the lease row's key and the metric's `job` label
@@ -71,9 +76,19 @@ class Scheduler:
         self.jobs.append(Job(name, period, run))
 
     async def start(self) -> None:
-        """The rows of new jobs (due at once), then a loop per job."""
+        """The rows of new jobs, then a loop per job. A new job is first due one period from
+        now (capped at FIRST_RUN_WITHIN): a gateway that starts is busy enough, and on SQLite
+        every job at once at start would hold the one writer's lock in turn while the first
+        requests come."""
+        now = utcnow()
         async with self.sessionmaker() as session, session.begin():
-            await repository.ensure_jobs(session, [job.name for job in self.jobs], due=utcnow())
+            await repository.ensure_jobs(
+                session,
+                {
+                    job.name: now + min(dt.timedelta(seconds=job.period), FIRST_RUN_WITHIN)
+                    for job in self.jobs
+                },
+            )
         self._tasks = [
             asyncio.create_task(self._loop(job), name=f"scheduled:{job.name}") for job in self.jobs
         ]

@@ -145,7 +145,9 @@ class TestDelivery:
             uid = uuid.UUID(upload_id)
             report = await session.scalar(select(Report).where(Report.upload_id == uid))
             notice = await session.scalar(
-                select(Notification).where(Notification.related_id == uid)
+                select(Notification).where(
+                    Notification.related_id == uid, Notification.type == "upload_delivered"
+                )
             )
             audit = await session.scalar(
                 select(AuditEvent).where(
