@@ -41,12 +41,14 @@ SESSION_ENDING = re.compile(r"/auth/(logout|password|sessions|totp)")
 NOT_FUZZED = re.compile(rf"{SESSION_ENDING.pattern}|/notifications/stream$")
 # A valid request by the schema that the gateway may still refuse, for a rule the document
 # cannot state: a chunk's checksum must match its body; an upload's sizes are checked against
-# the gateway's settings; a password must be strong.
+# the gateway's settings; a password must be strong; the statistics' range of days (`from` not
+# after `to`, at most 366 days) spans two parameters.
 SEMANTIC_RULES = {
     ("PUT", "/api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}"),
     ("POST", "/api/v1/uploads"),
     ("POST", "/api/v1/admin/users/{user_id}/password"),
     ("POST", "/api/v1/admin/users"),
+    ("GET", "/api/v1/admin/stats"),
 }
 
 
