@@ -237,6 +237,13 @@ class TestKilledReplica:
                 holder.wait()
                 killed = utcnow()
                 await runs.wait_for(1)
+                # The run is over; its outcome is written just after (stopping now could
+                # cancel that write).
+                async with asyncio.timeout(30):
+                    while not [
+                        r for r in await survivor.rows() if r.name == job and r.last_outcome
+                    ]:
+                        await asyncio.sleep(0.05)
             finally:
                 await survivor.stop()
         finally:
