@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import resource
 import shutil
 import subprocess
 import threading
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import httpx
-import psutil
 
 from bench import stow_direct
 from bench.gateway import (
@@ -50,6 +48,7 @@ from bench.gateway import (
     server_env,
     server_pid,
 )
+from bench.procs import children_cpu, process_cpu, tree_cpu
 from bench.report import DIRECT, DIRECT_QIDO, GATEWAY_E2E, GATEWAY_PIPELINED, GATEWAY_SERVER
 from bench.report import GATEWAY_FORWARD as GATEWAY
 from bench.results import Measurement
@@ -124,39 +123,6 @@ def study_uids(files: Sequence[Path]) -> StudyUids:
     return StudyUids(studies.pop(), frozenset(instances))
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its live descendants and its exited (waited-for) children."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            times = p.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-        total += getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
-    return total
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return times.user + times.system
-
-
 def _missing(expected: frozenset[str], found: set[str]) -> str | None:
     lost = expected - found
     if not lost:
@@ -227,10 +193,10 @@ def _poll_cost(api: httpx.Client, path: str, pid: int, polls: int = 10) -> float
     """CPU seconds the gateway's main process spends answering one poll (once it is idle):
     what the benchmark's own polling costs the gateway while it forwards."""
     api.get(path).raise_for_status()
-    before = _cpu(pid)
+    before = process_cpu(pid)
     for _ in range(polls):
         api.get(path).raise_for_status()
-    return (_cpu(pid) - before) / polls
+    return (process_cpu(pid) - before) / polls
 
 
 def _login(client: httpx.Client) -> None:
@@ -293,7 +259,7 @@ def _gateway_run(
         pid = server_pid(base_url)
         _login(api)
         found = _Complete()
-        cpu_start = (_tree_cpu(pid), _children_cpu(), _cpu(_pid(orthanc)))
+        cpu_start = (tree_cpu(pid), children_cpu(), process_cpu(_pid(orthanc)))
         started = time.time()
         cli = subprocess.Popen(
             [
@@ -340,7 +306,7 @@ def _gateway_run(
                 sampler.peak_tree,
             )
             sampler.start()
-            cpu_gateway, cpu_orthanc = sampler.cpu_seconds(), _cpu(_pid(orthanc))
+            cpu_gateway, cpu_orthanc = sampler.cpu_seconds(), process_cpu(_pid(orthanc))
             assert found.answered_at is not None
             assert found.read_at is not None
             t0 = found.answered_at
@@ -359,8 +325,8 @@ def _gateway_run(
                 if status == "delivered":
                     result.seconds = now - t0
                     result.wall_seconds = now - started
-                    result.cpu_gateway_total = _tree_cpu(pid) - cpu_start[0]
-                    result.cpu_orthanc_total = _cpu(_pid(orthanc)) - cpu_start[2]
+                    result.cpu_gateway_total = tree_cpu(pid) - cpu_start[0]
+                    result.cpu_orthanc_total = process_cpu(_pid(orthanc)) - cpu_start[2]
                     break
                 if status in ("failed", "rejected", "cancelled"):
                     raise RuntimeError(f"the upload became {status}: {doc.get('forwarding')}")
@@ -374,7 +340,7 @@ def _gateway_run(
                 time.sleep(poll_seconds)
             sampler.sample()
             result.gateway_cpu = sampler.cpu_seconds() - cpu_gateway
-            result.orthanc_cpu = _cpu(_pid(orthanc)) - cpu_orthanc
+            result.orthanc_cpu = process_cpu(_pid(orthanc)) - cpu_orthanc
             result.poll_cpu = _poll_cost(api, f"/api/v1/uploads/{found.upload_id}?files=false", pid)
         finally:
             if sampler is not None:
@@ -384,7 +350,7 @@ def _gateway_run(
             except subprocess.TimeoutExpired:
                 cli.kill()
                 cli.wait()
-            result.cpu_cli = _children_cpu() - cpu_start[1]
+            result.cpu_cli = children_cpu() - cpu_start[1]
             reader.join(10)
         forwarding = doc.get("forwarding") or {}
         result.attempts = forwarding.get("attempts")
@@ -507,7 +473,7 @@ def measure(
             try:
                 with run_orthanc(run_dir / "orthanc", username="bench") as orthanc:
                     if contender == "direct":
-                        cpu_before = _cpu(_pid(orthanc))
+                        cpu_before = process_cpu(_pid(orthanc))
                         d = stow_direct.send(
                             files,
                             uids.study,
@@ -516,7 +482,7 @@ def measure(
                             per_request=PER_REQUEST,
                             in_flight=IN_FLIGHT,
                         )
-                        orthanc_cpu = _cpu(_pid(orthanc)) - cpu_before
+                        orthanc_cpu = process_cpu(_pid(orthanc)) - cpu_before
                         problem = (
                             f"FailedSOPSequence for {len(d.failed)} instances"
                             if d.failed

@@ -38,7 +38,7 @@ import httpx
 import psutil
 
 from bench.gateway import PASSWORD, REPO, USERNAME
-from bench.procs import free_port
+from bench.procs import free_port, tree_cpu
 
 WORK = Path(__file__).resolve().parent / ".work"
 POSTGRES = os.environ.get("RELAYPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -125,19 +125,6 @@ def gateway(data_dir: Path, env: dict[str, str], workers: int) -> Iterator[tuple
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (the workers)."""
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        for proc in (root, *root.children(recursive=True)):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    except psutil.Error:
-        pass
-    return total
 
 
 async def seed(http: httpx.AsyncClient, uploads: int) -> list[str]:
