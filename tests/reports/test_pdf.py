@@ -4,6 +4,7 @@ names in any script the font covers, downloadable by whoever may read the report
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI
@@ -11,7 +12,7 @@ from pypdf import PdfReader
 
 from relaypacs.auth.models import Role
 from relaypacs.state import app_state
-from tests.api.conftest import MakeAccount
+from tests.api.conftest import Account, MakeAccount
 from tests.api.uploading import error_code
 from tests.reports.reporting import API, assign, deliver, sign
 
@@ -24,20 +25,43 @@ def _text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
 
+@dataclass(frozen=True)
+class Assigned:
+    """A delivered study's report, assigned: who uploaded it, reads it, administers."""
+
+    uploader: Account
+    radiologist: Account
+    admin: Account
+    upload_id: str
+    report_id: str
+
+
+async def assigned_report(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    metadata: dict[str, str] | None = None,
+) -> Assigned:
+    uploader = await make_account(Role.CLINICIAN)
+    radiologist = await make_account(Role.RADIOLOGIST)
+    admin = await make_account(Role.ADMIN)
+    upload_id, report_id = await deliver(app, client, uploader, metadata=metadata)
+    await assign(client, admin, report_id, radiologist)
+    return Assigned(uploader, radiologist, admin, upload_id, report_id)
+
+
 class TestReportPdf:
     async def test_a_signed_report_as_pdf_with_its_history(
         self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount
     ) -> None:
-        uploader = await make_account(Role.CLINICIAN)
-        radiologist = await make_account(Role.RADIOLOGIST)
-        admin = await make_account(Role.ADMIN)
-        upload_id, report_id = await deliver(
+        report = await assigned_report(
             app,
             client,
-            uploader,
-            metadata={"patient_name": NAME, "patient_id": "P-42", "modality": "MR"},
+            make_account,
+            {"patient_name": NAME, "patient_id": "P-42", "modality": "MR"},
         )
-        await assign(client, admin, report_id, radiologist)
+        uploader, radiologist, admin = report.uploader, report.radiologist, report.admin
+        upload_id, report_id = report.upload_id, report.report_id
         before = await client.get(f"{API}/reports/{report_id}/pdf", headers=uploader.headers)
         assert before.status_code == 409
         assert error_code(before) == "report_not_signed"
@@ -80,18 +104,22 @@ class TestReportPdf:
     async def test_chinese_japanese_and_korean_names_are_drawn_with_the_fallback_font(
         self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount
     ) -> None:
-        uploader = await make_account(Role.CLINICIAN)
-        radiologist = await make_account(Role.RADIOLOGIST)
-        admin = await make_account(Role.ADMIN)
-        _, report_id = await deliver(
+        report = await assigned_report(
             app,
             client,
-            uploader,
-            metadata={"patient_name": CJK_NAME, "patient_id": "P-43", "modality": "CT"},
+            make_account,
+            {"patient_name": CJK_NAME, "patient_id": "P-43", "modality": "CT"},
         )
-        await assign(client, admin, report_id, radiologist)
-        await sign(client, radiologist, report_id, findings="肺野に異常なし。", impression="정상.")
-        answer = await client.get(f"{API}/reports/{report_id}/pdf", headers=uploader.headers)
+        await sign(
+            client,
+            report.radiologist,
+            report.report_id,
+            findings="肺野に異常なし。",
+            impression="정상.",
+        )
+        answer = await client.get(
+            f"{API}/reports/{report.report_id}/pdf", headers=report.uploader.headers
+        )
         assert answer.status_code == 200, answer.text
         text = _text(answer.content)
         for expected in ("山田", "太郎", "やまだ", "たろう", "肺野に異常なし。", "정상."):
@@ -108,12 +136,9 @@ class TestReportPdf:
     async def test_another_users_report_pdf_is_a_404(
         self, app: FastAPI, client: httpx.AsyncClient, make_account: MakeAccount
     ) -> None:
-        uploader = await make_account(Role.CLINICIAN)
-        radiologist = await make_account(Role.RADIOLOGIST)
-        admin = await make_account(Role.ADMIN)
-        _, report_id = await deliver(app, client, uploader)
-        await assign(client, admin, report_id, radiologist)
-        await sign(client, radiologist, report_id)
+        report = await assigned_report(app, client, make_account)
+        await sign(client, report.radiologist, report.report_id)
+        report_id = report.report_id
         for other in (await make_account(Role.CLINICIAN), await make_account(Role.RADIOLOGIST)):
             response = await client.get(f"{API}/reports/{report_id}/pdf", headers=other.headers)
             assert response.status_code == 404
