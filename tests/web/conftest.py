@@ -7,16 +7,32 @@ after the first browser test failed. Here the browser lives for one test module.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Response, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Response, expect, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTEFACTS = REPO / "tests" / "web" / "artefacts"
+
+
+def signed_in(
+    browser: Browser, base_url: str, username: str, password: str
+) -> tuple[BrowserContext, Page]:
+    """A browser profile of its own for one user (a tablet's screen), signed in."""
+    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    page = context.new_page()
+    page.goto(base_url)
+    expect(page).to_have_url(re.compile(r"/sign-in$"))
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    return context, page
 
 
 class RefusedCalls:

@@ -28,7 +28,7 @@ from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
 from tests.servers import free_port
-from tests.web.conftest import RefusedCalls, assert_accessible
+from tests.web.conftest import RefusedCalls, assert_accessible, signed_in
 
 PASSWORD = "admin-e2e-password-1"
 FAMILY = DEFAULT_PATIENT.name.split("^")[0]
@@ -102,19 +102,6 @@ def gateway(
         yield base_url
 
 
-def signed_in(browser: Browser, base_url: str, username: str) -> tuple[BrowserContext, Page]:
-    """A browser profile of its own for one user (a tablet's screen), signed in."""
-    context = browser.new_context(viewport={"width": 1024, "height": 768})
-    page = context.new_page()
-    page.goto(base_url)
-    expect(page).to_have_url(re.compile(r"/sign-in$"))
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
-    return context, page
-
-
 def tab_to(page: Page, target: Locator, *, presses: int = 60) -> None:
     """Press Tab until `target` has the focus: it is reachable with the keyboard alone."""
     handle = target.element_handle()
@@ -158,7 +145,7 @@ class TestAdministratorConsole:
 
         try:
             # The administrator turns the automatic assignment on, with the keyboard.
-            boss_context, boss = signed_in(browser, gateway, "boss")
+            boss_context, boss = signed_in(browser, gateway, "boss", PASSWORD)
             contexts.append(boss_context)
             boss.on("response", watch)
             expect(boss).to_have_url(re.compile(r"/admin/assignment$"))
@@ -182,7 +169,7 @@ class TestAdministratorConsole:
 
             # The PACS goes down; the clinician's study is accepted and waits.
             orthanc.stop()
-            clin_context, clin = signed_in(browser, gateway, "clin")
+            clin_context, clin = signed_in(browser, gateway, "clin", PASSWORD)
             contexts.append(clin_context)
             clin.on("response", watch)
             clin.get_by_test_id("folder-input").set_input_files(tmp_path / "study")
@@ -252,7 +239,7 @@ class TestAdministratorConsole:
             assert orthanc.sop_instance_uids(study.study_uid) == set(study.sop_uids)
 
             # The rule assigned the study to the radiologist, who signs the report.
-            rad_context, rad = signed_in(browser, gateway, "rad")
+            rad_context, rad = signed_in(browser, gateway, "rad", PASSWORD)
             contexts.append(rad_context)
             rad.on("response", watch)
             rad.get_by_role("link", name="Worklist").click()

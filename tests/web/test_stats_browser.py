@@ -24,8 +24,8 @@ from playwright.sync_api import Browser, BrowserContext, Response, Route, expect
 from tests.api.uploading import API, Study, chunk_url, chunks_of, content_md5, make_study
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
-from tests.web.conftest import RefusedCalls, assert_accessible
-from tests.web.test_admin_browser import signed_in, tab_to
+from tests.web.conftest import RefusedCalls, assert_accessible, signed_in
+from tests.web.test_admin_browser import tab_to
 
 PASSWORD = "admin-e2e-password-1"
 
@@ -150,7 +150,7 @@ class TestStatisticsPage:
                 stats_calls.append(response.url)
 
         try:
-            boss_context, boss = signed_in(browser, gateway, "boss")
+            boss_context, boss = signed_in(browser, gateway, "boss", PASSWORD)
             contexts.append(boss_context)
             boss.on("response", watch)
             boss.on("response", count_stats)
@@ -281,7 +281,7 @@ class TestStatisticsPage:
             expect(boss.get_by_test_id("total-uploads")).to_have_text(str(added(days, "uploads")))
 
             # The page is not the clinician's: "not allowed", nothing refused asked.
-            clin_context, clin = signed_in(browser, gateway, "clin")
+            clin_context, clin = signed_in(browser, gateway, "clin", PASSWORD)
             contexts.append(clin_context)
             clin.on("response", watch)
             clin.goto(f"{gateway}/admin/stats")

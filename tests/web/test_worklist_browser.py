@@ -26,7 +26,7 @@ from relaypacs.devtools.synth import DEFAULT_PATIENT, write_study
 from relaypacs.dicom.documents import ENCAPSULATED_PDF
 from tests.gateway import create_user, run_gateway
 from tests.pacs import OrthancServer, run_orthanc
-from tests.web.conftest import RefusedCalls, assert_accessible
+from tests.web.conftest import RefusedCalls, assert_accessible, signed_in
 
 PASSWORD = "worklist-e2e-password-1"
 FAMILY = DEFAULT_PATIENT.name.split("^")[0]
@@ -57,18 +57,6 @@ def gateway(tmp_path: Path, orthanc: OrthancServer, web_dist: Path) -> Iterator[
     create_user(data_dir, "boss", PASSWORD, role="admin", env=env)
     with run_gateway(data_dir, env) as base_url:
         yield base_url
-
-
-def signed_in(browser: Browser, base_url: str, username: str) -> tuple[BrowserContext, Page]:
-    """A browser profile of its own for one user, signed in."""
-    context = browser.new_context(viewport={"width": 1024, "height": 768})
-    page = context.new_page()
-    page.goto(base_url)
-    expect(page).to_have_url(re.compile(r"/sign-in$"))
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    return context, page
 
 
 def _encapsulated_pdf(orthanc: OrthancServer, sop_uid: str) -> str:
@@ -103,7 +91,7 @@ class TestRadiologistReportsFromTheBrowser:
 
         try:
             # The clinician sends the study and sees only the uploader's pages.
-            clin_context, clin = signed_in(browser, gateway, "clin")
+            clin_context, clin = signed_in(browser, gateway, "clin", PASSWORD)
             contexts.append(clin_context)
             clin.on("response", watch)
             expect(clin.get_by_role("heading", name="Upload a study")).to_be_visible()
@@ -129,7 +117,7 @@ class TestRadiologistReportsFromTheBrowser:
             expect(clin.get_by_test_id("report-status")).to_have_attribute("data-status", "pending")
 
             # The administrator sees the administration only, and assigns the study.
-            boss_context, boss = signed_in(browser, gateway, "boss")
+            boss_context, boss = signed_in(browser, gateway, "boss", PASSWORD)
             contexts.append(boss_context)
             boss.on("response", watch)
             expect(boss).to_have_url(re.compile(r"/admin/assignment$"))
@@ -178,7 +166,7 @@ class TestRadiologistReportsFromTheBrowser:
 
             # The radiologist's worklist is empty; the administrator assigns the study, and it
             # appears without a reload (the live stream: the page polls only every 30 s).
-            rad_context, rad = signed_in(browser, gateway, "rad")
+            rad_context, rad = signed_in(browser, gateway, "rad", PASSWORD)
             contexts.append(rad_context)
             rad.on("response", watch)
             expect(rad.get_by_role("heading", name="Upload a study")).to_be_visible()
