@@ -108,7 +108,6 @@ class Forwarder:
         self._batches = repository.batch_recorder(
             sessionmaker, engine=engine, sync_engine=sync_engine
         )
-        self._source = source
         self._sources: dict[JobKind, InstanceSource] = {}
         if source is not None:
             self._sources[JobKind.STUDY] = source
@@ -162,7 +161,7 @@ class Forwarder:
         return source
 
     async def start(self) -> None:
-        if self._source is None:  # at start, not at the first job
+        if JobKind.STUDY not in self._sources:  # at start, not at the first job
             raise RuntimeError("a Forwarder needs an instance source to run jobs")
         for _ in range(self._jobs_at_once):
             task = asyncio.create_task(self._loop())
