@@ -140,21 +140,22 @@ def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
 
 
 async def targets_of(
-    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
+    session: AsyncSession, upload_ids: Sequence[uuid.UUID], *, delivered: bool = False
 ) -> dict[uuid.UUID, str]:
-    """Each upload's target (its first study job's), for those that have one."""
-    targets: dict[uuid.UUID, str] = {}
-    for at in range(0, len(upload_ids), 500):
-        rows = await session.execute(
-            select(ForwardJob.upload_id, ForwardJob.target)
-            .where(
-                ForwardJob.upload_id.in_(upload_ids[at : at + 500]),
-                ForwardJob.kind == JobKind.STUDY,
-            )
-            .order_by(ForwardJob.created_at.desc())
+    """Each upload's target: its first study job's, for those that have one (`delivered`:
+    its first finished study job's, for those delivered)."""
+    found: dict[uuid.UUID, str] = {}
+    ids = list(upload_ids)
+    for start in range(0, len(ids), _IN_LIST):
+        query = select(ForwardJob.upload_id, ForwardJob.target).where(
+            ForwardJob.upload_id.in_(ids[start : start + _IN_LIST]),
+            ForwardJob.kind == JobKind.STUDY,
         )
-        targets.update({row.upload_id: row.target for row in rows})
-    return targets
+        if delivered:
+            query = query.where(ForwardJob.status == JobStatus.DONE)
+        for upload_id, target in await session.execute(query.order_by(ForwardJob.created_at)):
+            found.setdefault(upload_id, target)
+    return found
 
 
 async def job_of_upload(
@@ -176,27 +177,6 @@ async def job_for(
             ForwardJob.upload_id == upload_id, ForwardJob.target == target, ForwardJob.kind == kind
         )
     )
-
-
-async def delivered_targets(
-    session: AsyncSession, upload_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, str]:
-    """The target each of these uploads was delivered to (its finished study job)."""
-    found: dict[uuid.UUID, str] = {}
-    ids = list(upload_ids)
-    for start in range(0, len(ids), _IN_LIST):
-        rows = await session.execute(
-            select(ForwardJob.upload_id, ForwardJob.target)
-            .where(
-                ForwardJob.upload_id.in_(ids[start : start + _IN_LIST]),
-                ForwardJob.kind == JobKind.STUDY,
-                ForwardJob.status == JobStatus.DONE,
-            )
-            .order_by(ForwardJob.created_at)
-        )
-        for upload_id, target in rows:
-            found.setdefault(upload_id, target)
-    return found
 
 
 def make_due_again(job: ForwardJob) -> None:

@@ -89,7 +89,7 @@ async def delivered_targets(
     session: AsyncSession, upload_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, str]:
     """The PACS target each of these uploads was delivered to (absent: not delivered)."""
-    return await repository.delivered_targets(session, upload_ids)
+    return await repository.targets_of(session, upload_ids, delivered=True)
 
 
 async def enqueue_or_wake(session: AsyncSession, *, upload_id: uuid.UUID, target: str) -> None:
