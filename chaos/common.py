@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,22 @@ def make_study(directory: Path, *, instances: int, side: int, seed: int) -> Stud
     return StudyFiles(
         directory, study.study_uid, [p.read_bytes() for p in study.paths], list(study.sop_uids)
     )
+
+
+def round_study(
+    work: Path, seed: int, number: int, *, instances: tuple[int, int], sides: Sequence[int]
+) -> tuple[int, random.Random, StudyFiles]:
+    """Round ``number``'s seed (printed, to replay it), its random source and its study, all
+    drawn from the run's ``seed``: the same seed gives the same rounds."""
+    round_seed = seed * 100_000 + number
+    rng = random.Random(round_seed)
+    study = make_study(
+        work / f"study-{number}",
+        instances=rng.randint(*instances),
+        side=rng.choice(list(sides)),
+        seed=round_seed,
+    )
+    return round_seed, rng, study
 
 
 def sha256_hex(data: bytes) -> str:

@@ -32,9 +32,9 @@ from chaos.common import (
     Tally,
     chunks_in_storage,
     error_code,
-    make_study,
     missing_chunks,
     new_gateway,
+    round_study,
 )
 
 DISK_BYTES = 8 << 20  # the tmpfs of the object storage: this, and per round:
@@ -86,13 +86,8 @@ def run(rounds: int, seed: int) -> Tally:
             gateway.start()
             try:
                 for number in range(rounds):
-                    round_seed = seed * 100_000 + number
-                    rng = random.Random(round_seed)
-                    study = make_study(
-                        work / f"study-{number}",
-                        instances=rng.randint(4, 10),
-                        side=rng.choice([256, 384]),
-                        seed=round_seed,
+                    round_seed, rng, study = round_study(
+                        work, seed, number, instances=(4, 10), sides=(256, 384)
                     )
                     fits = rng.uniform(0.2, 0.7)
                     _fill(objects, int(study.total_bytes * fits))

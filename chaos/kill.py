@@ -10,7 +10,6 @@ holds with other bytes (corrupted), and studies not confirmed within the bound (
 
 from __future__ import annotations
 
-import random
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from chaos.common import (
     Tally,
     make_study,
     new_gateway,
+    round_study,
     sha256_hex,
 )
 from tests.gateway import relaypacs_command, subprocess_env
@@ -121,13 +121,8 @@ def run(rounds: int, seed: int) -> Tally:
                 tally.figures["round without a kill (s)"] = round(window, 2)
                 print(f"calibration: a round without a kill takes {window:.1f} s", flush=True)
                 for number in range(rounds):
-                    round_seed = seed * 100_000 + number
-                    rng = random.Random(round_seed)
-                    study = make_study(
-                        work / f"study-{number}",
-                        instances=rng.randint(3, 8),
-                        side=rng.choice([128, 256, 384]),
-                        seed=round_seed,
+                    round_seed, rng, study = round_study(
+                        work, seed, number, instances=(3, 8), sides=(128, 256, 384)
                     )
                     delay = rng.uniform(0.0, window)
                     pause = rng.uniform(0.0, 1.0)

@@ -28,9 +28,9 @@ from chaos.common import (
     Tally,
     chunks_in_storage,
     error_code,
-    make_study,
     missing_chunks,
     new_gateway,
+    round_study,
 )
 from tests.ops.postgres import PostgresServer, own_postgres
 
@@ -102,13 +102,8 @@ def run(rounds: int, seed: int) -> Tally:
         gateway.start()
         try:
             for number in range(rounds):
-                round_seed = seed * 100_000 + number
-                rng = random.Random(round_seed)
-                study = make_study(
-                    work / f"study-{number}",
-                    instances=rng.randint(4, 10),
-                    side=rng.choice([256, 384]),
-                    seed=round_seed,
+                round_seed, rng, study = round_study(
+                    work, seed, number, instances=(4, 10), sides=(256, 384)
                 )
                 client = Client(gateway.base_url)
                 try:
