@@ -269,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{os.getpid()}"
     scratch_root = WORK / "scratch" / f"net-{run_id}"
     log(f"RelayPACS bench --net: {net.label()} -- {datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
-    tus_peer.ensure_installed(log)
+    if "tuspy" in args.net_runs:
+        tus_peer.ensure_installed(log)  # (done outside: here a check; no network in here)
     results: list[NetResult] = []
     for key in [k.strip() for k in args.net_studies.split(",") if k.strip()]:
         study = studies.prepare(STUDIES[key], WORK / "studies", log=log)
