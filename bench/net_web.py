@@ -35,6 +35,21 @@ def ensure_built() -> None:
         subprocess.run([REPO / "scripts" / "web.sh", "build"], cwd=REPO, check=True)
 
 
+def online_interface() -> None:
+    """A veth pair up with an address, in the namespace: Chromium counts itself offline when
+    only the loopback is up (navigator.onLine false: the app would wait for the network)."""
+    if subprocess.run(["ip", "link", "show", "rpweb0"], capture_output=True).returncode == 0:
+        return
+    for cmd in (
+        ["ip", "link", "add", "rpweb0", "type", "veth", "peer", "name", "rpweb1"],
+        ["ip", "addr", "add", "10.254.0.1/30", "dev", "rpweb0"],
+        ["ip", "addr", "add", "10.254.0.2/30", "dev", "rpweb1"],
+        ["ip", "link", "set", "rpweb0", "up"],
+        ["ip", "link", "set", "rpweb1", "up"],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True)
+
+
 def run_web(
     study: studies.Study, net: NetSpec, scratch: Path, seed: int, *, port: int
 ) -> NetResult:
@@ -44,6 +59,7 @@ def run_web(
     from tests.gateway import create_user, run_gateway
 
     result = NetResult(study.spec.key, "web", payload=study.total_bytes)
+    online_interface()
     data_dir = scratch / "data"
     env = {**server_env(None), "RELAYPACS_WEB_DIR": str(WEB_DIST)}
     env["RELAYPACS_TOTP_REQUIRED_ROLES"] = "[]"
