@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, inject, it } from "vitest";
 import { QueueDatabase } from "../../lib/db";
 import { readFileHeader } from "./dicom-header";
 import { UploadEngine, type ChunkPut, type EngineDeps } from "./engine";
-import { FIRST_GUESS } from "./link";
+import { FIRST_GUESS, LinkMeter, MIN_CHUNK } from "./link";
 import { groupByStudy, type PickedFile, type StudyCandidate } from "./group";
 import { enqueueStudy, studyFiles } from "./queue";
 
@@ -251,7 +251,7 @@ describe("the upload engine", () => {
     expect((await studyFiles(db, id)).every((f) => f.blob === null)).toBe(true);
   });
 
-  it("asks for no chunk size on a local network, and for a small one further away, never splitting a file of 1 MiB or less", async () => {
+  it("asks for no chunk size on a local network, for a small one further away, then for one fitted to the measured rate", async () => {
     // A local gateway (round trip well under 20 ms): the server's own size.
     const near = await study("multi5");
     await enqueueStudy(db, near, { estimate: async () => ({}) });
@@ -276,15 +276,21 @@ describe("the upload engine", () => {
     expect(sent.state).toBe("sent");
     expect((await serverUpload(sent.uploadId!)).status).toBe("validated");
 
-    // The browser's estimate of a slow link lowers the first guess, not below a whole file.
-    const slow = engine({ downlink: () => 1 });
-    slow.link.rtt = 100;
-    const files = (await studyFiles(db, id)).map((f) => f.size);
-    const largest = Math.max(...files);
+    // Once a rate is measured, it decides: a slow link (2 MB over 4 s: 0.5 MB/s, 6 in flight:
+    // 43 kB each) asks for the least, raised so that no file of 1 MiB or less is split.
+    let now = 0;
+    const meter = new LinkMeter(() => now);
+    meter.rtt = 100;
+    meter.started();
+    now = 4000;
+    meter.finished(2 << 20);
+    const slow = engine({ link: meter });
+    const largest = Math.max(...(await studyFiles(db, id)).map((f) => f.size));
     await enqueueStudy(db, await study("multi7"), { estimate: async () => ({}) });
     slow.kick();
     await slow.idle();
-    expect(network.manifests[2]!.chunk_size).toBe(Math.max(64 * 1024, largest));
+    expect(network.manifests[2]!.chunk_size).toBe(Math.max(MIN_CHUNK, largest));
+    expect(largest).toBeGreaterThan(MIN_CHUNK);
   });
 
   it("gives up a chunk request that makes no progress and sends it again on a new one", async () => {

@@ -47,10 +47,10 @@ export interface EngineDeps {
   stallTimeout?: number;
   /** Any other request with no answer for this long (ms) is aborted and sent again. */
   requestTimeout?: number;
+  /** The link's measures to start from (a new one by default). */
+  link?: LinkMeter;
   /** The chunk size to ask for: "auto" (fitted to the link, the default), or bytes. */
   chunkSize?: "auto" | number;
-  /** The browser's estimate of the link in Mbit/s (navigator.connection.downlink), if any. */
-  downlink?: () => number | null;
 }
 
 export interface Progress {
@@ -106,7 +106,7 @@ export class UploadEngine {
   private readonly stallTimeout: number;
   private readonly requestTimeout: number;
   /** The goodput of this tab's chunk PUTs and the round trip to the gateway. */
-  readonly link = new LinkMeter();
+  readonly link: LinkMeter;
   /** Requests given up because they made no progress (tests and the benchmark read it). */
   stalls = 0;
 
@@ -116,6 +116,7 @@ export class UploadEngine {
     this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
     this.stallTimeout = deps.stallTimeout ?? STALL_TIMEOUT_MS;
     this.requestTimeout = deps.requestTimeout ?? REQUEST_TIMEOUT_MS;
+    this.link = deps.link ?? new LinkMeter();
   }
 
   subscribe(listener: () => void): () => void {
@@ -383,7 +384,7 @@ export class UploadEngine {
     const fixed = this.deps.chunkSize ?? "auto";
     if (fixed !== "auto") return fixed;
     if (this.link.rate() === null && this.link.rtt === null) await this.measureRtt(signal);
-    return fittedChunkSize({ rate: this.link.rate(), rtt: this.link.rtt, downlink: this.deps.downlink?.() ?? null }, this.parallel, sizes);
+    return fittedChunkSize({ rate: this.link.rate(), rtt: this.link.rtt }, this.parallel, sizes);
   }
 
   /** The shortest of three round trips of the gateway's liveness probe, kept in `link`. */

@@ -7,8 +7,6 @@ import { UploadEngine, type Progress } from "./engine";
 import { hashInWorker } from "./workers";
 import { authPutChunk } from "./xhr";
 
-type NetworkInformation = { downlink?: number };
-
 export const SYNC_TAG = "relaypacs-upload";
 
 export const engine = new UploadEngine({
@@ -18,8 +16,6 @@ export const engine = new UploadEngine({
   online: () => navigator.onLine,
   parallel: 6, // a browser opens at most 6 HTTP/1.1 connections to one server
   putChunk: authPutChunk,
-  // Chromium's estimate (Mbit/s, capped at 10): a first guess before any chunk is measured.
-  downlink: () => (navigator as Navigator & { connection?: NetworkInformation }).connection?.downlink ?? null,
 });
 
 let wired = false;
