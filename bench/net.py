@@ -17,6 +17,7 @@ network namespace, as root or not), whose loopback only its processes use. There
 Contenders, each run on a fresh server (new data dir) with a fresh client state:
 - `cli:CHUNK:PARALLEL`: `relaypacs upload --json --parallel P --chunk-size CHUNK` to
   `relaypacs serve` (SQLite, filesystem store; its default 8 MiB chunk size);
+- `web`: the web app in headless Chromium (bench/net_web.py), its chunk size its own choice;
 - `tuspy`: bench.tus_client (tuspy, 8 MiB PATCHes, 4 files in flight, 30 retries 1 s apart:
   it resumes from the server's offset after a cut) to @tus/server (bench/tus).
 
@@ -43,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import studies, tus_peer
+from bench import net_web, studies, tus_peer
 from bench.gateway import PASSWORD, REPO, USERNAME, client_env, server_env
 from bench.procs import run_timed
 
@@ -239,7 +240,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--net-runs",
         default=",".join(DEFAULT_RUNS),
-        help="comma list of cli:CHUNK:PARALLEL (CHUNK auto, 256KiB, 8MiB...) and tuspy",
+        help="comma list of cli:CHUNK:PARALLEL (CHUNK auto, 256KiB, 8MiB...), web and tuspy",
     )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
@@ -256,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if "tuspy" in " ".join(argv):
             tus_peer.ensure_installed(log)  # npm ci needs the network: outside the namespace
+        if re.search(r"(^|,)web(,|$)", " ".join(argv).replace(" ", ",")):
+            net_web.ensure_built()
         env = {**os.environ, NS_ENV: "1"}
         return subprocess.call(
             [unshare, "-rn", sys.executable, "-m", "bench.net", *argv], env=env, cwd=REPO
@@ -266,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{os.getpid()}"
     scratch_root = WORK / "scratch" / f"net-{run_id}"
     log(f"RelayPACS bench --net: {net.label()} -- {datetime.now(UTC):%Y-%m-%d %H:%M UTC}")
-    tus_peer.ensure_installed(log)
+    if "tuspy" in args.net_runs:
+        tus_peer.ensure_installed(log)  # (done outside: here a check; no network in here)
     results: list[NetResult] = []
     for key in [k.strip() for k in args.net_studies.split(",") if k.strip()]:
         study = studies.prepare(STUDIES[key], WORK / "studies", log=log)
@@ -279,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     if spec == "tuspy":
                         result = run_tuspy(study, net, scratch, seed)
+                    elif spec == "web":
+                        result = net_web.run_web(study, net, scratch, seed, port=GATEWAY_PROXY_PORT)
                     else:
                         _, chunk, parallel = spec.split(":")
                         result = run_cli(study, net, chunk, int(parallel), scratch, seed)

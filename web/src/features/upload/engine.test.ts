@@ -7,7 +7,8 @@ import { createSHA256 } from "hash-wasm";
 import { afterEach, beforeEach, describe, expect, inject, it } from "vitest";
 import { QueueDatabase } from "../../lib/db";
 import { readFileHeader } from "./dicom-header";
-import { UploadEngine, type EngineDeps } from "./engine";
+import { UploadEngine, type ChunkPut, type EngineDeps } from "./engine";
+import { FIRST_GUESS, LinkMeter, MIN_CHUNK } from "./link";
 import { groupByStudy, type PickedFile, type StudyCandidate } from "./group";
 import { enqueueStudy, studyFiles } from "./queue";
 
@@ -32,6 +33,10 @@ async function study(name: string): Promise<StudyCandidate> {
 /** The real fetch with the clinician's token, recording every chunk PUT and its answer. */
 class Network {
   puts: { key: string; status: number }[] = [];
+  /** The bodies of POST /uploads (the manifests, with the chunk size asked for). */
+  manifests: { chunk_size?: number }[] = [];
+  /** Milliseconds each liveness probe (the round trip the engine times) is held back. */
+  probeDelay = 0;
   online = true;
   /** Fault injection: called before each request; may answer in the gateway's place. */
   fault: ((request: Request) => Response | null) | null = null;
@@ -40,6 +45,11 @@ class Network {
     if (!this.online) throw new TypeError("Failed to fetch");
     const injected = this.fault?.(request) ?? null;
     if (injected) return injected;
+    const path = new URL(request.url).pathname;
+    if (request.method === "POST" && path === "/api/v1/uploads") {
+      this.manifests.push((await request.clone().json()) as { chunk_size?: number });
+    }
+    if (path === "/health/live" && this.probeDelay) await new Promise((resolve) => setTimeout(resolve, this.probeDelay));
     const headers = new Headers(request.headers);
     headers.set("Authorization", `Bearer ${gateway.token}`);
     const response = await fetch(new Request(request, { headers }));
@@ -51,6 +61,18 @@ class Network {
   acknowledged(): string[] {
     return this.puts.filter((p) => p.status === 200).map((p) => p.key);
   }
+
+  /** A chunk PUT for EngineDeps.putChunk through this network; progress only at the answer. */
+  put = async (put: ChunkPut): Promise<Response> => {
+    const response = await this.fetch(new Request(put.url, { method: "PUT", body: put.body, headers: put.headers, signal: put.signal }));
+    put.progress();
+    return response;
+  };
+}
+
+/** A request on a link that silently stopped: nothing moves, no error, until it is aborted. */
+function hang(put: ChunkPut): Promise<Response> {
+  return new Promise((_, reject) => put.signal.addEventListener("abort", () => reject(put.signal.reason as Error), { once: true }));
 }
 
 let db: QueueDatabase;
@@ -227,6 +249,99 @@ describe("the upload engine", () => {
     expect(cancelled.state).toBe("cancelled");
     expect((await serverUpload(cancelled.uploadId!)).status).toBe("cancelled");
     expect((await studyFiles(db, id)).every((f) => f.blob === null)).toBe(true);
+  });
+
+  it("asks for no chunk size on a local network, for a small one further away, then for one fitted to the measured rate", async () => {
+    // A local gateway (round trip well under 20 ms): the server's own size.
+    const near = await study("multi5");
+    await enqueueStudy(db, near, { estimate: async () => ({}) });
+    const local = engine();
+    local.kick();
+    await local.idle();
+    expect(network.manifests).toHaveLength(1);
+    expect(network.manifests[0]!.chunk_size).toBeUndefined();
+    expect(local.link.rtt).toBeLessThan(20);
+
+    // A gateway 30 ms away (the probe held back): the first guess, as the CLI asks; the
+    // study's files (130 kB) stay whole within it. This gateway grants at most 64 KiB.
+    network.probeDelay = 30;
+    const far = await study("multi6");
+    const id = await enqueueStudy(db, far, { estimate: async () => ({}) });
+    const remote = engine();
+    remote.kick();
+    await remote.idle();
+    expect(remote.link.rtt).toBeGreaterThanOrEqual(20);
+    expect(network.manifests[1]!.chunk_size).toBe(FIRST_GUESS);
+    const sent = (await db.studies.get(id))!;
+    expect(sent.state).toBe("sent");
+    expect((await serverUpload(sent.uploadId!)).status).toBe("validated");
+
+    // Once a rate is measured, it decides: a slow link (2 MB over 4 s: 0.5 MB/s, 6 in flight:
+    // 43 kB each) asks for the least, raised so that no file of 1 MiB or less is split.
+    let now = 0;
+    const meter = new LinkMeter(() => now);
+    meter.rtt = 100;
+    meter.started();
+    now = 4000;
+    meter.finished(2 << 20);
+    const slow = engine({ link: meter });
+    const largest = Math.max(...(await studyFiles(db, id)).map((f) => f.size));
+    await enqueueStudy(db, await study("multi7"), { estimate: async () => ({}) });
+    slow.kick();
+    await slow.idle();
+    expect(network.manifests[2]!.chunk_size).toBe(Math.max(MIN_CHUNK, largest));
+    expect(largest).toBeGreaterThan(MIN_CHUNK);
+  });
+
+  it("gives up a chunk request that makes no progress and sends it again on a new one", async () => {
+    const candidate = await study("multi3"); // paused and resumed by an earlier test: sent
+    await enqueueStudy(db, candidate, { estimate: async () => ({}) });
+    const fresh = await study("multi4"); // cancelled by an earlier test: a new upload
+    const id = await enqueueStudy(db, fresh, { estimate: async () => ({}) });
+    let stalled = 0;
+    const uploader = engine({
+      stallTimeout: 300,
+      requestTimeout: 5_000,
+      // The first two chunk PUTs go out on a link that silently stopped.
+      putChunk: (put) => (stalled++ < 2 ? hang(put) : network.put(put)),
+    });
+    uploader.kick();
+    await uploader.idle();
+    expect(uploader.stalls).toBe(2);
+    const sent = (await db.studies.get(id))!;
+    expect(sent.state).toBe("sent");
+    // Every chunk acknowledged once: the stalled ones never reached the gateway.
+    expect(network.acknowledged().sort()).toEqual(
+      ["0/0", "0/1", "0/2", "1/0", "1/1", "1/2", "2/0", "2/1", "2/2", "3/0", "3/1", "3/2"],
+    );
+    const upload = await serverUpload(sent.uploadId!);
+    expect(upload.received_bytes).toBe(upload.total_bytes);
+    expect(upload.status).toBe("validated");
+  });
+
+  it("lets a slow chunk go on as long as it keeps moving", async () => {
+    const id = await enqueueStudy(db, await study("multi8"), { estimate: async () => ({}) });
+    let slowed = false;
+    const slow = engine({
+      parallel: 1,
+      stallTimeout: 1_000,
+      // The first chunk takes 3 s, its body moving every 100 ms (XHR upload progress).
+      putChunk: async (put) => {
+        if (!slowed) {
+          slowed = true;
+          for (let i = 0; i < 30; i++) {
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            put.progress();
+          }
+        }
+        return network.put(put);
+      },
+    });
+    slow.kick();
+    await slow.idle();
+    expect(slow.stalls).toBe(0);
+    expect((await db.studies.get(id))!.state).toBe("sent");
+    expect(network.puts.every((p) => p.status === 200)).toBe(true);
   });
 
   it("stops on a refusal that is final and says why", async () => {

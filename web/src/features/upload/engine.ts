@@ -5,9 +5,30 @@
 // re-sends nothing it acknowledged), PUT the missing chunks a few at a time with Content-Digest,
 // then complete. Offline pauses everything in flight; `online` (or Background Sync, or a page
 // load) resumes from the server's record.
+//
+// On a bad link (link.ts): each new upload asks for a chunk size fitted to the rate measured so
+// far (a cut then costs about half a second of the link, not 6 x 8 MiB), and a chunk request
+// that makes no progress for STALL_TIMEOUT_MS is given up and sent again (a link that silently
+// stopped is noticed in seconds). In the browser the chunks go by XMLHttpRequest (xhr.ts):
+// only it reports the progress of a request's body.
 import type { QueueDatabase, QueuedFile, QueuedStudy } from "../../lib/db";
 import { ApiError, describeError, errorOf } from "../../lib/api/errors";
+import { LinkMeter, STALL_TIMEOUT_MS, StallError, StallWatchdog, fittedChunkSize } from "./link";
 import { activeStudies, finishStudy, studyFiles, updateStudy } from "./queue";
+
+/** One chunk PUT, for `EngineDeps.putChunk`. */
+export interface ChunkPut {
+  url: string;
+  body: ArrayBuffer;
+  headers: Record<string, string>;
+  signal: AbortSignal;
+  /** To call at each sign of progress: body bytes taken by the network, the answer arriving. */
+  progress: () => void;
+}
+
+/** A request other than a chunk's with no answer for this long (ms) goes again (the CLI's
+ * request timeout). */
+export const REQUEST_TIMEOUT_MS = 60_000;
 
 export interface EngineDeps {
   db: QueueDatabase;
@@ -19,6 +40,17 @@ export interface EngineDeps {
   baseUrl?: string;
   parallel?: number;
   retryDelays?: number[];
+  /** Sends a chunk and reports its progress (the browser: XMLHttpRequest, xhr.ts). Without
+   * it, `fetch`: progress is then only the answer's arrival. */
+  putChunk?: (put: ChunkPut) => Promise<Response>;
+  /** A chunk request with no progress for this long (ms) is aborted and sent again. */
+  stallTimeout?: number;
+  /** Any other request with no answer for this long (ms) is aborted and sent again. */
+  requestTimeout?: number;
+  /** The link's measures to start from (a new one by default). */
+  link?: LinkMeter;
+  /** The chunk size to ask for: "auto" (fitted to the link, the default), or bytes. */
+  chunkSize?: "auto" | number;
 }
 
 export interface Progress {
@@ -71,11 +103,20 @@ export class UploadEngine {
   private readonly parallel: number;
   private readonly retryDelays: number[];
   private readonly api: string;
+  private readonly stallTimeout: number;
+  private readonly requestTimeout: number;
+  /** The goodput of this tab's chunk PUTs and the round trip to the gateway. */
+  readonly link: LinkMeter;
+  /** Requests given up because they made no progress (tests and the benchmark read it). */
+  stalls = 0;
 
   constructor(private readonly deps: EngineDeps) {
     this.api = `${deps.baseUrl ?? ""}/api/v1`;
     this.parallel = deps.parallel ?? 4;
     this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
+    this.stallTimeout = deps.stallTimeout ?? STALL_TIMEOUT_MS;
+    this.requestTimeout = deps.requestTimeout ?? REQUEST_TIMEOUT_MS;
+    this.link = deps.link ?? new LinkMeter();
   }
 
   subscribe(listener: () => void): () => void {
@@ -227,6 +268,9 @@ export class UploadEngine {
 
   /** POST /uploads: a new upload, or the one in progress for this study with what it lacks. */
   private async start(study: QueuedStudy, files: QueuedFile[], signal: AbortSignal): Promise<UploadAnswer | null> {
+    // Asked for at creation only: a resumed upload keeps the size it was created with (the
+    // answer's chunk_size is the one to use).
+    const chunkSize = await this.chunkSizeFor(files.map((f) => f.size), signal);
     const body = {
       study_instance_uid: study.studyUid,
       metadata: {
@@ -239,9 +283,13 @@ export class UploadEngine {
       },
       files: files.map((f) => ({ name: f.name, size: f.size, sha256: f.sha256! })),
       all_or_nothing: false,
+      ...(chunkSize === null ? {} : { chunk_size: chunkSize }),
     };
     const response = await this.send(
-      () => new Request(`${this.api}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal }),
+      (attempt) =>
+        this.deps.fetch(
+          new Request(`${this.api}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal: attempt }),
+        ),
       signal,
     );
     if (response.status === 409) {
@@ -304,27 +352,67 @@ export class UploadEngine {
         ? base64(hexToBytes(file.sha256))
         : base64(await crypto.subtle.digest("SHA-256", body));
     const url = `${this.api}/uploads/${upload.id}/files/${file.index}/chunks/${chunk}`;
-    const response = await this.send(
-      () =>
-        new Request(url, {
-          method: "PUT",
-          body,
-          headers: { "Content-Type": "application/octet-stream", "Content-Digest": `sha-256=:${digest}:` },
-          signal,
-        }),
-      signal,
-    );
-    if (!response.ok) throw await errorOf(response);
-    await response.body?.cancel();
+    const headers = { "Content-Type": "application/octet-stream", "Content-Digest": `sha-256=:${digest}:` };
+    const put = this.deps.putChunk ?? ((p: ChunkPut) => this.fetchChunk(p));
+    this.link.started();
+    let acknowledged = 0;
+    try {
+      const response = await this.send(
+        (attempt, progress) => put({ url, body, headers, signal: attempt, progress }),
+        signal,
+        this.stallTimeout,
+      );
+      if (!response.ok) throw await errorOf(response);
+      await response.body?.cancel();
+      acknowledged = body.byteLength;
+    } finally {
+      this.link.finished(acknowledged);
+    }
     study.sentBytes += body.byteLength;
     this.track(study);
+  }
+
+  /** A chunk PUT by `fetch`: its progress is only its answer's arrival. */
+  private async fetchChunk(put: ChunkPut): Promise<Response> {
+    const response = await this.deps.fetch(new Request(put.url, { method: "PUT", body: put.body, headers: put.headers, signal: put.signal }));
+    put.progress();
+    return response;
+  }
+
+  /** The chunk size to ask for a new upload of files of `sizes` (null: the server's own). */
+  private async chunkSizeFor(sizes: number[], signal: AbortSignal): Promise<number | null> {
+    const fixed = this.deps.chunkSize ?? "auto";
+    if (fixed !== "auto") return fixed;
+    if (this.link.rate() === null && this.link.rtt === null) await this.measureRtt(signal);
+    return fittedChunkSize({ rate: this.link.rate(), rtt: this.link.rtt }, this.parallel, sizes);
+  }
+
+  /** The shortest of three round trips of the gateway's liveness probe, kept in `link`. */
+  private async measureRtt(signal: AbortSignal): Promise<void> {
+    let best = Infinity;
+    try {
+      for (let i = 0; i < 3; i++) {
+        const started = performance.now();
+        const response = await this.send((attempt) => this.deps.fetch(new Request(`${this.deps.baseUrl ?? ""}/health/live`, { signal: attempt })), signal);
+        await response.body?.cancel();
+        if (!response.ok) throw new Error(`health ${response.status}`);
+        best = Math.min(best, performance.now() - started);
+      }
+      this.link.rtt = best;
+    } catch (error) {
+      if (error instanceof Stopped) throw error;
+      this.link.rtt = 0; // no answer to time: the server's own size
+    }
   }
 
   /** POST complete: true when accepted; false when chunks are missing (sent again). */
   private async complete(study: QueuedStudy, upload: UploadAnswer, signal: AbortSignal): Promise<boolean> {
     await updateStudy(this.deps.db, study.id, { state: "completing", sentBytes: study.sentBytes });
     this.emit();
-    const response = await this.send(() => new Request(`${this.api}/uploads/${upload.id}/complete`, { method: "POST", signal }), signal);
+    const response = await this.send(
+      (attempt) => this.deps.fetch(new Request(`${this.api}/uploads/${upload.id}/complete`, { method: "POST", signal: attempt })),
+      signal,
+    );
     if (response.status === 409) {
       const error = await errorOf(response);
       if (error.code === "upload_incomplete") return false;
@@ -336,16 +424,34 @@ export class UploadEngine {
     return true;
   }
 
-  /** One request, retried on network errors, 5xx, 408 and 429 with backoff; offline stops it. */
-  private async send(make: () => Request, signal: AbortSignal): Promise<Response> {
+  /**
+   * One request, retried on network errors, 5xx, 408 and 429 with backoff; offline stops it.
+   * Each attempt gets its own signal, aborted with a StallError when the attempt made no
+   * progress for `timeout` ms (the attempt calls `progress` at each; without calls, the whole
+   * attempt must end within it): then it is retried like a network error.
+   */
+  private async send(
+    request: (attempt: AbortSignal, progress: () => void) => Promise<Response>,
+    signal: AbortSignal,
+    timeout: number = this.requestTimeout,
+  ): Promise<Response> {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted || !this.deps.online()) throw new Stopped();
       let response: Response | null = null;
+      const controller = new AbortController();
+      const relay = () => controller.abort(signal.reason);
+      signal.addEventListener("abort", relay, { once: true });
+      const watchdog = new StallWatchdog(timeout, (stall) => controller.abort(stall));
       try {
-        response = await this.deps.fetch(make());
+        response = await request(controller.signal, () => watchdog.poke());
       } catch (error) {
         if (signal.aborted || !this.deps.online()) throw new Stopped();
-        if (attempt >= this.retryDelays.length) throw error;
+        const stalled = controller.signal.reason instanceof StallError;
+        if (stalled) this.stalls += 1;
+        if (attempt >= this.retryDelays.length) throw stalled ? controller.signal.reason : error;
+      } finally {
+        watchdog.stop();
+        signal.removeEventListener("abort", relay);
       }
       if (response !== null) {
         const transient =

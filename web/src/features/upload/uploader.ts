@@ -5,6 +5,7 @@ import { db } from "../../lib/db";
 import { authFetch } from "../../lib/session";
 import { UploadEngine, type Progress } from "./engine";
 import { hashInWorker } from "./workers";
+import { authPutChunk } from "./xhr";
 
 export const SYNC_TAG = "relaypacs-upload";
 
@@ -14,6 +15,7 @@ export const engine = new UploadEngine({
   hash: hashInWorker,
   online: () => navigator.onLine,
   parallel: 6, // a browser opens at most 6 HTTP/1.1 connections to one server
+  putChunk: authPutChunk,
 });
 
 let wired = false;
