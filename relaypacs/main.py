@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SqlalchemyTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 
 from relaypacs import __version__
@@ -84,6 +85,9 @@ from relaypacs.webapp import WebApp
 logger = logging.getLogger("relaypacs")
 
 API_PREFIX = "/api/v1"
+# The status of a request its client cut before its body arrived (nginx's "client closed
+# request"): what the request metrics and the access log count it as.
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def open_storage(settings: Settings) -> ObjectStorage:
@@ -472,6 +476,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": "2"},
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(_request: Request, _exc: ClientDisconnect) -> Response:
+        # The client went away before its body had arrived (a cut link): nothing wrong here and
+        # no one to answer. Counted as 499, nginx's "client closed request", so that the cuts
+        # of clinics' links neither show as server errors nor page anyone.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:

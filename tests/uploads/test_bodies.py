@@ -11,6 +11,7 @@ import json
 import os
 import select
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -163,3 +164,49 @@ def test_a_trickling_user_holds_only_their_share_and_a_stalled_body_is_given_up(
         status = httpx.get(f"{base}/api/v1/uploads/{alice_upload}", headers=alice).json()
         missing = status["files"][0]["missing_chunks"]
         assert missing == list(range(1, 20))
+
+
+def test_a_body_cut_by_the_client_is_counted_as_the_client_s_not_as_a_server_error(
+    tmp_path: Path,
+) -> None:
+    """A client whose connection drops mid-body (a cut link): 499 in the request metrics (the
+    client closed the request), no "unexpected error" in the log and no error report; the
+    chunk sent again is stored."""
+    data_dir = tmp_path / "data"
+    env = {"RELAYPACS_CHUNK_SIZE": str(CHUNK)}
+    create_user(data_dir, "alice", PASSWORD, env=env)
+    data = os.urandom(2 * CHUNK)
+    log_path = tmp_path / "gateway.log"
+    with run_gateway(data_dir, env, log_path=log_path) as base:
+        alice = _login(base, "alice")
+        upload = _start(base, alice, data)
+        for index in range(2):
+            part = data[index * CHUNK : (index + 1) * CHUNK]
+            _stalled_put(base, alice, upload, index, part).close()
+        route = "/api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}"
+        counted: dict[str, float] = {}
+        for _ in range(100):  # the gateway notices the closed connection on its next read
+            metrics = httpx.get(f"{base}/metrics").text
+            counted = {
+                status: float(value)
+                for line in metrics.splitlines()
+                if line.startswith("relaypacs_http_request_duration_seconds_count{")
+                and f'route="{route}"' in line
+                for status, value in [
+                    (line.split('status="', 1)[1].split('"', 1)[0], line.rsplit(" ", 1)[1])
+                ]
+            }
+            if counted.get("499", 0) >= 2:
+                break
+            time.sleep(0.1)
+        assert counted == {"499": 2.0}, counted
+        body = data[:CHUNK]
+        answer = httpx.put(
+            f"{base}/api/v1/uploads/{upload}/files/0/chunks/0",
+            content=body,
+            headers={**alice, "Content-Digest": _digest(body)},
+        )
+        assert answer.status_code == 200, answer.text
+    log = log_path.read_text(errors="replace")
+    assert "unexpected error" not in log
+    assert "ClientDisconnect" not in log
