@@ -370,7 +370,19 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_retry_delays: list[float] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0],
-        description="Seconds between the attempts of one email.",
+        description="Seconds between the attempts of one email (the last one repeated).",
+    )
+    smtp_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="An email not accepted after this many attempts is marked failed "
+        "(logged and audited).",
+    )
+    smtp_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="At most this long between two looks at the email outbox (a replica "
+        "finds the emails queued by the others).",
     )
 
     @classmethod
