@@ -324,6 +324,13 @@ class Settings(BaseSettings):
         "job is due again once it runs out.",
     )
     forward_poll_seconds: float = Field(default=2.0, gt=0)
+    forward_removed_target_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A queued forward job (study or report write-back) whose PACS target is "
+        "no longer configured, and that no worker touched for this long, fails with "
+        "`target_removed` (an administrator's retry sends a study to the current target).",
+    )
     pipeline: bool = Field(
         default=False,
         description="Pipelined relay: an instance whose verdict is final on arrival (a file of "

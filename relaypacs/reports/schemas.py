@@ -176,7 +176,8 @@ class TimelineStep(BaseModel):
         'report_opened, report_assigned, report_ready (detail "from the PACS" when it came from '
         "there), report_amended, report_from_pacs_skipped (an unusable report instance in the "
         "PACS; detail: why), report_stored_in_pacs (written back; detail: the version), "
-        "report_refused_by_pacs"
+        "report_refused_by_pacs, report_write_back_failed (its PACS target was removed from "
+        "the settings)"
     )
     at: dt.datetime
     detail: str | None = None

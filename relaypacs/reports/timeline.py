@@ -67,6 +67,11 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
         case "forward.delivered":
             confirmed = int(details.get("confirmed", 0))
             return [step("pacs_confirmed", f"PACS confirmed {confirmed}/{instances or confirmed}")]
+        case "forward.failed" if details.get("reason") == "target_removed":
+            removed = f"its PACS target {details.get('target')!r} was removed from the settings"
+            if details.get("kind") == "report":
+                return [step("report_write_back_failed", removed)]
+            return [step("failed", removed)]
         case "forward.failed":
             return [step("failed", f"{details.get('failed', 0)} instances refused by the PACS")]
         case "admin.upload_retry":

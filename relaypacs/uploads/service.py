@@ -498,14 +498,27 @@ async def _locked(session: AsyncSession, upload_id: uuid.UUID) -> Upload:
     return upload
 
 
-async def retry_forwarding(session: AsyncSession, *, upload_id: uuid.UUID) -> Upload:
-    """Send again what failed (and anything pending) now, resetting the retry schedule."""
+async def retry_forwarding(
+    session: AsyncSession,
+    *,
+    upload_id: uuid.UUID,
+    targets: Sequence[str] | None = None,
+    default_target: str | None = None,
+) -> Upload:
+    """Send again what failed (and anything pending) now, resetting the retry schedule. If its
+    PACS target was removed from the settings (not in `targets`), the study goes to
+    `default_target`, every instance of it."""
     upload = await _locked(session, upload_id)
     if upload.status not in RETRYABLE:
         raise UploadNotRetryable()
     await repository.reset_failed_forwards(session, upload_id)
-    if not await forwarding.requeue(session, upload_id=upload_id):
+    requeued = await forwarding.requeue(
+        session, upload_id=upload_id, targets=targets, default_target=default_target
+    )
+    if requeued is None:
         raise UploadNotRetryable("This upload has no forwarding job (no PACS was configured).")
+    if requeued.retargeted:
+        await repository.reset_all_forwards(session, upload_id)
     upload.status = UploadStatus.QUEUED
     return upload
 

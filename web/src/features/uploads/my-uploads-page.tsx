@@ -113,6 +113,7 @@ const STEPS: Record<string, string> = {
   report_from_pacs_skipped: "A report in the PACS could not be read",
   report_stored_in_pacs: "Report stored in the PACS",
   report_refused_by_pacs: "Report refused by the PACS",
+  report_write_back_failed: "Report not sent: its PACS was removed",
 };
 
 /** Every step of the study's journey with its time, from the gateway's record. */
