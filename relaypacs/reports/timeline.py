@@ -27,6 +27,8 @@ _TIMELINE_ACTIONS = (
     "admin.upload_retry",
     "admin.upload_cancel",
     "upload.cancel",
+    "upload.expire",
+    "upload.purge",
     "report.assign",
     "report.sign",
     "report.amend",
@@ -78,6 +80,19 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
             return [step("retried")]
         case "admin.upload_cancel" | "upload.cancel":
             return [step("cancelled", "; ".join(_at_pacs(details)) or None)]
+        case "upload.expire":
+            hours = details.get("idle_hours")
+            idle = f" for {hours:g} hours" if isinstance(hours, int | float) else ""
+            return [step("expired", f"unfinished: no data received{idle}")]
+        case "upload.purge" if details.get("reason") == "expired":
+            return [step("purged", "the parts received were deleted")]
+        case "upload.purge":
+            return [
+                step(
+                    "purged",
+                    "the gateway's copy of the study was deleted (retention); the PACS holds it",
+                )
+            ]
         case "report.assign":
             return [step("report_assigned")]
         case "report.sign":
