@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -39,7 +40,7 @@ from relaypacs.uploads.models import (
     Upload,
     UploadStatus,
 )
-from relaypacs.uploads.repository import relay_rows
+from relaypacs.uploads.repository import relay_rows, upkeep_rows
 from relaypacs.uploads.schemas import (
     ChunkStored,
     FileError,
@@ -562,3 +563,8 @@ async def count_uploads_by_status(session: AsyncSession) -> dict[UploadStatus, i
     """Every status with its number of uploads (zero included)."""
     counts = await repository.count_by_status(session)
     return {status: counts.get(status, 0) for status in UploadStatus}
+
+
+def purged_delivered_uploads() -> Select[uuid.UUID]:
+    """The ids of delivered uploads whose stored bytes retention deleted (a subquery)."""
+    return upkeep_rows.purged_delivered_ids()

@@ -1,6 +1,7 @@
 """The email outbox (`email_outbox`): an email to send is written in the transaction of its
 notification and sent by the mail worker of whichever replica claims it, so a restart loses
-none.
+none. `report_pacs_copy.released_at`: when retention deleted the gateway's copies of a version
+the PACS holds.
 
 Revision ID: 0015_followups
 Revises: 0013
@@ -46,8 +47,14 @@ def upgrade() -> None:
         ["status", "next_attempt_at"],
         unique=False,
     )
+    # In place (ALTER TABLE ADD COLUMN, on SQLite too).
+    op.add_column(
+        "report_pacs_copy", sa.Column("released_at", sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("report_pacs_copy") as batch:
+        batch.drop_column("released_at")
     op.drop_index("ix_email_outbox_status_next_attempt_at", table_name="email_outbox")
     op.drop_table("email_outbox")
