@@ -41,7 +41,7 @@ from relaypacs.db import utcnow
 from relaypacs.notifications import repository
 from relaypacs.notifications.live import LiveNotice
 from relaypacs.notifications.models import EmailOutbox, OutboxStatus
-from relaypacs.telemetry.metrics import EMAILS
+from relaypacs.telemetry.metrics import EMAIL_OUTCOMES
 
 logger = logging.getLogger("relaypacs.mail")
 
@@ -359,7 +359,7 @@ class Mailer:
                     details={"kind": kind, "attempts": attempts, "error": last_error},
                 )
         if settled:
-            EMAILS.labels(outcome).inc()
+            EMAIL_OUTCOMES[outcome].inc()
         else:
             logger.warning("email %s: the lease ran out before its outcome was recorded", row_id)
         return settled

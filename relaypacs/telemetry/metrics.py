@@ -165,6 +165,8 @@ EMAILS = Counter(
     "(no address, or turned off).",
     ("outcome",),
 )
+# Bound at import, like the chunk counters: each outcome is exported (as 0) from the start.
+EMAIL_OUTCOMES = {o: EMAILS.labels(o) for o in ("sent", "retried", "failed", "skipped")}
 EMAIL_OUTBOX = Gauge(
     "relaypacs_email_outbox",
     "Email outbox rows by status (pending: still to send), read at each scrape.",
