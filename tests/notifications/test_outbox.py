@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
@@ -32,7 +33,10 @@ from relaypacs.notifications.models import EmailOutbox, Notification, OutboxStat
 from relaypacs.notifications.service import notify
 from relaypacs.state import app_state
 from tests.api.conftest import PASSWORD
+from tests.api.uploading import make_study
 from tests.conftest import unique_name
+from tests.forwarding.test_orthanc import GatewayProcess
+from tests.gateway import create_user as create_gateway_user
 from tests.reports.conftest import Mailbox, smtp
 from tests.scheduler.conftest import fresh_database_url, new_postgres_database
 from tests.servers import free_port
@@ -311,3 +315,76 @@ async def test_two_replicas_send_each_email_once(smtp: tuple[Mailbox, int]) -> N
             for mailer in mailers:
                 await mailer.stop()
             await asyncio.gather(first.close(), second.close())
+
+
+async def test_a_gateway_process_killed_before_sending_loses_no_email(
+    tmp_path: Path, smtp: tuple[Mailbox, int]
+) -> None:
+    """Real `relaypacs serve` processes on one SQLite database: the scheduler of the first
+    expires an abandoned upload (its uploader is notified, the email queued) while SMTP is down;
+    the process is killed (SIGKILL); the next one, with SMTP up, sends the email, once."""
+    mailbox, port = smtp
+    data = tmp_path / "data"
+    username = unique_name("expired")
+    address = f"{username}@hospital.example"
+    settings = {
+        "RELAYPACS_SECRET_KEY": "outbox-kill-test-key-" + "k" * 32,
+        "RELAYPACS_TOTP_REQUIRED_ROLES": "[]",
+        "RELAYPACS_SMTP_HOST": "127.0.0.1",
+        "RELAYPACS_SMTP_SECURITY": "none",
+        "RELAYPACS_SMTP_TIMEOUT_SECONDS": "1",
+        "RELAYPACS_SMTP_RETRY_DELAYS": "[0.2]",
+        "RELAYPACS_SMTP_POLL_SECONDS": "0.2",
+        # An upload with no chunk for a second expires; the check runs every 1.2 s.
+        "RELAYPACS_UPLOAD_EXPIRE_HOURS": str(1 / 3600),
+        "RELAYPACS_UPLOAD_EXPIRY_CHECK_MINUTES": "0.02",
+    }
+    first = GatewayProcess(
+        data, {**settings, "RELAYPACS_SMTP_PORT": str(free_port())}, tmp_path / "first.log"
+    )
+    second = GatewayProcess(
+        data, {**settings, "RELAYPACS_SMTP_PORT": str(port)}, tmp_path / "second.log"
+    )
+    db = Database.open(f"sqlite+aiosqlite:///{data / 'relaypacs.db'}")
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(
+            create_gateway_user, data, username, PASSWORD, env=first.env, email=address
+        )
+        async with httpx.AsyncClient(base_url=first.base, timeout=30) as http:
+            login = await http.post(
+                "/auth/login", json={"username": username, "password": PASSWORD}
+            )
+            assert login.status_code == 200, login.text
+            token = login.json()["access_token"]
+            started = await http.post(
+                "/uploads",
+                json=make_study(1).manifest(),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert started.status_code == 201, started.text
+
+        async def queued_and_tried() -> bool:
+            async with db.sessionmaker() as session:
+                rows = (await session.scalars(select(EmailOutbox))).all()
+            return any(r.kind == "upload_expired" and r.last_error for r in rows)
+
+        await _until(queued_and_tried, within=60)
+        await asyncio.to_thread(first.kill)
+        assert mailbox.to(address) == []
+
+        await asyncio.to_thread(second.start)
+
+        async def sent() -> bool:
+            async with db.sessionmaker() as session:
+                rows = (await session.scalars(select(EmailOutbox))).all()
+            return [r.status for r in rows] == [OutboxStatus.SENT]
+
+        await _until(sent, within=60)
+        await asyncio.sleep(1.0)  # a few more looks at the outbox: nothing sent again
+        (message,) = mailbox.to(address)
+        assert message["Subject"] == "RelayPACS: an unfinished upload expired"
+    finally:
+        await asyncio.to_thread(first.stop)
+        await asyncio.to_thread(second.stop)
+        await db.close()
