@@ -205,6 +205,9 @@ class Mailer:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before looking, never after: a notice committed while the worker looks
+            # must not wait for the next poll.
+            self._wake.clear()
             try:
                 if await self.send_one():
                     continue
@@ -214,7 +217,6 @@ class Mailer:
             except Exception as exc:  # the database away: look again later
                 logger.warning("mail worker: %s, trying again", type(exc).__name__)
                 pause = self.settings.poll_seconds
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await self._wake.wait()
@@ -244,7 +246,9 @@ class Mailer:
             return True
         try:
             await self._deliver(message)
-        except (aiosmtplib.SMTPException, OSError, Permanent) as exc:
+        except asyncio.CancelledError:
+            raise  # stopping: the lease runs out and a worker sends it then
+        except Exception as exc:  # SMTP's, the network's, or anything else: counted, capped
             await self._failed(row_id, token, kind, notification_id, attempts, exc)
             return True
         if await self._settle(row_id, token, status=OutboxStatus.SENT, outcome="sent"):
