@@ -52,7 +52,7 @@ def gateway(fresh_database_url: str, tmp_path: Path) -> Gateway:
 
     @asynccontextmanager
     async def _run(
-        targets: list[PacsTarget], retry: float = 0.2
+        targets: list[PacsTarget], retry: float = 0.2, grace: float = 0
     ) -> AsyncIterator[httpx.AsyncClient]:
         settings = Settings(
             data_dir=tmp_path / "data",
@@ -62,7 +62,7 @@ def gateway(fresh_database_url: str, tmp_path: Path) -> Gateway:
             pacs_targets=targets,
             forward_retry_delays=[retry],
             forward_poll_seconds=0.05,
-            forward_removed_target_grace_seconds=0,
+            forward_removed_target_grace_seconds=grace,
             totp_required_roles=[],
             rate_limit_login_ip="100000/minute",
             scheduler=False,
@@ -155,6 +155,13 @@ async def test_a_job_of_a_removed_target_fails_and_a_retry_sends_it_to_the_curre
     current = PacsTarget(
         name=new, url=orthanc.dicomweb_url, username=orthanc.auth[0], password=orthanc.auth[1]
     )
+    # Within the grace (a replica that still knows the old target may claim it): left alone.
+    async with gateway([current], grace=3600) as client:
+        forwarder = app_state(_app(client)).forwarder
+        assert forwarder is not None
+        assert await forwarder.fail_one_removed_target() is False
+        (job,) = await _jobs(client, upload_id)
+        assert (job.status, job.target) == (JobStatus.QUEUED, old)
     async with gateway([current]) as client:
         uploader, admin = await _login(client, uploader), await _login(client, admin)
         failed = await _wait(client, uploader, upload_id, lambda b: b["status"] == "failed")
