@@ -10,6 +10,7 @@ from relaypacs.auth.service import sweep_ended_sessions
 from relaypacs.config import Settings
 from relaypacs.db import Database
 from relaypacs.notifications.service import sweep_read
+from relaypacs.reports.service import release_written_back
 from relaypacs.reports.sync import sync_reports_from_pacs
 from relaypacs.scheduler import Scheduler
 from relaypacs.stats.service import store_past_days
@@ -42,7 +43,7 @@ def build_scheduler(settings: Settings, db: Database, storage: ObjectStorage) ->
     add(
         "retention",
         s.retention_check_minutes * 60,
-        lambda: purge_delivered(db, storage, kept=s.retention_days * day),
+        lambda: retention(db, storage, kept=s.retention_days * day),
     )
     add("session_sweep", s.sweep_minutes * 60, lambda: sweep(db, s))
     add("daily_stats", s.daily_stats_minutes * 60, lambda: store_past_days(db))
@@ -65,3 +66,10 @@ async def sweep(db: Database, settings: Settings) -> None:
         )
     async with db.sessionmaker() as session, session.begin():
         await sweep_read(session, older_than=dt.timedelta(days=settings.read_notification_days))
+
+
+async def retention(db: Database, storage: ObjectStorage, *, kept: dt.timedelta) -> None:
+    """The stored bytes of studies delivered longer than `kept` ago, then the gateway's copies
+    of their reports' versions that the PACS holds (reports.service.release_written_back)."""
+    await purge_delivered(db, storage, kept=kept)
+    await release_written_back(db, storage)

@@ -179,9 +179,11 @@ def open_mailer(settings: Settings, db: Database) -> Mailer | None:
             password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
             timeout=settings.smtp_timeout_seconds,
             retry_delays=tuple(settings.smtp_retry_delays),
+            max_attempts=settings.smtp_max_attempts,
+            poll_seconds=settings.smtp_poll_seconds,
             public_url=settings.public_url,
         ),
-        db.read_sessionmaker,
+        db.sessionmaker,
     )
 
 
@@ -213,6 +215,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     notice_hub.attach(db.sessionmaker)
     mailer = open_mailer(settings, db)
     if mailer is not None:
+        mailer.attach(db.sessionmaker)  # notices write their email's outbox row
         notice_hub.on_committed.append(mailer.committed)
         await mailer.start()
     await notice_hub.start()

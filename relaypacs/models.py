@@ -4,7 +4,7 @@ from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role, User
 from relaypacs.db import Base
 from relaypacs.forwarding.models import ForwardJob, JobStatus
-from relaypacs.notifications.models import Notification, NotificationPreference
+from relaypacs.notifications.models import EmailOutbox, Notification, NotificationPreference
 from relaypacs.reports.models import (
     AssignmentRule,
     RadiologistModality,
@@ -24,6 +24,7 @@ __all__ = [
     "AuthSession",
     "Base",
     "DailyStat",
+    "EmailOutbox",
     "FileStatus",
     "ForwardJob",
     "JobStatus",

@@ -53,7 +53,11 @@ async def retry_upload(
 ) -> UploadRead:
     """Send again what failed (and anything pending) now, resetting the retry schedule."""
     return await service.retry_forwarding(
-        state.db.sessionmaker, state.forwarder, actor=actor, upload_id=upload_id
+        state.db.sessionmaker,
+        state.forwarder,
+        actor=actor,
+        upload_id=upload_id,
+        settings=state.settings,
     )
 
 

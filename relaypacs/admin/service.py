@@ -85,12 +85,18 @@ async def retry_forwarding(
     *,
     actor: Actor,
     upload_id: uuid.UUID,
+    settings: Settings | None = None,
 ) -> UploadRead:
-    """Send again what failed (and anything pending) now, resetting the retry schedule; the
-    forwarding worker of this process (if any) is woken."""
+    """Send again what failed (and anything pending) now, resetting the retry schedule (to the
+    default target if its own was removed from `settings`); the forwarding worker of this
+    process (if any) is woken."""
+    targets = [t.name for t in settings.pacs_targets] if settings else None
+    default = settings.default_target_name if settings else None
     view = await _act_on_upload(
         sessionmaker,
-        lambda session: uploads.retry_forwarding(session, upload_id=upload_id),
+        lambda session: uploads.retry_forwarding(
+            session, upload_id=upload_id, targets=targets, default_target=default
+        ),
         actor=actor,
         action="admin.upload_retry",
         upload_id=upload_id,

@@ -324,6 +324,13 @@ class Settings(BaseSettings):
         "job is due again once it runs out.",
     )
     forward_poll_seconds: float = Field(default=2.0, gt=0)
+    forward_removed_target_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A queued forward job (study or report write-back) whose PACS target is "
+        "no longer configured, and that no worker touched for this long, fails with "
+        "`target_removed` (an administrator's retry sends a study to the current target).",
+    )
     pipeline: bool = Field(
         default=False,
         description="Pipelined relay: an instance whose verdict is final on arrival (a file of "
@@ -370,7 +377,19 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
     smtp_retry_delays: list[float] = Field(
         default_factory=lambda: [5.0, 30.0, 120.0],
-        description="Seconds between the attempts of one email.",
+        description="Seconds between the attempts of one email (the last one repeated).",
+    )
+    smtp_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="An email not accepted after this many attempts is marked failed "
+        "(logged and audited).",
+    )
+    smtp_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="At most this long between two looks at the email outbox (a replica "
+        "finds the emails queued by the others).",
     )
 
     @classmethod

@@ -245,6 +245,55 @@ async def claim_due(
     return Claim(job.id, job.lease_token, job.upload_id, job.target, job.kind, job.request_id)
 
 
+async def claim_removed_target(
+    session: AsyncSession,
+    *,
+    targets: Sequence[str],
+    owner: str,
+    lease: dt.timedelta,
+    quiet_for: dt.timedelta,
+) -> Claim | None:
+    """Take the lease of a due job whose target is not one of `targets` (the configured names)
+    and that no worker has touched for `quiet_for` (while replicas' settings differ, during a
+    rolling change, a replica that knows the target has claimed it meanwhile)."""
+    now = utcnow()
+    quiet_since = now - quiet_for
+    job = await session.scalar(
+        select(ForwardJob)
+        .where(
+            ForwardJob.status == JobStatus.QUEUED,
+            ForwardJob.next_attempt_at <= quiet_since,
+            ForwardJob.updated_at <= quiet_since,
+            (ForwardJob.lease_until.is_(None)) | (ForwardJob.lease_until < now),
+            ForwardJob.target.not_in(targets),
+        )
+        .order_by(ForwardJob.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if job is None:
+        return None
+    job.lease_owner = owner
+    job.lease_until = now + lease
+    job.lease_token += 1
+    await session.flush()
+    return Claim(job.id, job.lease_token, job.upload_id, job.target, job.kind, job.request_id)
+
+
+def mark_abandoned(job: ForwardJob, *, at: dt.datetime, reason: str) -> None:
+    """Failed for good without a PACS's answer (its target was removed): nothing more to send;
+    the reason is kept."""
+    mark_done(job, at=at)
+    job.last_error = reason[:500]
+
+
+def retarget(job: ForwardJob, target: str) -> None:
+    """The job goes to another target (its own was removed), due now with fresh attempts."""
+    job.target = target
+    job.sent_count = job.confirmed_count = job.failed_count = 0
+    make_due_again(job)
+
+
 def _fence(claim: Claim, lease: dt.timedelta, **values: Any) -> Update:
     """Extend the lease (and set `values`) if the job is still the claim's; on PostgreSQL it
     also locks the job's row until the transaction ends."""

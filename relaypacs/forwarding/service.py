@@ -17,6 +17,7 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from relaypacs.db import utcnow
 from relaypacs.forwarding import repository
 from relaypacs.forwarding.models import JobKind, JobStatus
 from relaypacs.telemetry import REQUEST_ID
@@ -140,14 +141,40 @@ async def targets_of(
     return await repository.targets_of(session, upload_ids)
 
 
-async def requeue(session: AsyncSession, *, upload_id: uuid.UUID) -> bool:
-    """Make the upload's job due now with fresh attempts (False: it has no job). A new lease
-    token fences off any worker still holding the old lease."""
+TARGET_REMOVED = "target_removed"
+
+
+@dataclass(frozen=True)
+class Requeued:
+    target: str
+    retargeted: bool  # its target was removed: it goes to `target` now, every instance again
+
+
+async def requeue(
+    session: AsyncSession,
+    *,
+    upload_id: uuid.UUID,
+    targets: Sequence[str] | None = None,
+    default_target: str | None = None,
+) -> Requeued | None:
+    """Make the upload's job due now with fresh attempts (None: it has no job). A new lease
+    token fences off any worker still holding the old lease. If its target is not one of
+    `targets` (removed from the settings) it goes to `default_target` instead."""
     job = await repository.job_of_upload(session, upload_id)
     if job is None:
-        return False
+        return None
+    if targets is not None and job.target not in targets and default_target is not None:
+        other = await repository.job_for(
+            session, upload_id=upload_id, target=default_target, kind=JobKind.STUDY
+        )
+        if other is not None:  # it went there once already: that job goes again
+            repository.mark_abandoned(job, at=utcnow(), reason=job.last_error or TARGET_REMOVED)
+            repository.make_due_again(other)
+        else:
+            repository.retarget(job, default_target)
+        return Requeued(default_target, retargeted=True)
     repository.make_due_again(job)
-    return True
+    return Requeued(job.target, retargeted=False)
 
 
 async def cancel(session: AsyncSession, *, upload_id: uuid.UUID) -> None:

@@ -32,6 +32,7 @@ from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
 from relaypacs.forwarding.errors import LeaseLost
 from relaypacs.forwarding.models import JobKind
 from relaypacs.forwarding.repository import Claim, Delivered
+from relaypacs.forwarding.service import TARGET_REMOVED
 from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook, Settlement
 from relaypacs.forwarding.verification import ContentCheck, ContentUnverifiable, check_content
 from relaypacs.pacs.dicomweb import DicomWebClient, Disposition, InstancePart, InstanceResult
@@ -138,6 +139,7 @@ class Forwarder:
         self._lease = dt.timedelta(seconds=settings.forward_lease_seconds)
         self._jobs_at_once = jobs_at_once
         self._wakeup = asyncio.Event()
+        self._removed_checked = -float("inf")  # when jobs of removed targets were last looked for
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -206,6 +208,7 @@ class Forwarder:
                 logger.warning("claiming a forwarding job failed: %s", type(exc).__name__)
                 claim = None
             if claim is None:
+                await self._fail_removed_targets()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), timeout=self._settings.forward_poll_seconds
@@ -230,6 +233,90 @@ class Forwarder:
             return await repository.claim_due(
                 session, targets=targets, owner=self.worker_id, lease=self._lease
             )
+
+    # --- jobs of a target no longer configured ---------------------------------------------
+
+    async def _fail_removed_targets(self) -> None:
+        """While idle, at most every few polls: fail the jobs whose PACS target was removed
+        from the settings (no worker would ever claim them: they would wait forever)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._removed_checked < max(10 * self._settings.forward_poll_seconds, 10.0):
+            return
+        self._removed_checked = now
+        try:
+            while not self._stopping and await self.fail_one_removed_target():
+                pass
+        except LeaseLost:
+            pass
+        except Exception as exc:
+            logger.warning("failing the jobs of removed targets: %s", type(exc).__name__)
+
+    async def fail_one_removed_target(self) -> bool:
+        """Fail one due job whose target is not configured here and that no worker touched for
+        RELAYPACS_FORWARD_REMOVED_TARGET_GRACE_SECONDS (False: none). A study job fails its
+        upload (the uploader is told, as for a PACS's refusal); a report job leaves the report
+        signed, unwritten. Both are audited `forward.failed` with the reason `target_removed`."""
+        grace = dt.timedelta(seconds=self._settings.forward_removed_target_grace_seconds)
+        async with self._sessionmaker() as session, session.begin():
+            claim = await repository.claim_removed_target(
+                session,
+                targets=list(self._targets),
+                owner=self.worker_id,
+                lease=self._lease,
+                quiet_for=grace,
+            )
+            if claim is None:
+                return False
+            job = await repository.renew(session, claim, self._lease)
+            now = utcnow()
+            reason = f"{TARGET_REMOVED}: the PACS target {claim.target!r} is no longer configured"
+            upload = None
+            counts = None
+            if claim.kind == JobKind.STUDY:
+                source = self._source_of(claim)
+                counts = await source.counts(session, claim.upload_id)
+                repository.set_counts(job, counts)
+                upload = await source.finish(session, claim.upload_id, delivered=False, at=now)
+                if upload is None:  # cancelled meanwhile
+                    repository.mark_cancelled(job)
+                    return True
+            repository.mark_abandoned(job, at=now, reason=reason)
+            if upload is not None and counts is not None:
+                settlement = Settlement(
+                    upload_id=claim.upload_id,
+                    user_id=upload.user_id,
+                    study_instance_uid=upload.study_instance_uid,
+                    target=claim.target,
+                    delivered=False,
+                    confirmed=counts.confirmed,
+                    failed=counts.failed,
+                    instances=counts.instances,
+                    stow_requests=job.stow_requests,
+                )
+                for hook in self._settle_hooks:
+                    await hook(session, settlement)
+            await record_event(
+                session,
+                actor=SYSTEM,
+                action="forward.failed",
+                outcome="failure",
+                object_type="upload",
+                object_id=claim.upload_id,
+                study_instance_uid=upload.study_instance_uid if upload else None,
+                details={
+                    "target": claim.target,
+                    "kind": claim.kind.value,
+                    "reason": TARGET_REMOVED,
+                },
+            )
+        logger.warning(
+            "upload %s: %s job %s failed: its PACS target %r is no longer configured",
+            claim.upload_id,
+            claim.kind,
+            claim.job_id,
+            claim.target,
+        )
+        return True
 
     async def _heartbeat(self, claim: Claim, lost: asyncio.Event) -> None:
         while True:

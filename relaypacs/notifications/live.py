@@ -130,7 +130,7 @@ class NoticeHub:
 
     def attach(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         """Sessions of this sessionmaker push their notices to this hub when they commit."""
-        sessionmaker.configure(info={_SINK: self.committed})
+        sessionmaker.configure(info={**(sessionmaker.kw.get("info") or {}), _SINK: self.committed})
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

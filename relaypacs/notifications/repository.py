@@ -1,14 +1,20 @@
-"""Every query of the notification table."""
+"""Every query of the notification tables (notices, email choices, the email outbox)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any, cast
 
-from sqlalchemy import ScalarResult, and_, delete, func, or_, select, update
+from sqlalchemy import CursorResult, ScalarResult, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relaypacs.notifications.models import Notification, NotificationPreference
+from relaypacs.notifications.models import (
+    EmailOutbox,
+    Notification,
+    NotificationPreference,
+    OutboxStatus,
+)
 
 
 def add_notification(session: AsyncSession, notification: Notification) -> None:
@@ -110,3 +116,79 @@ async def set_email_choice(
     else:
         row.email = email
     await session.flush()
+
+
+# --- the email outbox ------------------------------------------------------------------------
+
+
+def add_outbox(session: AsyncSession, row: EmailOutbox) -> None:
+    session.add(row)
+
+
+async def claim_outbox(
+    session: AsyncSession, *, token: str, now: dt.datetime, lease: dt.timedelta
+) -> EmailOutbox | None:
+    """Take the lease of the email due first: FOR UPDATE SKIP LOCKED on PostgreSQL (another
+    replica's worker skips the row rather than waits), then a compare-and-set UPDATE that only
+    matches a row whose lease is free (what makes it atomic on SQLite, where FOR UPDATE is not
+    rendered). `token` is unique to this claim: the later writes are fenced by it."""
+    free = (EmailOutbox.lease_until.is_(None)) | (EmailOutbox.lease_until < now)
+    due = (EmailOutbox.status == OutboxStatus.PENDING, EmailOutbox.next_attempt_at <= now, free)
+    row_id = await session.scalar(
+        select(EmailOutbox.id)
+        .where(*due)
+        .order_by(EmailOutbox.next_attempt_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if row_id is None:
+        return None
+    result = await session.execute(
+        update(EmailOutbox)
+        .where(EmailOutbox.id == row_id, *due)
+        .values(lease_owner=token, lease_until=now + lease, attempts=EmailOutbox.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if not cast(CursorResult[Any], result).rowcount:
+        return None
+    return await session.get(EmailOutbox, row_id, populate_existing=True)
+
+
+async def settle_outbox(
+    session: AsyncSession, row_id: uuid.UUID, *, token: str, **values: Any
+) -> bool:
+    """Record a claimed email's outcome and release its lease, if the lease is still this
+    claim's (False: it ran out and another worker took the row over)."""
+    result = await session.execute(
+        update(EmailOutbox)
+        .where(EmailOutbox.id == row_id, EmailOutbox.lease_owner == token)
+        .values(lease_owner=None, lease_until=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+async def next_outbox_due(session: AsyncSession) -> dt.datetime | None:
+    """When the next pending email is due (its retry time, or its lease's end)."""
+    return await session.scalar(
+        select(func.min(func.coalesce(EmailOutbox.lease_until, EmailOutbox.next_attempt_at))).where(
+            EmailOutbox.status == OutboxStatus.PENDING
+        )
+    )
+
+
+async def outbox_counts(session: AsyncSession) -> dict[str, int]:
+    """How many outbox rows are in each status."""
+    rows = await session.execute(
+        select(EmailOutbox.status, func.count()).group_by(EmailOutbox.status)
+    )
+    return {status: int(count) for status, count in rows}
+
+
+async def delete_outbox_finished_before(session: AsyncSession, before: dt.datetime) -> int:
+    result = await session.execute(
+        delete(EmailOutbox).where(
+            EmailOutbox.status != OutboxStatus.PENDING, EmailOutbox.finished_at < before
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

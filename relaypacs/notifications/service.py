@@ -19,6 +19,7 @@ from relaypacs.db import Database, utcnow
 from relaypacs.notifications import repository
 from relaypacs.notifications.errors import NotificationNotFound
 from relaypacs.notifications.live import LiveNotice, NoticeHub, Subscription, events, stash
+from relaypacs.notifications.mail import queue_email
 from relaypacs.notifications.models import Notification
 from relaypacs.notifications.schemas import (
     EMAIL_KINDS,
@@ -42,8 +43,10 @@ def notify(
     payload: dict[str, Any] | None = None,
 ) -> None:
     """A notice of `kind` (e.g. "upload_delivered") for the user, about `related_id`; written
-    when the caller's transaction commits, and pushed to the user's streams then. `payload`
-    holds ids and counts, never patient data (it crosses Redis and reaches the browser)."""
+    when the caller's transaction commits, and pushed to the user's streams then; its email,
+    if it is a kind that is emailed, is queued in the same transaction (mail.queue_email).
+    `payload` holds ids and counts, never patient data (it crosses Redis and reaches the
+    browser)."""
     notification = Notification(
         id=uuid.uuid4(),
         user_id=user_id,
@@ -54,6 +57,13 @@ def notify(
         created_at=utcnow(),
     )
     repository.add_notification(session, notification)
+    queue_email(
+        session,
+        notification_id=notification.id,
+        user_id=user_id,
+        kind=kind,
+        related_id=related_id,
+    )
     stash(session, _live(notification))
 
 
@@ -108,8 +118,15 @@ async def mark_all_read(session: AsyncSession, *, user: User) -> ReadAll:
 
 
 async def sweep_read(session: AsyncSession, *, older_than: dt.timedelta) -> int:
-    """The scheduled sweep: delete read notifications older than `older_than`; how many."""
+    """The scheduled sweep: delete read notifications older than `older_than`, and the outbox
+    rows of emails sent (or given up) before then; how many notifications."""
+    await repository.delete_outbox_finished_before(session, utcnow() - older_than)
     return await repository.delete_read_before(session, utcnow() - older_than)
+
+
+async def email_outbox_counts(session: AsyncSession) -> dict[str, int]:
+    """The email outbox's rows by status (pending, sent, failed, skipped), for the metrics."""
+    return await repository.outbox_counts(session)
 
 
 def render_event(notice: LiveNotice) -> str:

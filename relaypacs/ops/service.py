@@ -22,6 +22,7 @@ from relaypacs import __version__
 from relaypacs.config import Settings
 from relaypacs.db import Database
 from relaypacs.forwarding.service import queue_state
+from relaypacs.notifications.service import email_outbox_counts
 from relaypacs.ops import repository
 from relaypacs.ops.errors import MetricsLoopbackOnly, MetricsTokenRequired
 from relaypacs.ops.schemas import CheckResult, Readiness
@@ -32,6 +33,7 @@ from relaypacs.telemetry import render_metrics
 from relaypacs.telemetry.metrics import (
     DATABASE_POOL,
     DEPENDENCY_UP,
+    EMAIL_OUTBOX,
     FORWARD_BREAKER_OPEN,
     FORWARD_OLDEST_JOB_AGE,
     FORWARD_QUEUE_JOBS,
@@ -166,10 +168,13 @@ async def scrape_metrics(
         async with db.read_sessionmaker() as session, session.begin():
             counts = await count_uploads_by_status(session)
             queue = await queue_state(session)
+            emails = await email_outbox_counts(session)
         for status, count in counts.items():
             UPLOADS.labels(status.value).set(count)
         FORWARD_QUEUE_JOBS.set(queue.jobs)
         FORWARD_OLDEST_JOB_AGE.set(queue.oldest_age_seconds)
+        for state in ("pending", "failed"):
+            EMAIL_OUTBOX.labels(state).set(emails.get(state, 0))
 
     try:
         async with asyncio.timeout(within):

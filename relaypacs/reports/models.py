@@ -161,6 +161,10 @@ class ReportPacsCopy(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # When the PACS listed it (confirmed) or refused it for good: audited once, then.
     settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When retention deleted the gateway's copies of this confirmed version (the Encapsulated
+    # PDF instance and the version's PDF) after the study's bytes were purged: the PACS holds
+    # it; the PDF is made again from the signed version in the database when asked for.
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class PacsInstanceOutcome(enum.StrEnum):

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relaypacs.reports.models import (
     SIGNED_STATUSES,
     AssignmentRule,
+    CopyStatus,
     RadiologistModality,
     Report,
     ReportPacsCopy,
@@ -293,3 +294,48 @@ def record_copy_answers(
             .where(ReportPacsCopy.report_id == report_id, ReportPacsCopy.version == version)
             .values(**values)
         )
+
+
+async def releasable_copies(
+    session: AsyncSession, purged_uploads: Select[uuid.UUID], *, limit: int
+) -> list[tuple[ReportPacsCopy, Report]]:
+    """Versions the PACS holds (confirmed) whose gateway copies are still kept, of reports on
+    uploads among `purged_uploads`."""
+    rows = await session.execute(
+        select(ReportPacsCopy, Report)
+        .join(Report, Report.id == ReportPacsCopy.report_id)
+        .where(
+            ReportPacsCopy.status == CopyStatus.CONFIRMED,
+            ReportPacsCopy.released_at.is_(None),
+            Report.upload_id.in_(purged_uploads),
+        )
+        .order_by(ReportPacsCopy.created_at)
+        .limit(limit)
+    )
+    return [(copy, report) for copy, report in rows.all()]
+
+
+async def mark_released(
+    session: AsyncSession, report_id: uuid.UUID, version: int, *, at: dt.datetime, pdf: str
+) -> bool:
+    """The version's gateway copies are deleted; the report's PDF is made again when asked for
+    if `pdf` was its stored one. False if another run marked it first."""
+    result = await session.execute(
+        update(ReportPacsCopy)
+        .where(
+            ReportPacsCopy.report_id == report_id,
+            ReportPacsCopy.version == version,
+            ReportPacsCopy.released_at.is_(None),
+        )
+        .values(released_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        return False
+    await session.execute(
+        update(Report)
+        .where(Report.id == report_id, Report.pdf_key == pdf)
+        .values(pdf_key=None)
+        .execution_options(synchronize_session=False)
+    )
+    return True

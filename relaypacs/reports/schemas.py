@@ -173,10 +173,14 @@ class TimelineStep(BaseModel):
     step: str = Field(
         description="started, pipelined (instances sent to the PACS while uploading), "
         "received, validated, rejected, queued, pacs_confirmed, failed, retried, cancelled, "
+        "expired (an unfinished upload received nothing for RELAYPACS_UPLOAD_EXPIRE_HOURS), "
+        "purged (its stored bytes deleted: an expired upload's parts, or a delivered study's "
+        "copy after RELAYPACS_RETENTION_DAYS), "
         'report_opened, report_assigned, report_ready (detail "from the PACS" when it came from '
         "there), report_amended, report_from_pacs_skipped (an unusable report instance in the "
         "PACS; detail: why), report_stored_in_pacs (written back; detail: the version), "
-        "report_refused_by_pacs"
+        "report_refused_by_pacs, report_write_back_failed (its PACS target was removed from "
+        "the settings)"
     )
     at: dt.datetime
     detail: str | None = None

@@ -11,7 +11,9 @@ reports/writeback.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import uuid
 from urllib.parse import quote
 
@@ -50,9 +52,11 @@ from relaypacs.reports.schemas import (
     SeriesRead,
     StudyView,
 )
-from relaypacs.storage import ObjectStorage
+from relaypacs.storage import ObjectNotFound, ObjectStorage
 from relaypacs.uploads import service as uploads
 from relaypacs.uploads.schemas import StudyMetadata
+
+logger = logging.getLogger(__name__)
 
 # --- opening ---------------------------------------------------------------------------------
 
@@ -470,10 +474,11 @@ async def _render(storage: ObjectStorage, document: pdf.ReportDocument, key: str
 
 async def stored_pdf(session: AsyncSession, storage: ObjectStorage, report: Report) -> bytes:
     """The PDF of the report's latest signed version, made and kept in object storage (in the
-    caller's transaction) if it was not yet."""
+    caller's transaction) if it was not yet (or retention deleted it: `release_written_back`)."""
     key = pdf_key(report)
     if report.pdf_key == key:
-        return await storage.get(key)
+        with contextlib.suppress(ObjectNotFound):
+            return await storage.get(key)
     data = await _render(storage, await _pdf_document(session, report), key)
     await repository.set_pdf_key(session, report.id, version=report.version, key=key)
     return data
@@ -491,11 +496,72 @@ async def report_pdf(
         key = pdf_key(report)
         stored = report.pdf_key == key
         document = None if stored else await _pdf_document(session, report)
+    data = None
     if document is None:
-        data = await storage.get(key)
-    else:
+        try:
+            data = await storage.get(key)
+        except ObjectNotFound:  # deleted by retention meanwhile: made again
+            async with db.read_sessionmaker() as session, session.begin():
+                document = await _pdf_document(session, report)
+    if data is None:
+        assert document is not None
         data = await _render(storage, document, key)
         async with db.sessionmaker() as session, session.begin():
             await repository.set_pdf_key(session, report.id, version=report.version, key=key)
     await _record_read(db, actor=actor, report=report, action="report.pdf", version=report.version)
     return data, f"report-{report.id}-v{report.version}.pdf"
+
+
+# --- retention -------------------------------------------------------------------------------
+
+RELEASE_BATCH = 200  # versions per run; more wait for the next
+
+
+def version_pdf_key(report_id: uuid.UUID, version: int) -> str:
+    return f"reports/{report_id}/v{version}.pdf"
+
+
+async def release_written_back(db: Database, storage: ObjectStorage) -> int:
+    """Retention of the report copies: once a study's bytes were purged (delivered longer than
+    RELAYPACS_RETENTION_DAYS ago), delete the gateway's copies of every version of its report
+    that the PACS holds (written back and listed by it: `pacs_receipt_id`): the Encapsulated
+    PDF instance sent, and that version's PDF. The signed text, signer and times stay in the
+    database (the record), the receipt too; the PDF is made again from them when asked for.
+    A version not (yet) confirmed by the PACS keeps its copies, whatever its age. Returns how
+    many versions were released."""
+    async with db.read_sessionmaker() as session, session.begin():
+        rows = await repository.releasable_copies(
+            session, uploads.purged_delivered_uploads(), limit=RELEASE_BATCH
+        )
+        todo = [
+            (c.report_id, c.version, c.storage_key, c.sop_instance_uid, r.study_instance_uid)
+            for c, r in rows
+        ]
+    released = 0
+    for report_id, version, instance_key, receipt, study_uid in todo:
+        pdf_object = version_pdf_key(report_id, version)
+        # Deleted first, then marked: a run that stops between the two deletes again next time
+        # (a missing object is no error); a PDF asked for meanwhile is made again.
+        await storage.delete(instance_key)
+        await storage.delete(pdf_object)
+        async with db.sessionmaker() as session, session.begin():
+            if not await repository.mark_released(
+                session, report_id, version, at=utcnow(), pdf=pdf_object
+            ):
+                continue
+            await record_event(
+                session,
+                actor=SYSTEM,
+                action="report.purge",
+                object_type="report",
+                object_id=report_id,
+                study_instance_uid=study_uid,
+                details={"version": version, "pacs_receipt_id": receipt},
+            )
+        released += 1
+    if released:
+        logger.info(
+            "retention: the stored copies of %d report versions held by the PACS were deleted",
+            released,
+        )
+    return released

@@ -27,6 +27,8 @@ _TIMELINE_ACTIONS = (
     "admin.upload_retry",
     "admin.upload_cancel",
     "upload.cancel",
+    "upload.expire",
+    "upload.purge",
     "report.assign",
     "report.sign",
     "report.amend",
@@ -67,12 +69,30 @@ def _steps(event: AuditEvent, instances: int, *, forwarded: bool) -> list[Timeli
         case "forward.delivered":
             confirmed = int(details.get("confirmed", 0))
             return [step("pacs_confirmed", f"PACS confirmed {confirmed}/{instances or confirmed}")]
+        case "forward.failed" if details.get("reason") == "target_removed":
+            removed = f"its PACS target {details.get('target')!r} was removed from the settings"
+            if details.get("kind") == "report":
+                return [step("report_write_back_failed", removed)]
+            return [step("failed", removed)]
         case "forward.failed":
             return [step("failed", f"{details.get('failed', 0)} instances refused by the PACS")]
         case "admin.upload_retry":
             return [step("retried")]
         case "admin.upload_cancel" | "upload.cancel":
             return [step("cancelled", "; ".join(_at_pacs(details)) or None)]
+        case "upload.expire":
+            hours = details.get("idle_hours")
+            idle = f" for {hours:g} hours" if isinstance(hours, int | float) else ""
+            return [step("expired", f"unfinished: no data received{idle}")]
+        case "upload.purge" if details.get("reason") == "expired":
+            return [step("purged", "the parts received were deleted")]
+        case "upload.purge":
+            return [
+                step(
+                    "purged",
+                    "the gateway's copy of the study was deleted (retention); the PACS holds it",
+                )
+            ]
         case "report.assign":
             return [step("report_assigned")]
         case "report.sign":

@@ -215,6 +215,7 @@ class ReportWriteBack(InstanceSource):
                 part=_part(c), series_instance_uid=c.series_instance_uid, sha256=c.sha256, md5=c.md5
             )
             for c in await repository.copies(session, report.id, statuses=answered)
+            if c.released_at is None  # verified when confirmed; its bytes deleted by retention
         ]
 
     async def refuse(

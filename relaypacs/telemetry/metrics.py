@@ -159,6 +159,20 @@ SCHEDULED_RUNS = Counter(
     "Runs of the scheduled jobs by job and outcome (ok, failed).",
     ("job", "outcome"),
 )
+EMAILS = Counter(
+    "relaypacs_emails",
+    "Emails by outcome: sent, retried (a temporary failure), failed (given up), skipped "
+    "(no address, or turned off).",
+    ("outcome",),
+)
+# Bound at import, like the chunk counters: each outcome is exported (as 0) from the start.
+EMAIL_OUTCOMES = {o: EMAILS.labels(o) for o in ("sent", "retried", "failed", "skipped")}
+EMAIL_OUTBOX = Gauge(
+    "relaypacs_email_outbox",
+    "Email outbox rows by status (pending: still to send), read at each scrape.",
+    ("status",),
+    multiprocess_mode="mostrecent",
+)
 STORAGE_FULL = Counter(
     "relaypacs_storage_full",
     "Writes the object storage refused because it is full (the client was told 507).",
@@ -245,6 +259,8 @@ def exported_metric_names() -> set[str]:
         DATABASE_POOL,
         SCHEDULED_RUNS,
         SSE_CONNECTIONS,
+        EMAILS,
+        EMAIL_OUTBOX,
         PACS_REQUEST_DURATION,
         PACS_REQUEST_ERRORS,
         DEPENDENCY_UP,

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -39,7 +40,7 @@ from relaypacs.uploads.models import (
     Upload,
     UploadStatus,
 )
-from relaypacs.uploads.repository import relay_rows
+from relaypacs.uploads.repository import relay_rows, upkeep_rows
 from relaypacs.uploads.schemas import (
     ChunkStored,
     FileError,
@@ -498,14 +499,27 @@ async def _locked(session: AsyncSession, upload_id: uuid.UUID) -> Upload:
     return upload
 
 
-async def retry_forwarding(session: AsyncSession, *, upload_id: uuid.UUID) -> Upload:
-    """Send again what failed (and anything pending) now, resetting the retry schedule."""
+async def retry_forwarding(
+    session: AsyncSession,
+    *,
+    upload_id: uuid.UUID,
+    targets: Sequence[str] | None = None,
+    default_target: str | None = None,
+) -> Upload:
+    """Send again what failed (and anything pending) now, resetting the retry schedule. If its
+    PACS target was removed from the settings (not in `targets`), the study goes to
+    `default_target`, every instance of it."""
     upload = await _locked(session, upload_id)
     if upload.status not in RETRYABLE:
         raise UploadNotRetryable()
     await repository.reset_failed_forwards(session, upload_id)
-    if not await forwarding.requeue(session, upload_id=upload_id):
+    requeued = await forwarding.requeue(
+        session, upload_id=upload_id, targets=targets, default_target=default_target
+    )
+    if requeued is None:
         raise UploadNotRetryable("This upload has no forwarding job (no PACS was configured).")
+    if requeued.retargeted:
+        await repository.reset_all_forwards(session, upload_id)
     upload.status = UploadStatus.QUEUED
     return upload
 
@@ -549,3 +563,8 @@ async def count_uploads_by_status(session: AsyncSession) -> dict[UploadStatus, i
     """Every status with its number of uploads (zero included)."""
     counts = await repository.count_by_status(session)
     return {status: counts.get(status, 0) for status in UploadStatus}
+
+
+def purged_delivered_uploads() -> Select[uuid.UUID]:
+    """The ids of delivered uploads whose stored bytes retention deleted (a subquery)."""
+    return upkeep_rows.purged_delivered_ids()

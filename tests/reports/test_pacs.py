@@ -25,9 +25,12 @@ import pytest
 from fastapi import FastAPI
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select, update
 
+from relaypacs.audit.models import AuditEvent
 from relaypacs.auth.models import Role
 from relaypacs.config import Settings
+from relaypacs.db import utcnow
 from relaypacs.devtools.synth import DEFAULT_PATIENT
 from relaypacs.dicom.documents import (
     BASIC_TEXT_SR,
@@ -36,10 +39,13 @@ from relaypacs.dicom.documents import (
     PdfInstance,
     build_encapsulated_pdf,
 )
+from relaypacs.jobs import retention
 from relaypacs.main import create_app
 from relaypacs.reports import repository
+from relaypacs.reports.service import version_pdf_key
 from relaypacs.reports.sync import SyncResult, sync_reports_from_pacs
 from relaypacs.state import app_state
+from relaypacs.uploads.models import Upload
 from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
 from tests.api.uploading import Study, error_code, make_study, upload_study
 from tests.pacs import OrthancServer, run_orthanc
@@ -427,3 +433,107 @@ async def test_a_pacs_that_does_not_answer_leaves_every_report_as_it_was(
     assert report["status"] == "pending"
     # Nothing was lost: once the PACS answers, the next run finds the report.
     assert report_id in {str(r) for r in (await run_sync(app)).ready}
+
+
+# --- retention of the report copies ------------------------------------------------------------
+
+
+async def _stored(app: FastAPI, keys: list[str]) -> list[bool]:
+    storage = app_state(app).storage
+    return [await storage.exists(key) for key in keys]
+
+
+async def test_retention_deletes_the_copies_of_versions_the_pacs_holds_and_keeps_the_others(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    orthanc: OrthancServer,
+) -> None:
+    """A study purged by retention: the gateway's copies of each report version the PACS holds
+    (its Encapsulated PDF instance, its PDF) are deleted; a version not yet written back keeps
+    them; the PDF is made again from the database when asked for."""
+    uploader = await make_account(Role.CLINICIAN)
+    admin = await make_account(Role.ADMIN)
+    radiologist = await make_account(Role.RADIOLOGIST)
+    _, report_id = await delivered(app, client, uploader)
+    assert (await assign(client, admin, report_id, radiologist)).status_code == 200
+    assert (
+        await sign(client, radiologist, report_id, "No fracture.", "Normal.")
+    ).status_code == 200
+    first = (await _receipt(client, report_id, uploader, 1))["pacs_receipt_id"]
+    state = app_state(app)
+    rid = uuid.UUID(report_id)
+
+    async def copies() -> dict[int, Any]:
+        async with state.db.read_sessionmaker() as session, session.begin():
+            return {c.version: c for c in await repository.copies(session, rid)}
+
+    v1_keys = [(await copies())[1].storage_key, version_pdf_key(rid, 1)]
+    assert await _stored(app, v1_keys) == [True, True]
+
+    # Version 2 is signed while the PACS is stopped (refusing connections, so the write-back
+    # fails fast and is retried): not written back yet.
+    await asyncio.to_thread(orthanc.stop)
+    try:
+        amended = await client.post(
+            f"{API}/reports/{report_id}/amend",
+            json={
+                "findings": "Hairline fracture.",
+                "impression": "Fracture.",
+                "reason": "Re-read.",
+            },
+            headers=radiologist.headers,
+        )
+        assert amended.status_code == 200, amended.text
+        v2_pdf = await client.get(f"{API}/reports/{report_id}/pdf", headers=uploader.headers)
+        assert v2_pdf.status_code == 200
+        # The study was delivered eight days ago: retention deletes its bytes, then the copies
+        # of version 1 (at the PACS), not version 2's PDF (never written back).
+        upload_id = uuid.UUID(
+            (await get_json(client, f"{API}/reports/{report_id}", uploader))["upload_id"]
+        )
+        async with state.db.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == upload_id)
+                .values(delivered_at=utcnow() - dt.timedelta(days=8))
+            )
+        await retention(state.db, state.storage, kept=dt.timedelta(days=7))
+        assert await _stored(app, v1_keys) == [False, False]
+        assert await _stored(app, [version_pdf_key(rid, 2)]) == [True]
+        now = await copies()
+        assert now[1].released_at is not None
+        assert 2 not in now or now[2].released_at is None
+        async with state.db.read_sessionmaker() as session, session.begin():
+            report = await repository.get_report(session, rid)
+            assert report is not None
+            assert report.pdf_key == version_pdf_key(rid, 2)
+    finally:
+        await asyncio.to_thread(orthanc.start)
+
+    # Once the PACS holds version 2 too, the next run deletes its copies; the PDF is made again
+    # from the signed versions when asked for (and kept again).
+    report_view = await _receipt(client, report_id, uploader, 2)
+    assert [v["pacs_receipt_id"] for v in report_view["versions"]][:1] == [first]  # kept
+    v2_keys = [(await copies())[2].storage_key, version_pdf_key(rid, 2)]
+    assert await _stored(app, v2_keys) == [True, True]
+    await retention(state.db, state.storage, kept=dt.timedelta(days=7))
+    assert await _stored(app, v2_keys) == [False, False]
+    async with state.db.read_sessionmaker() as session, session.begin():
+        report = await repository.get_report(session, rid)
+        assert report is not None
+        assert report.pdf_key is None
+        events = (
+            await session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == "report.purge", AuditEvent.object_id == report_id
+                )
+            )
+        ).all()
+    assert sorted(e.details["version"] for e in events) == [1, 2]
+    again = await client.get(f"{API}/reports/{report_id}/pdf", headers=uploader.headers)
+    assert again.status_code == 200
+    assert again.content.startswith(b"%PDF")
+    assert await _stored(app, [version_pdf_key(rid, 2)]) == [True]
+    # The PACS still holds both versions.
+    assert orthanc.lookup_instance(first) is not None

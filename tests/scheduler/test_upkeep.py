@@ -187,6 +187,12 @@ async def upload_view(client: httpx.AsyncClient, account: Account, upload_id: st
     return response.json()
 
 
+async def timeline(client: httpx.AsyncClient, account: Account, upload_id: str) -> Any:
+    response = await client.get(f"{API}/uploads/{upload_id}/timeline", headers=account.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["steps"]
+
+
 class TestExpiry:
     async def test_an_abandoned_upload_expires_and_loses_its_chunks_an_active_one_stays(
         self, app: FastAPI, client: httpx.AsyncClient, clinician: Account
@@ -225,6 +231,11 @@ class TestExpiry:
         assert too_late.json()["error"]["code"] == "upload_not_writable"
         late_key = chunk_key(uuid.UUID(abandoned), 1, 0, hashlib.sha256(late).hexdigest())
         assert await present(app, [late_key]) == [False]  # not kept either
+        # The timeline says so: expired, then its parts deleted.
+        steps = await timeline(client, clinician, abandoned)
+        assert [s["step"] for s in steps][-2:] == ["expired", "purged"]
+        assert steps[-2]["detail"] == "unfinished: no data received for 24 hours"
+        assert steps[-1]["detail"] == "the parts received were deleted"
         # A second run finds nothing more to do for it.
         await expire_abandoned(state.db, state.storage, idle=DAY)
         notices = await client.get(f"{API}/notifications", headers=clinician.headers)
@@ -263,5 +274,9 @@ class TestRetention:
         assert [f["forward_status"] for f in after["files"]] == ["confirmed", "confirmed"]
         for other in (recent, pending):
             assert (await upload_view(client, clinician, other))["purged_at"] is None
+        steps = await timeline(client, clinician, old)
+        assert steps[-1]["step"] == "purged"
+        assert "retention" in steps[-1]["detail"]
+        assert "purged" not in [s["step"] for s in await timeline(client, clinician, recent)]
         # Done once: a second run finds nothing more to delete.
         assert await purge_delivered(state.db, state.storage, kept=7 * DAY) == 0

@@ -505,6 +505,15 @@ async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> 
     )
 
 
+async def reset_all_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:
+    """Every accepted file is to be sent again (to another target than before)."""
+    await session.execute(
+        update(UploadFile)
+        .where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None))
+        .values(forward_status=ForwardStatus.PENDING, forward_error=None)
+    )
+
+
 async def count_by_status(session: AsyncSession) -> dict[UploadStatus, int]:
     """How many uploads are in each status (the operators' gauge)."""
     rows = await session.execute(select(Upload.status, func.count()).group_by(Upload.status))

@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import Select, and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.uploads.models import ForwardStatus, Upload, UploadChunk, UploadFile, UploadStatus
@@ -126,3 +126,10 @@ async def failures_between(
         .group_by(UploadFile.upload_id, code)
     )
     return [(upload_id, str(c), int(n)) for upload_id, c, n in rows]
+
+
+def purged_delivered_ids() -> Select[uuid.UUID]:
+    """The ids of delivered uploads whose stored bytes retention deleted (a subquery)."""
+    return select(Upload.id).where(
+        Upload.status == UploadStatus.DELIVERED, Upload.purged_at.is_not(None)
+    )

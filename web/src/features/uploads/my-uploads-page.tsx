@@ -8,6 +8,7 @@ type ReportSummary = Schemas["ReportSummary"];
 import { describeError } from "../../lib/api/errors";
 import { useLiveConnected } from "../../lib/live-status";
 import { downloadReportPdf } from "../../lib/report-pdf";
+import { stepLabel } from "./timeline-steps";
 import { myReportsQuery, myUploadsQuery, reportQuery, uploadFilesQuery, uploadStatusQuery, uploadTimelineQuery } from "./api";
 
 const STATUS: Record<string, string> = {
@@ -95,26 +96,6 @@ function UploadRow({ upload, report }: { upload: UploadSummary; report: ReportSu
   );
 }
 
-const STEPS: Record<string, string> = {
-  started: "Upload started",
-  pipelined: "Sending to the PACS while uploading",
-  received: "Received by the gateway",
-  validated: "Checked and accepted",
-  rejected: "Refused by the gateway",
-  queued: "Waiting for the PACS",
-  pacs_confirmed: "Confirmed by the PACS",
-  failed: "PACS delivery failed",
-  retried: "Sent again",
-  cancelled: "Cancelled",
-  report_opened: "Waiting for a report",
-  report_assigned: "Report assigned to a radiologist",
-  report_ready: "Report ready",
-  report_amended: "Report amended",
-  report_from_pacs_skipped: "A report in the PACS could not be read",
-  report_stored_in_pacs: "Report stored in the PACS",
-  report_refused_by_pacs: "Report refused by the PACS",
-};
-
 /** Every step of the study's journey with its time, from the gateway's record. */
 function Timeline({ id, status }: { id: string; status: string }) {
   const timeline = useQuery({ ...uploadTimelineQuery(id), queryKey: ["upload", id, "timeline", status] });
@@ -123,7 +104,7 @@ function Timeline({ id, status }: { id: string; status: string }) {
     <ol aria-label="Timeline" className="mt-2 flex flex-col gap-1 border-l-2 border-slate-300 pl-3 text-sm">
       {(timeline.data?.steps ?? []).map((step, index) => (
         <li key={`${step.step}-${index}`}>
-          <span className="font-medium">{STEPS[step.step] ?? step.step}</span>{" "}
+          <span className="font-medium">{stepLabel(step.step)}</span>{" "}
           <time dateTime={step.at} className="text-slate-700">
             {new Date(step.at).toLocaleString()}
           </time>
