@@ -3,7 +3,7 @@ notification and sent by the mail worker of whichever replica claims it, so a re
 none. `report_pacs_copy.released_at`: when retention deleted the gateway's copies of a version
 the PACS holds.
 
-Revision ID: 0015_followups
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-06 23:50:00
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015_followups"
+revision: str = "0014"
 down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
