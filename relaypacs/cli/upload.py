@@ -157,6 +157,15 @@ When several apply, the first of 4, 3, 1, 5, 6 wins.
     "auto: fitted to the link's measured rate, the gateway's size on a local network.",
 )
 @click.option(
+    "--batch-size",
+    default="2MiB",
+    show_default=True,
+    metavar="SIZE|0",
+    help="Whole files up to 1 MiB go several per request (a chunk batch) of up to this many "
+    "bytes (the chunk size at most): one request, one fsync of the directory and one database "
+    "transaction for many small files. 0: one file per request.",
+)
+@click.option(
     "--stall-timeout",
     type=click.FloatRange(min=0.5),
     default=10.0,
@@ -222,6 +231,7 @@ def upload(
     recovery_code: str | None,
     parallel: int,
     chunk_size: str,
+    batch_size: str,
     stall_timeout: float,
     retries: int,
     timeout: float,
@@ -268,6 +278,7 @@ def upload(
         wait_timeout=wait_timeout,
         all_or_nothing=all_or_nothing,
         chunk_size=_chunk_size_option(chunk_size),
+        batch_bytes=_batch_size_option(batch_size),
     )
     try:
         summary = asyncio.run(
@@ -314,6 +325,16 @@ def _chunk_size_option(value: str) -> int | None:
     size = int(digits) * _SIZE_UNITS[unit]
     if not 64 * 1024 <= size <= 64 << 20:
         raise click.BadParameter(f"{value!r}: from 64KiB to 64MiB")
+    return size
+
+
+def _batch_size_option(value: str) -> int:
+    """``--batch-size``: 0 (no batches), else bytes, 64KiB to 64MiB."""
+    if value.strip() == "0":
+        return 0
+    size = _chunk_size_option(value)
+    if size is None:
+        raise click.BadParameter(f"{value!r}: a size such as 2MiB, or 0")
     return size
 
 

@@ -166,7 +166,13 @@ class _StudyRun:
         batch_bytes = 0
         for file_index, chunk_index in sorted(chunks):
             size = self.by_index[file_index].size
-            if not self.batches or chunk_index != 0 or size > small or size > chunk_size:
+            if (
+                not self.batches
+                or chunk_index != 0
+                or size > small
+                or size > chunk_size
+                or self.options.batch_bytes <= 0
+            ):
                 requests.append([(file_index, chunk_index)])
                 continue
             if batch and (batch_bytes + size > budget or len(batch) >= _BATCH_PARTS):
@@ -310,7 +316,7 @@ class _StudyRun:
         assert self.upload is not None
         size = self.by_index[item[0]].size
         small = min(self.options.batch_file_max, self.options.batch_bytes, self.upload.chunk_size)
-        return self.batches and item[1] == 0 and size <= small
+        return self.batches and self.options.batch_bytes > 0 and item[1] == 0 and size <= small
 
     def fail(self, file_index: int, code: str, message: str) -> None:
         if file_index in self.failed_files:

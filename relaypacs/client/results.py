@@ -61,7 +61,7 @@ class UploadOptions:
     chunk_size: int | None = None
     # Whole files up to batch_file_max bytes go several per request (a chunk batch) of up to
     # batch_bytes (never more than the upload's chunk size); 0: one chunk per request.
-    batch_bytes: int = 4 * 1024 * 1024
+    batch_bytes: int = 2 * 1024 * 1024
     batch_file_max: int = 1024 * 1024
 
 

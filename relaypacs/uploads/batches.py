@@ -82,7 +82,7 @@ class _Part:
     whole_file: bool
 
 
-def parse_batch(body: bytes) -> list[tuple[ChunkBatchPart, memoryview]]:
+def parse_batch(body: bytes | bytearray) -> list[tuple[ChunkBatchPart, memoryview]]:
     """The parts of a batch body, each with its bytes (a slice of ``body``); InvalidChunkBatch
     for anything not of the framing."""
     if len(body) < PREFIX.size:
@@ -125,7 +125,7 @@ async def store_batch(
     user: User,
     upload_id: uuid.UUID,
     content_length: int | None,
-    read_body: Callable[[], Awaitable[bytes]],
+    read_body: Callable[[int], Awaitable[bytes | bytearray]],
 ) -> ChunkBatchStored:
     """Check what can be checked before the body is read, read it (within the body budget),
     check every part against the manifest, then store the parts durably and record them."""
@@ -142,7 +142,7 @@ async def store_batch(
             f"{content_length}."
         )
     async with intake.bodies.hold(user.id, content_length):
-        body = await read_body()
+        body = await read_body(content_length)
         if len(body) != content_length:
             raise InvalidChunkBatch("The body's length is not its Content-Length.")
         parts: list[_Part] = []

@@ -25,7 +25,7 @@ from relaypacs.auth.policy import authorize
 from relaypacs.fields import Offset
 from relaypacs.state import DatabaseDep, SessionDep, StorageDep, get_app_state
 from relaypacs.uploads import batches, completion, service
-from relaypacs.uploads.bodies import read_body
+from relaypacs.uploads.bodies import read_body, read_body_into
 from relaypacs.uploads.dependencies import CompleteContextDep, EarlyVerifierDep, UploadLimitsDep
 from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
@@ -213,7 +213,7 @@ async def put_chunk_batch(
         upload_id=upload_id,
         content_length=parse_content_length(request.headers.get("content-length")),
         read_body=functools.partial(
-            read_body, request, idle_seconds=state.chunk_intake.body_idle_seconds
+            read_body_into, request, idle_seconds=state.chunk_intake.body_idle_seconds
         ),
     )
 

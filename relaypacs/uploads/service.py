@@ -450,7 +450,7 @@ async def put_chunk_batch(
     user: User,
     upload_id: uuid.UUID,
     content_length: int | None,
-    read_body: Callable[[], Awaitable[bytes]],
+    read_body: Callable[[int], Awaitable[bytes | bytearray]],
 ) -> ChunkBatchStored:
     """Several chunks in one request, each stored or refused on its own (see
     relaypacs.uploads.batches)."""
