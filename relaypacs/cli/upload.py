@@ -158,12 +158,13 @@ When several apply, the first of 4, 3, 1, 5, 6 wins.
 )
 @click.option(
     "--batch-size",
+    envvar="RELAYPACS_BATCH_SIZE",
     default="2MiB",
     show_default=True,
     metavar="SIZE|0",
-    help="Whole files up to 1 MiB go several per request (a chunk batch) of up to this many "
-    "bytes (the chunk size at most): one request, one fsync of the directory and one database "
-    "transaction for many small files. 0: one file per request.",
+    help="[env RELAYPACS_BATCH_SIZE] Whole files up to 1 MiB go several per request (a chunk "
+    "batch) of up to this many bytes (the chunk size at most): one request, one fsync of the "
+    "directory and one database transaction for many small files. 0: one file per request.",
 )
 @click.option(
     "--stall-timeout",
