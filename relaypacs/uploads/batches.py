@@ -208,9 +208,12 @@ async def _store_parts(
         raise
     if ChunkOutcome.CANCELLED in found:
         for i in stored:
+            count_chunk("not_writable", parts[i].spec.size)
             await storage.delete(keys[i])  # a cancelled or expired upload keeps no chunks
         raise UploadNotWritable("This upload was cancelled or has expired.")
     if ChunkOutcome.NOT_WRITABLE in found:
+        for i in stored:
+            count_chunk("not_writable", parts[i].spec.size)
         # Never delete here: a key may be a recorded chunk of a completed upload.
         raise UploadNotWritable()
     for i, outcome in zip(stored, found, strict=True):
