@@ -4,8 +4,8 @@
 One `relaypacs upload` of the study to a fresh `relaypacs serve` (SQLite, filesystem store),
 as in the ingest benchmark, and printed:
 - the CLI's requests: login, init and complete in milliseconds; the chunk PUTs' (and chunk
-  batches') count, latency (mean, p50, p95, max), how many were in flight, and the span from the first PUT to
-  the last answer; the CLI's own phase timings (discover, hash, upload);
+  batches') count, latency (mean, p50, p95, max), how many were in flight, and the span from
+  the first to the last answer; the CLI's own phase timings (discover, hash, upload);
 - the gateway process's CPU during the upload, user and system: its main thread (the event
   loop), each other thread that used any (storage writes and fsyncs, the default pool,
   aiosqlite: Linux does not know Python's thread names), and its validation workers.
