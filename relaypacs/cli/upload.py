@@ -61,8 +61,9 @@ YYYY.MM.DD too), a value that is not a date as it is.
     partial: accepted without the files in errors, already_delivered, rejected, failed,
     interrupted, not_started),
     accepted, files, instances (the gateway accepted: 0 unless accepted), total_bytes,
-    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored, chunk_size (the
-    upload's), duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
+    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored, batches_sent (chunk
+    batches among them), chunk_size (the upload's), duplicates_skipped, modalities,
+    study_date (YYYY-MM-DD, or as given),
     errors [{{file, code, message}}], message, delivery (with --wait)
   skipped: {{reason: count}}; skipped_files: {{reason: [name, ...]}}; reasons:
     not_dicom, no_study_uid, damaged, dicomdir, unreadable, nested_archive,
@@ -70,7 +71,7 @@ YYYY.MM.DD too), a value that is not a date as it is.
   totals: studies and a count per status; studies_accepted,
     studies_not_accepted; files, instances, total_bytes (of the accepted
     studies); bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
-    hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
+    batches_sent, hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
     files_refused, files_refused_in_accepted (partial studies), files_skipped,
     duplicates_skipped; pacs_confirmed,
     pacs_refused (with --wait)
