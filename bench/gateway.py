@@ -182,14 +182,17 @@ def measure(
     repeat: int,
     workers: int | None,
     settle: Callable[[Path], None],
+    batch_size: str | None = None,
 ) -> Measurement:
-    """Upload the study with the CLI to a fresh gateway (new data dir) `repeat` times."""
+    """Upload the study with the CLI to a fresh gateway (new data dir) `repeat` times;
+    ``batch_size``: the CLI's --batch-size (None: its default)."""
     from tests.gateway import create_user, relaypacs_command, run_gateway
 
     result = Measurement(name=name, kind="gateway", bytes=total_bytes, files=len(files))
+    batch = [] if batch_size is None else ["--batch-size", batch_size]
     result.note = (
-        f"`relaypacs upload --json --parallel {parallel}`, CLI start to exit "
-        "(after `complete` answered); fresh gateway and client state per run"
+        f"`relaypacs upload --json --parallel {parallel}{' '.join(['', *batch])}`, CLI start "
+        "to exit (after `complete` answered); fresh gateway and client state per run"
     )
     cli_timings: dict[str, list[float]] = {}
     server_cpu: list[float] = []
@@ -221,6 +224,7 @@ def measure(
                             "--json",
                             "--parallel",
                             str(parallel),
+                            *batch,
                         ],
                         env=client_env(state_dir, base_url),
                         cwd=REPO,

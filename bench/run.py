@@ -88,6 +88,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="tus feeders to run (default: tuspy,httpx)",
     )
     parser.add_argument(
+        "--batch-size",
+        default=None,
+        metavar="SIZE|0",
+        help="the CLI's --batch-size (chunk batches of whole small files; 0: one file per "
+        "request; default: its own)",
+    )
+    parser.add_argument(
         "--dicom-workers",
         type=int,
         default=None,
@@ -219,6 +226,7 @@ def measure_study(
                 repeat=repeat,
                 workers=args.dicom_workers,
                 settle=settle,
+                batch_size=args.batch_size,
             )
             result.rows.append(m)
     if "forward" in parts:

@@ -3,9 +3,9 @@
 
 One `relaypacs upload` of the study to a fresh `relaypacs serve` (SQLite, filesystem store),
 as in the ingest benchmark, and printed:
-- the CLI's requests: login, init and complete in milliseconds; the chunk PUTs' count,
-  latency (mean, p50, p95, max), how many were in flight, and the span from the first PUT to
-  the last answer; the CLI's own phase timings (discover, hash, upload);
+- the CLI's requests: login, init and complete in milliseconds; the chunk PUTs' (and chunk
+  batches') count, latency (mean, p50, p95, max), how many were in flight, and the span from
+  the first to the last answer; the CLI's own phase timings (discover, hash, upload);
 - the gateway process's CPU during the upload, user and system: its main thread (the event
   loop), each other thread that used any (storage writes and fsyncs, the default pool,
   aiosqlite: Linux does not know Python's thread names), and its validation workers.
@@ -95,21 +95,29 @@ def _cli_child(argv: list[str]) -> int:
     return 0
 
 
+def _is_chunk(method: str, path: str) -> bool:
+    return method == "PUT" or path.endswith("/chunks:batch")
+
+
 def _report_requests(timings: list[list[Any]]) -> None:
-    puts = [t for t in timings if t[0] == "PUT"]
     for method, path, started, ended, _ in timings:
-        if method != "PUT":
+        if not _is_chunk(method, path):
             kind = path.rsplit("/", 1)[-1] if "/" in path else path
             print(f"  {method} {kind or path}: {(ended - started) * 1000:.0f} ms")
-    if len(puts) >= 2:
-        latencies = [(ended - started) * 1000 for _, _, started, ended, _ in puts]
+    for what, chosen in (
+        ("chunk PUTs", [t for t in timings if t[0] == "PUT"]),
+        ("chunk batches", [t for t in timings if _is_chunk(t[0], t[1]) and t[0] != "PUT"]),
+    ):
+        if len(chosen) < 2:
+            continue
+        latencies = [(ended - started) * 1000 for _, _, started, ended, _ in chosen]
         quantiles = statistics.quantiles(latencies, n=20)
-        span = max(t[3] for t in puts) - min(t[2] for t in puts)
+        span = max(t[3] for t in chosen) - min(t[2] for t in chosen)
         print(
-            f"  {len(puts)} chunk PUTs over {span:.2f} s ({span / len(puts) * 1000:.2f} ms each):"
-            f" latency mean {statistics.mean(latencies):.1f} ms, p50 "
+            f"  {len(chosen)} {what} over {span:.2f} s ({span / len(chosen) * 1000:.2f} ms "
+            f"each): latency mean {statistics.mean(latencies):.1f} ms, p50 "
             f"{statistics.median(latencies):.1f}, p95 {quantiles[-1]:.1f}, max "
-            f"{max(latencies):.1f}; in flight {statistics.mean(t[4] for t in puts):.2f} on "
+            f"{max(latencies):.1f}; in flight {statistics.mean(t[4] for t in chosen):.2f} on "
             "average"
         )
 

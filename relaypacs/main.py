@@ -68,6 +68,7 @@ from relaypacs.storage import (
 )
 from relaypacs.telemetry import close_sentry, init_sentry, process_started, process_stopped
 from relaypacs.telemetry.metrics import DATABASE_UNAVAILABLE, STORAGE_FULL
+from relaypacs.uploads.batches import FRAMING as BATCH_FRAMING
 from relaypacs.uploads.bodies import BodyBudget
 from relaypacs.uploads.chunks import ChunkIntake, ChunkRecorder, UploadFactsCache
 from relaypacs.uploads.completion import CompleteContext
@@ -273,6 +274,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 per_user=int(settings.chunk_buffer_mb * MiB * settings.chunk_buffer_user_share),
             ),
             body_idle_seconds=settings.chunk_body_idle_seconds,
+            # A chunk batch: as many bytes as the largest chunk, and its header (uploads.batches).
+            batch_max_bytes=settings.chunk_size + BATCH_FRAMING,
         ),
         early_verifier=early_verifier,
         complete_context=CompleteContext(

@@ -109,6 +109,9 @@ POLICY: dict[str, Rule] = {
     f"PUT {API}/uploads/{{upload_id}}/files/{{file_index}}/chunks/{{chunk_index}}": allow(
         Role.CLINICIAN, Role.RADIOLOGIST, body="own"
     ),
+    f"POST {API}/uploads/{{upload_id}}/chunks:batch": allow(
+        Role.CLINICIAN, Role.RADIOLOGIST, body="own"
+    ),
     f"POST {API}/uploads/{{upload_id}}/complete": UPLOADERS,
     f"DELETE {API}/uploads/{{upload_id}}": UPLOADERS,
     f"GET {API}/uploads/{{upload_id}}/timeline": ANY_ROLE,

@@ -61,8 +61,9 @@ YYYY.MM.DD too), a value that is not a date as it is.
     partial: accepted without the files in errors, already_delivered, rejected, failed,
     interrupted, not_started),
     accepted, files, instances (the gateway accepted: 0 unless accepted), total_bytes,
-    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored, chunk_size (the
-    upload's), duplicates_skipped, modalities, study_date (YYYY-MM-DD, or as given),
+    bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored, batches_sent (chunk
+    batches among them), chunk_size (the upload's), duplicates_skipped, modalities,
+    study_date (YYYY-MM-DD, or as given),
     errors [{{file, code, message}}], message, delivery (with --wait)
   skipped: {{reason: count}}; skipped_files: {{reason: [name, ...]}}; reasons:
     not_dicom, no_study_uid, damaged, dicomdir, unreadable, nested_archive,
@@ -70,7 +71,7 @@ YYYY.MM.DD too), a value that is not a date as it is.
   totals: studies and a count per status; studies_accepted,
     studies_not_accepted; files, instances, total_bytes (of the accepted
     studies); bytes_sent, bytes_skipped, chunks_sent, chunks_already_stored,
-    hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
+    batches_sent, hash_cache_hits (this run); files_found, bytes_found, files_not_accepted,
     files_refused, files_refused_in_accepted (partial studies), files_skipped,
     duplicates_skipped; pacs_confirmed,
     pacs_refused (with --wait)
@@ -157,6 +158,16 @@ When several apply, the first of 4, 3, 1, 5, 6 wins.
     "auto: fitted to the link's measured rate, the gateway's size on a local network.",
 )
 @click.option(
+    "--batch-size",
+    envvar="RELAYPACS_BATCH_SIZE",
+    default="2MiB",
+    show_default=True,
+    metavar="SIZE|0",
+    help="[env RELAYPACS_BATCH_SIZE] Whole files up to 1 MiB go several per request (a chunk "
+    "batch) of up to this many bytes (the chunk size at most): one request, one fsync of the "
+    "directory and one database transaction for many small files. 0: one file per request.",
+)
+@click.option(
     "--stall-timeout",
     type=click.FloatRange(min=0.5),
     default=10.0,
@@ -222,6 +233,7 @@ def upload(
     recovery_code: str | None,
     parallel: int,
     chunk_size: str,
+    batch_size: str,
     stall_timeout: float,
     retries: int,
     timeout: float,
@@ -268,6 +280,7 @@ def upload(
         wait_timeout=wait_timeout,
         all_or_nothing=all_or_nothing,
         chunk_size=_chunk_size_option(chunk_size),
+        batch_bytes=_batch_size_option(batch_size),
     )
     try:
         summary = asyncio.run(
@@ -314,6 +327,16 @@ def _chunk_size_option(value: str) -> int | None:
     size = int(digits) * _SIZE_UNITS[unit]
     if not 64 * 1024 <= size <= 64 << 20:
         raise click.BadParameter(f"{value!r}: from 64KiB to 64MiB")
+    return size
+
+
+def _batch_size_option(value: str) -> int:
+    """``--batch-size``: 0 (no batches), else bytes, 64KiB to 64MiB."""
+    if value.strip() == "0":
+        return 0
+    size = _chunk_size_option(value)
+    if size is None:
+        raise click.BadParameter(f"{value!r}: a size such as 2MiB, or 0")
     return size
 
 

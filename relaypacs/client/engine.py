@@ -92,6 +92,24 @@ def _read_chunk(file: StudyFile, offset: int, length: int) -> tuple[bytes, str]:
     return data, content_digest_of(data)
 
 
+# Parts in one chunk batch: the gateway takes up to 256.
+_BATCH_PARTS = 128
+
+
+def _read_whole_files(files: Sequence[StudyFile]) -> list[bytes | None]:
+    """Runs in a worker thread: each file's bytes (None: unreadable, sent alone to say why);
+    _FileChangedError if one changed since it was hashed (its size or mtime)."""
+    datas: list[bytes | None] = []
+    for file in files:
+        try:
+            data, _ = _read_chunk(file, 0, file.size)
+        except OSError:
+            datas.append(None)
+            continue
+        datas.append(data)
+    return datas
+
+
 def _chunk_length(size: int, chunk_size: int, chunk_index: int) -> int:
     return max(0, min(chunk_size, size - chunk_index * chunk_size))
 
@@ -114,6 +132,8 @@ class _StudyRun:
     upload: RemoteUpload | None = None
     by_index: dict[int, StudyFile] = field(default_factory=dict)
     failed_files: set[int] = field(default_factory=set)
+    # Whole small files go in chunk batches until the gateway says it has none.
+    batches: bool = True
 
     def map_files(self, upload: RemoteUpload) -> str | None:
         """Match the server's file indexes to our files by content; an error text if not."""
@@ -133,11 +153,43 @@ class _StudyRun:
             _chunk_length(self.by_index[f].size, self.upload.chunk_size, c) for f, c in chunks
         )
 
+    def plan_requests(self, chunks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """The requests to send ``chunks`` in: a chunk alone, or several whole small files
+        together (a chunk batch) of up to ``batch_bytes`` (and the upload's chunk size, the
+        most a batch may carry), in file order."""
+        assert self.upload is not None
+        chunk_size = self.upload.chunk_size
+        budget = min(self.options.batch_bytes, chunk_size)
+        small = min(self.options.batch_file_max, budget)
+        requests: list[list[tuple[int, int]]] = []
+        batch: list[tuple[int, int]] = []
+        batch_bytes = 0
+        for file_index, chunk_index in sorted(chunks):
+            size = self.by_index[file_index].size
+            if (
+                not self.batches
+                or chunk_index != 0
+                or size > small
+                or size > chunk_size
+                or self.options.batch_bytes <= 0
+            ):
+                requests.append([(file_index, chunk_index)])
+                continue
+            if batch and (batch_bytes + size > budget or len(batch) >= _BATCH_PARTS):
+                requests.append(batch)
+                batch, batch_bytes = [], 0
+            batch.append((file_index, chunk_index))
+            batch_bytes += size
+        if batch:
+            requests.append(batch)
+        return requests
+
     async def send_chunks(self, chunks: Sequence[tuple[int, int]]) -> None:
-        """Send ``chunks`` with up to ``parallel`` requests in flight."""
+        """Send ``chunks`` with up to ``parallel`` requests in flight: whole small files in
+        chunk batches while the gateway takes them, the others one by one."""
         assert self.upload is not None
         upload = self.upload
-        pending: Iterator[tuple[int, int]] = iter(sorted(chunks))
+        pending: Iterator[list[tuple[int, int]]] = iter(self.plan_requests(chunks))
         stop = asyncio.Event()
 
         async def send_one(file_index: int, chunk_index: int) -> None:
@@ -180,15 +232,73 @@ class _StudyRun:
                 self.result.chunks_already_stored += 1
             self.progress.sent(length)
 
+        async def send_batch(items: list[tuple[int, int]]) -> None:
+            """Several whole files in one request; a part refused for its digest goes again
+            alone (send_one: with its bytes' own digest), one the gateway cannot take in a
+            batch (an older gateway) too."""
+            files = [self.by_index[f] for f, _ in items]
+            try:
+                datas = await asyncio.to_thread(_read_whole_files, files)
+            except _FileChangedError:
+                for f, c in items:
+                    await send_one(f, c)  # finds which one changed, and says so
+                return
+            parts: list[tuple[int, int, bytes, str]] = []
+            for (file_index, chunk_index), data in zip(items, datas, strict=True):
+                if data is None:
+                    await send_one(file_index, chunk_index)  # unreadable: alone, to say why
+                else:
+                    parts.append((file_index, chunk_index, data, self.by_index[file_index].sha256))
+            if not parts:
+                return
+            try:
+                receipts = await self.client.put_chunk_batch(upload.id, parts)
+            except ApiError as exc:
+                if exc.code == "upload_not_writable":
+                    raise _StopSending from exc
+                if exc.code == "upload_not_found":
+                    raise _UploadLost from exc
+                for f, c, _, _ in parts:
+                    self.fail(f, exc.code, f"chunk {c}: {exc.message}")
+                return
+            if receipts is None:
+                self.batches = False
+                for f, c, _, _ in parts:
+                    await send_one(f, c)
+                return
+            self.result.batches_sent += 1
+            again: list[tuple[int, int]] = []
+            for receipt, (f, c, data, _) in zip(receipts, parts, strict=True):
+                if receipt.status in ("stored", "already_stored"):
+                    self.result.chunks_sent += 1
+                    self.result.bytes_sent += len(data)
+                    if receipt.status == "already_stored":
+                        self.result.chunks_already_stored += 1
+                    self.progress.sent(len(data))
+                elif receipt.code in _TRANSIENT_CHUNK_CODES:
+                    again.append((f, c))
+                else:
+                    code = receipt.code or "chunk_refused"
+                    self.fail(f, code, f"chunk {c}: {receipt.message or code}")
+            for f, c in again:
+                await send_one(f, c)
+
         async def worker() -> None:
             while not stop.is_set():
-                item = next(pending, None)
-                if item is None:
+                request = next(pending, None)
+                if request is None:
                     return
-                if item[0] in self.failed_files:
+                request = [item for item in request if item[0] not in self.failed_files]
+                if not request:
                     continue
                 try:
-                    await send_one(*item)
+                    if len(request) == 1 and not self._batchable(request[0]):
+                        await send_one(*request[0])
+                    elif self.batches:
+                        await send_batch(request)
+                    else:
+                        for item in request:
+                            await send_one(*item)
                 except _StopSending:
                     stop.set()
                     return
@@ -200,6 +310,13 @@ class _StudyRun:
                     group.create_task(worker())
         except BaseExceptionGroup as group_error:
             raise _most_serious(group_error) from None
+
+    def _batchable(self, item: tuple[int, int]) -> bool:
+        """Whether this chunk went in a batch of its own (the last of a study, say)."""
+        assert self.upload is not None
+        size = self.by_index[item[0]].size
+        small = min(self.options.batch_file_max, self.options.batch_bytes, self.upload.chunk_size)
+        return self.batches and self.options.batch_bytes > 0 and item[1] == 0 and size <= small
 
     def fail(self, file_index: int, code: str, message: str) -> None:
         if file_index in self.failed_files:

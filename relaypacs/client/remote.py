@@ -144,3 +144,14 @@ class ChunkReceipt:
     chunk_index: int
     size: int
     already_stored: bool
+
+
+@dataclass(frozen=True)
+class BatchPartReceipt:
+    """What the gateway did with one part of a chunk batch."""
+
+    file_index: int
+    chunk_index: int
+    status: str  # stored, already_stored, refused
+    code: str | None = None  # why refused: content_digest_mismatch, chunk_conflict
+    message: str | None = None

@@ -59,6 +59,10 @@ class UploadOptions:
     all_or_nothing: bool = False
     # The chunk size to ask the gateway for; None: fitted to the link (relaypacs.client.link).
     chunk_size: int | None = None
+    # Whole files up to batch_file_max bytes go several per request (a chunk batch) of up to
+    # batch_bytes (never more than the upload's chunk size); 0: one chunk per request.
+    batch_bytes: int = 2 * 1024 * 1024
+    batch_file_max: int = 1024 * 1024
 
 
 class ProgressListener(Protocol):
@@ -118,6 +122,7 @@ class StudyResult:
     bytes_skipped: int = 0  # already on the server
     chunks_sent: int = 0
     chunks_already_stored: int = 0  # sent, but the server said it had them already
+    batches_sent: int = 0  # chunk batches (several whole files per request) among chunks_sent
     chunk_size: int = 0  # the upload's (the server's answer to the one asked for)
     duplicates_skipped: int = 0
     modalities: list[str] = field(default_factory=list)
@@ -159,6 +164,7 @@ class StudyResult:
             "bytes_skipped": self.bytes_skipped,
             "chunks_sent": self.chunks_sent,
             "chunks_already_stored": self.chunks_already_stored,
+            "batches_sent": self.batches_sent,
             "chunk_size": self.chunk_size,
             "duplicates_skipped": self.duplicates_skipped,
             "modalities": list(self.modalities),
@@ -248,6 +254,7 @@ class RunSummary:
                 "bytes_skipped": sum(s.bytes_skipped for s in self.studies),
                 "chunks_sent": sum(s.chunks_sent for s in self.studies),
                 "chunks_already_stored": sum(s.chunks_already_stored for s in self.studies),
+                "batches_sent": sum(s.batches_sent for s in self.studies),
                 "hash_cache_hits": self.hash_cache_hits,
                 # Everything found, and what of it the gateway does not have.
                 "files_found": sum(s.files for s in self.studies),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -160,6 +161,23 @@ class ObjectStorage(abc.ABC):
         :class:`ChecksumMismatch` is raised, nothing stored, if they differ (in the same step as
         the write: one hop to a thread for the filesystem; S3 also gets the Content-MD5).
         """
+
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes | memoryview, str | None]]
+    ) -> list[BaseException | None]:
+        """Store several objects, each as :meth:`put` with its ``sha256`` (or None): durable
+        when this returns. Each item's outcome, in order: None (stored) or its exception
+        (:class:`ChecksumMismatch`, a :class:`StorageError`); one item's failure stores the
+        others all the same. This default puts them concurrently; a store may do better (the
+        filesystem syncs their directory once for all)."""
+        results = await asyncio.gather(
+            *(self.put(key, data, sha256=sha256) for key, data, sha256 in items),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # a cancellation, not an item's failure
+        return [r if isinstance(r, BaseException) else None for r in results]
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes:

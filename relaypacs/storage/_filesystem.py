@@ -16,7 +16,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -186,6 +186,21 @@ class FilesystemStorage(ObjectStorage):
         md5: str | None = None,
         sha256: str | None = None,
     ) -> None:
+        dir_path, new_dirs = self._put_file_sync(key, data, md5, sha256)
+        # The rename is only durable once the directory itself is synced, and a new directory
+        # once its parent is.
+        _fsync_dir(dir_path)
+        self._sync_dirs(new_dirs)
+
+    def _put_file_sync(
+        self,
+        key: str,
+        data: bytes | memoryview,
+        md5: str | None = None,
+        sha256: str | None = None,
+    ) -> tuple[str, list[str]]:
+        """The object's own part of a put: checked, written, fsynced and renamed into place.
+        Its directory (returned, with the new directories above it) is not synced yet."""
         check_digests(data, md5=md5, sha256=sha256)
         dir_rel = key.rpartition("/")[0]
         dir_path = self._abs(dir_rel)
@@ -213,10 +228,7 @@ class FilesystemStorage(ObjectStorage):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        # The rename is only durable once the directory itself is synced, and a new directory
-        # once its parent is.
-        _fsync_dir(dir_path)
-        self._sync_dirs(new_dirs)
+        return dir_path, new_dirs
 
     def _get_sync(self, key: str) -> bytes:
         with io.FileIO(self._abs(key), "r") as f:
@@ -374,6 +386,53 @@ class FilesystemStorage(ObjectStorage):
             await self._run(functools.partial(self._put_sync, key, data, md5, sha256))
         except OSError as exc:
             raise _storage_error("put", key, exc) from None
+
+    async def put_many(
+        self, items: Sequence[tuple[str, bytes | memoryview, str | None]]
+    ) -> list[BaseException | None]:
+        """Each object written and fsynced in the pool at once (the journal commits of their
+        fsyncs coalesce), then each directory they went to synced once for all of them: a
+        batch of chunks of one upload (one directory) costs one directory fsync, not one each.
+        Nothing is durable (and this does not return) before that last sync."""
+        for key, _, _ in items:
+            validate_key(key)
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise StorageUnavailable("filesystem storage is closed")
+        results: list[BaseException | tuple[str, list[str]]] = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._executor, functools.partial(self._put_file_sync, key, data, None, sha)
+                )
+                for key, data, sha in items
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        dirs: dict[str, list[str]] = {}
+        for result in results:
+            if not isinstance(result, BaseException):
+                dir_path, new_dirs = result
+                dirs.setdefault(dir_path, []).extend(new_dirs)
+
+        def sync_dirs() -> None:
+            for dir_path, new_dirs in dirs.items():
+                _fsync_dir(dir_path)
+                self._sync_dirs(list(dict.fromkeys(new_dirs)))
+
+        try:
+            if dirs:
+                await self._run(sync_dirs)
+        except OSError as exc:
+            raise _storage_error("put", items[0][0], exc) from None
+        return [
+            (_storage_error("put", key, r) if isinstance(r, OSError) else r)
+            if isinstance(r, BaseException)
+            else None
+            for (key, _, _), r in zip(items, results, strict=True)
+        ]
 
     async def get(self, key: str) -> bytes:
         validate_key(key)

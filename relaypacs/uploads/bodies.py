@@ -81,3 +81,34 @@ async def read_body(request: Request, *, idle_seconds: float) -> bytes:
             ) from None
         parts.append(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def read_body_into(request: Request, size: int, *, idle_seconds: float) -> bytearray:
+    """The request's whole body of ``size`` bytes (its Content-Length) read into one buffer
+    allocated once: a large body (a chunk batch) is never held twice, as its pieces and their
+    join. BodyStalled as `read_body`; a body of another length is returned as far as it came
+    (shorter) or cut at ``size + 1`` bytes (longer): the caller refuses it."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_seconds):
+                part = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyStalled(
+                f"Nothing of the request's body arrived for {idle_seconds:g} seconds; "
+                "it was given up. Send it again."
+            ) from None
+        if filled + len(part) > size:
+            view.release()
+            return buffer + b"\0"  # longer than declared
+        view[filled : filled + len(part)] = part
+        filled += len(part)
+    view.release()
+    if filled < size:
+        del buffer[filled:]
+    return buffer

@@ -197,6 +197,19 @@ class ChunkRecorder:
         # shield: a client that disconnects does not cancel the batch others wait for
         return await asyncio.shield(future)
 
+    async def record_many(self, rows: list[ChunkRow]) -> list[ChunkOutcome]:
+        """Several rows (a chunk batch), queued together: in one transaction unless the queue
+        holds more than ``max_batch``."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[ChunkOutcome]] = []
+        for row in rows:
+            future: asyncio.Future[ChunkOutcome] = loop.create_future()
+            self._queue.append((row, future))
+            futures.append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return list(await asyncio.shield(asyncio.gather(*futures)))
+
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
@@ -225,7 +238,7 @@ _OUTCOME_LABELS = {
 }
 
 
-def _count(outcome: str, size: int) -> None:
+def count_chunk(outcome: str, size: int) -> None:
     """One chunk in the metrics (children bound at import: two dict reads and two adds)."""
     CHUNKS[outcome].inc()
     CHUNK_BYTES[outcome].inc(size)
@@ -244,7 +257,7 @@ async def store_chunk(
     chunk, newly stored, goes to the early verifier (see relaypacs.uploads.early) with its
     SHA-256, which is then the file's."""
     if len(data) != target.expected_size:
-        _count("rejected", len(data))
+        count_chunk("rejected", len(data))
         raise ChunkSizeMismatch(
             f"The body has {len(data)} bytes; chunk {target.chunk_index} of file "
             f"{target.file_index} must have exactly {target.expected_size}."
@@ -266,20 +279,20 @@ async def store_chunk(
             key = chunk_key(target.upload_id, target.file_index, target.chunk_index, sha256)
             await storage.put(key, data)
     except ChecksumMismatch as exc:
-        _count("rejected", size)
+        count_chunk("rejected", size)
         mismatch = ContentDigestMismatch if exc.algorithm == "sha256" else ContentMd5Mismatch
         raise mismatch() from None
     except StorageError:
-        _count("failed", size)
+        count_chunk("failed", size)
         raise
     try:
         outcome = await recorder.record(
             ChunkRow(target.upload_id, target.file_index, target.chunk_index, size, sha256, md5)
         )
     except Exception:
-        _count("failed", size)
+        count_chunk("failed", size)
         raise
-    _count(_OUTCOME_LABELS[outcome], size)
+    count_chunk(_OUTCOME_LABELS[outcome], size)
     if outcome == ChunkOutcome.ALREADY_STORED_LEGACY:
         await storage.delete(key)  # ours: the recorded copy is under its MD5-named key
     if outcome == ChunkOutcome.CONFLICT:
@@ -327,3 +340,4 @@ class ChunkIntake:
     early: EarlyVerifier | None
     bodies: BodyBudget  # chunk bodies held in memory at once, and each user's share
     body_idle_seconds: float  # a body of which nothing arrives for this long is given up
+    batch_max_bytes: int = 8 * 1024 * 1024 + 64 * 1024  # a chunk batch's body, header included

@@ -91,6 +91,16 @@ class ChunkTooLarge(GatewayError):
     code = "chunk_too_large"
 
 
+class InvalidChunkBatch(GatewayError):
+    code = "invalid_chunk_batch"
+    message = "The chunk batch's body is not well formed (docs/api.md, Uploads: chunk batches)."
+
+
+class ChunkBatchTooLarge(GatewayError):
+    status_code = 413
+    code = "chunk_batch_too_large"
+
+
 class ContentLengthRequired(GatewayError):
     status_code = 411
     code = "content_length_required"

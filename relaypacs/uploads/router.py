@@ -24,12 +24,18 @@ from relaypacs.auth.dependencies import (
 from relaypacs.auth.policy import authorize
 from relaypacs.fields import Offset
 from relaypacs.state import DatabaseDep, SessionDep, StorageDep, get_app_state
-from relaypacs.uploads import completion, service
-from relaypacs.uploads.bodies import read_body
+from relaypacs.uploads import batches, completion, service
+from relaypacs.uploads.bodies import read_body, read_body_into
 from relaypacs.uploads.dependencies import CompleteContextDep, EarlyVerifierDep, UploadLimitsDep
 from relaypacs.uploads.headers import parse_chunk_digests, parse_content_length
 from relaypacs.uploads.models import UploadStatus
-from relaypacs.uploads.schemas import ChunkStored, UploadCreate, UploadList, UploadRead
+from relaypacs.uploads.schemas import (
+    ChunkBatchStored,
+    ChunkStored,
+    UploadCreate,
+    UploadList,
+    UploadRead,
+)
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
@@ -170,6 +176,44 @@ async def put_chunk(
         declared=declared,
         read_body=functools.partial(
             read_body, request, idle_seconds=state.chunk_intake.body_idle_seconds
+        ),
+    )
+
+
+@router.post(
+    "/{upload_id}/chunks:batch",
+    response_model=ChunkBatchStored,
+    # One request of the chunk limit, whatever it carries: its bytes are bounded by
+    # Content-Length (RELAYPACS_CHUNK_SIZE + 64 KiB) and the body budget.
+    dependencies=[Depends(_chunk_limit)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                batches.MEDIA_TYPE: {
+                    "schema": {"type": "string", "format": "binary"},
+                }
+            },
+            "description": "4 bytes (big-endian) the header's length, the header (JSON: "
+            '{"parts": [{"file_index", "chunk_index", "size", "sha256"}]}), then the parts\' '
+            "bytes back to back (docs/api.md, Chunk batches).",
+        }
+    },
+)
+async def put_chunk_batch(
+    upload_id: uuid.UUID, request: Request, user: CurrentUser
+) -> ChunkBatchStored:
+    """Several chunks (whole small files) in one request: each part stored durably or
+    refused on its own (`parts[i].status`, `code`)."""
+    state = get_app_state(request)
+    return await service.put_chunk_batch(
+        state.chunk_intake,
+        state.storage,
+        user=user,
+        upload_id=upload_id,
+        content_length=parse_content_length(request.headers.get("content-length")),
+        read_body=functools.partial(
+            read_body_into, request, idle_seconds=state.chunk_intake.body_idle_seconds
         ),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 from typing import Annotated
 
@@ -159,3 +160,46 @@ class ChunkStored(BaseModel):
     chunk_index: int
     size: int
     already_stored: bool
+
+
+class ChunkBatchPart(BaseModel):
+    """One part of a chunk batch, as its header declares it (docs/api.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    file_index: int = Field(ge=0)
+    chunk_index: int = Field(ge=0)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the part's bytes")
+
+
+class ChunkBatchHeader(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    parts: list[ChunkBatchPart] = Field(min_length=1)
+
+
+class ChunkPartStatus(enum.StrEnum):
+    STORED = "stored"
+    ALREADY_STORED = "already_stored"  # the same bytes were stored before: nothing to resend
+    REFUSED = "refused"  # not stored: see `code`; send it again (digest) or not (conflict)
+
+
+class ChunkPartResult(BaseModel):
+    file_index: int
+    chunk_index: int
+    size: int
+    status: ChunkPartStatus
+    code: str | None = Field(
+        default=None,
+        description="Why a refused part was refused: content_digest_mismatch (the bytes are "
+        "not those of its sha256; nothing kept, send it again) or chunk_conflict (that chunk "
+        "is stored with other bytes).",
+    )
+    message: str | None = None
+
+
+class ChunkBatchStored(BaseModel):
+    """The answer to a chunk batch: one result per part, in the order of the request."""
+
+    parts: list[ChunkPartResult]

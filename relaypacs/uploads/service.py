@@ -23,7 +23,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.db import Database, read_in_one_call, utcnow
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
-from relaypacs.uploads import chunks, repository
+from relaypacs.uploads import batches, chunks, repository
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake, chunk_count
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import (
@@ -42,6 +42,7 @@ from relaypacs.uploads.models import (
 )
 from relaypacs.uploads.repository import relay_rows, upkeep_rows
 from relaypacs.uploads.schemas import (
+    ChunkBatchStored,
     ChunkStored,
     FileError,
     ForwardingRead,
@@ -441,6 +442,27 @@ async def put_chunk(
             data=data,
             early=intake.early,
         )
+
+
+async def put_chunk_batch(
+    intake: ChunkIntake,
+    storage: ObjectStorage,
+    *,
+    user: User,
+    upload_id: uuid.UUID,
+    content_length: int | None,
+    read_body: Callable[[int], Awaitable[bytes | bytearray]],
+) -> ChunkBatchStored:
+    """Several chunks in one request, each stored or refused on its own (see
+    relaypacs.uploads.batches)."""
+    return await batches.store_batch(
+        intake,
+        storage,
+        user=user,
+        upload_id=upload_id,
+        content_length=content_length,
+        read_body=read_body,
+    )
 
 
 # --- cancelling -----------------------------------------------------------------------------

@@ -158,3 +158,41 @@ def read_uid(data: bytes, keyword: str) -> str:
 
     dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
     return str(dataset[keyword].value)
+
+
+def batch_url(upload_id: str) -> str:
+    return f"{API}/uploads/{upload_id}/chunks:batch"
+
+
+def batch_body(
+    parts: list[tuple[int, int, bytes]], *, digests: dict[int, str] | None = None
+) -> bytes:
+    """A chunk batch (docs/api.md): the 4-byte header length, the JSON header, the parts'
+    bytes. ``digests``: a declared sha256 (hex) other than the bytes' own, by part position."""
+    import json
+    import struct
+
+    header = json.dumps(
+        {
+            "parts": [
+                {
+                    "file_index": f,
+                    "chunk_index": c,
+                    "size": len(data),
+                    "sha256": (digests or {}).get(i) or sha256_hex(data),
+                }
+                for i, (f, c, data) in enumerate(parts)
+            ]
+        }
+    ).encode()
+    return struct.pack(">I", len(header)) + header + b"".join(data for _, _, data in parts)
+
+
+async def put_batch(
+    client: httpx.AsyncClient, account: Account, upload_id: str, body: bytes
+) -> httpx.Response:
+    return await client.post(
+        batch_url(upload_id),
+        content=body,
+        headers={**account.headers, "Content-Type": "application/vnd.relaypacs.chunk-batch"},
+    )

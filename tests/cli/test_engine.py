@@ -82,6 +82,29 @@ class TestUploadStudy:
         assert result.bytes_skipped == 0
         assert sorted(gateway.chunk_puts) == sorted(set(gateway.chunk_puts))
 
+    async def test_a_gateway_without_chunk_batches_gets_single_chunks(self, tmp_path: Path) -> None:
+        """The fake gateway has no chunk batches (404 not_found, as a gateway from before
+        them): the first batch falls back to its chunks one by one, and no other is tried."""
+        gateway = FakeGateway(chunk_size=CHUNK)
+        plan = make_plan(tmp_path, [1000] * 12 + [CHUNK * 2])
+        batch_posts = 0
+        handle = gateway.handle
+
+        def counting(request: httpx.Request) -> httpx.Response:
+            nonlocal batch_posts
+            batch_posts += request.url.path.endswith("/chunks:batch")
+            return handle(request)
+
+        gateway.handle = counting  # type: ignore[method-assign]
+        async with make_client(gateway) as client:
+            result = await upload_study(client, plan, options=UploadOptions(parallel=1))
+        assert result.status is StudyStatus.VALIDATED
+        assert result.chunks_sent == 12 + 2
+        assert result.batches_sent == 0
+        assert result.bytes_sent == plan.total_bytes
+        assert batch_posts == 1
+        assert sorted(gateway.chunk_puts) == [(i, 0) for i in range(12)] + [(12, 0), (12, 1)]
+
     async def test_resume_sends_only_missing_chunks(self, tmp_path: Path) -> None:
         gateway = FakeGateway(chunk_size=CHUNK)
         plan = make_plan(tmp_path, [CHUNK * 4, CHUNK * 2])

@@ -411,3 +411,72 @@ async def test_a_file_changed_in_place_after_hashing_is_named_by_complete(
     assert result.status is StudyStatus.PARTIAL
     assert [(e.name, e.code) for e in result.errors] == [(progress.changed, "sha256_mismatch")]
     assert result.chunks_sent == 2
+
+
+class TestChunkBatches:
+    """Whole small files go several per request (``POST /uploads/{id}/chunks:batch``)."""
+
+    def test_a_study_of_many_small_files_goes_in_batches_and_validates(
+        self, gateway: Gateway, state_dir: Path, tmp_path: Path
+    ) -> None:
+        study = write_study(tmp_path / "small", instances=60, rows=64, columns=64)
+        code, summary, _ = run_cli(gateway, state_dir, str(tmp_path / "small"))
+        assert code == 0, summary
+        [result] = summary["studies"]
+        assert result["status"] == "validated"
+        assert result["chunks_sent"] == 60
+        assert result["bytes_sent"] == study.total_bytes
+        # 64 KiB chunks (the gateway's, tests/cli/conftest.py): about six files per batch
+        assert 0 < result["batches_sent"] < 60
+        api = Api(gateway)
+        try:
+            upload = api.upload(result["upload_id"])
+            assert upload["status"] == "validated"
+            assert upload["received_bytes"] == study.total_bytes
+            assert {f["status"] for f in upload["files"]} == {"valid"}
+        finally:
+            api.close()
+
+    def test_a_run_killed_mid_batch_resumes_and_sends_nothing_acknowledged_again(
+        self, gateway: Gateway, state_dir: Path, tmp_path: Path
+    ) -> None:
+        study = write_study(tmp_path / "many", instances=600, rows=64, columns=64)
+        env = _cli_env(gateway, state_dir)
+        api = Api(gateway)
+        try:
+            first = subprocess.Popen(
+                [
+                    *relaypacs_command(),
+                    "upload",
+                    "--json",
+                    "--parallel",
+                    "1",
+                    str(tmp_path / "many"),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            upload = _wait_for_partial_upload(api, study.study_uid, first)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            before = _settled(api, upload["id"])
+            missing = missing_chunks(before)
+            assert 0 < len(missing) < 600, "killed too late or too early"
+
+            code, summary, _ = run_cli(
+                gateway, state_dir, "--parallel", "1", str(tmp_path / "many")
+            )
+            assert code == 0, summary
+            [result] = summary["studies"]
+            assert result["upload_id"] == upload["id"]
+            assert result["status"] == "validated"
+            # Exactly what the server missed, none of it already stored there.
+            assert result["chunks_sent"] == len(missing)
+            assert result["chunks_already_stored"] == 0
+            assert result["batches_sent"] > 0
+            sizes = {f["index"]: f["size"] for f in before["files"]}
+            assert result["bytes_sent"] == sum(sizes[f] for f, _ in missing)
+            assert api.upload(upload["id"])["status"] == "validated"
+        finally:
+            api.close()

@@ -3,7 +3,8 @@
 A stateful machine uploads a small study of real DICOM files in 64 KiB chunks in the order
 and with the faults hypothesis chooses: any permutation, duplicates (the same bytes again:
 idempotent), conflicts (other bytes for an acknowledged chunk), wrong checksums, wrong
-sizes, out-of-range indexes, several chunks at once, status reads (what is missing) and
+sizes, out-of-range indexes, several chunks at once, chunk batches (parts right, lying about
+their digest, or conflicting, each answered on its own), status reads (what is missing) and
 `complete` at any point. Invariants, checked after every step:
 
 - never a 5xx; every refusal is a 4xx with a known machine-readable `code`;
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import struct
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +227,68 @@ class ChunkProtocol(RuleBasedStateMachine):
                 if (g, d) == (f, c) and r.status_code == 200
             )
             assert stored_now <= 1
+
+    @rule(data=st.data())
+    def send_batch(self, data: st.DataObject) -> None:
+        """Several distinct chunks in one chunk batch, each right, lying about its digest, or
+        other bytes for an acknowledged chunk: each part answered on its own, the right ones
+        stored (or found stored), the others refused with their code and nothing kept."""
+        picked = data.draw(
+            st.lists(st.sampled_from(self.all_chunks()), min_size=1, max_size=5, unique=True),
+            label="chunks",
+        )
+        kinds = [
+            data.draw(st.sampled_from(["right", "lying", "other"]), label="kind") for _ in picked
+        ]
+        # Other bytes only for an acknowledged chunk (a conflict); for a chunk never
+        # acknowledged they would be stored, as a single chunk's would, and `complete` refuse
+        # the file: not what this machine models.
+        kinds = [
+            "right" if kind == "other" and fc not in self.acked else kind
+            for fc, kind in zip(picked, kinds, strict=True)
+        ]
+        parts: list[tuple[int, int, bytes, str]] = []
+        for (f, c), kind in zip(picked, kinds, strict=True):
+            body = self.chunks(f)[c]
+            if kind == "other":
+                body = bytes([body[0] ^ 0x55]) + body[1:]
+            digest = hashlib.sha256(body).hexdigest()
+            if kind == "lying":
+                digest = hashlib.sha256(body + b"!").hexdigest()
+            parts.append((f, c, body, digest))
+        header = json.dumps(
+            {
+                "parts": [
+                    {"file_index": f, "chunk_index": c, "size": len(b), "sha256": d}
+                    for f, c, b, d in parts
+                ]
+            }
+        ).encode()
+        response = self.http.post(
+            f"/uploads/{self.upload_id}/chunks:batch",
+            content=struct.pack(">I", len(header)) + header + b"".join(p[2] for p in parts),
+            headers={"Content-Type": "application/vnd.relaypacs.chunk-batch"},
+        )
+        if self.completed:
+            # Refused whole once completed: or, when every part was refused for its digest
+            # before the upload's state was looked at, answered part by part.
+            if response.status_code == 200:
+                assert {p["code"] for p in response.json()["parts"]} == {"content_digest_mismatch"}
+            else:
+                self.refused(response, "upload_not_writable")
+            return
+        assert response.status_code == 200, response.text
+        results = response.json()["parts"]
+        assert [(r["file_index"], r["chunk_index"]) for r in results] == picked
+        for (f, c, body, _), kind, result in zip(parts, kinds, results, strict=True):
+            if kind == "lying":
+                assert (result["status"], result["code"]) == ("refused", "content_digest_mismatch")
+            elif kind == "other":
+                assert (result["status"], result["code"]) == ("refused", "chunk_conflict")
+            else:
+                expected = "already_stored" if (f, c) in self.acked else "stored"
+                assert result["status"] == expected, result
+                self.acked[(f, c)] = body
 
     @precondition(lambda self: bool(self.acked))
     @rule(data=st.data(), use_digest=st.booleans())

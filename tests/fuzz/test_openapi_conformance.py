@@ -40,16 +40,27 @@ SESSION_ENDING = re.compile(r"/auth/(logout|password|sessions|totp)")
 # The live stream of notices answers for minutes (Server-Sent Events): tests/notifications.
 NOT_FUZZED = re.compile(rf"{SESSION_ENDING.pattern}|/notifications/stream$")
 # A valid request by the schema that the gateway may still refuse, for a rule the document
-# cannot state: a chunk's checksum must match its body; an upload's sizes are checked against
+# cannot state: a chunk's checksum must match its body (a chunk batch's body: its framing and
+# its parts' digests); an upload's sizes are checked against
 # the gateway's settings; a password must be strong; the statistics' range of days (`from` not
 # after `to`, at most 366 days) spans two parameters.
 SEMANTIC_RULES = {
     ("PUT", "/api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}"),
+    ("POST", "/api/v1/uploads/{upload_id}/chunks:batch"),
     ("POST", "/api/v1/uploads"),
     ("POST", "/api/v1/admin/users/{user_id}/password"),
     ("POST", "/api/v1/admin/users"),
     ("GET", "/api/v1/admin/stats"),
 }
+
+
+@schemathesis.serializer("application/vnd.relaypacs.chunk-batch")
+def _chunk_batch(ctx: Any, value: Any) -> bytes:
+    """A chunk batch's body (docs/api.md) as generated: any bytes (the document says binary)."""
+    if isinstance(value, bytes):
+        return value
+    data = getattr(value, "data", value)  # schemathesis's Binary
+    return data if isinstance(data, bytes) else str(data).encode()
 
 
 def _document() -> dict[str, Any]:

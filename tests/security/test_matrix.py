@@ -19,7 +19,7 @@ from relaypacs.auth.models import Role
 from relaypacs.auth.policy import POLICY, Rule, app_policy
 from relaypacs.config import Settings
 from relaypacs.main import create_app
-from tests.api.uploading import Study, content_md5, make_study
+from tests.api.uploading import Study, batch_body, content_md5, make_study
 from tests.security.live import PASSWORD, SECRET_KEY, LiveAccount, LiveGateway, live_gateway
 
 ACCOUNTS = {
@@ -134,6 +134,8 @@ def request_for(
         request["json"] = {"username": accounts["clin_a"].username, "password": PASSWORD}
     elif cell.key == "POST /api/v1/uploads":
         request["json"] = make_study(1).manifest()
+    elif cell.path.endswith("/chunks:batch") and study is not None:
+        request["content"] = batch_body([(0, 0, study.files[0])])
     elif "{chunk_index}" in cell.path and study is not None:
         request["content"] = study.files[0]
         request["headers"]["Content-MD5"] = content_md5(study.files[0])

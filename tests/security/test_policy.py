@@ -142,11 +142,12 @@ class TestTheTableItself:
         assert admin
         assert {rule.roles for rule in admin.values()} == {frozenset({Role.ADMIN})}
 
-    def test_only_the_chunk_route_bounds_its_own_body_and_the_manifest_has_its_own(
+    def test_only_the_chunk_routes_bound_their_own_body_and_the_manifest_has_its_own(
         self,
     ) -> None:
         assert {key: rule.body for key, rule in POLICY.items() if rule.body != "default"} == {
             "PUT /api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}": "own",
+            "POST /api/v1/uploads/{upload_id}/chunks:batch": "own",
             "POST /api/v1/uploads": "manifest",
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 import stat
 import threading
@@ -98,6 +99,34 @@ class TestDurability:
         calls = record_fsync(monkeypatch, fs_storage.root / "u/0/1-b")
         await fs_storage.put("u/0/1-b", b"2")
         assert [call.is_dir for call in calls] == [False, True]
+
+    async def test_put_many_fsyncs_each_file_then_their_directory_once(
+        self, fs_storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A chunk batch: every file fsynced before its rename, then the shared directory
+        once, after every rename; a part with a wrong SHA-256 is not stored, the others are."""
+        await fs_storage.put("u/0-a", b"warm up the directory")
+        items = [(f"u/{i}-k", f"part {i}".encode(), None) for i in range(1, 5)]
+        bad = ("u/9-k", b"lying part", hashlib.sha256(b"other").hexdigest())
+        good = ("u/8-k", b"true part", hashlib.sha256(b"true part").hexdigest())
+        calls = record_fsync(monkeypatch, fs_storage.root / "u/1-k")
+        results = await fs_storage.put_many([*items, bad, good])
+        assert [type(r).__name__ if r else None for r in results] == [
+            None,
+            None,
+            None,
+            None,
+            "ChecksumMismatch",
+            None,
+        ]
+        for key, data, _ in [*items, good]:
+            assert (fs_storage.root / key).read_bytes() == data
+        assert not (fs_storage.root / "u/9-k").exists()
+        assert sorted(p.name for p in (fs_storage.root / "u").iterdir()) == sorted(
+            ["0-a", "1-k", "2-k", "3-k", "4-k", "8-k"]
+        )  # no temporary file left
+        assert [call.is_dir for call in calls] == [False] * 5 + [True]
+        assert calls[-1].inode == (fs_storage.root / "u").stat().st_ino
 
     async def test_objects_are_private(self, fs_storage: FilesystemStorage) -> None:
         await fs_storage.put("u/0/0-a", b"phi")

@@ -18,11 +18,13 @@ from relaypacs.uploads.repository import chunk_key
 from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account
 from tests.api.uploading import (
     API,
+    batch_body,
     chunks_of,
     complete,
     content_digest,
     init,
     make_study,
+    put_batch,
     put_chunk,
     send_all,
     sha256_hex,
@@ -141,3 +143,40 @@ class TestUploadOnS3:
         assert [k async for k in app_state(s3_app).storage.list(f"uploads/{upload_id}/")] == []
         late = await s3_client.get(f"{API}/uploads/{upload_id}", headers=s3_clinician.headers)
         assert late.json()["status"] == "cancelled"
+
+
+async def test_a_chunk_batch_on_s3_stores_each_part_refuses_a_bad_one_and_validates(
+    s3_app: FastAPI, s3_client: httpx.AsyncClient, s3_clinician: Account
+) -> None:
+    """The S3 store's put_many (each part a PutObject, at once): stored parts are in the
+    bucket under their keys, a part with a wrong digest is not, and the upload validates."""
+    study = make_study(4)
+    response = await init(s3_client, s3_clinician, study)
+    assert response.status_code == 201, response.text
+    upload_id = response.json()["id"]
+    parts = [(i, 0, data) for i, data in enumerate(study.files)]
+    answer = await put_batch(
+        s3_client, s3_clinician, upload_id, batch_body(parts, digests={2: "0" * 64})
+    )
+    assert answer.status_code == 200, answer.text
+    assert [(p["status"], p["code"]) for p in answer.json()["parts"]] == [
+        ("stored", None),
+        ("stored", None),
+        ("refused", "content_digest_mismatch"),
+        ("stored", None),
+    ]
+    storage = app_state(s3_app).storage
+    for i, data in enumerate(study.files):
+        key = chunk_key(uuid.UUID(upload_id), i, 0, sha256_hex(data))
+        assert await storage.exists(key) == (i != 2)
+    assert not await storage.exists(chunk_key(uuid.UUID(upload_id), 2, 0, "0" * 64))
+    again = await put_batch(s3_client, s3_clinician, upload_id, batch_body(parts))
+    assert [p["status"] for p in again.json()["parts"]] == [
+        "already_stored",
+        "already_stored",
+        "stored",
+        "already_stored",
+    ]
+    done = await complete(s3_client, s3_clinician, upload_id)
+    assert done.status_code == 202, done.text
+    assert {f["status"] for f in done.json()["files"]} == {"valid"}

@@ -51,6 +51,8 @@ const MESSAGES: Record<string, string> = {
   content_md5_mismatch: "A part of a file was damaged on the way; it is sent again.",
   chunk_out_of_range: "The files do not match the upload. Choose the files again.",
   chunk_too_large: "A part of a file is too large for the gateway.",
+  chunk_batch_too_large: "Too many files were sent in one request for the gateway. Try again.",
+  invalid_chunk_batch: "The gateway could not read a group of files sent together. Try again.",
   storage_unavailable: "The gateway's storage is unavailable right now; try again shortly.",
   database_busy: "The gateway is busy; try again shortly.",
   internal_error: "Something went wrong at the gateway. It has been logged.",
