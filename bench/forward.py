@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -228,7 +229,13 @@ def _gateway_run(
     poll_seconds: float = POLL_SECONDS,
     pacs_verify: str | None = None,
     pipeline: bool = False,
+    pacs_url: str | None = None,
+    uplink: Callable[[str], AbstractContextManager[str]] | None = None,
 ) -> GatewayRun:
+    """One upload then forward (or pipelined). `pacs_url`: the gateway's way to Orthanc (default
+    its DICOMweb root); `uplink`: given the gateway's URL, a context yielding the URL the CLI
+    uploads to (bench.netforward: a proxy behind a shaped link). The benchmark's own polls go
+    straight to the gateway."""
     from tests.gateway import create_user, relaypacs_command, run_gateway
 
     data_dir, state_dir = run_dir / "data", run_dir / "client-state"
@@ -237,7 +244,7 @@ def _gateway_run(
     username, password = orthanc.auth
     env = {
         **server_env(workers),
-        "RELAYPACS_PACS_URL": orthanc.dicomweb_url,
+        "RELAYPACS_PACS_URL": pacs_url or orthanc.dicomweb_url,
         "RELAYPACS_PACS_USERNAME": username,
         "RELAYPACS_PACS_PASSWORD": password,
         "RELAYPACS_PACS_PROFILE": "orthanc",
@@ -252,6 +259,7 @@ def _gateway_run(
     timeout = 120.0 + 0.25 * len(files)
     with (
         run_gateway(data_dir, env, log_path=log_path) as base_url,
+        (uplink or contextlib.nullcontext)(base_url) as cli_url,
         httpx.Client(base_url=base_url, timeout=60.0) as api,
         (logs / f"{name}-upload.stderr").open("wb") as err_log,
         (logs / f"{name}-upload.stdout").open("w+b") as out_log,
@@ -271,7 +279,7 @@ def _gateway_run(
                 "--parallel",
                 str(parallel),
             ],
-            env=client_env(state_dir, base_url),
+            env=client_env(state_dir, cli_url),
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=out_log,
