@@ -195,6 +195,7 @@ def _run_gateway(
     *,
     pipeline: bool,
     parallel: int,
+    pacs_verify: str | None,
 ) -> Run:
     from tests.pacs import run_orthanc
 
@@ -210,7 +211,7 @@ def _run_gateway(
         g = forward._gateway_run(
             study.files, study.directory, study.total_bytes, uids, orthanc, rdir, logs, name,
             workers=None, parallel=parallel, pipeline=pipeline, pacs_url=pacs_url,
-            uplink=uplink,
+            uplink=uplink, pacs_verify=pacs_verify,
         )  # fmt: skip
     if g.e2e_server_seconds is None:
         raise RuntimeError("no created_at / forwarding.delivered_at")
@@ -235,6 +236,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=4, help="the CLI's --parallel")
+    parser.add_argument(
+        "--pacs-verify",
+        choices=["uids", "sample", "content"],
+        default=None,
+        help="the gateway's RELAYPACS_PACS_VERIFY (default: the orthanc profile's, content)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     return parser.parse_args(argv)
 
@@ -293,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         run = _run_gateway(
                             study, uids, links, rdir, logs, f"{contender}-{i}",
                             pipeline=contender == "pipelined", parallel=args.parallel,
+                            pacs_verify=args.pacs_verify,
                         )  # fmt: skip
                 except Exception as exc:  # a benchmark reports, and goes on
                     run = Run(contender, error=f"{type(exc).__name__}: {exc}")
