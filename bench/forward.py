@@ -188,6 +188,17 @@ class GatewayRun:
     cpu_gateway_total: float = 0.0
     cpu_cli: float = 0.0
     cpu_orthanc_total: float = 0.0
+    # The timeline's `validated` step: with the pipelined relay, how many instances were queued
+    # for the PACS while uploading ("...; N instances queued for the PACS while uploading").
+    validated_step: str | None = None
+
+
+def _step_detail(api: httpx.Client, upload_id: str | None, name: str) -> str | None:
+    response = api.get(f"/api/v1/uploads/{upload_id}/timeline")
+    if response.status_code != 200:
+        return None
+    details = [s.get("detail") for s in response.json().get("steps", []) if s.get("step") == name]
+    return str(details[-1]) if details else None
 
 
 def _poll_cost(api: httpx.Client, path: str, pid: int, polls: int = 10) -> float:
@@ -350,6 +361,7 @@ def _gateway_run(
             result.gateway_cpu = sampler.cpu_seconds() - cpu_gateway
             result.orthanc_cpu = process_cpu(_pid(orthanc)) - cpu_orthanc
             result.poll_cpu = _poll_cost(api, f"/api/v1/uploads/{found.upload_id}?files=false", pid)
+            result.validated_step = _step_detail(api, found.upload_id, "validated")
         finally:
             if sampler is not None:
                 sampler.stop()

@@ -156,6 +156,7 @@ class Run:
     seconds_qido: float | None = None  # direct: + QIDO
     complete_to_delivered: float | None = None
     wall: float | None = None  # gateway: the CLI's start -> delivered (its hashing included)
+    validated: str | None = None  # the timeline's `validated` detail (N queued while uploading)
     cpu: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -218,6 +219,7 @@ def _run_gateway(
     run.seconds = g.e2e_server_seconds
     run.complete_to_delivered = g.server_seconds
     run.wall = g.wall_seconds
+    run.validated = g.validated_step
     run.cpu = {"gateway": g.cpu_gateway_total, "cli": g.cpu_cli, "orthanc": g.cpu_orthanc_total}
     return run
 
@@ -335,6 +337,7 @@ def _line(run: Run) -> str:
         f"confirmed {run.wall or 0:.2f} s; CPU {cpu:.1f} s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in run.cpu.items())
         + ")"
+        + (f"\n             validated: {run.validated}" if run.validated else "")
     )
 
 
