@@ -152,6 +152,8 @@ class Forwarder:
         # instances not in it are checked at the end. In memory: a job that another process
         # finishes checks everything, as before. At most EARLY_CHECKED jobs are remembered.
         self._checked: OrderedDict[tuple[uuid.UUID, str], dict[int, str]] = OrderedDict()
+        # The check of each job's last pass, running beside its next pass (one at a time).
+        self._early: dict[tuple[uuid.UUID, str], asyncio.Task[None]] = {}
         self._stopping = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -199,9 +201,11 @@ class Forwarder:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        early = list(self._early.values())
+        self._early.clear()
+        for task in [*self._tasks, *early]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *early]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -335,13 +339,17 @@ class Forwarder:
                 return
             if study.settle:
                 break
-            await self._check_early(claim, client, study.study_instance_uid, stored)
+            self._check_early_beside(claim, client, study.study_instance_uid, stored)
         # Everything was answered: verify with QIDO-RS (and the content, as the target asks)
         # before anything counts as delivered.
         try:
             listed = await client.instance_uids(study.study_instance_uid, expected=study.instances)
             async with self._sessionmaker() as session:
                 sent = await self._source_of(claim).sent_instances(session, claim.upload_id)
+            early = self._early.get((claim.upload_id, claim.target))
+            if early is not None:  # the last pass's check, still running: its answers count
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(early)
             known = self._checked.get((claim.upload_id, claim.target))
             content = await check_content(
                 client, study.study_instance_uid, sent, listed, known=known
@@ -414,7 +422,7 @@ class Forwarder:
         await asyncio.gather(*(send(batch) for batch in batches))
         return retry_reasons
 
-    async def _check_early(
+    def _check_early_beside(
         self,
         claim: Claim,
         client: DicomWebClient,
@@ -422,16 +430,47 @@ class Forwarder:
         stored: dict[int, tuple[str, str]],
     ) -> None:
         """While the study uploads: check the content of what this pass stored (as the end
-        would), so that the end checks only the rest. An optimisation: on any failure the
-        end checks these too."""
+        would), beside the next pass, so that the end checks only the rest. After the previous
+        pass's check: one at a time per job. An optimisation: what it does not find, the end
+        checks."""
         if not stored or not checks_early(client):
             return
-        try:
-            held = await check_early(client, study_uid, stored)
-        except httpx.HTTPError as exc:
-            logger.info("early content check failed (left to the end): %s", type(exc).__name__)
-            return
         key = (claim.upload_id, claim.target)
+        previous = self._early.get(key)
+        task = asyncio.create_task(self._check_early(key, client, study_uid, stored, previous))
+        self._early[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._early.get(key) is done:
+                del self._early[key]
+
+        task.add_done_callback(forget)
+
+    async def _check_early(
+        self,
+        key: tuple[uuid.UUID, str],
+        client: DicomWebClient,
+        study_uid: str,
+        stored: dict[int, tuple[str, str]],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        held: dict[int, str] = {}
+        for attempt in range(2):  # once more on a connection the PACS had closed meanwhile
+            try:
+                held = await check_early(client, study_uid, stored)
+                break
+            except httpx.TransportError as exc:
+                if attempt:
+                    logger.info(
+                        "early content check failed (left to the end): %s", type(exc).__name__
+                    )
+                    return
+            except httpx.HTTPError as exc:
+                logger.info("early content check failed (left to the end): %s", type(exc).__name__)
+                return
         self._checked.setdefault(key, {}).update(held)
         self._checked.move_to_end(key)
         while len(self._checked) > EARLY_CHECKED:
