@@ -47,6 +47,22 @@ ENTRIES: tuple[Entry, ...] = (
         "See bench/README.md for what each row measures.",
     ),
     Entry(
+        "relay_shaped",
+        "The pipelined relay on shaped links (clinic 50 Mbit/s -> gateway -> PACS 100 Mbit/s)",
+        (
+            "bench",
+            "--only",
+            "forward",
+            "--net",
+            "uplink=50mbit,pacs=100mbit",
+            "--studies",
+            "small,medium",
+        ),
+        ("bench", "--only", "forward", "--net", "uplink=50mbit,pacs=100mbit", "--quick"),
+        "First byte -> PACS confirmed through the gateway (upload then forward, and pipelined) "
+        "against a direct STOW-RS through the uplink alone (issue 16, item 1: goal 1.1x).",
+    ),
+    Entry(
         "chunk_cost",
         "The chunk path alone",
         ("bench.chunk_cost",),

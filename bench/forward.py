@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -187,6 +188,17 @@ class GatewayRun:
     cpu_gateway_total: float = 0.0
     cpu_cli: float = 0.0
     cpu_orthanc_total: float = 0.0
+    # The timeline's `validated` step: with the pipelined relay, how many instances were queued
+    # for the PACS while uploading ("...; N instances queued for the PACS while uploading").
+    validated_step: str | None = None
+
+
+def _step_detail(api: httpx.Client, upload_id: str | None, name: str) -> str | None:
+    response = api.get(f"/api/v1/uploads/{upload_id}/timeline")
+    if response.status_code != 200:
+        return None
+    details = [s.get("detail") for s in response.json().get("steps", []) if s.get("step") == name]
+    return str(details[-1]) if details else None
 
 
 def _poll_cost(api: httpx.Client, path: str, pid: int, polls: int = 10) -> float:
@@ -228,7 +240,13 @@ def _gateway_run(
     poll_seconds: float = POLL_SECONDS,
     pacs_verify: str | None = None,
     pipeline: bool = False,
+    pacs_url: str | None = None,
+    uplink: Callable[[str], AbstractContextManager[str]] | None = None,
 ) -> GatewayRun:
+    """One upload then forward (or pipelined). `pacs_url`: the gateway's way to Orthanc (default
+    its DICOMweb root); `uplink`: given the gateway's URL, a context yielding the URL the CLI
+    uploads to (bench.netforward: a proxy behind a shaped link). The benchmark's own polls go
+    straight to the gateway."""
     from tests.gateway import create_user, relaypacs_command, run_gateway
 
     data_dir, state_dir = run_dir / "data", run_dir / "client-state"
@@ -237,7 +255,7 @@ def _gateway_run(
     username, password = orthanc.auth
     env = {
         **server_env(workers),
-        "RELAYPACS_PACS_URL": orthanc.dicomweb_url,
+        "RELAYPACS_PACS_URL": pacs_url or orthanc.dicomweb_url,
         "RELAYPACS_PACS_USERNAME": username,
         "RELAYPACS_PACS_PASSWORD": password,
         "RELAYPACS_PACS_PROFILE": "orthanc",
@@ -252,6 +270,7 @@ def _gateway_run(
     timeout = 120.0 + 0.25 * len(files)
     with (
         run_gateway(data_dir, env, log_path=log_path) as base_url,
+        (uplink or contextlib.nullcontext)(base_url) as cli_url,
         httpx.Client(base_url=base_url, timeout=60.0) as api,
         (logs / f"{name}-upload.stderr").open("wb") as err_log,
         (logs / f"{name}-upload.stdout").open("w+b") as out_log,
@@ -271,7 +290,7 @@ def _gateway_run(
                 "--parallel",
                 str(parallel),
             ],
-            env=client_env(state_dir, base_url),
+            env=client_env(state_dir, cli_url),
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=out_log,
@@ -342,6 +361,7 @@ def _gateway_run(
             result.gateway_cpu = sampler.cpu_seconds() - cpu_gateway
             result.orthanc_cpu = process_cpu(_pid(orthanc)) - cpu_orthanc
             result.poll_cpu = _poll_cost(api, f"/api/v1/uploads/{found.upload_id}?files=false", pid)
+            result.validated_step = _step_detail(api, found.upload_id, "validated")
         finally:
             if sampler is not None:
                 sampler.stop()

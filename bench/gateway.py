@@ -7,6 +7,7 @@ a free loopback port, SIGTERM at the end) and its user made with `tests.gateway.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -76,7 +77,10 @@ def check_ready() -> None:
 def server_env(workers: int | None) -> dict[str, str]:
     """On top of the fixture's: the embedded defaults (SQLite + filesystem store)."""
     # PYTHONFAULTHANDLER: a crash of the server (e.g. a signal) leaves a traceback in its log.
-    env = {"RELAYPACS_STORAGE": "fs", "RELAYPACS_LOG_LEVEL": "warning", "PYTHONFAULTHANDLER": "1"}
+    # RELAYPACS_BENCH_GATEWAY_LOG_LEVEL=info: the gateway's log in detail (bench/.work/logs/), to
+    # see where a run's time went; it costs CPU, so not by default.
+    level = os.environ.get("RELAYPACS_BENCH_GATEWAY_LOG_LEVEL", "warning")
+    env = {"RELAYPACS_STORAGE": "fs", "RELAYPACS_LOG_LEVEL": level, "PYTHONFAULTHANDLER": "1"}
     if workers is not None:
         env["RELAYPACS_DICOM_WORKERS"] = str(workers)
     return env

@@ -299,6 +299,10 @@ def _other_benchmarks() -> list[tuple[int, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--net" or a.startswith("--net=") for a in arguments):
+        from bench import netforward
+
+        if netforward.is_forward_net(arguments):  # the relay on shaped links (bench/netforward.py)
+            return netforward.main(arguments)
         from bench import net  # shaped links: a benchmark of its own (bench/net.py)
 
         return net.main(arguments)

@@ -9,6 +9,12 @@ instances it answered stored, as the target's `verify` setting asks.
 
 A PACS keeps the first copy of a SOP instance: an instance stored earlier with other bytes is
 answered "stored" and listed by QIDO-RS, and only its content tells it apart.
+
+With `content`, a study sent while it uploads (the pipelined relay) has its instances checked
+pass by pass (`check_early`), so that only the last ones are left for the end; what the PACS
+was found to hold then (the very bytes sent) is passed back as `known`. A copy the PACS holds
+is kept, not replaced, so what it held then it holds at the end: QIDO-RS still lists every
+instance at the end.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from relaypacs.forwarding.source import SentInstance
@@ -44,8 +50,12 @@ async def check_content(
     study_uid: str,
     sent: Sequence[SentInstance],
     listed: set[str],
+    *,
+    known: Mapping[int, str] | None = None,
 ) -> ContentCheck:
-    """Check the content of the listed instances as the target's setting asks. Raises
+    """Check the content of the listed instances as the target's setting asks. `known`: file
+    index -> MD5 of the bytes sent, for instances an earlier `check_early` of this job found
+    the PACS to hold as sent (not asked again when that is still the MD5 sent). Raises
     httpx.HTTPError or StorageError (verify again later) or ContentUnverifiable."""
     target = client.target
     mode = target.verify_mode
@@ -54,9 +64,44 @@ async def check_content(
         return ContentCheck(md5s={i.part.file_index: i.md5 for i in sent if i.md5})
     if mode == "sample" and len(candidates) > target.verify_sample:
         candidates = random.sample(candidates, target.verify_sample)
-    if target.profile == "orthanc":
-        return await _by_orthanc_md5(client, study_uid, candidates)
-    return await _by_wado(client, study_uid, candidates)
+    done = {
+        i.part.file_index
+        for i in candidates
+        if known and i.md5 is not None and known.get(i.part.file_index) == i.md5
+    }
+    rest = [i for i in candidates if i.part.file_index not in done]
+    if not rest:
+        check = ContentCheck()
+    elif target.profile == "orthanc":
+        check = await _by_orthanc_md5(client, study_uid, rest)
+    else:
+        check = await _by_wado(client, study_uid, rest)
+    for instance in candidates:
+        if instance.part.file_index in done:
+            assert instance.md5 is not None
+            check.verified.add(instance.part.file_index)
+            check.md5s[instance.part.file_index] = instance.md5
+    return check
+
+
+def checks_early(client: DicomWebClient) -> bool:
+    """Whether `check_early` does anything for this target: every instance's content is
+    verified (`content`), by Orthanc's MD5s (one small request per instance; a WADO-RS
+    retrieval of every instance while the study uploads would take the uplink's bandwidth)."""
+    return client.target.verify_mode == "content" and client.target.profile == "orthanc"
+
+
+async def check_early(
+    client: DicomWebClient, study_uid: str, stored: Mapping[int, tuple[str, str]]
+) -> dict[int, str]:
+    """While the study still uploads: which of these instances (file index -> its SOP Instance
+    UID and the MD5 of the bytes sent, just answered stored) the PACS holds as sent: file index
+    -> that MD5. Anything else (not found yet, other bytes) is simply left to the check at the
+    end. Raises httpx.HTTPError."""
+    if not stored or not checks_early(client):
+        return {}
+    held = await client.orthanc_md5s(study_uid, [uid for uid, _ in stored.values()])
+    return {index: md5 for index, (uid, md5) in stored.items() if held.get(uid) == md5}
 
 
 async def _digest(client: DicomWebClient, part: InstancePart, name: str) -> str:

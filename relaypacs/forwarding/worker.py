@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import httpx
@@ -34,7 +35,13 @@ from relaypacs.forwarding.models import JobKind
 from relaypacs.forwarding.repository import Claim, Delivered
 from relaypacs.forwarding.service import TARGET_REMOVED
 from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook, Settlement
-from relaypacs.forwarding.verification import ContentCheck, ContentUnverifiable, check_content
+from relaypacs.forwarding.verification import (
+    ContentCheck,
+    ContentUnverifiable,
+    check_content,
+    check_early,
+    checks_early,
+)
 from relaypacs.pacs.dicomweb import DicomWebClient, Disposition, InstancePart, InstanceResult
 from relaypacs.storage import ObjectStorage, StorageError
 from relaypacs.telemetry import REQUEST_ID
@@ -42,6 +49,7 @@ from relaypacs.telemetry.metrics import FORWARD_ATTEMPTS, FORWARD_DELIVERY, FORW
 
 logger = logging.getLogger(__name__)
 
+EARLY_CHECKED = 64  # jobs whose early content checks are remembered (Forwarder._checked)
 SOP_INSTANCE_CONFLICT = (
     "sop_instance_conflict: the gateway delivered other bytes under this SOP Instance UID to "
     "this PACS before (a PACS keeps the first copy of an instance)"
@@ -141,6 +149,13 @@ class Forwarder:
         self._wakeup = asyncio.Event()
         self._removed_checked = -float("inf")  # when jobs of removed targets were last looked for
         self._tasks: set[asyncio.Task[None]] = set()
+        # Content found at the PACS as sent while a study was still uploading (pipelined relay,
+        # `content` verification): (upload, target) -> file index -> MD5 sent. Only the
+        # instances not in it are checked at the end. In memory: a job that another process
+        # finishes checks everything, as before. At most EARLY_CHECKED jobs are remembered.
+        self._checked: OrderedDict[tuple[uuid.UUID, str], dict[int, str]] = OrderedDict()
+        # The check of each job's last pass, running beside its next pass (one at a time).
+        self._early: dict[tuple[uuid.UUID, str], asyncio.Task[None]] = {}
         self._stopping = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -188,9 +203,11 @@ class Forwarder:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        early = list(self._early.values())
+        self._early.clear()
+        for task in [*self._tasks, *early]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *early]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -385,6 +402,7 @@ class Forwarder:
                 study = await self._source_of(claim).start(session, claim.upload_id)
                 if study is None:  # the upload was cancelled (or rejected)
                     repository.mark_cancelled(job)
+                    self._checked.pop((claim.upload_id, claim.target), None)
                     return
                 batches = make_batches(study.to_send, target.batch_instances, target.batch_bytes)
                 if not study.settle:
@@ -398,22 +416,31 @@ class Forwarder:
                 return
             sent_before |= indexes
             retry_reasons: list[str] = []
+            stored: dict[int, tuple[str, str]] = {}
             if batches:
                 retry_reasons = await self._send_all(
-                    claim, client, breaker, study.study_instance_uid, batches
+                    claim, client, breaker, study.study_instance_uid, batches, stored
                 )
             if retry_reasons:
                 await self._schedule_retry(claim, retry_reasons[0])
                 return
             if study.settle:
                 break
+            self._check_early_beside(claim, client, study.study_instance_uid, stored)
         # Everything was answered: verify with QIDO-RS (and the content, as the target asks)
         # before anything counts as delivered.
         try:
             listed = await client.instance_uids(study.study_instance_uid, expected=study.instances)
             async with self._sessionmaker() as session:
                 sent = await self._source_of(claim).sent_instances(session, claim.upload_id)
-            content = await check_content(client, study.study_instance_uid, sent, listed)
+            early = self._early.get((claim.upload_id, claim.target))
+            if early is not None:  # the last pass's check, still running: its answers count
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(early)
+            known = self._checked.get((claim.upload_id, claim.target))
+            content = await check_content(
+                client, study.study_instance_uid, sent, listed, known=known
+            )
         except httpx.HTTPError as exc:
             self._target_failed(claim.target, type(exc).__name__)
             await self._schedule_retry(claim, f"verification: {type(exc).__name__}")
@@ -431,9 +458,13 @@ class Forwarder:
         breaker: CircuitBreaker,
         study_uid: str,
         batches: list[list[InstancePart]],
+        stored: dict[int, tuple[str, str]] | None = None,
     ) -> list[str]:
         """Send the batches (at most max_in_flight at once for the target); record each
-        batch's answer as it comes. Returns the reasons of transient failures, if any."""
+        batch's answer as it comes. Returns the reasons of transient failures, if any.
+        `stored`: filled with file index -> (SOP Instance UID, MD5 sent) of the instances
+        answered stored with the MD5 of their bytes."""
+        uid_of = {part.file_index: part.sop_instance_uid for batch in batches for part in batch}
         semaphore = self._in_flight[claim.target]
         retry_reasons: list[str] = []
 
@@ -441,6 +472,8 @@ class Forwarder:
             results = await request(batch)
             for result in results:
                 self._instance_counts[claim.target, result.disposition].inc()
+                if stored is not None and result.disposition == Disposition.STORED and result.md5:
+                    stored[result.file_index] = (uid_of[result.file_index], result.md5)
             if results:  # recorded outside the in-flight slot: the next request goes meanwhile
                 await self._record(claim, results)
                 retry_reasons.extend(
@@ -475,6 +508,60 @@ class Forwarder:
 
         await asyncio.gather(*(send(batch) for batch in batches))
         return retry_reasons
+
+    def _check_early_beside(
+        self,
+        claim: Claim,
+        client: DicomWebClient,
+        study_uid: str,
+        stored: dict[int, tuple[str, str]],
+    ) -> None:
+        """While the study uploads: check the content of what this pass stored (as the end
+        would), beside the next pass, so that the end checks only the rest. After the previous
+        pass's check: one at a time per job. An optimisation: what it does not find, the end
+        checks."""
+        if not stored or not checks_early(client):
+            return
+        key = (claim.upload_id, claim.target)
+        previous = self._early.get(key)
+        task = asyncio.create_task(self._check_early(key, client, study_uid, stored, previous))
+        self._early[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._early.get(key) is done:
+                del self._early[key]
+
+        task.add_done_callback(forget)
+
+    async def _check_early(
+        self,
+        key: tuple[uuid.UUID, str],
+        client: DicomWebClient,
+        study_uid: str,
+        stored: dict[int, tuple[str, str]],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        held: dict[int, str] = {}
+        for attempt in range(2):  # once more on a connection the PACS had closed meanwhile
+            try:
+                held = await check_early(client, study_uid, stored)
+                break
+            except httpx.TransportError as exc:
+                if attempt:
+                    logger.info(
+                        "early content check failed (left to the end): %s", type(exc).__name__
+                    )
+                    return
+            except httpx.HTTPError as exc:
+                logger.info("early content check failed (left to the end): %s", type(exc).__name__)
+                return
+        self._checked.setdefault(key, {}).update(held)
+        self._checked.move_to_end(key)
+        while len(self._checked) > EARLY_CHECKED:
+            self._checked.popitem(last=False)
 
     def _target_failed(self, target: str, error: str) -> None:
         breaker = self._breakers[target]
@@ -557,6 +644,7 @@ class Forwarder:
                 if upload is None:
                     return  # cancelled meanwhile (the cancel also took the job from us)
                 repository.mark_done(job, at=now)
+                self._checked.pop((claim.upload_id, claim.target), None)
                 self._attempts[claim.target, "delivered" if delivered else "failed"].inc()
                 if claim.kind != JobKind.STUDY:
                     logger.info(

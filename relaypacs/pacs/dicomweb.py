@@ -37,6 +37,9 @@ FAILURE_REASON = "00081197"
 SOP_INSTANCE_UID = "00080018"
 PREAMBLE = 128
 WHOLE_READ_BYTES = 4 << 20  # at most max_in_flight of these are held at once
+# At most this many SOP Instance UIDs are looked up in Orthanc by one list-matching /tools/find
+# (the request carries them all); more, and the whole study is listed instead.
+_FIND_BY_LIST = 200
 
 # A first word with a PACS: a hung one is reported in seconds, not after the read timeout.
 PROBE_SECONDS = 5.0
@@ -416,21 +419,32 @@ class DicomWebClient:
 
     async def orthanc_md5s(self, study_uid: str, sop_uids: Sequence[str]) -> dict[str, str]:
         """Orthanc's REST API: the MD5 of the file it stores for each of these SOP instances
-        of the study (those it does not hold: absent). One /tools/find for the study, then one
-        request per instance, `max_in_flight` at once. Raises httpx.HTTPError."""
+        of the study (those it does not hold: absent). Their Orthanc ids from /tools/find (by
+        the list of UIDs when there are few: DICOM's list-of-UIDs matching; what that does not
+        find, and any larger set, by the whole study), then one request per instance,
+        `max_in_flight` at once. Raises httpx.HTTPError."""
         root = self.target.orthanc_rest_url
-        response = await self._client.post(
-            f"{root}/tools/find",
-            json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
-        )
-        response.raise_for_status()
+
+        async def find(query: dict[str, str]) -> dict[str, str]:
+            response = await self._client.post(
+                f"{root}/tools/find", json={"Level": "Instance", "Query": query, "Expand": True}
+            )
+            response.raise_for_status()
+            found: dict[str, str] = {}
+            for item in response.json():
+                if isinstance(item, dict):
+                    tags = item.get("MainDicomTags") or {}
+                    uid, orthanc_id = tags.get("SOPInstanceUID"), item.get("ID")
+                    if isinstance(uid, str) and isinstance(orthanc_id, str):
+                        found[uid] = orthanc_id
+            return found
+
         ids: dict[str, str] = {}
-        for item in response.json():
-            if isinstance(item, dict):
-                tags = item.get("MainDicomTags") or {}
-                uid, orthanc_id = tags.get("SOPInstanceUID"), item.get("ID")
-                if isinstance(uid, str) and isinstance(orthanc_id, str):
-                    ids[uid] = orthanc_id
+        few = 0 < len(sop_uids) <= _FIND_BY_LIST
+        if few:
+            ids = await find({"StudyInstanceUID": study_uid, "SOPInstanceUID": "\\".join(sop_uids)})
+        if not few or any(uid not in ids for uid in sop_uids):
+            ids = await find({"StudyInstanceUID": study_uid})
         wanted = [uid for uid in sop_uids if uid in ids]
         semaphore = asyncio.Semaphore(self.target.max_in_flight)
 
