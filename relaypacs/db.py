@@ -276,12 +276,26 @@ class Database:
         await self.engine.dispose()
 
 
+@functools.lru_cache(maxsize=8)
+def autocommit_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine` that run each statement outside any transaction (made once per
+    engine; see read_in_one_call)."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+        autoflush=False,
+    )
+
+
 async def read_in_one_call(db: Database, fn: Callable[[Session], T]) -> T:
-    """Run the synchronous reader `fn` in one read-only transaction, in as few hops as the
-    database allows. On SQLite one thread call on the synchronous engine (through aiosqlite
-    every statement is several hops between threads: for the views polled many times a second,
-    those hops were most of the cost); elsewhere `run_sync` on an async session (asyncpg
-    needs no thread). `fn` must not keep ORM objects beyond the call."""
+    """Run the synchronous reader `fn` in one read, in as few hops as the database allows.
+    On SQLite one thread call on the synchronous engine, in one read-only transaction (through
+    aiosqlite every statement is several hops between threads: for the views polled many times
+    a second, those hops were most of the cost); elsewhere `run_sync` on an async session
+    (asyncpg needs no thread), its statements outside any transaction: at READ COMMITTED, the
+    gateway's isolation level, each statement of a transaction sees a snapshot of its own
+    anyway, so a read-only transaction added nothing but its BEGIN and COMMIT round trips.
+    `fn` must only read, and must not keep ORM objects beyond the call."""
     sync_engine = db.sync_engine
     if sync_engine is not None:
         reader = readonly_engine(sync_engine)  # deferred BEGIN
@@ -291,5 +305,5 @@ async def read_in_one_call(db: Database, fn: Callable[[Session], T]) -> T:
                 return fn(session)
 
         return await asyncio.to_thread(in_thread)
-    async with db.read_sessionmaker() as session, session.begin():
+    async with autocommit_sessionmaker(db.engine)() as session:
         return await session.run_sync(fn)

@@ -303,11 +303,11 @@ class RowUserLoader:
     comparison on the async engine.
 
     Every call still reads the user's whole row, in one statement outside any transaction
-    (autocommit: one round trip, where a transaction of its own was three), so any change to
-    it, by any replica, is seen at once; only when the row is identical, column for column, to
-    the one a User object was built from is that object returned again (it is never written
-    to: writers load their own). A changed or new row is loaded through the ORM, the object
-    and its raw copy from one statement (one snapshot)."""
+    (one round trip, where a transaction of its own was three; see read_in_one_call), so any
+    change to it, by any replica, is seen at once; only when the row is identical, column for
+    column, to the one a User object was built from is that object returned again (it is
+    never written to: writers load their own). A changed or new row is loaded through the
+    ORM, the object and its raw copy from one statement (one snapshot)."""
 
     def __init__(self, db: Database, capacity: int = 1024) -> None:
         table = User.__table__
