@@ -3,13 +3,15 @@
     python -m bench.load                                  # SQLite, 1 process, 100 clients
     python -m bench.load --db postgres --workers 2        # PostgreSQL + Redis, 2 workers
     python -m bench.load --db postgres --workers 2 --seconds 30 --json out.json
+    python -m bench.load --kinds status                   # the status poll alone
 
 A fresh gateway (`relaypacs serve`, its own data dir; with `--db postgres` a database of its
 own, dropped at the end, and Redis database 15), one clinician with `--uploads` uploads started
 (a manifest each, so the list has something to list), then `--clients` asyncio clients in this
 process, each on its own connection, sending back to back `GET /uploads/{id}?files=false` (the
 status poll the CLI and the web app make) and `GET /uploads?limit=50` (the list), for
-`--seconds` after a warm-up of `--warmup` seconds. Bounded: at most `--clients` requests in
+`--seconds` after a warm-up of `--warmup` seconds (`--kinds status` or `--kinds list`: that one
+alone, for its own CPU per request). Bounded: at most `--clients` requests in
 flight, no retry, a request timeout of 30 s.
 
 Prints, per request kind, the count, the throughput and P50 / P95 / P99 latency, the errors,
@@ -147,12 +149,18 @@ async def seed(http: httpx.AsyncClient, uploads: int) -> list[str]:
 
 
 async def load(
-    base: str, *, clients: int, seconds: float, warmup: float, uploads: int
+    base: str,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    uploads: int,
+    kinds: Sequence[str] = ("status", "list"),
 ) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as http:
         ids = await seed(http, uploads)
-        latencies: dict[str, list[float]] = {"status": [], "list": []}
+        latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
         errors: dict[str, int] = {}
         answered = [0]  # every request answered, the warm-up's too (for CPU per request)
         loop = asyncio.get_running_loop()
@@ -160,11 +168,12 @@ async def load(
         measure_from, stop_at = start + warmup, start + warmup + seconds
 
         async def client(n: int) -> None:
-            paths = (("status", f"{API}/uploads/{ids[n % len(ids)]}?files=false"),
-                     ("list", f"{API}/uploads?limit=50"))  # fmt: skip
+            every = {"status": f"{API}/uploads/{ids[n % len(ids)]}?files=false",
+                     "list": f"{API}/uploads?limit=50"}  # fmt: skip
+            paths = [(kind, every[kind]) for kind in kinds]
             i = n
             while (now := loop.time()) < stop_at:
-                kind, path = paths[i % 2]
+                kind, path = paths[i % len(paths)]
                 i += 1
                 try:
                     answer = await http.get(path)
@@ -216,8 +225,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--uploads", type=int, default=20)
+    parser.add_argument(
+        "--kinds",
+        default="status,list",
+        help="which requests the clients send, in turn: status, list or both (the default); "
+        "one alone gives its own CPU per request",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - {"status", "list"}:
+        parser.error("--kinds: status, list or status,list")
     run_dir = WORK / "scratch" / f"load-{os.getpid()}"
     with database(args.db) as env, gateway(run_dir / "data", env, args.workers) as (base, pid):
         me = psutil.Process()
@@ -230,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds=args.seconds,
                 warmup=args.warmup,
                 uploads=args.uploads,
+                kinds=kinds,
             )
         )
         wall = time.monotonic() - started
@@ -239,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["gateway_cpu_ms_per_request"] = (
             result["gateway_cpu_seconds"] / max(1, result["requests"]) * 1000
         )
-    result["setup"] = {k: getattr(args, k) for k in ("db", "workers", "clients", "seconds")}
+    result["setup"] = {
+        k: getattr(args, k) for k in ("db", "workers", "clients", "seconds", "kinds")
+    }
     result["load_average"] = os.getloadavg()
     log(
         f"{args.db}, {args.workers} worker(s), {args.clients} clients, {args.seconds:g} s "
