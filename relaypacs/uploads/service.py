@@ -59,7 +59,7 @@ def study_hash(sha256s: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
 
 
-def may_read(user: User, upload: Upload) -> bool:
+def may_read(user: User, upload: Upload | UploadRow) -> bool:
     """The uploader and administrators see an upload."""
     return upload.user_id == user.id or user.role == Role.ADMIN
 
@@ -109,7 +109,7 @@ def _visible_row(row: UploadRow | None, upload_id: uuid.UUID, user: User) -> Upl
     """_visible (to read) of an upload read as columns: the same answers."""
     if row is None:
         raise UploadNotFound().denying("upload", upload_id, reason="missing")
-    if not (row.user_id == user.id or user.role == Role.ADMIN):
+    if not may_read(user, row):
         raise UploadNotFound().denying("upload", upload_id, row.study_instance_uid)
     return row
 
