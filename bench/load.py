@@ -3,13 +3,15 @@
     python -m bench.load                                  # SQLite, 1 process, 100 clients
     python -m bench.load --db postgres --workers 2        # PostgreSQL + Redis, 2 workers
     python -m bench.load --db postgres --workers 2 --seconds 30 --json out.json
+    python -m bench.load --kinds status                   # the status poll alone
 
 A fresh gateway (`relaypacs serve`, its own data dir; with `--db postgres` a database of its
 own, dropped at the end, and Redis database 15), one clinician with `--uploads` uploads started
 (a manifest each, so the list has something to list), then `--clients` asyncio clients in this
 process, each on its own connection, sending back to back `GET /uploads/{id}?files=false` (the
 status poll the CLI and the web app make) and `GET /uploads?limit=50` (the list), for
-`--seconds` after a warm-up of `--warmup` seconds. Bounded: at most `--clients` requests in
+`--seconds` after a warm-up of `--warmup` seconds (`--kinds status` or `--kinds list`: that one
+alone, for its own CPU per request). Bounded: at most `--clients` requests in
 flight, no retry, a request timeout of 30 s.
 
 Prints, per request kind, the count, the throughput and P50 / P95 / P99 latency, the errors,
@@ -147,12 +149,18 @@ async def seed(http: httpx.AsyncClient, uploads: int) -> list[str]:
 
 
 async def load(
-    base: str, *, clients: int, seconds: float, warmup: float, uploads: int
+    base: str,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    uploads: int,
+    kinds: Sequence[str] = ("status", "list"),
 ) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as http:
         ids = await seed(http, uploads)
-        latencies: dict[str, list[float]] = {"status": [], "list": []}
+        latencies: dict[str, list[float]] = {kind: [] for kind in kinds}
         errors: dict[str, int] = {}
         answered = [0]  # every request answered, the warm-up's too (for CPU per request)
         loop = asyncio.get_running_loop()
@@ -160,11 +168,12 @@ async def load(
         measure_from, stop_at = start + warmup, start + warmup + seconds
 
         async def client(n: int) -> None:
-            paths = (("status", f"{API}/uploads/{ids[n % len(ids)]}?files=false"),
-                     ("list", f"{API}/uploads?limit=50"))  # fmt: skip
+            every = {"status": f"{API}/uploads/{ids[n % len(ids)]}?files=false",
+                     "list": f"{API}/uploads?limit=50"}  # fmt: skip
+            paths = [(kind, every[kind]) for kind in kinds]
             i = n
             while (now := loop.time()) < stop_at:
-                kind, path = paths[i % 2]
+                kind, path = paths[i % len(paths)]
                 i += 1
                 try:
                     answer = await http.get(path)
@@ -216,11 +225,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--uploads", type=int, default=20)
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=5.0,
+        help="seconds the gateway's idle CPU is measured for, before the load",
+    )
+    parser.add_argument(
+        "--kinds",
+        default="status,list",
+        help="which requests the clients send, in turn: status, list or both (the default); "
+        "one alone gives its own CPU per request",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - {"status", "list"}:
+        parser.error("--kinds: status, list or status,list")
     run_dir = WORK / "scratch" / f"load-{os.getpid()}"
     with database(args.db) as env, gateway(run_dir / "data", env, args.workers) as (base, pid):
         me = psutil.Process()
+        # The gateway's own CPU while nobody calls it (its background work, idle workers, the
+        # supervisor): subtracted for the net CPU per request, since at the few tens of
+        # requests a second a loaded machine allows it is a good part of the total.
+        idle_from, idle_cpu = time.monotonic(), tree_cpu(pid)
+        time.sleep(args.idle)
+        idle_rate = (tree_cpu(pid) - idle_cpu) / (time.monotonic() - idle_from)
         cpu_gateway, cpu_me = tree_cpu(pid), sum(me.cpu_times()[:2])
         started = time.monotonic()
         result = asyncio.run(
@@ -230,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds=args.seconds,
                 warmup=args.warmup,
                 uploads=args.uploads,
+                kinds=kinds,
             )
         )
         wall = time.monotonic() - started
@@ -239,7 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["gateway_cpu_ms_per_request"] = (
             result["gateway_cpu_seconds"] / max(1, result["requests"]) * 1000
         )
-    result["setup"] = {k: getattr(args, k) for k in ("db", "workers", "clients", "seconds")}
+        result["gateway_idle_cpu_per_second"] = idle_rate
+        result["gateway_net_cpu_ms_per_request"] = (
+            max(0.0, result["gateway_cpu_seconds"] - idle_rate * wall)
+            / max(1, result["requests"])
+            * 1000
+        )
+    result["setup"] = {
+        k: getattr(args, k) for k in ("db", "workers", "clients", "seconds", "kinds")
+    }
     result["load_average"] = os.getloadavg()
     log(
         f"{args.db}, {args.workers} worker(s), {args.clients} clients, {args.seconds:g} s "
@@ -258,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(
         f"  errors {result['errors'] or 'none'}; CPU: gateway {result['gateway_cpu_seconds']:.1f}"
         f" s, generator {result['generator_cpu_seconds']:.1f} s over {wall:.1f} s; gateway "
-        f"{result['gateway_cpu_ms_per_request']:.1f} ms of CPU per request"
+        f"{result['gateway_cpu_ms_per_request']:.1f} ms of CPU per request, "
+        f"{result['gateway_net_cpu_ms_per_request']:.1f} ms net of its idle "
+        f"{result['gateway_idle_cpu_per_second'] * 1000:.0f} ms/s"
     )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import URL, DateTime, Engine, MetaData, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -74,6 +77,12 @@ def utcnow() -> dt.datetime:
 # stays empty that long is overloaded or deadlocked: waiting 30 s, SQLAlchemy's default, held
 # every other request up behind it).
 POOL_TIMEOUT_SECONDS = 5.0
+# A pooled connection idle for longer than this is pinged before it is used (see
+# _ping_idle_connections); one in steady use is not.
+POOL_PING_IDLE_SECONDS = 1.0
+# Connections are replaced after this long, whatever their use: below the idle and lifetime
+# limits of the usual proxies and firewalls (SQLAlchemy's advice for such limits).
+POOL_RECYCLE_SECONDS = 1800
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -89,14 +98,48 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=echo,
         pool_size=10,
         max_overflow=10,
-        pool_pre_ping=True,
+        pool_recycle=POOL_RECYCLE_SECONDS,
         pool_timeout=POOL_TIMEOUT_SECONDS,
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use only if it sat idle for POOL_PING_IDLE_SECONDS.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout; with asyncpg a ping is a transaction
+    of its own (BEGIN, a statement, ROLLBACK: three round trips), and it was half of the
+    transactions of a status poll, a quarter of its CPU. Connections in steady use are the
+    ones least likely to be stale; the ones that sat idle (across a database restart, past a
+    proxy's idle timeout) are still pinged, and a failed ping makes the pool replace the
+    connection (DisconnectionError, SQLAlchemy's documented way for a checkout event).
+    A connection that breaks while in steady use fails its request with 503
+    `database_unavailable` (relaypacs.main), and SQLAlchemy then replaces every connection of
+    the pool made before the failure, as it does for any disconnect."""
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+
+    @event.listens_for(sync_engine.pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine.pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < POOL_PING_IDLE_SECONDS:
+            return  # new, or in steady use
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure: the pool replaces the connection
+            raise DisconnectionError("the pooled connection is gone") from exc
+        if not alive:
+            raise DisconnectionError("the pooled connection is gone")
 
 
 def create_sync_sqlite_engine(url: URL | str) -> Engine:
@@ -233,12 +276,26 @@ class Database:
         await self.engine.dispose()
 
 
+@functools.lru_cache(maxsize=8)
+def autocommit_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine` that run each statement outside any transaction (made once per
+    engine; see read_in_one_call)."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        expire_on_commit=False,
+        autoflush=False,
+    )
+
+
 async def read_in_one_call(db: Database, fn: Callable[[Session], T]) -> T:
-    """Run the synchronous reader `fn` in one read-only transaction, in as few hops as the
-    database allows. On SQLite one thread call on the synchronous engine (through aiosqlite
-    every statement is several hops between threads: for the views polled many times a second,
-    those hops were most of the cost); elsewhere `run_sync` on an async session (asyncpg
-    needs no thread). `fn` must not keep ORM objects beyond the call."""
+    """Run the synchronous reader `fn` in one read, in as few hops as the database allows.
+    On SQLite one thread call on the synchronous engine, in one read-only transaction (through
+    aiosqlite every statement is several hops between threads: for the views polled many times
+    a second, those hops were most of the cost); elsewhere `run_sync` on an async session
+    (asyncpg needs no thread), its statements outside any transaction: at READ COMMITTED, the
+    gateway's isolation level, each statement of a transaction sees a snapshot of its own
+    anyway, so a read-only transaction added nothing but its BEGIN and COMMIT round trips.
+    `fn` must only read, and must not keep ORM objects beyond the call."""
     sync_engine = db.sync_engine
     if sync_engine is not None:
         reader = readonly_engine(sync_engine)  # deferred BEGIN
@@ -248,5 +305,5 @@ async def read_in_one_call(db: Database, fn: Callable[[Session], T]) -> T:
                 return fn(session)
 
         return await asyncio.to_thread(in_thread)
-    async with db.read_sessionmaker() as session, session.begin():
+    async with autocommit_sessionmaker(db.engine)() as session:
         return await session.run_sync(fn)

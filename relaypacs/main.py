@@ -76,7 +76,7 @@ from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.pipeline import Pipeline
 from relaypacs.uploads.relay import UploadRelay, notify_uploader
 from relaypacs.uploads.repository.chunk_rows import chunk_row_writer
-from relaypacs.uploads.router import chunk_router
+from relaypacs.uploads.router import chunk_router, read_router
 from relaypacs.uploads.router import router as uploads_router
 from relaypacs.uploads.service import UploadLimits
 from relaypacs.uploads.verify import StudyVerifier
@@ -570,6 +570,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chunk_router, prefix=API_PREFIX)
     app.include_router(auth_router, prefix=API_PREFIX)
     app.include_router(uploads_router, prefix=API_PREFIX)
+    app.include_router(read_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(users_router, prefix=API_PREFIX)
     app.include_router(ops_router)

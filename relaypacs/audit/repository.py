@@ -26,17 +26,26 @@ async def add_event(session: AsyncSession, event: AuditEvent) -> None:
     commits it. Appends take turns: on PostgreSQL an advisory lock held to the end of the
     transaction (so put the record last in a long one); on SQLite a writing transaction already
     holds the database's only write lock."""
+    await add_events(session, [event])
+
+
+async def add_events(session: AsyncSession, events: Sequence[AuditEvent]) -> None:
+    """Append these records to the hash chain, in this order (add_event, for several: one
+    lock, one read of the chain's head)."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
     head = await chain_head(session)
     prev = head[1] if head is not None and head[1] is not None else GENESIS
-    event.at = event.at or utcnow()
-    # As the database will give it back (JSON types, string keys): the hash must match then.
-    event.details = json.loads(json.dumps(event.details or {}))
-    event.prev_hash = prev
-    event.hash = link(prev, ChainedRecord.of(event))
-    session.add(event)
-    await session.flush()
+    for event in events:
+        event.at = event.at or utcnow()
+        # As the database will give it back (JSON types, string keys): the hash must match then.
+        event.details = json.loads(json.dumps(event.details or {}))
+        event.prev_hash = prev
+        event.hash = prev = link(prev, ChainedRecord.of(event))
+        # One INSERT each, in order: the chain's head is the highest id, and one multi-row
+        # INSERT does not promise to number its rows in order.
+        session.add(event)
+        await session.flush()
 
 
 async def chain_head(session: AsyncSession) -> tuple[int, str | None] | None:

@@ -5,11 +5,13 @@ A record names its actor (who, their role, from where) with an `Actor`, bound on
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,20 +49,40 @@ async def record_event(
 ) -> None:
     """One record, in the caller's transaction: `actor` did `action` (SYSTEM: nobody signed in,
     e.g. the command line or the forwarding worker)."""
-    actor_id, actor_role, client_ip = actor.id, actor.role, actor.client_ip
     await repository.add_event(
         session,
-        AuditEvent(
+        _event(
+            actor=actor,
             action=action,
             outcome=outcome,
-            actor_id=actor_id,
-            actor_role=actor_role,
             object_type=object_type,
-            object_id=str(object_id)[:64] if object_id is not None else None,
+            object_id=object_id,
             study_instance_uid=study_instance_uid,
-            client_ip=client_ip,
-            details=details or {},
+            details=details,
         ),
+    )
+
+
+def _event(
+    *,
+    actor: Actor,
+    action: str,
+    outcome: str = "success",
+    object_type: str | None = None,
+    object_id: uuid.UUID | str | None = None,
+    study_instance_uid: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    return AuditEvent(
+        action=action,
+        outcome=outcome,
+        actor_id=actor.id,
+        actor_role=actor.role,
+        object_type=object_type,
+        object_id=str(object_id)[:64] if object_id is not None else None,
+        study_instance_uid=study_instance_uid,
+        client_ip=actor.client_ip,
+        details=details or {},
     )
 
 
@@ -85,10 +107,103 @@ def request_actor(request: Request) -> Actor:
 async def record_alone(
     sessionmaker: async_sessionmaker[AsyncSession], *, actor: Actor, action: str, **fields: Any
 ) -> None:
-    """One record in a transaction of its own, committed before the caller answers: a read of
-    patient data is not served unless its record is stored."""
-    async with sessionmaker() as session, session.begin():
-        await record_event(session, actor=actor, action=action, **fields)
+    """One record, committed before the caller answers: a read of patient data is not served
+    unless its record is stored. The records of concurrent callers are committed together
+    (_GroupCommit), each caller still waiting for its own."""
+    await _group_commit(sessionmaker).record(_event(actor=actor, action=action, **fields))
+
+
+class _GroupCommit:
+    """record_alone's writer for one database (its writing sessionmaker) in one event loop.
+
+    A record in a transaction of its own took, for every list of uploads and every audited
+    read, a turn on the chain's lock (PostgreSQL's advisory lock, SQLite's only writer) and a
+    commit to disk; with many clients at once those turns queued up behind each other
+    (bench/README.md, "The API under load"). Here the records that arrive while a transaction
+    is being written wait for the next one, which appends them all (one lock, one read of the
+    chain's head, one commit), and then each caller is answered. Should that transaction fail,
+    each of its records is written alone again, as before: a record that cannot be stored
+    fails its own caller only. The writing runs in a task of its own: a caller that goes away
+    does not stop the others' records."""
+
+    MAX_BATCH = 100
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self._pending: list[tuple[AuditEvent, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, event: AuditEvent) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending.append((event, waiter))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+        await waiter
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.MAX_BATCH]
+            del self._pending[: self.MAX_BATCH]
+            try:
+                await self._write([event for event, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _answer(batch[0][1], exc)
+                    continue
+                for event, waiter in batch:  # alone, so that one record fails only its caller
+                    try:
+                        await self._write([_copy(event)])
+                    except Exception as alone:
+                        _answer(waiter, alone)
+                    else:
+                        _answer(waiter, None)
+            else:
+                for _, waiter in batch:
+                    _answer(waiter, None)
+
+    async def _write(self, events: list[AuditEvent]) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            await repository.add_events(session, events)
+
+
+def _copy(event: AuditEvent) -> AuditEvent:
+    """A new, unchained record of the same content (for a second try of a failed one)."""
+    return AuditEvent(
+        action=event.action,
+        outcome=event.outcome,
+        actor_id=event.actor_id,
+        actor_role=event.actor_role,
+        object_type=event.object_type,
+        object_id=event.object_id,
+        study_instance_uid=event.study_instance_uid,
+        client_ip=event.client_ip,
+        details=event.details,
+    )
+
+
+def _answer(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    if waiter.done():  # its caller went away
+        return
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)
+
+
+_WRITERS: weakref.WeakKeyDictionary[
+    async_sessionmaker[AsyncSession], dict[asyncio.AbstractEventLoop, _GroupCommit]
+] = weakref.WeakKeyDictionary()
+
+
+def _group_commit(sessionmaker: async_sessionmaker[AsyncSession]) -> _GroupCommit:
+    loop = asyncio.get_running_loop()
+    by_loop = _WRITERS.setdefault(sessionmaker, {})
+    writer = by_loop.get(loop)
+    if writer is None:
+        for old in [other for other in by_loop if other.is_closed()]:
+            del by_loop[old]
+        writer = by_loop[loop] = _GroupCommit(sessionmaker)
+    return writer
 
 
 async def record_for_request(request: Request, *, action: str, **fields: Any) -> None:

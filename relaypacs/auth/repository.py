@@ -249,17 +249,6 @@ class UserLoader(Protocol):
         ...
 
 
-class OrmUserLoader:
-    """Any database: a short read of its own (see read_in_one_call), so the connection goes
-    back to the pool at once instead of being held for the whole request."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def load(self, user_id: uuid.UUID) -> User | None:
-        return await read_in_one_call(self._db, lambda session: session.get(User, user_id))
-
-
 class SqliteUserLoader:
     """The user of every request on SQLite, read with one plain SQL statement in one thread call.
 
@@ -309,8 +298,51 @@ class SqliteUserLoader:
         return user
 
 
+class RowUserLoader:
+    """The user of every request on a server database (PostgreSQL): SqliteUserLoader's
+    comparison on the async engine.
+
+    Every call still reads the user's whole row, in one statement outside any transaction
+    (one round trip, where a transaction of its own was three; see read_in_one_call), so any
+    change to it, by any replica, is seen at once; only when the row is identical, column for
+    column, to the one a User object was built from is that object returned again (it is
+    never written to: writers load their own). A changed or new row is loaded through the
+    ORM, the object and its raw copy from one statement (one snapshot)."""
+
+    def __init__(self, db: Database, capacity: int = 1024) -> None:
+        table = User.__table__
+        self._db = db
+        self._engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._row = select(table).where(table.c.id == bindparam("id"))
+        self._both = select(User, *table.c)
+        self._capacity = capacity
+        self._known: dict[uuid.UUID, tuple[tuple[Any, ...], User]] = {}
+
+    async def load(self, user_id: uuid.UUID) -> User | None:
+        known = self._known.get(user_id)
+        if known is not None:
+            async with self._engine.connect() as connection:
+                row = (await connection.execute(self._row, {"id": user_id})).first()
+            if row is not None and tuple(row) == known[0]:
+                return known[1]
+
+        def read(session: Session) -> tuple[tuple[Any, ...], User] | None:
+            found = session.execute(self._both.where(User.id == user_id)).first()
+            return (tuple(found)[1:], found[0]) if found is not None else None
+
+        loaded = await read_in_one_call(self._db, read)
+        if loaded is None:
+            self._known.pop(user_id, None)
+            return None
+        if len(self._known) >= self._capacity:
+            self._known.clear()
+        self._known[user_id] = loaded
+        return loaded[1]
+
+
 def user_loader(db: Database) -> UserLoader:
-    """SQLite's one-statement loader when the database has a synchronous engine, else the ORM's."""
+    """SQLite's one-statement loader when the database has a synchronous engine, else the
+    row-comparing loader of the async engine."""
     if db.sync_engine is not None:
         return SqliteUserLoader(db.sync_engine)
-    return OrmUserLoader(db)
+    return RowUserLoader(db)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from sqlalchemy import (
     Connection,
@@ -23,8 +24,10 @@ from sqlalchemy import (
     Engine,
     Select,
     Update,
+    bindparam,
     case,
     func,
+    inspect,
     literal,
     select,
     update,
@@ -130,13 +133,33 @@ def park(job: ForwardJob) -> None:
     job.lease_until = None
 
 
-def first_job(session: Session, upload_id: uuid.UUID) -> ForwardJob | None:
-    """The upload's first study job (synchronous: a read in one call, or `run_sync`)."""
-    return session.scalar(
-        select(ForwardJob)
-        .where(ForwardJob.upload_id == upload_id, ForwardJob.kind == JobKind.STUDY)
-        .order_by(ForwardJob.created_at)
+class FirstJob(NamedTuple):
+    target: str
+    status: JobStatus
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+
+
+@functools.cache
+def _first_job_statement() -> Select[Any]:
+    """Made once (bound parameters): the status poll reads it every time. On first use, when
+    every model is mapped (a foreign key column takes its type from the column it refers to)."""
+    mapper = inspect(ForwardJob)
+    table = ForwardJob.__table__
+    return (
+        select(*(mapper.columns[name] for name in FirstJob._fields))
+        .where(table.c.upload_id == bindparam("upload_id"), table.c.kind == JobKind.STUDY)
+        .order_by(table.c.created_at)
+        .limit(1)
     )
+
+
+def first_job(session: Session, upload_id: uuid.UUID) -> FirstJob | None:
+    """The columns of the upload's first study job (synchronous: a read in one call, or
+    `run_sync`)."""
+    row = session.execute(_first_job_statement(), {"upload_id": upload_id}).first()
+    return FirstJob(*tuple(row)) if row is not None else None
 
 
 async def targets_of(

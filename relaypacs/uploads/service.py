@@ -40,7 +40,7 @@ from relaypacs.uploads.models import (
     Upload,
     UploadStatus,
 )
-from relaypacs.uploads.repository import relay_rows, upkeep_rows
+from relaypacs.uploads.repository import UploadRow, relay_rows, upkeep_rows
 from relaypacs.uploads.schemas import (
     ChunkBatchStored,
     ChunkStored,
@@ -61,30 +61,35 @@ def study_hash(sha256s: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(sha256s)).encode()).hexdigest()
 
 
-def may_read(user: User, upload: Upload) -> bool:
+def may_read(user: User, upload: Upload | UploadRow) -> bool:
     """The uploader and administrators see an upload."""
     return upload.user_id == user.id or user.role == Role.ADMIN
 
 
 def _summary(upload: Upload, received_bytes: int) -> UploadSummary:
-    return UploadSummary(
-        id=upload.id,
-        status=upload.status,
-        study_instance_uid=upload.study_instance_uid,
-        study_hash=upload.study_hash,
-        chunk_size=upload.chunk_size,
-        file_count=upload.file_count,
-        instance_count=upload.instance_count,
-        refused_files=upload.refused_count,
-        all_or_nothing=upload.all_or_nothing,
-        total_bytes=upload.total_bytes,
-        received_bytes=received_bytes,
-        metadata=StudyMetadata.model_validate(upload.study_metadata),
-        created_at=upload.created_at,
-        updated_at=upload.updated_at,
-        completed_at=upload.completed_at,
-        purged_at=upload.purged_at,
-    )
+    return UploadSummary(**_summary_fields(upload, received_bytes))
+
+
+def _summary_fields(upload: Upload | UploadRow, received_bytes: int) -> dict[str, Any]:
+    """An upload's summary, as the fields of UploadSummary (or of UploadRead, its extension)."""
+    return {
+        "id": upload.id,
+        "status": upload.status,
+        "study_instance_uid": upload.study_instance_uid,
+        "study_hash": upload.study_hash,
+        "chunk_size": upload.chunk_size,
+        "file_count": upload.file_count,
+        "instance_count": upload.instance_count,
+        "refused_files": upload.refused_count,
+        "all_or_nothing": upload.all_or_nothing,
+        "total_bytes": upload.total_bytes,
+        "received_bytes": received_bytes,
+        "metadata": StudyMetadata.model_validate(upload.study_metadata),
+        "created_at": upload.created_at,
+        "updated_at": upload.updated_at,
+        "completed_at": upload.completed_at,
+        "purged_at": upload.purged_at,
+    }
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -102,6 +107,15 @@ def _visible(
     return upload
 
 
+def _visible_row(row: UploadRow | None, upload_id: uuid.UUID, user: User) -> UploadRow:
+    """_visible (to read) of an upload read as columns: the same answers."""
+    if row is None:
+        raise UploadNotFound().denying("upload", upload_id, reason="missing")
+    if not may_read(user, row):
+        raise UploadNotFound().denying("upload", upload_id, row.study_instance_uid)
+    return row
+
+
 async def get_upload(
     session: AsyncSession, *, upload_id: uuid.UUID, user: User, write: bool = False
 ) -> Upload:
@@ -115,42 +129,46 @@ async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
     return await session.run_sync(_view, upload, with_files=True)
 
 
-async def read_upload_status(
-    db: Database, *, upload_id: uuid.UUID, user: User
-) -> tuple[UploadRead, Upload]:
+def _status_view(session: Session, row: UploadRow) -> UploadRead:
     """The upload's status without its file list (the view `upload --wait` polls: a few
-    aggregate queries whatever the study's size) and its (detached) row, if this user may see
-    it, in one read (see read_in_one_call); otherwise the UploadNotFound of get_upload."""
-
-    def read(session: Session) -> tuple[UploadRead, Upload]:
-        upload = _visible(repository.find_upload(session, upload_id), upload_id, user)
-        return _view(session, upload, with_files=False), upload
-
-    return await read_in_one_call(db, read)
+    aggregate queries whatever the study's size)."""
+    return UploadRead(
+        **_summary_fields(row, row.received_bytes),
+        files=None,
+        forwarding=_forwarding(session, row.id, row.delivered_at),
+    )
 
 
 async def show_upload(
     db: Database, *, upload_id: uuid.UUID, user: User, actor: Actor, with_files: bool
 ) -> UploadRead:
-    """GET /uploads/{id}: the upload's view, with its files or its status alone. Recorded:
-    every read of the study's files, and any read by someone else than the uploader; not the
-    uploader's own status poll (with_files=False), made every few seconds. The read has given
-    its connection back before the record takes one."""
-    if with_files:
-        async with db.read_sessionmaker() as session, session.begin():
-            upload = await get_upload(session, upload_id=upload_id, user=user)
-            view = await read_upload(session, upload)
-    else:
-        view, upload = await read_upload_status(db, upload_id=upload_id, user=user)
-    owner = upload.user_id == user.id
+    """GET /uploads/{id}: the upload's view, with its files or its status alone, read in one
+    call (read_in_one_call; the status as columns). Recorded: every read of the study's
+    files, and any read by someone else than the uploader; not the uploader's own status poll
+    (with_files=False), made every few seconds. The read has given its connection back before
+    the record takes one."""
+
+    def read(session: Session) -> tuple[UploadRead, uuid.UUID, str]:
+        if with_files:
+            upload = _visible(repository.find_upload(session, upload_id), upload_id, user)
+            return (
+                _view(session, upload, with_files=True),
+                upload.user_id,
+                upload.study_instance_uid,
+            )
+        row = _visible_row(repository.upload_row(session, upload_id), upload_id, user)
+        return _status_view(session, row), row.user_id, row.study_instance_uid
+
+    view, owner_id, study_instance_uid = await read_in_one_call(db, read)
+    owner = owner_id == user.id
     if with_files or not owner:
         await record_alone(
             db.sessionmaker,
             actor=actor,
             action="upload.read",
             object_type="upload",
-            object_id=upload.id,
-            study_instance_uid=upload.study_instance_uid,
+            object_id=upload_id,
+            study_instance_uid=study_instance_uid,
             details={"files": with_files, "owner": owner},
         )
     return view
@@ -186,17 +204,19 @@ def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
         ]
     received = repository.received_bytes(session, upload.id)
     return UploadRead(
-        **_summary(upload, received).model_dump(),
+        **_summary_fields(upload, received),
         files=files,
-        forwarding=_forwarding(session, upload),
+        forwarding=_forwarding(session, upload.id, upload.delivered_at),
     )
 
 
-def _forwarding(session: Session, upload: Upload) -> ForwardingRead | None:
-    job = forwarding.job_summary(session, upload.id)
+def _forwarding(
+    session: Session, upload_id: uuid.UUID, delivered_at: dt.datetime | None
+) -> ForwardingRead | None:
+    job = forwarding.job_summary(session, upload_id)
     if job is None:
         return None
-    counts = repository.forward_status_counts(session, upload.id)
+    counts = repository.forward_status_counts(session, upload_id)
     confirmed = counts.get(ForwardStatus.CONFIRMED, 0)
     return ForwardingRead(
         target=job.target,
@@ -208,7 +228,7 @@ def _forwarding(session: Session, upload: Upload) -> ForwardingRead | None:
         attempts=job.attempts,
         next_attempt_at=job.next_attempt_at,
         last_error=job.last_error,
-        delivered_at=upload.delivered_at,
+        delivered_at=delivered_at,
     )
 
 
@@ -224,13 +244,16 @@ async def list_uploads(
     """A page of the user's own uploads, newest first, and how many there are in all. A page
     that shows study details is recorded before it is answered, once the read has given its
     connection back: a request never holds one pooled connection while it waits for another
-    (as many lists at once as the pool has connections stalled the whole gateway)."""
-    async with db.read_sessionmaker() as session, session.begin():
-        uploads, total = await repository.user_uploads(
+    (as many lists at once as the pool has connections stalled the whole gateway). The page is
+    read in one call (read_in_one_call), as columns."""
+
+    def read(session: Session) -> tuple[list[UploadSummary], int]:
+        rows, total = repository.user_upload_rows(
             session, user_id=user.id, status=status, limit=limit, offset=offset
         )
-        received = await repository.received_bytes_of(session, [u.id for u in uploads])
-    items = [_summary(u, received.get(u.id, 0)) for u in uploads]
+        return [UploadSummary(**_summary_fields(r, r.received_bytes)) for r in rows], total
+
+    items, total = await read_in_one_call(db, read)
     if items:
         await record_alone(
             db.sessionmaker,

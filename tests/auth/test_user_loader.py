@@ -14,8 +14,9 @@ import pytest
 from fastapi import FastAPI
 
 from relaypacs.auth.models import Role
-from relaypacs.auth.repository import SqliteUserLoader
+from relaypacs.auth.repository import RowUserLoader, SqliteUserLoader
 from relaypacs.config import Settings
+from relaypacs.db import create_engine
 from relaypacs.main import create_app
 from relaypacs.state import app_settings, app_state
 from tests.auth.conftest import API, bearer, error_code, identity_settings, make_user, signed_in
@@ -116,3 +117,90 @@ class TestSqliteUserLoader:
         assert rows.load_blocking(person.id) is not None
         other_process_writes(sqlite_app, 'DELETE FROM "user" WHERE id = ?', person.id.hex)
         assert rows.load_blocking(person.id) is None
+
+
+# --- PostgreSQL: RowUserLoader -------------------------------------------------------------
+
+
+@pytest.fixture
+async def postgres_app(tmp_path: Path, postgres_url: str) -> AsyncIterator[FastAPI]:
+    settings: Settings = identity_settings(tmp_path, postgres_url, totp_required_roles=[])
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def another_replica_writes(postgres_url: str, sql: str, *params: object) -> None:
+    """A write through a connection of its own (as another replica or `relaypacs users`)."""
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.begin() as connection:
+            changed = (await connection.exec_driver_sql(sql, params)).rowcount
+        assert changed == 1
+    finally:
+        await engine.dispose()
+
+
+class TestRowUserLoader:
+    async def test_a_server_database_uses_it(self, postgres_app: FastAPI) -> None:
+        assert isinstance(app_state(postgres_app).user_loader, RowUserLoader)
+
+    async def test_an_unchanged_row_gives_the_same_object_and_a_changed_one_a_new_object(
+        self, postgres_app: FastAPI, postgres_url: str
+    ) -> None:
+        person = await make_user(postgres_app)
+        rows = app_state(postgres_app).user_loader
+        first = await rows.load(person.id)
+        assert first is not None
+        assert await rows.load(person.id) is first
+        await another_replica_writes(
+            postgres_url, 'UPDATE "user" SET email = $1 WHERE id = $2', "new@example.org", person.id
+        )
+        changed = await rows.load(person.id)
+        assert changed is not first
+        assert changed is not None
+        assert changed.email == "new@example.org"
+        assert first.email is None  # the object handed out before is never written to
+
+    @pytest.mark.parametrize(
+        ("sql", "status", "what"),
+        [
+            (
+                'UPDATE "user" SET token_version = token_version + 1 WHERE id = $1',
+                401,
+                "session_ended",
+            ),
+            ('UPDATE "user" SET is_active = false WHERE id = $1', 401, "not_authenticated"),
+            (
+                'UPDATE "user" SET must_change_password = true WHERE id = $1',
+                403,
+                "password_change_required",
+            ),
+            ("UPDATE \"user\" SET role = 'admin' WHERE id = $1", 403, "forbidden"),
+        ],
+    )
+    async def test_a_change_by_another_replica_counts_on_the_next_status_poll(
+        self, postgres_app: FastAPI, postgres_url: str, sql: str, status: int, what: str
+    ) -> None:
+        """The polled views (ReadRoute) see it too: the list refuses an administrator (the
+        policy), the status a temporary password (the full-use check)."""
+        person = await make_user(postgres_app, role=Role.CLINICIAN)
+        transport = httpx.ASGITransport(app=postgres_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            token = (await signed_in(client, person))["access_token"]
+            for _ in range(3):  # the row is known now
+                before = await client.get(f"{API}/uploads", headers=bearer(token))
+                assert before.status_code == 200, before.text
+            await another_replica_writes(postgres_url, sql, person.id)
+            after = await client.get(f"{API}/uploads", headers=bearer(token))
+        assert after.status_code == status, after.text
+        assert error_code(after) == what
+
+    async def test_a_deleted_user_is_gone_at_once(
+        self, postgres_app: FastAPI, postgres_url: str
+    ) -> None:
+        person = await make_user(postgres_app)
+        rows = app_state(postgres_app).user_loader
+        assert await rows.load(person.id) is not None
+        await another_replica_writes(postgres_url, 'DELETE FROM "user" WHERE id = $1', person.id)
+        assert await rows.load(person.id) is None

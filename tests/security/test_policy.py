@@ -22,7 +22,7 @@ from relaypacs.auth.policy import (
 )
 from relaypacs.config import Settings
 from relaypacs.main import create_app
-from relaypacs.uploads.router import ChunkRoute, _ChunkPath
+from relaypacs.uploads.router import ChunkRoute, ReadRoute, _ChunkPath
 
 
 def offline_app(tmp_path: Path, **settings: object) -> FastAPI:
@@ -187,3 +187,35 @@ class TestChunkRoute:
         # The path parameters it validates itself (_ChunkPath) are the endpoint's.
         assert {p.name for p in route.dependant.path_params} == set(_ChunkPath.model_fields)
         assert route.methods == {"PUT"}
+
+
+class TestReadRoute:
+    """The status poll and the list make their FastAPI dependencies' checks themselves
+    (ReadRoute), as the chunk PUT does: their declared dependencies are pinned the same way,
+    and they take no parameter ReadRoute does not validate (path and query only)."""
+
+    def test_its_declared_dependencies_are_the_checks_its_handler_makes(
+        self, tmp_path: Path
+    ) -> None:
+        app = offline_app(tmp_path)
+        routes = {
+            c.path_format: c
+            for c in iter_route_contexts(list(app.routes))
+            if isinstance(c.original_route, ReadRoute)
+        }
+        assert set(routes) == {"/api/v1/uploads", "/api/v1/uploads/{upload_id}"}
+        for route in routes.values():
+            assert _dependency_names(route.dependant) == {
+                "authorize",  # the policy (app-wide)
+                "get_current_user",  # CurrentUser, which needs:
+                "get_session_user",
+                "HTTPBearer",
+            }
+            dependant = route.dependant
+            assert not dependant.header_params
+            assert not dependant.cookie_params
+            assert not dependant.body_params
+            assert route.methods == {"GET"}
+        assert {p.name for p in routes["/api/v1/uploads/{upload_id}"].dependant.path_params} == {
+            "upload_id"
+        }
