@@ -557,7 +557,7 @@ async def upload_owners(
         select(Upload.id, Upload.user_id).where(Upload.id.in_(set(upload_ids)))
     )
     # Not dict(rows): a Result has keys(), so dict() would take it for a mapping.
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 async def reset_failed_forwards(session: AsyncSession, upload_id: uuid.UUID) -> None:

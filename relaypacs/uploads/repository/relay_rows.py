@@ -114,7 +114,7 @@ async def forwarded_sop_uids(session: AsyncSession, upload_id: uuid.UUID) -> dic
             UploadFile.upload_id == upload_id, UploadFile.forward_status.is_not(None)
         )
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 async def fail_forwards(
