@@ -458,6 +458,37 @@ describe("the upload engine", () => {
     expect(network.acknowledged().sort()).toEqual(EVERY_CHUNK);
   });
 
+  it("cancelled while the gateway is down: paused, not taken up again, cancelled once it is back", async () => {
+    const id = await enqueueStudy(db, await study("multi12"), { estimate: async () => ({}) });
+    const uploader = engine({ retryDelays: [10], maxRetryDelay: 3_600_000 });
+    let cancelling: Promise<void> | null = null;
+    let down = true;
+    network.fault = async (request) => {
+      if (!down || (request.method !== "PUT" && request.method !== "DELETE")) return null;
+      if (request.method === "PUT" && cancelling === null && (await db.studies.get(id))!.state === "waiting") {
+        cancelling = uploader.cancel(id);
+      }
+      return Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 });
+    };
+    uploader.kick();
+    await uploader.idle();
+    await cancelling;
+    expect(await db.studies.get(id)).toMatchObject({
+      state: "paused",
+      pausedByUser: true,
+      note: "Not cancelled: The gateway cannot do this right now; try again shortly. Paused; cancel again later.",
+    });
+    const puts = network.puts.length;
+    uploader.kick(); // left alone
+    await uploader.idle();
+    expect(network.puts).toHaveLength(puts);
+    down = false;
+    await uploader.cancel(id);
+    const cancelled = (await db.studies.get(id))!;
+    expect(cancelled.state).toBe("cancelled");
+    expect((await serverUpload(cancelled.uploadId!)).status).toBe("cancelled");
+  });
+
   it("tells the answers worth waiting for from the final ones", () => {
     for (const status of [408, 429, 500, 502, 503, 504, 507]) expect(isTransient(status)).toBe(true);
     for (const status of [400, 401, 403, 404, 409, 413, 422, 501, 505]) expect(isTransient(status)).toBe(false);

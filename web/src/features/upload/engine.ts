@@ -211,8 +211,14 @@ export class UploadEngine {
     if (study.uploadId) {
       const response = await this.deps.fetch(new Request(`${this.api}/uploads/${study.uploadId}`, { method: "DELETE" })).catch(() => null);
       if (response && !response.ok && response.status !== 404) {
+        // Not cancelled (the gateway is down, or refuses): paused, so that it is not taken up
+        // again by itself, the clinician's Cancel there to press again.
         const error = await errorOf(response);
-        await updateStudy(this.deps.db, studyId, { note: describeError(error) });
+        await updateStudy(this.deps.db, studyId, {
+          state: "paused",
+          pausedByUser: true,
+          note: `Not cancelled: ${describeError(error)} Paused; cancel again later.`,
+        });
         this.emit();
         return;
       }
@@ -266,13 +272,15 @@ export class UploadEngine {
       throw new ApiError(409, "upload_incomplete", "incomplete");
     } catch (error) {
       if (error instanceof Stopped || signal.aborted) {
-        const latest = await this.deps.db.studies.get(study.id);
-        if (latest && latest.state !== "cancelled" && !latest.pausedByUser) {
-          await updateStudy(this.deps.db, study.id, {
+        // Read and written at once: not over a pause or a cancel by the clinician.
+        await this.deps.db.studies
+          .where("id")
+          .equals(study.id)
+          .and((s) => s.state !== "cancelled" && !s.pausedByUser)
+          .modify({
             state: "paused",
             note: this.deps.online() ? "Paused." : "Waiting for the network: the upload goes on by itself.",
           });
-        }
       } else if (error instanceof ApiError && error.status === 401) {
         // The session ended (signed out elsewhere, expired): nothing is lost; the upload goes
         // on from the gateway's record after the next sign-in.
@@ -529,14 +537,17 @@ export class UploadEngine {
   /** `ms`, or less: a pause, a cancel or offline (`signal`) throw Stopped, `wake` ends it. */
   private sleep(ms: number, signal: AbortSignal): Promise<void> {
     return new Promise((resolve, reject) => {
-      const done = () => {
+      const end = () => {
         clearTimeout(timer);
         this.wakers.delete(done);
         signal.removeEventListener("abort", stop);
+      };
+      const done = () => {
+        end();
         resolve();
       };
       const stop = () => {
-        done();
+        end();
         reject(new Stopped());
       };
       const timer = setTimeout(done, ms);
