@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Request, Response, expect
+from playwright.sync_api import Browser, Request, Response, Route, expect
 
 from relaypacs.devtools.faultproxy import FaultProxy
 from relaypacs.devtools.synth import write_study
@@ -247,3 +247,55 @@ def test_a_silent_stall_is_noticed_and_the_chunks_sent_again(
     assert received - stored <= PARALLEL, (received, stored)
     resent = proxy.proxy.stats.upstream_bytes - payload
     assert resent <= PARALLEL * asked + OVERHEAD, (resent, proxy.proxy.stats)
+
+
+def test_a_gateway_down_longer_than_the_quick_retries_is_waited_for_not_failed(
+    browser: Browser, gateway: str, tmp_path: Path
+) -> None:
+    """The gateway answers every chunk PUT `503 storage_unavailable` (a storage outage, a
+    gateway being upgraded behind its proxy) for longer than the app's quick retries (5, about
+    15 s, after which it used to mark the study failed): the study shows "Waiting for the
+    gateway" with the reason, is tried again by itself, and once the gateway answers again it
+    arrives whole without the clinician doing anything."""
+    paths, _ = _study(tmp_path / "study")
+    context, page = signed_in(browser, gateway, "clin", PASSWORD)
+    refused: list[str] = []
+    try:
+        down = True
+
+        def storage_down(route: Route) -> None:
+            if not down:
+                route.continue_()
+                return
+            refused.append(urlsplit(route.request.url).path)
+            route.fulfill(
+                status=503,
+                json={"error": {"code": "storage_unavailable", "message": "down", "details": {}}},
+            )
+
+        page.route("**/chunks/*", storage_down)
+        page.get_by_test_id("folder-input").set_input_files(tmp_path / "study")
+        expect(page.get_by_test_id("study-contents")).to_contain_text("4 images")
+        page.get_by_role("button", name="Send this study").click()
+        state = page.get_by_test_id("queue-state")
+        # Past the quick retries: waiting, the reason shown, not failed.
+        expect(state).to_have_attribute("data-state", "waiting", timeout=60_000)
+        expect(page.get_by_text("Waiting for the gateway (The gateway's storage")).to_be_visible()
+        # Tried again while waiting (the next try is 8 to 16 s away), and still not failed.
+        tried = len(refused)
+        for _ in range(600):  # a guard, not a measure
+            if len(refused) > tried:
+                break
+            page.wait_for_timeout(100)
+        assert len(refused) > tried, refused
+        expect(state).to_have_attribute("data-state", "waiting")
+        # The gateway is back: the next tries get through, by themselves.
+        down = False
+        expect(state).to_have_attribute("data-state", "sent", timeout=120_000)
+        expect(page.get_by_role("button", name="Try again")).to_have_count(0)
+    finally:
+        context.close()
+    _arrived_whole(gateway, paths)
+    # Every chunk stored once (the refused PUTs never reached the gateway).
+    received, stored = _chunk_puts(gateway)
+    assert received == stored

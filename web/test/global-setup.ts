@@ -18,7 +18,7 @@ write_study(out / "cd", instances=4, series=2, rows=16, columns=16, with_dicomdi
             study_description="CT CHEST", accession_number="ACC42")
 write_study(out / "flat", instances=2, rows=16, columns=16, modality="MR",
             patient_name="DOE^JANE", patient_id="X9", birth_date="19450203")
-for n in range(9):  # the upload engine's studies: 2 series, 4 instances of 3 chunks of 64 KiB
+for n in range(13):  # the upload engine's studies: 2 series, 4 instances of 3 chunks of 64 KiB
     write_study(out / f"multi{n}", instances=4, series=2, rows=256, columns=256,
                 patient_name="ROE^RICHARD", patient_id="TEST0001", birth_date="19310412")
 (out / "raw.dcm").write_bytes(make_no_preamble())

@@ -8,6 +8,9 @@ export type StudyState =
   | "hashing"
   | "uploading"
   | "paused" // by the clinician, or offline
+  // The gateway does not answer, or answers "not now" (503...): tried again by itself, the
+  // note says why. (A new value in an indexed field: no new schema version is needed.)
+  | "waiting"
   | "completing"
   | "sent" // the gateway accepted it; from now on the server's record tells the rest
   | "already_sent" // the gateway had it already: nothing was sent
@@ -18,7 +21,7 @@ export interface QueuedStudy {
   id: string;
   studyUid: string;
   state: StudyState;
-  /** Why it is paused or failed (a readable sentence), null otherwise. */
+  /** Why it is paused, waiting or failed (a readable sentence), null otherwise. */
   note: string | null;
   pausedByUser: boolean;
   uploadId: string | null;

@@ -7,13 +7,14 @@ import { createSHA256 } from "hash-wasm";
 import { afterEach, beforeEach, describe, expect, inject, it } from "vitest";
 import { QueueDatabase } from "../../lib/db";
 import { readFileHeader } from "./dicom-header";
-import { UploadEngine, type ChunkPut, type EngineDeps } from "./engine";
+import { UploadEngine, isTransient, waitingNote, type ChunkPut, type EngineDeps } from "./engine";
 import { FIRST_GUESS, LinkMeter, MIN_CHUNK } from "./link";
 import { groupByStudy, type PickedFile, type StudyCandidate } from "./group";
 import { enqueueStudy, studyFiles } from "./queue";
 
 const gateway = inject("gateway");
 const dicomDir = inject("dicomDir");
+const EVERY_CHUNK = ["0/0", "0/1", "0/2", "1/0", "1/1", "1/2", "2/0", "2/1", "2/2", "3/0", "3/1", "3/2"];
 const CHUNK = /\/uploads\/[0-9a-f-]+\/files\/(\d+)\/chunks\/(\d+)$/;
 
 async function sha256(blob: Blob): Promise<string> {
@@ -38,12 +39,13 @@ class Network {
   /** Milliseconds each liveness probe (the round trip the engine times) is held back. */
   probeDelay = 0;
   online = true;
-  /** Fault injection: called before each request; may answer in the gateway's place. */
-  fault: ((request: Request) => Response | null) | null = null;
+  /** Fault injection: called before each request; may answer in the gateway's place, or
+   * throw (a link that dropped while the browser still says it is online). */
+  fault: ((request: Request) => Response | null | Promise<Response | null>) | null = null;
 
   fetch = async (request: Request): Promise<Response> => {
     if (!this.online) throw new TypeError("Failed to fetch");
-    const injected = this.fault?.(request) ?? null;
+    const injected = (await this.fault?.(request)) ?? null;
     if (injected) return injected;
     const path = new URL(request.url).pathname;
     if (request.method === "POST" && path === "/api/v1/uploads") {
@@ -354,5 +356,141 @@ describe("the upload engine", () => {
     const failed = (await db.studies.get(id))!;
     expect(failed.state).toBe("failed");
     expect(failed.note).toBe("The gateway refused this study: no file in it could be accepted.");
+  });
+
+  it("waits, never fails, while the gateway answers 503 far longer than the quick retries, then completes", async () => {
+    const id = await enqueueStudy(db, await study("multi9"), { estimate: async () => ({}) });
+    const uploader = engine({ maxRetryDelay: 40 });
+    // The gateway goes down (every request: chunks, complete) after 3 acknowledged chunks and
+    // refuses 60 requests: 15 for each of the 4 lanes, where 4 used to fail the study.
+    let refusals = 0;
+    let during: { state: string; note: string | null } | undefined;
+    network.fault = async () => {
+      if (network.acknowledged().length < 3 || refusals >= 60) return null;
+      refusals += 1;
+      if (refusals === 60) during = await db.studies.get(id);
+      return Response.json({ error: { code: "storage_unavailable", message: "down" } }, { status: 503, headers: { "Retry-After": "0" } });
+    };
+    uploader.kick();
+    await uploader.idle();
+    expect(refusals).toBe(60);
+    expect(during).toMatchObject({
+      state: "waiting",
+      note: "Waiting for the gateway (The gateway's storage is unavailable right now; try again shortly.). The upload tries again by itself; nothing is lost.",
+    });
+    const sent = (await db.studies.get(id))!;
+    expect(sent).toMatchObject({ state: "sent", note: null });
+    // Every chunk acknowledged once: none was sent again after the gateway came back.
+    expect(network.acknowledged().sort()).toEqual(EVERY_CHUNK);
+    const upload = await serverUpload(sent.uploadId!);
+    expect(upload.received_bytes).toBe(upload.total_bytes);
+    expect(upload.status).toBe("validated");
+  });
+
+  it("waits through a link that drops every request while the browser says online, from the first one", async () => {
+    const id = await enqueueStudy(db, await study("multi10"), { estimate: async () => ({}) });
+    const uploader = engine({ maxRetryDelay: 40 });
+    let drops = 0;
+    let during: { state: string; note: string | null } | undefined;
+    network.fault = async () => {
+      if (drops >= 40) return null;
+      drops += 1;
+      if (drops === 40) during = await db.studies.get(id);
+      throw new TypeError("Failed to fetch");
+    };
+    uploader.kick();
+    await uploader.idle();
+    expect(during).toMatchObject({ state: "waiting", note: waitingNote(new TypeError("x")) });
+    expect(during!.note).toMatch(/No connection to the gateway/);
+    const sent = (await db.studies.get(id))!;
+    expect(sent.state).toBe("sent");
+    expect(network.acknowledged().sort()).toEqual(EVERY_CHUNK);
+    expect(network.puts).toHaveLength(12);
+  });
+
+  it("stops waiting at once when paused or offline, and tries at once when kicked (online)", async () => {
+    const id = await enqueueStudy(db, await study("multi11"), { estimate: async () => ({}) });
+    // Waits far longer than the test may last: only a pause, offline or a kick ends them.
+    const uploader = engine({ retryDelays: [10], maxRetryDelay: 3_600_000 });
+    let refusals = 0;
+    let onWait: (() => void) | null = null;
+    network.fault = async (request) => {
+      if (request.method !== "PUT") return null;
+      refusals += 1;
+      const waiting = (await db.studies.get(id))!.state === "waiting";
+      if (waiting && onWait) {
+        const act = onWait;
+        onWait = null;
+        setTimeout(act, 20);
+      }
+      return Response.json({ error: { code: "database_unavailable", message: "down" } }, { status: 503 });
+    };
+
+    // Paused by the clinician while waiting.
+    onWait = () => void uploader.pause(id);
+    uploader.kick();
+    await uploader.idle();
+    expect(await db.studies.get(id)).toMatchObject({ state: "paused", pausedByUser: true });
+    const afterPause = refusals;
+    uploader.kick(); // left alone
+    await uploader.idle();
+    expect(refusals).toBe(afterPause);
+
+    // Resumed; the browser goes offline while it waits.
+    onWait = () => {
+      network.online = false;
+      uploader.stopAll();
+    };
+    await uploader.resume(id);
+    await uploader.idle();
+    expect(await db.studies.get(id)).toMatchObject({ state: "paused", pausedByUser: false, note: "Waiting for the network: the upload goes on by itself." });
+
+    // Online again, the gateway still down: waiting; then it comes back and `online` kicks:
+    // the hour-long waits end at once.
+    network.online = true;
+    onWait = () => {
+      network.fault = null;
+      uploader.kick();
+    };
+    uploader.kick();
+    await uploader.idle();
+    expect((await db.studies.get(id))!.state).toBe("sent");
+    expect(network.acknowledged().sort()).toEqual(EVERY_CHUNK);
+  });
+
+  it("cancelled while the gateway is down: paused, not taken up again, cancelled once it is back", async () => {
+    const id = await enqueueStudy(db, await study("multi12"), { estimate: async () => ({}) });
+    const uploader = engine({ retryDelays: [10], maxRetryDelay: 3_600_000 });
+    let cancelling: Promise<void> | null = null;
+    let down = true;
+    network.fault = async (request) => {
+      if (!down || (request.method !== "PUT" && request.method !== "DELETE")) return null;
+      if (request.method === "PUT" && cancelling === null && (await db.studies.get(id))!.state === "waiting") {
+        cancelling = uploader.cancel(id);
+      }
+      return Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 });
+    };
+    uploader.kick();
+    await uploader.idle();
+    await cancelling;
+    expect(await db.studies.get(id)).toMatchObject({
+      state: "paused",
+      pausedByUser: true,
+      note: "Not cancelled: The gateway cannot do this right now; try again shortly. Paused; cancel again later.",
+    });
+    const puts = network.puts.length;
+    uploader.kick(); // left alone
+    await uploader.idle();
+    expect(network.puts).toHaveLength(puts);
+    down = false;
+    await uploader.cancel(id);
+    const cancelled = (await db.studies.get(id))!;
+    expect(cancelled.state).toBe("cancelled");
+    expect((await serverUpload(cancelled.uploadId!)).status).toBe("cancelled");
+  });
+
+  it("tells the answers worth waiting for from the final ones", () => {
+    for (const status of [408, 429, 500, 502, 503, 504, 507]) expect(isTransient(status)).toBe(true);
+    for (const status of [400, 401, 403, 404, 409, 413, 422, 501, 505]) expect(isTransient(status)).toBe(false);
   });
 });

@@ -11,7 +11,18 @@
 // that makes no progress for STALL_TIMEOUT_MS is given up and sent again (a link that silently
 // stopped is noticed in seconds). In the browser the chunks go by XMLHttpRequest (xhr.ts):
 // only it reports the progress of a request's body.
-import type { QueueDatabase, QueuedFile, QueuedStudy } from "../../lib/db";
+//
+// A gateway that does not answer, or answers "not now" (5xx but 501/505, 408, 429, a network
+// error, a stall), never fails a study: after the quick retries (`retryDelays`) the study is
+// "waiting" (its note says why) and each request goes on being tried with a backoff capped at
+// `maxRetryDelay` (with jitter), until it gets an answer, the clinician pauses or cancels, or
+// the browser goes offline. `online`, a new study queued, or any request of the study that
+// gets through again (`kick`, `wake`) cut the wait short. A 500 is retried too: the gateway
+// answers it for what it did not foresee (a database failover mid-request, a restart), which
+// mostly passes; one that does not pass stays visible in the note and in the gateway's error
+// reports, and waiting loses nothing where failing would ask the clinician to act.
+// Only a final answer (4xx but 408/429, 409 conflicts, 413...) fails a study, as before.
+import type { QueueDatabase, QueuedFile, QueuedStudy, StudyState } from "../../lib/db";
 import { ApiError, describeError, errorOf } from "../../lib/api/errors";
 import { LinkMeter, STALL_TIMEOUT_MS, StallError, StallWatchdog, fittedChunkSize } from "./link";
 import { activeStudies, finishStudy, studyFiles, updateStudy } from "./queue";
@@ -39,7 +50,10 @@ export interface EngineDeps {
   /** The gateway's origin ("" in the browser: the page's own). */
   baseUrl?: string;
   parallel?: number;
+  /** The waits (ms) of the quick retries of a request; then the study is "waiting". */
   retryDelays?: number[];
+  /** The longest wait (ms) between two tries while the study is waiting (30 s). */
+  maxRetryDelay?: number;
   /** Sends a chunk and reports its progress (the browser: XMLHttpRequest, xhr.ts). Without
    * it, `fetch`: progress is then only the answer's arrival. */
   putChunk?: (put: ChunkPut) => Promise<Response>;
@@ -70,6 +84,16 @@ type UploadAnswer = {
 };
 
 class Stopped extends Error {}
+
+/** An answer that means "not now": the request is tried again (501 and 505 are final). */
+export function isTransient(status: number): boolean {
+  return (status >= 500 && status !== 501 && status !== 505) || status === 408 || status === 429;
+}
+
+/** The note of a study waiting for the gateway. */
+export function waitingNote(reason: unknown): string {
+  return `Waiting for the gateway (${describeError(reason)}). The upload tries again by itself; nothing is lost.`;
+}
 
 /** Timing marks of the phases (bench/web_upload.py reads them); no data in their names. */
 function mark(name: string): void {
@@ -102,6 +126,13 @@ export class UploadEngine {
   private listeners = new Set<() => void>();
   private readonly parallel: number;
   private readonly retryDelays: number[];
+  private readonly maxRetryDelay: number;
+  /** The study's state to go back to when the gateway answers again. */
+  private phase: StudyState = "queued";
+  /** The current study is "waiting" (its note shown), and the note it shows. */
+  private waitingNoteShown: string | null = null;
+  /** The backoff waits under way: each ends at once when called. */
+  private wakers = new Set<() => void>();
   private readonly api: string;
   private readonly stallTimeout: number;
   private readonly requestTimeout: number;
@@ -114,6 +145,7 @@ export class UploadEngine {
     this.api = `${deps.baseUrl ?? ""}/api/v1`;
     this.parallel = deps.parallel ?? 4;
     this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
+    this.maxRetryDelay = deps.maxRetryDelay ?? 30_000;
     this.stallTimeout = deps.stallTimeout ?? STALL_TIMEOUT_MS;
     this.requestTimeout = deps.requestTimeout ?? REQUEST_TIMEOUT_MS;
     this.link = deps.link ?? new LinkMeter();
@@ -136,6 +168,7 @@ export class UploadEngine {
   kick(): void {
     if (this.running) {
       this.again = true;
+      this.wake(); // the network is back, or there is more to do: try now
       return;
     }
     this.running = true;
@@ -148,6 +181,11 @@ export class UploadEngine {
   /** Resolves when the engine has nothing more to do for now. */
   async idle(): Promise<void> {
     while (this.running) await this.looping;
+  }
+
+  /** End the backoff waits under way: the requests waiting for the gateway are tried now. */
+  wake(): void {
+    for (const waker of [...this.wakers]) waker();
   }
 
   /** The network is gone: stop what is in flight; `kick` when it is back. */
@@ -173,8 +211,14 @@ export class UploadEngine {
     if (study.uploadId) {
       const response = await this.deps.fetch(new Request(`${this.api}/uploads/${study.uploadId}`, { method: "DELETE" })).catch(() => null);
       if (response && !response.ok && response.status !== 404) {
+        // Not cancelled (the gateway is down, or refuses): paused, so that it is not taken up
+        // again by itself, the clinician's Cancel there to press again.
         const error = await errorOf(response);
-        await updateStudy(this.deps.db, studyId, { note: describeError(error) });
+        await updateStudy(this.deps.db, studyId, {
+          state: "paused",
+          pausedByUser: true,
+          note: `Not cancelled: ${describeError(error)} Paused; cancel again later.`,
+        });
         this.emit();
         return;
       }
@@ -206,6 +250,8 @@ export class UploadEngine {
   private async process(study: QueuedStudy): Promise<void> {
     this.current = study.id;
     this.controller = new AbortController();
+    this.phase = "queued";
+    this.waitingNoteShown = null;
     const signal = this.controller.signal;
     try {
       const files = await studyFiles(this.deps.db, study.id);
@@ -226,13 +272,15 @@ export class UploadEngine {
       throw new ApiError(409, "upload_incomplete", "incomplete");
     } catch (error) {
       if (error instanceof Stopped || signal.aborted) {
-        const latest = await this.deps.db.studies.get(study.id);
-        if (latest && latest.state !== "cancelled" && !latest.pausedByUser) {
-          await updateStudy(this.deps.db, study.id, {
+        // Read and written at once: not over a pause or a cancel by the clinician.
+        await this.deps.db.studies
+          .where("id")
+          .equals(study.id)
+          .and((s) => s.state !== "cancelled" && !s.pausedByUser)
+          .modify({
             state: "paused",
             note: this.deps.online() ? "Paused." : "Waiting for the network: the upload goes on by itself.",
           });
-        }
       } else if (error instanceof ApiError && error.status === 401) {
         // The session ended (signed out elsewhere, expired): nothing is lost; the upload goes
         // on from the gateway's record after the next sign-in.
@@ -241,8 +289,12 @@ export class UploadEngine {
         await updateStudy(this.deps.db, study.id, { state: "failed", note: describeError(error) });
       }
     } finally {
+      // Requests of the study still going (a lane waiting for the gateway while another got a
+      // final answer) stop with it.
+      this.controller.abort();
       this.current = null;
       this.controller = null;
+      this.waitingNoteShown = null;
       this.emit();
     }
   }
@@ -309,6 +361,7 @@ export class UploadEngine {
     );
     study.uploadId = upload.id;
     study.sentBytes = study.totalBytes - missing;
+    this.phase = "uploading";
     await updateStudy(this.deps.db, study.id, { uploadId: upload.id, state: "uploading", note: null, sentBytes: study.sentBytes });
     this.samples.set(study.id, []);
     this.track(study);
@@ -407,6 +460,7 @@ export class UploadEngine {
 
   /** POST complete: true when accepted; false when chunks are missing (sent again). */
   private async complete(study: QueuedStudy, upload: UploadAnswer, signal: AbortSignal): Promise<boolean> {
+    this.phase = "completing";
     await updateStudy(this.deps.db, study.id, { state: "completing", sentBytes: study.sentBytes });
     this.emit();
     const response = await this.send(
@@ -425,10 +479,12 @@ export class UploadEngine {
   }
 
   /**
-   * One request, retried on network errors, 5xx, 408 and 429 with backoff; offline stops it.
-   * Each attempt gets its own signal, aborted with a StallError when the attempt made no
-   * progress for `timeout` ms (the attempt calls `progress` at each; without calls, the whole
-   * attempt must end within it): then it is retried like a network error.
+   * One request, tried until it gets an answer that is not transient (`isTransient`): network
+   * errors, stalls and "not now" answers are retried after `retryDelays`, then (the study shown
+   * "waiting") with a backoff capped at `maxRetryDelay`. Offline, a pause or a cancel (`signal`)
+   * stop it at once. Each attempt gets its own signal, aborted with a StallError when the attempt
+   * made no progress for `timeout` ms (the attempt calls `progress` at each; without calls, the
+   * whole attempt must end within it): then it is retried like a network error.
    */
   private async send(
     request: (attempt: AbortSignal, progress: () => void) => Promise<Response>,
@@ -438,6 +494,7 @@ export class UploadEngine {
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted || !this.deps.online()) throw new Stopped();
       let response: Response | null = null;
+      let reason: unknown = null;
       const controller = new AbortController();
       const relay = () => controller.abort(signal.reason);
       signal.addEventListener("abort", relay, { once: true });
@@ -448,20 +505,86 @@ export class UploadEngine {
         if (signal.aborted || !this.deps.online()) throw new Stopped();
         const stalled = controller.signal.reason instanceof StallError;
         if (stalled) this.stalls += 1;
-        if (attempt >= this.retryDelays.length) throw stalled ? controller.signal.reason : error;
+        reason = stalled ? controller.signal.reason : error;
       } finally {
         watchdog.stop();
         signal.removeEventListener("abort", relay);
       }
+      let retryAfter = 0;
       if (response !== null) {
-        const transient =
-          response.status >= 500 || response.status === 408 || response.status === 429;
-        if (!transient || attempt >= this.retryDelays.length) return response;
-        await response.body?.cancel();
+        if (!isTransient(response.status)) {
+          await this.answered(signal);
+          return response;
+        }
+        retryAfter = Number(response.headers.get("Retry-After")) * 1000 || 0;
+        reason = await errorOf(response);
       }
-      const wait = this.retryDelays[Math.min(attempt, this.retryDelays.length - 1)]!;
-      await new Promise((resolve) => setTimeout(resolve, wait));
+      if (attempt >= this.retryDelays.length) await this.waiting(reason, signal);
+      await this.sleep(this.backoff(attempt, retryAfter), signal);
     }
+  }
+
+  /** The wait (ms) before try `attempt + 1`: the quick ones, then doubling up to the cap, with
+   * jitter (half of it random: the lanes of a study, and the tabs of a clinic, spread out). */
+  private backoff(attempt: number, retryAfter: number): number {
+    const quick = this.retryDelays;
+    if (attempt < quick.length) return quick[attempt]!;
+    const last = quick[quick.length - 1] ?? 1000;
+    const base = Math.min(this.maxRetryDelay, Math.max(retryAfter, last * 2 ** (attempt - quick.length + 1)));
+    return base / 2 + Math.random() * (base / 2);
+  }
+
+  /** `ms`, or less: a pause, a cancel or offline (`signal`) throw Stopped, `wake` ends it. */
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const end = () => {
+        clearTimeout(timer);
+        this.wakers.delete(done);
+        signal.removeEventListener("abort", stop);
+      };
+      const done = () => {
+        end();
+        resolve();
+      };
+      const stop = () => {
+        end();
+        reject(new Stopped());
+      };
+      const timer = setTimeout(done, ms);
+      this.wakers.add(done);
+      signal.addEventListener("abort", stop, { once: true });
+      if (signal.aborted) stop();
+    });
+  }
+
+  /** The quick retries did not do: the study is shown waiting for the gateway, with why. */
+  private async waiting(reason: unknown, signal: AbortSignal): Promise<void> {
+    const id = this.current;
+    const note = waitingNote(reason);
+    if (id === null || signal.aborted || this.waitingNoteShown === note) return;
+    this.waitingNoteShown = note;
+    // Not over a pause or a cancel by the clinician that raced with this request.
+    await this.deps.db.studies
+      .where("id")
+      .equals(id)
+      .and((s) => !s.pausedByUser && s.state !== "cancelled")
+      .modify({ state: "waiting", note });
+    this.emit();
+  }
+
+  /** A request got a final answer: a study that was waiting goes on, and so do its other
+   * requests (their waits cut short). */
+  private async answered(signal: AbortSignal): Promise<void> {
+    const id = this.current;
+    if (id === null || this.waitingNoteShown === null || signal.aborted) return;
+    this.waitingNoteShown = null;
+    await this.deps.db.studies
+      .where("id")
+      .equals(id)
+      .and((s) => s.state === "waiting")
+      .modify({ state: this.phase, note: null });
+    this.wake();
+    this.emit();
   }
 
   private track(study: QueuedStudy): void {

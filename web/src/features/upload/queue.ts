@@ -4,7 +4,7 @@ import type { QueueDatabase, QueuedFile, QueuedStudy, StudyState } from "../../l
 import type { StudyCandidate } from "./group";
 
 /** States in which a study still has work to do (and its files are kept). */
-export const ACTIVE: readonly StudyState[] = ["queued", "hashing", "uploading", "paused", "completing"];
+export const ACTIVE: readonly StudyState[] = ["queued", "hashing", "uploading", "paused", "waiting", "completing"];
 
 export class QuotaError extends Error {
   constructor(readonly needed: number, readonly available: number) {

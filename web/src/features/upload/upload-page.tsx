@@ -197,6 +197,7 @@ const STATE_LABEL: Record<QueuedStudy["state"], string> = {
   hashing: "Preparing",
   uploading: "Uploading",
   paused: "Paused",
+  waiting: "Waiting for the gateway",
   completing: "Finishing",
   sent: "Sent to the gateway",
   already_sent: "Already at the gateway",
@@ -213,7 +214,7 @@ function duration(seconds: number): string {
 function QueuedStudyRow({ study }: { study: QueuedStudy }) {
   const progress = useProgress(study.id);
   const sent = progress?.sentBytes ?? study.sentBytes;
-  const active = ["queued", "hashing", "uploading", "completing", "paused"].includes(study.state);
+  const active = ["queued", "hashing", "uploading", "completing", "paused", "waiting"].includes(study.state);
   return (
     <Card>
       <div className="flex flex-wrap items-baseline justify-between gap-2">

@@ -24,13 +24,13 @@ function xhrPut(put: ChunkPut, token: string | null): Promise<Response> {
     xhr.onreadystatechange = () => put.progress();
     xhr.onload = () => {
       put.signal.removeEventListener("abort", abort);
-      const type = xhr.getResponseHeader("Content-Type");
-      resolve(
-        new Response(NO_BODY.has(xhr.status) ? null : xhr.responseText, {
-          status: xhr.status,
-          headers: type ? { "Content-Type": type } : {},
-        }),
-      );
+      const headers = new Headers();
+      // The answer's type, and how long the gateway asks to wait before trying again.
+      for (const name of ["Content-Type", "Retry-After"]) {
+        const value = xhr.getResponseHeader(name);
+        if (value !== null) headers.set(name, value);
+      }
+      resolve(new Response(NO_BODY.has(xhr.status) ? null : xhr.responseText, { status: xhr.status, headers }));
     };
     xhr.onerror = () => {
       put.signal.removeEventListener("abort", abort);
