@@ -63,6 +63,34 @@ ENTRIES: tuple[Entry, ...] = (
         "against a direct STOW-RS through the uplink alone (issue 16, item 1: goal 1.1x).",
     ),
     Entry(
+        "bad_network",
+        "Bad networks: the CLI, the web app and tuspy through a slow, distant, cut link",
+        ("bench", "--net", "20mbit,100ms,cut", "--net-runs", "cli:auto:4,cli:8MiB:4,web,tuspy"),
+        ("bench", "--net", "20mbit,100ms,cut", "--net-studies", "mf", "--net-runs", "cli:auto:4"),
+        "20 Mbit/s, 100 ms round trip, every connection cut every 10-20 s (issue 16, item 3: "
+        "goodput at least 0.9x the rate; a cut costs at most the chunks in flight).",
+    ),
+    Entry(
+        "load_sqlite",
+        "The API under load, SQLite, one process",
+        ("bench.load", "--seconds", "20"),
+        ("bench.load", "--seconds", "5", "--clients", "20"),
+        "100 clients polling an upload's status and the list back to back (issue 16, item 4: "
+        "goal P95 under 100 ms). The load generator runs on the same two cores.",
+    ),
+    Entry(
+        "load_postgres",
+        "The API under load, PostgreSQL + Redis, two worker processes",
+        ("bench.load", "--db", "postgres", "--workers", "2", "--seconds", "20"),
+        ("bench.load", "--db", "postgres", "--workers", "2", "--seconds", "5", "--clients", "20"),
+    ),
+    Entry(
+        "stats_day",
+        "Daily statistics of 10,000 uploads (PostgreSQL)",
+        ("bench.stats_day", "--uploads", "10000"),
+        ("bench.stats_day", "--uploads", "1000"),
+    ),
+    Entry(
         "chunk_cost",
         "The chunk path alone",
         ("bench.chunk_cost",),
