@@ -5,7 +5,11 @@ instances (relaypacs/uploads/relay.py) implements `InstanceSource`, and main.py 
 Forwarder together with the settle hooks (what else happens when a study is settled: a report
 is opened, the uploader is notified). Every method runs in a transaction of the worker whose
 first statement fenced the job by its lease token, so a worker that lost its lease writes
-nothing through the source either.
+nothing through the source either. Nothing the worker hands a source a session for may wait
+on the network: a transaction open while a PACS hangs holds the write lock of SQLite (every
+upload, chunk and login of the gateway waits) or row locks and a connection on PostgreSQL.
+Whatever a source must fetch or store elsewhere first, it does in `prepare`, between short
+transactions of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,7 +76,18 @@ class SettledUpload:
     study_instance_uid: str
 
 
+# A transaction fenced by the job's lease token (LeaseLost if the job is no longer ours): each
+# `async with transaction() as session` is one transaction, committed when the block ends.
+FencedTransaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
 class InstanceSource(Protocol):
+    async def prepare(self, upload_id: uuid.UUID, transaction: FencedTransaction) -> None:
+        """Before each pass, with no transaction open: what `start` needs that takes the network
+        (a PACS query, objects stored), done between short transactions of `transaction`, the
+        last of which writes the result (so a worker that lost its lease writes nothing)."""
+        ...
+
     async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
         """The upload's instances to forward, the upload marked as forwarding once accepted
         (`settle`); None when the upload was cancelled or rejected (the job is then cancelled

@@ -18,7 +18,7 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 from sqlalchemy import Connection, Engine
@@ -391,7 +391,18 @@ class Forwarder:
         client = self._clients[claim.target]
         breaker = self._breakers[claim.target]
         sent_before: set[int] = set()
+        source = self._source_of(claim)
+
+        @contextlib.asynccontextmanager
+        async def fenced() -> AsyncIterator[AsyncSession]:
+            async with self._sessionmaker() as session, session.begin():
+                await repository.fence(session, claim, self._lease)
+                yield session
+
         while True:
+            # What the pass needs from the network (the report write-back asks the PACS for
+            # its study), fetched with no transaction open: see source.InstanceSource.
+            await source.prepare(claim.upload_id, fenced)
             # A pass: what is to send now. While the upload is still uploading (pipelined
             # relay), passes go on as long as instances arrive; then the job is parked in the
             # very transaction that found nothing to send (fenced first, which on PostgreSQL
@@ -399,7 +410,7 @@ class Forwarder:
             # repository.wake_job).
             async with self._sessionmaker() as session, session.begin():
                 job = await repository.renew(session, claim, self._lease)
-                study = await self._source_of(claim).start(session, claim.upload_id)
+                study = await source.start(session, claim.upload_id)
                 if study is None:  # the upload was cancelled (or rejected)
                     repository.mark_cancelled(job)
                     self._checked.pop((claim.upload_id, claim.target), None)

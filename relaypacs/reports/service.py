@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -472,16 +473,41 @@ async def _render(storage: ObjectStorage, document: pdf.ReportDocument, key: str
     return data
 
 
-async def stored_pdf(session: AsyncSession, storage: ObjectStorage, report: Report) -> bytes:
-    """The PDF of the report's latest signed version, made and kept in object storage (in the
-    caller's transaction) if it was not yet (or retention deleted it: `release_written_back`)."""
+@dataclass(frozen=True)
+class PdfToMake:
+    """What making the PDF of a report's latest signed version takes, read in a transaction;
+    made by :func:`made_pdf` with none open (object storage may be remote)."""
+
+    report_id: uuid.UUID
+    version: int
+    key: str
+    stored: bool  # kept in object storage already (unless retention deleted it meanwhile)
+    document: pdf.ReportDocument
+
+
+async def pdf_to_make(session: AsyncSession, report: Report) -> PdfToMake:
     key = pdf_key(report)
-    if report.pdf_key == key:
+    return PdfToMake(
+        report_id=report.id,
+        version=report.version,
+        key=key,
+        stored=report.pdf_key == key,
+        document=await _pdf_document(session, report),
+    )
+
+
+async def made_pdf(storage: ObjectStorage, plan: PdfToMake) -> tuple[bytes, bool]:
+    """The PDF, read from object storage or made and kept there (then True: record it with
+    :func:`record_pdf` in the transaction that uses it). No database here."""
+    if plan.stored:
         with contextlib.suppress(ObjectNotFound):
-            return await storage.get(key)
-    data = await _render(storage, await _pdf_document(session, report), key)
-    await repository.set_pdf_key(session, report.id, version=report.version, key=key)
-    return data
+            return await storage.get(plan.key), False
+    return await _render(storage, plan.document, plan.key), True
+
+
+async def record_pdf(session: AsyncSession, plan: PdfToMake) -> None:
+    """The PDF of `plan` is kept in object storage (unless a later version was signed)."""
+    await repository.set_pdf_key(session, plan.report_id, version=plan.version, key=plan.key)
 
 
 async def report_pdf(

@@ -7,7 +7,8 @@ study's instances.
 it sees a signed version it builds its instance once (the report's PDF; the patient and study
 attributes of the study as the PACS lists it; new Series and SOP Instance UIDs; Modality DOC)
 and keeps it in object storage, so that every retry sends the same bytes under the same UID.
-Only the latest signed version is written (its PDF carries the amendment history). Once the
+Only the latest signed version is written (its PDF carries the amendment history). The PACS is
+asked, and object storage written, with no database transaction open (see `prepare`). Once the
 PACS lists it, its SOP Instance UID is the report's `pacs_receipt_id` (audited, on the study's
 timeline as "report stored in the PACS").
 """
@@ -15,11 +16,13 @@ timeline as "report stored in the PACS").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -28,10 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.audit.models import SYSTEM
 from relaypacs.audit.service import record_event
-from relaypacs.config import Settings
+from relaypacs.config import PacsTarget, Settings
 from relaypacs.dicom.documents import PdfInstance, build_encapsulated_pdf, study_attributes
 from relaypacs.forwarding import service as forwarding
 from relaypacs.forwarding.source import (
+    FencedTransaction,
     ForwardCounts,
     InstanceSource,
     SentInstance,
@@ -55,8 +59,18 @@ _STATUS_OF = {
 }
 
 
-def copy_key(report: Report, version: int) -> str:
-    return f"reports/{report.id}/v{version}.dcm"
+def copy_key(report_id: uuid.UUID, version: int, sop_instance_uid: str) -> str:
+    return f"reports/{report_id}/v{version}-{sop_instance_uid}.dcm"
+
+
+@dataclass(frozen=True)
+class _ToBuild:
+    """What building a version's instance takes, read in a transaction."""
+
+    study_instance_uid: str
+    target: PacsTarget
+    fallback_attributes: dict[str, Any]
+    pdf: service.PdfToMake
 
 
 def _fallback_attributes(report: Report) -> dict[str, Any]:
@@ -94,55 +108,99 @@ class ReportWriteBack(InstanceSource):
     async def _report(self, session: AsyncSession, upload_id: uuid.UUID) -> Report | None:
         return await repository.report_of_upload(session, upload_id)
 
-    async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
+    async def prepare(self, upload_id: uuid.UUID, transaction: FencedTransaction) -> None:
+        """The latest signed version's Encapsulated PDF instance, built once and kept in object
+        storage. The PACS is asked for the study's attributes, and the objects are stored, with
+        no transaction open: a PACS that hangs must hold no database lock (on SQLite, every
+        write of the gateway would wait for it). What was read is checked again in the fenced
+        transaction that records the instance."""
+        async with transaction() as session:
+            plan = await self._to_build(session, upload_id)
+        if plan is None:
+            return
+        client = ReportClient(plan.target, self._storage)
+        try:
+            listed = await client.study(plan.study_instance_uid)
+        finally:
+            await client.aclose()
+        attributes = study_attributes(listed) if listed else plan.fallback_attributes
+        pdf, pdf_made = await service.made_pdf(self._storage, plan.pdf)
+        instance = PdfInstance(
+            study_instance_uid=plan.study_instance_uid,
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+            series_number=SERIES_NUMBER,
+            instance_number=plan.pdf.version,
+            title=f"Report, version {plan.pdf.version}",
+            created_at=dt.datetime.now(dt.UTC),
+        )
+        data = await asyncio.to_thread(build_encapsulated_pdf, pdf, instance, attributes)
+        # Its own key per build: a worker that lost its lease meanwhile (and builds it again
+        # elsewhere) never overwrites the bytes of the instance the other one records.
+        key = copy_key(plan.pdf.report_id, plan.pdf.version, instance.sop_instance_uid)
+        sha256 = hashlib.sha256(data).hexdigest()
+        await self._storage.put(key, data, sha256=sha256)
+        try:
+            async with transaction() as session:
+                recorded = await self._record_copy(
+                    session, plan, instance, key=key, data=data, sha256=sha256, pdf_made=pdf_made
+                )
+        except Exception:  # the lease lost meanwhile (LeaseLost) or the database: not recorded
+            with contextlib.suppress(Exception):
+                await self._storage.delete(key)
+            raise
+        if not recorded:
+            with contextlib.suppress(Exception):
+                await self._storage.delete(key)
+
+    async def _to_build(self, session: AsyncSession, upload_id: uuid.UUID) -> _ToBuild | None:
+        """What building the latest signed version's instance takes; None if it is built."""
         report = await self._report(session, upload_id)
         if report is None or report.status not in SIGNED_STATUSES:
             return None
-        made = {c.version for c in await repository.copies(session, report.id)}
-        if report.version not in made:
-            await self._build(session, report)
-        copies = await repository.copies(session, report.id)
-        return StudyToForward(
-            study_instance_uid=report.study_instance_uid or "",
-            to_send=[_part(c) for c in copies if c.status == CopyStatus.PENDING],
-            sop_uids={c.version: c.sop_instance_uid for c in copies},
-        )
-
-    async def _build(self, session: AsyncSession, report: Report) -> None:
-        """The latest signed version's Encapsulated PDF instance, kept in object storage."""
+        if report.version in {c.version for c in await repository.copies(session, report.id)}:
+            return None
         target_name = (await forwarding.delivered_targets(session, [report.upload_id])).get(
             report.upload_id
         )
         target = self._targets.get(target_name or "")
         if target is None:
             raise RuntimeError("the report's study was delivered to no configured PACS target")
-        study_uid = report.study_instance_uid or ""
-        client = ReportClient(target, self._storage)
-        try:
-            listed = await client.study(study_uid)
-        finally:
-            await client.aclose()
-        attributes = study_attributes(listed) if listed else _fallback_attributes(report)
-        pdf = await service.stored_pdf(session, self._storage, report)
-        instance = PdfInstance(
-            study_instance_uid=study_uid,
-            series_instance_uid=generate_uid(),
-            sop_instance_uid=generate_uid(),
-            series_number=SERIES_NUMBER,
-            instance_number=report.version,
-            title=f"Report, version {report.version}",
-            created_at=dt.datetime.now(dt.UTC),
+        return _ToBuild(
+            study_instance_uid=report.study_instance_uid or "",
+            target=target,
+            fallback_attributes=_fallback_attributes(report),
+            pdf=await service.pdf_to_make(session, report),
         )
-        data = await asyncio.to_thread(build_encapsulated_pdf, pdf, instance, attributes)
-        key = copy_key(report, report.version)
-        sha256 = hashlib.sha256(data).hexdigest()
-        await self._storage.put(key, data, sha256=sha256)
+
+    async def _record_copy(
+        self,
+        session: AsyncSession,
+        plan: _ToBuild,
+        instance: PdfInstance,
+        *,
+        key: str,
+        data: bytes,
+        sha256: str,
+        pdf_made: bool,
+    ) -> bool:
+        """Record the built instance, unless the report changed since it was read (False)."""
+        report = await repository.get_report(session, plan.pdf.report_id)
+        if (
+            report is None
+            or report.status not in SIGNED_STATUSES
+            or report.version != plan.pdf.version
+            or report.version in {c.version for c in await repository.copies(session, report.id)}
+        ):
+            return False
+        if pdf_made:
+            await service.record_pdf(session, plan.pdf)
         repository.add_copy(
             session,
             ReportPacsCopy(
                 report_id=report.id,
                 version=report.version,
-                target=target.name,
+                target=plan.target.name,
                 sop_instance_uid=instance.sop_instance_uid,
                 series_instance_uid=instance.series_instance_uid,
                 storage_key=key,
@@ -153,6 +211,22 @@ class ReportWriteBack(InstanceSource):
         )
         await session.flush()
         logger.info("report %s version %d: PDF instance built", report.id, report.version)
+        return True
+
+    async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
+        report = await self._report(session, upload_id)
+        if report is None or report.status not in SIGNED_STATUSES:
+            return None
+        copies = await repository.copies(session, report.id)
+        if report.version not in {c.version for c in copies}:
+            # `prepare` built it in a transaction fenced by this lease: a version signed since
+            # would have fenced this worker off. Retried (the next attempt builds it).
+            raise RuntimeError("the report's latest signed version is not built")
+        return StudyToForward(
+            study_instance_uid=report.study_instance_uid or "",
+            to_send=[_part(c) for c in copies if c.status == CopyStatus.PENDING],
+            sop_uids={c.version: c.sop_instance_uid for c in copies},
+        )
 
     def record_answers(
         self, connection: Connection, upload_id: uuid.UUID, results: Sequence[InstanceResult]

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs.forwarding.source import (
+    FencedTransaction,
     ForwardCounts,
     InstanceSource,
     SentInstance,
@@ -45,6 +46,9 @@ _STATUS_OF = {
 
 class UploadRelay(InstanceSource):
     """An upload's instances for the forwarding worker."""
+
+    async def prepare(self, upload_id: uuid.UUID, transaction: FencedTransaction) -> None:
+        """Nothing: an upload's instances are in the database and object storage already."""
 
     async def start(self, session: AsyncSession, upload_id: uuid.UUID) -> StudyToForward | None:
         upload = await session.get(Upload, upload_id, populate_existing=True)

@@ -16,7 +16,7 @@ import datetime as dt
 import io
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import httpx
@@ -46,9 +46,9 @@ from relaypacs.reports.service import version_pdf_key
 from relaypacs.reports.sync import SyncResult, sync_reports_from_pacs
 from relaypacs.state import app_state
 from relaypacs.uploads.models import Upload
-from tests.api.conftest import CHUNK_SIZE, Account, MakeAccount
+from tests.api.conftest import CHUNK_SIZE, PASSWORD, Account, MakeAccount
 from tests.api.uploading import Study, error_code, make_study, upload_study
-from tests.pacs import OrthancServer, run_orthanc
+from tests.pacs import OrthancServer, ProxyRecord, RecordingProxy, run_orthanc
 from tests.reports.reporting import API, assign, sign
 from tests.servers import free_port
 
@@ -62,10 +62,20 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 
 
 @pytest.fixture(scope="module")
+def proxy(orthanc: OrthancServer) -> Iterator[RecordingProxy]:
+    """In front of the Orthanc, byte for byte: which request of the gateway's is in flight."""
+    with RecordingProxy(orthanc.base_url) as recording:
+        yield recording
+
+
+@pytest.fixture(scope="module")
 async def app(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    orthanc: OrthancServer,
+    proxy: RecordingProxy,
 ) -> AsyncIterator[FastAPI]:
-    """The gateway forwarding to the Orthanc (its worker in this process)."""
+    """The gateway forwarding to the Orthanc (its worker in this process), through `proxy`."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("pacs-reports"),
         database_url=database_url,
@@ -74,7 +84,7 @@ async def app(
         secret_key="test-signing-key-" + "x" * 32,
         totp_required_roles=[],
         rate_limit_login_ip="100000/minute",
-        pacs_url=orthanc.dicomweb_url,
+        pacs_url=proxy.dicomweb_url,
         pacs_username=orthanc.auth[0],
         pacs_password=orthanc.auth[1],
         pacs_profile="orthanc",
@@ -411,6 +421,100 @@ async def test_a_report_signed_in_the_gateway_is_stored_into_its_study_in_the_pa
     result = await run_sync(app)
     assert report_id not in {str(r) for r in result.ready}
     assert [v["source"] for v in report["versions"]] == ["gateway", "gateway"]
+
+
+# Long enough for any write of a working gateway, well below the PACS read timeout (60 s): only
+# a bound so that the broken case fails instead of hanging, not a measure of speed.
+LIVENESS_SECONDS = 20.0
+
+
+async def test_a_pacs_that_hangs_during_a_write_back_blocks_no_other_write(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    orthanc: OrthancServer,
+    proxy: RecordingProxy,
+) -> None:
+    """The write-back asks the PACS for the study's attributes: while that request hangs (the
+    Orthanc frozen by SIGSTOP), a login and an amendment of the same report complete, each
+    while the PACS still has not answered; once the PACS answers, the amended version is
+    stored into the study."""
+    uploader = await make_account(Role.CLINICIAN)
+    admin = await make_account(Role.ADMIN)
+    radiologist = await make_account(Role.RADIOLOGIST)
+    latecomer = await make_account(Role.CLINICIAN)
+    study, report_id = await delivered(app, client, uploader)
+    assert (await assign(client, admin, report_id, radiologist)).status_code == 200
+
+    def study_query() -> ProxyRecord | None:
+        for record in proxy.records:
+            if record.method == "GET" and f"StudyInstanceUID={study.uid}" in record.path:
+                return record
+        return None
+
+    writes: dict[str, httpx.Response] = {}
+    pacs_answered_first: dict[str, bool] = {}
+
+    async def write(name: str, request: Awaitable[httpx.Response]) -> None:
+        writes[name] = await request
+        query = study_query()
+        pacs_answered_first[name] = query is None or query.finished is not None
+
+    tasks: set[asyncio.Task[None]] = set()
+    orthanc.freeze()
+    try:
+        signed = await sign(client, radiologist, report_id, "No fracture.", "Normal.")
+        assert signed.status_code == 200, signed.text
+        # The worker claimed the report job and waits for the frozen PACS's answer.
+        deadline = time.monotonic() + 30
+        while study_query() is None:
+            assert time.monotonic() < deadline, "the write-back never asked the PACS"
+            await asyncio.sleep(0.05)
+        tasks |= {
+            asyncio.create_task(
+                write(
+                    "login",
+                    client.post(
+                        f"{API}/auth/login",
+                        json={"username": latecomer.username, "password": PASSWORD},
+                    ),
+                )
+            ),
+            asyncio.create_task(
+                write(
+                    "amend",
+                    client.post(
+                        f"{API}/reports/{report_id}/amend",
+                        json={
+                            "findings": "Hairline fracture.",
+                            "impression": "Fracture.",
+                            "reason": "Re-read.",
+                        },
+                        headers=radiologist.headers,
+                    ),
+                )
+            ),
+        }
+        await asyncio.wait(tasks, timeout=LIVENESS_SECONDS)
+        query = study_query()
+        assert query is not None
+        assert query.finished is None  # still frozen: nothing answered yet
+        assert orthanc.frozen
+    finally:
+        orthanc.thaw()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # Both writes were done while the PACS had not answered the write-back's request.
+    assert pacs_answered_first == {"login": False, "amend": False}
+    assert writes["login"].status_code == 200, writes["login"].text
+    assert writes["amend"].status_code == 200, writes["amend"].text
+
+    # Once the PACS answers, the write-back goes on: the latest version is stored.
+    report = await _receipt(client, report_id, uploader, 2)
+    receipt = report["pacs_receipt_id"]
+    assert receipt in orthanc.sop_instance_uids(study.uid)
+    tags, _ = orthanc_tags(orthanc, receipt)
+    assert tags["StudyInstanceUID"] == study.uid
+    assert tags["PatientID"] == DEFAULT_PATIENT.patient_id
 
 
 async def test_a_pacs_that_does_not_answer_leaves_every_report_as_it_was(
