@@ -259,10 +259,17 @@ async def claim_due(
         .limit(1)
         .with_for_update(skip_locked=True)
     )
+    return await _lease(session, job, owner=owner, until=now + lease)
+
+
+async def _lease(
+    session: AsyncSession, job: ForwardJob | None, *, owner: str, until: dt.datetime
+) -> Claim | None:
+    """The job's lease taken (a new fencing token), or None without a job."""
     if job is None:
         return None
     job.lease_owner = owner
-    job.lease_until = now + lease
+    job.lease_until = until
     job.lease_token += 1
     await session.flush()
     return Claim(job.id, job.lease_token, job.upload_id, job.target, job.kind, job.request_id)
@@ -294,13 +301,7 @@ async def claim_removed_target(
         .limit(1)
         .with_for_update(skip_locked=True)
     )
-    if job is None:
-        return None
-    job.lease_owner = owner
-    job.lease_until = now + lease
-    job.lease_token += 1
-    await session.flush()
-    return Claim(job.id, job.lease_token, job.upload_id, job.target, job.kind, job.request_id)
+    return await _lease(session, job, owner=owner, until=now + lease)
 
 
 def mark_abandoned(job: ForwardJob, *, at: dt.datetime, reason: str) -> None:

@@ -34,7 +34,14 @@ from relaypacs.forwarding.errors import LeaseLost
 from relaypacs.forwarding.models import JobKind
 from relaypacs.forwarding.repository import Claim, Delivered
 from relaypacs.forwarding.service import TARGET_REMOVED
-from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook, Settlement
+from relaypacs.forwarding.source import (
+    ForwardCounts,
+    InstanceSource,
+    SentInstance,
+    SettledUpload,
+    SettleHook,
+    Settlement,
+)
 from relaypacs.forwarding.verification import (
     ContentCheck,
     ContentUnverifiable,
@@ -299,19 +306,9 @@ class Forwarder:
                     return True
             repository.mark_abandoned(job, at=now, reason=reason)
             if upload is not None and counts is not None:
-                settlement = Settlement(
-                    upload_id=claim.upload_id,
-                    user_id=upload.user_id,
-                    study_instance_uid=upload.study_instance_uid,
-                    target=claim.target,
-                    delivered=False,
-                    confirmed=counts.confirmed,
-                    failed=counts.failed,
-                    instances=counts.instances,
-                    stow_requests=job.stow_requests,
+                await self._run_settle_hooks(
+                    session, claim, upload, counts, job.stow_requests, delivered=False
                 )
-                for hook in self._settle_hooks:
-                    await hook(session, settlement)
             await record_event(
                 session,
                 actor=SYSTEM,
@@ -670,19 +667,9 @@ class Forwarder:
                     return
                 if delivered:
                     self._delivery[claim.target].observe((now - job.created_at).total_seconds())
-                settlement = Settlement(
-                    upload_id=claim.upload_id,
-                    user_id=upload.user_id,
-                    study_instance_uid=upload.study_instance_uid,
-                    target=claim.target,
-                    delivered=delivered,
-                    confirmed=counts.confirmed,
-                    failed=counts.failed,
-                    instances=counts.instances,
-                    stow_requests=job.stow_requests,
+                await self._run_settle_hooks(
+                    session, claim, upload, counts, job.stow_requests, delivered=delivered
                 )
-                for hook in self._settle_hooks:
-                    await hook(session, settlement)
                 await record_event(
                     session,
                     actor=SYSTEM,
@@ -710,6 +697,31 @@ class Forwarder:
                 )
                 return
         await self._schedule_retry(claim, f"{unconfirmed} instances not listed by QIDO-RS")
+
+    async def _run_settle_hooks(
+        self,
+        session: AsyncSession,
+        claim: Claim,
+        upload: SettledUpload,
+        counts: ForwardCounts,
+        stow_requests: int,
+        *,
+        delivered: bool,
+    ) -> None:
+        """The settle hooks (notifications, reports...) run in the settling transaction."""
+        settlement = Settlement(
+            upload_id=claim.upload_id,
+            user_id=upload.user_id,
+            study_instance_uid=upload.study_instance_uid,
+            target=claim.target,
+            delivered=delivered,
+            confirmed=counts.confirmed,
+            failed=counts.failed,
+            instances=counts.instances,
+            stow_requests=stow_requests,
+        )
+        for hook in self._settle_hooks:
+            await hook(session, settlement)
 
     async def _register(
         self,
