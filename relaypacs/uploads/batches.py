@@ -44,6 +44,7 @@ from relaypacs.uploads.chunks import (
     chunk_count,
     count_chunk,
     expected_chunk_size,
+    uploader_facts,
 )
 from relaypacs.uploads.errors import (
     ChunkBatchTooLarge,
@@ -51,9 +52,7 @@ from relaypacs.uploads.errors import (
     ChunkOutOfRange,
     ChunkSizeMismatch,
     ContentDigestMismatch,
-    ContentLengthRequired,
     InvalidChunkBatch,
-    UploadNotFound,
     UploadNotWritable,
 )
 from relaypacs.uploads.repository import chunk_key
@@ -129,13 +128,9 @@ async def store_batch(
 ) -> ChunkBatchStored:
     """Check what can be checked before the body is read, read it (within the body budget),
     check every part against the manifest, then store the parts durably and record them."""
-    facts = await intake.facts.get(intake.db, upload_id)
-    if facts is None:
-        raise UploadNotFound().denying("upload", upload_id, reason="missing")
-    if facts.user_id != user.id:  # only the uploader writes chunks
-        raise UploadNotFound().denying("upload", upload_id)
-    if content_length is None:
-        raise ContentLengthRequired()
+    facts, content_length = await uploader_facts(
+        intake.db, intake.facts, user=user, upload_id=upload_id, content_length=content_length
+    )
     if content_length > intake.batch_max_bytes:
         raise ChunkBatchTooLarge(
             f"A chunk batch is at most {intake.batch_max_bytes} bytes; this one declares "

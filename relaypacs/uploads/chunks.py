@@ -75,6 +75,27 @@ class UploadFactsCache:
         return facts
 
 
+async def uploader_facts(
+    db: Database,
+    facts_cache: UploadFactsCache,
+    *,
+    user: User,
+    upload_id: uuid.UUID,
+    content_length: int | None,
+) -> tuple[UploadFacts, int]:
+    """The facts of an upload this user may write chunks to (only its uploader: 404 for anyone
+    else), and the request's declared length (411 without one): the checks a chunk PUT and a
+    chunk batch both make first."""
+    facts = await facts_cache.get(db, upload_id)
+    if facts is None:
+        raise UploadNotFound().denying("upload", upload_id, reason="missing")
+    if facts.user_id != user.id:  # only the uploader writes chunks
+        raise UploadNotFound().denying("upload", upload_id)
+    if content_length is None:
+        raise ContentLengthRequired()
+    return facts, content_length
+
+
 @dataclass(frozen=True)
 class ChunkTarget:
     upload_id: uuid.UUID
@@ -96,13 +117,9 @@ async def prepare_chunk(
     content_length: int | None,
 ) -> ChunkTarget:
     """Every check that can be made before the body is read (from cached, immutable facts)."""
-    facts = await facts_cache.get(db, upload_id)
-    if facts is None:
-        raise UploadNotFound().denying("upload", upload_id, reason="missing")
-    if facts.user_id != user.id:  # only the uploader writes chunks
-        raise UploadNotFound().denying("upload", upload_id)
-    if content_length is None:
-        raise ContentLengthRequired()
+    facts, content_length = await uploader_facts(
+        db, facts_cache, user=user, upload_id=upload_id, content_length=content_length
+    )
     if content_length > facts.chunk_size:
         raise ChunkTooLarge(
             f"A chunk is at most {facts.chunk_size} bytes; this one declares {content_length}."

@@ -46,7 +46,7 @@ async def recorded(app: FastAPI, upload_id: str) -> dict[int, str | None]:
                 UploadChunk.upload_id == uuid.UUID(upload_id)
             )
         )
-        return dict(rows.tuples().all())
+        return dict(rows.all())
 
 
 async def test_a_batch_stores_each_part_and_the_upload_validates(
