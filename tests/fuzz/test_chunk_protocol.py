@@ -46,6 +46,7 @@ from hypothesis.stateful import (
 )
 
 from relaypacs.devtools.synth import DEFAULT_PATIENT, make_instance
+from relaypacs.uploads.batches import FRAMING as BATCH_FRAMING
 from relaypacs.uploads.repository import chunk_key
 from tests.security.live import LiveGateway, live_gateway
 
@@ -264,11 +265,18 @@ class ChunkProtocol(RuleBasedStateMachine):
                 ]
             }
         ).encode()
+        content = struct.pack(">I", len(header)) + header + b"".join(p[2] for p in parts)
         response = self.http.post(
             f"/uploads/{self.upload_id}/chunks:batch",
-            content=struct.pack(">I", len(header)) + header + b"".join(p[2] for p in parts),
+            content=content,
             headers={"Content-Type": "application/vnd.relaypacs.chunk-batch"},
         )
+        if len(content) > CHUNK + BATCH_FRAMING:
+            # A batch holds at most a chunk size of parts (and its framing): refused whole,
+            # before its body is read, nothing stored (acknowledged_bytes_are_stored checks).
+            self.refused(response, "chunk_batch_too_large")
+            assert response.status_code == 413
+            return
         if self.completed:
             # Refused whole once completed: or, when every part was refused for its digest
             # before the upload's state was looked at, answered part by part.
