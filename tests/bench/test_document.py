@@ -53,3 +53,27 @@ def test_only_runs_the_sections_named(tmp_path: Path) -> None:
     assert "A command that prints a table" not in text
     with pytest.raises(SystemExit):
         document.main(["--only", "nothing", "--out", str(out)])
+
+
+def test_full_keeps_the_named_sections_in_their_full_form_under_quick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        document,
+        "ENTRIES",
+        (
+            Entry("year", "A year", ("calendar", "2026"), ("calendar", "2026", "1")),
+            Entry("month", "A month", ("calendar", "2026"), ("calendar", "2026", "12")),
+        ),
+    )
+    out = tmp_path / "benchmarks.md"
+    assert document.main(["--quick", "--full", "year", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "`uv run python -m bench.document --quick --full year`" in text
+    assert "| `python -m calendar 2026` | 0 |" in text  # year: its full form
+    assert "| `python -m calendar 2026 12` | 0 |" in text  # month: its short form
+    assert "| `python -m calendar 2026 1` |" not in text
+    with pytest.raises(SystemExit):  # --full means nothing without --quick
+        document.main(["--full", "year", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        document.main(["--quick", "--full", "nothing", "--out", str(out)])
