@@ -28,6 +28,7 @@ from tests.gateway import REPO, create_user, relaypacs_command, run_gateway, sub
 PASSWORD = "bench-web-upload-password"
 WORK = REPO / "bench" / ".work"
 LONGTASKS = """
+performance.setResourceTimingBufferSize(100000);
 window.__longtasks = [];
 new PerformanceObserver((list) => {
   for (const entry of list.getEntries()) window.__longtasks.push(entry.duration);
@@ -107,8 +108,14 @@ def web_upload(base_url: str, study: Path) -> tuple[float, list[float]]:
                     const puts = performance.getEntriesByType("resource")
                         .filter((e) => e.name.includes("/chunks/"));
                     const mean = (f) => puts.reduce((s, e) => s + f(e), 0) / (puts.length || 1);
+                    const first = Math.min(...puts.map((e) => e.startTime));
+                    const last = Math.max(...puts.map((e) => e.responseEnd));
                     return {
                         count: puts.length,
+                        span_ms: Math.round(last - first),
+                        mean_in_flight:
+                            Math.round(10 * puts.reduce((s, e) => s + e.duration, 0)
+                                / (last - first || 1)) / 10,
                         mean_total_ms: Math.round(mean((e) => e.duration)),
                         mean_queued_ms: Math.round(mean((e) => e.requestStart - e.startTime)),
                         mean_sent_to_answer_ms: Math.round(

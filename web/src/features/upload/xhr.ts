@@ -38,7 +38,10 @@ function xhrPut(put: ChunkPut, token: string | null): Promise<Response> {
     };
     xhr.onabort = () => reject(put.signal.reason ?? new DOMException("Aborted", "AbortError"));
     put.signal.addEventListener("abort", abort, { once: true });
-    xhr.send(put.body);
+    // A Blob, not the ArrayBuffer itself: Chromium (156) sends an ArrayBuffer body several times
+    // slower, and slows every other chunk's read with it (bench.web_upload: 300 whole-file
+    // chunks of 0.5 MB, 0.7 PUTs in flight on average and 18-22 s, against 3.6 and 6.9 s).
+    xhr.send(new Blob([put.body]));
   });
 }
 
