@@ -5,9 +5,6 @@
 of the request plumbing (``relaypacs.client.transport``: one ``httpx.AsyncClient``, retries on
 network errors, timeouts, 408/425/429/5xx with backoff). The names those modules define are
 importable from here too, as they were before the split.
-
-No token, password or code is ever logged: secrets travel in bodies and headers, never in a
-URL (httpx logs URLs at INFO).
 """
 
 from __future__ import annotations

@@ -5,9 +5,6 @@ network errors, timeouts, 408/425/429/5xx (Retry-After honoured) with exponentia
 jitter. An authenticated request carries the access token, renewed first when it is about to
 expire and once on a 401: how is the signed-in session's business (``relaypacs.client.session``
 implements ``_renew``); the endpoints are in ``relaypacs.client.api``.
-
-No token, password or code is ever logged: secrets travel in bodies and headers, never in a
-URL (httpx logs URLs at INFO).
 """
 
 from __future__ import annotations
