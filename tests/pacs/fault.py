@@ -44,8 +44,6 @@ from tests.pacs.loopback import (
     iter_body,
     read_head,
     response_head,
-    wait_until,
-    wait_until_sync,
 )
 
 
@@ -182,14 +180,9 @@ class FaultPacs(BackgroundServer):
             self._stow_queue.clear()
             self._qido_queue.clear()
 
-    def wait_for(self, count: int, *, stow: bool = True, timeout: float = 10.0) -> None:
-        """Block until ``count`` (STOW-RS) requests have arrived (answered or not)."""
-        wait_until_sync(lambda: self._arrived(stow) >= count, timeout, f"{count} requests")
-
-    async def async_wait_for(self, count: int, *, stow: bool = True, timeout: float = 10.0) -> None:
-        await wait_until(lambda: self._arrived(stow) >= count, timeout, f"{count} requests")
-
-    def _arrived(self, stow: bool) -> int:
+    def _counted(self, stow: bool) -> int:
+        """:meth:`wait_for` waits until ``count`` (STOW-RS) requests have arrived (answered or
+        not)."""
         return sum(1 for r in self.requests if r.is_stow or not stow)
 
     # -- serving -------------------------------------------------------------------------

@@ -191,6 +191,18 @@ class BackgroundServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
+    def _counted(self, stow: bool) -> int:
+        """The (STOW-RS, with ``stow``) requests :meth:`wait_for` counts: the subclass says
+        which (answered, or arrived)."""
+        raise NotImplementedError
+
+    def wait_for(self, count: int, *, stow: bool = True, timeout: float = 10.0) -> None:
+        """Block until ``count`` (STOW-RS) requests are counted (:meth:`_counted`)."""
+        _wait_sync(lambda: self._counted(stow) >= count, timeout, f"{count} requests")
+
+    async def async_wait_for(self, count: int, *, stow: bool = True, timeout: float = 10.0) -> None:
+        await _wait(lambda: self._counted(stow) >= count, timeout, f"{count} requests")
+
     def stop(self) -> None:
         """Close the listener and every open connection (hanging requests included)."""
         loop, thread = self._loop, self._thread
@@ -228,7 +240,7 @@ class BackgroundServer:
         self.stop()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -236,7 +248,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.01)
 
 
-def wait_until_sync(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def _wait_sync(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

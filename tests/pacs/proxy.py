@@ -21,8 +21,6 @@ from tests.pacs.loopback import (
     read_head,
     response_has_body,
     response_head,
-    wait_until,
-    wait_until_sync,
 )
 
 _KEEP_RESPONSE: Final = 1 << 20
@@ -121,14 +119,8 @@ class RecordingProxy(BackgroundServer):
         with self._lock:
             self._records.clear()
 
-    def wait_for(self, count: int, *, stow: bool = True, timeout: float = 10.0) -> None:
-        """Block until ``count`` (STOW-RS) requests have been answered."""
-        wait_until_sync(lambda: self._answered(stow) >= count, timeout, f"{count} requests")
-
-    async def async_wait_for(self, count: int, *, stow: bool = True, timeout: float = 10.0) -> None:
-        await wait_until(lambda: self._answered(stow) >= count, timeout, f"{count} requests")
-
-    def _answered(self, stow: bool) -> int:
+    def _counted(self, stow: bool) -> int:
+        """:meth:`wait_for` waits until ``count`` (STOW-RS) requests have been answered."""
         return sum(1 for r in self.records if r.finished is not None and (r.is_stow or not stow))
 
     # -- proxying ----------------------------------------------------------------------
