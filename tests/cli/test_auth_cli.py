@@ -314,7 +314,8 @@ class TestRateLimited:
         assert run.code == 3, (run.summary, run.stderr)
         assert "refuses sign-in attempts for now" in run.summary["error"]
         assert re.search(r"try again in \d+ s", run.summary["error"])
-        assert run.summary["timings"].get("upload_seconds", 0) < 10  # not waited for an hour
+        # Not waited for the hour the limit lasts (a bound, not a measure: the machine may be busy).
+        assert run.summary["timings"].get("upload_seconds", 0) < 300
 
 
 class TestPrompt:
