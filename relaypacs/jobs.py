@@ -10,6 +10,7 @@ from relaypacs.auth.service import sweep_ended_sessions
 from relaypacs.config import Settings
 from relaypacs.db import Database
 from relaypacs.notifications.service import sweep_read
+from relaypacs.reports.objects import sweep_orphans
 from relaypacs.reports.service import release_written_back
 from relaypacs.reports.sync import sync_reports_from_pacs
 from relaypacs.scheduler import Scheduler
@@ -70,6 +71,8 @@ async def sweep(db: Database, settings: Settings) -> None:
 
 async def retention(db: Database, storage: ObjectStorage, *, kept: dt.timedelta) -> None:
     """The stored bytes of studies delivered longer than `kept` ago, then the gateway's copies
-    of their reports' versions that the PACS holds (reports.service.release_written_back)."""
+    of their reports' versions that the PACS holds (reports.service.release_written_back), then
+    the reports' objects that no row names (reports.objects.sweep_orphans)."""
     await purge_delivered(db, storage, kept=kept)
     await release_written_back(db, storage)
+    await sweep_orphans(db, storage)

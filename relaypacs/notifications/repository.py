@@ -185,6 +185,14 @@ async def outbox_counts(session: AsyncSession) -> dict[str, int]:
     return {status: int(count) for status, count in rows}
 
 
+async def oldest_pending_since(session: AsyncSession) -> dt.datetime | None:
+    """When the oldest email still to send was queued (None: none is)."""
+    oldest: dt.datetime | None = await session.scalar(
+        select(func.min(EmailOutbox.created_at)).where(EmailOutbox.status == OutboxStatus.PENDING)
+    )
+    return oldest
+
+
 async def delete_outbox_finished_before(session: AsyncSession, before: dt.datetime) -> int:
     result = await session.execute(
         delete(EmailOutbox).where(

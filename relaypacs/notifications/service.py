@@ -129,6 +129,17 @@ async def email_outbox_counts(session: AsyncSession) -> dict[str, int]:
     return await repository.outbox_counts(session)
 
 
+async def email_outbox_oldest_pending_age(session: AsyncSession) -> float:
+    """Seconds since the oldest email still to send was queued (0 when none is), for the
+    metrics: it grows when no worker sends (every attempt of an email spans minutes)."""
+    oldest = await repository.oldest_pending_since(session)
+    if oldest is None:
+        return 0.0
+    if oldest.tzinfo is None:  # SQLite's DateTime: stored as UTC
+        oldest = oldest.replace(tzinfo=dt.UTC)
+    return max((utcnow() - oldest).total_seconds(), 0.0)
+
+
 def render_event(notice: LiveNotice) -> str:
     """One Server-Sent Event: its id is the notification's (Last-Event-ID on reconnection)."""
     data = NotificationRead(

@@ -22,7 +22,10 @@ from relaypacs import __version__
 from relaypacs.config import Settings
 from relaypacs.db import Database
 from relaypacs.forwarding.service import queue_state
-from relaypacs.notifications.service import email_outbox_counts
+from relaypacs.notifications.service import (
+    email_outbox_counts,
+    email_outbox_oldest_pending_age,
+)
 from relaypacs.ops import repository
 from relaypacs.ops.errors import MetricsLoopbackOnly, MetricsTokenRequired
 from relaypacs.ops.schemas import CheckResult, Readiness
@@ -34,6 +37,7 @@ from relaypacs.telemetry.metrics import (
     DATABASE_POOL,
     DEPENDENCY_UP,
     EMAIL_OUTBOX,
+    EMAIL_OUTBOX_OLDEST_PENDING,
     FORWARD_BREAKER_OPEN,
     FORWARD_OLDEST_JOB_AGE,
     FORWARD_QUEUE_JOBS,
@@ -169,12 +173,14 @@ async def scrape_metrics(
             counts = await count_uploads_by_status(session)
             queue = await queue_state(session)
             emails = await email_outbox_counts(session)
+            oldest_email = await email_outbox_oldest_pending_age(session)
         for status, count in counts.items():
             UPLOADS.labels(status.value).set(count)
         FORWARD_QUEUE_JOBS.set(queue.jobs)
         FORWARD_OLDEST_JOB_AGE.set(queue.oldest_age_seconds)
         for state in ("pending", "failed"):
             EMAIL_OUTBOX.labels(state).set(emails.get(state, 0))
+        EMAIL_OUTBOX_OLDEST_PENDING.set(oldest_email)
 
     try:
         async with asyncio.timeout(within):

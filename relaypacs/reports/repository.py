@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, ScalarResult, Select, delete, func, insert, select, update
@@ -339,3 +339,45 @@ async def mark_released(
         .execution_options(synchronize_session=False)
     )
     return True
+
+
+@dataclass
+class StoredObjects:
+    """What the rows of one report name in object storage (reports/objects.py's sweep)."""
+
+    version: int = 0  # the latest signed version
+    pdf_key: str | None = None
+    copy_keys: set[str] = field(default_factory=set)
+    versions: dict[int, str] = field(default_factory=dict)  # version -> its source
+
+
+async def stored_objects(
+    session: AsyncSession, report_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, StoredObjects]:
+    """For each of these reports that still exists, what its rows name."""
+    found: dict[uuid.UUID, StoredObjects] = {}
+    if not report_ids:
+        return found
+    ids = list(report_ids)
+    rows = await session.execute(
+        select(Report.id, Report.version, Report.pdf_key).where(Report.id.in_(ids))
+    )
+    for report_id, version, pdf_key in rows:
+        found[report_id] = StoredObjects(version=version, pdf_key=pdf_key)
+    versions = await session.execute(
+        select(ReportVersion.report_id, ReportVersion.version, ReportVersion.source).where(
+            ReportVersion.report_id.in_(ids)
+        )
+    )
+    for report_id, version, source in versions:
+        if report_id in found:
+            found[report_id].versions[version] = source
+    keys = await session.execute(
+        select(ReportPacsCopy.report_id, ReportPacsCopy.storage_key).where(
+            ReportPacsCopy.report_id.in_(ids)
+        )
+    )
+    for report_id, key in keys:
+        if report_id in found:
+            found[report_id].copy_keys.add(key)
+    return found

@@ -42,6 +42,7 @@ from relaypacs.reports.models import (
     ReportStatus,
     ReportVersion,
 )
+from relaypacs.reports.objects import current_pdf_key, pdf_key, version_pdf_key
 from relaypacs.reports.repository import WorklistFilter
 from relaypacs.reports.schemas import (
     DraftSave,
@@ -430,11 +431,6 @@ async def assign_report(
 # --- the PDF ---------------------------------------------------------------------------------
 
 
-def pdf_key(report: Report) -> str:
-    """The object of the report's latest signed version (each version has its own)."""
-    return f"reports/{report.id}/v{report.version}.pdf"
-
-
 async def _pdf_document(session: AsyncSession, report: Report) -> pdf.ReportDocument:
     versions = await repository.versions(session, report.id)
     names: dict[uuid.UUID | None, str] = {None: "(from the PACS)"}
@@ -480,18 +476,18 @@ class PdfToMake:
 
     report_id: uuid.UUID
     version: int
-    key: str
-    stored: bool  # kept in object storage already (unless retention deleted it meanwhile)
+    key: str  # where it is kept once made
+    # Where it is kept already (unless retention deleted it meanwhile): `key`, or the PACS's PDF
+    stored: str | None
     document: pdf.ReportDocument
 
 
 async def pdf_to_make(session: AsyncSession, report: Report) -> PdfToMake:
-    key = pdf_key(report)
     return PdfToMake(
         report_id=report.id,
         version=report.version,
-        key=key,
-        stored=report.pdf_key == key,
+        key=pdf_key(report),
+        stored=current_pdf_key(report),
         document=await _pdf_document(session, report),
     )
 
@@ -499,9 +495,9 @@ async def pdf_to_make(session: AsyncSession, report: Report) -> PdfToMake:
 async def made_pdf(storage: ObjectStorage, plan: PdfToMake) -> tuple[bytes, bool]:
     """The PDF, read from object storage or made and kept there (then True: record it with
     :func:`record_pdf` in the transaction that uses it). No database here."""
-    if plan.stored:
+    if plan.stored is not None:
         with contextlib.suppress(ObjectNotFound):
-            return await storage.get(plan.key), False
+            return await storage.get(plan.stored), False
     return await _render(storage, plan.document, plan.key), True
 
 
@@ -519,13 +515,12 @@ async def report_pdf(
         report = await get_report(session, report_id=report_id, user=user)
         if report.status not in SIGNED_STATUSES:
             raise ReportNotSigned("A report has a PDF once it is signed.")
-        key = pdf_key(report)
-        stored = report.pdf_key == key
+        key, stored = pdf_key(report), current_pdf_key(report)
         document = None if stored else await _pdf_document(session, report)
     data = None
-    if document is None:
+    if stored is not None:
         try:
-            data = await storage.get(key)
+            data = await storage.get(stored)
         except ObjectNotFound:  # deleted by retention meanwhile: made again
             async with db.read_sessionmaker() as session, session.begin():
                 document = await _pdf_document(session, report)
@@ -541,10 +536,6 @@ async def report_pdf(
 # --- retention -------------------------------------------------------------------------------
 
 RELEASE_BATCH = 200  # versions per run; more wait for the next
-
-
-def version_pdf_key(report_id: uuid.UUID, version: int) -> str:
-    return f"reports/{report_id}/v{version}.pdf"
 
 
 async def release_written_back(db: Database, storage: ObjectStorage) -> int:

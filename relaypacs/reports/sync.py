@@ -4,6 +4,11 @@ Comprehensive SR: its text, walking the content tree) or an Encapsulated PDF (it
 is in object storage as the report's PDF). The report becomes ready with its source recorded
 ("pacs", the instance's SOP Instance UID); the uploader is told (report ready), it is audited.
 
+A PDF is stored in object storage with no transaction open (a slow store holds no database
+lock), under a key of its own per run (reports/objects.py), and recorded in the transaction
+that makes the report ready; a run that fails or loses a race between the two (the report
+signed meanwhile) deletes it, or leaves it to the sweep of objects no row names.
+
 The study's own instances (those the gateway delivered) and the gateway's own written-back
 report are never taken for a report. An unusable instance (an SR without text, a PDF of 0
 bytes, not DICOM) is skipped with its reason (logged without patient data, audited, on the
@@ -16,6 +21,7 @@ what it needs and runs once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -50,8 +56,8 @@ from relaypacs.reports.models import (
     ReportStatus,
     ReportVersion,
 )
-from relaypacs.reports.service import pdf_key
-from relaypacs.storage import ObjectStorage
+from relaypacs.reports.objects import pacs_pdf_key
+from relaypacs.storage import ObjectStorage, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +76,8 @@ class SyncResult:
     studies_checked: int = 0
     ready: list[uuid.UUID] = field(default_factory=list)  # reports made ready
     skipped: list[Skipped] = field(default_factory=list)  # unusable instances, with why
-    errors: list[str] = field(default_factory=list)  # PACS that did not answer (no PHI)
+    # PACS that did not answer, PDFs the object storage did not take (no PHI)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,14 @@ async def _sync_target(
                     type(exc).__name__,
                 )
                 return
+            except StorageError as exc:
+                # Nothing recorded for this report: the next run reads its instances again.
+                result.errors.append(f"storage: {type(exc).__name__}")
+                logger.warning(
+                    "report sync: report %s: the PACS's PDF was not stored (%s)",
+                    report.id,
+                    type(exc).__name__,
+                )
     finally:
         await client.aclose()
 
@@ -205,42 +220,92 @@ async def _sync_report(
             )
     if not found and not skipped:
         return
-    async with sessionmaker() as session, session.begin():
-        locked = await repository.get_report(session, report.id, lock=True)
-        if locked is None:
-            return
-        seen = await repository.pacs_instances_seen(session, report.id)
-        skipped = [s for s in skipped if s.sop_instance_uid not in seen]
-        found = [f for f in found if f.instance.sop_instance_uid not in seen]
-        for skip in skipped:
-            repository.add_pacs_instance(
-                session, report.id, skip.sop_instance_uid, PacsInstanceOutcome.SKIPPED, skip.reason
-            )
-            await record_event(
-                session,
-                actor=SYSTEM,
-                action="report.pacs_skipped",
-                outcome="failure",
-                object_type="report",
-                object_id=report.id,
-                study_instance_uid=locked.study_instance_uid,
-                details={"sop_instance_uid": skip.sop_instance_uid, "reason": skip.reason},
-            )
-        result.skipped.extend(skipped)
-        if found and locked.status not in SIGNED_STATUSES:
-            await _make_ready(session, storage, locked, found, target)
-            result.ready.append(locked.id)
+    pdf = next((f.pdf for f in found if f.pdf is not None), None)
+    key = None
+    if pdf is not None and report.status not in SIGNED_STATUSES:
+        key = await _keep_pdf(storage, report, pdf)
+    try:
+        async with sessionmaker() as session, session.begin():
+            recorded, ready = await _record(session, report, found, skipped, key, target)
+    except Exception:
+        if key is not None:
+            with contextlib.suppress(Exception):
+                await storage.delete(key)
+        raise
+    if key is not None and not ready:  # signed meanwhile: the PACS's PDF is not the report's
+        with contextlib.suppress(Exception):
+            await storage.delete(key)
+    result.skipped.extend(recorded)
+    if ready:
+        result.ready.append(report.id)
+
+
+async def _keep_pdf(storage: ObjectStorage, report: Report, pdf: bytes) -> str:
+    """The PACS's PDF stored under a key of its own, for the version the report would become
+    (no transaction is open: object storage may be slow)."""
+    key = pacs_pdf_key(report.id, report.version + 1)
+    try:
+        await storage.put(key, pdf, sha256=hashlib.sha256(pdf).hexdigest())
+    except Exception:
+        with contextlib.suppress(Exception):  # a put that failed may have stored it
+            await storage.delete(key)
+        raise
+    return key
+
+
+async def _record(
+    session: AsyncSession,
+    report: Report,
+    found: list[_Found],
+    skipped: list[Skipped],
+    pdf_key: str | None,
+    target: PacsTarget,
+) -> tuple[list[Skipped], bool]:
+    """In one transaction, with the report locked: the skipped instances not recorded yet, and
+    the report made ready from those found unless it was signed (or changed) since it was
+    read. Returns the skipped instances recorded and whether it was made ready."""
+    locked = await repository.get_report(session, report.id, lock=True)
+    if locked is None:
+        return [], False
+    seen = await repository.pacs_instances_seen(session, report.id)
+    skipped = [s for s in skipped if s.sop_instance_uid not in seen]
+    found = [f for f in found if f.instance.sop_instance_uid not in seen]
+    for skip in skipped:
+        repository.add_pacs_instance(
+            session, report.id, skip.sop_instance_uid, PacsInstanceOutcome.SKIPPED, skip.reason
+        )
+        await record_event(
+            session,
+            actor=SYSTEM,
+            action="report.pacs_skipped",
+            outcome="failure",
+            object_type="report",
+            object_id=report.id,
+            study_instance_uid=locked.study_instance_uid,
+            details={"sop_instance_uid": skip.sop_instance_uid, "reason": skip.reason},
+        )
+    if (
+        not found
+        or locked.status in SIGNED_STATUSES
+        or locked.version != report.version  # the key's version (never, unsigned: kept safe)
+        or (pdf_key is None and any(f.pdf is not None for f in found))
+    ):
+        return skipped, False
+    await _make_ready(session, locked, found, target, pdf_key=pdf_key)
+    return skipped, True
 
 
 async def _make_ready(
     session: AsyncSession,
-    storage: ObjectStorage,
     report: Report,
     found: Sequence[_Found],
     target: PacsTarget,
+    *,
+    pdf_key: str | None,
 ) -> None:
     """The report is ready from what the PACS holds: the SRs' text (in the order found), the
-    PDF as is (the first one), its source the first instance used (an SR before a PDF)."""
+    PDF as is (the first one, stored already under `pdf_key`), its source the first instance
+    used (an SR before a PDF)."""
     texts = [f.text for f in found if f.text is not None]
     pdfs = [f for f in found if f.pdf is not None]
     source = next((f for f in found if f.text is not None), found[0]).instance
@@ -264,11 +329,8 @@ async def _make_ready(
     report.findings, report.impression = findings, impression
     report.status = ReportStatus.READY
     report.ready_at = now
-    if pdfs:
-        data = pdfs[0].pdf or b""
-        key = pdf_key(report)
-        await storage.put(key, data, sha256=hashlib.sha256(data).hexdigest())
-        report.pdf_key = key
+    if pdf_key is not None:
+        report.pdf_key = pdf_key
     for f in found:
         repository.add_pacs_instance(
             session, report.id, f.instance.sop_instance_uid, PacsInstanceOutcome.USED, None

@@ -46,6 +46,7 @@ from relaypacs.pacs.dicomweb import Disposition, InstancePart, InstanceResult
 from relaypacs.pacs.reports import ReportClient
 from relaypacs.reports import repository, service
 from relaypacs.reports.models import SIGNED_STATUSES, CopyStatus, Report, ReportPacsCopy
+from relaypacs.reports.objects import copy_key
 from relaypacs.storage import ObjectStorage
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ _STATUS_OF = {
     Disposition.FAILED: CopyStatus.FAILED,
     Disposition.RETRY: CopyStatus.PENDING,
 }
-
-
-def copy_key(report_id: uuid.UUID, version: int, sop_instance_uid: str) -> str:
-    return f"reports/{report_id}/v{version}-{sop_instance_uid}.dcm"
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,8 @@ class ReportWriteBack(InstanceSource):
         )
         data = await asyncio.to_thread(build_encapsulated_pdf, pdf, instance, attributes)
         # Its own key per build: a worker that lost its lease meanwhile (and builds it again
-        # elsewhere) never overwrites the bytes of the instance the other one records.
+        # elsewhere) never overwrites the bytes of the instance the other one records. One
+        # left by a build cancelled here is deleted by reports.objects.sweep_orphans.
         key = copy_key(plan.pdf.report_id, plan.pdf.version, instance.sop_instance_uid)
         sha256 = hashlib.sha256(data).hexdigest()
         await self._storage.put(key, data, sha256=sha256)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import datetime as dt
 import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -217,6 +218,12 @@ class ObjectStorage(abc.ABC):
         The order is the string order of the keys (``"0/10-x"`` before ``"0/2-x"``): callers that
         need numeric order (chunks) sort themselves.
         """
+
+    @abc.abstractmethod
+    def list_modified(self, prefix: str) -> AsyncIterator[tuple[str, dt.datetime]]:
+        """Yield ``(key, last modified)`` for the keys starting with ``prefix``, sorted as
+        :meth:`list`; the time (UTC) is when the object was last put (the file's mtime, S3's
+        LastModified, to the second there). For sweeps that must leave recent objects alone."""
 
     @abc.abstractmethod
     def local_path(self, key: str) -> Path | None:

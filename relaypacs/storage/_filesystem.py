@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import errno
 import functools
 import io
@@ -302,8 +303,13 @@ class FilesystemStorage(ObjectStorage):
         return count
 
     def _list_sync(self, prefix: str) -> list[str]:
+        return [key for key, _ in self._list_entries_sync(prefix, times=False)]
+
+    def _list_entries_sync(self, prefix: str, *, times: bool) -> list[tuple[str, float]]:
+        """The keys under ``prefix``, sorted, each with its file's mtime (0.0 unless ``times``;
+        a file deleted while listed is left out)."""
         dir_rel, _, name_prefix = prefix.rpartition("/")
-        keys: list[str] = []
+        keys: list[tuple[str, float]] = []
         stack: list[tuple[str, str]] = []  # (absolute dir, its key prefix)
         try:
             with os.scandir(self._abs(dir_rel)) as it:
@@ -318,7 +324,13 @@ class FilesystemStorage(ObjectStorage):
             if entry.is_dir(follow_symlinks=False):
                 stack.append((entry.path, f"{rel}{entry.name}/"))
             elif entry.is_file(follow_symlinks=False):
-                keys.append(rel + entry.name)
+                mtime = 0.0
+                if times:
+                    try:
+                        mtime = entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        return
+                keys.append((rel + entry.name, mtime))
 
         for entry in top:
             visit(entry, rel_base)
@@ -507,6 +519,17 @@ class FilesystemStorage(ObjectStorage):
             raise _storage_error("list", prefix, exc) from None
         for key in keys:
             yield key
+
+    async def list_modified(self, prefix: str) -> AsyncIterator[tuple[str, dt.datetime]]:
+        validate_prefix(prefix)
+        try:
+            entries = await self._run(
+                functools.partial(self._list_entries_sync, prefix, times=True)
+            )
+        except OSError as exc:
+            raise _storage_error("list", prefix, exc) from None
+        for key, mtime in entries:
+            yield key, dt.datetime.fromtimestamp(mtime, dt.UTC)
 
     def local_path(self, key: str) -> Path:
         validate_key(key)

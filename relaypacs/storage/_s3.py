@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -378,6 +379,17 @@ class S3Storage(ObjectStorage):
             async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._full(prefix)):
                 for obj in page.get("Contents", []):
                     yield obj["Key"][strip:]
+
+    async def list_modified(self, prefix: str) -> AsyncIterator[tuple[str, dt.datetime]]:
+        """ListObjectsV2 as :meth:`list`, with each object's LastModified."""
+        validate_prefix(prefix)
+        client = self._require_client()
+        paginator = client.get_paginator("list_objects_v2")
+        strip = len(self._prefix)
+        with _translated("list", prefix):
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._full(prefix)):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:], obj["LastModified"].astimezone(dt.UTC)
 
     def local_path(self, key: str) -> Path | None:
         validate_key(key)

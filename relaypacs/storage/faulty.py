@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -116,6 +117,11 @@ class FaultyStorage(ObjectStorage):
         self._gate("list")
         async for key in self.inner.list(prefix):
             yield key
+
+    async def list_modified(self, prefix: str) -> AsyncIterator[tuple[str, dt.datetime]]:
+        self._gate("list")
+        async for entry in self.inner.list_modified(prefix):
+            yield entry
 
     def local_path(self, key: str) -> Path | None:
         return self.inner.local_path(key)

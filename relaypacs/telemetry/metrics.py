@@ -173,6 +173,16 @@ EMAIL_OUTBOX = Gauge(
     ("status",),
     multiprocess_mode="mostrecent",
 )
+EMAIL_OUTBOX_OLDEST_PENDING = Gauge(
+    "relaypacs_email_outbox_oldest_pending_age_seconds",
+    "Age of the oldest email still to send (0 when none), read at each scrape.",
+    multiprocess_mode="mostrecent",
+)
+REPORT_OBJECTS_SWEPT = Counter(
+    "relaypacs_report_orphan_objects_deleted",
+    "Objects under the reports' key prefix that no row named (left by a cancelled or failed "
+    "build of a report's PDF or write-back instance), deleted by the retention job.",
+)
 STORAGE_FULL = Counter(
     "relaypacs_storage_full",
     "Writes the object storage refused because it is full (the client was told 507).",
@@ -261,6 +271,8 @@ def exported_metric_names() -> set[str]:
         SSE_CONNECTIONS,
         EMAILS,
         EMAIL_OUTBOX,
+        EMAIL_OUTBOX_OLDEST_PENDING,
+        REPORT_OBJECTS_SWEPT,
         PACS_REQUEST_DURATION,
         PACS_REQUEST_ERRORS,
         DEPENDENCY_UP,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs.audit.models import AuditEvent
@@ -31,6 +31,7 @@ from relaypacs.notifications import repository
 from relaypacs.notifications.mail import Mailer, SmtpSettings
 from relaypacs.notifications.models import EmailOutbox, Notification, OutboxStatus
 from relaypacs.notifications.service import notify
+from relaypacs.ops.service import scrape_metrics
 from relaypacs.state import app_state
 from tests.api.conftest import PASSWORD
 from tests.api.uploading import make_study
@@ -115,6 +116,14 @@ def _emails(outcome: str) -> float:
     return REGISTRY.get_sample_value("relaypacs_emails_total", {"outcome": outcome}) or 0.0
 
 
+async def _oldest_waiting(db: Database) -> float:
+    """The gauge as a scrape of /metrics sets it."""
+    await scrape_metrics(db=db, within=5.0, breakers={}, sse_streams=0)
+    value = REGISTRY.get_sample_value("relaypacs_email_outbox_oldest_pending_age_seconds")
+    assert value is not None
+    return value
+
+
 async def _until(condition: Callable[[], Any], within: float = 20.0) -> None:
     async with asyncio.timeout(within):
         while not await condition():
@@ -151,6 +160,36 @@ class TestDurable:
             await asyncio.sleep(0.6)  # a few more looks at the outbox: nothing sent again
             (message,) = mailbox.to(address)
             assert message["Subject"] == "RelayPACS: a report is ready"
+
+    async def test_the_age_of_the_oldest_email_waiting_is_exported_until_it_is_sent(
+        self, gateway: Gateway, smtp: tuple[Mailbox, int]
+    ) -> None:
+        """relaypacs_email_outbox_oldest_pending_age_seconds (alert RelayPACSEmailOutboxBackingUp):
+        an email queued 40 minutes ago and still waiting (SMTP down) is 40 minutes old at the
+        next scrape; once it is sent, nothing waits (0)."""
+        mailbox, port = smtp
+        async with gateway(free_port(), smtp_max_attempts=1000) as down:  # SMTP down
+            db = app_state(down).db
+            user_id, address = await _user(db.sessionmaker)
+            notification_id = await _notify(db.sessionmaker, user_id)
+            async with db.sessionmaker() as session, session.begin():
+                await session.execute(
+                    update(EmailOutbox)
+                    .where(EmailOutbox.notification_id == notification_id)
+                    .values(created_at=utcnow() - dt.timedelta(minutes=40))
+                )
+            age = await _oldest_waiting(db)
+            assert 40 * 60 <= age < 41 * 60
+        async with gateway(port) as up:  # SMTP up: sent
+            db = app_state(up).db
+
+            async def sent() -> bool:
+                row = await _row(db.sessionmaker, notification_id)
+                return bool(row.status == OutboxStatus.SENT)
+
+            await _until(sent)
+            assert len(mailbox.to(address)) == 1
+            assert await _oldest_waiting(db) == 0
 
     async def test_an_email_claimed_by_a_worker_that_died_is_sent_when_its_lease_runs_out(
         self, gateway: Gateway, smtp: tuple[Mailbox, int]
@@ -209,6 +248,7 @@ class TestRetries:
         self, gateway: Gateway, smtp: tuple[Mailbox, int]
     ) -> None:
         mailbox, port = smtp
+        failed_before = _emails("failed")
         async with gateway(port, smtp_max_attempts=3) as app:
             sessions = app_state(app).db.sessionmaker
             user_id, address = await _user(sessions)
@@ -238,6 +278,8 @@ class TestRetries:
             assert address not in str(event.details)
             await asyncio.sleep(0.5)
             assert mailbox.to(address) == []  # given up: not tried a fourth time
+            # counted (alert RelayPACSEmailsFailed)
+            assert _emails("failed") - failed_before == 1
 
     async def test_a_kind_turned_off_after_it_was_queued_is_skipped(
         self, gateway: Gateway, smtp: tuple[Mailbox, int]

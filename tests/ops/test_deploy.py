@@ -219,6 +219,9 @@ class TestPrometheusRules:
             "relaypacs_http_request_duration_seconds_count",
             "relaypacs_storage_full_total",
             "relaypacs_uploads",
+            # emails given up, and an outbox nobody sends from
+            "relaypacs_emails_total",
+            "relaypacs_email_outbox_oldest_pending_age_seconds",
         ):
             assert wanted in named_metrics
 

@@ -42,7 +42,7 @@ from relaypacs.dicom.documents import (
 from relaypacs.jobs import retention
 from relaypacs.main import create_app
 from relaypacs.reports import repository
-from relaypacs.reports.service import version_pdf_key
+from relaypacs.reports.objects import version_pdf_key
 from relaypacs.reports.sync import SyncResult, sync_reports_from_pacs
 from relaypacs.state import app_state
 from relaypacs.uploads.models import Upload

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import os
 
@@ -169,6 +170,28 @@ class TestList:
     async def test_missing_prefix_lists_nothing(self, storage: ObjectStorage) -> None:
         assert await collect(storage, "nothing/here/") == []
         assert await collect(storage, "") == []
+
+    async def test_keys_with_when_they_were_last_put(self, storage: ObjectStorage) -> None:
+        """list_modified: the same keys as list, each with the time of its last put (S3 keeps
+        whole seconds), which a later put of the same key moves on."""
+        for key in self.KEYS:
+            await storage.put(key, b"")
+        started = dt.datetime.now(dt.UTC)
+        await asyncio.sleep(1.1)  # S3's LastModified has whole seconds
+        await storage.put("uploads/u1/0/2-ccc", b"again")
+        ended = dt.datetime.now(dt.UTC)
+        listed = [entry async for entry in storage.list_modified("uploads/u1/")]
+        assert [key for key, _ in listed] == await collect(storage, "uploads/u1/")
+        times = dict(listed)
+        second = dt.timedelta(seconds=1)
+        for key, modified in times.items():
+            assert modified.utcoffset() == dt.timedelta(0), key
+            if key == "uploads/u1/0/2-ccc":
+                assert started - second < modified <= ended + second
+            else:
+                assert started - 60 * second < modified <= started + second, key
+        assert times["uploads/u1/0/2-ccc"] > times["uploads/u1/0/1-aaa"]
+        assert [entry async for entry in storage.list_modified("nothing/")] == []
 
 
 class TestDeletePrefix:
