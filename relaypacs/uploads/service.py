@@ -40,7 +40,8 @@ from relaypacs.uploads.models import (
     Upload,
     UploadStatus,
 )
-from relaypacs.uploads.repository import UploadRow, relay_rows, upkeep_rows
+from relaypacs.uploads.repository import read_rows, relay_rows, upkeep_rows
+from relaypacs.uploads.repository.read_rows import UploadRow
 from relaypacs.uploads.schemas import (
     ChunkBatchStored,
     ChunkStored,
@@ -156,7 +157,7 @@ async def show_upload(
                 upload.user_id,
                 upload.study_instance_uid,
             )
-        row = _visible_row(repository.upload_row(session, upload_id), upload_id, user)
+        row = _visible_row(read_rows.upload_row(session, upload_id), upload_id, user)
         return _status_view(session, row), row.user_id, row.study_instance_uid
 
     view, owner_id, study_instance_uid = await read_in_one_call(db, read)
@@ -177,8 +178,8 @@ async def show_upload(
 def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
     files = None
     if with_files:
-        rows = repository.file_rows(session, upload.id)
-        stored = repository.stored_chunk_indexes(session, upload.id)
+        rows = read_rows.file_rows(session, upload.id)
+        stored = read_rows.stored_chunk_indexes(session, upload.id)
         files = [
             UploadFileRead(
                 index=f.index,
@@ -202,7 +203,7 @@ def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
             )
             for f in rows
         ]
-    received = repository.received_bytes(session, upload.id)
+    received = read_rows.received_bytes(session, upload.id)
     return UploadRead(
         **_summary_fields(upload, received),
         files=files,
@@ -216,7 +217,7 @@ def _forwarding(
     job = forwarding.job_summary(session, upload_id)
     if job is None:
         return None
-    counts = repository.forward_status_counts(session, upload_id)
+    counts = read_rows.forward_status_counts(session, upload_id)
     confirmed = counts.get(ForwardStatus.CONFIRMED, 0)
     return ForwardingRead(
         target=job.target,
@@ -248,7 +249,7 @@ async def list_uploads(
     read in one call (read_in_one_call), as columns."""
 
     def read(session: Session) -> tuple[list[UploadSummary], int]:
-        rows, total = repository.user_upload_rows(
+        rows, total = read_rows.user_upload_rows(
             session, user_id=user.id, status=status, limit=limit, offset=offset
         )
         return [UploadSummary(**_summary_fields(r, r.received_bytes)) for r in rows], total
@@ -322,9 +323,9 @@ async def study_overview(session: AsyncSession, *, upload_id: uuid.UUID) -> Stud
         upload = repository.find_upload(sync, upload_id)
         if upload is None:
             raise UploadNotFound()
-        series = repository.series_instance_counts(sync, upload_id)
+        series = read_rows.series_instance_counts(sync, upload_id)
         job = forwarding.job_summary(sync, upload_id)
-        counts = repository.forward_status_counts(sync, upload_id)
+        counts = read_rows.forward_status_counts(sync, upload_id)
         return StudyOverview(
             facts=_facts(upload),
             status=upload.status,
@@ -379,7 +380,7 @@ async def start_upload(
         session, study_hash=digest, accepted=ACCEPTED_STATUSES, user_id=user.id
     )
     if accepted is not None:  # this user's own, already accepted: say where it is
-        received = await session.run_sync(repository.received_bytes, accepted.id)
+        received = await session.run_sync(read_rows.received_bytes, accepted.id)
         details: dict[str, Any] = {
             "status": accepted.status.value,
             "upload": _summary(accepted, received).model_dump(mode="json"),
