@@ -12,6 +12,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from relaypacs.config.base import CommaList, SettingsBase, split_list
 from relaypacs.config.pacs_target import MiB
 
+# The web app served without web_dir: the checkout's own build (scripts/web.sh build), web/dist
+# beside the relaypacs package (this module is relaypacs/config/server.py).
+CHECKOUT_WEB_DIR = Path(__file__).resolve().parents[2] / "web" / "dist"
+
 
 class ServerSettings(SettingsBase):
     """The server's own settings (see the module)."""
@@ -130,7 +134,7 @@ class ServerSettings(SettingsBase):
     @property
     def resolved_web_dir(self) -> Path | None:
         """The web app to serve: web_dir, or the checkout's web/dist once built; None: none."""
-        directory = self.web_dir or Path(__file__).resolve().parent.parent / "web" / "dist"
+        directory = self.web_dir or CHECKOUT_WEB_DIR
         return directory if (directory / "index.html").is_file() else None
 
     @property
