@@ -3,8 +3,9 @@ ops, reports): start or resume, read and list, store a chunk or a batch of chunk
 administrators, retry or cancel forwarding and list the uploads that need attention; the study
 as a report sees it. Each is written in a module of its own, re-exported here: `starting.py`,
 `views.py`, `chunks.py` and `batches.py`, `administration.py`, `study.py`; completing (verify,
-judge and accept or reject) is `completion.py`. The chunk entry points and cancelling are
-written here."""
+judge and accept or reject) is `completion.py`. Written here: the chunk PUT's entry point
+(`put_chunk`: the body budget around chunks.py's two steps) and cancelling; a batch of chunks
+is `batches.store_batch` itself (`put_chunk_batch`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from relaypacs.auth.models import User
 from relaypacs.db import Database
 from relaypacs.forwarding import service as forwarding
 from relaypacs.storage import ObjectStorage
-from relaypacs.uploads import batches, chunks, repository
+from relaypacs.uploads import chunks, repository
 from relaypacs.uploads.administration import (
     ProblemKind,
     cancel_forwarding,
@@ -25,12 +26,13 @@ from relaypacs.uploads.administration import (
     purged_delivered_uploads,
     retry_forwarding,
 )
+from relaypacs.uploads.batches import store_batch as put_chunk_batch
 from relaypacs.uploads.chunks import ChunkDigests, ChunkIntake
 from relaypacs.uploads.early import EarlyVerifier
 from relaypacs.uploads.errors import UploadNotCancellable
 from relaypacs.uploads.models import ACCEPTED_STATUSES, UploadStatus
 from relaypacs.uploads.repository import relay_rows
-from relaypacs.uploads.schemas import ChunkBatchStored, ChunkStored, UploadRead
+from relaypacs.uploads.schemas import ChunkStored, UploadRead
 from relaypacs.uploads.starting import UploadLimits, start_upload, study_hash
 from relaypacs.uploads.study import StudyFacts, StudyOverview, study_facts, study_overview
 from relaypacs.uploads.views import get_upload, list_uploads, read_upload, show_upload, visible
@@ -97,27 +99,6 @@ async def put_chunk(
             data=data,
             early=intake.early,
         )
-
-
-async def put_chunk_batch(
-    intake: ChunkIntake,
-    storage: ObjectStorage,
-    *,
-    user: User,
-    upload_id: uuid.UUID,
-    content_length: int | None,
-    read_body: Callable[[int], Awaitable[bytes | bytearray]],
-) -> ChunkBatchStored:
-    """Several chunks in one request, each stored or refused on its own (see
-    relaypacs.uploads.batches)."""
-    return await batches.store_batch(
-        intake,
-        storage,
-        user=user,
-        upload_id=upload_id,
-        content_length=content_length,
-        read_body=read_body,
-    )
 
 
 # --- cancelling -----------------------------------------------------------------------------
