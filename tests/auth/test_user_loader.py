@@ -6,7 +6,10 @@ it) is seen by the very next request, the polled views (ReadRoute) included."""
 
 from __future__ import annotations
 
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from relaypacs.auth.models import Role, User
 from relaypacs.auth.repository import RowUserLoader, SqliteUserLoader, UserLoader
 from relaypacs.config import Settings
 from relaypacs.db import create_engine
+from relaypacs.errors import DatabaseBusy
 from relaypacs.main import create_app
 from relaypacs.state import app_settings, app_state
 from tests.auth.conftest import API, bearer, error_code, identity_settings, make_user, signed_in
@@ -151,3 +155,69 @@ class TestUserLoader:
         assert await rows.load(person.id) is not None
         await another_process_writes(gateway.app, 'DELETE FROM "user" WHERE id = :id', id=person.id)
         assert await rows.load(person.id) is None
+
+
+@asynccontextmanager
+async def held_whole(app: FastAPI) -> AsyncIterator[None]:
+    """Another connection holds the whole SQLite file: in EXCLUSIVE locking mode, after a write,
+    it keeps its lock until it closes (as a maintenance tool may). It can take that lock only
+    while no other connection is open (in WAL mode nothing less stops a read): the gateway's
+    are closed first, as after a restart or once its pools have recycled them."""
+    db = app_state(app).db
+    await db.engine.dispose()
+    for engine in (db.sync_engine, db.lookup_engine):
+        assert engine is not None
+        engine.dispose()
+    database = app_settings(app).resolved_database_url.split("///", 1)[1]
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute('UPDATE "user" SET email = email')
+        holder.execute("COMMIT")  # the lock stays
+        yield
+    finally:
+        holder.close()
+
+
+class TestLockedSqlite:
+    """The user of a request is waited for a short while (relaypacs.db.LOOKUP_BUSY_SECONDS)
+    when another connection holds the database, then the request is refused: 503
+    `database_busy` with Retry-After, where it waited for the writers' busy timeout (60 s) and
+    then failed with a 500."""
+
+    @pytest.fixture
+    async def sqlite_app(self, tmp_path: Path) -> AsyncIterator[FastAPI]:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+        settings = identity_settings(
+            tmp_path, url, totp_required_roles=[], scheduler=False, forward_worker=False
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            yield app
+
+    async def test_a_request_is_refused_with_a_503_and_served_once_the_lock_is_gone(
+        self, sqlite_app: FastAPI
+    ) -> None:
+        person = await make_user(sqlite_app)
+        transport = httpx.ASGITransport(app=sqlite_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            headers = bearer((await signed_in(client, person))["access_token"])
+            assert (await client.get(f"{API}/auth/me", headers=headers)).status_code == 200
+            async with held_whole(sqlite_app):
+                refused = [
+                    await client.get(f"{API}/auth/me", headers=headers),
+                    await client.get(f"{API}/uploads", headers=headers),  # ReadRoute
+                ]
+            after = await client.get(f"{API}/auth/me", headers=headers)
+        for answer in refused:
+            assert answer.status_code == 503, answer.text
+            assert error_code(answer) == "database_busy"
+            assert answer.headers["retry-after"] == "2"
+        assert after.status_code == 200, after.text
+
+    async def test_a_user_not_yet_known_is_refused_the_same(self, sqlite_app: FastAPI) -> None:
+        rows = app_state(sqlite_app).user_loader
+        async with held_whole(sqlite_app):
+            with pytest.raises(DatabaseBusy):
+                await rows.load(uuid.uuid4())  # a user never read: the ORM path
