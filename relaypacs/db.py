@@ -73,6 +73,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# How long a writer waits for SQLite's lock (the busy timeout) before "database is locked".
+BUSY_SECONDS = 60.0
+# How long the user of a request is waited for when the database is locked, before the request
+# is refused with 503 `database_busy` (relaypacs.errors.DatabaseBusy). In WAL mode a read waits
+# for no writer; it waits only while another connection holds the whole file (a tool in
+# EXCLUSIVE locking mode, a backup, a database taken out of WAL mode): a request then answered
+# after BUSY_SECONDS, and every request behind it waited as long.
+LOOKUP_BUSY_SECONDS = 2.0
+
 # How long a request waits for a pooled connection before it is refused with 503 (a pool that
 # stays empty that long is overloaded or deadlocked: waiting 30 s, SQLAlchemy's default, held
 # every other request up behind it).
@@ -91,7 +100,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         engine = create_async_engine(
             url,
             echo=echo,
-            connect_args={"timeout": 60},
+            connect_args={"timeout": BUSY_SECONDS},
             pool_size=8,
             max_overflow=8,
             pool_timeout=POOL_TIMEOUT_SECONDS,
@@ -142,13 +151,14 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError("the pooled connection is gone")
 
 
-def create_sync_sqlite_engine(url: URL | str) -> Engine:
-    """A synchronous engine on the same SQLite file (pysqlite), configured like the async one.
+def create_sync_sqlite_engine(url: URL | str, *, busy_seconds: float = BUSY_SECONDS) -> Engine:
+    """A synchronous engine on the same SQLite file (pysqlite), configured like the async one
+    (`busy_seconds`: its busy timeout).
 
     For hot paths that run a whole transaction in one thread call (see ChunkRecorder)."""
     sync_url = make_url(url).set(drivername="sqlite+pysqlite")
-    engine = create_sync_engine(sync_url, connect_args={"timeout": 60}, pool_size=2)
-    _configure_sqlite_engine(engine)
+    engine = create_sync_engine(sync_url, connect_args={"timeout": busy_seconds}, pool_size=2)
+    _configure_sqlite_engine(engine, busy_seconds=busy_seconds)
     return engine
 
 
@@ -166,7 +176,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     _configure_sqlite_engine(engine.sync_engine)
 
 
-def _configure_sqlite_engine(sync_engine: Engine) -> None:
+def _configure_sqlite_engine(sync_engine: Engine, *, busy_seconds: float = BUSY_SECONDS) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own transaction handling is turned off so that we can BEGIN IMMEDIATE:
@@ -177,7 +187,7 @@ def _configure_sqlite_engine(sync_engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_seconds * 1000)}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
@@ -251,28 +261,33 @@ def readonly_engine(engine: Engine) -> Engine:
 class Database:
     """The database of a running gateway: its engine, the writing and reading session factories
     (see create_sessionmaker) and, on SQLite, a synchronous engine on the same file for the hot
-    paths that run a whole transaction in one thread call."""
+    paths that run a whole transaction in one thread call, and another whose reads wait at most
+    LOOKUP_BUSY_SECONDS for a lock (the user of each request)."""
 
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     read_sessionmaker: async_sessionmaker[AsyncSession]
     sync_engine: Engine | None = None
+    lookup_engine: Engine | None = None
 
     @classmethod
     def open(cls, url: str) -> Database:
         engine = create_engine(url)
+        sqlite = engine.dialect.name == "sqlite"
         return cls(
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             read_sessionmaker=create_sessionmaker(engine, readonly=True),
-            sync_engine=create_sync_sqlite_engine(engine.url)
-            if engine.dialect.name == "sqlite"
+            sync_engine=create_sync_sqlite_engine(engine.url) if sqlite else None,
+            lookup_engine=create_sync_sqlite_engine(engine.url, busy_seconds=LOOKUP_BUSY_SECONDS)
+            if sqlite
             else None,
         )
 
     async def close(self) -> None:
-        if self.sync_engine is not None:
-            self.sync_engine.dispose()
+        for sync_engine in (self.sync_engine, self.lookup_engine):
+            if sync_engine is not None:
+                sync_engine.dispose()
         await self.engine.dispose()
 
 

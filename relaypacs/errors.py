@@ -84,3 +84,15 @@ class ServiceUnavailable(GatewayError):
     status_code = 503
     code = "service_unavailable"
     message = "A service the gateway depends on is unavailable; try again shortly."
+
+
+class DatabaseBusy(ServiceUnavailable):
+    """The database stayed locked by another connection for longer than a request waits
+    (relaypacs.db.LOOKUP_BUSY_SECONDS): refused at once rather than held."""
+
+    code = "database_busy"
+    message = "The gateway's database is busy; nothing was lost, try again shortly."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": "2"}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relaypacs.config import ConfigError, load_settings
+from relaypacs.config import ConfigError, load_settings, server
+from relaypacs.config.server import CHECKOUT_WEB_DIR
 
 
 class TestLoadSettings:
@@ -66,3 +67,28 @@ class TestLoadSettings:
         assert len(key) >= 32
         assert settings.signing_key() == key
         assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+class TestWebDir:
+    """Without RELAYPACS_WEB_DIR the gateway serves the checkout's own build, web/dist
+    (scripts/web.sh build writes it; README, "RELAYPACS_WEB_DIR"), once it is built."""
+
+    def test_the_default_is_the_checkouts_web_app_build(self) -> None:
+        assert CHECKOUT_WEB_DIR.name == "dist"
+        assert (CHECKOUT_WEB_DIR.parent / "package.json").is_file()  # the web app's folder
+        assert (CHECKOUT_WEB_DIR.parent / "vite.config.ts").is_file()
+
+    def test_it_is_served_once_built_and_a_setting_wins(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        built = tmp_path / "checkout" / "web" / "dist"
+        monkeypatch.setattr(server, "CHECKOUT_WEB_DIR", built)
+        settings = load_settings(data_dir=tmp_path)
+        assert settings.resolved_web_dir is None  # not built
+        built.mkdir(parents=True)
+        (built / "index.html").write_text("<!doctype html>")
+        assert settings.resolved_web_dir == built
+        chosen = tmp_path / "elsewhere"
+        chosen.mkdir()
+        (chosen / "index.html").write_text("<!doctype html>")
+        assert load_settings(data_dir=tmp_path, web_dir=chosen).resolved_web_dir == chosen

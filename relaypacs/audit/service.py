@@ -13,7 +13,7 @@ import logging
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -36,53 +36,38 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class EventFields(TypedDict, total=False):
+    """What a record says besides who did what (ids, codes and counts: never patient data);
+    the same for a record in the caller's transaction (record_event) and one committed with
+    others (record_alone). `outcome`: "success" unless said."""
+
+    outcome: str
+    object_type: str | None
+    object_id: uuid.UUID | str | None
+    study_instance_uid: str | None
+    details: dict[str, Any] | None
+
+
 async def record_event(
-    session: AsyncSession,
-    *,
-    actor: Actor,
-    action: str,
-    outcome: str = "success",
-    object_type: str | None = None,
-    object_id: uuid.UUID | str | None = None,
-    study_instance_uid: str | None = None,
-    details: dict[str, Any] | None = None,
+    session: AsyncSession, *, actor: Actor, action: str, **fields: Unpack[EventFields]
 ) -> None:
     """One record, in the caller's transaction: `actor` did `action` (SYSTEM: nobody signed in,
     e.g. the command line or the forwarding worker)."""
-    await repository.add_event(
-        session,
-        _event(
-            actor=actor,
-            action=action,
-            outcome=outcome,
-            object_type=object_type,
-            object_id=object_id,
-            study_instance_uid=study_instance_uid,
-            details=details,
-        ),
-    )
+    await repository.add_event(session, _event(actor, action, fields))
 
 
-def _event(
-    *,
-    actor: Actor,
-    action: str,
-    outcome: str = "success",
-    object_type: str | None = None,
-    object_id: uuid.UUID | str | None = None,
-    study_instance_uid: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> AuditEvent:
+def _event(actor: Actor, action: str, fields: EventFields) -> AuditEvent:
+    object_id = fields.get("object_id")
     return AuditEvent(
         action=action,
-        outcome=outcome,
+        outcome=fields.get("outcome", "success"),
         actor_id=actor.id,
         actor_role=actor.role,
-        object_type=object_type,
+        object_type=fields.get("object_type"),
         object_id=str(object_id)[:64] if object_id is not None else None,
-        study_instance_uid=study_instance_uid,
+        study_instance_uid=fields.get("study_instance_uid"),
         client_ip=actor.client_ip,
-        details=details or {},
+        details=fields.get("details") or {},
     )
 
 
@@ -105,12 +90,16 @@ def request_actor(request: Request) -> Actor:
 
 
 async def record_alone(
-    sessionmaker: async_sessionmaker[AsyncSession], *, actor: Actor, action: str, **fields: Any
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    actor: Actor,
+    action: str,
+    **fields: Unpack[EventFields],
 ) -> None:
     """One record, committed before the caller answers: a read of patient data is not served
     unless its record is stored. The records of concurrent callers are committed together
     (_GroupCommit), each caller still waiting for its own."""
-    await _group_commit(sessionmaker).record(_event(actor=actor, action=action, **fields))
+    await _group_commit(sessionmaker).record(_event(actor, action, fields))
 
 
 class _GroupCommit:
@@ -206,7 +195,9 @@ def _group_commit(sessionmaker: async_sessionmaker[AsyncSession]) -> _GroupCommi
     return writer
 
 
-async def record_for_request(request: Request, *, action: str, **fields: Any) -> None:
+async def record_for_request(
+    request: Request, *, action: str, **fields: Unpack[EventFields]
+) -> None:
     """record_alone, for the request's user and client address."""
     sessionmaker: async_sessionmaker[AsyncSession] = get_app_state(request).db.sessionmaker
     await record_alone(sessionmaker, actor=request_actor(request), action=action, **fields)

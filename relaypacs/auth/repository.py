@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from relaypacs.auth.errors import UsernameTaken
 from relaypacs.auth.models import AuthSession, RecoveryCode, RefreshToken, Role, User
 from relaypacs.db import Database, column_processor, read_in_one_call, readonly_engine, utcnow
+from relaypacs.errors import DatabaseBusy
 from relaypacs.fields import name_key
+
+logger = logging.getLogger(__name__)
+
 
 # --- users -----------------------------------------------------------------------------------
 
@@ -273,7 +279,20 @@ class SqliteUserLoader:
         return await asyncio.to_thread(self.load_blocking, user_id)
 
     def load_blocking(self, user_id: uuid.UUID) -> User | None:
-        """The user (None: no such row). Blocking: call it in a thread."""
+        """The user (None: no such row). Blocking: call it in a thread. DatabaseBusy when another
+        connection holds the database locked for longer than the engine's busy timeout (the
+        lookup engine's: relaypacs.db.LOOKUP_BUSY_SECONDS): the request is refused with a 503
+        at once, instead of waiting as long as a writer would."""
+        try:
+            return self._read(user_id)
+        except (sqlite3.OperationalError, DBAPIError) as exc:
+            error = exc.orig if isinstance(exc, DBAPIError) else exc
+            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            logger.warning("the database stayed locked: a request's user was not read (503)")
+            raise DatabaseBusy() from None
+
+    def _read(self, user_id: uuid.UUID) -> User | None:
         params = (self._bind(user_id),)
         known = self._known.get(user_id)
         if known is not None:
@@ -344,5 +363,5 @@ def user_loader(db: Database) -> UserLoader:
     """SQLite's one-statement loader when the database has a synchronous engine, else the
     row-comparing loader of the async engine."""
     if db.sync_engine is not None:
-        return SqliteUserLoader(db.sync_engine)
+        return SqliteUserLoader(db.lookup_engine or db.sync_engine)
     return RowUserLoader(db)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from starlette.requests import Request
 
@@ -63,23 +63,32 @@ class BodyBudget:
                 self._changed.notify_all()
 
 
-async def read_body(request: Request, *, idle_seconds: float) -> bytes:
-    """The request's whole body, or BodyStalled when nothing of it arrives for
-    `idle_seconds` (a link that silently dropped, a client that stopped sending)."""
-    parts: list[bytes] = []
+async def _parts(
+    request: Request, *, idle_seconds: float, given_up: str
+) -> AsyncGenerator[bytes, None]:
+    """The parts of the request's body as they arrive; BodyStalled (`given_up`: its message)
+    when nothing arrives for `idle_seconds` (a link that silently dropped, a client that
+    stopped sending)."""
     stream = request.stream().__aiter__()
     while True:
         try:
             async with asyncio.timeout(idle_seconds):
                 part = await anext(stream)
         except StopAsyncIteration:
-            break
+            return
         except TimeoutError:
-            raise BodyStalled(
-                f"Nothing of the chunk's body arrived for {idle_seconds:g} seconds; "
-                "it was given up. Send the chunk again."
-            ) from None
-        parts.append(part)
+            raise BodyStalled(given_up) from None
+        yield part
+
+
+async def read_body(request: Request, *, idle_seconds: float) -> bytes:
+    """The request's whole body, or BodyStalled when nothing of it arrives for
+    `idle_seconds` (a link that silently dropped, a client that stopped sending)."""
+    given_up = (
+        f"Nothing of the chunk's body arrived for {idle_seconds:g} seconds; "
+        "it was given up. Send the chunk again."
+    )
+    parts = [part async for part in _parts(request, idle_seconds=idle_seconds, given_up=given_up)]
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -88,27 +97,25 @@ async def read_body_into(request: Request, size: int, *, idle_seconds: float) ->
     allocated once: a large body (a chunk batch) is never held twice, as its pieces and their
     join. BodyStalled as `read_body`; a body of another length is returned as far as it came
     (shorter) or cut at ``size + 1`` bytes (longer): the caller refuses it."""
+    given_up = (
+        f"Nothing of the request's body arrived for {idle_seconds:g} seconds; "
+        "it was given up. Send it again."
+    )
     buffer = bytearray(size)
-    view = memoryview(buffer)
     filled = 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            async with asyncio.timeout(idle_seconds):
-                part = await anext(stream)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise BodyStalled(
-                f"Nothing of the request's body arrived for {idle_seconds:g} seconds; "
-                "it was given up. Send it again."
-            ) from None
-        if filled + len(part) > size:
-            view.release()
-            return buffer + b"\0"  # longer than declared
-        view[filled : filled + len(part)] = part
-        filled += len(part)
-    view.release()
+    with memoryview(buffer) as view:
+        parts = _parts(request, idle_seconds=idle_seconds, given_up=given_up)
+        async with contextlib.aclosing(parts):
+            async for part in parts:
+                if filled + len(part) > size:
+                    longer = True
+                    break
+                view[filled : filled + len(part)] = part
+                filled += len(part)
+            else:
+                longer = False
+    if longer:
+        return buffer + b"\0"  # longer than declared
     if filled < size:
         del buffer[filled:]
     return buffer

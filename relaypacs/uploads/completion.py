@@ -32,8 +32,8 @@ from relaypacs.uploads.models import ACCEPTED_STATUSES, UploadStatus
 from relaypacs.uploads.notices import notify_judged, notify_received
 from relaypacs.uploads.repository import relay_rows
 from relaypacs.uploads.schemas import FileError, UploadRead
-from relaypacs.uploads.service import get_upload, read_upload
 from relaypacs.uploads.verify import FileVerdict, StudyVerifier
+from relaypacs.uploads.views import get_upload, read_upload
 
 logger = logging.getLogger("relaypacs.uploads")
 

@@ -35,7 +35,7 @@ from relaypacs.uploads.models import (
     Upload,
     UploadStatus,
 )
-from relaypacs.uploads.repository import relay_rows
+from relaypacs.uploads.repository import read_rows, relay_rows
 
 _STATUS_OF = {
     Disposition.STORED: ForwardStatus.SENT,
@@ -117,7 +117,7 @@ class UploadRelay(InstanceSource):
         )
 
     async def counts(self, session: AsyncSession, upload_id: uuid.UUID) -> ForwardCounts:
-        counts = await session.run_sync(repository.forward_status_counts, upload_id)
+        counts = await session.run_sync(read_rows.forward_status_counts, upload_id)
         return ForwardCounts(
             pending=counts.get(ForwardStatus.PENDING, 0),
             sent=counts.get(ForwardStatus.SENT, 0),

@@ -303,27 +303,11 @@ class TestResumeAfterSigkill:
         self, gateway: Gateway, state_dir: Path, tmp_path: Path
     ) -> None:
         study = write_study(tmp_path / "big", instances=60, rows=512, columns=512)
-        env = _cli_env(gateway, state_dir)
         api = Api(gateway)
         try:
-            first = subprocess.Popen(
-                [
-                    *relaypacs_command(),
-                    "upload",
-                    "--json",
-                    "--parallel",
-                    "2",
-                    str(tmp_path / "big"),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            upload, before, missing = _killed_midway(
+                gateway, state_dir, api, study.study_uid, "--parallel", "2", str(tmp_path / "big")
             )
-            upload = _wait_for_partial_upload(api, study.study_uid, first)
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-            before = _settled(api, upload["id"])
-            missing = missing_chunks(before)
             total_chunks = sum(f["chunk_count"] for f in before["files"])
             assert 0 < len(missing) < total_chunks, "killed too late or too early"
 
@@ -343,6 +327,27 @@ class TestResumeAfterSigkill:
             assert api.upload(upload["id"])["status"] == "validated"
         finally:
             api.close()
+
+
+def _killed_midway(
+    gateway: Gateway, state_dir: Path, api: Api, study_uid: str, *args: str
+) -> tuple[dict[str, Any], dict[str, Any], set[tuple[int, int]]]:
+    """A first run of the CLI (`args`) killed (SIGKILL) once the server has some of the study's
+    chunks but not all: the upload when it was killed, the upload once the requests the kill
+    cut have finished, and the chunks it then misses."""
+    first = subprocess.Popen(
+        [*relaypacs_command(), "upload", "--json", *args],
+        env=_cli_env(gateway, state_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        upload = _wait_for_partial_upload(api, study_uid, first)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    before = _settled(api, upload["id"])
+    return upload, before, missing_chunks(before)
 
 
 def _wait_for_partial_upload(
@@ -441,27 +446,11 @@ class TestChunkBatches:
         self, gateway: Gateway, state_dir: Path, tmp_path: Path
     ) -> None:
         study = write_study(tmp_path / "many", instances=600, rows=64, columns=64)
-        env = _cli_env(gateway, state_dir)
         api = Api(gateway)
         try:
-            first = subprocess.Popen(
-                [
-                    *relaypacs_command(),
-                    "upload",
-                    "--json",
-                    "--parallel",
-                    "1",
-                    str(tmp_path / "many"),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            upload, before, missing = _killed_midway(
+                gateway, state_dir, api, study.study_uid, "--parallel", "1", str(tmp_path / "many")
             )
-            upload = _wait_for_partial_upload(api, study.study_uid, first)
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-            before = _settled(api, upload["id"])
-            missing = missing_chunks(before)
             assert 0 < len(missing) < 600, "killed too late or too early"
 
             code, summary, _ = run_cli(
