@@ -322,8 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         default="status,list",
-        help="which requests the clients send, in turn: status, list or both (the default); "
-        "one alone gives its own CPU per request",
+        help="which requests the clients send: status, list or both (the default: with wrk, "
+        "half the clients each; with httpx, each client alternating); one alone gives its "
+        "own CPU per request",
     )
     parser.add_argument(
         "--generator",
