@@ -79,7 +79,8 @@ ENTRIES: tuple[Entry, ...] = (
         ("bench.load", "--seconds", "20"),
         ("bench.load", "--seconds", "5", "--clients", "20"),
         "100 clients polling an upload's status and the list back to back (issue 16, item 4: "
-        "goal P95 under 100 ms). The load generator runs on the same two cores.",
+        "goal P95 under 100 ms). The load generator (wrk, one process per request kind, half "
+        "the clients each) runs on the same two cores, for under a CPU second.",
     ),
     Entry(
         "load_postgres",

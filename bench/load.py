@@ -4,19 +4,26 @@
     python -m bench.load --db postgres --workers 2        # PostgreSQL + Redis, 2 workers
     python -m bench.load --db postgres --workers 2 --seconds 30 --json out.json
     python -m bench.load --kinds status                   # the status poll alone
+    python -m bench.load --generator httpx                # the Python generator, for comparison
 
 A fresh gateway (`relaypacs serve`, its own data dir; with `--db postgres` a database of its
 own, dropped at the end, and Redis database 15), one clinician with `--uploads` uploads started
-(a manifest each, so the list has something to list), then `--clients` asyncio clients in this
-process, each on its own connection, sending back to back `GET /uploads/{id}?files=false` (the
-status poll the CLI and the web app make) and `GET /uploads?limit=50` (the list), for
-`--seconds` after a warm-up of `--warmup` seconds (`--kinds status` or `--kinds list`: that one
-alone, for its own CPU per request). Bounded: at most `--clients` requests in
-flight, no retry, a request timeout of 30 s.
+(a manifest each, so the list has something to list), then `--clients` clients, each on its own
+connection, sending back to back `GET /uploads/{id}?files=false` (the status poll the CLI and
+the web app make) and `GET /uploads?limit=50` (the list), for `--seconds` after a warm-up of
+`--warmup` seconds (`--kinds status` or `--kinds list`: that one alone, for its own CPU per
+request). Bounded: at most `--clients` requests in flight, no retry, a request timeout of 30 s.
+
+The clients are wrk's (bench/wrk.py, bench/wrk_kind.lua; Debian's package, installed when
+missing): one wrk process of one thread per request kind, the clients split between them, since
+wrk's latency statistics are one distribution per run. `--generator httpx` (or `auto` when wrk
+cannot be had) runs them as asyncio + httpx clients in this process, each alternating the two
+kinds; that generator takes a core of its own at ~100 requests a second, and what it measures
+is then mostly its own queueing.
 
 Prints, per request kind, the count, the throughput and P50 / P95 / P99 latency, the errors,
-and the CPU seconds of the gateway's processes and of this load generator (on a 2-core
-machine the generator takes its share: it is listed so that its cost is seen).
+and the CPU seconds of the gateway's processes and of the load generator (on a 2-core machine
+the generator takes its share: it is listed so that its cost is seen).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ import httpx
 import psutil
 
 from bench.gateway import PASSWORD, REPO, USERNAME
-from bench.procs import free_port, tree_cpu
+from bench.procs import children_cpu, free_port, tree_cpu
+from bench.wrk import WrkUnavailable, ensure_wrk, merged_percentile_ms, run_together
 
 WORK = Path(__file__).resolve().parent / ".work"
 POSTGRES = os.environ.get("RELAYPACS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -101,11 +109,23 @@ def gateway(data_dir: Path, env: dict[str, str], workers: int) -> Iterator[tuple
     port = free_port()
     log_file = (data_dir.parent / "gateway.log").open("ab")
     proc = subprocess.Popen(
-        [*relaypacs_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers)],
-        env=gateway_env(data_dir, env), stdout=log_file, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True,
-    )  # fmt: skip
+        [
+            *relaypacs_command(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        env=gateway_env(data_dir, env),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        start_new_session=True,
+    )
     log_file.close()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -148,7 +168,7 @@ async def seed(http: httpx.AsyncClient, uploads: int) -> list[str]:
     return ids
 
 
-async def load(
+async def load_httpx(
     base: str,
     *,
     clients: int,
@@ -211,6 +231,74 @@ async def load(
     return result
 
 
+def paths(ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each kind's paths: the status of every seeded upload in turn, or the list."""
+    return {
+        "status": [f"{API}/uploads/{upload}?files=false" for upload in ids],
+        "list": [f"{API}/uploads?limit=50"],
+    }
+
+
+async def _prepare(base: str, uploads: int, kinds: Sequence[str]) -> tuple[str, list[str]]:
+    """Seed the uploads; the bearer token and their ids, once each kind's first path has
+    answered 200 (a redirect or an error would otherwise pass for a fast answer: wrk counts
+    only statuses >= 400 as errors)."""
+    async with httpx.AsyncClient(base_url=base, timeout=30.0) as http:
+        ids = await seed(http, uploads)
+        for kind in kinds:
+            answer = await http.get(paths(ids)[kind][0])
+            if answer.status_code != 200:
+                raise RuntimeError(f"{kind}: {answer.status_code} before the load")
+        return http.headers["Authorization"].removeprefix("Bearer "), ids
+
+
+def load_wrk(
+    base: str,
+    *,
+    wrk: str,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    uploads: int,
+    kinds: Sequence[str] = ("status", "list"),
+) -> dict[str, Any]:
+    """The same load from wrk: one wrk process per kind, the clients split between them (the
+    first kinds take the remainder), a warm-up run, then the measured one."""
+    token, ids = asyncio.run(_prepare(base, uploads, kinds))
+    every = paths(ids)
+    chosen = {kind: every[kind] for kind in kinds}
+    connections = {
+        kind: clients // len(kinds) + (1 if i < clients % len(kinds) else 0)
+        for i, kind in enumerate(kinds)
+    }
+    answered = uploads + 1 + len(kinds)
+    if warmup > 0:
+        warm = run_together(wrk, base, chosen, connections=connections, seconds=warmup, token=token)
+        answered += sum(r.requests for r in warm.values())
+    runs = run_together(wrk, base, chosen, connections=connections, seconds=seconds, token=token)
+    answered += sum(r.requests for r in runs.values())
+    result: dict[str, Any] = {"errors": {}, "kinds": {}, "requests": answered}
+    for kind, run in runs.items():
+        result["errors"].update({f"{kind} {k}": n for k, n in run.errors.items() if n})
+        result["kinds"][kind] = {
+            "count": run.requests,
+            "connections": connections[kind],
+            "per_second": run.requests / run.duration_s,
+            "p50_ms": run.percentile_ms(50),
+            "p95_ms": run.percentile_ms(95),
+            "p99_ms": run.percentile_ms(99),
+            "mean_ms": run.latency_us["mean"] / 1000,
+        }
+    every_run = list(runs.values())
+    result["all"] = {
+        "per_second": sum(r.requests / r.duration_s for r in every_run),
+        "p50_ms": merged_percentile_ms(every_run, 50),
+        "p95_ms": merged_percentile_ms(every_run, 95),
+        "p99_ms": merged_percentile_ms(every_run, 99),
+    }
+    return result
+
+
 def _pct(values: Sequence[float], pct: float) -> float:
     if not values:
         return 0.0
@@ -234,14 +322,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         default="status,list",
-        help="which requests the clients send, in turn: status, list or both (the default); "
-        "one alone gives its own CPU per request",
+        help="which requests the clients send: status, list or both (the default: with wrk, "
+        "half the clients each; with httpx, each client alternating); one alone gives its "
+        "own CPU per request",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="the load generator: wrk (installed when missing), or the asyncio + httpx "
+        "clients in this process, which take a core of their own; auto: wrk, httpx when "
+        "wrk cannot be had",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or set(kinds) - {"status", "list"}:
         parser.error("--kinds: status, list or status,list")
+    wrk = None
+    if args.generator != "httpx":
+        try:
+            wrk = ensure_wrk(log)
+        except WrkUnavailable as exc:
+            if args.generator == "wrk":
+                parser.error(str(exc))
+            log(f"bench: {exc}; the load comes from httpx in this process instead")
+    generator = "wrk" if wrk else "httpx"
     run_dir = WORK / "scratch" / f"load-{os.getpid()}"
     with database(args.db) as env, gateway(run_dir / "data", env, args.workers) as (base, pid):
         me = psutil.Process()
@@ -251,21 +357,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle_from, idle_cpu = time.monotonic(), tree_cpu(pid)
         time.sleep(args.idle)
         idle_rate = (tree_cpu(pid) - idle_cpu) / (time.monotonic() - idle_from)
-        cpu_gateway, cpu_me = tree_cpu(pid), sum(me.cpu_times()[:2])
+        # The generator's CPU: this process's, and its waited-for children's (the wrk runs;
+        # the gateway, a child too, is only waited for at the end).
+        cpu_gateway, cpu_me = tree_cpu(pid), sum(me.cpu_times()[:2]) + children_cpu()
         started = time.monotonic()
-        result = asyncio.run(
-            load(
-                base,
-                clients=args.clients,
-                seconds=args.seconds,
-                warmup=args.warmup,
-                uploads=args.uploads,
-                kinds=kinds,
+        if wrk:
+            result = load_wrk(base, wrk=wrk, clients=args.clients, seconds=args.seconds,
+                              warmup=args.warmup, uploads=args.uploads, kinds=kinds)  # fmt: skip
+        else:
+            result = asyncio.run(
+                load_httpx(
+                    base,
+                    clients=args.clients,
+                    seconds=args.seconds,
+                    warmup=args.warmup,
+                    uploads=args.uploads,
+                    kinds=kinds,
+                )
             )
-        )
         wall = time.monotonic() - started
         result["gateway_cpu_seconds"] = tree_cpu(pid) - cpu_gateway
-        result["generator_cpu_seconds"] = sum(me.cpu_times()[:2]) - cpu_me
+        result["generator_cpu_seconds"] = sum(me.cpu_times()[:2]) + children_cpu() - cpu_me
         result["wall_seconds"] = wall
         result["gateway_cpu_ms_per_request"] = (
             result["gateway_cpu_seconds"] / max(1, result["requests"]) * 1000
@@ -278,10 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     result["setup"] = {
         k: getattr(args, k) for k in ("db", "workers", "clients", "seconds", "kinds")
-    }
+    } | {"generator": generator}
     result["load_average"] = os.getloadavg()
     log(
-        f"{args.db}, {args.workers} worker(s), {args.clients} clients, {args.seconds:g} s "
+        f"{args.db}, {args.workers} worker(s), {args.clients} clients, {args.seconds:g} s, "
+        f"generator {generator} "
         f"(load average {os.getloadavg()[0]:.1f})"
     )
     for kind, row in result["kinds"].items():

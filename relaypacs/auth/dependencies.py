@@ -33,7 +33,10 @@ async def get_session_user(
     Per request: the JWT check, the user row (one read, as before) compared with the token's
     version, and one revocation lookup (a dict in embedded mode, one Redis MGET otherwise)."""
     # Once per request: the policy check (relaypacs/auth/policy.py) authenticated it first.
-    cached: User | None = getattr(request.state, "user", None)
+    # Read from the request's state dict (what `request.state` wraps): `getattr(request.state,
+    # "user", None)` raised and caught an AttributeError, its message formatted, on the first
+    # call of every authenticated request (~4 % of a status poll's CPU on SQLite).
+    cached: User | None = request.scope.get("state", {}).get("user")
     if cached is not None:
         return cached
     if credentials is None or credentials.scheme.lower() != "bearer":
