@@ -54,6 +54,18 @@ if [ ! -x /usr/bin/chromium ]; then
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 
+# wrk (Debian's package): the load generator of bench.load, and of tests/bench/test_wrk.py.
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "relaypacs: bench.load and its test need wrk (sudo apt-get install wrk)" >&2
+    exit 1
+  fi
+  echo "relaypacs: installing wrk" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 wrk >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+
 # kubectl (its `kustomize`): tests/ops/test_deploy.py renders the Kubernetes overlays with it.
 # This machine image ships it; Debian 12's archive has only kubernetes-client 1.20, too old
 # for the overlays (kustomize v5 syntax), so it is not installed from there.
