@@ -77,3 +77,41 @@ def test_full_keeps_the_named_sections_in_their_full_form_under_quick(
         document.main(["--full", "year", "--out", str(out)])
     with pytest.raises(SystemExit):
         document.main(["--quick", "--full", "nothing", "--out", str(out)])
+
+
+def test_update_replaces_the_sections_named_and_keeps_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def entries(month: str) -> tuple[Entry, ...]:
+        return (
+            Entry("year", "A year", ("calendar", "2026")),
+            Entry("month", "A month", ("calendar", "2026", month)),
+            Entry("later", "Later", ("calendar", "2027", "1")),
+        )
+
+    out = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(document, "ENTRIES", entries("11"))
+    assert document.main(["--out", str(out)]) == 0
+    before = out.read_text()
+    year = before[before.index('<a id="year">') : before.index('<a id="month">')]
+    later = before[before.index('<a id="later">') :]
+    assert "November 2026" in before
+
+    monkeypatch.setattr(document, "ENTRIES", entries("12"))
+    assert document.main(["--only", "month", "--update", "--out", str(out)]) == 0
+    after = out.read_text()
+    assert "December 2026" in after
+    assert "November 2026" not in after
+    assert year in after  # kept as it was, byte for byte
+    assert later.rstrip("\n") in after
+    assert (
+        after.index('<a id="year">') < after.index('<a id="month">') < after.index('<a id="later">')
+    )
+    assert "| `python -m calendar 2026 12` | 0 |" in after  # its row of the table
+    assert "| `python -m calendar 2026 11` |" not in after
+    assert "`uv run python -m bench.document --only month --update`" in after
+    assert "Regenerated alone (load average at start:" in after
+    with pytest.raises(SystemExit):  # every section: that is a whole new document
+        document.main(["--update", "--out", str(out)])
+    with pytest.raises(SystemExit):  # nothing to update
+        document.main(["--only", "month", "--update", "--out", str(tmp_path / "none.md")])
