@@ -17,6 +17,7 @@ import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,6 +69,29 @@ def proxy(orthanc: OrthancServer) -> Iterator[RecordingProxy]:
         yield recording
 
 
+def forwarding_settings(
+    data_dir: Path, database_url: str, orthanc: OrthancServer, pacs_url: str
+) -> Settings:
+    """A gateway forwarding to `orthanc` at `pacs_url` (itself, or a proxy before it), with
+    quick retries."""
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        chunk_size=CHUNK_SIZE,
+        dicom_workers=2,
+        secret_key="test-signing-key-" + "x" * 32,
+        totp_required_roles=[],
+        rate_limit_login_ip="100000/minute",
+        pacs_url=pacs_url,
+        pacs_username=orthanc.auth[0],
+        pacs_password=orthanc.auth[1],
+        pacs_profile="orthanc",
+        forward_retry_delays=[0.2, 0.4, 0.8],
+        forward_retry_interval=1.0,
+        forward_poll_seconds=0.2,
+    )
+
+
 @pytest.fixture(scope="module")
 async def app(
     database_url: str,
@@ -76,21 +100,8 @@ async def app(
     proxy: RecordingProxy,
 ) -> AsyncIterator[FastAPI]:
     """The gateway forwarding to the Orthanc (its worker in this process), through `proxy`."""
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("pacs-reports"),
-        database_url=database_url,
-        chunk_size=CHUNK_SIZE,
-        dicom_workers=2,
-        secret_key="test-signing-key-" + "x" * 32,
-        totp_required_roles=[],
-        rate_limit_login_ip="100000/minute",
-        pacs_url=proxy.dicomweb_url,
-        pacs_username=orthanc.auth[0],
-        pacs_password=orthanc.auth[1],
-        pacs_profile="orthanc",
-        forward_retry_delays=[0.2, 0.4, 0.8],
-        forward_retry_interval=1.0,
-        forward_poll_seconds=0.2,
+    settings = forwarding_settings(
+        tmp_path_factory.mktemp("pacs-reports"), database_url, orthanc, proxy.dicomweb_url
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):

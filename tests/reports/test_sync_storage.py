@@ -18,14 +18,13 @@ import pytest
 from fastapi import FastAPI
 
 from relaypacs.auth.models import Role
-from relaypacs.config import Settings
 from relaypacs.main import create_app
 from relaypacs.reports import repository
 from relaypacs.reports.sync import SyncResult, sync_reports_from_pacs
 from relaypacs.state import app_state
 from relaypacs.storage import ObjectStorage, S3Storage
 from relaypacs.storage.faulty import FaultyStorage
-from tests.api.conftest import CHUNK_SIZE, MakeAccount
+from tests.api.conftest import MakeAccount
 from tests.pacs import OrthancServer, run_orthanc
 from tests.reports.reporting import API, assign, sign
 from tests.reports.test_pacs import (
@@ -33,6 +32,7 @@ from tests.reports.test_pacs import (
     PDF,
     add_to_orthanc,
     delivered,
+    forwarding_settings,
     get_json,
     make_pdf_instance,
     make_sr,
@@ -52,21 +52,8 @@ async def app(
     database_url: str, tmp_path_factory: pytest.TempPathFactory, orthanc: OrthancServer
 ) -> AsyncIterator[FastAPI]:
     """The gateway forwarding to the Orthanc (its worker in this process)."""
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("sync-storage"),
-        database_url=database_url,
-        chunk_size=CHUNK_SIZE,
-        dicom_workers=2,
-        secret_key="test-signing-key-" + "x" * 32,
-        totp_required_roles=[],
-        rate_limit_login_ip="100000/minute",
-        pacs_url=orthanc.dicomweb_url,
-        pacs_username=orthanc.auth[0],
-        pacs_password=orthanc.auth[1],
-        pacs_profile="orthanc",
-        forward_retry_delays=[0.2, 0.4, 0.8],
-        forward_retry_interval=1.0,
-        forward_poll_seconds=0.2,
+    settings = forwarding_settings(
+        tmp_path_factory.mktemp("sync-storage"), database_url, orthanc, orthanc.dicomweb_url
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
