@@ -371,14 +371,8 @@ class S3Storage(ObjectStorage):
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
         """ListObjectsV2, paginated; S3 returns keys in (UTF-8 byte, here ASCII) order."""
-        validate_prefix(prefix)
-        client = self._require_client()
-        paginator = client.get_paginator("list_objects_v2")
-        strip = len(self._prefix)
-        with _translated("list", prefix):
-            async for page in paginator.paginate(Bucket=self._bucket, Prefix=self._full(prefix)):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"][strip:]
+        async for key, _ in self.list_modified(prefix):
+            yield key
 
     async def list_modified(self, prefix: str) -> AsyncIterator[tuple[str, dt.datetime]]:
         """ListObjectsV2 as :meth:`list`, with each object's LastModified."""
