@@ -12,20 +12,15 @@
 // stopped is noticed in seconds). In the browser the chunks go by XMLHttpRequest (xhr.ts):
 // only it reports the progress of a request's body.
 //
-// A gateway that does not answer, or answers "not now" (5xx but 501/505, 408, 429, a network
-// error, a stall), never fails a study: after the quick retries (`retryDelays`) the study is
-// "waiting" (its note says why) and each request goes on being tried with a backoff capped at
-// `maxRetryDelay` (with jitter), until it gets an answer, the clinician pauses or cancels, or
-// the browser goes offline. `online`, a new study queued, or any request of the study that
-// gets through again (`kick`, `wake`) cut the wait short. A 500 is retried too: the gateway
-// answers it for what it did not foresee (a database failover mid-request, a restart), which
-// mostly passes; one that does not pass stays visible in the note and in the gateway's error
-// reports, and waiting loses nothing where failing would ask the clinician to act.
-// Only a final answer (4xx but 408/429, 409 conflicts, 413...) fails a study, as before.
-import type { QueueDatabase, QueuedFile, QueuedStudy, StudyState } from "../../lib/db";
+// A gateway that does not answer, or answers "not now", never fails a study: its requests go
+// through a Sender (sender.ts), which retries them and shows the study "waiting" meanwhile.
+import type { QueueDatabase, QueuedFile, QueuedStudy } from "../../lib/db";
 import { ApiError, describeError, errorOf } from "../../lib/api/errors";
-import { LinkMeter, STALL_TIMEOUT_MS, StallError, StallWatchdog, fittedChunkSize } from "./link";
+import { LinkMeter, STALL_TIMEOUT_MS, fittedChunkSize } from "./link";
 import { activeStudies, finishStudy, studyFiles, updateStudy } from "./queue";
+import { Sender, Stopped } from "./sender";
+
+export { REQUEST_TIMEOUT_MS, isTransient, waitingNote } from "./sender";
 
 /** One chunk PUT, for `EngineDeps.putChunk`. */
 export interface ChunkPut {
@@ -36,10 +31,6 @@ export interface ChunkPut {
   /** To call at each sign of progress: body bytes taken by the network, the answer arriving. */
   progress: () => void;
 }
-
-/** A request other than a chunk's with no answer for this long (ms) goes again (the CLI's
- * request timeout). */
-export const REQUEST_TIMEOUT_MS = 60_000;
 
 export interface EngineDeps {
   db: QueueDatabase;
@@ -83,18 +74,6 @@ type UploadAnswer = {
   files: { index: number; size: number; chunk_count: number; missing_chunks: number[] }[] | null;
 };
 
-class Stopped extends Error {}
-
-/** An answer that means "not now": the request is tried again (501 and 505 are final). */
-export function isTransient(status: number): boolean {
-  return (status >= 500 && status !== 501 && status !== 505) || status === 408 || status === 429;
-}
-
-/** The note of a study waiting for the gateway. */
-export function waitingNote(reason: unknown): string {
-  return `Waiting for the gateway (${describeError(reason)}). The upload tries again by itself; nothing is lost.`;
-}
-
 /** Timing marks of the phases (bench/web_upload.py reads them); no data in their names. */
 function mark(name: string): void {
   if (typeof performance !== "undefined") performance.mark(name);
@@ -125,30 +104,31 @@ export class UploadEngine {
   private saved = new Map<string, number>();
   private listeners = new Set<() => void>();
   private readonly parallel: number;
-  private readonly retryDelays: number[];
-  private readonly maxRetryDelay: number;
-  /** The study's state to go back to when the gateway answers again. */
-  private phase: StudyState = "queued";
-  /** The current study is "waiting" (its note shown), and the note it shows. */
-  private waitingNoteShown: string | null = null;
-  /** The backoff waits under way: each ends at once when called. */
-  private wakers = new Set<() => void>();
+  /** The requests of the current study, retried and waited for. */
+  private readonly sender: Sender;
   private readonly api: string;
   private readonly stallTimeout: number;
-  private readonly requestTimeout: number;
   /** The goodput of this tab's chunk PUTs and the round trip to the gateway. */
   readonly link: LinkMeter;
-  /** Requests given up because they made no progress (tests and the benchmark read it). */
-  stalls = 0;
 
   constructor(private readonly deps: EngineDeps) {
     this.api = `${deps.baseUrl ?? ""}/api/v1`;
     this.parallel = deps.parallel ?? 4;
-    this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
-    this.maxRetryDelay = deps.maxRetryDelay ?? 30_000;
     this.stallTimeout = deps.stallTimeout ?? STALL_TIMEOUT_MS;
-    this.requestTimeout = deps.requestTimeout ?? REQUEST_TIMEOUT_MS;
     this.link = deps.link ?? new LinkMeter();
+    this.sender = new Sender({
+      db: deps.db,
+      online: deps.online,
+      retryDelays: deps.retryDelays,
+      maxRetryDelay: deps.maxRetryDelay,
+      requestTimeout: deps.requestTimeout,
+      changed: () => this.emit(),
+    });
+  }
+
+  /** Requests given up because they made no progress (tests and the benchmark read it). */
+  get stalls(): number {
+    return this.sender.stalls;
   }
 
   subscribe(listener: () => void): () => void {
@@ -185,7 +165,7 @@ export class UploadEngine {
 
   /** End the backoff waits under way: the requests waiting for the gateway are tried now. */
   wake(): void {
-    for (const waker of [...this.wakers]) waker();
+    this.sender.wake();
   }
 
   /** The network is gone: stop what is in flight; `kick` when it is back. */
@@ -250,8 +230,7 @@ export class UploadEngine {
   private async process(study: QueuedStudy): Promise<void> {
     this.current = study.id;
     this.controller = new AbortController();
-    this.phase = "queued";
-    this.waitingNoteShown = null;
+    this.sender.begin(study.id);
     const signal = this.controller.signal;
     try {
       const files = await studyFiles(this.deps.db, study.id);
@@ -294,7 +273,7 @@ export class UploadEngine {
       this.controller.abort();
       this.current = null;
       this.controller = null;
-      this.waitingNoteShown = null;
+      this.sender.end();
       this.emit();
     }
   }
@@ -337,7 +316,7 @@ export class UploadEngine {
       all_or_nothing: false,
       ...(chunkSize === null ? {} : { chunk_size: chunkSize }),
     };
-    const response = await this.send(
+    const response = await this.sender.send(
       (attempt) =>
         this.deps.fetch(
           new Request(`${this.api}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal: attempt }),
@@ -361,7 +340,7 @@ export class UploadEngine {
     );
     study.uploadId = upload.id;
     study.sentBytes = study.totalBytes - missing;
-    this.phase = "uploading";
+    this.sender.phase = "uploading";
     await updateStudy(this.deps.db, study.id, { uploadId: upload.id, state: "uploading", note: null, sentBytes: study.sentBytes });
     this.samples.set(study.id, []);
     this.track(study);
@@ -410,7 +389,7 @@ export class UploadEngine {
     this.link.started();
     let acknowledged = 0;
     try {
-      const response = await this.send(
+      const response = await this.sender.send(
         (attempt, progress) => put({ url, body, headers, signal: attempt, progress }),
         signal,
         this.stallTimeout,
@@ -446,7 +425,7 @@ export class UploadEngine {
     try {
       for (let i = 0; i < 3; i++) {
         const started = performance.now();
-        const response = await this.send((attempt) => this.deps.fetch(new Request(`${this.deps.baseUrl ?? ""}/health/live`, { signal: attempt })), signal);
+        const response = await this.sender.send((attempt) => this.deps.fetch(new Request(`${this.deps.baseUrl ?? ""}/health/live`, { signal: attempt })), signal);
         await response.body?.cancel();
         if (!response.ok) throw new Error(`health ${response.status}`);
         best = Math.min(best, performance.now() - started);
@@ -460,10 +439,10 @@ export class UploadEngine {
 
   /** POST complete: true when accepted; false when chunks are missing (sent again). */
   private async complete(study: QueuedStudy, upload: UploadAnswer, signal: AbortSignal): Promise<boolean> {
-    this.phase = "completing";
+    this.sender.phase = "completing";
     await updateStudy(this.deps.db, study.id, { state: "completing", sentBytes: study.sentBytes });
     this.emit();
-    const response = await this.send(
+    const response = await this.sender.send(
       (attempt) => this.deps.fetch(new Request(`${this.api}/uploads/${upload.id}/complete`, { method: "POST", signal: attempt })),
       signal,
     );
@@ -476,115 +455,6 @@ export class UploadEngine {
     await finishStudy(this.deps.db, study.id, { state: "sent", note: null, sentBytes: study.totalBytes });
     this.progress.delete(study.id);
     return true;
-  }
-
-  /**
-   * One request, tried until it gets an answer that is not transient (`isTransient`): network
-   * errors, stalls and "not now" answers are retried after `retryDelays`, then (the study shown
-   * "waiting") with a backoff capped at `maxRetryDelay`. Offline, a pause or a cancel (`signal`)
-   * stop it at once. Each attempt gets its own signal, aborted with a StallError when the attempt
-   * made no progress for `timeout` ms (the attempt calls `progress` at each; without calls, the
-   * whole attempt must end within it): then it is retried like a network error.
-   */
-  private async send(
-    request: (attempt: AbortSignal, progress: () => void) => Promise<Response>,
-    signal: AbortSignal,
-    timeout: number = this.requestTimeout,
-  ): Promise<Response> {
-    for (let attempt = 0; ; attempt++) {
-      if (signal.aborted || !this.deps.online()) throw new Stopped();
-      let response: Response | null = null;
-      let reason: unknown = null;
-      const controller = new AbortController();
-      const relay = () => controller.abort(signal.reason);
-      signal.addEventListener("abort", relay, { once: true });
-      const watchdog = new StallWatchdog(timeout, (stall) => controller.abort(stall));
-      try {
-        response = await request(controller.signal, () => watchdog.poke());
-      } catch (error) {
-        if (signal.aborted || !this.deps.online()) throw new Stopped();
-        const stalled = controller.signal.reason instanceof StallError;
-        if (stalled) this.stalls += 1;
-        reason = stalled ? controller.signal.reason : error;
-      } finally {
-        watchdog.stop();
-        signal.removeEventListener("abort", relay);
-      }
-      let retryAfter = 0;
-      if (response !== null) {
-        if (!isTransient(response.status)) {
-          await this.answered(signal);
-          return response;
-        }
-        retryAfter = Number(response.headers.get("Retry-After")) * 1000 || 0;
-        reason = await errorOf(response);
-      }
-      if (attempt >= this.retryDelays.length) await this.waiting(reason, signal);
-      await this.sleep(this.backoff(attempt, retryAfter), signal);
-    }
-  }
-
-  /** The wait (ms) before try `attempt + 1`: the quick ones, then doubling up to the cap, with
-   * jitter (half of it random: the lanes of a study, and the tabs of a clinic, spread out). */
-  private backoff(attempt: number, retryAfter: number): number {
-    const quick = this.retryDelays;
-    if (attempt < quick.length) return quick[attempt]!;
-    const last = quick[quick.length - 1] ?? 1000;
-    const base = Math.min(this.maxRetryDelay, Math.max(retryAfter, last * 2 ** (attempt - quick.length + 1)));
-    return base / 2 + Math.random() * (base / 2);
-  }
-
-  /** `ms`, or less: a pause, a cancel or offline (`signal`) throw Stopped, `wake` ends it. */
-  private sleep(ms: number, signal: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const end = () => {
-        clearTimeout(timer);
-        this.wakers.delete(done);
-        signal.removeEventListener("abort", stop);
-      };
-      const done = () => {
-        end();
-        resolve();
-      };
-      const stop = () => {
-        end();
-        reject(new Stopped());
-      };
-      const timer = setTimeout(done, ms);
-      this.wakers.add(done);
-      signal.addEventListener("abort", stop, { once: true });
-      if (signal.aborted) stop();
-    });
-  }
-
-  /** The quick retries did not do: the study is shown waiting for the gateway, with why. */
-  private async waiting(reason: unknown, signal: AbortSignal): Promise<void> {
-    const id = this.current;
-    const note = waitingNote(reason);
-    if (id === null || signal.aborted || this.waitingNoteShown === note) return;
-    this.waitingNoteShown = note;
-    // Not over a pause or a cancel by the clinician that raced with this request.
-    await this.deps.db.studies
-      .where("id")
-      .equals(id)
-      .and((s) => !s.pausedByUser && s.state !== "cancelled")
-      .modify({ state: "waiting", note });
-    this.emit();
-  }
-
-  /** A request got a final answer: a study that was waiting goes on, and so do its other
-   * requests (their waits cut short). */
-  private async answered(signal: AbortSignal): Promise<void> {
-    const id = this.current;
-    if (id === null || this.waitingNoteShown === null || signal.aborted) return;
-    this.waitingNoteShown = null;
-    await this.deps.db.studies
-      .where("id")
-      .equals(id)
-      .and((s) => s.state === "waiting")
-      .modify({ state: this.phase, note: null });
-    this.wake();
-    this.emit();
   }
 
   private track(study: QueuedStudy): void {
