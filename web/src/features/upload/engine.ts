@@ -2,9 +2,10 @@
 //
 // For each queued study: hash its files (worker), POST /uploads with the manifest (the server
 // answers with what it already has: a reload, another tab or another device resumes there and
-// re-sends nothing it acknowledged), PUT the missing chunks a few at a time with Content-Digest,
-// then complete. Offline pauses everything in flight; `online` (or Background Sync, or a page
-// load) resumes from the server's record.
+// re-sends nothing it acknowledged), PUT the missing chunks a few at a time with Content-Digest
+// (whole files of up to 1 MiB several per request, in chunk batches: batch.ts), then complete.
+// Offline pauses everything in flight; `online` (or Background Sync, or a page load) resumes
+// from the server's record.
 //
 // On a bad link (link.ts): each new upload asks for a chunk size fitted to the rate measured so
 // far (a cut then costs about half a second of the link, not 6 x 8 MiB), and a chunk request
@@ -18,13 +19,16 @@ import type { QueueDatabase, QueuedFile, QueuedStudy } from "../../lib/db";
 import { ApiError, describeError, errorOf } from "../../lib/api/errors";
 import { LinkMeter, STALL_TIMEOUT_MS, fittedChunkSize } from "./link";
 import { activeStudies, finishStudy, studyFiles, updateStudy } from "./queue";
+import { BATCH_BYTES, BATCH_MEDIA_TYPE, batchBody, partAnswers, planRequests, type BatchPart, type ChunkTask, type PartAnswer } from "./batch";
 import { Sender, Stopped } from "./sender";
 
 export { REQUEST_TIMEOUT_MS, isTransient, waitingNote } from "./sender";
 
-/** One chunk PUT, for `EngineDeps.putChunk`. */
+/** One chunk request, for `EngineDeps.putChunk`: a chunk's PUT, or a chunk batch's POST. */
 export interface ChunkPut {
   url: string;
+  /** PUT when not given. */
+  method?: "PUT" | "POST";
   body: ArrayBuffer;
   headers: Record<string, string>;
   signal: AbortSignal;
@@ -56,6 +60,9 @@ export interface EngineDeps {
   link?: LinkMeter;
   /** The chunk size to ask for: "auto" (fitted to the link, the default), or bytes. */
   chunkSize?: "auto" | number;
+  /** The most bytes of whole small files in one chunk batch (BATCH_BYTES by default, never
+   * more than the upload's chunk size); 0: one file per request. */
+  batchBytes?: number;
 }
 
 export interface Progress {
@@ -73,6 +80,9 @@ type UploadAnswer = {
   chunk_size: number;
   files: { index: number; size: number; chunk_count: number; missing_chunks: number[] }[] | null;
 };
+
+/** The 404 and 405 of a chunk batch that are the upload's, not a gateway without the route. */
+const UPLOAD_ERRORS = new Set(["upload_not_found", "chunk_out_of_range"]);
 
 /** Timing marks of the phases (bench/web_upload.py reads them); no data in their names. */
 function mark(name: string): void {
@@ -347,22 +357,85 @@ export class UploadEngine {
     return upload;
   }
 
+  /** The missing chunks, `parallel` requests at a time: whole small files in chunk batches
+   * (batch.ts) while the gateway takes them, the other chunks one by one. */
   private async sendChunks(study: QueuedStudy, files: QueuedFile[], upload: UploadAnswer, signal: AbortSignal): Promise<void> {
-    const tasks: { file: QueuedFile; chunk: number; count: number }[] = [];
+    const tasks: ChunkTask[] = [];
     for (const remote of upload.files ?? []) {
       const file = files[remote.index];
       if (!file) throw new ApiError(404, "chunk_out_of_range", "manifest mismatch");
       for (const chunk of remote.missing_chunks) tasks.push({ file, chunk, count: remote.chunk_count });
     }
+    const requests = planRequests(tasks, Math.min(this.deps.batchBytes ?? BATCH_BYTES, upload.chunk_size));
+    // Until the gateway says it has no chunk batches (one from before them).
+    let batches = true;
     let next = 0;
     const lane = async () => {
-      while (next < tasks.length) {
+      while (next < requests.length) {
         if (signal.aborted) throw new Stopped();
-        const task = tasks[next++]!;
-        await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+        const request = requests[next++]!;
+        if (!request.batch) {
+          const { task } = request;
+          await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+          continue;
+        }
+        if (batches && (await this.sendBatch(study, upload, request.tasks, signal))) continue;
+        batches = false;
+        for (const task of request.tasks) await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.parallel, tasks.length) }, lane));
+    await Promise.all(Array.from({ length: Math.min(this.parallel, requests.length) }, lane));
+  }
+
+  /**
+   * Whole files in one request (a chunk batch), each declared with its manifest SHA-256. Each
+   * part has its own answer: stored or already stored, it is acknowledged; refused as a
+   * conflict (that chunk is stored with other bytes), the study fails as it would on a chunk
+   * PUT's 409; refused otherwise (its bytes are not those of its SHA-256), it goes again alone
+   * as a chunk PUT (refused again, the study fails as the single-chunk path does). False, and
+   * nothing stored, when the gateway has no such route (404 or 405 of an older gateway) or
+   * takes smaller batches than the upload's chunk size (413: its chunk size lowered since).
+   */
+  private async sendBatch(study: QueuedStudy, upload: UploadAnswer, tasks: ChunkTask[], signal: AbortSignal): Promise<boolean> {
+    const parts: BatchPart[] = [];
+    for (const { file, chunk } of tasks) {
+      if (!file.blob || !file.sha256) throw new Error("The files of this study are no longer on this device.");
+      parts.push({ fileIndex: file.index, chunkIndex: chunk, sha256: file.sha256, data: await file.blob.arrayBuffer() });
+    }
+    const body = batchBody(parts);
+    const url = `${this.api}/uploads/${upload.id}/chunks:batch`;
+    const headers = { "Content-Type": BATCH_MEDIA_TYPE };
+    const put = this.deps.putChunk ?? ((p: ChunkPut) => this.fetchChunk(p));
+    this.link.started();
+    let acknowledged = 0;
+    let answers: PartAnswer[];
+    try {
+      const response = await this.sender.send(
+        (attempt, progress) => put({ url, method: "POST", body, headers, signal: attempt, progress }),
+        signal,
+        this.stallTimeout,
+      );
+      if (!response.ok) {
+        const error = await errorOf(response);
+        const noRoute = (error.status === 404 || error.status === 405) && !UPLOAD_ERRORS.has(error.code);
+        if (noRoute || error.code === "chunk_batch_too_large") return false;
+        throw error;
+      }
+      answers = partAnswers(await response.json(), parts);
+      acknowledged = answers.reduce((sum, a) => sum + (a.status === "refused" ? 0 : a.size), 0);
+    } finally {
+      this.link.finished(acknowledged);
+    }
+    study.sentBytes += acknowledged;
+    this.track(study);
+    const again: ChunkTask[] = [];
+    for (const [i, answer] of answers.entries()) {
+      if (answer.status !== "refused") continue;
+      if (answer.code === "chunk_conflict") throw new ApiError(409, answer.code, answer.message ?? "chunk conflict");
+      again.push(tasks[i]!);
+    }
+    for (const task of again) await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+    return true;
   }
 
   private async sendChunk(
@@ -404,9 +477,9 @@ export class UploadEngine {
     this.track(study);
   }
 
-  /** A chunk PUT by `fetch`: its progress is only its answer's arrival. */
+  /** A chunk request by `fetch`: its progress is only its answer's arrival. */
   private async fetchChunk(put: ChunkPut): Promise<Response> {
-    const response = await this.deps.fetch(new Request(put.url, { method: "PUT", body: put.body, headers: put.headers, signal: put.signal }));
+    const response = await this.deps.fetch(new Request(put.url, { method: put.method ?? "PUT", body: put.body, headers: put.headers, signal: put.signal }));
     put.progress();
     return response;
   }
