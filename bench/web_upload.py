@@ -106,12 +106,14 @@ def web_upload(base_url: str, study: Path) -> tuple[float, list[float]]:
             chunks: dict[str, float] = page.evaluate(
                 """(() => {
                     const puts = performance.getEntriesByType("resource")
-                        .filter((e) => e.name.includes("/chunks/"));
+                        .filter((e) => e.name.includes("/chunks/")
+                            || e.name.endsWith("/chunks:batch"));
                     const mean = (f) => puts.reduce((s, e) => s + f(e), 0) / (puts.length || 1);
                     const first = Math.min(...puts.map((e) => e.startTime));
                     const last = Math.max(...puts.map((e) => e.responseEnd));
                     return {
                         count: puts.length,
+                        batches: puts.filter((e) => e.name.endsWith("/chunks:batch")).length,
                         span_ms: Math.round(last - first),
                         mean_in_flight:
                             Math.round(10 * puts.reduce((s, e) => s + e.duration, 0)
@@ -123,7 +125,7 @@ def web_upload(base_url: str, study: Path) -> tuple[float, list[float]]:
                     };
                 })()"""
             )
-            print("web app chunk PUTs (resource timing):", chunks)
+            print("web app chunk requests (PUTs and batches; resource timing):", chunks)
             return elapsed, longtasks
         finally:
             browser.close()

@@ -119,7 +119,11 @@ class ChunkLog:
 
 
 def _upload(
-    browser: Browser, proxy: ThreadedProxy, study_dir: Path, during: Callable[[], None]
+    browser: Browser,
+    proxy: ThreadedProxy,
+    study_dir: Path,
+    during: Callable[[], None],
+    images: int = 4,
 ) -> ChunkLog:
     """Sign in through the proxy, pick the study, send it; `during` arms the faults once the
     study is shown; returns when the app says the study is sent."""
@@ -129,7 +133,7 @@ def _upload(
         page.on("response", log.on_response)
         page.on("requestfailed", log.on_failed)
         page.get_by_test_id("folder-input").set_input_files(study_dir)
-        expect(page.get_by_test_id("study-contents")).to_contain_text("4 images")
+        expect(page.get_by_test_id("study-contents")).to_contain_text(f"{images} images")
         during()
         page.get_by_role("button", name="Send this study").click()
         # A guard, not a measure: a stall the app never noticed would hang here for good.
@@ -157,15 +161,17 @@ def _arrived_whole(gateway: str, study_paths: list[Path]) -> dict[str, Any]:
 
 
 CHUNK_ROUTE = "/api/v1/uploads/{upload_id}/files/{file_index}/chunks/{chunk_index}"
+BATCH_ROUTE = "/api/v1/uploads/{upload_id}/chunks:batch"
 
 
-def _chunk_puts(gateway: str) -> tuple[int, int]:
-    """(chunk PUTs the gateway received and answered, whatever the answer; chunks it stored),
-    from its metrics: a PUT cut in the middle of its body counts as received, not stored."""
+def _chunk_puts(gateway: str, method: str = "PUT", route: str = CHUNK_ROUTE) -> tuple[int, int]:
+    """(chunk requests the gateway received and answered, whatever the answer: PUTs of one
+    chunk, or POSTs of a chunk batch with `route`; chunks it stored), from its metrics: a
+    request cut in the middle of its body counts as received, not stored."""
     received = stored = 0.0
     for line in httpx.get(f"{gateway}/metrics", timeout=30).text.splitlines():
         if line.startswith("relaypacs_http_request_duration_seconds_count{") and (
-            'method="PUT"' in line and f'route="{CHUNK_ROUTE}"' in line
+            f'method="{method}"' in line and f'route="{route}"' in line
         ):
             received += float(line.rsplit(" ", 1)[1])
         elif line.startswith('relaypacs_upload_chunks_total{outcome="stored"}'):
@@ -219,6 +225,38 @@ def test_a_cut_costs_at_most_the_small_chunks_in_flight(
     # (With the gateway's 8 MiB chunks each 2 MiB file would be one chunk, and a cut would
     # cost the 4 files in flight, up to the whole payload.)
     assert cuts * PARALLEL * asked + OVERHEAD < cuts * min(payload, PARALLEL * GATEWAY_CHUNK)
+
+
+def test_many_small_files_go_in_chunk_batches_and_a_cut_costs_only_the_batches_in_flight(
+    browser: Browser, gateway: str, proxy: ThreadedProxy, tmp_path: Path
+) -> None:
+    """60 CT slices of 128 x 128 (33 kB each, one chunk): the app sends them several per
+    request (`POST /uploads/{id}/chunks:batch`) through the link 30 ms away, cut once in the
+    middle. The study arrives validated, every file's SHA-256 the one on the device, each file
+    stored once; the gateway's metrics count the batches and not one PUT per file."""
+    study = write_study(tmp_path / "study", instances=60, series=2, rows=128, columns=128)
+    paths, payload = list(study.paths), study.total_bytes
+    assert all(p.stat().st_size < 64 * KiB for p in paths)
+
+    def cut_once() -> None:
+        proxy.arm(lambda p: setattr(p, "cut_after_bytes", payload // 2))
+
+    log = _upload(browser, proxy, tmp_path / "study", cut_once, images=len(paths))
+    upload = _arrived_whole(gateway, paths)
+
+    asked = upload["chunk_size"]  # what a batch's parts may carry at most
+    assert asked <= FIRST_GUESS, asked
+    assert proxy.proxy.stats.cuts == 1
+    batches, stored = _chunk_puts(gateway, "POST", BATCH_ROUTE)
+    puts, _ = _chunk_puts(gateway)
+    assert stored == len(paths)  # each file stored once (one cut in flight: already stored)
+    assert puts == 0  # no file went alone
+    assert log.stored == []
+    # Several files a request: at least the payload over the parts' limit, well under one
+    # request per file even with the batches cut in flight sent again.
+    assert -(-payload // asked) <= batches <= len(paths) // 3 + PARALLEL, batches
+    resent = proxy.proxy.stats.upstream_bytes - payload
+    assert resent <= PARALLEL * (asked + 4 * KiB) + OVERHEAD, (resent, proxy.proxy.stats)
 
 
 def test_a_silent_stall_is_noticed_and_the_chunks_sent_again(

@@ -31,6 +31,7 @@ from tests.web.conftest import assert_accessible
 PASSWORD = "browser-e2e-password-1"
 CHUNK = 64 * 1024
 CHUNK_PATH = re.compile(r"/api/v1/uploads/([0-9a-f-]+)/files/(\d+)/chunks/(\d+)$")
+BATCH_PATH = re.compile(r"/api/v1/uploads/([0-9a-f-]+)/chunks:batch$")
 
 
 @pytest.fixture
@@ -400,8 +401,10 @@ class TestZipArchive:
         width = page.evaluate("document.scrollingElement.scrollWidth")
         assert width <= 360, width
 
-        # Queued, and held before its first chunk (fault injection: the network never answers).
+        # Queued, and held before its first chunk (fault injection: the network never answers;
+        # these small files go in chunk batches).
         page.route(CHUNK_PATH, lambda route: None)
+        page.route(BATCH_PATH, lambda route: None)
         page.get_by_role("button", name="Send this study").click()
         expect(page.get_by_test_id("queue-state")).to_have_attribute("data-state", "uploading")
         # Signing out warns first: the queue holds patient data and unfinished uploads.

@@ -21,6 +21,9 @@ write_study(out / "flat", instances=2, rows=16, columns=16, modality="MR",
 for n in range(13):  # the upload engine's studies: 2 series, 4 instances of 3 chunks of 64 KiB
     write_study(out / f"multi{n}", instances=4, series=2, rows=256, columns=256,
                 patient_name="ROE^RICHARD", patient_id="TEST0001", birth_date="19310412")
+for n in range(9):  # chunk batches: 2 series, 24 whole files of about 9 kB, 7 to a batch of 64 KiB
+    write_study(out / f"small{n}", instances=24, series=2, rows=64, columns=64,
+                patient_name="ROE^RICHARD", patient_id="TEST0001", birth_date="19310412")
 (out / "raw.dcm").write_bytes(make_no_preamble())
 (out / "notes.txt").write_text("not DICOM at all")
 import zipfile

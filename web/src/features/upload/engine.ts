@@ -2,9 +2,10 @@
 //
 // For each queued study: hash its files (worker), POST /uploads with the manifest (the server
 // answers with what it already has: a reload, another tab or another device resumes there and
-// re-sends nothing it acknowledged), PUT the missing chunks a few at a time with Content-Digest,
-// then complete. Offline pauses everything in flight; `online` (or Background Sync, or a page
-// load) resumes from the server's record.
+// re-sends nothing it acknowledged), PUT the missing chunks a few at a time with Content-Digest
+// (whole files of up to 1 MiB several per request, in chunk batches: batch.ts), then complete.
+// Offline pauses everything in flight; `online` (or Background Sync, or a page load) resumes
+// from the server's record.
 //
 // On a bad link (link.ts): each new upload asks for a chunk size fitted to the rate measured so
 // far (a cut then costs about half a second of the link, not 6 x 8 MiB), and a chunk request
@@ -12,34 +13,28 @@
 // stopped is noticed in seconds). In the browser the chunks go by XMLHttpRequest (xhr.ts):
 // only it reports the progress of a request's body.
 //
-// A gateway that does not answer, or answers "not now" (5xx but 501/505, 408, 429, a network
-// error, a stall), never fails a study: after the quick retries (`retryDelays`) the study is
-// "waiting" (its note says why) and each request goes on being tried with a backoff capped at
-// `maxRetryDelay` (with jitter), until it gets an answer, the clinician pauses or cancels, or
-// the browser goes offline. `online`, a new study queued, or any request of the study that
-// gets through again (`kick`, `wake`) cut the wait short. A 500 is retried too: the gateway
-// answers it for what it did not foresee (a database failover mid-request, a restart), which
-// mostly passes; one that does not pass stays visible in the note and in the gateway's error
-// reports, and waiting loses nothing where failing would ask the clinician to act.
-// Only a final answer (4xx but 408/429, 409 conflicts, 413...) fails a study, as before.
-import type { QueueDatabase, QueuedFile, QueuedStudy, StudyState } from "../../lib/db";
+// A gateway that does not answer, or answers "not now", never fails a study: its requests go
+// through a Sender (sender.ts), which retries them and shows the study "waiting" meanwhile.
+import type { QueueDatabase, QueuedFile, QueuedStudy } from "../../lib/db";
 import { ApiError, describeError, errorOf } from "../../lib/api/errors";
-import { LinkMeter, STALL_TIMEOUT_MS, StallError, StallWatchdog, fittedChunkSize } from "./link";
+import { LinkMeter, STALL_TIMEOUT_MS, fittedChunkSize } from "./link";
 import { activeStudies, finishStudy, studyFiles, updateStudy } from "./queue";
+import { BATCH_BYTES, BATCH_MEDIA_TYPE, batchBody, partAnswers, planRequests, type BatchPart, type ChunkTask, type PartAnswer } from "./batch";
+import { Sender, Stopped } from "./sender";
 
-/** One chunk PUT, for `EngineDeps.putChunk`. */
+export { REQUEST_TIMEOUT_MS, isTransient, waitingNote } from "./sender";
+
+/** One chunk request, for `EngineDeps.putChunk`: a chunk's PUT, or a chunk batch's POST. */
 export interface ChunkPut {
   url: string;
+  /** PUT when not given. */
+  method?: "PUT" | "POST";
   body: ArrayBuffer;
   headers: Record<string, string>;
   signal: AbortSignal;
   /** To call at each sign of progress: body bytes taken by the network, the answer arriving. */
   progress: () => void;
 }
-
-/** A request other than a chunk's with no answer for this long (ms) goes again (the CLI's
- * request timeout). */
-export const REQUEST_TIMEOUT_MS = 60_000;
 
 export interface EngineDeps {
   db: QueueDatabase;
@@ -65,6 +60,9 @@ export interface EngineDeps {
   link?: LinkMeter;
   /** The chunk size to ask for: "auto" (fitted to the link, the default), or bytes. */
   chunkSize?: "auto" | number;
+  /** The most bytes of whole small files in one chunk batch (BATCH_BYTES by default, never
+   * more than the upload's chunk size); 0: one file per request. */
+  batchBytes?: number;
 }
 
 export interface Progress {
@@ -83,17 +81,8 @@ type UploadAnswer = {
   files: { index: number; size: number; chunk_count: number; missing_chunks: number[] }[] | null;
 };
 
-class Stopped extends Error {}
-
-/** An answer that means "not now": the request is tried again (501 and 505 are final). */
-export function isTransient(status: number): boolean {
-  return (status >= 500 && status !== 501 && status !== 505) || status === 408 || status === 429;
-}
-
-/** The note of a study waiting for the gateway. */
-export function waitingNote(reason: unknown): string {
-  return `Waiting for the gateway (${describeError(reason)}). The upload tries again by itself; nothing is lost.`;
-}
+/** The 404 and 405 of a chunk batch that are the upload's, not a gateway without the route. */
+const UPLOAD_ERRORS = new Set(["upload_not_found", "chunk_out_of_range"]);
 
 /** Timing marks of the phases (bench/web_upload.py reads them); no data in their names. */
 function mark(name: string): void {
@@ -125,30 +114,31 @@ export class UploadEngine {
   private saved = new Map<string, number>();
   private listeners = new Set<() => void>();
   private readonly parallel: number;
-  private readonly retryDelays: number[];
-  private readonly maxRetryDelay: number;
-  /** The study's state to go back to when the gateway answers again. */
-  private phase: StudyState = "queued";
-  /** The current study is "waiting" (its note shown), and the note it shows. */
-  private waitingNoteShown: string | null = null;
-  /** The backoff waits under way: each ends at once when called. */
-  private wakers = new Set<() => void>();
+  /** The requests of the current study, retried and waited for. */
+  private readonly sender: Sender;
   private readonly api: string;
   private readonly stallTimeout: number;
-  private readonly requestTimeout: number;
   /** The goodput of this tab's chunk PUTs and the round trip to the gateway. */
   readonly link: LinkMeter;
-  /** Requests given up because they made no progress (tests and the benchmark read it). */
-  stalls = 0;
 
   constructor(private readonly deps: EngineDeps) {
     this.api = `${deps.baseUrl ?? ""}/api/v1`;
     this.parallel = deps.parallel ?? 4;
-    this.retryDelays = deps.retryDelays ?? [500, 1000, 2000, 4000, 8000];
-    this.maxRetryDelay = deps.maxRetryDelay ?? 30_000;
     this.stallTimeout = deps.stallTimeout ?? STALL_TIMEOUT_MS;
-    this.requestTimeout = deps.requestTimeout ?? REQUEST_TIMEOUT_MS;
     this.link = deps.link ?? new LinkMeter();
+    this.sender = new Sender({
+      db: deps.db,
+      online: deps.online,
+      retryDelays: deps.retryDelays,
+      maxRetryDelay: deps.maxRetryDelay,
+      requestTimeout: deps.requestTimeout,
+      changed: () => this.emit(),
+    });
+  }
+
+  /** Requests given up because they made no progress (tests and the benchmark read it). */
+  get stalls(): number {
+    return this.sender.stalls;
   }
 
   subscribe(listener: () => void): () => void {
@@ -185,7 +175,7 @@ export class UploadEngine {
 
   /** End the backoff waits under way: the requests waiting for the gateway are tried now. */
   wake(): void {
-    for (const waker of [...this.wakers]) waker();
+    this.sender.wake();
   }
 
   /** The network is gone: stop what is in flight; `kick` when it is back. */
@@ -250,8 +240,7 @@ export class UploadEngine {
   private async process(study: QueuedStudy): Promise<void> {
     this.current = study.id;
     this.controller = new AbortController();
-    this.phase = "queued";
-    this.waitingNoteShown = null;
+    this.sender.begin(study.id);
     const signal = this.controller.signal;
     try {
       const files = await studyFiles(this.deps.db, study.id);
@@ -294,7 +283,7 @@ export class UploadEngine {
       this.controller.abort();
       this.current = null;
       this.controller = null;
-      this.waitingNoteShown = null;
+      this.sender.end();
       this.emit();
     }
   }
@@ -337,7 +326,7 @@ export class UploadEngine {
       all_or_nothing: false,
       ...(chunkSize === null ? {} : { chunk_size: chunkSize }),
     };
-    const response = await this.send(
+    const response = await this.sender.send(
       (attempt) =>
         this.deps.fetch(
           new Request(`${this.api}/uploads`, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" }, signal: attempt }),
@@ -361,29 +350,92 @@ export class UploadEngine {
     );
     study.uploadId = upload.id;
     study.sentBytes = study.totalBytes - missing;
-    this.phase = "uploading";
+    this.sender.phase = "uploading";
     await updateStudy(this.deps.db, study.id, { uploadId: upload.id, state: "uploading", note: null, sentBytes: study.sentBytes });
     this.samples.set(study.id, []);
     this.track(study);
     return upload;
   }
 
+  /** The missing chunks, `parallel` requests at a time: whole small files in chunk batches
+   * (batch.ts) while the gateway takes them, the other chunks one by one. */
   private async sendChunks(study: QueuedStudy, files: QueuedFile[], upload: UploadAnswer, signal: AbortSignal): Promise<void> {
-    const tasks: { file: QueuedFile; chunk: number; count: number }[] = [];
+    const tasks: ChunkTask[] = [];
     for (const remote of upload.files ?? []) {
       const file = files[remote.index];
       if (!file) throw new ApiError(404, "chunk_out_of_range", "manifest mismatch");
       for (const chunk of remote.missing_chunks) tasks.push({ file, chunk, count: remote.chunk_count });
     }
+    const requests = planRequests(tasks, Math.min(this.deps.batchBytes ?? BATCH_BYTES, upload.chunk_size));
+    // Until the gateway says it has no chunk batches (one from before them).
+    let batches = true;
     let next = 0;
     const lane = async () => {
-      while (next < tasks.length) {
+      while (next < requests.length) {
         if (signal.aborted) throw new Stopped();
-        const task = tasks[next++]!;
-        await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+        const request = requests[next++]!;
+        if (!request.batch) {
+          const { task } = request;
+          await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+          continue;
+        }
+        if (batches && (await this.sendBatch(study, upload, request.tasks, signal))) continue;
+        batches = false;
+        for (const task of request.tasks) await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.parallel, tasks.length) }, lane));
+    await Promise.all(Array.from({ length: Math.min(this.parallel, requests.length) }, lane));
+  }
+
+  /**
+   * Whole files in one request (a chunk batch), each declared with its manifest SHA-256. Each
+   * part has its own answer: stored or already stored, it is acknowledged; refused as a
+   * conflict (that chunk is stored with other bytes), the study fails as it would on a chunk
+   * PUT's 409; refused otherwise (its bytes are not those of its SHA-256), it goes again alone
+   * as a chunk PUT (refused again, the study fails as the single-chunk path does). False, and
+   * nothing stored, when the gateway has no such route (404 or 405 of an older gateway) or
+   * takes smaller batches than the upload's chunk size (413: its chunk size lowered since).
+   */
+  private async sendBatch(study: QueuedStudy, upload: UploadAnswer, tasks: ChunkTask[], signal: AbortSignal): Promise<boolean> {
+    const parts: BatchPart[] = [];
+    for (const { file, chunk } of tasks) {
+      if (!file.blob || !file.sha256) throw new Error("The files of this study are no longer on this device.");
+      parts.push({ fileIndex: file.index, chunkIndex: chunk, sha256: file.sha256, data: await file.blob.arrayBuffer() });
+    }
+    const body = batchBody(parts);
+    const url = `${this.api}/uploads/${upload.id}/chunks:batch`;
+    const headers = { "Content-Type": BATCH_MEDIA_TYPE };
+    const put = this.deps.putChunk ?? ((p: ChunkPut) => this.fetchChunk(p));
+    this.link.started();
+    let acknowledged = 0;
+    let answers: PartAnswer[];
+    try {
+      const response = await this.sender.send(
+        (attempt, progress) => put({ url, method: "POST", body, headers, signal: attempt, progress }),
+        signal,
+        this.stallTimeout,
+      );
+      if (!response.ok) {
+        const error = await errorOf(response);
+        const noRoute = (error.status === 404 || error.status === 405) && !UPLOAD_ERRORS.has(error.code);
+        if (noRoute || error.code === "chunk_batch_too_large") return false;
+        throw error;
+      }
+      answers = partAnswers(await response.json(), parts);
+      acknowledged = answers.reduce((sum, a) => sum + (a.status === "refused" ? 0 : a.size), 0);
+    } finally {
+      this.link.finished(acknowledged);
+    }
+    study.sentBytes += acknowledged;
+    this.track(study);
+    const again: ChunkTask[] = [];
+    for (const [i, answer] of answers.entries()) {
+      if (answer.status !== "refused") continue;
+      if (answer.code === "chunk_conflict") throw new ApiError(409, answer.code, answer.message ?? "chunk conflict");
+      again.push(tasks[i]!);
+    }
+    for (const task of again) await this.sendChunk(study, upload, task.file, task.chunk, task.count, signal);
+    return true;
   }
 
   private async sendChunk(
@@ -410,7 +462,7 @@ export class UploadEngine {
     this.link.started();
     let acknowledged = 0;
     try {
-      const response = await this.send(
+      const response = await this.sender.send(
         (attempt, progress) => put({ url, body, headers, signal: attempt, progress }),
         signal,
         this.stallTimeout,
@@ -425,9 +477,9 @@ export class UploadEngine {
     this.track(study);
   }
 
-  /** A chunk PUT by `fetch`: its progress is only its answer's arrival. */
+  /** A chunk request by `fetch`: its progress is only its answer's arrival. */
   private async fetchChunk(put: ChunkPut): Promise<Response> {
-    const response = await this.deps.fetch(new Request(put.url, { method: "PUT", body: put.body, headers: put.headers, signal: put.signal }));
+    const response = await this.deps.fetch(new Request(put.url, { method: put.method ?? "PUT", body: put.body, headers: put.headers, signal: put.signal }));
     put.progress();
     return response;
   }
@@ -446,7 +498,7 @@ export class UploadEngine {
     try {
       for (let i = 0; i < 3; i++) {
         const started = performance.now();
-        const response = await this.send((attempt) => this.deps.fetch(new Request(`${this.deps.baseUrl ?? ""}/health/live`, { signal: attempt })), signal);
+        const response = await this.sender.send((attempt) => this.deps.fetch(new Request(`${this.deps.baseUrl ?? ""}/health/live`, { signal: attempt })), signal);
         await response.body?.cancel();
         if (!response.ok) throw new Error(`health ${response.status}`);
         best = Math.min(best, performance.now() - started);
@@ -460,10 +512,10 @@ export class UploadEngine {
 
   /** POST complete: true when accepted; false when chunks are missing (sent again). */
   private async complete(study: QueuedStudy, upload: UploadAnswer, signal: AbortSignal): Promise<boolean> {
-    this.phase = "completing";
+    this.sender.phase = "completing";
     await updateStudy(this.deps.db, study.id, { state: "completing", sentBytes: study.sentBytes });
     this.emit();
-    const response = await this.send(
+    const response = await this.sender.send(
       (attempt) => this.deps.fetch(new Request(`${this.api}/uploads/${upload.id}/complete`, { method: "POST", signal: attempt })),
       signal,
     );
@@ -476,115 +528,6 @@ export class UploadEngine {
     await finishStudy(this.deps.db, study.id, { state: "sent", note: null, sentBytes: study.totalBytes });
     this.progress.delete(study.id);
     return true;
-  }
-
-  /**
-   * One request, tried until it gets an answer that is not transient (`isTransient`): network
-   * errors, stalls and "not now" answers are retried after `retryDelays`, then (the study shown
-   * "waiting") with a backoff capped at `maxRetryDelay`. Offline, a pause or a cancel (`signal`)
-   * stop it at once. Each attempt gets its own signal, aborted with a StallError when the attempt
-   * made no progress for `timeout` ms (the attempt calls `progress` at each; without calls, the
-   * whole attempt must end within it): then it is retried like a network error.
-   */
-  private async send(
-    request: (attempt: AbortSignal, progress: () => void) => Promise<Response>,
-    signal: AbortSignal,
-    timeout: number = this.requestTimeout,
-  ): Promise<Response> {
-    for (let attempt = 0; ; attempt++) {
-      if (signal.aborted || !this.deps.online()) throw new Stopped();
-      let response: Response | null = null;
-      let reason: unknown = null;
-      const controller = new AbortController();
-      const relay = () => controller.abort(signal.reason);
-      signal.addEventListener("abort", relay, { once: true });
-      const watchdog = new StallWatchdog(timeout, (stall) => controller.abort(stall));
-      try {
-        response = await request(controller.signal, () => watchdog.poke());
-      } catch (error) {
-        if (signal.aborted || !this.deps.online()) throw new Stopped();
-        const stalled = controller.signal.reason instanceof StallError;
-        if (stalled) this.stalls += 1;
-        reason = stalled ? controller.signal.reason : error;
-      } finally {
-        watchdog.stop();
-        signal.removeEventListener("abort", relay);
-      }
-      let retryAfter = 0;
-      if (response !== null) {
-        if (!isTransient(response.status)) {
-          await this.answered(signal);
-          return response;
-        }
-        retryAfter = Number(response.headers.get("Retry-After")) * 1000 || 0;
-        reason = await errorOf(response);
-      }
-      if (attempt >= this.retryDelays.length) await this.waiting(reason, signal);
-      await this.sleep(this.backoff(attempt, retryAfter), signal);
-    }
-  }
-
-  /** The wait (ms) before try `attempt + 1`: the quick ones, then doubling up to the cap, with
-   * jitter (half of it random: the lanes of a study, and the tabs of a clinic, spread out). */
-  private backoff(attempt: number, retryAfter: number): number {
-    const quick = this.retryDelays;
-    if (attempt < quick.length) return quick[attempt]!;
-    const last = quick[quick.length - 1] ?? 1000;
-    const base = Math.min(this.maxRetryDelay, Math.max(retryAfter, last * 2 ** (attempt - quick.length + 1)));
-    return base / 2 + Math.random() * (base / 2);
-  }
-
-  /** `ms`, or less: a pause, a cancel or offline (`signal`) throw Stopped, `wake` ends it. */
-  private sleep(ms: number, signal: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const end = () => {
-        clearTimeout(timer);
-        this.wakers.delete(done);
-        signal.removeEventListener("abort", stop);
-      };
-      const done = () => {
-        end();
-        resolve();
-      };
-      const stop = () => {
-        end();
-        reject(new Stopped());
-      };
-      const timer = setTimeout(done, ms);
-      this.wakers.add(done);
-      signal.addEventListener("abort", stop, { once: true });
-      if (signal.aborted) stop();
-    });
-  }
-
-  /** The quick retries did not do: the study is shown waiting for the gateway, with why. */
-  private async waiting(reason: unknown, signal: AbortSignal): Promise<void> {
-    const id = this.current;
-    const note = waitingNote(reason);
-    if (id === null || signal.aborted || this.waitingNoteShown === note) return;
-    this.waitingNoteShown = note;
-    // Not over a pause or a cancel by the clinician that raced with this request.
-    await this.deps.db.studies
-      .where("id")
-      .equals(id)
-      .and((s) => !s.pausedByUser && s.state !== "cancelled")
-      .modify({ state: "waiting", note });
-    this.emit();
-  }
-
-  /** A request got a final answer: a study that was waiting goes on, and so do its other
-   * requests (their waits cut short). */
-  private async answered(signal: AbortSignal): Promise<void> {
-    const id = this.current;
-    if (id === null || this.waitingNoteShown === null || signal.aborted) return;
-    this.waitingNoteShown = null;
-    await this.deps.db.studies
-      .where("id")
-      .equals(id)
-      .and((s) => s.state === "waiting")
-      .modify({ state: this.phase, note: null });
-    this.wake();
-    this.emit();
   }
 
   private track(study: QueuedStudy): void {

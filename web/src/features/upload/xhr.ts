@@ -1,7 +1,8 @@
-// The chunk PUTs of the browser: XMLHttpRequest, the one browser API that reports how much of
-// a request's body went out (fetch reports nothing until the answer, and streams a body only
-// over HTTP/2). The engine's stall watchdog is poked at each progress event: a link that
-// silently stops is noticed by the bytes that stop moving, whatever the chunk's size.
+// The chunk requests of the browser (a chunk's PUT, a chunk batch's POST): XMLHttpRequest, the
+// one browser API that reports how much of a request's body went out (fetch reports nothing
+// until the answer, and streams a body only over HTTP/2). The engine's stall watchdog is poked
+// at each progress event: a link that silently stops is noticed by the bytes that stop moving,
+// whatever the chunk's (or the batch's) size.
 import { getSession, refreshAccess } from "../../lib/session";
 import type { ChunkPut } from "./engine";
 
@@ -16,7 +17,7 @@ function xhrPut(put: ChunkPut, token: string | null): Promise<Response> {
     }
     const xhr = new XMLHttpRequest();
     const abort = () => xhr.abort();
-    xhr.open("PUT", put.url);
+    xhr.open(put.method ?? "PUT", put.url);
     for (const [name, value] of Object.entries(put.headers)) xhr.setRequestHeader(name, value);
     if (token !== null) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
     xhr.upload.onprogress = () => put.progress();
@@ -45,7 +46,7 @@ function xhrPut(put: ChunkPut, token: string | null): Promise<Response> {
   });
 }
 
-/** A chunk PUT with the access token; a 401 refreshes it once (lib/session.ts) and retries,
+/** A chunk request with the access token; a 401 refreshes it once (lib/session.ts) and retries,
  * as authFetch does. */
 export async function authPutChunk(put: ChunkPut): Promise<Response> {
   const token = getSession().token ?? (await refreshAccess(null));
