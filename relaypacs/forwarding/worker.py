@@ -297,7 +297,7 @@ class Forwarder:
                     self._early.forget((claim.upload_id, claim.target))
                     return
                 batches = make_batches(study.to_send, target.batch_instances, target.batch_bytes)
-                if not study.settle:
+                if not study.settle and not study.whole:  # the last batch may wait for more
                     batches = full_batches(batches, target.batch_instances, target.batch_bytes)
                     if not batches:
                         repository.park(job)
