@@ -176,8 +176,7 @@ def _run_direct(study: studies.Study, uids: forward.StudyUids, links: Links, rdi
     problem = (
         f"FailedSOPSequence for {len(d.failed)} instances"
         if d.failed
-        else forward._missing(uids.instances, d.stored)
-        or forward._missing(uids.instances, d.listed)
+        else forward.missing(uids.instances, d.stored) or forward.missing(uids.instances, d.listed)
     )
     if problem:
         raise RuntimeError(f"direct STOW-RS: {problem}")
@@ -209,7 +208,7 @@ def _run_gateway(
         def uplink(base_url: str) -> Any:
             return _proxied(base_url, UPLINK_PORT, links.rtt)
 
-        g = forward._gateway_run(
+        g = forward.gateway_run(
             study.files, study.directory, study.total_bytes, uids, orthanc, rdir, logs, name,
             workers=None, parallel=parallel, pipeline=pipeline, pacs_url=pacs_url,
             uplink=uplink, pacs_verify=pacs_verify,

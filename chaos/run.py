@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from chaos.common import ScenarioError, Tally
 
 # scenario: default rounds
-SCENARIOS = {"kill": 50, "diskfull": 10, "pgrestart": 10, "slowclients": 3}
+SCENARIOS = {
+    "kill": 50,
+    "kill_pipelined": 20,
+    "diskfull": 10,
+    "pgrestart": 10,
+    "slowclients": 3,
+}
 
 
 def run_scenario(name: str, rounds: int, seed: int) -> Tally:

@@ -38,6 +38,10 @@ class StudyToForward:
     # the job waits for more (parked); nothing is verified or settled before the upload has
     # been accepted whole (and `sop_uids` may be left empty until then).
     settle: bool = True
+    # While still uploading: every instance that can go before `complete` is among those to
+    # send (every file of the manifest arrived and was judged final on arrival), so a last
+    # partial batch goes now rather than wait for more.
+    whole: bool = False
 
     @property
     def instances(self) -> int:

@@ -17,81 +17,33 @@ import logging
 import os
 import socket
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relaypacs.audit.models import SYSTEM
-from relaypacs.audit.service import record_event
 from relaypacs.config import PacsTarget, Settings
 from relaypacs.db import utcnow
-from relaypacs.forwarding import repository
+from relaypacs.forwarding import repository, settling
+from relaypacs.forwarding.batches import full_batches, make_batches
 from relaypacs.forwarding.breaker import CircuitBreaker, retry_delay
+from relaypacs.forwarding.early_checks import EarlyChecks
 from relaypacs.forwarding.errors import LeaseLost
 from relaypacs.forwarding.models import JobKind
-from relaypacs.forwarding.repository import Claim, Delivered
-from relaypacs.forwarding.service import TARGET_REMOVED
-from relaypacs.forwarding.source import (
-    ForwardCounts,
-    InstanceSource,
-    SentInstance,
-    SettledUpload,
-    SettleHook,
-    Settlement,
-)
-from relaypacs.forwarding.verification import (
-    ContentCheck,
-    ContentUnverifiable,
-    check_content,
-    check_early,
-    checks_early,
-)
+from relaypacs.forwarding.removed_targets import RemovedTargets
+from relaypacs.forwarding.repository import Claim
+from relaypacs.forwarding.source import InstanceSource, SentInstance, SettleHook
+from relaypacs.forwarding.verification import ContentCheck, ContentUnverifiable, check_content
 from relaypacs.pacs.dicomweb import DicomWebClient, Disposition, InstancePart, InstanceResult
 from relaypacs.storage import ObjectStorage, StorageError
 from relaypacs.telemetry import REQUEST_ID
 from relaypacs.telemetry.metrics import FORWARD_ATTEMPTS, FORWARD_DELIVERY, FORWARD_INSTANCES
 
+# make_batches: where the tests have always found it.
+__all__ = ["Forwarder", "make_batches"]
+
 logger = logging.getLogger(__name__)
-
-EARLY_CHECKED = 64  # jobs whose early content checks are remembered (Forwarder._checked)
-SOP_INSTANCE_CONFLICT = (
-    "sop_instance_conflict: the gateway delivered other bytes under this SOP Instance UID to "
-    "this PACS before (a PACS keeps the first copy of an instance)"
-)
-
-
-def make_batches(
-    parts: Sequence[InstancePart], max_instances: int, max_bytes: int
-) -> list[list[InstancePart]]:
-    """Consecutive batches of at most `max_instances` instances and `max_bytes` bytes (an
-    instance larger than max_bytes goes alone)."""
-    batches: list[list[InstancePart]] = []
-    current: list[InstancePart] = []
-    size = 0
-    for part in parts:
-        if current and (len(current) >= max_instances or size + part.size > max_bytes):
-            batches.append(current)
-            current, size = [], 0
-        current.append(part)
-        size += part.size
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _full_batches(
-    batches: list[list[InstancePart]], max_instances: int, max_bytes: int
-) -> list[list[InstancePart]]:
-    """While a study is still uploading, its last batch waits for more instances unless it is
-    full (by count, or by half its bytes): no request of two instances where ten would go."""
-    if batches:
-        last = batches[-1]
-        if len(last) < max_instances and sum(p.size for p in last) < max_bytes // 2:
-            return batches[:-1]
-    return batches
 
 
 class Forwarder:
@@ -154,17 +106,20 @@ class Forwarder:
         self._lease = dt.timedelta(seconds=settings.forward_lease_seconds)
         self._jobs_at_once = jobs_at_once
         self._wakeup = asyncio.Event()
-        self._removed_checked = -float("inf")  # when jobs of removed targets were last looked for
         self._tasks: set[asyncio.Task[None]] = set()
         # Content found at the PACS as sent while a study was still uploading (pipelined relay,
-        # `content` verification): (upload, target) -> file index -> MD5 sent. Only the
-        # instances not in it are checked at the end. In memory: a job that another process
-        # finishes checks everything, as before. At most EARLY_CHECKED jobs are remembered.
-        self._checked: OrderedDict[tuple[uuid.UUID, str], dict[int, str]] = OrderedDict()
-        # The check of each job's last pass, running beside its next pass (one at a time).
-        self._early: dict[tuple[uuid.UUID, str], asyncio.Task[None]] = {}
+        # `content` verification): only the instances not found are checked at the end.
+        self._early = EarlyChecks()
         self._stopping = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._removed = RemovedTargets(
+            sessionmaker=sessionmaker,
+            settings=settings,
+            targets=list(self._targets),
+            owner=self.worker_id,
+            sources=self._sources,
+            settle_hooks=self._settle_hooks,
+        )
 
     def breaker(self, target: str) -> CircuitBreaker:
         return self._breakers[target]
@@ -179,10 +134,7 @@ class Forwarder:
 
     def _source_of(self, claim: Claim) -> InstanceSource:
         """Who owns the instances of the claimed job's kind."""
-        source = self._sources.get(claim.kind)
-        if source is None:
-            raise RuntimeError(f"this Forwarder has no instance source for {claim.kind} jobs")
-        return source
+        return settling.source_of(self._sources, claim)
 
     async def start(self) -> None:
         if JobKind.STUDY not in self._sources:  # at start, not at the first job
@@ -210,11 +162,10 @@ class Forwarder:
 
     async def stop(self) -> None:
         self._stopping = True
-        early = list(self._early.values())
-        self._early.clear()
-        for task in [*self._tasks, *early]:
+        for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *early]:
+        await self._early.stop()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -232,7 +183,7 @@ class Forwarder:
                 logger.warning("claiming a forwarding job failed: %s", type(exc).__name__)
                 claim = None
             if claim is None:
-                await self._fail_removed_targets()
+                await self._removed.sweep(lambda: self._stopping)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), timeout=self._settings.forward_poll_seconds
@@ -260,77 +211,10 @@ class Forwarder:
 
     # --- jobs of a target no longer configured ---------------------------------------------
 
-    async def _fail_removed_targets(self) -> None:
-        """While idle, at most every few polls: fail the jobs whose PACS target was removed
-        from the settings (no worker would ever claim them: they would wait forever)."""
-        now = asyncio.get_running_loop().time()
-        if now - self._removed_checked < max(10 * self._settings.forward_poll_seconds, 10.0):
-            return
-        self._removed_checked = now
-        try:
-            while not self._stopping and await self.fail_one_removed_target():
-                pass
-        except LeaseLost:
-            pass
-        except Exception as exc:
-            logger.warning("failing the jobs of removed targets: %s", type(exc).__name__)
-
     async def fail_one_removed_target(self) -> bool:
-        """Fail one due job whose target is not configured here and that no worker touched for
-        RELAYPACS_FORWARD_REMOVED_TARGET_GRACE_SECONDS (False: none). A study job fails its
-        upload (the uploader is told, as for a PACS's refusal); a report job leaves the report
-        signed, unwritten. Both are audited `forward.failed` with the reason `target_removed`."""
-        grace = dt.timedelta(seconds=self._settings.forward_removed_target_grace_seconds)
-        async with self._sessionmaker() as session, session.begin():
-            claim = await repository.claim_removed_target(
-                session,
-                targets=list(self._targets),
-                owner=self.worker_id,
-                lease=self._lease,
-                quiet_for=grace,
-            )
-            if claim is None:
-                return False
-            job = await repository.renew(session, claim, self._lease)
-            now = utcnow()
-            reason = f"{TARGET_REMOVED}: the PACS target {claim.target!r} is no longer configured"
-            upload = None
-            counts = None
-            if claim.kind == JobKind.STUDY:
-                source = self._source_of(claim)
-                counts = await source.counts(session, claim.upload_id)
-                repository.set_counts(job, counts)
-                upload = await source.finish(session, claim.upload_id, delivered=False, at=now)
-                if upload is None:  # cancelled meanwhile
-                    repository.mark_cancelled(job)
-                    return True
-            repository.mark_abandoned(job, at=now, reason=reason)
-            if upload is not None and counts is not None:
-                await self._run_settle_hooks(
-                    session, claim, upload, counts, job.stow_requests, delivered=False
-                )
-            await record_event(
-                session,
-                actor=SYSTEM,
-                action="forward.failed",
-                outcome="failure",
-                object_type="upload",
-                object_id=claim.upload_id,
-                study_instance_uid=upload.study_instance_uid if upload else None,
-                details={
-                    "target": claim.target,
-                    "kind": claim.kind.value,
-                    "reason": TARGET_REMOVED,
-                },
-            )
-        logger.warning(
-            "upload %s: %s job %s failed: its PACS target %r is no longer configured",
-            claim.upload_id,
-            claim.kind,
-            claim.job_id,
-            claim.target,
-        )
-        return True
+        """Fail one due job whose target is not configured here (see
+        removed_targets.RemovedTargets.fail_one); False: none."""
+        return await self._removed.fail_one()
 
     async def _heartbeat(self, claim: Claim, lost: asyncio.Event) -> None:
         while True:
@@ -410,11 +294,11 @@ class Forwarder:
                 study = await source.start(session, claim.upload_id)
                 if study is None:  # the upload was cancelled (or rejected)
                     repository.mark_cancelled(job)
-                    self._checked.pop((claim.upload_id, claim.target), None)
+                    self._early.forget((claim.upload_id, claim.target))
                     return
                 batches = make_batches(study.to_send, target.batch_instances, target.batch_bytes)
-                if not study.settle:
-                    batches = _full_batches(batches, target.batch_instances, target.batch_bytes)
+                if not study.settle and not study.whole:  # the last batch may wait for more
+                    batches = full_batches(batches, target.batch_instances, target.batch_bytes)
                     if not batches:
                         repository.park(job)
                         return
@@ -434,18 +318,16 @@ class Forwarder:
                 return
             if study.settle:
                 break
-            self._check_early_beside(claim, client, study.study_instance_uid, stored)
+            self._early.start(
+                (claim.upload_id, claim.target), client, study.study_instance_uid, stored
+            )
         # Everything was answered: verify with QIDO-RS (and the content, as the target asks)
         # before anything counts as delivered.
         try:
             listed = await client.instance_uids(study.study_instance_uid, expected=study.instances)
             async with self._sessionmaker() as session:
                 sent = await self._source_of(claim).sent_instances(session, claim.upload_id)
-            early = self._early.get((claim.upload_id, claim.target))
-            if early is not None:  # the last pass's check, still running: its answers count
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(early)
-            known = self._checked.get((claim.upload_id, claim.target))
+            known = await self._early.known((claim.upload_id, claim.target))
             content = await check_content(
                 client, study.study_instance_uid, sent, listed, known=known
             )
@@ -517,60 +399,6 @@ class Forwarder:
         await asyncio.gather(*(send(batch) for batch in batches))
         return retry_reasons
 
-    def _check_early_beside(
-        self,
-        claim: Claim,
-        client: DicomWebClient,
-        study_uid: str,
-        stored: dict[int, tuple[str, str]],
-    ) -> None:
-        """While the study uploads: check the content of what this pass stored (as the end
-        would), beside the next pass, so that the end checks only the rest. After the previous
-        pass's check: one at a time per job. An optimisation: what it does not find, the end
-        checks."""
-        if not stored or not checks_early(client):
-            return
-        key = (claim.upload_id, claim.target)
-        previous = self._early.get(key)
-        task = asyncio.create_task(self._check_early(key, client, study_uid, stored, previous))
-        self._early[key] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._early.get(key) is done:
-                del self._early[key]
-
-        task.add_done_callback(forget)
-
-    async def _check_early(
-        self,
-        key: tuple[uuid.UUID, str],
-        client: DicomWebClient,
-        study_uid: str,
-        stored: dict[int, tuple[str, str]],
-        previous: asyncio.Task[None] | None,
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception):
-                await previous
-        held: dict[int, str] = {}
-        for attempt in range(2):  # once more on a connection the PACS had closed meanwhile
-            try:
-                held = await check_early(client, study_uid, stored)
-                break
-            except httpx.TransportError as exc:
-                if attempt:
-                    logger.info(
-                        "early content check failed (left to the end): %s", type(exc).__name__
-                    )
-                    return
-            except httpx.HTTPError as exc:
-                logger.info("early content check failed (left to the end): %s", type(exc).__name__)
-                return
-        self._checked.setdefault(key, {}).update(held)
-        self._checked.move_to_end(key)
-        while len(self._checked) > EARLY_CHECKED:
-            self._checked.popitem(last=False)
-
     def _target_failed(self, target: str, error: str) -> None:
         breaker = self._breakers[target]
         was_open = breaker.state == "open"
@@ -631,133 +459,51 @@ class Forwarder:
         sent: Sequence[SentInstance],
         content: ContentCheck,
     ) -> None:
-        """Mark what QIDO-RS lists as confirmed; deliver, fail, or retry the rest. Instances
-        whose content is not what was sent, or whose UID the target holds with other bytes as
-        delivered earlier, fail for good."""
-        source = self._source_of(claim)
+        """Settle the job (see settling.settle), or retry it if the PACS does not list some
+        instance it answered stored."""
         async with self._sessionmaker() as session, session.begin():
             job = await repository.renew(session, claim, self._lease)
-            # The PACS said stored but does not list it: sent again (by the retry below).
-            unconfirmed = await source.confirm_listed(
-                session, claim.upload_id, sop_uids=sop_uids, listed=listed
-            )
-            if not unconfirmed:
-                await self._register(session, claim, sent, listed, content)
-            counts = await source.counts(session, claim.upload_id)
-            repository.set_counts(job, counts)
-            if not unconfirmed:
-                now = utcnow()
-                delivered = counts.failed == 0
-                upload = await source.finish(session, claim.upload_id, delivered=delivered, at=now)
-                if upload is None:
-                    return  # cancelled meanwhile (the cancel also took the job from us)
-                repository.mark_done(job, at=now)
-                self._checked.pop((claim.upload_id, claim.target), None)
-                self._attempts[claim.target, "delivered" if delivered else "failed"].inc()
-                if claim.kind != JobKind.STUDY:
-                    logger.info(
-                        "upload %s: %s job %s: %s confirmed %d/%d",
-                        claim.upload_id,
-                        claim.kind,
-                        "delivered" if delivered else "failed",
-                        claim.target,
-                        counts.confirmed,
-                        counts.instances,
-                    )
-                    return
-                if delivered:
-                    self._delivery[claim.target].observe((now - job.created_at).total_seconds())
-                await self._run_settle_hooks(
-                    session, claim, upload, counts, job.stow_requests, delivered=delivered
-                )
-                await record_event(
-                    session,
-                    actor=SYSTEM,
-                    action="forward.delivered" if delivered else "forward.failed",
-                    outcome="success" if delivered else "failure",
-                    object_type="upload",
-                    object_id=claim.upload_id,
-                    study_instance_uid=upload.study_instance_uid,
-                    details={
-                        "target": claim.target,
-                        "confirmed": counts.confirmed,
-                        "failed": counts.failed,
-                        "content_mismatches": len(content.mismatched),
-                        "content_verified": len(content.verified),
-                        "stow_requests": job.stow_requests,
-                    },
-                )
-                logger.info(
-                    "upload %s %s: %s confirmed %d/%d",
-                    claim.upload_id,
-                    "delivered" if delivered else "failed",
-                    claim.target,
-                    counts.confirmed,
-                    counts.instances,
-                )
-                return
-        await self._schedule_retry(claim, f"{unconfirmed} instances not listed by QIDO-RS")
-
-    async def _run_settle_hooks(
-        self,
-        session: AsyncSession,
-        claim: Claim,
-        upload: SettledUpload,
-        counts: ForwardCounts,
-        stow_requests: int,
-        *,
-        delivered: bool,
-    ) -> None:
-        """The settle hooks (notifications, reports...) run in the settling transaction."""
-        settlement = Settlement(
-            upload_id=claim.upload_id,
-            user_id=upload.user_id,
-            study_instance_uid=upload.study_instance_uid,
-            target=claim.target,
-            delivered=delivered,
-            confirmed=counts.confirmed,
-            failed=counts.failed,
-            instances=counts.instances,
-            stow_requests=stow_requests,
-        )
-        for hook in self._settle_hooks:
-            await hook(session, settlement)
-
-    async def _register(
-        self,
-        session: AsyncSession,
-        claim: Claim,
-        sent: Sequence[SentInstance],
-        listed: set[str],
-        content: ContentCheck,
-    ) -> None:
-        """Refuse the instances whose content the PACS holds otherwise, and record the rest in
-        the registry of what the target holds; refuse those it records with other bytes."""
-        source = self._source_of(claim)
-        if content.mismatched:
-            await source.refuse(session, claim.upload_id, content.mismatched)
-        held = {
-            i.part.sop_instance_uid: i
-            for i in sent
-            if i.part.file_index not in content.mismatched and i.part.sop_instance_uid in listed
-        }
-        conflicts = await repository.register_delivered(
-            session,
-            target=claim.target,
-            upload_id=claim.upload_id,
-            instances=[
-                Delivered(
-                    sop_instance_uid=uid,
-                    sha256=i.sha256,
-                    md5=content.md5s.get(i.part.file_index) or i.md5,
-                    content_verified=i.part.file_index in content.verified,
-                )
-                for uid, i in held.items()
-            ],
-        )
-        if conflicts:
-            await source.refuse(
+            settled = await settling.settle(
                 session,
-                claim.upload_id,
-                {held[uid].part.file_index: SOP_INSTANCE_CONFLICT for uid in conflicts},
+                job,
+                claim,
+                self._source_of(claim),
+                self._settle_hooks,
+                sop_uids=sop_uids,
+                listed=listed,
+                sent=sent,
+                content=content,
             )
+            if settled.upload is not None:  # else: to retry (below), or cancelled meanwhile
+                self._settled(claim, job.created_at, settled)
+        if settled.unconfirmed:
+            await self._schedule_retry(
+                claim, f"{settled.unconfirmed} instances not listed by QIDO-RS"
+            )
+
+    def _settled(self, claim: Claim, created_at: dt.datetime, settled: settling.Settled) -> None:
+        """The metrics and the log line of a job just settled."""
+        counts, delivered = settled.counts, settled.delivered
+        self._early.forget((claim.upload_id, claim.target))
+        self._attempts[claim.target, "delivered" if delivered else "failed"].inc()
+        if claim.kind != JobKind.STUDY:
+            logger.info(
+                "upload %s: %s job %s: %s confirmed %d/%d",
+                claim.upload_id,
+                claim.kind,
+                "delivered" if delivered else "failed",
+                claim.target,
+                counts.confirmed,
+                counts.instances,
+            )
+            return
+        if delivered and settled.at is not None:
+            self._delivery[claim.target].observe((settled.at - created_at).total_seconds())
+        logger.info(
+            "upload %s %s: %s confirmed %d/%d",
+            claim.upload_id,
+            "delivered" if delivered else "failed",
+            claim.target,
+            counts.confirmed,
+            counts.instances,
+        )

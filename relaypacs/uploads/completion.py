@@ -244,7 +244,10 @@ async def complete_upload(
     async with ctx.db.read_sessionmaker() as session, session.begin():
         finished = await session.run_sync(repository.find_upload, upload_id)
         assert finished is not None
-        view = await read_upload(session, finished)
+        # Accepted: every chunk was found above (the chunk rows need not be read again).
+        view = await read_upload(
+            session, finished, chunks_complete=finished.status in ACCEPTED_STATUSES
+        )
     if view.status == UploadStatus.REJECTED:
         raise _rejection(view)
     if view.status not in ACCEPTED_STATUSES:

@@ -148,8 +148,13 @@ class Pipeline:
             if not queued:
                 return
             await repository.record_verdicts(session, upload_id, queued, forward=True, delivered={})
-            # The upload's row is locked: the count sees every earlier pipelining commit.
-            due = await relay_rows.pending_count(session, upload_id) >= self.wake_at
+            # The upload's row is locked: the count sees every earlier pipelining commit. Fewer
+            # than a request are due too once every file of the manifest is pipelined: nothing
+            # more comes before `complete`, so the last partial batch goes now.
+            pending = await relay_rows.pending_count(session, upload_id)
+            due = pending >= self.wake_at or (
+                pending > 0 and await relay_rows.all_pipelined(session, upload_id)
+            )
             opened = await forwarding.send_while_uploading(
                 session, upload_id=upload_id, target=target, due=due
             )

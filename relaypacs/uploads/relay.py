@@ -61,6 +61,8 @@ class UploadRelay(InstanceSource):
         if upload.status == UploadStatus.QUEUED:
             upload.status = UploadStatus.FORWARDING
         pending = await relay_rows.pending_parts(session, upload_id)
+        # Every file arrived and was pipelined: the last partial batch need not wait for more.
+        whole = not settle and bool(pending) and await relay_rows.all_pipelined(session, upload_id)
         return StudyToForward(
             study_instance_uid=upload.study_instance_uid,
             to_send=[
@@ -75,6 +77,7 @@ class UploadRelay(InstanceSource):
             ],
             sop_uids=await relay_rows.forwarded_sop_uids(session, upload_id) if settle else {},
             settle=settle,
+            whole=whole,
         )
 
     async def sent_instances(

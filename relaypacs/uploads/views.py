@@ -85,9 +85,12 @@ async def get_upload(
     return visible(upload, upload_id, user, write=write)
 
 
-async def read_upload(session: AsyncSession, upload: Upload) -> UploadRead:
-    """The upload as the API shows it, with its files."""
-    return await session.run_sync(_view, upload, with_files=True)
+async def read_upload(
+    session: AsyncSession, upload: Upload, *, chunks_complete: bool = False
+) -> UploadRead:
+    """The upload as the API shows it, with its files (`chunks_complete`: the caller found no
+    chunk missing, as `complete` does before it accepts: the chunk rows are not read again)."""
+    return await session.run_sync(_view, upload, with_files=True, chunks_complete=chunks_complete)
 
 
 def _status_view(session: Session, row: UploadRow) -> UploadRead:
@@ -135,11 +138,13 @@ async def show_upload(
     return view
 
 
-def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
+def _view(
+    session: Session, upload: Upload, *, with_files: bool, chunks_complete: bool = False
+) -> UploadRead:
     files = None
     if with_files:
         rows = read_rows.file_rows(session, upload.id)
-        stored = read_rows.stored_chunk_indexes(session, upload.id)
+        stored = None if chunks_complete else read_rows.stored_chunk_indexes(session, upload.id)
         files = [
             UploadFileRead(
                 index=f.index,
@@ -147,9 +152,9 @@ def _view(session: Session, upload: Upload, *, with_files: bool) -> UploadRead:
                 size=f.size,
                 sha256=f.sha256,
                 chunk_count=f.chunk_count,
-                missing_chunks=[
-                    i for i in range(f.chunk_count) if i not in stored.get(f.index, ())
-                ],
+                missing_chunks=[]
+                if stored is None
+                else [i for i in range(f.chunk_count) if i not in stored.get(f.index, ())],
                 status=f.status,
                 kind=f.kind,
                 preamble=f.preamble,

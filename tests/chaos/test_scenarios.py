@@ -9,7 +9,7 @@ import pytest
 
 from chaos.run import SCENARIOS, main, run_scenario
 
-ROUNDS = {"kill": 2, "diskfull": 3, "pgrestart": 2, "slowclients": 2}
+ROUNDS = {"kill": 2, "kill_pipelined": 2, "diskfull": 3, "pgrestart": 2, "slowclients": 2}
 
 
 def test_every_scenario_is_run_here() -> None:

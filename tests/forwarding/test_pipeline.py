@@ -120,7 +120,8 @@ class TestForwardWhileUploading:
             study = make_study(25, rows=128, columns=128)
             upload_id = api.start(study)
             api.send(upload_id, study, range(25))
-            # Not completed: two full batches of 10 go, the last 5 wait for more or complete.
+            # Not completed: two full batches of 10 go (and the last 5 too, every file having
+            # arrived: see the next test).
             at_pacs = wait_until(lambda: len(in_orthanc(orthanc, study)) >= 20 and True)
             assert at_pacs
             view = api.get(upload_id)
@@ -143,6 +144,45 @@ class TestForwardWhileUploading:
                 "accepted 25 of 25 files; 25 instances queued for the PACS while uploading"
             )
             assert step(steps, "pacs_confirmed")["detail"] == "PACS confirmed 25/25"
+        finally:
+            gw.stop()
+
+    def test_the_last_partial_batch_goes_once_every_file_arrived_before_complete(
+        self, tmp_path: Path, orthanc: OrthancServer
+    ) -> None:
+        gw = started(tmp_path, orthanc, orthanc.dicomweb_url)
+        try:
+            api = Api(gw.base)
+            study = make_study(25, rows=128, columns=128)
+            upload_id = api.start(study)
+            api.send(upload_id, study, range(24))
+            # A file still missing: two full batches of 10 go, the last 4 wait for more.
+            wait_until(lambda: (api.get(upload_id)["forwarding"] or {}).get("sent") == 20)
+            time.sleep(1.0)  # the pipeline's flush (0.5 s) and a pass: the 4 stay back
+            held_back = in_orthanc(orthanc, study)
+            assert len(held_back) == 20
+            assert held_back <= uids(study, range(24))
+            # The last file: every file of the manifest has arrived, judged final on arrival,
+            # so nothing more can come before `complete`: the last partial batch goes now.
+            api.send(upload_id, study, [24])
+            wait_until(
+                lambda: in_orthanc(orthanc, study) == uids(study),
+                timeout=30,
+                message="the last partial batch did not reach the PACS before complete",
+            )
+            view = api.get(upload_id)
+            assert view["status"] == "pending"
+            assert view["forwarding"]["sent"] == 25
+            done = api.http.post(f"/uploads/{upload_id}/complete")
+            assert done.status_code == 202, done.text
+            body = api.wait_settled(upload_id)
+            assert body["status"] == "delivered", body["forwarding"]
+            assert body["forwarding"]["confirmed"] == 25
+            assert_in_orthanc(orthanc, study)
+            assert orthanc.client().get("/statistics").json()["CountInstances"] == 25
+            assert step(api.timeline(upload_id), "pacs_confirmed")["detail"] == (
+                "PACS confirmed 25/25"
+            )
         finally:
             gw.stop()
 

@@ -314,8 +314,15 @@ async def record_verdicts(
     of the same bytes). An instance the target already holds with the same bytes (`delivered`)
     starts as sent: the forwarding only checks that the PACS still lists it. The files in
     `pipelined` were queued for the PACS while uploading: their forwarding state (sent,
-    confirmed...) is the relay's and stays as it is."""
-    rows = [_verdict_row(upload_id, v, forward, delivered.get(v.index)) for v in verdicts]
+    confirmed...) is the relay's and stays as it is; and a pipelined file whose verdict is
+    still a valid instance to send is not written again: uploads.pipeline wrote that very
+    verdict, from the same stored bytes, when it queued the file (one UPDATE per file of a
+    study sent whole while uploading was most of what `complete` wrote)."""
+    rows = [
+        _verdict_row(upload_id, v, forward, delivered.get(v.index))
+        for v in verdicts
+        if not (v.index in pipelined and v.to_forward)
+    ]
     kept = [
         {k: v for k, v in row.items() if k not in ("forward_status", "forward_md5")}
         for row in rows

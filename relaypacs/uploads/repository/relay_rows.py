@@ -11,6 +11,7 @@ from sqlalchemy import (
     Connection,
     Table,
     bindparam,
+    exists,
     func,
     select,
     update,
@@ -278,3 +279,14 @@ async def pending_count(session: AsyncSession, upload_id: uuid.UUID) -> int:
         )
     )
     return int(count or 0)
+
+
+async def all_pipelined(session: AsyncSession, upload_id: uuid.UUID) -> bool:
+    """Whether every file of the upload's manifest has been judged final on arrival and queued
+    for the PACS (forwarding set) before `complete`: nothing more can come before it."""
+    unjudged = await session.scalar(
+        select(
+            exists().where(UploadFile.upload_id == upload_id, UploadFile.forward_status.is_(None))
+        )
+    )
+    return not unjudged
