@@ -122,7 +122,7 @@ class TestForwardWhileUploading:
             api.send(upload_id, study, range(25))
             # Not completed: two full batches of 10 go (and the last 5 too, every file having
             # arrived: see the next test).
-            at_pacs = wait_until(lambda: len(in_orthanc(orthanc, study)) >= 20 and True)
+            at_pacs = wait_until(lambda: len(in_orthanc(orthanc, study)) >= 20)
             assert at_pacs
             view = api.get(upload_id)
             assert view["status"] == "pending"
